@@ -1,0 +1,409 @@
+"""API keys: created once, stored only as a SHA-256 hash, verified from a short-lived cache.
+
+Verification sits on every request, so a result (valid or not) is trusted for
+``cache_seconds`` before the database is asked again. Revoking through the same
+:class:`KeyStore` takes effect at once; other replicas notice within
+``cache_seconds`` (``Settings.key_cache_seconds``). ``last_used_at`` is never
+written on the request path: uses are remembered in memory and written by
+:meth:`KeyStore.flush_last_used`, which the server calls periodically and at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import hashlib
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from fnmatch import fnmatchcase
+from typing import Any
+
+from sqlalchemy import select, update
+
+from trellis.errors import InvalidRequestError
+from trellis.store.db import Database
+from trellis.store.tables import api_keys
+
+__all__ = [
+    "ADMIN",
+    "INFERENCE",
+    "SCOPES",
+    "SECRET_PREFIX",
+    "ApiKeyRecord",
+    "KeyStore",
+    "hash_secret",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Everything, including managing keys. Implies every other scope.
+ADMIN = "admin"
+#: Chat, completions and embeddings through the OpenAI-compatible API.
+INFERENCE = "inference"
+SCOPES: frozenset[str] = frozenset({ADMIN, INFERENCE})
+
+SECRET_PREFIX = "tr-"
+#: Characters of the secret kept in clear, so people can tell their keys apart.
+DISPLAY_PREFIX_LEN = 10
+#: Longer presented secrets are rejected without hashing or caching them.
+MAX_SECRET_LEN = 512
+
+_DEFAULT_CACHE_ENTRIES = 10_000
+
+
+def hash_secret(secret: str) -> str:
+    """The stored form of a secret: a random 256-bit token needs no slow hash."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _as_datetime(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, tz=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    """An API key as the rest of Trellis sees it: never the secret, never the hash."""
+
+    id: str
+    name: str
+    prefix: str
+    scopes: tuple[str, ...]
+    allowed_models: tuple[str, ...] | None
+    created_at: datetime
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def has_scope(self, scope: str) -> bool:
+        """Whether the key may do what ``scope`` covers; admin covers everything."""
+        return ADMIN in self.scopes or scope in self.scopes
+
+    def allows_model(self, model: str) -> bool:
+        """Whether the key may call ``model``: no list means any; entries may be globs (``gpt-4*``)."""
+        if self.allowed_models is None:
+            return True
+        return any(model == allowed or fnmatchcase(model, allowed) for allowed in self.allowed_models)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view for the API and the CLI."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "prefix": self.prefix,
+            "scopes": list(self.scopes),
+            "allowed_models": None if self.allowed_models is None else list(self.allowed_models),
+            "created_at": self.created_at.isoformat(),
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+            "last_used_at": self.last_used_at.isoformat() if self.last_used_at else None,
+        }
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> ApiKeyRecord:
+        allowed = row["allowed_models"]
+        created = _as_datetime(row["created_at"])
+        assert created is not None
+        return cls(
+            id=row["id"],
+            name=row["name"],
+            prefix=row["prefix"],
+            scopes=tuple(row["scopes"] or ()),
+            allowed_models=None if allowed is None else tuple(allowed),
+            created_at=created,
+            revoked_at=_as_datetime(row["revoked_at"]),
+            last_used_at=_as_datetime(row["last_used_at"]),
+        )
+
+
+def validate_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
+    """Known scope names, de-duplicated in order; an unknown one is the caller's mistake."""
+    if isinstance(scopes, str):
+        scopes = [scopes]
+    result: list[str] = []
+    for scope in scopes:
+        if scope not in SCOPES:
+            known = ", ".join(sorted(SCOPES))
+            raise InvalidRequestError(
+                f"unknown scope {scope!r}; known scopes: {known}", param="scopes"
+            )
+        if scope not in result:
+            result.append(scope)
+    if not result:
+        raise InvalidRequestError("a key needs at least one scope", param="scopes")
+    return tuple(result)
+
+
+def _validate_models(models: Iterable[str] | None) -> tuple[str, ...] | None:
+    if models is None:
+        return None
+    if isinstance(models, str):
+        models = [models]
+    result = tuple(dict.fromkeys(models))
+    if any(not isinstance(m, str) or not m.strip() for m in result):
+        raise InvalidRequestError("allowed_models must be non-empty names", param="allowed_models")
+    return result
+
+
+class _TTLCache:
+    """A bounded LRU map whose entries expire; small enough to keep in one place."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._data: OrderedDict[str, tuple[float, ApiKeyRecord | None]] = OrderedDict()
+
+    def get(self, key: str, now: float) -> tuple[bool, ApiKeyRecord | None]:
+        entry = self._data.get(key)
+        if entry is None:
+            return False, None
+        expires, value = entry
+        if expires <= now:
+            del self._data[key]
+            return False, None
+        self._data.move_to_end(key)
+        return True, value
+
+    def put(self, key: str, value: ApiKeyRecord | None, expires: float) -> None:
+        self._data[key] = (expires, value)
+        self._data.move_to_end(key)
+        while len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
+
+    def discard_where(self, key_id: str) -> None:
+        stale = [k for k, (_, rec) in self._data.items() if rec is not None and rec.id == key_id]
+        for k in stale:
+            del self._data[k]
+
+    def clear(self) -> None:
+        self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class KeyStore:
+    """Creates, lists, revokes and verifies API keys stored in ``api_keys``."""
+
+    def __init__(
+        self,
+        db: Database,
+        cache_seconds: float = 10.0,
+        *,
+        cache_entries: int = _DEFAULT_CACHE_ENTRIES,
+    ) -> None:
+        self.db = db
+        self.cache_seconds = cache_seconds
+        # Valid and invalid results live apart, so a flood of wrong keys cannot evict good ones.
+        self._valid = _TTLCache(cache_entries)
+        self._invalid = _TTLCache(cache_entries)
+        self._inflight: dict[str, asyncio.Task[ApiKeyRecord | None]] = {}
+        # Bumped on every revoke: a lookup that started before it must not cache its answer.
+        self._generation = 0
+        self._last_used: dict[str, float] = {}
+        self.db_lookups = 0
+
+    # --- management -----------------------------------------------------------
+
+    async def create(
+        self,
+        name: str,
+        scopes: Iterable[str] = (INFERENCE,),
+        allowed_models: Iterable[str] | None = None,
+    ) -> tuple[ApiKeyRecord, str]:
+        """A new key and its secret. The secret is shown to the caller once and never stored."""
+        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+        record = await self._insert(name, validate_scopes(scopes), allowed_models, secret)
+        return record, secret
+
+    async def get(self, key_id: str) -> ApiKeyRecord | None:
+        async with self.db.engine.connect() as conn:
+            row = (
+                await conn.execute(select(api_keys).where(api_keys.c.id == key_id))
+            ).mappings().first()
+        return ApiKeyRecord.from_row(row) if row else None
+
+    async def revoke(self, key_id: str) -> bool:
+        """Revoke ``key_id``; False if no such key. Revoking twice keeps the first time."""
+        self._generation += 1
+        async with self.db.engine.begin() as conn:
+            result = await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            )
+            found = result.rowcount > 0
+            if not found:
+                found = (
+                    await conn.execute(select(api_keys.c.id).where(api_keys.c.id == key_id))
+                ).first() is not None
+        self._valid.discard_where(key_id)
+        self._last_used.pop(key_id, None)
+        return found
+
+    async def ensure_admin(self, admin_key: str | None) -> str | None:
+        """Make sure an admin can log in. Returns a new secret only when one was just created.
+
+        With ``admin_key`` (from settings), that exact key is installed or re-enabled with
+        the admin scope. Without it, an ``admin`` key is created if no usable admin key
+        exists; the caller prints the returned secret once.
+        """
+        if admin_key:
+            await self._install_admin_key(admin_key)
+            return None
+        async with self.db.exclusive("trellis.ensure_admin") as conn:
+            rows = (
+                await conn.execute(
+                    select(api_keys.c.scopes).where(api_keys.c.revoked_at.is_(None))
+                )
+            ).all()
+            if any(ADMIN in (scopes or ()) for (scopes,) in rows):
+                return None
+            secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+            await conn.execute(api_keys.insert().values(self._row("admin", (ADMIN,), None, secret)))
+        logger.info("created the first admin API key")
+        return secret
+
+    async def list(self, *, include_revoked: bool = True) -> builtins.list[ApiKeyRecord]:
+        """Every key, oldest first."""
+        query = select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
+        if not include_revoked:
+            query = query.where(api_keys.c.revoked_at.is_(None))
+        async with self.db.engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [ApiKeyRecord.from_row(row) for row in rows]
+
+    # --- the request path -----------------------------------------------------
+
+    async def verify(self, secret: str) -> ApiKeyRecord | None:
+        """The live key for ``secret``, or None (unknown or revoked). Usually no DB query."""
+        if not secret or len(secret) > MAX_SECRET_LEN:
+            return None
+        digest = hash_secret(secret)
+        record = await self._lookup_cached(digest)
+        if record is not None:
+            self._last_used[record.id] = time.time()
+        return record
+
+    def invalidate_cache(self) -> None:
+        """Forget every cached verification (used after changes made outside this store)."""
+        self._generation += 1
+        self._valid.clear()
+        self._invalid.clear()
+
+    async def flush_last_used(self) -> int:
+        """Write remembered ``last_used_at`` times in one transaction; returns keys updated."""
+        if not self._last_used:
+            return 0
+        pending, self._last_used = self._last_used, {}
+        async with self.db.engine.begin() as conn:
+            for key_id, used_at in pending.items():
+                await conn.execute(
+                    update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=used_at)
+                )
+        return len(pending)
+
+    # --- internals ------------------------------------------------------------
+
+    async def _lookup_cached(self, digest: str) -> ApiKeyRecord | None:
+        if self.cache_seconds <= 0:
+            return await self._fetch(digest)
+        now = time.monotonic()
+        hit, record = self._valid.get(digest, now)
+        if hit:
+            return record
+        hit, record = self._invalid.get(digest, now)
+        if hit:
+            return None
+        # Single flight: concurrent requests with the same uncached key share one query.
+        task = self._inflight.get(digest)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch_and_cache(digest))
+            self._inflight[digest] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(digest, None))
+        return await asyncio.shield(task)
+
+    async def _fetch_and_cache(self, digest: str) -> ApiKeyRecord | None:
+        generation = self._generation
+        record = await self._fetch(digest)
+        if generation == self._generation:
+            expires = time.monotonic() + self.cache_seconds
+            if record is None:
+                self._invalid.put(digest, None, expires)
+            else:
+                self._valid.put(digest, record, expires)
+        return record
+
+    async def _fetch(self, digest: str) -> ApiKeyRecord | None:
+        self.db_lookups += 1
+        async with self.db.engine.connect() as conn:
+            row = (
+                await conn.execute(select(api_keys).where(api_keys.c.key_hash == digest))
+            ).mappings().first()
+        if row is None or row["revoked_at"] is not None:
+            return None
+        return ApiKeyRecord.from_row(row)
+
+    @staticmethod
+    def _row(
+        name: str,
+        scopes: tuple[str, ...],
+        allowed_models: Iterable[str] | None,
+        secret: str,
+    ) -> dict[str, Any]:
+        name = name.strip() if isinstance(name, str) else ""
+        if not name or len(name) > 200:
+            raise InvalidRequestError("a key needs a name of 1 to 200 characters", param="name")
+        models = _validate_models(allowed_models)
+        return {
+            "id": "key_" + secrets.token_hex(6),
+            "name": name,
+            "key_hash": hash_secret(secret),
+            "prefix": secret[:DISPLAY_PREFIX_LEN],
+            "scopes": list(scopes),
+            "allowed_models": None if models is None else list(models),
+            "created_at": time.time(),
+            "revoked_at": None,
+            "last_used_at": None,
+        }
+
+    async def _insert(
+        self,
+        name: str,
+        scopes: tuple[str, ...],
+        allowed_models: Iterable[str] | None,
+        secret: str,
+    ) -> ApiKeyRecord:
+        row = self._row(name, scopes, allowed_models, secret)
+        async with self.db.engine.begin() as conn:
+            await conn.execute(api_keys.insert().values(row))
+        return ApiKeyRecord.from_row(row)
+
+    async def _install_admin_key(self, secret: str) -> None:
+        digest = hash_secret(secret)
+        async with self.db.exclusive("trellis.ensure_admin") as conn:
+            row = (
+                await conn.execute(select(api_keys).where(api_keys.c.key_hash == digest))
+            ).mappings().first()
+            if row is None:
+                await conn.execute(
+                    api_keys.insert().values(self._row("admin (configured)", (ADMIN,), None, secret))
+                )
+                logger.info("installed the configured admin API key")
+            elif row["revoked_at"] is not None or ADMIN not in (row["scopes"] or ()):
+                scopes = [ADMIN, *[s for s in row["scopes"] or () if s != ADMIN]]
+                await conn.execute(
+                    update(api_keys)
+                    .where(api_keys.c.id == row["id"])
+                    .values(revoked_at=None, scopes=scopes)
+                )
+                logger.warning(
+                    "re-enabled the configured admin API key %s (it was revoked or not admin)",
+                    row["id"],
+                )
+        self.invalidate_cache()

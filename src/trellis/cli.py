@@ -1,0 +1,350 @@
+"""The ``trellis`` command: serve, chat, models, keys, doctor."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from trellis.errors import TrellisError
+from trellis.settings import Settings
+
+T = TypeVar("T")
+
+app = typer.Typer(help="Trellis: an LLM gateway with retrieval, workflows and observability.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    str | None, typer.Option("--config", "-c", help="Path to trellis.yaml (default ./trellis.yaml)")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
+
+
+def _settings(config: str | None, **overrides: Any) -> Settings:
+    if config:
+        if not os.path.isfile(config):
+            err_console.print(f"[red]config file not found:[/red] {config}")
+            raise typer.Exit(2)
+        os.environ["TRELLIS_CONFIG"] = config
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        err_console.print(f"[red]invalid settings:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _run(make: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return asyncio.run(make())  # type: ignore[arg-type]
+    except TrellisError as exc:
+        err_console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from None
+
+
+# --- serve ------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8080)")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes")] = 1,
+    config: ConfigOption = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Start the HTTP server (OpenAI-compatible API under /v1)."""
+    import uvicorn
+
+    from trellis.server.app import announce_admin_key
+
+    settings = _settings(config, host=host, port=port)
+    if host:
+        os.environ["TRELLIS_HOST"] = host
+    if port is not None:
+        os.environ["TRELLIS_PORT"] = str(port)
+
+    async def prepare() -> str | None:
+        # Migrate and create the admin key once, before any worker starts.
+        from trellis.access.keys import KeyStore
+        from trellis.store.db import Database
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.resolved_database_url)
+        await db.connect()
+        try:
+            return await KeyStore(db).ensure_admin(settings.admin_key)
+        finally:
+            await db.close()
+
+    secret = _run(prepare)
+    if secret:
+        announce_admin_key(secret)
+    console.print(f"Trellis listening on http://{settings.host}:{settings.port}/v1", style="bold green")
+    uvicorn.run(
+        "trellis.server.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=workers,
+        log_level=log_level,
+        access_log=False,
+    )
+
+
+# --- chat -------------------------------------------------------------------
+
+
+@app.command()
+def chat(
+    prompt: Annotated[str, typer.Argument(help="What to ask")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model alias")] = None,
+    system: Annotated[str | None, typer.Option(help="System message")] = None,
+    temperature: Annotated[float | None, typer.Option(min=0, max=2)] = None,
+    max_tokens: Annotated[int | None, typer.Option(min=1)] = None,
+    url: Annotated[
+        str | None, typer.Option(help="Talk to a running server (e.g. http://127.0.0.1:8080/v1)")
+    ] = None,
+    key: Annotated[str | None, typer.Option(envvar="TRELLIS_API_KEY", help="API key for --url")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Ask a model and stream the answer to the terminal."""
+    settings = _settings(config)
+    messages: list[dict[str, Any]] = []
+    if system:
+        messages.append({"role": "system", "content": system})
+    messages.append({"role": "user", "content": prompt})
+    body: dict[str, Any] = {"model": model or settings.default_model, "messages": messages, "stream": True}
+    if temperature is not None:
+        body["temperature"] = temperature
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    if url:
+        _run(lambda: _chat_remote(url, key, body))
+    else:
+        _run(lambda: _chat_local(settings, body))
+    sys.stdout.write("\n")
+
+
+async def _chat_local(settings: Settings, body: dict[str, Any]) -> None:
+    from trellis.runtime import Trellis
+    from trellis.schema import ChatRequest
+
+    async with Trellis(settings) as trellis:
+        assert trellis.gateway is not None
+        result = await trellis.gateway.chat_stream(ChatRequest.model_validate(body))
+        async for chunk in result.chunks:
+            for choice in chunk.choices:
+                if choice.delta.content:
+                    sys.stdout.write(choice.delta.content)
+                    sys.stdout.flush()
+
+
+async def _chat_remote(url: str, key: str | None, body: dict[str, Any]) -> None:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with (
+        httpx.AsyncClient(timeout=httpx.Timeout(300, connect=5)) as client,
+        client.stream("POST", url.rstrip("/") + "/chat/completions", json=body, headers=headers) as response,
+    ):
+        if response.status_code >= 400:
+            await response.aread()
+            try:
+                message = response.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text
+            err_console.print(f"[red]error {response.status_code}:[/red] {message}")
+            raise typer.Exit(1)
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            data = json.loads(line[6:])
+            if "error" in data:
+                err_console.print(f"\n[red]error:[/red] {data['error'].get('message')}")
+                raise typer.Exit(1)
+            for choice in data.get("choices", []):
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    sys.stdout.write(content)
+                    sys.stdout.flush()
+
+
+# --- models -----------------------------------------------------------------
+
+
+@app.command()
+def models(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """List the model aliases and their deployments."""
+    settings = _settings(config)
+    aliases = settings.all_models()
+    if as_json:
+        console.print_json(json.dumps([alias.model_dump(mode="json") for alias in aliases]))
+        return
+    table = Table("alias", "kind", "deployments", "context", "fallbacks", "routing")
+    for alias in aliases:
+        table.add_row(
+            alias.name,
+            alias.kind,
+            "\n".join(d.label for d in alias.deployments),
+            str(alias.context_window),
+            ", ".join(alias.fallbacks) or "-",
+            alias.routing,
+        )
+    console.print(table)
+
+
+# --- keys -------------------------------------------------------------------
+
+
+async def _with_keys(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
+    from trellis.access.keys import KeyStore
+    from trellis.store.db import Database
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.resolved_database_url)
+    await db.connect()
+    try:
+        return await action(KeyStore(db))
+    finally:
+        await db.close()
+
+
+def _key_dict(record: Any) -> dict[str, Any]:
+    from trellis.server.routes.keys import key_json
+
+    return key_json(record)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="A label for the key")],
+    scope: Annotated[list[str] | None, typer.Option("--scope", "-s", help="admin or inference")] = None,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="Allow only these model aliases")
+    ] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a key; its secret is shown once."""
+    settings = _settings(config)
+    record, secret = _run(
+        lambda: _with_keys(
+            settings, lambda ks: ks.create(name, scopes=scope or ["inference"], allowed_models=model)
+        )
+    )
+    if as_json:
+        console.print_json(json.dumps({**_key_dict(record), "key": secret}))
+        return
+    console.print(f"Created key [bold]{record.id}[/bold] ({', '.join(record.scopes)}):")
+    console.print(f"  {secret}", style="bold yellow", soft_wrap=True)
+    console.print("Store it now: it is not shown again.")
+
+
+@keys_app.command("list")
+def keys_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """List keys (secrets are never shown)."""
+    settings = _settings(config)
+    records = _run(lambda: _with_keys(settings, lambda ks: ks.list()))
+    rows = [_key_dict(r) for r in records]
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table("id", "name", "prefix", "scopes", "models", "created", "revoked")
+    for row in rows:
+        table.add_row(
+            row["id"],
+            row["name"],
+            row["prefix"] + "…",
+            ", ".join(row["scopes"]),
+            ", ".join(row["allowed_models"] or ["all"]),
+            str(row["created_at"])[:19],
+            str(row["revoked_at"] or "")[:19],
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (see `trellis keys list`)")],
+    config: ConfigOption = None,
+) -> None:
+    """Revoke a key at once."""
+    settings = _settings(config)
+    if not _run(lambda: _with_keys(settings, lambda ks: ks.revoke(key_id))):
+        err_console.print(f"[red]no active key with id {key_id}[/red]")
+        raise typer.Exit(1)
+    console.print(f"Revoked {key_id}.")
+
+
+# --- doctor -----------------------------------------------------------------
+
+
+@app.command()
+def doctor(
+    config: ConfigOption = None,
+    timeout: Annotated[float, typer.Option(help="Seconds per deployment check")] = 30.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Check settings, the database, and that every deployment answers."""
+    settings = _settings(config)
+    results = _run(lambda: _doctor(settings, timeout))
+    if as_json:
+        console.print_json(json.dumps([{"check": c, "ok": ok, "detail": d} for c, ok, d in results]))
+    else:
+        table = Table("check", "status", "detail")
+        for check, ok, detail in results:
+            table.add_row(check, "[green]ok[/green]" if ok else "[red]fail[/red]", detail)
+        console.print(table)
+    if not all(ok for _, ok, _ in results):
+        raise typer.Exit(1)
+
+
+async def _doctor(settings: Settings, timeout: float) -> list[tuple[str, bool, str]]:
+    from trellis.inference.router import Router
+    from trellis.runtime import Trellis
+    from trellis.store.db import Database
+
+    results: list[tuple[str, bool, str]] = [
+        ("settings", True, f"{len(settings.all_models())} model aliases")
+    ]
+    db = Database(settings.resolved_database_url)
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await db.connect()
+        from sqlalchemy.engine import make_url
+
+        shown = make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+        results.append(("database", True, shown))
+    except (OSError, TrellisError, ValueError) as exc:
+        results.append(("database", False, f"{type(exc).__name__}: {exc}"))
+    finally:
+        await db.close()
+    router = Router(settings.all_models(), provider_factory=Trellis(settings)._provider)
+    try:
+        for deployment, provider in router.providers():
+            try:
+                async with asyncio.timeout(timeout):
+                    await provider.probe()
+                results.append((f"deployment {deployment.label}", True, "answered"))
+            except TimeoutError:
+                results.append((f"deployment {deployment.label}", False, f"no answer in {timeout:g}s"))
+            except TrellisError as exc:
+                results.append((f"deployment {deployment.label}", False, exc.message))
+    finally:
+        await router.aclose()
+    return results
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,521 @@
+"""The request path: one explicit chain of stages for every chat and embeddings call.
+
+authorize → cache lookup → context fitting → route (attempts, retries,
+fallbacks) → cache store → record. Each stage is a span on the request's
+trace; the finished trace goes to a non-blocking sink (the background writer),
+so nothing on this path waits for the database.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from trellis.errors import (
+    InvalidRequestError,
+    PermissionDeniedError,
+    TrellisError,
+    UpstreamError,
+)
+from trellis.inference.cache import ResponseCache
+from trellis.inference.context import ContextFitter
+from trellis.inference.pricing import PriceBook
+from trellis.inference.router import Outcome, Route, Router
+from trellis.observe.tracing import GenAI, NullSink, Span, Trace, TraceSink
+from trellis.schema import (
+    ChatChoice,
+    ChatChunk,
+    ChatMessage,
+    ChatRequest,
+    ChatResponse,
+    ChunkChoice,
+    ChunkDelta,
+    EmbeddingData,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
+    ModelCard,
+    ModelList,
+    Usage,
+)
+
+__all__ = ["Gateway", "Caller", "ChatResult", "StreamResult", "TokenCounter"]
+
+
+class TokenCounter:
+    """Counts tokens when a provider does not report usage (wraps ``trellis.inference.tokens``)."""
+
+    def messages(self, messages: list[ChatMessage]) -> int:
+        from trellis.inference.tokens import count_message_tokens
+
+        return count_message_tokens(messages)
+
+    def text(self, text: str) -> int:
+        from trellis.inference.tokens import count_text_tokens
+
+        return count_text_tokens(text)
+
+
+@dataclass(slots=True)
+class Caller:
+    """Who is calling: the verified API key (None for in-process library use) and
+    the time authentication took, so it shows as the trace's first stage."""
+
+    key: Any = None  # trellis.access.keys.ApiKeyRecord
+    auth_start_ns: int | None = None
+    auth_end_ns: int | None = None
+    no_cache: bool = False  # Cache-Control: no-cache — skip the lookup
+    no_store: bool = False  # Cache-Control: no-store — do not store the answer
+
+    @property
+    def key_id(self) -> str | None:
+        return getattr(self.key, "id", None)
+
+
+@dataclass(slots=True)
+class ChatResult:
+    response: ChatResponse
+    cache_hit: bool
+    trace_id: str
+
+
+@dataclass(slots=True)
+class StreamResult:
+    chunks: AsyncIterator[ChatChunk]
+    cache_hit: bool
+    trace_id: str
+
+
+@dataclass(slots=True)
+class _Call:
+    """State shared by the stages of one chat call."""
+
+    request: ChatRequest
+    caller: Caller
+    trace: Trace
+    route: Route
+    outcome: Outcome = field(default_factory=Outcome)
+    cache_key: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+
+class Gateway:
+    def __init__(
+        self,
+        router: Router,
+        *,
+        cache: ResponseCache | None = None,
+        prices: PriceBook | None = None,
+        sink: TraceSink | None = None,
+        counter: TokenCounter | None = None,
+        store_bodies: bool = True,
+    ) -> None:
+        self.router = router
+        self.cache = cache
+        self.prices = prices or PriceBook()
+        self.sink: TraceSink = sink or NullSink()
+        self.counter = counter or TokenCounter()
+        self.fitter = ContextFitter(lambda messages: self.counter.messages(messages))
+        self.store_bodies = store_bodies
+        self.on_trace: list[Callable[[Trace], None]] = []
+
+    # --- models ---------------------------------------------------------------
+
+    def models(self, caller: Caller | None = None) -> ModelList:
+        key = caller.key if caller else None
+        cards = [
+            ModelCard(id=name, owned_by="trellis", kind=alias.kind)
+            for name, alias in self.router.aliases.items()
+            if key is None or key.allows_model(name)
+        ]
+        return ModelList(data=cards)
+
+    # --- chat -------------------------------------------------------------------
+
+    async def chat(self, request: ChatRequest, caller: Caller | None = None) -> ChatResult:
+        call = self._begin(request, caller or Caller(), "chat")
+        try:
+            cached = await self._cache_lookup(call)
+            if cached is not None:
+                self._finish_chat(call, cached, cache_hit=True)
+                return ChatResult(cached, True, call.trace.trace_id)
+            self._fit(call)
+            with call.trace.span("route", **{GenAI.REQUEST_MODEL: request.model}) as span:
+                response = await self.router.chat(call.route, call.request, call.trace, span, call.outcome)
+            self._ensure_usage(call, response)
+            await self._cache_store(call, response)
+            self._finish_chat(call, response, cache_hit=False)
+            return ChatResult(response, False, call.trace.trace_id)
+        except BaseException as exc:
+            self._fail(call, exc)
+            raise
+
+    async def chat_stream(self, request: ChatRequest, caller: Caller | None = None) -> StreamResult:
+        """Start a stream. Everything up to the first chunk happens here, so failures
+        before it surface as ordinary errors; later ones end the stream with an error."""
+        call = self._begin(request, caller or Caller(), "chat")
+        try:
+            cached = await self._cache_lookup(call)
+            if cached is not None:
+                self._finish_chat(call, cached, cache_hit=True)
+                return StreamResult(_replay(cached, request), True, call.trace.trace_id)
+            self._fit(call)
+            route_span = call.trace.start_span("route", **{GenAI.REQUEST_MODEL: request.model})
+            try:
+                upstream = await self.router.stream(
+                    call.route, call.request, call.trace, route_span, call.outcome
+                )
+            except BaseException as exc:
+                route_span.record_error(exc)
+                route_span.end()
+                raise
+        except BaseException as exc:
+            self._fail(call, exc)
+            raise
+        return StreamResult(self._relay(call, upstream, route_span), False, call.trace.trace_id)
+
+    async def _relay(
+        self, call: _Call, upstream: AsyncIterator[ChatChunk], route_span: Span
+    ) -> AsyncIterator[ChatChunk]:
+        """Pass chunks through, collecting the answer for usage, cache and trace."""
+        request = call.request
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        texts: dict[int, list[str]] = {}
+        finish: dict[int, str | None] = {}
+        saw_tools = False
+        usage: Usage | None = None
+        last: ChatChunk | None = None
+        try:
+            async for chunk in upstream:
+                last = chunk
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                for choice in chunk.choices:
+                    if choice.delta.content:
+                        texts.setdefault(choice.index, []).append(choice.delta.content)
+                    if choice.delta.tool_calls:
+                        saw_tools = True
+                    if choice.finish_reason:
+                        finish[choice.index] = choice.finish_reason
+                if not chunk.choices and chunk.usage is not None:
+                    continue  # the usage chunk is re-emitted at the end, if asked for
+                if chunk.usage is not None:
+                    chunk = chunk.model_copy(update={"usage": None})
+                yield chunk
+            route_span.end()
+            response = ChatResponse(
+                id=last.id if last else call.trace.trace_id,
+                model=last.model if last else request.model,
+                choices=[
+                    ChatChoice(
+                        index=index,
+                        message={"role": "assistant", "content": "".join(parts)},  # type: ignore[arg-type]
+                        finish_reason=finish.get(index, "stop"),
+                    )
+                    for index, parts in sorted(texts.items())
+                ]
+                or [ChatChoice(message={"role": "assistant", "content": ""}, finish_reason="stop")],  # type: ignore[arg-type]
+                usage=usage,
+            )
+            self._ensure_usage(call, response)
+            if include_usage:
+                yield ChatChunk(id=response.id, model=response.model, choices=[], usage=response.usage)
+            if not saw_tools:
+                await self._cache_store(call, response)
+            self._finish_chat(call, response, cache_hit=False)
+        except BaseException as exc:
+            route_span.record_error(exc)
+            route_span.end()
+            self._fail(call, exc)
+            raise
+
+    # --- stages -----------------------------------------------------------------
+
+    def _begin(self, request: ChatRequest, caller: Caller, operation: str) -> _Call:
+        trace = Trace(kind=operation, name=f"{operation} {request.model}")
+        root = trace.root
+        assert root is not None
+        if caller.auth_start_ns is not None:
+            root.start_ns = caller.auth_start_ns
+            auth = trace.start_span("authenticate")
+            auth.start_ns = caller.auth_start_ns
+            auth.end_ns = caller.auth_end_ns or time.time_ns()
+            auth.set("trellis.key_id", caller.key_id)
+        root.set(GenAI.OPERATION, operation)
+        root.set(GenAI.REQUEST_MODEL, request.model)
+        root.set(GenAI.TEMPERATURE, request.temperature)
+        root.set(GenAI.TOP_P, request.top_p)
+        root.set(GenAI.MAX_TOKENS, request.output_limit)
+        root.set(GenAI.SEED, request.seed)
+        if request.stop is not None:
+            root.set(GenAI.STOP, request.stop_list())
+        root.set("trellis.stream", request.stream)
+        trace.summary.update(model=request.model, key_id=caller.key_id)
+        if self.store_bodies:
+            root.set(
+                GenAI.INPUT_MESSAGES,
+                [m.model_dump(exclude_none=True) for m in request.messages],
+            )
+        call = _Call(request=request, caller=caller, trace=trace, route=None)  # type: ignore[arg-type]
+        with trace.span("authorize") as span:
+            alias = self.router.alias(request.model)
+            self._check_access(caller, alias.name)
+            if alias.kind != "chat":
+                raise InvalidRequestError(
+                    f"`{alias.name}` is an embedding model; use /v1/embeddings",
+                    param="model",
+                    code="model_not_supported",
+                )
+            call.route = self.router.route(request.model)
+            span.set("trellis.plan", [t.deployment.label for t in call.route.plan])
+        return call
+
+    @staticmethod
+    def _check_access(caller: Caller, alias: str) -> None:
+        key = caller.key
+        if key is not None and not key.allows_model(alias):
+            raise PermissionDeniedError(
+                f"This API key may not use the model `{alias}`.", code="model_not_allowed", param="model"
+            )
+
+    async def _cache_lookup(self, call: _Call) -> ChatResponse | None:
+        if self.cache is None or call.request.n not in (None, 1):
+            return None
+        opted_in = bool(call.route.alias.cache) or bool(getattr(call.caller.key, "cache", False))
+        if not ResponseCache.cacheable(call.request, opted_in=opted_in):
+            return None
+        call.cache_key = self.cache.key(call.route.alias.name, call.request, call.caller.key_id)
+        if call.caller.no_cache:
+            return None
+        with call.trace.span("cache_lookup") as span:
+            cached = await self.cache.get(call.cache_key)
+            span.set("trellis.cache.hit", cached is not None)
+        return cached
+
+    def _fit(self, call: _Call) -> None:
+        alias = call.route.alias
+        options = call.request.trellis
+        trim = options.trim if options is not None and options.trim is not None else alias.trim
+        with call.trace.span("context_fit", **{"trellis.context_window": alias.context_window}) as span:
+            result = self.fitter.fit(call.request, alias.context_window, trim)
+            span.set("trellis.prompt_tokens", result.prompt_tokens)
+            if result.dropped:
+                call.request = call.request.model_copy(update={"messages": result.messages})
+                event = {
+                    "dropped_messages": result.dropped,
+                    "tokens_before": result.tokens_before,
+                    "tokens_after": result.prompt_tokens,
+                    "context_window": alias.context_window,
+                }
+                span.add_event("truncation", **event)
+                call.trace.root.add_event("truncation", **event)  # type: ignore[union-attr]
+                call.trace.summary["truncated"] = True
+
+    def _ensure_usage(self, call: _Call, response: ChatResponse) -> None:
+        """Fill usage the provider did not report, by counting locally."""
+        if response.usage is not None and (response.usage.prompt_tokens or response.usage.completion_tokens):
+            return
+        prompt = self.counter.messages(call.request.messages)
+        completion = sum(self.counter.text(c.message.content or "") for c in response.choices)
+        response.usage = Usage(
+            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        )
+        call.trace.summary["usage_counted_locally"] = True
+
+    async def _cache_store(self, call: _Call, response: ChatResponse) -> None:
+        if self.cache is None or call.cache_key is None or call.caller.no_store:
+            return
+        with call.trace.span("cache_store"):
+            await self.cache.put(call.cache_key, response)
+
+    def _finish_chat(self, call: _Call, response: ChatResponse, *, cache_hit: bool) -> None:
+        trace, outcome = call.trace, call.outcome
+        root = trace.root
+        assert root is not None
+        usage = response.usage or Usage()
+        target = outcome.target
+        summary = trace.summary
+        summary.update(
+            response_model=response.model,
+            input_tokens=usage.prompt_tokens,
+            output_tokens=usage.completion_tokens,
+            cache_hit=cache_hit,
+            ttft_ms=outcome.ttft_ms,
+            retries=outcome.retries,
+            fallbacks=outcome.fallbacks,
+            attempts=outcome.attempts,
+        )
+        if target is not None:
+            cost = self.prices.cost(target.deployment, usage, response.model)
+            mismatch = _model_mismatch(target.deployment.model, response.model)
+            summary.update(
+                provider=target.provider.system,
+                deployment=target.deployment.label,
+                upstream_model=target.deployment.model,
+                cost=cost.total,
+                priced=cost.priced,
+                model_mismatch=mismatch,
+            )
+            root.set(GenAI.PROVIDER, target.provider.system)
+            root.set("trellis.cost_usd", cost.total)
+            if mismatch:
+                root.add_event(
+                    "model_mismatch", requested=target.deployment.model, served=response.model
+                )
+        else:
+            summary["cost"] = 0.0
+        root.set(GenAI.RESPONSE_MODEL, response.model)
+        root.set(GenAI.RESPONSE_ID, response.id)
+        root.set(GenAI.INPUT_TOKENS, usage.prompt_tokens)
+        root.set(GenAI.OUTPUT_TOKENS, usage.completion_tokens)
+        root.set(GenAI.FINISH_REASONS, [c.finish_reason for c in response.choices])
+        root.set("trellis.cache_hit", cache_hit)
+        if outcome.ttft_ms is not None:
+            root.set(GenAI.TTFT, outcome.ttft_ms / 1000)
+        if self.store_bodies:
+            root.set(
+                GenAI.OUTPUT_MESSAGES,
+                [c.message.model_dump(exclude_none=True) for c in response.choices],
+            )
+        self._record(trace)
+
+    def _fail(self, call: _Call, exc: BaseException) -> None:
+        root = call.trace.root
+        assert root is not None
+        if root.end_ns is not None:
+            return  # already recorded
+        root.record_error(exc)
+        if isinstance(exc, TrellisError):
+            root.set("http.response.status_code", exc.status_code)
+        call.trace.summary.update(
+            attempts=call.outcome.attempts,
+            retries=call.outcome.retries,
+            fallbacks=call.outcome.fallbacks,
+            error=type(exc).__name__,
+        )
+        if call.outcome.target is not None:
+            call.trace.summary["provider"] = call.outcome.target.provider.system
+        self._record(call.trace, status="error")
+
+    def _record(self, trace: Trace, status: str | None = None) -> None:
+        trace.finish(status)
+        for hook in self.on_trace:
+            hook(trace)
+        self.sink.submit(trace)
+
+    # --- embeddings ---------------------------------------------------------
+
+    async def embed(self, request: EmbeddingRequest, caller: Caller | None = None) -> EmbeddingResponse:
+        caller = caller or Caller()
+        trace = Trace(kind="embeddings", name=f"embeddings {request.model}")
+        root = trace.root
+        assert root is not None
+        root.set(GenAI.OPERATION, "embeddings")
+        root.set(GenAI.REQUEST_MODEL, request.model)
+        trace.summary.update(model=request.model, key_id=caller.key_id)
+        outcome = Outcome()
+        try:
+            with trace.span("authorize"):
+                alias = self.router.alias(request.model)
+                self._check_access(caller, alias.name)
+                if alias.kind != "embedding":
+                    raise InvalidRequestError(
+                        f"`{alias.name}` is a chat model; use /v1/chat/completions",
+                        param="model",
+                        code="model_not_supported",
+                    )
+                try:
+                    texts = request.texts()
+                except ValueError as exc:
+                    raise InvalidRequestError(str(exc), param="input") from None
+                route = self.router.route(request.model)
+            with trace.span("route") as span:
+                result = await self.router.embed(route, texts, request.dimensions, trace, span, outcome)
+            prompt_tokens = result.prompt_tokens or sum(self.counter.text(t) for t in texts)
+            data = [
+                EmbeddingData(index=i, embedding=_encode(vector, request.encoding_format))
+                for i, vector in enumerate(result.vectors)
+            ]
+            target = outcome.target
+            assert target is not None
+            cost = self.prices.cost(target.deployment, Usage(prompt_tokens=prompt_tokens), result.model)
+            trace.summary.update(
+                response_model=result.model,
+                provider=target.provider.system,
+                deployment=target.deployment.label,
+                input_tokens=prompt_tokens,
+                output_tokens=0,
+                cost=cost.total,
+                retries=outcome.retries,
+                fallbacks=outcome.fallbacks,
+                attempts=outcome.attempts,
+            )
+            root.set(GenAI.PROVIDER, target.provider.system)
+            root.set(GenAI.RESPONSE_MODEL, result.model)
+            root.set(GenAI.INPUT_TOKENS, prompt_tokens)
+            root.set("trellis.input_count", len(texts))
+            self._record(trace)
+            return EmbeddingResponse(
+                data=data,
+                model=result.model,
+                usage=EmbeddingUsage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens),
+            )
+        except BaseException as exc:
+            root.record_error(exc)
+            trace.summary.update(error=type(exc).__name__, attempts=outcome.attempts)
+            self._record(trace, status="error")
+            raise
+
+    async def aclose(self) -> None:
+        await self.router.aclose()
+        if self.cache is not None:
+            await self.cache.aclose()
+
+
+def _encode(vector: list[float], encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+    return vector
+
+
+def _model_mismatch(requested: str, served: str | None) -> bool:
+    """True when the provider served another model than asked — not merely a dated
+    snapshot of it (``gpt-4o-mini`` → ``gpt-4o-mini-2024-07-18`` is expected)."""
+    if not served:
+        return False
+    requested_bare = requested.rsplit("/", 1)[-1].lower()
+    served_bare = served.rsplit("/", 1)[-1].lower()
+    return not (served_bare == requested_bare or served_bare.startswith(requested_bare + "-"))
+
+
+async def _replay(response: ChatResponse, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+    """A cached answer as stream chunks: role, content, finish, then usage if asked for."""
+    for choice in response.choices:
+        yield ChatChunk(
+            id=response.id,
+            model=response.model,
+            choices=[ChunkChoice(index=choice.index, delta=ChunkDelta(role="assistant", content=""))],
+        )
+        message = choice.message
+        delta: dict[str, Any] = {"content": message.content}
+        if message.tool_calls:
+            delta["tool_calls"] = [
+                {"index": i, **call.model_dump(exclude_none=True)} for i, call in enumerate(message.tool_calls)
+            ]
+        yield ChatChunk(
+            id=response.id,
+            model=response.model,
+            choices=[ChunkChoice(index=choice.index, delta=ChunkDelta(**delta))],
+        )
+        yield ChatChunk(
+            id=response.id,
+            model=response.model,
+            choices=[ChunkChoice(index=choice.index, delta=ChunkDelta(), finish_reason=choice.finish_reason)],
+        )
+    if request.stream_options and request.stream_options.include_usage:
+        yield ChatChunk(id=response.id, model=response.model, choices=[], usage=response.usage)

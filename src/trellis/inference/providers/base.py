@@ -1,0 +1,231 @@
+"""The provider contract and the HTTP plumbing every hosted provider shares.
+
+A provider turns OpenAI-shaped requests into one vendor's API calls and back.
+Subclasses implement the wire format only; connection, auth headers, timeouts,
+server-sent-event parsing and error mapping live here once.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httpx
+
+from trellis.errors import (
+    ProviderHTTPError,
+    UnsupportedFeatureError,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeoutError,
+)
+from trellis.schema import ChatChunk, ChatRequest, ChatResponse
+from trellis.settings import Deployment
+
+__all__ = ["Provider", "HttpProvider", "EmbeddingResult", "SSEEvent", "parse_retry_after"]
+
+
+@dataclass(slots=True)
+class EmbeddingResult:
+    vectors: list[list[float]]
+    prompt_tokens: int
+    model: str
+
+
+@dataclass(slots=True)
+class SSEEvent:
+    event: str | None
+    data: str
+
+
+class Provider(ABC):
+    """One deployment's connection to a model. Created once, shared by all requests."""
+
+    #: The ``gen_ai.provider.name`` recorded on spans.
+    system: ClassVar[str] = "unknown"
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.deployment = deployment
+
+    @abstractmethod
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        """One non-streaming completion."""
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        """Completion chunks; the last carries ``usage`` when the provider reports it."""
+        raise UnsupportedFeatureError(
+            f"{self.deployment.label} does not support streaming", code="streaming_unsupported"
+        )
+
+    async def embed(self, texts: list[str], *, dimensions: int | None = None) -> EmbeddingResult:
+        raise UnsupportedFeatureError(f"{self.deployment.label} does not make embeddings")
+
+    async def probe(self) -> None:
+        """A cheap call that fails when the deployment cannot serve (used by ``trellis doctor``)."""
+        request = ChatRequest(
+            model=self.deployment.model,
+            messages=[{"role": "user", "content": "ping"}],  # type: ignore[list-item]
+            max_tokens=1,
+        )
+        await self.chat(request)
+
+    async def aclose(self) -> None:
+        """Release connections or models."""
+
+
+def parse_retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` / ``Retry-After`` (delta-seconds or HTTP date)."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class HttpProvider(Provider):
+    """A provider reached over HTTP with JSON bodies and SSE streams."""
+
+    default_base_url: ClassVar[str] = ""
+
+    def __init__(self, deployment: Deployment, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        super().__init__(deployment)
+        base_url = (deployment.base_url or self.default_base_url).rstrip("/")
+        if not base_url:
+            raise UpstreamError(f"{deployment.label} needs a base_url", retryable=False)
+        self.base_url = base_url
+        self.client = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=httpx.Timeout(deployment.timeout, connect=deployment.connect_timeout),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+            headers={**self.auth_headers(deployment.api_key()), **deployment.headers},
+            transport=transport,
+        )
+
+    # --- vendor hooks -------------------------------------------------------
+
+    def auth_headers(self, api_key: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def error_message(self, body: Any, status: int) -> str:
+        """The human message inside a vendor's error body."""
+        if isinstance(body, dict):
+            error = body.get("error", body)
+            if isinstance(error, dict):
+                message = error.get("message") or error.get("msg")
+                if message:
+                    return str(message)
+            elif isinstance(error, str):
+                return error
+            if body.get("message"):
+                return str(body["message"])
+        if isinstance(body, str) and body.strip():
+            return body.strip()[:500]
+        return f"HTTP {status}"
+
+    # --- shared plumbing ----------------------------------------------------
+
+    async def post_json(self, path: str, body: dict[str, Any], *, params: dict[str, str] | None = None) -> Any:
+        try:
+            response = await self.client.post(path, json=body, params=params)
+            if response.status_code >= 400:
+                await self._raise_for_status(response)
+            return self._decode(response.content)
+        except httpx.HTTPError as exc:
+            raise self._map_transport_error(exc) from exc
+
+    async def get_json(self, path: str) -> Any:
+        try:
+            response = await self.client.get(path)
+            if response.status_code >= 400:
+                await self._raise_for_status(response)
+            return self._decode(response.content)
+        except httpx.HTTPError as exc:
+            raise self._map_transport_error(exc) from exc
+
+    async def post_sse(
+        self, path: str, body: dict[str, Any], *, params: dict[str, str] | None = None
+    ) -> AsyncIterator[SSEEvent]:
+        """POST and yield server-sent events; errors before the first event raise as usual."""
+        try:
+            async with self.client.stream("POST", path, json=body, params=params) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    await self._raise_for_status(response)
+                event: str | None = None
+                data: list[str] = []
+                async for line in response.aiter_lines():
+                    if line == "":
+                        if data:
+                            yield SSEEvent(event, "\n".join(data))
+                        event, data = None, []
+                        continue
+                    if line.startswith(":"):
+                        continue
+                    field, _, value = line.partition(":")
+                    value = value[1:] if value.startswith(" ") else value
+                    if field == "event":
+                        event = value
+                    elif field == "data":
+                        data.append(value)
+                if data:
+                    yield SSEEvent(event, "\n".join(data))
+        except httpx.HTTPError as exc:
+            raise self._map_transport_error(exc) from exc
+
+    def decode_event(self, data: str) -> Any:
+        return self._decode(data.encode())
+
+    def _decode(self, content: bytes) -> Any:
+        try:
+            return json.loads(content)
+        except ValueError as exc:
+            raise UpstreamProtocolError(
+                f"{self.deployment.label} returned malformed JSON: {content[:200]!r}",
+                provider=self.system,
+            ) from exc
+
+    async def _raise_for_status(self, response: httpx.Response) -> None:
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = response.text
+        message = self.error_message(body, response.status_code)
+        raise ProviderHTTPError(
+            f"{self.system} error {response.status_code}: {message}",
+            upstream_status=response.status_code,
+            provider=self.system,
+            retry_after=parse_retry_after(response.headers),
+            body=body,
+        )
+
+    def _map_transport_error(self, exc: httpx.HTTPError) -> UpstreamError:
+        label = self.deployment.label
+        if isinstance(exc, httpx.TimeoutException):
+            return UpstreamTimeoutError(f"{label} timed out ({type(exc).__name__})", provider=self.system)
+        if isinstance(exc, httpx.ConnectError):
+            return UpstreamConnectionError(f"cannot connect to {label}: {exc}", provider=self.system)
+        return UpstreamConnectionError(
+            f"connection to {label} failed: {type(exc).__name__}: {exc}", provider=self.system
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,398 @@
+"""Model aliases to deployments: ordering, retries, breakers, fallbacks and timeouts.
+
+For one request the router builds a plan — the alias's deployments in routing
+order, then each fallback alias's — and walks it. On a deployment it retries
+retryable failures (429, 5xx, timeouts, connection errors) with exponential
+backoff and full jitter, honouring ``Retry-After``; a non-retryable upstream
+failure moves on at once; the caller's own mistake stops everything. Every
+attempt is a span on the trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from trellis.errors import (
+    NoDeploymentAvailableError,
+    NotFoundError,
+    ProviderHTTPError,
+    RequestError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+from trellis.inference.breaker import CircuitBreaker
+from trellis.inference.providers import EmbeddingResult, Provider, build_provider
+from trellis.observe.tracing import GenAI, Span, Trace
+from trellis.schema import ChatChunk, ChatRequest, ChatResponse
+from trellis.settings import BreakerSettings, Deployment, ModelAlias, RetrySettings
+
+__all__ = ["Router", "Route", "Target", "Outcome"]
+
+T = TypeVar("T")
+
+#: Upstream statuses that mean the request itself is wrong: no other deployment will accept it.
+_CALLERS_FAULT = {400, 413, 422}
+
+
+@dataclass(slots=True)
+class Target:
+    """One deployment with its live state."""
+
+    alias: ModelAlias
+    deployment: Deployment
+    provider: Provider
+    breaker: CircuitBreaker
+    ewma_ms: float | None = None
+    in_flight: int = 0
+
+    def observe_latency(self, millis: float, alpha: float = 0.3) -> None:
+        self.ewma_ms = millis if self.ewma_ms is None else alpha * millis + (1 - alpha) * self.ewma_ms
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the router did for one request, for the trace summary and the caller."""
+
+    target: Target | None = None
+    attempts: int = 0
+    retries: int = 0
+    fallbacks: int = 0
+    ttft_ms: float | None = None
+    tried: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Route:
+    """A resolved alias: its targets, in the order this request will try them."""
+
+    alias: ModelAlias
+    plan: list[Target]
+
+
+def _callers_fault(exc: BaseException) -> bool:
+    if isinstance(exc, RequestError):
+        return True
+    return isinstance(exc, ProviderHTTPError) and exc.upstream_status in _CALLERS_FAULT
+
+
+class Router:
+    def __init__(
+        self,
+        aliases: list[ModelAlias],
+        *,
+        retry: RetrySettings | None = None,
+        breaker: BreakerSettings | None = None,
+        provider_factory: Callable[[Deployment], Provider] = build_provider,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.retry = retry or RetrySettings()
+        breaker_settings = breaker or BreakerSettings()
+        self._rng = rng or random.Random()
+        self._sleep = sleep
+        self.aliases: dict[str, ModelAlias] = {alias.name: alias for alias in aliases}
+        self.targets: dict[str, list[Target]] = {}
+        providers: dict[str, Provider] = {}
+        for alias in aliases:
+            targets = []
+            for deployment in alias.deployments:
+                key = deployment.model_dump_json()
+                if key not in providers:  # one connection pool per distinct deployment
+                    providers[key] = provider_factory(deployment)
+                targets.append(
+                    Target(
+                        alias=alias,
+                        deployment=deployment,
+                        provider=providers[key],
+                        breaker=CircuitBreaker(
+                            breaker_settings.failure_threshold, breaker_settings.reset_after, clock
+                        ),
+                    )
+                )
+            self.targets[alias.name] = targets
+        self._providers = list(providers.values())
+
+    # --- planning -----------------------------------------------------------
+
+    def alias(self, name: str) -> ModelAlias:
+        try:
+            return self.aliases[name]
+        except KeyError:
+            raise NotFoundError(
+                f"The model `{name}` does not exist or you do not have access to it.",
+                code="model_not_found",
+                param="model",
+            ) from None
+
+    def route(self, name: str) -> Route:
+        alias = self.alias(name)
+        plan: list[Target] = []
+        seen: set[str] = set()
+        for alias_name in [name, *alias.fallbacks]:
+            if alias_name in seen:
+                continue
+            seen.add(alias_name)
+            plan.extend(self._ordered(self.aliases[alias_name]))
+        return Route(alias=alias, plan=plan)
+
+    def _ordered(self, alias: ModelAlias) -> list[Target]:
+        targets = self.targets[alias.name]
+        if alias.routing == "ordered" or len(targets) == 1:
+            return list(targets)
+        if alias.routing == "latency":
+            # Unmeasured deployments first (so every one gets measured), then fastest EWMA.
+            return sorted(targets, key=lambda t: (t.ewma_ms is not None, t.ewma_ms or 0.0))
+        # Weighted random order without replacement (Efraimidis–Spirakis keys).
+        keyed = [(self._rng.random() ** (1.0 / t.deployment.weight), t) for t in targets]
+        keyed.sort(key=lambda pair: pair[0], reverse=True)
+        return [t for _, t in keyed]
+
+    # --- backoff ------------------------------------------------------------
+
+    def backoff(self, attempt: int, error: UpstreamError) -> float | None:
+        """Seconds to wait before retry ``attempt`` (1-based), or None to move on instead."""
+        base = min(self.retry.backoff_max, self.retry.backoff_initial * 2 ** (attempt - 1))
+        delay = self._rng.uniform(base / 2, base)
+        if error.retry_after is not None:
+            if error.retry_after > self.retry.max_retry_after:
+                return None  # the upstream wants a long pause: try elsewhere now
+            delay = max(delay, error.retry_after)
+        return delay
+
+    # --- the walk -----------------------------------------------------------
+
+    async def _walk(
+        self,
+        route: Route,
+        trace: Trace,
+        parent: Span,
+        operation: str,
+        call: Callable[[Target, Span], Awaitable[T]],
+        outcome: Outcome,
+        keep_open: bool = False,
+    ) -> T:
+        last_error: UpstreamError | None = None
+        previous: Target | None = None
+        for target in route.plan:
+            if not target.breaker.allow():
+                parent.add_event(
+                    "breaker_skip", deployment=target.deployment.label, state=target.breaker.state.value
+                )
+                continue
+            if previous is not None:
+                outcome.fallbacks += 1
+                parent.add_event(
+                    "fallback", **{"from": previous.deployment.label, "to": target.deployment.label}
+                )
+            previous = target
+            outcome.tried.append(target.deployment.label)
+            for attempt in range(1, self.retry.attempts + 1):
+                outcome.attempts += 1
+                span = trace.start_span(
+                    f"{operation} {target.deployment.model}",
+                    parent,
+                    **{
+                        GenAI.OPERATION: operation,
+                        GenAI.PROVIDER: target.provider.system,
+                        GenAI.REQUEST_MODEL: target.deployment.model,
+                        "trellis.deployment": target.deployment.label,
+                        "trellis.alias": target.alias.name,
+                        "trellis.attempt": attempt,
+                    },
+                )
+                started = time.perf_counter()
+                target.in_flight += 1
+                try:
+                    result = await call(target, span)
+                except UpstreamError as exc:
+                    span.record_error(exc)
+                    span.set("http.response.status_code", exc.upstream_status)
+                    span.end()
+                    if _callers_fault(exc):
+                        target.breaker.release()
+                        raise
+                    last_error = exc
+                    if target.breaker.record_failure():
+                        parent.add_event("breaker_open", deployment=target.deployment.label)
+                    if not exc.retryable or attempt == self.retry.attempts:
+                        break
+                    if not target.breaker.allow():
+                        break
+                    delay = self.backoff(attempt, exc)
+                    if delay is None:
+                        break
+                    outcome.retries += 1
+                    parent.add_event(
+                        "retry",
+                        deployment=target.deployment.label,
+                        attempt=attempt,
+                        delay_s=round(delay, 3),
+                        error=type(exc).__name__,
+                    )
+                    await self._sleep(delay)
+                    continue
+                except RequestError:
+                    target.breaker.release()
+                    span.status = "error"
+                    span.end()
+                    raise
+                finally:
+                    target.in_flight -= 1
+                target.breaker.record_success()
+                target.observe_latency((time.perf_counter() - started) * 1000)
+                if not keep_open:  # a stream's attempt span ends with the stream
+                    span.end()
+                outcome.target = target
+                return result
+        if last_error is None:
+            raise NoDeploymentAvailableError(
+                f"no deployment of `{route.alias.name}` is available (circuit breakers open)",
+                retryable=False,
+            )
+        if outcome.attempts > 1 and not isinstance(last_error, NoDeploymentAvailableError):
+            last_error.message = f"{last_error.message} (after {outcome.attempts} attempts)"
+            last_error.args = (last_error.message,)
+        raise last_error
+
+    async def _with_deadline(self, coro: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self.retry.request_timeout):
+                return await coro
+        except TimeoutError:
+            raise UpstreamTimeoutError(
+                f"request did not finish within {self.retry.request_timeout:g}s", retryable=False
+            ) from None
+
+    # --- operations ---------------------------------------------------------
+
+    async def chat(
+        self, route: Route, request: ChatRequest, trace: Trace, parent: Span, outcome: Outcome
+    ) -> ChatResponse:
+        async def call(target: Target, span: Span) -> ChatResponse:
+            try:
+                async with asyncio.timeout(target.deployment.timeout):
+                    response = await target.provider.chat(request)
+            except TimeoutError:
+                raise UpstreamTimeoutError(
+                    f"{target.deployment.label} did not answer within {target.deployment.timeout:g}s",
+                    provider=target.provider.system,
+                ) from None
+            _record_response(span, response.model, response.id, response.usage)
+            span.set(GenAI.FINISH_REASONS, [c.finish_reason for c in response.choices])
+            return response
+
+        return await self._with_deadline(self._walk(route, trace, parent, "chat", call, outcome))
+
+    async def stream(
+        self, route: Route, request: ChatRequest, trace: Trace, parent: Span, outcome: Outcome
+    ) -> AsyncIterator[ChatChunk]:
+        """Chunks of the first deployment that produced one: failures before the first
+        chunk are retried or fall back; a failure after it propagates to the caller."""
+        started = time.perf_counter()
+
+        async def first_chunk(target: Target, span: Span) -> tuple[Span, ChatChunk, Any]:
+            iterator = target.provider.stream(request).__aiter__()
+            try:
+                async with asyncio.timeout(target.deployment.timeout):
+                    chunk = await anext(iterator)
+            except TimeoutError:
+                await _close(iterator)
+                raise UpstreamTimeoutError(
+                    f"{target.deployment.label} sent nothing within {target.deployment.timeout:g}s",
+                    provider=target.provider.system,
+                ) from None
+            except StopAsyncIteration:
+                raise UpstreamError(
+                    f"{target.deployment.label} ended the stream without data",
+                    provider=target.provider.system,
+                ) from None
+            except BaseException:
+                await _close(iterator)
+                raise
+            return span, chunk, iterator
+
+        span, chunk, iterator = await self._with_deadline(
+            self._walk(route, trace, parent, "chat", first_chunk, outcome, keep_open=True)
+        )
+        outcome.ttft_ms = (time.perf_counter() - started) * 1000
+        span.set(GenAI.TTFT, outcome.ttft_ms / 1000)
+        return _follow(span, chunk, iterator)
+
+    async def embed(
+        self,
+        route: Route,
+        texts: list[str],
+        dimensions: int | None,
+        trace: Trace,
+        parent: Span,
+        outcome: Outcome,
+    ) -> EmbeddingResult:
+        async def call(target: Target, span: Span) -> EmbeddingResult:
+            try:
+                async with asyncio.timeout(target.deployment.timeout):
+                    result = await target.provider.embed(texts, dimensions=dimensions)
+            except TimeoutError:
+                raise UpstreamTimeoutError(
+                    f"{target.deployment.label} did not answer within {target.deployment.timeout:g}s",
+                    provider=target.provider.system,
+                ) from None
+            span.set(GenAI.RESPONSE_MODEL, result.model)
+            span.set(GenAI.INPUT_TOKENS, result.prompt_tokens)
+            return result
+
+        return await self._with_deadline(self._walk(route, trace, parent, "embeddings", call, outcome))
+
+    async def aclose(self) -> None:
+        for provider in self._providers:
+            await provider.aclose()
+
+    def providers(self) -> list[tuple[Deployment, Provider]]:
+        seen: dict[int, tuple[Deployment, Provider]] = {}
+        for targets in self.targets.values():
+            for target in targets:
+                seen.setdefault(id(target.provider), (target.deployment, target.provider))
+        return list(seen.values())
+
+
+def _record_response(span: Span, model: str | None, response_id: str | None, usage: Any) -> None:
+    span.set(GenAI.RESPONSE_MODEL, model)
+    span.set(GenAI.RESPONSE_ID, response_id)
+    if usage is not None:
+        span.set(GenAI.INPUT_TOKENS, usage.prompt_tokens)
+        span.set(GenAI.OUTPUT_TOKENS, usage.completion_tokens)
+
+
+async def _close(iterator: Any) -> None:
+    closer = getattr(iterator, "aclose", None)
+    if closer is not None:
+        try:
+            await closer()
+        except (UpstreamError, RuntimeError):
+            return  # closing a broken stream may raise its own error; the first one is reported
+
+
+async def _follow(span: Span, first: ChatChunk, iterator: Any) -> AsyncIterator[ChatChunk]:
+    """Yield the rest of a started stream, recording the response on the attempt span."""
+    usage = first.usage
+    model = first.model
+    yield first
+    try:
+        async for chunk in iterator:
+            if chunk.usage is not None:
+                usage = chunk.usage
+            model = chunk.model or model
+            yield chunk
+    except UpstreamError as exc:
+        span.record_error(exc)
+        span.add_event("stream_interrupted", error=str(exc)[:500])
+        raise
+    finally:
+        await _close(iterator)
+        _record_response(span, model, first.id, usage)
+        span.end()

@@ -1,0 +1,321 @@
+"""The background trace writer: the request path hands traces over, never waits for the database.
+
+``submit`` puts a finished :class:`~trellis.observe.tracing.Trace` on a bounded
+queue and returns. One task drains the queue in batches (up to ``batch_size``
+traces, or whatever arrived within ``flush_interval``) and inserts them with
+``executemany`` in one transaction. A full queue drops the trace and counts it
+(a warning at most every 10 s) rather than slow requests down; ``close()``
+writes everything still queued, so a clean stop loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
+
+from trellis.observe.tracing import GenAI, Span, Trace
+from trellis.settings import TracingSettings
+from trellis.store.db import Database
+from trellis.store.tables import spans as spans_table
+from trellis.store.tables import traces as traces_table
+
+__all__ = ["TraceWriter", "trace_rows", "SUMMARY_COLUMNS", "BODY_ATTRIBUTES"]
+
+logger = logging.getLogger(__name__)
+
+#: Trace summary keys that have their own column; the rest go to ``attributes``.
+SUMMARY_COLUMNS = (
+    "model",
+    "response_model",
+    "provider",
+    "key_id",
+    "input_tokens",
+    "output_tokens",
+    "cost",
+    "cache_hit",
+    "ttft_ms",
+)
+#: Prompt and completion text, left out when ``store_bodies`` is off.
+BODY_ATTRIBUTES = frozenset({GenAI.INPUT_MESSAGES, GenAI.OUTPUT_MESSAGES})
+
+_DROP_LOG_INTERVAL = 10.0
+
+
+class _Flush:
+    """A marker in the queue: everything before it is written when ``done`` resolves."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+class _Stop:
+    """The last item the writer task reads."""
+
+
+_Item = Trace | _Flush | _Stop
+
+
+def _duration_ms(start_ns: int, end_ns: int | None) -> float | None:
+    return None if end_ns is None else (end_ns - start_ns) / 1e6
+
+
+def _span_row(span: Span, store_bodies: bool) -> dict[str, Any]:
+    attributes = span.attributes
+    if not store_bodies and not BODY_ATTRIBUTES.isdisjoint(attributes):
+        attributes = {k: v for k, v in attributes.items() if k not in BODY_ATTRIBUTES}
+    return {
+        "trace_id": span.trace_id,
+        "id": span.span_id,
+        "parent_id": span.parent_id,
+        "name": span.name,
+        "start_ns": span.start_ns,
+        "end_ns": span.end_ns,
+        "duration_ms": _duration_ms(span.start_ns, span.end_ns),
+        "status": span.status,
+        "attributes": attributes or None,
+        "events": span.events or None,
+    }
+
+
+def trace_rows(
+    trace: Trace, *, store_bodies: bool = True
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ``traces`` row and the ``spans`` rows for one trace."""
+    root = trace.root
+    spans = trace.spans
+    start_ns = root.start_ns if root else min(s.start_ns for s in spans)
+    end_ns = root.end_ns if root else None
+    if end_ns is None:
+        # An unfinished root: the trace lasted as long as its latest finished span.
+        ends = [s.end_ns for s in spans if s.end_ns is not None]
+        end_ns = max(ends) if ends else None
+    summary = trace.summary
+    extra = {k: v for k, v in summary.items() if k not in SUMMARY_COLUMNS}
+    if not store_bodies:
+        extra = {k: v for k, v in extra.items() if k not in BODY_ATTRIBUTES}
+    row = {
+        "id": trace.trace_id,
+        "kind": trace.kind,
+        "name": trace.name,
+        "start_ns": start_ns,
+        "end_ns": end_ns,
+        "duration_ms": _duration_ms(start_ns, end_ns),
+        "status": trace.status,
+        "model": summary.get("model"),
+        "response_model": summary.get("response_model"),
+        "provider": summary.get("provider"),
+        "key_id": summary.get("key_id"),
+        "input_tokens": summary.get("input_tokens"),
+        "output_tokens": summary.get("output_tokens"),
+        "cost": summary.get("cost"),
+        "cache_hit": bool(summary.get("cache_hit", False)),
+        "ttft_ms": summary.get("ttft_ms"),
+        "attributes": extra or None,
+    }
+    return row, [_span_row(span, store_bodies) for span in spans]
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """Errors after which writing the same rows one by one would fail the same way."""
+    if isinstance(exc, DisconnectionError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+class TraceWriter:
+    """Implements :class:`~trellis.observe.tracing.TraceSink` over the ``traces``/``spans`` tables.
+
+    Counters (read them for metrics): ``queued``, ``written_traces``, ``written_spans``,
+    ``dropped`` (queue full or writer closed) and ``write_errors`` (traces lost to a
+    database error).
+    """
+
+    def __init__(self, db: Database, settings: TracingSettings | None = None) -> None:
+        self.db = db
+        self.settings = settings or TracingSettings()
+        # Unbounded underneath so the stop/flush markers always fit; submit() enforces the bound.
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._pending = 0
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._last_drop_log = float("-inf")
+        self.written_traces = 0
+        self.written_spans = 0
+        self.dropped = 0
+        self.write_errors = 0
+        self.batches = 0
+
+    # --- TraceSink --------------------------------------------------------------
+
+    def submit(self, trace: Trace) -> None:
+        """Queue ``trace`` for writing. Never blocks, never raises."""
+        if self._closed or self._pending >= self.settings.queue_size:
+            self._drop()
+            return
+        self._pending += 1
+        self._queue.put_nowait(trace)
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        """Traces waiting to be written (including the batch being written)."""
+        return self._pending
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "queued": self.queued,
+            "written_traces": self.written_traces,
+            "written_spans": self.written_spans,
+            "dropped": self.dropped,
+            "write_errors": self.write_errors,
+        }
+
+    async def start(self) -> None:
+        """Launch the background task (once)."""
+        if self._closed:
+            raise RuntimeError("TraceWriter is closed")
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="trellis-trace-writer")
+
+    async def flush(self) -> None:
+        """Wait until every trace submitted so far is written (or has failed)."""
+        if not self.running:
+            return
+        marker = _Flush()
+        self._queue.put_nowait(marker)
+        await marker.done
+
+    async def close(self, timeout: float | None = 30.0) -> None:
+        """Stop accepting traces, write all queued ones, and end the task.
+
+        ``timeout`` bounds the wait (a hung database must not hang shutdown forever);
+        traces still queued after it are counted as dropped and logged.
+        """
+        if self._closed:
+            if self._task is not None:
+                await asyncio.shield(self._task)
+            return
+        self._closed = True
+        if self._task is None:
+            if self._pending == 0:
+                return
+            self._task = asyncio.create_task(self._run(), name="trellis-trace-writer")
+        self._queue.put_nowait(_Stop())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except TimeoutError:
+            self._task.cancel()
+            await asyncio.wait([self._task])  # let the cancelled batch settle its counters
+            lost = self._pending
+            self.dropped += lost
+            self._pending = 0
+            logger.error("trace writer did not finish within %.1fs; %d traces lost", timeout, lost)
+
+    # --- the background task ----------------------------------------------------
+
+    async def _run(self) -> None:
+        stop = False
+        while not stop:
+            batch, markers, stop = await self._next_batch()
+            if batch:
+                await self._write(batch)
+            for marker in markers:
+                if not marker.done.done():
+                    marker.done.set_result(None)
+
+    async def _next_batch(self) -> tuple[list[Trace], list[_Flush], bool]:
+        """Up to ``batch_size`` traces, waiting at most ``flush_interval`` after the first."""
+        batch: list[Trace] = []
+        markers: list[_Flush] = []
+        item = await self._queue.get()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.flush_interval
+        while True:
+            if isinstance(item, _Stop):
+                return batch, markers, True
+            if isinstance(item, _Flush):
+                # Write what we have now rather than wait out the interval.
+                markers.append(item)
+                deadline = loop.time()
+            else:
+                batch.append(item)
+                if len(batch) >= self.settings.batch_size:
+                    return batch, markers, False
+            try:
+                item = self._queue.get_nowait()
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return batch, markers, False
+            try:
+                item = await asyncio.wait_for(self._queue.get(), remaining)
+            except TimeoutError:
+                return batch, markers, False
+
+    async def _write(self, batch: list[Trace]) -> None:
+        try:
+            await self._insert(batch)
+        except Exception as exc:  # logged and counted: the writer must outlive any one batch
+            if len(batch) > 1 and not _is_connection_error(exc):
+                # Probably one bad trace (a duplicate id, a value the database refuses):
+                # write the others one by one instead of losing the whole batch.
+                logger.warning("trace batch failed (%s); retrying traces one by one", exc)
+                for trace in batch:
+                    await self._write_one(trace)
+            else:
+                self._count_failure(len(batch), exc)
+        finally:
+            self._pending -= len(batch)
+
+    async def _write_one(self, trace: Trace) -> None:
+        try:
+            await self._insert([trace])
+        except Exception as exc:  # logged and counted: the writer must outlive any one batch
+            self._count_failure(1, exc)
+
+    def _count_failure(self, traces: int, exc: BaseException) -> None:
+        self.write_errors += traces
+        level = logging.ERROR if isinstance(exc, SQLAlchemyError) else logging.CRITICAL
+        logger.log(level, "could not write %d trace(s): %s", traces, exc, exc_info=exc)
+
+    async def _insert(self, batch: list[Trace]) -> None:
+        store_bodies = self.settings.store_bodies
+        trace_rows_: list[dict[str, Any]] = []
+        span_rows: list[dict[str, Any]] = []
+        for trace in batch:
+            row, rows = trace_rows(trace, store_bodies=store_bodies)
+            trace_rows_.append(row)
+            span_rows.extend(rows)
+        async with self.db.engine.begin() as conn:
+            await conn.execute(traces_table.insert(), trace_rows_)
+            if span_rows:
+                await conn.execute(spans_table.insert(), span_rows)
+        self.batches += 1
+        self.written_traces += len(trace_rows_)
+        self.written_spans += len(span_rows)
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        now = time.monotonic()
+        if now - self._last_drop_log >= _DROP_LOG_INTERVAL:
+            self._last_drop_log = now
+            reason = "writer closed" if self._closed else "queue full"
+            logger.warning(
+                "dropping traces (%s, queue_size=%d); %d dropped so far",
+                reason,
+                self.settings.queue_size,
+                self.dropped,
+            )

@@ -1,0 +1,269 @@
+"""Wire types shared by every layer: the OpenAI chat, embeddings and models shapes.
+
+The OpenAI shape is Trellis' lingua franca: providers convert to and from it,
+and the server speaks it unchanged. Request models accept unknown fields so
+vendor-specific parameters pass through to providers that understand them.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "ChatMessage",
+    "ChatRequest",
+    "ChatResponse",
+    "ChatChoice",
+    "ChatChunk",
+    "ChunkChoice",
+    "Usage",
+    "ToolCall",
+    "EmbeddingRequest",
+    "EmbeddingResponse",
+    "EmbeddingData",
+    "ModelCard",
+    "ModelList",
+    "TrellisOptions",
+    "new_completion_id",
+    "message_text",
+]
+
+
+def new_completion_id() -> str:
+    return "chatcmpl-" + uuid.uuid4().hex[:24]
+
+
+class _Open(BaseModel):
+    """Accept and keep fields we do not model: they belong to the caller."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class FunctionCall(_Open):
+    name: str
+    arguments: str = ""
+
+
+class ToolCall(_Open):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(_Open):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    # A string, or a list of content parts ({"type": "text", "text": ...}, images...).
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+def message_text(message: ChatMessage) -> str:
+    """The plain text of a message, joining text parts; images and audio add nothing."""
+    content = message.content
+    if content is None:
+        text = ""
+    elif isinstance(content, str):
+        text = content
+    else:
+        text = "".join(
+            str(part.get("text", "")) for part in content if part.get("type") == "text"
+        )
+    if message.tool_calls:
+        text += "".join(call.function.name + call.function.arguments for call in message.tool_calls)
+    return text
+
+
+class StreamOptions(_Open):
+    include_usage: bool = False
+
+
+class TrellisOptions(_Open):
+    """Trellis-specific request options, sent as ``"trellis": {...}`` in the body."""
+
+    cache: bool | None = None  # force (True) or forbid (False) the response cache
+    trim: bool | None = None  # allow dropping oldest turns to fit the context window
+
+
+class ChatRequest(_Open):
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, le=128)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    user: str | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    trellis: TrellisOptions | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_at_most_four(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop sequences are allowed")
+        return value
+
+    @model_validator(mode="after")
+    def _tool_choice_needs_tools(self) -> ChatRequest:
+        if isinstance(self.tool_choice, dict) and not self.tools:
+            raise ValueError("tool_choice names a tool but no tools were given")
+        return self
+
+    @property
+    def output_limit(self) -> int | None:
+        """The caller's cap on generated tokens, whichever field carried it."""
+        return self.max_completion_tokens or self.max_tokens
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def upstream_body(self, upstream_model: str) -> dict[str, Any]:
+        """The body to send to an OpenAI-compatible upstream: our options removed."""
+        body = self.model_dump(exclude_none=True, exclude={"trellis"})
+        body["model"] = upstream_model
+        if not self.stream:
+            body.pop("stream", None)
+            body.pop("stream_options", None)
+        return body
+
+
+class Usage(_Open):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    prompt_tokens_details: dict[str, Any] | None = None
+    completion_tokens_details: dict[str, Any] | None = None
+
+    @property
+    def cached_tokens(self) -> int:
+        details = self.prompt_tokens_details or {}
+        return int(details.get("cached_tokens") or 0)
+
+
+class ResponseMessage(_Open):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    refusal: str | None = None
+
+
+class ChatChoice(_Open):
+    index: int = 0
+    message: ResponseMessage
+    finish_reason: str | None = "stop"
+    logprobs: Any = None
+
+
+class ChatResponse(_Open):
+    id: str = Field(default_factory=new_completion_id)
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+class ChunkDelta(_Open):
+    role: str | None = None
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    refusal: str | None = None
+
+
+class ChunkChoice(_Open):
+    index: int = 0
+    delta: ChunkDelta = Field(default_factory=ChunkDelta)
+    finish_reason: str | None = None
+    logprobs: Any = None
+
+
+class ChatChunk(_Open):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChunkChoice] = Field(default_factory=list)
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+    def wire(self) -> dict[str, Any]:
+        """The chunk as OpenAI sends it: ``usage`` is present (null) on every chunk
+        when usage was requested, otherwise absent."""
+        data = self.model_dump(exclude_none=True)
+        for choice in data.get("choices", []):
+            choice.setdefault("finish_reason", None)
+            choice.setdefault("logprobs", None)
+        return data
+
+
+class EmbeddingRequest(_Open):
+    model: str = Field(min_length=1)
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("input must not be empty")
+        if isinstance(value, list) and len(value) > 2048:
+            raise ValueError("input may hold at most 2048 items")
+        return value
+
+    def texts(self) -> list[str]:
+        """The inputs as strings; token-id inputs are refused (we cannot decode them)."""
+        if isinstance(self.input, str):
+            return [self.input]
+        if all(isinstance(item, str) for item in self.input):
+            return list(self.input)  # type: ignore[arg-type]
+        raise ValueError("token-id input is not supported; send strings")
+
+
+class EmbeddingData(_Open):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(_Open):
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+
+
+class EmbeddingResponse(_Open):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: EmbeddingUsage = Field(default_factory=EmbeddingUsage)
+
+
+class ModelCard(_Open):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "trellis"
+
+
+class ModelList(_Open):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -1,0 +1,78 @@
+"""Every failure leaves the server as an OpenAI-style error body with the right status."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from trellis.errors import InvalidRequestError, TrellisError
+
+__all__ = ["install_error_handlers", "error_response", "validation_error"]
+
+log = logging.getLogger("trellis.server")
+
+_STATUS_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def error_response(exc: TrellisError) -> ORJSONResponse:
+    return ORJSONResponse(exc.to_body(), status_code=exc.status_code, headers=exc.headers or None)
+
+
+def validation_error(exc: ValidationError | RequestValidationError) -> InvalidRequestError:
+    """The first problem, named by its field path, as OpenAI phrases it."""
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    loc = [str(part) for part in first.get("loc", ()) if part not in ("body",)]
+    param = ".".join(loc) or None
+    message = str(first.get("msg", "invalid value"))
+    text = f"Invalid value for '{param}': {message}" if param else message
+    if len(errors) > 1:
+        text += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return InvalidRequestError(text, param=param, code="invalid_value")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(TrellisError)
+    async def _trellis(_: Request, exc: TrellisError) -> ORJSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+        return error_response(validation_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+        body = {
+            "error": {
+                "message": str(exc.detail),
+                "type": _STATUS_TYPES.get(exc.status_code, "invalid_request_error"),
+                "param": None,
+                "code": None,
+            }
+        }
+        return ORJSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> ORJSONResponse:
+        log.exception("unexpected error", exc_info=exc)
+        body = {
+            "error": {
+                "message": "The server had an error while processing your request.",
+                "type": "server_error",
+                "param": None,
+                "code": None,
+            }
+        }
+        return ORJSONResponse(body, status_code=500)

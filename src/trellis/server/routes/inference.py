@@ -1,0 +1,85 @@
+"""The OpenAI-compatible endpoints: chat completions, embeddings, models."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import ORJSONResponse, StreamingResponse
+
+from trellis.access.keys import INFERENCE
+from trellis.errors import NotFoundError, TrellisError
+from trellis.inference.gateway import Gateway
+from trellis.schema import ChatChunk, ChatRequest, EmbeddingRequest, ModelCard
+from trellis.server.edge import authenticate, parse_body, read_json, runtime
+
+router = APIRouter(prefix="/v1", tags=["inference"])
+
+_DONE = b"data: [DONE]\n\n"
+
+
+def _gateway(request: Request) -> Gateway:
+    gateway = runtime(request).gateway
+    assert gateway is not None
+    return gateway
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request) -> object:
+    caller = await authenticate(request, INFERENCE)
+    body = parse_body(ChatRequest, await read_json(request))
+    gateway = _gateway(request)
+    if body.stream:
+        result = await gateway.chat_stream(body, caller)
+        return StreamingResponse(
+            _sse(result.chunks),
+            media_type="text/event-stream",
+            headers={
+                "x-trellis-cache": "hit" if result.cache_hit else "miss",
+                "x-trellis-trace-id": result.trace_id,
+                "cache-control": "no-cache",
+            },
+        )
+    chat = await gateway.chat(body, caller)
+    return ORJSONResponse(
+        chat.response.model_dump(exclude_none=True),
+        headers={
+            "x-trellis-cache": "hit" if chat.cache_hit else "miss",
+            "x-trellis-trace-id": chat.trace_id,
+        },
+    )
+
+
+async def _sse(chunks: AsyncIterator[ChatChunk]) -> AsyncIterator[bytes]:
+    """OpenAI's SSE framing; a failure mid-stream becomes a final error event, never silence."""
+    try:
+        async for chunk in chunks:
+            yield b"data: " + orjson.dumps(chunk.wire()) + b"\n\n"
+    except TrellisError as exc:
+        yield b"data: " + orjson.dumps(exc.to_body()) + b"\n\n"
+        return
+    yield _DONE
+
+
+@router.post("/embeddings")
+async def embeddings(request: Request) -> ORJSONResponse:
+    caller = await authenticate(request, INFERENCE)
+    body = parse_body(EmbeddingRequest, await read_json(request))
+    response = await _gateway(request).embed(body, caller)
+    return ORJSONResponse(response.model_dump())
+
+
+@router.get("/models")
+async def list_models(request: Request) -> ORJSONResponse:
+    caller = await authenticate(request, INFERENCE)
+    return ORJSONResponse(_gateway(request).models(caller).model_dump())
+
+
+@router.get("/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> ORJSONResponse:
+    caller = await authenticate(request, INFERENCE)
+    for card in _gateway(request).models(caller).data:
+        if card.id == model_id:
+            return ORJSONResponse(ModelCard.model_validate(card).model_dump())
+    raise NotFoundError(f"The model `{model_id}` does not exist.", code="model_not_found", param="model")

@@ -1,0 +1,68 @@
+"""API key management for admins: create, list, revoke."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import ORJSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from trellis.access.keys import ADMIN, INFERENCE, ApiKeyRecord
+from trellis.errors import NotFoundError
+from trellis.server.edge import authenticate, parse_body, read_json, runtime
+
+router = APIRouter(prefix="/v1/keys", tags=["keys"])
+
+
+class CreateKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    scopes: list[str] = Field(default_factory=lambda: [INFERENCE], min_length=1)
+    allowed_models: list[str] | None = None
+
+
+def key_json(record: ApiKeyRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "object": "api_key",
+        "name": record.name,
+        "prefix": record.prefix,
+        "scopes": list(record.scopes),
+        "allowed_models": record.allowed_models,
+        "created_at": _ts(record.created_at),
+        "revoked_at": _ts(record.revoked_at),
+    }
+
+
+def _ts(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+@router.get("")
+async def list_keys(request: Request) -> ORJSONResponse:
+    await authenticate(request, ADMIN)
+    keys = runtime(request).keys
+    assert keys is not None
+    return ORJSONResponse({"object": "list", "data": [key_json(r) for r in await keys.list()]})
+
+
+@router.post("", status_code=201)
+async def create_key(request: Request) -> ORJSONResponse:
+    await authenticate(request, ADMIN)
+    body = parse_body(CreateKey, await read_json(request))
+    keys = runtime(request).keys
+    assert keys is not None
+    record, secret = await keys.create(body.name, scopes=body.scopes, allowed_models=body.allowed_models)
+    return ORJSONResponse({**key_json(record), "key": secret}, status_code=201)
+
+
+@router.delete("/{key_id}")
+async def revoke_key(key_id: str, request: Request) -> ORJSONResponse:
+    await authenticate(request, ADMIN)
+    keys = runtime(request).keys
+    assert keys is not None
+    if not await keys.revoke(key_id):
+        raise NotFoundError(f"No active API key with id `{key_id}`.")
+    return ORJSONResponse({"id": key_id, "object": "api_key", "revoked": True})
