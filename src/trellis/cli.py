@@ -18,7 +18,10 @@ from trellis.settings import Settings
 
 T = TypeVar("T")
 
-app = typer.Typer(help="Trellis: an LLM gateway with retrieval, workflows and observability.", no_args_is_help=True)
+app = typer.Typer(
+    help="Trellis: an LLM gateway with retrieval, workflows and observability.",
+    no_args_is_help=True,
+)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
@@ -90,7 +93,9 @@ def serve(
     secret = _run(prepare)
     if secret:
         announce_admin_key(secret)
-    console.print(f"Trellis listening on http://{settings.host}:{settings.port}/v1", style="bold green")
+    console.print(
+        f"Trellis listening on http://{settings.host}:{settings.port}/v1", style="bold green"
+    )
     uvicorn.run(
         "trellis.server.app:create_app",
         factory=True,
@@ -115,7 +120,9 @@ def chat(
     url: Annotated[
         str | None, typer.Option(help="Talk to a running server (e.g. http://127.0.0.1:8080/v1)")
     ] = None,
-    key: Annotated[str | None, typer.Option(envvar="TRELLIS_API_KEY", help="API key for --url")] = None,
+    key: Annotated[
+        str | None, typer.Option(envvar="TRELLIS_API_KEY", help="API key for --url")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Ask a model and stream the answer to the terminal."""
@@ -124,7 +131,11 @@ def chat(
     if system:
         messages.append({"role": "system", "content": system})
     messages.append({"role": "user", "content": prompt})
-    body: dict[str, Any] = {"model": model or settings.default_model, "messages": messages, "stream": True}
+    body: dict[str, Any] = {
+        "model": model or settings.default_model,
+        "messages": messages,
+        "stream": True,
+    }
     if temperature is not None:
         body["temperature"] = temperature
     if max_tokens is not None:
@@ -156,7 +167,9 @@ async def _chat_remote(url: str, key: str | None, body: dict[str, Any]) -> None:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     async with (
         httpx.AsyncClient(timeout=httpx.Timeout(300, connect=5)) as client,
-        client.stream("POST", url.rstrip("/") + "/chat/completions", json=body, headers=headers) as response,
+        client.stream(
+            "POST", url.rstrip("/") + "/chat/completions", json=body, headers=headers
+        ) as response,
     ):
         if response.status_code >= 400:
             await response.aread()
@@ -229,7 +242,9 @@ def _key_dict(record: Any) -> dict[str, Any]:
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Argument(help="A label for the key")],
-    scope: Annotated[list[str] | None, typer.Option("--scope", "-s", help="admin or inference")] = None,
+    scope: Annotated[
+        list[str] | None, typer.Option("--scope", "-s", help="admin or inference")
+    ] = None,
     model: Annotated[
         list[str] | None, typer.Option("--model", "-m", help="Allow only these model aliases")
     ] = None,
@@ -240,7 +255,8 @@ def keys_create(
     settings = _settings(config)
     record, secret = _run(
         lambda: _with_keys(
-            settings, lambda ks: ks.create(name, scopes=scope or ["inference"], allowed_models=model)
+            settings,
+            lambda ks: ks.create(name, scopes=scope or ["inference"], allowed_models=model),
         )
     )
     if as_json:
@@ -300,7 +316,9 @@ def doctor(
     settings = _settings(config)
     results = _run(lambda: _doctor(settings, timeout))
     if as_json:
-        console.print_json(json.dumps([{"check": c, "ok": ok, "detail": d} for c, ok, d in results]))
+        console.print_json(
+            json.dumps([{"check": c, "ok": ok, "detail": d} for c, ok, d in results])
+        )
     else:
         table = Table("check", "status", "detail")
         for check, ok, detail in results:
@@ -338,7 +356,9 @@ async def _doctor(settings: Settings, timeout: float) -> list[tuple[str, bool, s
                     await provider.probe()
                 results.append((f"deployment {deployment.label}", True, "answered"))
             except TimeoutError:
-                results.append((f"deployment {deployment.label}", False, f"no answer in {timeout:g}s"))
+                results.append(
+                    (f"deployment {deployment.label}", False, f"no answer in {timeout:g}s")
+                )
             except TrellisError as exc:
                 results.append((f"deployment {deployment.label}", False, exc.message))
     finally:

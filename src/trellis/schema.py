@@ -71,9 +71,7 @@ def message_text(message: ChatMessage) -> str:
     elif isinstance(content, str):
         text = content
     else:
-        text = "".join(
-            str(part.get("text", "")) for part in content if part.get("type") == "text"
-        )
+        text = "".join(str(part.get("text", "")) for part in content if part.get("type") == "text")
     if message.tool_calls:
         text += "".join(call.function.name + call.function.arguments for call in message.tool_calls)
     return text

@@ -39,7 +39,6 @@ LOCAL_CHAT_ALIAS = "local"
 LOCAL_EMBEDDING_ALIAS = "local-embedding"
 
 
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -69,7 +68,9 @@ class Deployment(_Strict):
     connect_timeout: float = Field(default=5.0, gt=0)
     prices: Prices | None = None
     headers: dict[str, str] = Field(default_factory=dict)
-    name: str | None = Field(default=None, description="Label in traces; defaults to provider/model")
+    name: str | None = Field(
+        default=None, description="Label in traces; defaults to provider/model"
+    )
 
     @property
     def label(self) -> str:
@@ -126,7 +127,9 @@ class LocalModelSettings(_Strict):
     n_ctx: int = Field(default=2048, ge=256)
     n_threads: int | None = None
     max_tokens_default: int = Field(default=256, ge=1)
-    model_path: str | None = Field(default=None, description="GGUF file; defaults to the bundled SmolLM2")
+    model_path: str | None = Field(
+        default=None, description="GGUF file; defaults to the bundled SmolLM2"
+    )
 
 
 class Settings(BaseSettings):
@@ -193,7 +196,9 @@ class Settings(BaseSettings):
         for alias in self.models:
             for fallback in alias.fallbacks:
                 if fallback not in names:
-                    raise ValueError(f"model {alias.name!r} falls back to unknown model {fallback!r}")
+                    raise ValueError(
+                        f"model {alias.name!r} falls back to unknown model {fallback!r}"
+                    )
         return self
 
     def all_models(self) -> list[ModelAlias]:
@@ -232,6 +237,8 @@ def _builtin_aliases(local: LocalModelSettings) -> list[ModelAlias]:
             name=LOCAL_EMBEDDING_ALIAS,
             kind="embedding",
             context_window=256,
-            deployments=[Deployment(provider="local-embedder", model="all-minilm-l6-v2", timeout=120)],
+            deployments=[
+                Deployment(provider="local-embedder", model="all-minilm-l6-v2", timeout=120)
+            ],
         ),
     ]

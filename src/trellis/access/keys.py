@@ -17,7 +17,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
@@ -87,10 +87,12 @@ class ApiKeyRecord:
         return ADMIN in self.scopes or scope in self.scopes
 
     def allows_model(self, model: str) -> bool:
-        """Whether the key may call ``model``: no list means any; entries may be globs (``gpt-4*``)."""
+        """Whether the key may call ``model``: no list means any; entries may be globs."""
         if self.allowed_models is None:
             return True
-        return any(model == allowed or fnmatchcase(model, allowed) for allowed in self.allowed_models)
+        return any(
+            model == allowed or fnmatchcase(model, allowed) for allowed in self.allowed_models
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view for the API and the CLI."""
@@ -106,7 +108,7 @@ class ApiKeyRecord:
         }
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> ApiKeyRecord:
+    def from_row(cls, row: Mapping[Any, Any]) -> ApiKeyRecord:
         allowed = row["allowed_models"]
         created = _as_datetime(row["created_at"])
         assert created is not None
@@ -196,9 +198,11 @@ class KeyStore:
         cache_seconds: float = 10.0,
         *,
         cache_entries: int = _DEFAULT_CACHE_ENTRIES,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db = db
         self.cache_seconds = cache_seconds
+        self._clock = clock
         # Valid and invalid results live apart, so a flood of wrong keys cannot evict good ones.
         self._valid = _TTLCache(cache_entries)
         self._invalid = _TTLCache(cache_entries)
@@ -224,8 +228,10 @@ class KeyStore:
     async def get(self, key_id: str) -> ApiKeyRecord | None:
         async with self.db.engine.connect() as conn:
             row = (
-                await conn.execute(select(api_keys).where(api_keys.c.id == key_id))
-            ).mappings().first()
+                (await conn.execute(select(api_keys).where(api_keys.c.id == key_id)))
+                .mappings()
+                .first()
+            )
         return ApiKeyRecord.from_row(row) if row else None
 
     async def revoke(self, key_id: str) -> bool:
@@ -242,6 +248,8 @@ class KeyStore:
                 found = (
                     await conn.execute(select(api_keys.c.id).where(api_keys.c.id == key_id))
                 ).first() is not None
+        # Again after the commit: a lookup that read the row before it must not cache it.
+        self._generation += 1
         self._valid.discard_where(key_id)
         self._last_used.pop(key_id, None)
         return found
@@ -258,9 +266,7 @@ class KeyStore:
             return None
         async with self.db.exclusive("trellis.ensure_admin") as conn:
             rows = (
-                await conn.execute(
-                    select(api_keys.c.scopes).where(api_keys.c.revoked_at.is_(None))
-                )
+                await conn.execute(select(api_keys.c.scopes).where(api_keys.c.revoked_at.is_(None)))
             ).all()
             if any(ADMIN in (scopes or ()) for (scopes,) in rows):
                 return None
@@ -313,7 +319,7 @@ class KeyStore:
     async def _lookup_cached(self, digest: str) -> ApiKeyRecord | None:
         if self.cache_seconds <= 0:
             return await self._fetch(digest)
-        now = time.monotonic()
+        now = self._clock()
         hit, record = self._valid.get(digest, now)
         if hit:
             return record
@@ -332,7 +338,7 @@ class KeyStore:
         generation = self._generation
         record = await self._fetch(digest)
         if generation == self._generation:
-            expires = time.monotonic() + self.cache_seconds
+            expires = self._clock() + self.cache_seconds
             if record is None:
                 self._invalid.put(digest, None, expires)
             else:
@@ -343,8 +349,10 @@ class KeyStore:
         self.db_lookups += 1
         async with self.db.engine.connect() as conn:
             row = (
-                await conn.execute(select(api_keys).where(api_keys.c.key_hash == digest))
-            ).mappings().first()
+                (await conn.execute(select(api_keys).where(api_keys.c.key_hash == digest)))
+                .mappings()
+                .first()
+            )
         if row is None or row["revoked_at"] is not None:
             return None
         return ApiKeyRecord.from_row(row)
@@ -388,11 +396,15 @@ class KeyStore:
         digest = hash_secret(secret)
         async with self.db.exclusive("trellis.ensure_admin") as conn:
             row = (
-                await conn.execute(select(api_keys).where(api_keys.c.key_hash == digest))
-            ).mappings().first()
+                (await conn.execute(select(api_keys).where(api_keys.c.key_hash == digest)))
+                .mappings()
+                .first()
+            )
             if row is None:
                 await conn.execute(
-                    api_keys.insert().values(self._row("admin (configured)", (ADMIN,), None, secret))
+                    api_keys.insert().values(
+                        self._row("admin (configured)", (ADMIN,), None, secret)
+                    )
                 )
                 logger.info("installed the configured admin API key")
             elif row["revoked_at"] is not None or ADMIN not in (row["scopes"] or ()):

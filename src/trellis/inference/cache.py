@@ -121,7 +121,9 @@ class ResponseCache:
         return ChatResponse.model_validate_json(raw)
 
     async def put(self, key: str, response: ChatResponse) -> None:
-        await self.backend.set(key, orjson.dumps(response.model_dump(exclude_none=True)), self.ttl_seconds)
+        await self.backend.set(
+            key, orjson.dumps(response.model_dump(exclude_none=True)), self.ttl_seconds
+        )
 
     async def aclose(self) -> None:
         await self.backend.aclose()
@@ -136,4 +138,3 @@ def build_cache(settings: CacheSettings) -> ResponseCache | None:
     else:
         backend = MemoryBackend(settings.max_entries)
     return ResponseCache(backend, settings.ttl_seconds, per_key=settings.per_key)
-

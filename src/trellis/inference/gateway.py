@@ -20,7 +20,6 @@ from trellis.errors import (
     InvalidRequestError,
     PermissionDeniedError,
     TrellisError,
-    UpstreamError,
 )
 from trellis.inference.cache import ResponseCache
 from trellis.inference.context import ContextFitter
@@ -146,7 +145,9 @@ class Gateway:
                 return ChatResult(cached, True, call.trace.trace_id)
             self._fit(call)
             with call.trace.span("route", **{GenAI.REQUEST_MODEL: request.model}) as span:
-                response = await self.router.chat(call.route, call.request, call.trace, span, call.outcome)
+                response = await self.router.chat(
+                    call.route, call.request, call.trace, span, call.outcome
+                )
             self._ensure_usage(call, response)
             await self._cache_store(call, response)
             self._finish_chat(call, response, cache_hit=False)
@@ -224,7 +225,9 @@ class Gateway:
             )
             self._ensure_usage(call, response)
             if include_usage:
-                yield ChatChunk(id=response.id, model=response.model, choices=[], usage=response.usage)
+                yield ChatChunk(
+                    id=response.id, model=response.model, choices=[], usage=response.usage
+                )
             if not saw_tools:
                 await self._cache_store(call, response)
             self._finish_chat(call, response, cache_hit=False)
@@ -262,17 +265,21 @@ class Gateway:
                 [m.model_dump(exclude_none=True) for m in request.messages],
             )
         call = _Call(request=request, caller=caller, trace=trace, route=None)  # type: ignore[arg-type]
-        with trace.span("authorize") as span:
-            alias = self.router.alias(request.model)
-            self._check_access(caller, alias.name)
-            if alias.kind != "chat":
-                raise InvalidRequestError(
-                    f"`{alias.name}` is an embedding model; use /v1/embeddings",
-                    param="model",
-                    code="model_not_supported",
-                )
-            call.route = self.router.route(request.model)
-            span.set("trellis.plan", [t.deployment.label for t in call.route.plan])
+        try:
+            with trace.span("authorize") as span:
+                alias = self.router.alias(request.model)
+                self._check_access(caller, alias.name)
+                if alias.kind != "chat":
+                    raise InvalidRequestError(
+                        f"`{alias.name}` is an embedding model; use /v1/embeddings",
+                        param="model",
+                        code="model_not_supported",
+                    )
+                call.route = self.router.route(request.model)
+                span.set("trellis.plan", [t.deployment.label for t in call.route.plan])
+        except BaseException as exc:
+            self._fail(call, exc)
+            raise
         return call
 
     @staticmethod
@@ -280,7 +287,9 @@ class Gateway:
         key = caller.key
         if key is not None and not key.allows_model(alias):
             raise PermissionDeniedError(
-                f"This API key may not use the model `{alias}`.", code="model_not_allowed", param="model"
+                f"This API key may not use the model `{alias}`.",
+                code="model_not_allowed",
+                param="model",
             )
 
     async def _cache_lookup(self, call: _Call) -> ChatResponse | None:
@@ -301,7 +310,9 @@ class Gateway:
         alias = call.route.alias
         options = call.request.trellis
         trim = options.trim if options is not None and options.trim is not None else alias.trim
-        with call.trace.span("context_fit", **{"trellis.context_window": alias.context_window}) as span:
+        with call.trace.span(
+            "context_fit", **{"trellis.context_window": alias.context_window}
+        ) as span:
             result = self.fitter.fit(call.request, alias.context_window, trim)
             span.set("trellis.prompt_tokens", result.prompt_tokens)
             if result.dropped:
@@ -318,7 +329,9 @@ class Gateway:
 
     def _ensure_usage(self, call: _Call, response: ChatResponse) -> None:
         """Fill usage the provider did not report, by counting locally."""
-        if response.usage is not None and (response.usage.prompt_tokens or response.usage.completion_tokens):
+        if response.usage is not None and (
+            response.usage.prompt_tokens or response.usage.completion_tokens
+        ):
             return
         prompt = self.counter.messages(call.request.messages)
         completion = sum(self.counter.text(c.message.content or "") for c in response.choices)
@@ -410,7 +423,9 @@ class Gateway:
 
     # --- embeddings ---------------------------------------------------------
 
-    async def embed(self, request: EmbeddingRequest, caller: Caller | None = None) -> EmbeddingResponse:
+    async def embed(
+        self, request: EmbeddingRequest, caller: Caller | None = None
+    ) -> EmbeddingResponse:
         caller = caller or Caller()
         trace = Trace(kind="embeddings", name=f"embeddings {request.model}")
         root = trace.root
@@ -435,7 +450,9 @@ class Gateway:
                     raise InvalidRequestError(str(exc), param="input") from None
                 route = self.router.route(request.model)
             with trace.span("route") as span:
-                result = await self.router.embed(route, texts, request.dimensions, trace, span, outcome)
+                result = await self.router.embed(
+                    route, texts, request.dimensions, trace, span, outcome
+                )
             prompt_tokens = result.prompt_tokens or sum(self.counter.text(t) for t in texts)
             data = [
                 EmbeddingData(index=i, embedding=_encode(vector, request.encoding_format))
@@ -443,7 +460,9 @@ class Gateway:
             ]
             target = outcome.target
             assert target is not None
-            cost = self.prices.cost(target.deployment, Usage(prompt_tokens=prompt_tokens), result.model)
+            cost = self.prices.cost(
+                target.deployment, Usage(prompt_tokens=prompt_tokens), result.model
+            )
             trace.summary.update(
                 response_model=result.model,
                 provider=target.provider.system,
@@ -499,13 +518,16 @@ async def _replay(response: ChatResponse, request: ChatRequest) -> AsyncIterator
         yield ChatChunk(
             id=response.id,
             model=response.model,
-            choices=[ChunkChoice(index=choice.index, delta=ChunkDelta(role="assistant", content=""))],
+            choices=[
+                ChunkChoice(index=choice.index, delta=ChunkDelta(role="assistant", content=""))
+            ],
         )
         message = choice.message
         delta: dict[str, Any] = {"content": message.content}
         if message.tool_calls:
             delta["tool_calls"] = [
-                {"index": i, **call.model_dump(exclude_none=True)} for i, call in enumerate(message.tool_calls)
+                {"index": i, **call.model_dump(exclude_none=True)}
+                for i, call in enumerate(message.tool_calls)
             ]
         yield ChatChunk(
             id=response.id,
@@ -515,7 +537,11 @@ async def _replay(response: ChatResponse, request: ChatRequest) -> AsyncIterator
         yield ChatChunk(
             id=response.id,
             model=response.model,
-            choices=[ChunkChoice(index=choice.index, delta=ChunkDelta(), finish_reason=choice.finish_reason)],
+            choices=[
+                ChunkChoice(
+                    index=choice.index, delta=ChunkDelta(), finish_reason=choice.finish_reason
+                )
+            ],
         )
     if request.stream_options and request.stream_options.include_usage:
         yield ChatChunk(id=response.id, model=response.model, choices=[], usage=response.usage)

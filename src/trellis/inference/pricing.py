@@ -80,7 +80,9 @@ class PriceBook:
                 return Prices(input=price_in, output=price_out, cached_input=cached)
         return None
 
-    def cost(self, deployment: Deployment, usage: Usage | None, served_model: str | None = None) -> Cost:
+    def cost(
+        self, deployment: Deployment, usage: Usage | None, served_model: str | None = None
+    ) -> Cost:
         prices = self.prices_for(deployment, served_model)
         if prices is None or usage is None:
             return Cost(0.0, priced=prices is not None)

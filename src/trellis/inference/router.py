@@ -51,7 +51,9 @@ class Target:
     in_flight: int = 0
 
     def observe_latency(self, millis: float, alpha: float = 0.3) -> None:
-        self.ewma_ms = millis if self.ewma_ms is None else alpha * millis + (1 - alpha) * self.ewma_ms
+        self.ewma_ms = (
+            millis if self.ewma_ms is None else alpha * millis + (1 - alpha) * self.ewma_ms
+        )
 
 
 @dataclass(slots=True)
@@ -182,7 +184,9 @@ class Router:
         for target in route.plan:
             if not target.breaker.allow():
                 parent.add_event(
-                    "breaker_skip", deployment=target.deployment.label, state=target.breaker.state.value
+                    "breaker_skip",
+                    deployment=target.deployment.label,
+                    state=target.breaker.state.value,
                 )
                 continue
             if previous is not None:
@@ -275,14 +279,7 @@ class Router:
         self, route: Route, request: ChatRequest, trace: Trace, parent: Span, outcome: Outcome
     ) -> ChatResponse:
         async def call(target: Target, span: Span) -> ChatResponse:
-            try:
-                async with asyncio.timeout(target.deployment.timeout):
-                    response = await target.provider.chat(request)
-            except TimeoutError:
-                raise UpstreamTimeoutError(
-                    f"{target.deployment.label} did not answer within {target.deployment.timeout:g}s",
-                    provider=target.provider.system,
-                ) from None
+            response = await _within_attempt_timeout(target, target.provider.chat(request))
             _record_response(span, response.model, response.id, response.usage)
             span.set(GenAI.FINISH_REASONS, [c.finish_reason for c in response.choices])
             return response
@@ -334,19 +331,16 @@ class Router:
         outcome: Outcome,
     ) -> EmbeddingResult:
         async def call(target: Target, span: Span) -> EmbeddingResult:
-            try:
-                async with asyncio.timeout(target.deployment.timeout):
-                    result = await target.provider.embed(texts, dimensions=dimensions)
-            except TimeoutError:
-                raise UpstreamTimeoutError(
-                    f"{target.deployment.label} did not answer within {target.deployment.timeout:g}s",
-                    provider=target.provider.system,
-                ) from None
+            result = await _within_attempt_timeout(
+                target, target.provider.embed(texts, dimensions=dimensions)
+            )
             span.set(GenAI.RESPONSE_MODEL, result.model)
             span.set(GenAI.INPUT_TOKENS, result.prompt_tokens)
             return result
 
-        return await self._with_deadline(self._walk(route, trace, parent, "embeddings", call, outcome))
+        return await self._with_deadline(
+            self._walk(route, trace, parent, "embeddings", call, outcome)
+        )
 
     async def aclose(self) -> None:
         for provider in self._providers:
@@ -358,6 +352,18 @@ class Router:
             for target in targets:
                 seen.setdefault(id(target.provider), (target.deployment, target.provider))
         return list(seen.values())
+
+
+async def _within_attempt_timeout(target: Target, work: Awaitable[T]) -> T:
+    """Bound one attempt by the deployment's timeout (httpx bounds each read, not the total)."""
+    try:
+        async with asyncio.timeout(target.deployment.timeout):
+            return await work
+    except TimeoutError:
+        raise UpstreamTimeoutError(
+            f"{target.deployment.label} did not answer within {target.deployment.timeout:g}s",
+            provider=target.provider.system,
+        ) from None
 
 
 def _record_response(span: Span, model: str | None, response_id: str | None, usage: Any) -> None:

@@ -29,17 +29,23 @@ class TraceStore:
         """One trace with its spans (oldest first), or None."""
         async with self.db.engine.connect() as conn:
             row = (
-                await conn.execute(select(traces).where(traces.c.id == trace_id))
-            ).mappings().first()
+                (await conn.execute(select(traces).where(traces.c.id == trace_id)))
+                .mappings()
+                .first()
+            )
             if row is None:
                 return None
             span_rows = (
-                await conn.execute(
-                    select(spans)
-                    .where(spans.c.trace_id == trace_id)
-                    .order_by(spans.c.start_ns, spans.c.id)
+                (
+                    await conn.execute(
+                        select(spans)
+                        .where(spans.c.trace_id == trace_id)
+                        .order_by(spans.c.start_ns, spans.c.id)
+                    )
                 )
-            ).mappings().all()
+                .mappings()
+                .all()
+            )
         result = dict(row)
         result["spans"] = [dict(span) for span in span_rows]
         return result

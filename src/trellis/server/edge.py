@@ -79,7 +79,9 @@ async def read_json(request: Request) -> dict[str, Any]:
         if len(body) > limit:
             raise PayloadTooLargeError(f"Request body is larger than the {limit} byte limit.")
     if not body.strip():
-        raise InvalidRequestError("The request body is empty; send a JSON object.", code="empty_body")
+        raise InvalidRequestError(
+            "The request body is empty; send a JSON object.", code="empty_body"
+        )
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

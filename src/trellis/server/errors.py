@@ -6,11 +6,11 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from trellis.errors import InvalidRequestError, TrellisError
+from trellis.server.responses import JSONBytes
 
 __all__ = ["install_error_handlers", "error_response", "validation_error"]
 
@@ -26,8 +26,8 @@ _STATUS_TYPES = {
 }
 
 
-def error_response(exc: TrellisError) -> ORJSONResponse:
-    return ORJSONResponse(exc.to_body(), status_code=exc.status_code, headers=exc.headers or None)
+def error_response(exc: TrellisError) -> JSONBytes:
+    return JSONBytes(exc.to_body(), status_code=exc.status_code, headers=exc.headers or None)
 
 
 def validation_error(exc: ValidationError | RequestValidationError) -> InvalidRequestError:
@@ -45,15 +45,15 @@ def validation_error(exc: ValidationError | RequestValidationError) -> InvalidRe
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(TrellisError)
-    async def _trellis(_: Request, exc: TrellisError) -> ORJSONResponse:
+    async def _trellis(_: Request, exc: TrellisError) -> JSONBytes:
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONBytes:
         return error_response(validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONBytes:
         body = {
             "error": {
                 "message": str(exc.detail),
@@ -62,10 +62,10 @@ def install_error_handlers(app: FastAPI) -> None:
                 "code": None,
             }
         }
-        return ORJSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return JSONBytes(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> ORJSONResponse:
+    async def _unexpected(_: Request, exc: Exception) -> JSONBytes:
         log.exception("unexpected error", exc_info=exc)
         body = {
             "error": {
@@ -75,4 +75,4 @@ def install_error_handlers(app: FastAPI) -> None:
                 "code": None,
             }
         }
-        return ORJSONResponse(body, status_code=500)
+        return JSONBytes(body, status_code=500)

@@ -9,17 +9,18 @@ several replicas starting at once against one database cannot race.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -27,6 +28,9 @@ from sqlalchemy.pool import StaticPool
 
 from trellis.errors import ConfigurationError
 from trellis.store.tables import VERSION_TABLE
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 __all__ = ["Database", "normalize_url", "alembic_config", "MIGRATIONS_DIR"]
 
@@ -61,6 +65,8 @@ def normalize_url(url: str | URL) -> URL:
 
 def alembic_config(connection: Connection | None = None) -> Config:
     """An Alembic config built in code, so installed copies need no alembic.ini on disk."""
+    from alembic.config import Config  # imported on use: Alembic is only needed at start-up
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     if connection is not None:
@@ -105,6 +111,16 @@ class Database:
         return self.dialect == "sqlite"
 
     @property
+    def _sqlite_file(self) -> str | None:
+        """The SQLite file (or ``file:`` URI); None for in-memory databases and Postgres."""
+        if not self.is_sqlite:
+            return None
+        database = self.url.database
+        if database in (None, "", ":memory:") or "mode=memory" in str(self.url):
+            return None
+        return database
+
+    @property
     def engine(self) -> AsyncEngine:
         if self._engine is None:
             raise RuntimeError("Database.connect() has not been awaited")
@@ -114,7 +130,14 @@ class Database:
         """Create the engine (idempotent) and bring the schema to the latest revision."""
         if self._engine is not None:
             return
-        self._engine = self._create_engine()
+        engine = self._create_engine()
+        if self._sqlite_file is not None:
+            try:
+                await asyncio.to_thread(_enable_wal, self._sqlite_file)
+            except BaseException:
+                await engine.dispose()
+                raise
+        self._engine = engine
         if migrate:
             try:
                 await self.migrate()
@@ -170,26 +193,57 @@ class Database:
     def _create_engine(self) -> AsyncEngine:
         options: dict[str, Any] = {"echo": self.echo, "json_serializer": _json_dumps}
         if self.is_sqlite:
-            database = self.url.database
-            memory = database in (None, "", ":memory:") or "mode=memory" in str(self.url)
-            if memory:
+            database = self._sqlite_file
+            if database is None:
                 # One connection shared by everyone, or each would see its own empty database.
                 options["poolclass"] = StaticPool
-            elif database is not None:
+            elif not database.startswith("file:"):
                 Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
             engine = create_async_engine(self.url, **options)
-            _install_sqlite_hooks(engine, wal=not memory)
+            _install_sqlite_hooks(engine)
             return engine
         options.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
         return create_async_engine(self.url, **options)
 
 
 def _upgrade_to_head(sync_conn: Connection) -> None:
+    from alembic import command
+
     command.upgrade(alembic_config(sync_conn), "head")
 
 
-def _install_sqlite_hooks(engine: AsyncEngine, *, wal: bool) -> None:
+def _enable_wal(database: str) -> None:
+    """Switch the file to WAL once (the mode is stored in the file, so it sticks).
+
+    Done on a short-lived connection before the pool opens any: changing the journal mode
+    needs an exclusive lock, and SQLite reports "database is locked" at once, without
+    waiting out the busy timeout, when another process is starting up on the same file.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        conn = sqlite3.connect(
+            database,
+            timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
+            uri=database.startswith("file:"),
+        )
+        try:
+            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            if str(mode).lower() != "wal":
+                raise ConfigurationError(f"SQLite refused WAL mode for {database} ({mode})")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        finally:
+            conn.close()
+        time.sleep(0.05)
+
+
+def _install_sqlite_hooks(engine: AsyncEngine) -> None:
     """Per-connection pragmas, and real ``BEGIN`` statements so transactions (and DDL) are atomic.
+
+    WAL is set once per file by :func:`_enable_wal`; these settings are per connection.
 
     The sqlite3 driver's own transaction handling defers BEGIN until the first write and
     never wraps DDL; handing control to SQLAlchemy is the approach its documentation gives.
@@ -201,8 +255,6 @@ def _install_sqlite_hooks(engine: AsyncEngine, *, wal: bool) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            if wal:
-                cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:

@@ -107,6 +107,8 @@ class Vendor:
 
     def protocol_problem(self, headers: dict[str, str], body: Any, route: Route) -> str | None:
         """A malformed request this vendor refuses with 400 (missing required fields...)."""
+        if route.op == "models":
+            return None
         if not isinstance(body, dict):
             return "request body must be a JSON object"
         return None
@@ -418,9 +420,9 @@ class AnthropicVendor(Vendor):
                 delta = {"type": "text_delta", "text": piece}
             frames.append(event("content_block_delta", {"index": 0, "delta": delta}, True))
         frames.append(event("content_block_stop", {"index": 0}))
-        delta = {"stop_reason": self._stop(answer), "stop_sequence": None}
+        end = {"stop_reason": self._stop(answer), "stop_sequence": None}
         usage = {"output_tokens": answer.completion_tokens}
-        frames.append(event("message_delta", {"delta": delta, "usage": usage}))
+        frames.append(event("message_delta", {"delta": end, "usage": usage}))
         frames.append(event("message_stop", {}))
         return frames
 
@@ -623,8 +625,8 @@ class CohereVendor(Vendor):
         frames = [event("message-start", {"id": answer.id, **message(empty)})]
         if answer.tool_name:
             frames.append(event("tool-plan-delta", message({"tool_plan": self._plan(answer)})))
-            call = {"id": "fake_tool_" + answer.id, "type": "function"}
-            call["function"] = {"name": answer.tool_name, "arguments": ""}
+            function = {"name": answer.tool_name, "arguments": ""}
+            call = {"id": "fake_tool_" + answer.id, "type": "function", "function": function}
             frames.append(event("tool-call-start", {"index": 0, **message({"tool_calls": call})}))
             for piece in answer.pieces:
                 delta = message({"tool_calls": {"function": {"arguments": piece}}})

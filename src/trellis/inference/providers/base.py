@@ -8,7 +8,10 @@ server-sent-event parsing and error mapping live here once.
 from __future__ import annotations
 
 import email.utils
+import functools
 import json
+import re
+import ssl
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
@@ -18,6 +21,7 @@ from typing import Any, ClassVar
 import httpx
 
 from trellis.errors import (
+    InvalidRequestError,
     ProviderHTTPError,
     UnsupportedFeatureError,
     UpstreamConnectionError,
@@ -25,10 +29,29 @@ from trellis.errors import (
     UpstreamProtocolError,
     UpstreamTimeoutError,
 )
-from trellis.schema import ChatChunk, ChatRequest, ChatResponse
+from trellis.schema import (
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    ChunkChoice,
+    ChunkDelta,
+    Usage,
+    new_completion_id,
+)
 from trellis.settings import Deployment
 
-__all__ = ["Provider", "HttpProvider", "EmbeddingResult", "SSEEvent", "parse_retry_after"]
+__all__ = [
+    "Provider",
+    "HttpProvider",
+    "EmbeddingResult",
+    "SSEEvent",
+    "parse_retry_after",
+    "ChunkBuilder",
+    "content_text",
+    "function_tools",
+    "tool_arguments",
+    "data_url",
+]
 
 
 @dataclass(slots=True)
@@ -75,7 +98,7 @@ class Provider(ABC):
         )
         await self.chat(request)
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, deliberately a no-op
         """Release connections or models."""
 
 
@@ -101,12 +124,45 @@ def parse_retry_after(headers: httpx.Headers) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+_SSE_NEWLINE = re.compile(rb"\r\n|\r|\n")
+
+
+async def _sse_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """Lines of an event stream, split on CRLF, LF or CR only, as the SSE spec says.
+
+    httpx's ``aiter_lines`` splits like ``str.splitlines``, which also breaks on
+    U+0085, U+2028 and U+2029: characters that appear raw inside JSON strings, so
+    a model reply containing one would cut its event in half.
+    """
+    buffer = b""
+    async for chunk in chunks:
+        buffer += chunk
+        # A trailing CR may be the first half of a CRLF split across chunks: keep it back.
+        held = b"\r" if buffer.endswith(b"\r") else b""
+        *lines, rest = _SSE_NEWLINE.split(buffer[: len(buffer) - len(held)])
+        buffer = rest + held
+        for line in lines:
+            yield line.decode("utf-8", "replace")
+    if buffer:
+        *lines, rest = _SSE_NEWLINE.split(buffer)
+        for line in [*lines, rest] if rest else lines:
+            yield line.decode("utf-8", "replace")
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One TLS context shared by every provider: building one loads the CA bundle (~50 ms)."""
+    return httpx.create_ssl_context()
+
+
 class HttpProvider(Provider):
     """A provider reached over HTTP with JSON bodies and SSE streams."""
 
     default_base_url: ClassVar[str] = ""
 
-    def __init__(self, deployment: Deployment, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self, deployment: Deployment, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         super().__init__(deployment)
         base_url = (deployment.base_url or self.default_base_url).rstrip("/")
         if not base_url:
@@ -118,6 +174,7 @@ class HttpProvider(Provider):
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
             headers={**self.auth_headers(deployment.api_key()), **deployment.headers},
             transport=transport,
+            verify=_tls_context(),
         )
 
     # --- vendor hooks -------------------------------------------------------
@@ -143,7 +200,9 @@ class HttpProvider(Provider):
 
     # --- shared plumbing ----------------------------------------------------
 
-    async def post_json(self, path: str, body: dict[str, Any], *, params: dict[str, str] | None = None) -> Any:
+    async def post_json(
+        self, path: str, body: dict[str, Any], *, params: dict[str, str] | None = None
+    ) -> Any:
         try:
             response = await self.client.post(path, json=body, params=params)
             if response.status_code >= 400:
@@ -172,7 +231,7 @@ class HttpProvider(Provider):
                     await self._raise_for_status(response)
                 event: str | None = None
                 data: list[str] = []
-                async for line in response.aiter_lines():
+                async for line in _sse_lines(response.aiter_bytes()):
                     if line == "":
                         if data:
                             yield SSEEvent(event, "\n".join(data))
@@ -220,12 +279,93 @@ class HttpProvider(Provider):
     def _map_transport_error(self, exc: httpx.HTTPError) -> UpstreamError:
         label = self.deployment.label
         if isinstance(exc, httpx.TimeoutException):
-            return UpstreamTimeoutError(f"{label} timed out ({type(exc).__name__})", provider=self.system)
+            return UpstreamTimeoutError(
+                f"{label} timed out ({type(exc).__name__})", provider=self.system
+            )
         if isinstance(exc, httpx.ConnectError):
-            return UpstreamConnectionError(f"cannot connect to {label}: {exc}", provider=self.system)
+            return UpstreamConnectionError(
+                f"cannot connect to {label}: {exc}", provider=self.system
+            )
         return UpstreamConnectionError(
             f"connection to {label} failed: {type(exc).__name__}: {exc}", provider=self.system
         )
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+# --- conversion helpers shared by the non-OpenAI adapters -----------------------
+
+
+class ChunkBuilder:
+    """Makes the OpenAI chunks of one stream: one id and model throughout, and
+    ``delta.role = "assistant"`` on each choice's first chunk, as OpenAI sends them."""
+
+    def __init__(self, model: str, chunk_id: str | None = None) -> None:
+        self.model = model
+        self.id = chunk_id or new_completion_id()
+        self._started: set[int] = set()
+
+    def delta(
+        self,
+        *,
+        content: str | None = None,
+        tool_calls: list[dict[str, Any]] | None = None,
+        finish_reason: str | None = None,
+        index: int = 0,
+    ) -> ChatChunk:
+        delta = ChunkDelta(content=content, tool_calls=tool_calls)
+        if index not in self._started:
+            self._started.add(index)
+            delta.role = "assistant"
+        choice = ChunkChoice(index=index, delta=delta, finish_reason=finish_reason)
+        return ChatChunk(id=self.id, model=self.model, choices=[choice])
+
+    def usage(self, usage: Usage) -> ChatChunk:
+        """The closing chunk: no choices, only usage (OpenAI's ``include_usage`` shape)."""
+        return ChatChunk(id=self.id, model=self.model, choices=[], usage=usage)
+
+
+def content_text(content: str | list[dict[str, Any]] | None) -> str:
+    """The text of an OpenAI message content (string or parts); non-text parts add nothing."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(str(part.get("text", "")) for part in content if part.get("type") == "text")
+
+
+def function_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The ``function`` objects (name, description, parameters) of OpenAI tool definitions."""
+    functions = []
+    for tool in tools or []:
+        if tool.get("type", "function") != "function" or "function" not in tool:
+            raise UnsupportedFeatureError(f"tool type {tool.get('type')!r} is not supported")
+        functions.append(tool["function"])
+    return functions
+
+
+def tool_arguments(arguments: str) -> dict[str, Any]:
+    """Parse the JSON-string arguments of an OpenAI tool call for vendors that want an object."""
+    if not arguments.strip():
+        return {}
+    try:
+        value = json.loads(arguments)
+    except ValueError as exc:
+        raise InvalidRequestError(
+            f"tool call arguments are not valid JSON: {arguments[:100]!r}"
+        ) from exc
+    if not isinstance(value, dict):
+        raise InvalidRequestError("tool call arguments must be a JSON object")
+    return value
+
+
+def data_url(url: str) -> tuple[str, str] | None:
+    """``(media_type, base64_data)`` of a ``data:`` URL, or None for any other URL."""
+    if not url.startswith("data:"):
+        return None
+    header, _, payload = url[5:].partition(",")
+    media_type, _, encoding = header.partition(";")
+    if encoding != "base64":
+        raise InvalidRequestError("image data URLs must be base64-encoded")
+    return media_type or "application/octet-stream", payload

@@ -85,7 +85,8 @@ class OpenAICompatibleProvider(HttpProvider):
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UpstreamProtocolError(
-                f"{self.deployment.label} returned unexpected embeddings: {exc}", provider=self.system
+                f"{self.deployment.label} returned unexpected embeddings: {exc}",
+                provider=self.system,
             ) from exc
 
     async def probe(self) -> None:

@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import ORJSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from trellis.server.edge import runtime
+from trellis.server.responses import JSONBytes
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-async def healthz() -> ORJSONResponse:
+async def healthz() -> JSONBytes:
     """The process is up and serving HTTP."""
-    return ORJSONResponse({"status": "ok"})
+    return JSONBytes({"status": "ok"})
 
 
 @router.get("/readyz")
-async def readyz(request: Request) -> ORJSONResponse:
+async def readyz(request: Request) -> JSONBytes:
     """Ready for traffic: the database answers and the trace writer is running."""
     trellis = runtime(request)
     checks: dict[str, str] = {}
@@ -33,7 +33,7 @@ async def readyz(request: Request) -> ORJSONResponse:
     if trellis.writer is not None:
         checks["trace_writer"] = "ok" if trellis.writer.running else "stopped"
     ready = all(value == "ok" for value in checks.values())
-    return ORJSONResponse(
+    return JSONBytes(
         {"status": "ready" if ready else "not_ready", "checks": checks},
         status_code=200 if ready else 503,
     )

@@ -6,13 +6,14 @@ from collections.abc import AsyncIterator
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import ORJSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from trellis.access.keys import INFERENCE
 from trellis.errors import NotFoundError, TrellisError
 from trellis.inference.gateway import Gateway
 from trellis.schema import ChatChunk, ChatRequest, EmbeddingRequest, ModelCard
 from trellis.server.edge import authenticate, parse_body, read_json, runtime
+from trellis.server.responses import JSONBytes
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 
@@ -42,7 +43,7 @@ async def chat_completions(request: Request) -> object:
             },
         )
     chat = await gateway.chat(body, caller)
-    return ORJSONResponse(
+    return JSONBytes(
         chat.response.model_dump(exclude_none=True),
         headers={
             "x-trellis-cache": "hit" if chat.cache_hit else "miss",
@@ -63,23 +64,25 @@ async def _sse(chunks: AsyncIterator[ChatChunk]) -> AsyncIterator[bytes]:
 
 
 @router.post("/embeddings")
-async def embeddings(request: Request) -> ORJSONResponse:
+async def embeddings(request: Request) -> JSONBytes:
     caller = await authenticate(request, INFERENCE)
     body = parse_body(EmbeddingRequest, await read_json(request))
     response = await _gateway(request).embed(body, caller)
-    return ORJSONResponse(response.model_dump())
+    return JSONBytes(response.model_dump())
 
 
 @router.get("/models")
-async def list_models(request: Request) -> ORJSONResponse:
+async def list_models(request: Request) -> JSONBytes:
     caller = await authenticate(request, INFERENCE)
-    return ORJSONResponse(_gateway(request).models(caller).model_dump())
+    return JSONBytes(_gateway(request).models(caller).model_dump())
 
 
 @router.get("/models/{model_id:path}")
-async def get_model(model_id: str, request: Request) -> ORJSONResponse:
+async def get_model(model_id: str, request: Request) -> JSONBytes:
     caller = await authenticate(request, INFERENCE)
     for card in _gateway(request).models(caller).data:
         if card.id == model_id:
-            return ORJSONResponse(ModelCard.model_validate(card).model_dump())
-    raise NotFoundError(f"The model `{model_id}` does not exist.", code="model_not_found", param="model")
+            return JSONBytes(ModelCard.model_validate(card).model_dump())
+    raise NotFoundError(
+        f"The model `{model_id}` does not exist.", code="model_not_found", param="model"
+    )

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from trellis.access.keys import ADMIN, INFERENCE, ApiKeyRecord
 from trellis.errors import NotFoundError
 from trellis.server.edge import authenticate, parse_body, read_json, runtime
+from trellis.server.responses import JSONBytes
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
@@ -41,28 +41,30 @@ def _ts(value: Any) -> Any:
 
 
 @router.get("")
-async def list_keys(request: Request) -> ORJSONResponse:
+async def list_keys(request: Request) -> JSONBytes:
     await authenticate(request, ADMIN)
     keys = runtime(request).keys
     assert keys is not None
-    return ORJSONResponse({"object": "list", "data": [key_json(r) for r in await keys.list()]})
+    return JSONBytes({"object": "list", "data": [key_json(r) for r in await keys.list()]})
 
 
 @router.post("", status_code=201)
-async def create_key(request: Request) -> ORJSONResponse:
+async def create_key(request: Request) -> JSONBytes:
     await authenticate(request, ADMIN)
     body = parse_body(CreateKey, await read_json(request))
     keys = runtime(request).keys
     assert keys is not None
-    record, secret = await keys.create(body.name, scopes=body.scopes, allowed_models=body.allowed_models)
-    return ORJSONResponse({**key_json(record), "key": secret}, status_code=201)
+    record, secret = await keys.create(
+        body.name, scopes=body.scopes, allowed_models=body.allowed_models
+    )
+    return JSONBytes({**key_json(record), "key": secret}, status_code=201)
 
 
 @router.delete("/{key_id}")
-async def revoke_key(key_id: str, request: Request) -> ORJSONResponse:
+async def revoke_key(key_id: str, request: Request) -> JSONBytes:
     await authenticate(request, ADMIN)
     keys = runtime(request).keys
     assert keys is not None
     if not await keys.revoke(key_id):
         raise NotFoundError(f"No active API key with id `{key_id}`.")
-    return ORJSONResponse({"id": key_id, "object": "api_key", "revoked": True})
+    return JSONBytes({"id": key_id, "object": "api_key", "revoked": True})

@@ -1,0 +1,132 @@
+"""Shared fixtures: a migrated database on SQLite and on Postgres.
+
+Postgres tests use a database created for this test session on the server named
+by ``TRELLIS_TEST_POSTGRES_URL`` (default: the local ``test`` database's server)
+and dropped afterwards. When the server is unreachable they skip, except under
+``CI=true``, where they fail: CI must never go green by silently skipping them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+from trellis.store import Database
+
+T = TypeVar("T")
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "TRELLIS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+_TABLES = ("spans", "traces", "api_keys")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "postgres: needs the PostgreSQL server")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1")
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine from sync fixture code, even while a test's event loop is running."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _admin(url: str, *statements: str) -> None:
+    conn = await asyncpg.connect(_asyncpg_dsn(url), timeout=5)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def sqlite_url(directory: Path) -> str:
+    return f"sqlite+aiosqlite:///{directory / 'trellis.db'}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The admin URL of a reachable Postgres server (skip, or fail under CI=true, if none)."""
+    try:
+        run_sync(_admin(POSTGRES_ADMIN_URL, "SELECT 1"))
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        message = f"PostgreSQL at {make_url(POSTGRES_ADMIN_URL)!r} is unreachable: {exc!r}"
+        if in_ci():
+            pytest.fail(f"{message} (CI=true: Postgres tests must run)", pytrace=False)
+        pytest.skip(f"{message}; set TRELLIS_TEST_POSTGRES_URL to run the Postgres tests")
+    return POSTGRES_ADMIN_URL
+
+
+@pytest.fixture(scope="session")
+def new_postgres_database(postgres_server: str) -> Iterator[Any]:
+    """A factory of empty databases, all dropped at the end of the session."""
+    created: list[str] = []
+
+    def make() -> str:
+        name = f"trellis_test_{os.getpid()}_{secrets.token_hex(4)}"
+        run_sync(_admin(postgres_server, f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        return make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+
+    yield make
+    for name in created:
+        run_sync(_admin(postgres_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def postgres_url(new_postgres_database: Any) -> str:
+    """One database for the session; tables are emptied before each test that uses it."""
+    return new_postgres_database()
+
+
+async def open_database(url: str) -> Database:
+    """A connected, migrated database with empty tables."""
+    database = Database(url)
+    await database.connect()
+    if not database.is_sqlite:
+        async with database.engine.begin() as conn:
+            await conn.exec_driver_sql(f"TRUNCATE {', '.join(_TABLES)}")
+    return database
+
+
+@pytest.fixture
+async def sqlite_db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = await open_database(sqlite_url(tmp_path))
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+async def postgres_db(postgres_url: str) -> AsyncIterator[Database]:
+    database = await open_database(postgres_url)
+    yield database
+    await database.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    """The same test on both backends."""
+    if request.param == "sqlite":
+        url = sqlite_url(tmp_path)
+    else:
+        url = request.getfixturevalue("postgres_url")
+    database = await open_database(url)
+    yield database
+    await database.close()

@@ -1,0 +1,228 @@
+"""The bundled SmolLM2 run in-process: real model, small outputs.
+
+Tests marked ``model`` load the real GGUF (~0.4 s) once per module and generate
+at most a few dozen tokens each; the others check request validation, which
+happens before the model is touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from trellis.errors import (
+    ContextLengthExceededError,
+    InvalidRequestError,
+    UnsupportedFeatureError,
+    UpstreamError,
+)
+from trellis.inference.providers import build_provider
+from trellis.inference.providers.local_llama import LocalLlamaProvider
+from trellis.inference.tokens import count_message_tokens
+from trellis.schema import ChatChunk, ChatRequest
+from trellis.settings import Deployment, LocalModelSettings
+
+DEPLOYMENT = Deployment(provider="local", model="smollm2-135m-instruct")
+#: SmolLM2's end-of-generation tokens (<|endoftext|>, <|im_end|>, ...): banning them
+#: makes the model run until max_tokens, so "stopped early" is measurable.
+NO_EOS = {"0": -100.0, "2": -100.0, "4": -100.0}
+
+
+def request(content: str = "Say hi", **options: Any) -> ChatRequest:
+    messages = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": content},
+    ]
+    options.setdefault("max_tokens", 8)
+    options.setdefault("temperature", 0)
+    return ChatRequest(model="local", messages=messages, **options)
+
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[LocalLlamaProvider]:
+    local = LocalLlamaProvider(DEPLOYMENT)
+    yield local
+    asyncio.run(local.aclose())
+
+
+async def collect(provider: LocalLlamaProvider, req: ChatRequest) -> list[ChatChunk]:
+    return [chunk async for chunk in provider.stream(req)]
+
+
+def text_of(chunks: list[ChatChunk]) -> str:
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+# --- validation (no model needed) ---------------------------------------------------
+
+
+def test_registry_builds_the_local_provider() -> None:
+    provider = build_provider(DEPLOYMENT)
+    assert isinstance(provider, LocalLlamaProvider)
+    assert provider.system == "trellis.local"
+
+
+async def test_tools_are_refused_with_a_clear_error() -> None:
+    local = LocalLlamaProvider(DEPLOYMENT)
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    with pytest.raises(UnsupportedFeatureError, match="cannot call tools") as caught:
+        await local.chat(request(tools=[tool]))
+    assert caught.value.status_code == 400
+    with pytest.raises(UnsupportedFeatureError):
+        await anext(aiter(local.stream(request(tools=[tool]))))
+    await local.aclose()
+
+
+async def test_unsupported_options_are_refused() -> None:
+    local = LocalLlamaProvider(DEPLOYMENT)
+    with pytest.raises(UnsupportedFeatureError):
+        await local.chat(request(n=2))
+    with pytest.raises(UnsupportedFeatureError):
+        await local.chat(request(response_format={"type": "xml"}))
+    with pytest.raises(InvalidRequestError):
+        await local.chat(request(logit_bias={"hello": 1.0}))
+    await local.aclose()
+
+
+async def test_a_missing_model_file_is_a_non_retryable_upstream_error(tmp_path: Any) -> None:
+    settings = LocalModelSettings(model_path=str(tmp_path / "missing.gguf"))
+    local = LocalLlamaProvider(DEPLOYMENT, settings)
+    with pytest.raises(UpstreamError, match="cannot load") as caught:
+        await local.chat(request())
+    assert caught.value.retryable is False
+    await local.aclose()
+
+
+# --- the real model ---------------------------------------------------------------
+
+
+@pytest.mark.model
+async def test_chat_returns_text_and_usage(provider: LocalLlamaProvider) -> None:
+    response = await provider.chat(request(max_tokens=8))
+    choice = response.choices[0]
+    assert choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    assert response.model == "smollm2-135m-instruct"
+    usage = response.usage
+    assert usage is not None
+    assert 0 < usage.completion_tokens <= 8
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    # Our counter is exact for this model when a system message opens the chat.
+    assert usage.prompt_tokens == count_message_tokens(request().messages)
+
+
+@pytest.mark.model
+async def test_stream_matches_chat_and_ends_with_usage(provider: LocalLlamaProvider) -> None:
+    req = request(max_tokens=8, seed=7)
+    # llama.cpp reuses the cached prompt prefix, and the float results of a prompt
+    # evaluated in one batch or in pieces differ in the last bits, which can flip a
+    # greedy choice. Warm up so the stream and the chat start from the same state.
+    await provider.chat(req)
+    chunks = await collect(provider, req)
+    expected = await provider.chat(req)
+
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finish = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finish) == 1 and finish[0] is chunks[-2]
+    assert finish[0].choices[0].finish_reason == expected.choices[0].finish_reason
+    assert text_of(chunks) == expected.choices[0].message.content
+    assert chunks[-1].choices == [] and chunks[-1].usage == expected.usage
+    assert len({c.id for c in chunks}) == 1
+
+
+@pytest.mark.model
+async def test_stream_usage_counts_every_generated_token(provider: LocalLlamaProvider) -> None:
+    chunks = await collect(provider, request(max_tokens=6, logit_bias=NO_EOS))
+    assert chunks[-2].choices[0].finish_reason == "length"
+    usage = chunks[-1].usage
+    assert usage is not None
+    assert usage.completion_tokens == 6
+    assert usage.prompt_tokens == count_message_tokens(request().messages)
+
+
+@pytest.mark.model
+async def test_a_consumer_stopping_early_stops_generation(provider: LocalLlamaProvider) -> None:
+    stream = provider.stream(request("Tell me a long story.", max_tokens=400, logit_bias=NO_EOS))
+    seen = 0
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            seen += 1
+            if seen == 2:
+                break
+    await stream.aclose()
+    started = time.perf_counter()
+    await asyncio.wait_for(provider.load(), 30)  # queued behind the abandoned stream
+    stats = provider.last_generation
+    assert stats is not None and stats.sampled < 40, stats
+    assert time.perf_counter() - started < 10
+    assert (await provider.chat(request(max_tokens=2))).choices[0].message.content
+
+
+@pytest.mark.model
+async def test_a_timed_out_chat_stops_generation(provider: LocalLlamaProvider) -> None:
+    await provider.load()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(
+            provider.chat(request("Count to a thousand.", max_tokens=400, logit_bias=NO_EOS)), 0.3
+        )
+    await asyncio.wait_for(provider.load(), 30)
+    stats = provider.last_generation
+    assert stats is not None and stats.sampled < 400, stats
+
+
+@pytest.mark.model
+async def test_concurrent_calls_are_serialised_and_all_succeed(
+    provider: LocalLlamaProvider,
+) -> None:
+    first, second, third = request("Name a colour."), request("Name a fruit."), request("Hi")
+    chat_one, streamed, chat_two = await asyncio.gather(
+        provider.chat(first), collect(provider, second), provider.chat(third)
+    )
+    # Calls sharing one llama.cpp context at the same time would crash or mix their
+    # prompts; serialised, each one sees exactly its own prompt.
+    for req, usage, text in (
+        (first, chat_one.usage, chat_one.choices[0].message.content),
+        (second, streamed[-1].usage, text_of(streamed)),
+        (third, chat_two.usage, chat_two.choices[0].message.content),
+    ):
+        assert text
+        assert usage is not None
+        assert usage.prompt_tokens == count_message_tokens(req.messages)
+        assert 0 < usage.completion_tokens <= 8
+
+
+@pytest.mark.model
+async def test_json_object_response_format_constrains_output(
+    provider: LocalLlamaProvider,
+) -> None:
+    response = await provider.chat(
+        request(
+            "Give me a JSON object describing a cat.",
+            max_tokens=12,
+            response_format={"type": "json_object"},
+        )
+    )
+    assert (response.choices[0].message.content or "").lstrip().startswith("{")
+
+
+@pytest.mark.model
+async def test_a_prompt_longer_than_the_context_is_refused() -> None:
+    local = LocalLlamaProvider(DEPLOYMENT, LocalModelSettings(n_ctx=256))
+    try:
+        with pytest.raises(ContextLengthExceededError, match="context window") as caught:
+            await local.chat(request("word " * 400))
+        assert caught.value.code == "context_length_exceeded"
+        with pytest.raises(ContextLengthExceededError):
+            await collect(local, request("word " * 400))
+    finally:
+        await local.aclose()
+
+
+@pytest.mark.model
+def test_count_tokens_uses_the_model_vocabulary(provider: LocalLlamaProvider) -> None:
+    assert provider.count_tokens("Hello world, how are you?") == 7
+    assert provider.count_tokens("") == 0

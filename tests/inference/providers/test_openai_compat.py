@@ -1,0 +1,82 @@
+"""The OpenAI-compatible adapter: what it forwards, and the vendors that reuse it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from trellis.inference.providers.base import Provider
+from trellis.inference.providers.openai_compat import OpenAICompatibleProvider
+from trellis.schema import ChatRequest
+from trellis.testing.fake_upstream import FakeUpstream
+
+
+@pytest.fixture
+def upstream(make_upstream: Callable[[str], FakeUpstream]) -> FakeUpstream:
+    return make_upstream("openai")
+
+
+def request(**fields: Any) -> ChatRequest:
+    return ChatRequest.model_validate(
+        {"model": "alias", "messages": [{"role": "user", "content": "hi"}], **fields}
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "system"),
+    [("openai", "openai"), ("groq", "groq"), ("vllm", "vllm"), ("llamacpp", "llama.cpp")],
+)
+async def test_compatible_vendors_share_the_adapter(
+    upstream: FakeUpstream, connect: Callable[..., Provider], name: str, system: str
+) -> None:
+    provider = connect(upstream, provider=name)
+    assert isinstance(provider, OpenAICompatibleProvider)
+    assert provider.system == system
+    response = await provider.chat(request())
+    assert response.choices[0].message.content == "Hello from fake"
+
+
+async def test_body_forwards_caller_options_with_the_deployment_model(
+    upstream: FakeUpstream, connect: Callable[..., Provider]
+) -> None:
+    provider = connect(upstream, model="gpt-upstream")
+    await provider.chat(request(temperature=0.5, seed=1, logprobs=True, trellis={"cache": False}))
+    body = upstream.requests[-1].json
+    assert upstream.requests[-1].path == "/v1/chat/completions"
+    assert body["model"] == "gpt-upstream"
+    assert (body["temperature"], body["seed"], body["logprobs"]) == (0.5, 1, True)
+    assert "trellis" not in body
+    assert "stream" not in body
+
+
+async def test_stream_always_asks_for_usage(
+    upstream: FakeUpstream, connect: Callable[..., Provider]
+) -> None:
+    provider = connect(upstream)
+    chunks = [chunk async for chunk in provider.stream(request())]
+    body = upstream.requests[-1].json
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 3
+
+
+async def test_probe_lists_models(upstream: FakeUpstream, connect: Callable[..., Provider]) -> None:
+    await connect(upstream).probe()
+    assert (upstream.requests[-1].method, upstream.requests[-1].path) == ("GET", "/v1/models")
+
+
+async def test_embeddings_request_shape(
+    upstream: FakeUpstream, connect: Callable[..., Provider]
+) -> None:
+    provider = connect(upstream, model="embed-small")
+    result = await provider.embed(["a b c"], dimensions=3)
+    assert upstream.requests[-1].json == {
+        "model": "embed-small",
+        "input": ["a b c"],
+        "dimensions": 3,
+    }
+    assert result.prompt_tokens == 3
+    assert len(result.vectors[0]) == 3
