@@ -824,7 +824,9 @@ def _environment(litellm_bin: Path | None) -> dict[str, Any]:
     return env
 
 
-def run(config: BenchConfig, *, log: Any = print) -> BenchResult:
+def run(
+    config: BenchConfig, *, log: Any = print, load_before: float | None = None
+) -> BenchResult:
     """Start everything, measure, stop everything; the core of the benchmark."""
     started_at = time.time()
     began = time.monotonic()
@@ -895,6 +897,8 @@ def run(config: BenchConfig, *, log: Any = print) -> BenchResult:
         environment=_environment(config.litellm_bin if use_litellm else None),
     )
     result.environment["other_load_pct"] = round(other_load, 1)
+    if load_before is not None:
+        result.environment["load_before_pct"] = round(load_before, 1)
     if config.json_path is not None:
         config.json_path.parent.mkdir(parents=True, exist_ok=True)
         data = _json_safe(result.to_json())
@@ -979,10 +983,11 @@ def render(result: BenchResult) -> str:
         f"Load generator peak CPU {client_peak:.0f}% of one core "
         "(near 100% would mean the client, not the target, set the pace)."
     )
-    other = result.environment.get("other_load_pct")
-    if other is not None and other > 10:
+    other = max(result.environment.get("other_load_pct") or 0.0,
+                result.environment.get("load_before_pct") or 0.0)
+    if other > 10:
         lines.append(
-            f"WARNING: other processes used {other:.0f}% of a core during the run; "
+            f"WARNING: other processes used up to {other:.0f}% of a core around the run; "
             "the numbers are skewed by a busy machine."
         )
     lines.append("")
@@ -1031,23 +1036,40 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchConfig, bool]:
 
 
 @contextlib.contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so ``run``'s clean-up stops the children."""
-    def handler(signum: int, frame: object) -> None:
+def _signals_unwind() -> Iterator[None]:
+    """SIGTERM and SIGINT unwind the stack, so ``run``'s clean-up stops the children.
+
+    SIGINT is set explicitly because a shell starts background jobs with it ignored.
+    """
+    def on_term(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous_term = signal.signal(signal.SIGTERM, on_term)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGINT, previous_int)
+
+
+def machine_load_now(seconds: float = 1.0) -> float:
+    """How busy the machine is before we start, in % of one core."""
+    before = machine_busy_seconds()
+    time.sleep(seconds)
+    return 100 * (machine_busy_seconds() - before) / seconds
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     config, check = parse_args(argv)
-    with _sigterm_as_exit():
+    with _signals_unwind():
         try:
-            result = run(config, log=lambda m: print(m, file=sys.stderr, flush=True))
+            load = machine_load_now()
+            if load > 20:
+                print(f"note: the machine is already {load:.0f}% busy (% of one core) before "
+                      "the run; the figures will be noisy", file=sys.stderr)
+            result = run(config, log=lambda m: print(m, file=sys.stderr, flush=True),
+                         load_before=load)
         except KeyboardInterrupt:
             print("interrupted; servers stopped", file=sys.stderr)
             return 130

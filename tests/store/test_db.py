@@ -122,6 +122,14 @@ async def test_concurrent_start_on_one_postgres_database(
         await asyncio.gather(*(db.close() for db in databases))
 
 
+async def test_a_schema_newer_than_the_code_is_a_clear_error(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'future.db'}"
+    async with Database(url) as db, db.engine.begin() as conn:
+        await conn.exec_driver_sql(f"UPDATE {VERSION_TABLE} SET version_num = '9999_future'")
+    with pytest.raises(ConfigurationError, match="9999_future"):
+        await Database(url).connect()
+
+
 def test_plain_urls_get_async_drivers() -> None:
     assert normalize_url("postgresql://u@h/db").drivername == "postgresql+asyncpg"
     assert normalize_url("postgres://u@h/db").drivername == "postgresql+asyncpg"

@@ -32,6 +32,8 @@ from trellis.store.tables import VERSION_TABLE
 if TYPE_CHECKING:
     from alembic.config import Config
 
+    from trellis.settings import Settings
+
 __all__ = ["Database", "normalize_url", "alembic_config", "MIGRATIONS_DIR"]
 
 logger = logging.getLogger(__name__)
@@ -97,7 +99,7 @@ class Database:
         self._engine: AsyncEngine | None = None
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Database:
+    def from_settings(cls, settings: Settings) -> Database:
         """The database named by :class:`trellis.settings.Settings`."""
         return cls(settings.resolved_database_url)
 
@@ -159,8 +161,16 @@ class Database:
 
     async def migrate(self) -> None:
         """Upgrade to head inside one transaction that holds the database-wide lock."""
-        async with self.exclusive(_MIGRATION_LOCK) as conn:
-            await conn.run_sync(_upgrade_to_head)
+        from alembic.util.exc import CommandError
+
+        try:
+            async with self.exclusive(_MIGRATION_LOCK) as conn:
+                await conn.run_sync(_upgrade_to_head)
+        except CommandError as exc:
+            # Typically a newer Trellis already migrated this database past what we know.
+            raise ConfigurationError(
+                f"cannot migrate the database to this version of Trellis: {exc}"
+            ) from exc
 
     async def current_revision(self) -> str | None:
         """The revision the database is at (``None`` before the first migration)."""

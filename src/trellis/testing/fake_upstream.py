@@ -175,6 +175,7 @@ class FakeUpstream:
         self._thread: threading.Thread | None = None
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
         self._start_error: BaseException | None = None
 
     # --- lifecycle ------------------------------------------------------------
@@ -426,7 +427,9 @@ class _Connection(asyncio.Protocol):
                 self._send(plan, keep_alive)
             else:
                 self.busy = True
-                asyncio.ensure_future(self._send_later(plan, keep_alive))
+                task = asyncio.ensure_future(self._send_later(plan, keep_alive))
+                self.upstream._tasks.add(task)  # the loop holds tasks only weakly
+                task.add_done_callback(self.upstream._tasks.discard)
 
     def _parse(self) -> tuple[str, str, dict[str, str], bytes, bool] | None:
         end = self.buffer.find(b"\r\n\r\n")
@@ -463,7 +466,16 @@ class _Connection(asyncio.Protocol):
     def _refuse(self, status: int) -> None:
         if self.transport is not None:
             self.transport.write(_head(status, (), 0, True))
-            self.transport.close()
+        self._hang_up()
+
+    def _hang_up(self, *, abort: bool = False) -> None:
+        """Close (flushing what was written) or abort; serve nothing more on this connection."""
+        if self.transport is not None:
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
+        self.transport = None
         self.buffer.clear()
 
     def _send(self, plan: _Plan, keep_alive: bool) -> None:
@@ -471,13 +483,13 @@ class _Connection(asyncio.Protocol):
         if transport is None:
             return
         if plan.reset:
-            transport.abort()
+            self._hang_up(abort=True)
             return
         if plan.frames is None:
             if plan.cut_after is not None:
                 half = plan.body[: len(plan.body) // 2]
                 transport.write(_head(plan.status, plan.headers, len(plan.body), False) + half)
-                transport.close()
+                self._hang_up()
                 return
             head = _head(plan.status, plan.headers, len(plan.body), not keep_alive)
             transport.write(head + plan.body)
@@ -486,14 +498,14 @@ class _Connection(asyncio.Protocol):
             parts.extend(_chunk(frame) for frame, _ in plan.frames)
             if plan.cut_after is not None:
                 transport.write(b"".join(parts))
-                transport.close()  # flushes what we wrote, then FIN mid-body
+                self._hang_up()  # flushes what we wrote, then FIN mid-body
                 return
             if plan.tail:
                 parts.append(_chunk(plan.tail))
             parts.append(b"0\r\n\r\n")
             transport.write(b"".join(parts))
         if not keep_alive:
-            transport.close()
+            self._hang_up()
 
     async def _send_later(self, plan: _Plan, keep_alive: bool) -> None:
         try:
@@ -522,11 +534,11 @@ class _Connection(asyncio.Protocol):
                 return
             transport.write(_chunk(frame))
         if plan.cut_after is not None:
-            transport.close()
+            self._hang_up()
             return
         transport.write((_chunk(plan.tail) if plan.tail else b"") + b"0\r\n\r\n")
         if not keep_alive:
-            transport.close()
+            self._hang_up()
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
