@@ -708,14 +708,14 @@ async def measure_level(target: Target, concurrency: int, config: BenchConfig) -
     window_end = window_start + config.duration
     latencies: list[float] = []
     counts = {"ok": 0, "errors": 0}
-    marks: dict[str, float] = {}
+    marks: list[tuple[float, float]] = []  # (server, client) CPU seconds at window edges
 
-    def mark_window() -> None:
-        marks["server"] = tree_cpu_seconds(target.pid)
-        marks["client"] = time.process_time()
+    def mark() -> None:
+        marks.append((tree_cpu_seconds(target.pid), time.process_time()))
 
     loop = asyncio.get_running_loop()
-    loop.call_at(loop.time() + config.ramp, mark_window)
+    loop.call_at(loop.time() + config.ramp, mark)
+    loop.call_at(loop.time() + config.ramp + config.duration, mark)
 
     async def worker(client: Client) -> None:
         while (began := clock()) < window_end:
@@ -740,8 +740,10 @@ async def measure_level(target: Target, concurrency: int, config: BenchConfig) -
     finally:
         for c in clients:
             c.close()
-    server_cpu = tree_cpu_seconds(target.pid) - marks.get("server", 0.0)
-    client_cpu = time.process_time() - marks.get("client", 0.0)
+    if len(marks) < 2:  # every worker ended early (the target went away)
+        mark()
+    (server_start, client_start), (server_end, client_end) = marks[0], marks[-1]
+    server_cpu, client_cpu = server_end - server_start, client_end - client_start
     window = config.duration
     ok = counts["ok"]
     return LevelResult(

@@ -234,9 +234,7 @@ async def _with_keys(settings: Settings, action: Callable[[Any], Awaitable[T]]) 
 
 
 def _key_dict(record: Any) -> dict[str, Any]:
-    from trellis.server.routes.keys import key_json
-
-    return key_json(record)
+    return record.to_dict()  # type: ignore[no-any-return]
 
 
 @keys_app.command("create")
@@ -248,6 +246,9 @@ def keys_create(
     model: Annotated[
         list[str] | None, typer.Option("--model", "-m", help="Allow only these model aliases")
     ] = None,
+    cache: Annotated[
+        bool, typer.Option("--cache", help="Cache answers even when not deterministic")
+    ] = False,
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -256,7 +257,9 @@ def keys_create(
     record, secret = _run(
         lambda: _with_keys(
             settings,
-            lambda ks: ks.create(name, scopes=scope or ["inference"], allowed_models=model),
+            lambda ks: ks.create(
+                name, scopes=scope or ["inference"], allowed_models=model, cache=cache
+            ),
         )
     )
     if as_json:

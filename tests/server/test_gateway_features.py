@@ -206,3 +206,13 @@ def test_bodies_can_be_left_out_of_traces(
         trace = wait_for_trace(client, response.headers["x-trellis-trace-id"])
     assert "gen_ai.input.messages" not in root_span(trace)["attributes"]
     assert "gen_ai.output.messages" not in root_span(trace)["attributes"]
+
+
+def test_a_key_can_opt_in_to_caching(client: httpx.Client, server: ServerThread) -> None:
+    created = client.post("/v1/keys", json={"name": "cached", "cache": True}).json()
+    assert created["cache"] is True
+    headers = {"Authorization": f"Bearer {created['key']}"}
+    body = {**HELLO, "temperature": 0.9}
+    url = server.base_url + "/chat/completions"
+    assert httpx.post(url, json=body, headers=headers).headers["x-trellis-cache"] == "miss"
+    assert httpx.post(url, json=body, headers=headers).headers["x-trellis-cache"] == "hit"

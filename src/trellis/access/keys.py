@@ -75,6 +75,7 @@ class ApiKeyRecord:
     scopes: tuple[str, ...]
     allowed_models: tuple[str, ...] | None
     created_at: datetime
+    cache: bool = False  # cache this key's answers even when not deterministic
     revoked_at: datetime | None = None
     last_used_at: datetime | None = None
 
@@ -102,6 +103,7 @@ class ApiKeyRecord:
             "prefix": self.prefix,
             "scopes": list(self.scopes),
             "allowed_models": None if self.allowed_models is None else list(self.allowed_models),
+            "cache": self.cache,
             "created_at": self.created_at.isoformat(),
             "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
             "last_used_at": self.last_used_at.isoformat() if self.last_used_at else None,
@@ -118,6 +120,7 @@ class ApiKeyRecord:
             prefix=row["prefix"],
             scopes=tuple(row["scopes"] or ()),
             allowed_models=None if allowed is None else tuple(allowed),
+            cache=bool(row.get("cache", False)),
             created_at=created,
             revoked_at=_as_datetime(row["revoked_at"]),
             last_used_at=_as_datetime(row["last_used_at"]),
@@ -219,10 +222,13 @@ class KeyStore:
         name: str,
         scopes: Iterable[str] = (INFERENCE,),
         allowed_models: Iterable[str] | None = None,
+        cache: bool = False,
     ) -> tuple[ApiKeyRecord, str]:
         """A new key and its secret. The secret is shown to the caller once and never stored."""
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
-        record = await self._insert(name, validate_scopes(scopes), allowed_models, secret)
+        record = await self._insert(
+            name, validate_scopes(scopes), allowed_models, secret, cache=cache
+        )
         return record, secret
 
     async def get(self, key_id: str) -> ApiKeyRecord | None:
@@ -363,6 +369,7 @@ class KeyStore:
         scopes: tuple[str, ...],
         allowed_models: Iterable[str] | None,
         secret: str,
+        cache: bool = False,
     ) -> dict[str, Any]:
         name = name.strip() if isinstance(name, str) else ""
         if not name or len(name) > 200:
@@ -375,6 +382,7 @@ class KeyStore:
             "prefix": secret[:DISPLAY_PREFIX_LEN],
             "scopes": list(scopes),
             "allowed_models": None if models is None else list(models),
+            "cache": cache,
             "created_at": time.time(),
             "revoked_at": None,
             "last_used_at": None,
@@ -386,8 +394,9 @@ class KeyStore:
         scopes: tuple[str, ...],
         allowed_models: Iterable[str] | None,
         secret: str,
+        cache: bool = False,
     ) -> ApiKeyRecord:
-        row = self._row(name, scopes, allowed_models, secret)
+        row = self._row(name, scopes, allowed_models, secret, cache)
         async with self.db.engine.begin() as conn:
             await conn.execute(api_keys.insert().values(row))
         return ApiKeyRecord.from_row(row)

@@ -21,6 +21,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -50,6 +51,8 @@ api_keys = Table(
     Column("prefix", String(16), nullable=False),
     Column("scopes", JSONType, nullable=False),
     Column("allowed_models", JSONType, nullable=True),
+    # Cache answers for this key even when the request is not deterministic.
+    Column("cache", Boolean, nullable=False, server_default=false()),
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float, nullable=True),
     Column("last_used_at", Float, nullable=True),

@@ -21,23 +21,11 @@ class CreateKey(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     scopes: list[str] = Field(default_factory=lambda: [INFERENCE], min_length=1)
     allowed_models: list[str] | None = None
+    cache: bool = Field(default=False, description="Cache answers even when not deterministic")
 
 
 def key_json(record: ApiKeyRecord) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "object": "api_key",
-        "name": record.name,
-        "prefix": record.prefix,
-        "scopes": list(record.scopes),
-        "allowed_models": record.allowed_models,
-        "created_at": _ts(record.created_at),
-        "revoked_at": _ts(record.revoked_at),
-    }
-
-
-def _ts(value: Any) -> Any:
-    return value.isoformat() if hasattr(value, "isoformat") else value
+    return {"object": "api_key", **record.to_dict()}
 
 
 @router.get("")
@@ -55,7 +43,7 @@ async def create_key(request: Request) -> JSONBytes:
     keys = runtime(request).keys
     assert keys is not None
     record, secret = await keys.create(
-        body.name, scopes=body.scopes, allowed_models=body.allowed_models
+        body.name, scopes=body.scopes, allowed_models=body.allowed_models, cache=body.cache
     )
     return JSONBytes({**key_json(record), "key": secret}, status_code=201)
 

@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("prefix", sa.String(16), nullable=False),
         sa.Column("scopes", _JSON, nullable=False),
         sa.Column("allowed_models", _JSON, nullable=True),
+        sa.Column("cache", sa.Boolean(), nullable=False, server_default=sa.false()),
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.Column("revoked_at", sa.Float(), nullable=True),
         sa.Column("last_used_at", sa.Float(), nullable=True),
