@@ -1075,7 +1075,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("interrupted; servers stopped", file=sys.stderr)
             return 130
-    print(render(result))
+    print(render(result), flush=True)
     if config.json_path is not None:
         print(f"\nJSON: {config.json_path}", file=sys.stderr)
     summary = result.summary()

@@ -35,13 +35,11 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable outpu
 
 
 def _settings(config: str | None, **overrides: Any) -> Settings:
-    if config:
-        if not os.path.isfile(config):
-            err_console.print(f"[red]config file not found:[/red] {config}")
-            raise typer.Exit(2)
-        os.environ["TRELLIS_CONFIG"] = config
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings.load(config, **{k: v for k, v in overrides.items() if v is not None})
+    except FileNotFoundError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
     except ValueError as exc:
         err_console.print(f"[red]invalid settings:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -72,6 +70,8 @@ def serve(
     from trellis.server.app import announce_admin_key
 
     settings = _settings(config, host=host, port=port)
+    if config:  # worker processes build their own Settings from the environment
+        os.environ["TRELLIS_CONFIG"] = os.path.abspath(config)
     if host:
         os.environ["TRELLIS_HOST"] = host
     if port is not None:

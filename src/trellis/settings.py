@@ -10,6 +10,7 @@ holds its key (``api_key_env``), read only when the provider is built.
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +35,9 @@ __all__ = [
     "LOCAL_CHAT_ALIAS",
     "LOCAL_EMBEDDING_ALIAS",
 ]
+
+#: The YAML file ``Settings.load`` was asked to read, for the duration of that call.
+_CONFIG_PATH: ContextVar[Path | None] = ContextVar("trellis_config_path", default=None)
 
 LOCAL_CHAT_ALIAS = "local"
 LOCAL_EMBEDDING_ALIAS = "local-embedding"
@@ -173,7 +177,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        config_path = Path(os.environ.get("TRELLIS_CONFIG", "trellis.yaml"))
+        config_path = _CONFIG_PATH.get() or Path(os.environ.get("TRELLIS_CONFIG", "trellis.yaml"))
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if config_path.is_file():
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_path))
@@ -200,6 +204,20 @@ class Settings(BaseSettings):
                         f"model {alias.name!r} falls back to unknown model {fallback!r}"
                     )
         return self
+
+    @classmethod
+    def load(cls, config: str | Path | None = None, **overrides: Any) -> Settings:
+        """Settings from an explicit YAML file (instead of ``TRELLIS_CONFIG``/``./trellis.yaml``)."""
+        if config is None:
+            return cls(**overrides)
+        path = Path(config)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        token = _CONFIG_PATH.set(path)
+        try:
+            return cls(**overrides)
+        finally:
+            _CONFIG_PATH.reset(token)
 
     def all_models(self) -> list[ModelAlias]:
         """Configured aliases plus the bundled local ones (unless disabled or overridden)."""

@@ -40,6 +40,10 @@ def test_the_bundled_vocabulary_is_used() -> None:
     assert count_text_tokens("") == 0
 
 
+def test_text_that_is_not_valid_unicode_still_counts() -> None:
+    assert count_text_tokens("lone \ud800 surrogate") > 0
+
+
 def test_special_token_markup_in_content_counts_as_text() -> None:
     # Counted as the characters it is, so user content cannot shrink its own count.
     assert count_text_tokens("<|im_start|>") > 1
@@ -113,3 +117,10 @@ def test_heuristic_rounds_up() -> None:
     assert heuristic_token_count("a") == 1
     assert heuristic_token_count("abcd") == 1
     assert heuristic_token_count("abcde") == 2
+
+
+def test_loading_the_vocabulary_prints_nothing(capfd: pytest.CaptureFixture[str]) -> None:
+    # llama.cpp warns on stderr by default; Trellis routes its log to Python logging.
+    counter = GGUFTokenCounter(bundled_chat_model_path())
+    assert counter.method == "gguf"
+    assert capfd.readouterr().err == ""

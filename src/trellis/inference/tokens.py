@@ -123,7 +123,8 @@ class GGUFTokenCounter:
             return heuristic_token_count(text)
         # llama.cpp tokenizes against the immutable vocabulary, so concurrent calls
         # are safe; ctypes releases the GIL, so threads really run in parallel.
-        return len(self._vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+        data = text.encode("utf-8", "replace")  # a lone surrogate counts as one "?"
+        return len(self._vocab.tokenize(data, add_bos=False, special=False))
 
     def _ensure_loaded(self) -> None:
         if self._loaded:

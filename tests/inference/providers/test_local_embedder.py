@@ -99,6 +99,8 @@ async def test_dimensions_truncate_and_renormalise(provider: LocalEmbedderProvid
 async def test_provider_errors(provider: LocalEmbedderProvider) -> None:
     with pytest.raises(ContextLengthExceededError):
         await provider.embed(["word " * 300])
+    with pytest.raises(InvalidRequestError, match=r"input\[1\] is not valid Unicode"):
+        await provider.embed(["fine", "broken \ud800 text"])
     request = ChatRequest(model="local-embedding", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(UnsupportedFeatureError):
         await provider.chat(request)

@@ -32,7 +32,7 @@ DEPLOYMENT = Deployment(provider="local", model="smollm2-135m-instruct")
 NO_EOS = {"0": -100.0, "2": -100.0, "4": -100.0}
 
 
-def request(content: str = "Say hi", **options: Any) -> ChatRequest:
+def request(content: str | list[dict[str, Any]] = "Say hi", **options: Any) -> ChatRequest:
     messages = [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": content},
@@ -85,7 +85,12 @@ async def test_unsupported_options_are_refused() -> None:
         await local.chat(request(response_format={"type": "xml"}))
     with pytest.raises(InvalidRequestError):
         await local.chat(request(logit_bias={"hello": 1.0}))
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    with pytest.raises(UnsupportedFeatureError, match="text only"):
+        await local.chat(request([{"type": "text", "text": "What is this?"}, image]))
     await local.aclose()
+    with pytest.raises(UpstreamError, match="closed"):
+        await local.chat(request())
 
 
 async def test_a_missing_model_file_is_a_non_retryable_upstream_error(tmp_path: Any) -> None:

@@ -120,7 +120,10 @@ class MiniLMEmbedder:
         tokenizer, session = self._loaded()
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32), []
-        encodings = tokenizer.encode_batch(list(texts))
+        try:
+            encodings = tokenizer.encode_batch(list(texts))
+        except TypeError as exc:  # tokenizers' message for a non-str or unencodable input
+            raise InvalidRequestError(_bad_input_message(texts), param="input") from exc
         counts = [len(encoding.ids) for encoding in encodings]
         for index, count in enumerate(counts):
             if count > self.max_tokens:
@@ -199,6 +202,17 @@ class MiniLMEmbedder:
                 f"cannot load the embedding model {model_path}: {exc}", retryable=False
             ) from exc
         return tokenizer, session
+
+
+def _bad_input_message(texts: Sequence[str]) -> str:
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            return f"input[{index}] is {type(text).__name__}, not a string"
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"input[{index}] is not valid Unicode (it holds a lone surrogate)"
+    return "the input cannot be tokenized"
 
 
 def fit_dimensions(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:

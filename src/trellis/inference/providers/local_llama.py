@@ -5,6 +5,11 @@ on one dedicated worker thread, which serialises them (a ``Llama`` object is not
 thread-safe) and keeps the event loop free. Streams are bridged from that thread
 with ``loop.call_soon_threadsafe``; a cancel flag checked for every sampled token
 stops generation as soon as the consumer goes away or the request is cancelled.
+
+llama.cpp keeps the previous call's KV cache and re-evaluates only what follows the
+common prefix, so a multi-turn chat pays for its new turn only. The price: a prompt
+evaluated in one batch or in pieces differs in the last float bits, so even greedy
+output may vary slightly with what ran before.
 """
 
 from __future__ import annotations
@@ -140,11 +145,13 @@ def _counting_llama_class() -> type:
     """A ``Llama`` that counts sampled tokens and honours a cancel flag per token."""
     import llama_cpp
 
-    class CountingLlama(llama_cpp.Llama):  # type: ignore[misc]
+    class CountingLlama(llama_cpp.Llama):
         cancel: threading.Event | None = None
         generation: GenerationStats | None = None
 
-        def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
+        def generate(  # type: ignore[override]
+            self, tokens: Any, *args: Any, **kwargs: Any
+        ) -> Iterator[int]:
             generation = self.generation = GenerationStats(prompt_tokens=len(tokens))
             inner = super().generate(tokens, *args, **kwargs)
             try:
@@ -240,8 +247,10 @@ class LocalLlamaProvider(Provider):
             ),
         )
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:  # type: ignore[override]
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         kwargs = self._completion_kwargs(request)
+        if self._closed:
+            raise UpstreamError(f"{self.deployment.label} is closed", provider=self.system)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         cancel = threading.Event()
@@ -334,6 +343,14 @@ class LocalLlamaProvider(Provider):
             raise UnsupportedFeatureError(
                 f"{label} returns one choice per request (n={request.n} asked)", param="n"
             )
+        for message in request.messages:
+            if isinstance(message.content, list) and any(
+                part.get("type") != "text" for part in message.content
+            ):
+                raise UnsupportedFeatureError(
+                    f"{label} reads text only; remove image, audio and file parts",
+                    param="messages",
+                )
         extra = request.model_extra or {}
         if extra.get("logprobs") or extra.get("top_logprobs"):
             raise UnsupportedFeatureError(f"{label} does not return logprobs", param="logprobs")
@@ -436,7 +453,7 @@ class LocalLlamaProvider(Provider):
         llama = self._ensure_loaded()
         llama.cancel = cancel
         try:
-            return llama.create_chat_completion(**kwargs)  # type: ignore[no-any-return]
+            return llama.create_chat_completion(**kwargs)
         finally:
             llama.cancel = None
 
@@ -479,6 +496,10 @@ class LocalLlamaProvider(Provider):
         if isinstance(exc, TrellisError):
             return exc
         message = str(exc)
+        if isinstance(exc, UnicodeError):
+            return InvalidRequestError(
+                f"the messages are not valid Unicode text ({exc})", param="messages"
+            )
         if isinstance(exc, ValueError) and "exceed context window" in message:
             # "Requested tokens (3031) exceed context window of 2048"
             return ContextLengthExceededError(
