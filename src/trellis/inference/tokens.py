@@ -16,6 +16,7 @@ conversation's earlier turns are counted once, not on every request.
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import logging
 import math
@@ -153,12 +154,15 @@ class GGUFTokenCounter:
 
         try:
             # Vocab-only still builds a (tiny) context: keep it small.
-            return open_llama(
+            vocab = open_llama(
                 path, vocab_only=True, verbose=False, quiet=True, n_ctx=64, n_batch=8, n_ubatch=8
             )
         except (ValueError, RuntimeError, OSError) as exc:
             log.warning("token counting: cannot load %s (%s); using len(text)/4", path, exc)
             return None
+        # Free it before interpreter teardown: llama_cpp's finaliser fails once its module is gone.
+        atexit.register(vocab.close)
+        return vocab
 
 
 _default_lock = threading.Lock()

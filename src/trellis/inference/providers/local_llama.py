@@ -131,6 +131,12 @@ def open_llama(
             low_level.llama_model_default_params = original
 
 
+def default_threads() -> int:
+    """Half the cores: generation shares the machine with the server's event loop, and
+    llama.cpp slows down sharply when its threads compete for a busy core."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 @dataclass(slots=True)
 class GenerationStats:
     """What one generation did: llama-cpp reports no usage on streams, so we count."""
@@ -431,8 +437,8 @@ class LocalLlamaProvider(Provider):
                 path,
                 cls=_counting_llama_class(),
                 n_ctx=self.settings.n_ctx,
-                n_threads=self.settings.n_threads or os.cpu_count(),
-                n_threads_batch=self.settings.n_threads or os.cpu_count(),
+                n_threads=self.settings.n_threads or default_threads(),
+                n_threads_batch=self.settings.n_threads or default_threads(),
                 verbose=False,
             )
         except ImportError as exc:
