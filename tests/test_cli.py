@@ -19,7 +19,7 @@ import yaml
 from typer.testing import CliRunner
 
 from trellis.cli import app
-from trellis.testing.fake_upstream import Fault, FakeUpstream
+from trellis.testing.fake_upstream import FakeUpstream, Fault
 
 runner = CliRunner()
 

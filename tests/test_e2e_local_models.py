@@ -62,7 +62,11 @@ def test_local_streaming(sdk: openai.OpenAI) -> None:
 
 
 def test_local_embeddings_are_semantic(sdk: openai.OpenAI) -> None:
-    texts = ["A cat sits on the mat.", "A kitten is resting on a rug.", "Stock markets fell sharply."]
+    texts = [
+        "A cat sits on the mat.",
+        "A kitten is resting on a rug.",
+        "Stock markets fell sharply.",
+    ]
     result = sdk.embeddings.create(model="local-embedding", input=texts)
     vectors = np.array([d.embedding for d in result.data])
     assert vectors.shape == (3, 384)

@@ -260,6 +260,7 @@ class ModelCard(_Open):
     object: Literal["model"] = "model"
     created: int = 0
     owned_by: str = "trellis"
+    kind: str | None = None  # chat | embedding (a Trellis addition)
 
 
 class ModelList(_Open):

@@ -207,7 +207,7 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, config: str | Path | None = None, **overrides: Any) -> Settings:
-        """Settings from an explicit YAML file (instead of ``TRELLIS_CONFIG``/``./trellis.yaml``)."""
+        """Settings read from an explicit YAML file instead of ``TRELLIS_CONFIG``."""
         if config is None:
             return cls(**overrides)
         path = Path(config)

@@ -35,7 +35,7 @@ def make_trace(
     )
     parent = None
     for n in range(spans_per_trace - 1):
-        span = trace.start_span(f"stage.{n}", parent, **{GenAI.REQUEST_MODEL: model})
+        span = trace.start_span(f"stage.{n}", parent, {GenAI.REQUEST_MODEL: model})
         if n == 0:
             span.set(GenAI.INPUT_MESSAGES, [{"role": "user", "content": f"hello {i}"}])
             span.set(GenAI.OUTPUT_MESSAGES, [{"role": "assistant", "content": "hi"}])

@@ -79,7 +79,9 @@ class RedisBackend:
 
     async def get(self, key: str) -> bytes | None:
         value = await self._client.get(self.prefix + key)
-        return bytes(value) if value is not None else None
+        if value is None:
+            return None
+        return value.encode() if isinstance(value, str) else bytes(value)
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         await self._client.set(self.prefix + key, value, px=max(1, int(ttl * 1000)))

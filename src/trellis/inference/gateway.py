@@ -144,7 +144,7 @@ class Gateway:
                 self._finish_chat(call, cached, cache_hit=True)
                 return ChatResult(cached, True, call.trace.trace_id)
             self._fit(call)
-            with call.trace.span("route", **{GenAI.REQUEST_MODEL: request.model}) as span:
+            with call.trace.span("route", attributes={GenAI.REQUEST_MODEL: request.model}) as span:
                 response = await self.router.chat(
                     call.route, call.request, call.trace, span, call.outcome
                 )
@@ -166,7 +166,9 @@ class Gateway:
                 self._finish_chat(call, cached, cache_hit=True)
                 return StreamResult(_replay(cached, request), True, call.trace.trace_id)
             self._fit(call)
-            route_span = call.trace.start_span("route", **{GenAI.REQUEST_MODEL: request.model})
+            route_span = call.trace.start_span(
+                "route", attributes={GenAI.REQUEST_MODEL: request.model}
+            )
             try:
                 upstream = await self.router.stream(
                     call.route, call.request, call.trace, route_span, call.outcome
@@ -311,7 +313,7 @@ class Gateway:
         options = call.request.trellis
         trim = options.trim if options is not None and options.trim is not None else alias.trim
         with call.trace.span(
-            "context_fit", **{"trellis.context_window": alias.context_window}
+            "context_fit", attributes={"trellis.context_window": alias.context_window}
         ) as span:
             result = self.fitter.fit(call.request, alias.context_window, trim)
             span.set("trellis.prompt_tokens", result.prompt_tokens)

@@ -201,7 +201,7 @@ class Router:
                 span = trace.start_span(
                     f"{operation} {target.deployment.model}",
                     parent,
-                    **{
+                    {
                         GenAI.OPERATION: operation,
                         GenAI.PROVIDER: target.provider.system,
                         GenAI.REQUEST_MODEL: target.deployment.model,

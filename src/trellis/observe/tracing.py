@@ -98,20 +98,24 @@ class Trace:
         self.root = Span(name=self.name, trace_id=self.trace_id)
         self.spans.append(self.root)
 
-    def start_span(self, name: str, parent: Span | None = None, **attributes: Any) -> Span:
+    def start_span(
+        self, name: str, parent: Span | None = None, attributes: dict[str, Any] | None = None
+    ) -> Span:
         span = Span(
             name=name,
             trace_id=self.trace_id,
             parent_id=(parent or self.root).span_id,  # type: ignore[union-attr]
-            attributes={k: v for k, v in attributes.items() if v is not None},
+            attributes={k: v for k, v in (attributes or {}).items() if v is not None},
         )
         self.spans.append(span)
         return span
 
     @contextmanager
-    def span(self, name: str, parent: Span | None = None, **attributes: Any) -> Iterator[Span]:
+    def span(
+        self, name: str, parent: Span | None = None, attributes: dict[str, Any] | None = None
+    ) -> Iterator[Span]:
         """A child span that ends (and records the error, if any) when the block exits."""
-        span = self.start_span(name, parent, **attributes)
+        span = self.start_span(name, parent, attributes)
         try:
             yield span
         except BaseException as exc:

@@ -222,9 +222,7 @@ class FakeUpstream:
         asyncio.set_event_loop(loop)
         try:
             self._server = loop.run_until_complete(
-                loop.create_server(
-                    lambda: _Connection(self), self.host, self.port, backlog=4096
-                )
+                loop.create_server(lambda: _Connection(self), self.host, self.port, backlog=4096)
             )
         except OSError as exc:
             self._start_error = exc

@@ -199,9 +199,11 @@ def _blocks(message: ChatMessage) -> list[dict[str, Any]]:
         result = {"type": "tool_result", "tool_use_id": tool_use_id}
         return [{**result, "content": content_text(message.content)}]
     blocks: list[dict[str, Any]] = []
-    parts = message.content if isinstance(message.content, list) else [
-        {"type": "text", "text": message.content or ""}
-    ]
+    parts = (
+        message.content
+        if isinstance(message.content, list)
+        else [{"type": "text", "text": message.content or ""}]
+    )
     for part in parts:
         if part.get("type") == "text":
             if part.get("text"):  # Anthropic refuses empty text blocks
