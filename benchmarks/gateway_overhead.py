@@ -163,6 +163,11 @@ class BenchResult:
         if on and litellm and on.best and litellm.best and litellm.best.rps > 0:
             out["trellis_over_litellm_rps"] = on.best.rps / litellm.best.rps
             out["target_3x_litellm_rps"] = out["trellis_over_litellm_rps"] >= 3.0
+        floor = self.target(FLOOR)
+        if direct and floor:
+            out["floor_added_p50_ms"] = floor.p50_ms - direct.p50_ms
+            if on:
+                out["trellis_over_floor_p50_ms"] = on.p50_ms - floor.p50_ms
         if on and off:
             out["tracing_added_p50_us"] = (on.p50_ms - off.p50_ms) * 1000
             out["tracing_added_mean_us"] = (on.mean_ms - off.mean_ms) * 1000
@@ -564,6 +569,30 @@ _QUIET_UVICORN: dict[str, Any] = {
 }
 
 
+FLOOR = "bare forwarder (floor)"
+
+
+def start_floor(children: Children, upstream_url: str) -> tuple[subprocess.Popen[bytes], int]:
+    """The reference floor: a bare ASGI forwarder under the same uvicorn (floor_forwarder.py)."""
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "floor_forwarder:app",
+        "--app-dir",
+        str(HERE),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+    return children.start(FLOOR, argv, _clean_env(FLOOR_UPSTREAM=upstream_url)), port
+
+
 def start_litellm(
     children: Children, litellm_bin: Path, upstream_url: str
 ) -> tuple[subprocess.Popen[bytes], int]:
@@ -901,6 +930,8 @@ def run(config: BenchConfig, *, log: Any = print, load_before: float | None = No
         )
 
         pending: list[tuple[str, subprocess.Popen[bytes], int, str]] = []
+        proc, port = start_floor(children, upstream_url)
+        pending.append((FLOOR, proc, port, "/healthz"))
         proc, port = start_trellis(children, "trellis", upstream_url, tracing=True)
         pending.append(("trellis", proc, port, "/healthz"))
         if config.tracing_off_row:
@@ -915,7 +946,8 @@ def run(config: BenchConfig, *, log: Any = print, load_before: float | None = No
         deadline = time.monotonic() + config.startup_timeout
         for name, proc, port, ready_path in pending:
             key = ADMIN_KEY if name.startswith("trellis") else "sk-bench-client"
-            target = Target(name, "127.0.0.1", port, "/v1/chat/completions", ALIAS, key, proc.pid)
+            model = UPSTREAM_MODEL if name == FLOOR else ALIAS
+            target = Target(name, "127.0.0.1", port, "/v1/chat/completions", model, key, proc.pid)
             try:
                 wait_ready(children, name, proc, f"http://127.0.0.1:{port}{ready_path}", deadline)
                 _probe(target, config.request_timeout)
@@ -1011,6 +1043,12 @@ def render(result: BenchResult) -> str:
             f"Trellis adds {summary['trellis_added_p50_ms'] * 1000:.0f} µs at p50, "
             f"{summary['trellis_added_p99_ms'] * 1000:.0f} µs at p99 "
             f"(target < 1000 µs at p50: {verdict})."
+        )
+    if "floor_added_p50_ms" in summary:
+        lines.append(
+            f"A bare ASGI forwarder adds {summary['floor_added_p50_ms'] * 1000:.0f} µs at p50 "
+            "(the cost of one more hop on this machine); Trellis adds "
+            f"{summary.get('trellis_over_floor_p50_ms', float('nan')) * 1000:.0f} µs on top of it."
         )
     if "trellis_over_litellm_rps" in summary:
         verdict = "met" if summary["target_3x_litellm_rps"] else "MISSED"

@@ -17,6 +17,7 @@ from trellis.inference.gateway import Gateway
 from trellis.inference.pricing import PriceBook
 from trellis.inference.providers import Provider, provider_class
 from trellis.inference.router import Router
+from trellis.observe.metrics import GatewayMetrics
 from trellis.observe.store import TraceStore
 from trellis.observe.tracing import NullSink, TraceSink
 from trellis.observe.writer import TraceWriter
@@ -36,6 +37,7 @@ class Trellis:
         self.writer: TraceWriter | None = None
         self.traces: TraceStore | None = None
         self.gateway: Gateway | None = None
+        self.metrics: GatewayMetrics | None = None
         #: The admin key created at this start, shown once to the operator (else None).
         self.new_admin_key: str | None = None
 
@@ -71,6 +73,8 @@ class Trellis:
             sink=sink,
             store_bodies=settings.tracing.store_bodies,
         )
+        self.metrics = GatewayMetrics(router=router, writer=self.writer)
+        self.gateway.on_trace.append(self.metrics.observe)
         return self
 
     async def aclose(self) -> None:

@@ -167,6 +167,9 @@ class Settings(BaseSettings):
     key_cache_seconds: float = Field(
         default=10.0, ge=0, description="How long a verified API key is trusted without a DB read"
     )
+    metrics_require_key: bool = Field(
+        default=False, description="Require an observer or admin key to scrape /metrics"
+    )
 
     @classmethod
     def settings_customise_sources(

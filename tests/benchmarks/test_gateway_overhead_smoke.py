@@ -58,7 +58,7 @@ def test_tiny_run_measures_every_row(bench: ModuleType, tmp_path: Path) -> None:
     assert time.monotonic() - started < 30
 
     names = [t.name for t in result.targets]
-    assert names == ["direct", "trellis", "trellis (tracing off)"]
+    assert names == ["direct", "bare forwarder (floor)", "trellis", "trellis (tracing off)"]
     for target in result.targets:
         assert target.errors == 0, target.name
         assert len(target.latencies_ms) == 30

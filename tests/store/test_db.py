@@ -16,7 +16,7 @@ from sqlalchemy import Connection, inspect
 from trellis.errors import ConfigurationError
 from trellis.store import Database, metadata, normalize_url
 from trellis.store.db import MIGRATIONS_DIR, alembic_config
-from trellis.store.tables import VERSION_TABLE
+from trellis.store.tables import VERSION_TABLE, include_name
 
 EXPECTED_TABLES = {"api_keys", "traces", "spans", VERSION_TABLE}
 
@@ -29,7 +29,8 @@ def _head() -> str:
 
 def _schema_diff(conn: Connection) -> list[object]:
     ctx = MigrationContext.configure(
-        conn, opts={"version_table": VERSION_TABLE, "compare_type": True}
+        conn,
+        opts={"version_table": VERSION_TABLE, "compare_type": True, "include_name": include_name},
     )
     return list(compare_metadata(ctx, metadata))
 

@@ -32,6 +32,7 @@ from trellis.store.tables import api_keys
 __all__ = [
     "ADMIN",
     "INFERENCE",
+    "OBSERVER",
     "SCOPES",
     "SECRET_PREFIX",
     "ApiKeyRecord",
@@ -45,7 +46,9 @@ logger = logging.getLogger(__name__)
 ADMIN = "admin"
 #: Chat, completions and embeddings through the OpenAI-compatible API.
 INFERENCE = "inference"
-SCOPES: frozenset[str] = frozenset({ADMIN, INFERENCE})
+#: Read traces, statistics and metrics; nothing else (for dashboards and on-call people).
+OBSERVER = "observer"
+SCOPES: frozenset[str] = frozenset({ADMIN, INFERENCE, OBSERVER})
 
 SECRET_PREFIX = "tr-"
 #: Characters of the secret kept in clear, so people can tell their keys apart.

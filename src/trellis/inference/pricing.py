@@ -8,6 +8,7 @@ prefix, so a dated snapshot such as ``gpt-4o-mini-2024-07-18`` finds
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from trellis.schema import Usage
@@ -72,6 +73,7 @@ class PriceBook:
                 return builtin
         return None
 
+    @functools.lru_cache(maxsize=1024)  # noqa: B019 - one PriceBook per runtime; bounded
     def _builtin(self, model: str) -> Prices | None:
         bare = model.rsplit("/", 1)[-1]  # "models/gemini-1.5-flash", "openai/gpt-4o"
         for prefix in self._prefixes:

@@ -7,16 +7,25 @@ Rows come back as plain dicts with the column names of ``traces`` and
 from __future__ import annotations
 
 import builtins
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, Text, and_, cast, exists, or_, select
 
+from trellis.observe.query import TraceQuery, decode_cursor, encode_cursor
 from trellis.store.db import Database
 from trellis.store.tables import spans, traces
 
-__all__ = ["TraceStore", "MAX_LIST_LIMIT"]
+__all__ = ["TraceStore", "TracePage", "TraceQuery", "MAX_LIST_LIMIT"]
 
 MAX_LIST_LIMIT = 1000
+
+
+@dataclass(slots=True)
+class TracePage:
+    rows: list[dict[str, Any]]
+    #: Pass back as ``cursor`` for the next (older) page; None on the last page.
+    next_cursor: str | None
 
 
 class TraceStore:
@@ -56,16 +65,74 @@ class TraceStore:
         model: str | None = None,
         key_id: str | None = None,
         status: str | None = None,
+        **filters: Any,
     ) -> builtins.list[dict[str, Any]]:
-        """Trace rows without spans, newest first, optionally filtered."""
+        """Trace rows without spans, newest first, optionally filtered (see :class:`TraceQuery`)."""
+        query = TraceQuery(model=model, key_id=key_id, status=status, **filters)
+        return (await self.page(query, limit=limit)).rows
+
+    async def page(
+        self, query: TraceQuery | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> TracePage:
+        """One page of matching traces, newest first, and the cursor of the next page.
+
+        Keyset pagination on ``(start_ns, id)``: pages stay consistent while new traces
+        arrive, and a deep page costs the same as the first (the start_ns index serves it).
+        """
+        query = query or TraceQuery()
         limit = max(1, min(int(limit), MAX_LIST_LIMIT))
-        query = select(traces).order_by(traces.c.start_ns.desc(), traces.c.id.desc()).limit(limit)
-        if model is not None:
-            query = query.where(traces.c.model == model)
-        if key_id is not None:
-            query = query.where(traces.c.key_id == key_id)
-        if status is not None:
-            query = query.where(traces.c.status == status)
+        statement = (
+            select(traces)
+            .where(*self._conditions(query))
+            .order_by(traces.c.start_ns.desc(), traces.c.id.desc())
+            .limit(limit + 1)
+        )
+        if cursor is not None:
+            after_ns, after_id = decode_cursor(cursor)
+            statement = statement.where(
+                or_(
+                    traces.c.start_ns < after_ns,
+                    and_(traces.c.start_ns == after_ns, traces.c.id < after_id),
+                )
+            )
         async with self.db.engine.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
-        return [dict(row) for row in rows]
+            rows = [dict(row) for row in (await conn.execute(statement)).mappings().all()]
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_cursor = encode_cursor(rows[-1]["start_ns"], rows[-1]["id"])
+        return TracePage(rows, next_cursor)
+
+    @staticmethod
+    def _conditions(query: TraceQuery) -> builtins.list[ColumnElement[bool]]:
+        t = traces.c
+        conditions: builtins.list[ColumnElement[bool]] = []
+        if query.since_ns is not None:
+            conditions.append(t.start_ns >= query.since_ns)
+        if query.until_ns is not None:
+            conditions.append(t.start_ns < query.until_ns)
+        for column, value in (
+            (t.model, query.model),
+            (t.key_id, query.key_id),
+            (t.status, query.status),
+            (t.kind, query.kind),
+        ):
+            if value is not None:
+                conditions.append(column == value)
+        if query.min_latency_ms is not None:
+            conditions.append(t.duration_ms >= query.min_latency_ms)
+        if query.has_error is not None:
+            failed = exists().where(spans.c.trace_id == t.id, spans.c.status == "error")
+            conditions.append(failed if query.has_error else ~failed)
+        if query.text is not None:
+            # Prompts, responses and error messages live in the root span's attributes.
+            # A LIKE over the stored JSON text: no full-text index, but bounded by the
+            # other filters and the page size, and identical on SQLite and Postgres.
+            conditions.append(
+                exists().where(
+                    spans.c.trace_id == t.id,
+                    spans.c.parent_id.is_(None),
+                    cast(spans.c.attributes, Text).icontains(query.text, autoescape=True),
+                )
+            )
+        return conditions

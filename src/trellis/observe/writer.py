@@ -141,6 +141,9 @@ class TraceWriter:
         self.settings = settings or TracingSettings()
         # Unbounded underneath so the stop/flush markers always fit; submit() enforces the bound.
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        # Set when a batch is full or a flush/stop is asked for: the task then writes at
+        # once instead of waiting out ``flush_interval``. Requests never wake the task.
+        self._wake = asyncio.Event()
         self._pending = 0
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -160,6 +163,8 @@ class TraceWriter:
             return
         self._pending += 1
         self._queue.put_nowait(trace)
+        if self._pending >= self.settings.batch_size:
+            self._wake.set()
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -194,6 +199,7 @@ class TraceWriter:
             return
         marker = _Flush()
         self._queue.put_nowait(marker)
+        self._wake.set()
         await marker.done
 
     async def close(self, timeout: float | None = 30.0) -> None:
@@ -212,6 +218,7 @@ class TraceWriter:
                 return
             self._task = asyncio.create_task(self._run(), name="trellis-trace-writer")
         self._queue.put_nowait(_Stop())
+        self._wake.set()
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout)
         except TimeoutError:
@@ -235,34 +242,34 @@ class TraceWriter:
                     marker.done.set_result(None)
 
     async def _next_batch(self) -> tuple[list[Trace], list[_Flush], bool]:
-        """Up to ``batch_size`` traces, waiting at most ``flush_interval`` after the first."""
+        """Up to ``batch_size`` traces, waiting at most ``flush_interval`` after the first.
+
+        The wait is one timer per batch, not one wake-up per trace: on the hot path a
+        ``submit`` is a plain ``put_nowait``.
+        """
         batch: list[Trace] = []
         markers: list[_Flush] = []
         item = await self._queue.get()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.flush_interval
+        if isinstance(item, Trace) and self._pending < self.settings.batch_size:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.flush_interval)
+            except TimeoutError:
+                pass
+        self._wake.clear()
         while True:
             if isinstance(item, _Stop):
                 return batch, markers, True
             if isinstance(item, _Flush):
-                # Write what we have now rather than wait out the interval.
                 markers.append(item)
-                deadline = loop.time()
             else:
                 batch.append(item)
                 if len(batch) >= self.settings.batch_size:
+                    if self._pending > len(batch):
+                        self._wake.set()  # more are waiting: the next batch need not wait
                     return batch, markers, False
             try:
                 item = self._queue.get_nowait()
-                continue
             except asyncio.QueueEmpty:
-                pass
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return batch, markers, False
-            try:
-                item = await asyncio.wait_for(self._queue.get(), remaining)
-            except TimeoutError:
                 return batch, markers, False
 
     async def _write(self, batch: list[Trace]) -> None:

@@ -18,14 +18,28 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
+    Text,
+    UniqueConstraint,
     false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-__all__ = ["metadata", "api_keys", "traces", "spans", "JSONType", "VERSION_TABLE"]
+__all__ = [
+    "metadata",
+    "api_keys",
+    "traces",
+    "spans",
+    "collections",
+    "documents",
+    "chunks",
+    "JSONType",
+    "VERSION_TABLE",
+    "include_name",
+]
 
 #: Alembic's bookkeeping table; named so it cannot clash with a host application's own Alembic.
 VERSION_TABLE = "trellis_schema_version"
@@ -58,6 +72,12 @@ api_keys = Table(
     Column("last_used_at", Float, nullable=True),
 )
 
+#: Columns of the covering index statistics read (start_ns first: queries are by window).
+STATS_INDEX_COLUMNS = (
+    "start_ns", "model", "key_id", "kind", "status", "duration_ms",
+    "input_tokens", "output_tokens", "cost", "cache_hit",
+)  # fmt: skip
+
 traces = Table(
     "traces",
     metadata,
@@ -82,6 +102,8 @@ traces = Table(
     Index("ix_traces_model_start_ns", "model", "start_ns"),
     Index("ix_traces_key_id_start_ns", "key_id", "start_ns"),
     Index("ix_traces_status", "status"),
+    # Covers GET /v1/stats: the window's rows are read from this index alone (0003).
+    Index("ix_traces_stats", *STATS_INDEX_COLUMNS),
 )
 
 spans = Table(
@@ -104,3 +126,78 @@ spans = Table(
     Column("events", JSONType, nullable=True),
     # No separate index on trace_id: it leads the primary key, whose index serves lookups by trace.
 )
+
+
+# --- retrieval (revision 0002_retrieval) ------------------------------------
+
+collections = Table(
+    "collections",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(), nullable=False, unique=True),
+    Column("embedder", String(), nullable=False),
+    Column("dimension", Integer, nullable=False),
+    Column("metadata", JSONType, nullable=True),
+    Column("created_at", Float, nullable=False),
+    # Bumped by every write to the collection, so in-process vector caches know when to reload.
+    Column("version", BigInteger, nullable=False, server_default="0"),
+)
+
+documents = Table(
+    "documents",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column(
+        "collection_id",
+        String(32),
+        ForeignKey("collections.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("external_id", String(), nullable=False),
+    Column("source", String(), nullable=True),
+    Column("content_hash", String(64), nullable=False),
+    Column("metadata", JSONType, nullable=True),
+    Column("text", Text, nullable=False),
+    Column("chunk_count", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("collection_id", "external_id"),
+)
+
+chunks = Table(
+    "chunks",
+    metadata,
+    # INTEGER PRIMARY KEY on SQLite is the rowid, which the FTS5 index refers to.
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column(
+        "collection_id",
+        String(32),
+        ForeignKey("collections.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column(
+        "document_id",
+        String(32),
+        ForeignKey("documents.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("ordinal", Integer, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("char_start", Integer, nullable=False),
+    Column("char_end", Integer, nullable=False),
+    Column("token_count", Integer, nullable=False),
+    Column("metadata", JSONType, nullable=True),
+    # float32 little-endian, ``dimension`` values (the collection's embedder).
+    Column("embedding", LargeBinary, nullable=False),
+    Index("ix_chunks_collection_id", "collection_id"),
+    Index("ix_chunks_document_id_ordinal", "document_id", "ordinal"),
+)
+
+#: The keyword index over chunks.text (SQLite: FTS5 table + shadow tables; Postgres: a GIN
+#: expression index): backend-specific raw DDL in the migration, invisible to this metadata.
+_UNMANAGED_PREFIX = "chunks_fts"
+
+
+def include_name(name: str | None, type_: str, _parent_names: object) -> bool:
+    """Alembic ``include_name`` hook: skip objects that migrations manage as raw DDL."""
+    return not (name is not None and name.startswith(_UNMANAGED_PREFIX))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from trellis.store.tables import VERSION_TABLE, metadata
+from trellis.store.tables import VERSION_TABLE, include_name, metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:
@@ -24,6 +24,7 @@ context.configure(
     version_table=VERSION_TABLE,
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
+    include_name=include_name,
 )
 with context.begin_transaction():
     context.run_migrations()

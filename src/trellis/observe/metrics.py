@@ -1,0 +1,263 @@
+"""Prometheus metrics: counted from finished traces, plus live state read at scrape time.
+
+:meth:`GatewayMetrics.observe` is appended to ``Gateway.on_trace`` and runs on
+the request path, so it does a handful of lock-protected additions on label
+children it has already resolved (one dict lookup per trace) and nothing else.
+State that already lives elsewhere (circuit breakers, the trace writer's queue
+and counters) is not copied on every request but read when Prometheus scrapes.
+
+Each runtime owns its own :class:`CollectorRegistry`, so two runtimes in one
+process (tests, a library user embedding two gateways) never share series.
+Label values are bounded: ``model`` is a configured alias or ``"unknown"``
+(requests naming a model that does not exist must not create new series), and
+there is deliberately no per-API-key label.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from trellis.inference.breaker import BreakerState
+from trellis.observe.tracing import Trace
+
+if TYPE_CHECKING:
+    from trellis.inference.router import Router
+    from trellis.observe.writer import TraceWriter
+
+__all__ = ["GatewayMetrics", "CONTENT_TYPE", "LATENCY_BUCKETS", "TTFT_BUCKETS", "UNKNOWN_MODEL"]
+
+logger = logging.getLogger(__name__)
+
+#: The ``Content-Type`` of :meth:`GatewayMetrics.render` (Prometheus text format 0.0.4).
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: The ``model`` label of requests for a model that is not configured.
+UNKNOWN_MODEL = "unknown"
+
+#: Seconds; LLM calls range from a cache hit (~1 ms) to long generations (minutes).
+LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0
+)  # fmt: skip
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+_BREAKER_STATES = tuple(state.value for state in BreakerState)
+_LOG_INTERVAL = 60.0
+
+
+@dataclass(slots=True)
+class _Series:
+    """The label children of one (model, kind) pair, resolved once and reused."""
+
+    ok: Any
+    error: Any
+    duration: Any
+    ttft: Any
+    input_tokens: Any
+    output_tokens: Any
+    cost: Any
+    cache_hits: Any
+    retries: Any
+    fallbacks: Any
+    mismatches: Any
+
+
+class GatewayMetrics:
+    """Request metrics fed by finished traces; ``render()`` is the ``/metrics`` body."""
+
+    def __init__(
+        self,
+        models: Iterable[str] = (),
+        *,
+        router: Router | None = None,
+        writer: TraceWriter | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.models = frozenset(models) | (frozenset(router.aliases) if router else frozenset())
+        self.hook_errors = 0
+        self._last_error_log = float("-inf")
+        self._series: dict[tuple[str, str], _Series] = {}
+        r = self.registry
+        by_model = ["model", "kind"]
+        self.requests = Counter(
+            "trellis_requests", "Finished requests.", [*by_model, "status"], registry=r
+        )
+        self.errors = Counter(
+            "trellis_request_errors",
+            "Failed requests by error class.",
+            [*by_model, "error"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "trellis_request_duration_seconds",
+            "End-to-end request latency, authentication to last byte.",
+            by_model,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "trellis_time_to_first_token_seconds",
+            "Time to the first streamed token from the serving deployment.",
+            by_model,
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "trellis_tokens", "Tokens processed.", [*by_model, "type"], registry=r
+        )
+        self.cost = Counter("trellis_cost_usd", "Cost in US dollars.", by_model, registry=r)
+        self.cache_hits = Counter(
+            "trellis_cache_hits", "Requests answered from the response cache.", by_model, registry=r
+        )
+        self.retries = Counter(
+            "trellis_retries", "Retried upstream attempts.", by_model, registry=r
+        )
+        self.fallbacks = Counter(
+            "trellis_fallbacks", "Fallbacks to another deployment or model.", by_model, registry=r
+        )
+        self.mismatches = Counter(
+            "trellis_model_mismatches",
+            "Responses from another model than the deployment asked for.",
+            by_model,
+            registry=r,
+        )
+        if router is not None or writer is not None:
+            self.registry.register(_LiveCollector(router, writer))
+
+    # --- the hook (hot path) --------------------------------------------------------
+
+    def observe(self, trace: Trace) -> None:
+        """Count one finished trace. Never raises: a metrics bug must not fail a request."""
+        try:
+            self._observe(trace)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            self.hook_errors += 1
+            now = time.monotonic()
+            if now - self._last_error_log >= _LOG_INTERVAL:
+                self._last_error_log = now
+                logger.warning("could not count a trace in the metrics: %r", exc)
+
+    __call__ = observe
+
+    def _observe(self, trace: Trace) -> None:
+        summary = trace.summary
+        model = summary.get("model")
+        if model not in self.models:
+            model = UNKNOWN_MODEL
+        series = self._series.get((model, trace.kind))
+        if series is None:
+            series = self._resolve(model, trace.kind)
+        root = trace.root
+        if root is not None and root.end_ns is not None:
+            series.duration.observe((root.end_ns - root.start_ns) / 1e9)
+        if root is not None and root.status == "error":
+            series.error.inc()
+            self.errors.labels(model, trace.kind, str(summary.get("error") or "unknown")).inc()
+        else:
+            series.ok.inc()
+        ttft = summary.get("ttft_ms")
+        if ttft is not None:
+            series.ttft.observe(ttft / 1000)
+        value = summary.get("input_tokens")
+        if value:
+            series.input_tokens.inc(value)
+        value = summary.get("output_tokens")
+        if value:
+            series.output_tokens.inc(value)
+        value = summary.get("cost")
+        if value:
+            series.cost.inc(value)
+        if summary.get("cache_hit"):
+            series.cache_hits.inc()
+        value = summary.get("retries")
+        if value:
+            series.retries.inc(value)
+        value = summary.get("fallbacks")
+        if value:
+            series.fallbacks.inc(value)
+        if summary.get("model_mismatch"):
+            series.mismatches.inc()
+
+    def _resolve(self, model: str, kind: str) -> _Series:
+        """Label children for a new (model, kind); series appear at zero from then on."""
+        series = _Series(
+            ok=self.requests.labels(model, kind, "ok"),
+            error=self.requests.labels(model, kind, "error"),
+            duration=self.duration.labels(model, kind),
+            ttft=self.ttft.labels(model, kind),
+            input_tokens=self.tokens.labels(model, kind, "input"),
+            output_tokens=self.tokens.labels(model, kind, "output"),
+            cost=self.cost.labels(model, kind),
+            cache_hits=self.cache_hits.labels(model, kind),
+            retries=self.retries.labels(model, kind),
+            fallbacks=self.fallbacks.labels(model, kind),
+            mismatches=self.mismatches.labels(model, kind),
+        )
+        self._series[(model, kind)] = series
+        return series
+
+    # --- scraping -----------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """Every metric in the Prometheus text exposition format."""
+        return generate_latest(self.registry)
+
+
+class _LiveCollector(Collector):
+    """State read at scrape time: breaker per deployment, trace writer queue and counters."""
+
+    def __init__(self, router: Router | None, writer: TraceWriter | None) -> None:
+        self.router = router
+        self.writer = writer
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families())
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._families())
+
+    def _families(self) -> Iterator[Metric]:
+        if self.router is not None:
+            state = GaugeMetricFamily(
+                "trellis_breaker_state",
+                "Circuit breaker state per deployment: 1 for the current state, else 0.",
+                labels=["model", "deployment", "state"],
+            )
+            for alias, targets in self.router.targets.items():
+                for target in targets:
+                    current = target.breaker.state.value
+                    for name in _BREAKER_STATES:
+                        state.add_metric(
+                            [alias, target.deployment.label, name], 1.0 if name == current else 0.0
+                        )
+            yield state
+        writer = self.writer
+        if writer is not None:
+            yield GaugeMetricFamily(
+                "trellis_trace_queue_depth",
+                "Traces waiting for the background writer.",
+                value=writer.queued,
+            )
+            for name, help_text, value in (
+                (
+                    "trellis_traces_dropped",
+                    "Traces dropped (queue full or closed).",
+                    writer.dropped,
+                ),
+                ("trellis_traces_written", "Traces written to the store.", writer.written_traces),
+                ("trellis_spans_written", "Spans written to the store.", writer.written_spans),
+                (
+                    "trellis_trace_write_errors",
+                    "Traces lost to database errors.",
+                    writer.write_errors,
+                ),
+            ):
+                yield CounterMetricFamily(name, help_text, value=value)

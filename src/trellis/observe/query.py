@@ -1,0 +1,137 @@
+"""Parsing of the values people type into trace and stats queries: durations, times, cursors.
+
+Shared by the HTTP routes and the CLI so both accept the same spellings, and every
+bad value becomes an :class:`~trellis.errors.InvalidRequestError` (HTTP 400) naming
+the parameter, never a server error.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from trellis.errors import InvalidRequestError
+
+__all__ = [
+    "TraceQuery",
+    "TRACE_STATUSES",
+    "parse_duration",
+    "parse_time",
+    "encode_cursor",
+    "decode_cursor",
+]
+
+#: Statuses a trace can have (the root span's status).
+TRACE_STATUSES = frozenset({"ok", "error"})
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
+_ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
+_MAX_TEXT = 500
+
+
+@dataclass(frozen=True, slots=True)
+class TraceQuery:
+    """Filters over stored traces; every field is optional and they combine with AND."""
+
+    since_ns: int | None = None
+    until_ns: int | None = None
+    model: str | None = None
+    key_id: str | None = None
+    status: str | None = None
+    kind: str | None = None
+    min_latency_ms: float | None = None
+    #: True: the trace or any of its spans failed (a retried attempt counts); False: none did.
+    has_error: bool | None = None
+    #: Case-insensitive text searched in the root span's attributes (prompt, response, error).
+    text: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.status is not None and self.status not in TRACE_STATUSES:
+            raise InvalidRequestError(
+                f"status must be one of {', '.join(sorted(TRACE_STATUSES))}, not {self.status!r}",
+                param="status",
+                code="invalid_value",
+            )
+        if self.min_latency_ms is not None and not self.min_latency_ms >= 0:
+            raise InvalidRequestError(
+                "min_latency_ms must be a number >= 0", param="min_latency_ms", code="invalid_value"
+            )
+        if self.text is not None and not 0 < len(self.text) <= _MAX_TEXT:
+            raise InvalidRequestError(
+                f"q must be 1 to {_MAX_TEXT} characters", param="q", code="invalid_value"
+            )
+        if (
+            self.since_ns is not None
+            and self.until_ns is not None
+            and self.since_ns >= self.until_ns
+        ):
+            raise InvalidRequestError(
+                "since must be earlier than until", param="since", code="invalid_value"
+            )
+
+
+def parse_duration(value: str, param: str) -> float:
+    """Seconds in ``value`` such as ``90s``, ``5m``, ``1h``, ``7d`` (also ``ms`` and ``w``)."""
+    match = _DURATION.match(value or "")
+    if match is None:
+        raise InvalidRequestError(
+            f"{param} must be a duration such as 30s, 5m, 1h or 7d, not {value!r}",
+            param=param,
+            code="invalid_value",
+        )
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds <= 0:
+        raise InvalidRequestError(
+            f"{param} must be longer than 0", param=param, code="invalid_value"
+        )
+    return seconds
+
+
+def parse_time(value: str, param: str, now: float | None = None) -> int:
+    """Epoch nanoseconds from a relative duration (``1h`` = one hour ago), Unix seconds
+    (``1718000000``) or ISO 8601 (``2024-06-10T08:00:00Z``; no zone means UTC)."""
+    now = time.time() if now is None else now
+    text = (value or "").strip()
+    if _DURATION.match(text):
+        return int((now - parse_duration(text, param)) * 1e9)
+    if _NUMBER.match(text):
+        return int(float(text) * 1e9)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequestError(
+            f"{param} must be a duration ago (1h), Unix seconds or an ISO 8601 time, not {value!r}",
+            param=param,
+            code="invalid_value",
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1e9)
+
+
+def encode_cursor(start_ns: int, trace_id: str) -> str:
+    """An opaque token for the page after the trace ``(start_ns, trace_id)``."""
+    return base64.urlsafe_b64encode(f"{start_ns}:{trace_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    """``(start_ns, trace_id)`` from :func:`encode_cursor`; 400 for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        start, _, trace_id = raw.partition(":")
+        start_ns = int(start)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        start_ns, trace_id = -1, ""
+    if start_ns < 0 or not _ID.match(trace_id):
+        raise InvalidRequestError(
+            "cursor is not valid; pass the next_cursor of a previous page",
+            param="cursor",
+            code="invalid_cursor",
+        )
+    return start_ns, trace_id

@@ -1,0 +1,41 @@
+"""Retrieval: load, chunk, embed and index documents; keyword, vector and hybrid search.
+
+Use :class:`Retrieval` over an :class:`Index` (:class:`SQLiteIndex` for the embedded
+database) with an embedder such as the bundled ``MiniLMEmbedder``.
+"""
+
+from __future__ import annotations
+
+from trellis.retrieval.chunking import ChunkingConfig, chunk_text
+from trellis.retrieval.fusion import FusionConfig, reciprocal_rank_fusion, weighted_fusion
+from trellis.retrieval.index import Index, SQLiteIndex
+from trellis.retrieval.loaders import LoaderError, load_path
+from trellis.retrieval.models import (
+    Chunk,
+    CollectionInfo,
+    Document,
+    DocumentInfo,
+    Hit,
+    IngestReport,
+)
+from trellis.retrieval.service import Embedder, Retrieval
+
+__all__ = [
+    "Chunk",
+    "ChunkingConfig",
+    "CollectionInfo",
+    "Document",
+    "DocumentInfo",
+    "Embedder",
+    "FusionConfig",
+    "Hit",
+    "Index",
+    "IngestReport",
+    "LoaderError",
+    "Retrieval",
+    "SQLiteIndex",
+    "chunk_text",
+    "load_path",
+    "reciprocal_rank_fusion",
+    "weighted_fusion",
+]

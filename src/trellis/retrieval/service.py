@@ -1,0 +1,353 @@
+"""The retrieval API: collections, idempotent ingestion, and keyword/vector/hybrid search.
+
+:class:`Retrieval` is what the server, the CLI and library users call. It owns
+the pipeline (load -> chunk -> embed -> write) and fusion; storage and the two
+base searches belong to an :class:`~trellis.retrieval.index.Index`. Chunking
+and embedding run in worker threads so an event loop serving requests stays
+responsive; each document is written in its own transaction, so a crash leaves
+every document either fully ingested or untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from trellis.errors import InvalidRequestError, NotFoundError
+from trellis.retrieval.chunking import ChunkingConfig, TokenCounter, chunk_text
+from trellis.retrieval.fusion import FusionConfig, fuse
+from trellis.retrieval.index import Filters, Index
+from trellis.retrieval.loaders import LoaderError, iter_files, load_path, record_to_document
+from trellis.retrieval.models import (
+    Chunk,
+    CollectionInfo,
+    Document,
+    DocumentInfo,
+    Hit,
+    IngestReport,
+    SearchMode,
+)
+
+__all__ = ["Embedder", "Retrieval", "DEFAULT_FUSION"]
+
+logger = logging.getLogger(__name__)
+
+#: Hybrid default, chosen on two collections (see benchmarks/retrieval_quality.py).
+DEFAULT_FUSION = FusionConfig(method="rrf", k=60.0, weights=(1.0, 1.0))
+
+MAX_TOP_K = 1000
+
+
+class Embedder(TokenCounter, Protocol):
+    """A synchronous embedding model (``MiniLMEmbedder`` is one); called from worker threads."""
+
+    name: str
+    dimension: int
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+Progress = Callable[[int, int], None]
+
+
+class Retrieval:
+    """Collections over one :class:`Index`, embedded with one :class:`Embedder`."""
+
+    def __init__(
+        self,
+        index: Index,
+        embedder: Embedder,
+        *,
+        chunking: ChunkingConfig | None = None,
+        fusion: FusionConfig | None = None,
+        batch_chunks: int = 256,
+        hybrid_depth: int = 100,
+    ) -> None:
+        self.index = index
+        self.embedder = embedder
+        self.chunking = chunking or ChunkingConfig()
+        self.fusion = fusion or DEFAULT_FUSION
+        self.batch_chunks = batch_chunks
+        self.hybrid_depth = hybrid_depth
+
+    # --- collections -----------------------------------------------------------
+
+    async def create_collection(
+        self, name: str, metadata: Mapping[str, Any] | None = None
+    ) -> CollectionInfo:
+        return await self.index.create_collection(
+            name, self.embedder.name, self.embedder.dimension, metadata
+        )
+
+    async def get_collection(self, name: str) -> CollectionInfo:
+        return await self.index.get_collection(name)
+
+    async def list_collections(self) -> list[CollectionInfo]:
+        return await self.index.list_collections()
+
+    async def delete_collection(self, name: str) -> None:
+        await self.index.delete_collection(name)
+
+    async def list_documents(
+        self, name: str, *, limit: int = 100, offset: int = 0
+    ) -> list[DocumentInfo]:
+        return await self.index.list_documents(
+            await self.get_collection(name), limit=limit, offset=offset
+        )
+
+    async def delete_document(self, name: str, document_id: str) -> None:
+        if not await self.index.delete_document(await self.get_collection(name), document_id):
+            raise NotFoundError(f"no document {document_id!r} in collection {name!r}")
+
+    async def _usable(self, name: str) -> CollectionInfo:
+        collection = await self.get_collection(name)
+        if (collection.embedder, collection.dimension) != (
+            self.embedder.name,
+            self.embedder.dimension,
+        ):
+            raise InvalidRequestError(
+                f"collection {name!r} was built with {collection.embedder} "
+                f"({collection.dimension} dimensions), not {self.embedder.name} "
+                f"({self.embedder.dimension}); switching embedder needs an explicit re-index",
+                code="embedder_mismatch",
+            )
+        return collection
+
+    # --- ingestion ---------------------------------------------------------------
+
+    async def ingest(
+        self,
+        name: str,
+        paths: Iterable[str | Path],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        progress: Progress | None = None,
+    ) -> IngestReport:
+        """Files and folders; an unreadable file lands in ``report.failed``, the rest go on."""
+        collection = await self._usable(name)
+        report = IngestReport()
+        pending: list[Document] = []
+        for path in iter_files(paths):
+            try:
+                loaded = await asyncio.to_thread(load_path, path)
+            except LoaderError as exc:
+                logger.warning("skipping %s: %s", exc.source, exc.reason)
+                report.failed[exc.source] = exc.reason
+                continue
+            pending.extend(_with_metadata(doc, metadata) for doc in loaded)
+            if len(pending) >= 64:
+                await self._ingest_documents(collection, pending, report, progress)
+                pending = []
+        await self._ingest_documents(collection, pending, report, progress)
+        return report
+
+    async def add_documents(
+        self,
+        name: str,
+        docs: Iterable[Document | Mapping[str, Any]],
+        *,
+        progress: Progress | None = None,
+    ) -> IngestReport:
+        """Documents given as objects or JSON-like dicts (``id``, ``text``, ``metadata``...)."""
+        collection = await self._usable(name)
+        parsed = [
+            doc if isinstance(doc, Document) else record_to_document(doc, f"documents[{n}]")
+            for n, doc in enumerate(docs)
+        ]
+        for doc in parsed:
+            if not doc.id:
+                raise InvalidRequestError("every document needs a non-empty id")
+        report = IngestReport()
+        await self._ingest_documents(collection, parsed, report, progress)
+        return report
+
+    def content_hash(self, doc: Document) -> str:
+        """Changes whenever the stored result would: text, metadata, source, embedder, chunking."""
+        payload = {
+            "text": doc.text,
+            "metadata": doc.metadata,
+            "source": doc.source,
+            "pages": doc.pages,
+            "embedder": [self.embedder.name, self.embedder.dimension],
+            "chunking": [
+                self.chunking.target_tokens,
+                self.chunking.overlap_tokens,
+                self.chunking.max_tokens,
+            ],
+        }
+        encoded = json.dumps(payload, sort_keys=True, default=str, ensure_ascii=False)
+        return hashlib.sha256(encoded.encode()).hexdigest()
+
+    async def _ingest_documents(
+        self,
+        collection: CollectionInfo,
+        docs: Sequence[Document],
+        report: IngestReport,
+        progress: Progress | None,
+    ) -> None:
+        # The last version of an id within one call wins.
+        unique = list({doc.id: doc for doc in docs}.values())
+        if not unique:
+            return
+        hashes = {doc.id: self.content_hash(doc) for doc in unique}
+        existing = await self.index.document_hashes(collection, list(hashes))
+        todo = []
+        for doc in unique:
+            if existing.get(doc.id) == hashes[doc.id]:
+                report.unchanged.append(doc.id)
+            else:
+                todo.append(doc)
+        if progress and len(todo) < len(unique):
+            progress(len(unique) - len(todo), 0)
+        # Batches of whole documents, about ``batch_chunks`` chunks each, embedded at once.
+        batch: list[tuple[Document, list[Chunk]]] = []
+        size = 0
+        for start in range(0, len(todo), 32):
+            group = todo[start : start + 32]
+            chunked = await asyncio.to_thread(self._chunk_all, group)
+            for doc, doc_chunks in zip(group, chunked, strict=True):
+                batch.append((doc, doc_chunks))
+                size += len(doc_chunks)
+                if size >= self.batch_chunks:
+                    await self._write_batch(collection, batch, hashes, existing, report, progress)
+                    batch, size = [], 0
+        await self._write_batch(collection, batch, hashes, existing, report, progress)
+
+    def _chunk_all(self, docs: Sequence[Document]) -> list[list[Chunk]]:
+        return [chunk_text(doc.text, self.embedder, self.chunking) for doc in docs]
+
+    async def _write_batch(
+        self,
+        collection: CollectionInfo,
+        batch: list[tuple[Document, list[Chunk]]],
+        hashes: Mapping[str, str],
+        existing: Mapping[str, str],
+        report: IngestReport,
+        progress: Progress | None,
+    ) -> None:
+        if not batch:
+            return
+        texts = [chunk.text for _, doc_chunks in batch for chunk in doc_chunks]
+        vectors = await asyncio.to_thread(self.embedder.embed, texts)
+        row = 0
+        for doc, doc_chunks in batch:
+            doc_vectors = vectors[row : row + len(doc_chunks)]
+            row += len(doc_chunks)
+            replaced = await self.index.write_document(
+                collection,
+                doc.id,
+                text=doc.text,
+                source=doc.source,
+                metadata=doc.metadata,
+                content_hash=hashes[doc.id],
+                chunks=doc_chunks,
+                chunk_metadata=[_chunk_metadata(doc, chunk) for chunk in doc_chunks],
+                vectors=doc_vectors,
+            )
+            (report.replaced if replaced or doc.id in existing else report.added).append(doc.id)
+            report.chunks += len(doc_chunks)
+        if progress:
+            progress(len(batch), len(texts))
+
+    # --- search ------------------------------------------------------------------
+
+    async def search(
+        self,
+        name: str,
+        query: str,
+        *,
+        mode: SearchMode = "hybrid",
+        top_k: int = 10,
+        filters: Filters | None = None,
+        min_score: float | None = None,
+        fusion: FusionConfig | None = None,
+    ) -> list[Hit]:
+        """Best-first hits. ``min_score`` applies to the score the mode ranks by.
+
+        keyword: BM25 (unbounded, higher is better); vector: cosine in [-1, 1];
+        hybrid: the fused score (RRF: about 1/(k+rank) per list).
+        """
+        if mode not in ("keyword", "vector", "hybrid"):
+            raise InvalidRequestError(
+                f"mode must be keyword, vector or hybrid, not {mode!r}", param="mode"
+            )
+        if not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
+            raise InvalidRequestError(f"top_k must be between 1 and {MAX_TOP_K}", param="top_k")
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidRequestError("query must be a non-empty string", param="query")
+        collection = await self._usable(name)
+        depth = top_k if mode != "hybrid" else max(top_k, self.hybrid_depth)
+
+        keyword: list[tuple[int, float]] = []
+        vector: list[tuple[int, float]] = []
+        if mode == "keyword":
+            keyword = await self.index.keyword_search(collection, query, depth, filters)
+        elif mode == "vector":
+            vector = await self._vector(collection, query, depth, filters)
+        else:
+            keyword, vector = await asyncio.gather(
+                self.index.keyword_search(collection, query, depth, filters),
+                self._vector(collection, query, depth, filters),
+            )
+
+        ranked = (
+            keyword
+            if mode == "keyword"
+            else vector
+            if mode == "vector"
+            else fuse(keyword, vector, fusion or self.fusion)
+        )
+        ranked = [pair for pair in ranked if min_score is None or pair[1] >= min_score][:top_k]
+        found = await self.index.fetch_chunks([chunk_id for chunk_id, _ in ranked])
+        keyword_scores, vector_scores = dict(keyword), dict(vector)
+        hits = []
+        for chunk_id, score in ranked:
+            hit = found.get(chunk_id)
+            if hit is None:  # deleted between search and fetch
+                continue
+            hit.score = score
+            if chunk_id in keyword_scores:
+                hit.scores["keyword"] = keyword_scores[chunk_id]
+            if chunk_id in vector_scores:
+                hit.scores["vector"] = vector_scores[chunk_id]
+            if mode == "hybrid":
+                hit.scores["hybrid"] = score
+            hits.append(hit)
+        return hits
+
+    async def _vector(
+        self, collection: CollectionInfo, query: str, depth: int, filters: Filters | None
+    ) -> list[tuple[int, float]]:
+        vectors = await asyncio.to_thread(self.embedder.embed, [query])
+        return await self.index.vector_search(collection, vectors[0], depth, filters)
+
+
+def _with_metadata(doc: Document, extra: Mapping[str, Any] | None) -> Document:
+    if not extra:
+        return doc
+    return Document(
+        id=doc.id,
+        text=doc.text,
+        source=doc.source,
+        metadata={**doc.metadata, **extra},
+        pages=doc.pages,
+    )
+
+
+def _chunk_metadata(doc: Document, chunk: Chunk) -> dict[str, Any]:
+    extra: dict[str, Any] = {"tokens": chunk.token_count}
+    if chunk.headings:
+        extra["headings"] = list(chunk.headings)
+    if doc.pages:
+        first = bisect.bisect_right(doc.pages, chunk.start)
+        last = bisect.bisect_right(doc.pages, max(chunk.start, chunk.end - 1))
+        extra["page_start"], extra["page_end"] = first, last
+    return extra

@@ -1,0 +1,219 @@
+"""The retrieval service on the SQLite index, with the real bundled embedder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from trellis.errors import InvalidRequestError, NotFoundError
+from trellis.inference.providers.local_embedder import MiniLMEmbedder
+from trellis.retrieval import Document, Retrieval, SQLiteIndex
+from trellis.retrieval.index import fts_query
+from trellis.store import Database
+
+DOCS = [
+    {
+        "id": "wing",
+        "text": "Swept wings delay shock waves at transonic speeds.",
+        "metadata": {"topic": "aero", "year": 1960},
+    },
+    {
+        "id": "heat",
+        "text": "Heat transfer in hypersonic boundary layers raises skin temperature.",
+        "metadata": {"topic": "thermal", "year": 1962},
+    },
+    {
+        "id": "cake",
+        "text": "Bake the sponge cake for thirty minutes at a moderate oven heat.",
+        "metadata": {"topic": "cooking", "year": 2020},
+    },
+]
+
+
+async def _counts(db: Database) -> tuple[int, int, int]:
+    async with db.engine.connect() as conn:
+        docs = (await conn.execute(text("SELECT count(*) FROM documents"))).scalar_one()
+        chunks = (await conn.execute(text("SELECT count(*) FROM chunks"))).scalar_one()
+        fts = (
+            await conn.execute(
+                text("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH 'heat'")
+            )
+        ).scalar_one()
+    return docs, chunks, fts
+
+
+async def test_collections_lifecycle(retrieval: Retrieval) -> None:
+    created = await retrieval.create_collection("docs", {"team": "a"})
+    assert (created.embedder, created.dimension) == ("all-minilm-l6-v2", 384)
+    with pytest.raises(InvalidRequestError, match="already exists"):
+        await retrieval.create_collection("docs")
+    with pytest.raises(InvalidRequestError, match="invalid collection name"):
+        await retrieval.create_collection("../etc")
+    await retrieval.add_documents("docs", DOCS)
+    info = await retrieval.get_collection("docs")
+    assert (info.documents, info.chunks, info.metadata) == (3, 3, {"team": "a"})
+    assert [c.name for c in await retrieval.list_collections()] == ["docs"]
+    await retrieval.delete_collection("docs")
+    with pytest.raises(NotFoundError):
+        await retrieval.get_collection("docs")
+    assert await _counts(retrieval.index.db) == (0, 0, 0)  # type: ignore[attr-defined]
+
+
+async def test_search_modes_scores_offsets_filters(retrieval: Retrieval) -> None:
+    await retrieval.create_collection("docs")
+    await retrieval.add_documents("docs", DOCS)
+    for mode in ("keyword", "vector", "hybrid"):
+        hits = await retrieval.search("docs", "shock waves on swept wings", mode=mode, top_k=2)
+        assert hits[0].document_id == "wing", mode
+        assert hits[0].text == DOCS[0]["text"][hits[0].start : hits[0].end]
+        assert hits[0].metadata["topic"] == "aero"
+    hybrid = await retrieval.search("docs", "oven heat", mode="hybrid", top_k=3)
+    assert {"keyword", "vector", "hybrid"} <= set(hybrid[0].scores)
+    assert hybrid[0].score == hybrid[0].scores["hybrid"]
+
+    filtered = await retrieval.search("docs", "heat", filters={"topic": "cooking"}, top_k=5)
+    assert [h.document_id for h in filtered] == ["cake"]
+    by_number = await retrieval.search("docs", "heat", mode="vector", filters={"year": 1962})
+    assert [h.document_id for h in by_number] == ["heat"]
+    strict = await retrieval.search("docs", "swept wings", mode="vector", min_score=0.3)
+    assert strict and all(h.score >= 0.3 for h in strict)
+    assert await retrieval.search("docs", "zzyzx qwxq", mode="keyword") == []
+    with pytest.raises(InvalidRequestError):
+        await retrieval.search("docs", "x", filters={"bad key'": 1})
+    with pytest.raises(InvalidRequestError):
+        await retrieval.search("docs", "x", mode="fuzzy")  # type: ignore[arg-type]
+
+
+def test_fts_query_quotes_user_input() -> None:
+    assert fts_query('wings AND "drag" OR NEAR(x) the') == '"wings" OR "drag" OR "near" OR "x"'
+    assert fts_query("the of") == '"the" OR "of"'
+    assert fts_query("  ...  ") is None
+
+
+async def test_reingest_is_idempotent_and_changes_replace(retrieval: Retrieval) -> None:
+    db = retrieval.index.db  # type: ignore[attr-defined]
+    await retrieval.create_collection("docs")
+    first = await retrieval.add_documents("docs", DOCS)
+    assert sorted(first.added) == ["cake", "heat", "wing"]
+    again = await retrieval.add_documents("docs", DOCS)
+    assert sorted(again.unchanged) == ["cake", "heat", "wing"] and not again.added
+    assert await _counts(db) == (3, 3, 2)
+
+    changed = [{**DOCS[2], "text": "Knead the bread dough and let it rise overnight."}]
+    report = await retrieval.add_documents("docs", changed)
+    assert report.replaced == ["cake"]
+    assert await _counts(db) == (3, 3, 1), "the old chunk left the keyword index"
+    hits = await retrieval.search("docs", "bread dough", mode="vector", top_k=1)
+    assert hits[0].document_id == "cake" and "bread" in hits[0].text
+
+    await retrieval.delete_document("docs", "heat")
+    assert await _counts(db) == (2, 2, 0)
+    assert all(
+        h.document_id != "heat" for h in await retrieval.search("docs", "hypersonic heat", top_k=5)
+    )
+    with pytest.raises(NotFoundError):
+        await retrieval.delete_document("docs", "heat")
+
+
+async def test_folder_ingestion_reports_and_skips_bad_files(
+    retrieval: Retrieval, tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "guide.md").write_text(
+        "# Guide\n\n" + "Install the package with pip. " * 200 + "\n\n## Usage\n\nRun it.",
+        encoding="utf-8",
+    )
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.4 garbage")
+    (folder / "corpus.jsonl").write_text(
+        "\n".join(json.dumps({"_id": d["id"], "text": d["text"]}) for d in DOCS), encoding="utf-8"
+    )
+    await retrieval.create_collection("files")
+    report = await retrieval.ingest("files", [folder], metadata={"batch": "one"})
+    assert list(report.failed) == [str((folder / "broken.pdf").resolve())]
+    assert len(report.added) == 4 and report.chunks > 4
+    hits = await retrieval.search("files", "how do I run it", top_k=3, filters={"batch": "one"})
+    usage = next(h for h in hits if h.chunk_metadata.get("headings") == ["Guide", "Usage"])
+    assert usage.source and usage.source.endswith("guide.md")
+
+
+async def test_collection_embedder_is_enforced(
+    database: Database, embedder: MiniLMEmbedder
+) -> None:
+    index = SQLiteIndex(database)
+    await index.create_collection("other", "some-embedder", 8)
+    with pytest.raises(InvalidRequestError, match="re-index"):
+        await Retrieval(index, embedder).add_documents("other", DOCS)
+    info = await index.get_collection("other")
+    doc = Document(id="x", text="abc")
+    with pytest.raises(InvalidRequestError, match="dimension"):
+        await index.write_document(
+            info,
+            "x",
+            text=doc.text,
+            source=None,
+            metadata={},
+            content_hash="h",
+            chunks=[],
+            chunk_metadata=[],
+            vectors=np.zeros((1, 384), dtype=np.float32),
+        )
+
+
+class FailingEmbedder:
+    """The real embedder until ``fail_after`` texts have been embedded, then a crash."""
+
+    def __init__(self, inner: MiniLMEmbedder, fail_after: int) -> None:
+        self.inner, self.fail_after, self.seen = inner, fail_after, 0
+        self.name, self.dimension, self.max_tokens = inner.name, inner.dimension, inner.max_tokens
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    def embed(self, texts: Any) -> np.ndarray:
+        self.seen += len(texts)
+        if self.seen > self.fail_after:
+            raise RuntimeError("power cut")
+        return self.inner.embed(texts)
+
+
+async def test_a_crash_mid_ingestion_leaves_whole_documents_only(
+    database: Database, embedder: MiniLMEmbedder
+) -> None:
+    flaky = Retrieval(SQLiteIndex(database), FailingEmbedder(embedder, 2), batch_chunks=1)
+    await flaky.create_collection("docs")
+    with pytest.raises(RuntimeError, match="power cut"):
+        await flaky.add_documents("docs", DOCS)
+    docs, chunks, _ = await _counts(database)
+    assert (docs, chunks) == (2, 2)
+
+
+async def test_a_failed_write_keeps_the_previous_version(retrieval: Retrieval) -> None:
+    db = retrieval.index.db  # type: ignore[attr-defined]
+    await retrieval.create_collection("docs")
+    await retrieval.add_documents("docs", DOCS)
+    info = await retrieval.get_collection("docs")
+    chunk = Document(id="heat", text="new").text
+    from trellis.retrieval.models import Chunk
+
+    broken = [Chunk(0, 0, 3, chunk, 3), Chunk(1, 0, 3, None, 3)]  # type: ignore[arg-type]
+    with pytest.raises(Exception, match="NOT NULL"):
+        await retrieval.index.write_document(
+            info,
+            "heat",
+            text="new",
+            source=None,
+            metadata={},
+            content_hash="h2",
+            chunks=broken,
+            chunk_metadata=[{}, {}],
+            vectors=np.zeros((2, 384), dtype=np.float32),
+        )
+    assert await _counts(db) == (3, 3, 2)
+    hits = await retrieval.search("docs", "hypersonic", mode="keyword")
+    assert hits[0].document_id == "heat"
