@@ -269,20 +269,27 @@ class Gateway:
         call = _Call(request=request, caller=caller, trace=trace, route=None)  # type: ignore[arg-type]
         try:
             with trace.span("authorize") as span:
-                alias = self.router.alias(request.model)
-                self._check_access(caller, alias.name)
-                if alias.kind != "chat":
-                    raise InvalidRequestError(
-                        f"`{alias.name}` is an embedding model; use /v1/embeddings",
-                        param="model",
-                        code="model_not_supported",
-                    )
-                call.route = self.router.route(request.model)
+                call.route = self._authorize(caller, request.model, "chat")
                 span.set("trellis.plan", [t.deployment.label for t in call.route.plan])
         except BaseException as exc:
             self._fail(call, exc)
             raise
         return call
+
+    _OTHER_ENDPOINT = {"chat": "/v1/embeddings", "embedding": "/v1/chat/completions"}
+
+    def _authorize(self, caller: Caller, model: str, kind: str) -> Route:
+        """The route for ``model``: it exists (404), the key may use it (403), and it is a
+        model of the ``kind`` this endpoint serves (400)."""
+        alias = self.router.alias(model)
+        self._check_access(caller, alias.name)
+        if alias.kind != kind:
+            raise InvalidRequestError(
+                f"`{alias.name}` is a {alias.kind} model; use {self._OTHER_ENDPOINT[kind]}",
+                param="model",
+                code="model_not_supported",
+            )
+        return self.router.route(model)
 
     @staticmethod
     def _check_access(caller: Caller, alias: str) -> None:
@@ -438,19 +445,11 @@ class Gateway:
         outcome = Outcome()
         try:
             with trace.span("authorize"):
-                alias = self.router.alias(request.model)
-                self._check_access(caller, alias.name)
-                if alias.kind != "embedding":
-                    raise InvalidRequestError(
-                        f"`{alias.name}` is a chat model; use /v1/chat/completions",
-                        param="model",
-                        code="model_not_supported",
-                    )
+                route = self._authorize(caller, request.model, "embedding")
                 try:
                     texts = request.texts()
                 except ValueError as exc:
                     raise InvalidRequestError(str(exc), param="input") from None
-                route = self.router.route(request.model)
             with trace.span("route") as span:
                 result = await self.router.embed(
                     route, texts, request.dimensions, trace, span, outcome

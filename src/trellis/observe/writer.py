@@ -11,6 +11,7 @@ writes everything still queued, so a clean stop loses nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -251,10 +252,9 @@ class TraceWriter:
         markers: list[_Flush] = []
         item = await self._queue.get()
         if isinstance(item, Trace) and self._pending < self.settings.batch_size:
-            try:
+            # Timing out is the normal case: the interval is up, write what has come.
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.flush_interval)
-            except TimeoutError:
-                pass
         self._wake.clear()
         while True:
             if isinstance(item, _Stop):

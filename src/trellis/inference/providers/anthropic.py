@@ -114,13 +114,8 @@ class AnthropicProvider(HttpProvider):
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         data = await self.post_json("/v1/messages", self.request_body(request))
-        try:
+        with self.expecting("message"):
             return self._response(data)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UpstreamProtocolError(
-                f"{self.deployment.label} returned an unexpected message: {exc!r}",
-                provider=self.system,
-            ) from exc
 
     def _response(self, data: dict[str, Any]) -> ChatResponse:
         text = ""

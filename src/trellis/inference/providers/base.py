@@ -14,7 +14,8 @@ import re
 import ssl
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -102,6 +103,17 @@ class Provider(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, deliberately a no-op
         """Release connections or models."""
+
+    @contextmanager
+    def expecting(self, what: str) -> Iterator[None]:
+        """Turn a vendor answer of the wrong shape into one clear ``UpstreamProtocolError``."""
+        try:
+            yield
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise UpstreamProtocolError(
+                f"{self.deployment.label} sent an unexpected {what}: {exc!r}",
+                provider=self.system,
+            ) from exc
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
@@ -245,20 +257,18 @@ class HttpProvider(Provider):
     async def post_json(
         self, path: str, body: dict[str, Any], *, params: dict[str, str] | None = None
     ) -> Any:
-        try:
-            async with self.session.post(
-                self.base_url + path, data=orjson.dumps(body), params=params
-            ) as response:
-                content = await response.read()
-                if response.status >= 400:
-                    self._raise_for_status(response, content)
-                return self._decode(content)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise self._map_transport_error(exc) from exc
+        return await self._json("POST", path, orjson.dumps(body), params)
 
     async def get_json(self, path: str) -> Any:
+        return await self._json("GET", path, None, None)
+
+    async def _json(
+        self, method: str, path: str, data: bytes | None, params: dict[str, str] | None
+    ) -> Any:
         try:
-            async with self.session.get(self.base_url + path) as response:
+            async with self.session.request(
+                method, self.base_url + path, data=data, params=params
+            ) as response:
                 content = await response.read()
                 if response.status >= 400:
                     self._raise_for_status(response, content)

@@ -97,13 +97,8 @@ class CohereProvider(HttpProvider):
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         data = await self.post_json("/v2/chat", self.request_body(request))
-        try:
+        with self.expecting("response"):
             return self._response(data)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise UpstreamProtocolError(
-                f"{self.deployment.label} returned an unexpected response: {exc!r}",
-                provider=self.system,
-            ) from exc
 
     def _response(self, data: dict[str, Any]) -> ChatResponse:
         reason = data.get("finish_reason") or "COMPLETE"
@@ -185,13 +180,8 @@ class CohereProvider(HttpProvider):
             if dimensions:
                 body["output_dimension"] = dimensions
             data = await self.post_json("/v2/embed", body)
-            try:
+            with self.expecting("embeddings response"):
                 vectors.extend([float(v) for v in vector] for vector in data["embeddings"]["float"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise UpstreamProtocolError(
-                    f"{self.deployment.label} returned unexpected embeddings: {exc!r}",
-                    provider=self.system,
-                ) from exc
             billed = (data.get("meta") or {}).get("billed_units") or {}
             tokens += int(billed.get("input_tokens") or 0)
         return EmbeddingResult(vectors=vectors, prompt_tokens=tokens, model=self.deployment.model)

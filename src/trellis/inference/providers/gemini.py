@@ -114,13 +114,8 @@ class GeminiProvider(HttpProvider):
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         data = await self.post_json(self._path("generateContent"), self.request_body(request))
-        try:
+        with self.expecting("response"):
             return self._response(data)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise UpstreamProtocolError(
-                f"{self.deployment.label} returned an unexpected response: {exc!r}",
-                provider=self.system,
-            ) from exc
 
     def _response(self, data: dict[str, Any]) -> ChatResponse:
         choices = []
@@ -199,13 +194,8 @@ class GeminiProvider(HttpProvider):
                     item["outputDimensionality"] = dimensions
                 requests.append(item)
             data = await self.post_json(self._path("batchEmbedContents"), {"requests": requests})
-            try:
+            with self.expecting("embeddings response"):
                 vectors.extend([float(v) for v in item["values"]] for item in data["embeddings"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise UpstreamProtocolError(
-                    f"{self.deployment.label} returned unexpected embeddings: {exc!r}",
-                    provider=self.system,
-                ) from exc
             tokens += int((data.get("usageMetadata") or {}).get("promptTokenCount") or 0)
         return EmbeddingResult(vectors=vectors, prompt_tokens=tokens, model=self.deployment.model)
 

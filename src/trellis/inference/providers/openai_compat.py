@@ -39,13 +39,8 @@ class OpenAICompatibleProvider(HttpProvider):
     async def chat(self, request: ChatRequest) -> ChatResponse:
         body = request.upstream_body(self.deployment.model)
         data = await self.post_json("/chat/completions", body)
-        try:
+        with self.expecting("completion"):
             return ChatResponse.model_validate(data)
-        except ValueError as exc:
-            raise UpstreamProtocolError(
-                f"{self.deployment.label} returned an unexpected completion: {exc}",
-                provider=self.system,
-            ) from exc
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:  # type: ignore[override]
         body = request.upstream_body(self.deployment.model)
@@ -62,19 +57,16 @@ class OpenAICompatibleProvider(HttpProvider):
                     provider=self.system,
                     retryable=False,
                 )
-            try:
-                yield ChatChunk.model_validate(data)
-            except ValueError as exc:
-                raise UpstreamProtocolError(
-                    f"{self.deployment.label} sent an unexpected chunk: {exc}", provider=self.system
-                ) from exc
+            with self.expecting("chunk"):
+                chunk = ChatChunk.model_validate(data)
+            yield chunk
 
     async def embed(self, texts: list[str], *, dimensions: int | None = None) -> EmbeddingResult:
         body: dict[str, Any] = {"model": self.deployment.model, "input": texts}
         if dimensions:
             body["dimensions"] = dimensions
         data = await self.post_json("/embeddings", body)
-        try:
+        with self.expecting("embeddings response"):
             items = sorted(data["data"], key=lambda item: item["index"])
             vectors = [list(map(float, item["embedding"])) for item in items]
             usage = data.get("usage") or {}
@@ -83,11 +75,6 @@ class OpenAICompatibleProvider(HttpProvider):
                 prompt_tokens=int(usage.get("prompt_tokens") or 0),
                 model=str(data.get("model") or self.deployment.model),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UpstreamProtocolError(
-                f"{self.deployment.label} returned unexpected embeddings: {exc}",
-                provider=self.system,
-            ) from exc
 
     async def probe(self) -> None:
         await self.get_json("/models")
