@@ -28,8 +28,12 @@ run: install
 test: install-dev
 	$(PY) -m pytest
 
+# Benchmarks: gateway overhead (LiteLLM row after `bash benchmarks/setup_litellm.sh`),
+# trace statistics over 1M spans, retrieval quality and speed. Results in benchmarks/results/.
 bench: install-dev
 	$(PY) benchmarks/gateway_overhead.py
+	$(PY) benchmarks/stats_query.py
+	$(PY) benchmarks/retrieval_quality.py
 
 lint: install-dev
 	$(VENV)/bin/ruff check src tests benchmarks
