@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 __all__ = [
     "ChatMessage",
@@ -62,6 +62,13 @@ class ChatMessage(_Open):
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
 
+    @model_validator(mode="after")
+    def _content_where_required(self) -> ChatMessage:
+        # Only an assistant message that calls tools (or a refusal) may come without content.
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a {self.role} message needs 'content'")
+        return self
+
 
 def message_text(message: ChatMessage) -> str:
     """The plain text of a message, joining text parts; images and audio add nothing."""
@@ -99,7 +106,7 @@ class ChatRequest(_Open):
     stop: str | list[str] | None = None
     seed: int | None = None
     user: str | None = None
-    stream: bool = False
+    stream: StrictBool = False  # "yes" is a mistake, not a truthy value
     stream_options: StreamOptions | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None

@@ -91,6 +91,8 @@ def test_key_lifecycle_over_http(client: httpx.Client, server: ServerThread) -> 
         ({**HELLO, "max_tokens": 0}, "max_tokens"),
         ({**HELLO, "messages": [{"role": "wizard", "content": "Hi"}]}, "messages.0.role"),
         ({**HELLO, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({**HELLO, "messages": [{"role": "user"}]}, "messages.0"),
+        ({**HELLO, "stream": "yes"}, "stream"),
     ],
 )
 def test_invalid_bodies_are_400(client: httpx.Client, body: dict, param: str) -> None:
