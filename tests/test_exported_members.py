@@ -23,6 +23,10 @@ def test_exported_members() -> None:
             "Provider",
             "TrellisError",
             "create_app",
+            "trace",
+            "span",
+            "traced",
+            "score",
         ]
     )
     for name in trellis.__all__:

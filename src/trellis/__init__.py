@@ -28,6 +28,10 @@ _EXPORTS: dict[str, str] = {
     "Provider": "trellis.inference.providers.base",
     "TrellisError": "trellis.errors",
     "create_app": "trellis.server.app",
+    "trace": "trellis.observe.api",
+    "span": "trellis.observe.api",
+    "traced": "trellis.observe.api",
+    "score": "trellis.observe.api",
 }
 
 __all__ = [
@@ -48,6 +52,10 @@ __all__ = [
     "Provider",
     "TrellisError",
     "create_app",
+    "trace",
+    "span",
+    "traced",
+    "score",
 ]
 
 if TYPE_CHECKING:
@@ -55,6 +63,7 @@ if TYPE_CHECKING:
     from trellis.inference.gateway import Caller, Gateway
     from trellis.inference.providers.base import Provider
     from trellis.inference.router import Router
+    from trellis.observe.api import score, span, trace, traced
     from trellis.runtime import Trellis
     from trellis.schema import (
         ChatChunk,

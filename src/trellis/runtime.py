@@ -14,13 +14,19 @@ from typing import Any
 from trellis.access.keys import KeyStore
 from trellis.inference.cache import build_cache
 from trellis.inference.gateway import Gateway
+from trellis.inference.grounding import CollectionRetriever
 from trellis.inference.pricing import PriceBook
 from trellis.inference.providers import Provider, provider_class
 from trellis.inference.router import Router
+from trellis.observe import api as observe_api
+from trellis.observe.alerts import AlertManager
 from trellis.observe.metrics import GatewayMetrics
+from trellis.observe.otlp import OtlpExporter, TeeSink
+from trellis.observe.retention import RetentionJob
 from trellis.observe.store import TraceStore
 from trellis.observe.tracing import NullSink, TraceSink
 from trellis.observe.writer import TraceWriter
+from trellis.retrieval import Retrieval, SQLiteIndex
 from trellis.settings import Deployment, Settings
 from trellis.store.db import Database
 
@@ -35,11 +41,33 @@ class Trellis:
         self.db: Database | None = None
         self.keys: KeyStore | None = None
         self.writer: TraceWriter | None = None
+        self.retention: RetentionJob | None = None
+        #: The ``trellis.observe.api`` sink before start(), restored by aclose().
+        self._previous_api_sink: TraceSink | None = None
         self.traces: TraceStore | None = None
         self.gateway: Gateway | None = None
         self.metrics: GatewayMetrics | None = None
+        self.alerts: AlertManager | None = None
+        self.exporter: OtlpExporter | None = None
         #: The admin key created at this start, shown once to the operator (else None).
         self.new_admin_key: str | None = None
+        self._retrieval: Retrieval | None = None
+
+    @property
+    def retrieval(self) -> Retrieval:
+        """Collections and search over the runtime's database with the bundled MiniLM.
+
+        Built on first access, and MiniLM itself loads on its first embedding, so a
+        server that never touches retrieval never pays for the ONNX model.
+        """
+        if self._retrieval is None:
+            from trellis.inference.providers.local_embedder import MiniLMEmbedder
+
+            if self.db is None:
+                raise RuntimeError("start() the runtime before using retrieval")
+            # MiniLM declares name/dimension as ClassVars; the protocol wants attributes.
+            self._retrieval = Retrieval(SQLiteIndex(self.db), MiniLMEmbedder())  # type: ignore[arg-type]
+        return self._retrieval
 
     def _provider(self, deployment: Deployment) -> Provider:
         cls: Any = provider_class(deployment.provider)
@@ -60,6 +88,14 @@ class Trellis:
             self.writer = TraceWriter(self.db, settings.tracing)
             await self.writer.start()
             sink = self.writer
+            self.retention = RetentionJob(self.db, settings.tracing)
+            await self.retention.start()
+        if settings.tracing.enabled and settings.tracing.otlp_endpoint:
+            self.exporter = OtlpExporter(settings.tracing)
+            await self.exporter.start()
+            sink = TeeSink(sink, self.exporter)
+        # Application code using trellis.trace()/span() records into the same store.
+        self._previous_api_sink = observe_api.configure(sink)
         router = Router(
             settings.all_models(),
             retry=settings.retry,
@@ -75,12 +111,26 @@ class Trellis:
         )
         self.metrics = GatewayMetrics(router=router, writer=self.writer)
         self.gateway.on_trace.append(self.metrics.observe)
+        # Grounded chat (``trellis.collections``) searches lazily: no model load at start-up.
+        self.gateway.retriever = CollectionRetriever(lambda: self.retrieval)
+        self.alerts = AlertManager(self.db, settings.alerts)
+        if settings.alerts.enabled:
+            self.alerts.start()
         return self
 
     async def aclose(self) -> None:
         """Flush traces, then close providers and the database (in reverse build order)."""
+        if self.alerts is not None:
+            await self.alerts.aclose()
         if self.gateway is not None:
             await self.gateway.aclose()
+        if self._previous_api_sink is not None:
+            observe_api.configure(self._previous_api_sink)
+            self._previous_api_sink = None
+        if self.retention is not None:
+            await self.retention.close()
+        if self.exporter is not None:
+            await self.exporter.close()
         if self.writer is not None:
             await self.writer.close()
         if self.db is not None:

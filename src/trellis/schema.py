@@ -93,6 +93,9 @@ class TrellisOptions(_Open):
 
     cache: bool | None = None  # force (True) or forbid (False) the response cache
     trim: bool | None = None  # allow dropping oldest turns to fit the context window
+    # Ground the answer in these retrieval collections ([] turns off the alias's retrieval).
+    collections: list[str] | None = Field(default=None, max_length=16)
+    top_k: int | None = Field(default=None, ge=1, le=50)  # passages to retrieve
 
 
 class ChatRequest(_Open):

@@ -32,6 +32,9 @@ __all__ = [
     "CacheSettings",
     "TracingSettings",
     "LocalModelSettings",
+    "AliasRetrieval",
+    "AlertRule",
+    "AlertSettings",
     "LOCAL_CHAT_ALIAS",
     "LOCAL_EMBEDDING_ALIAS",
 ]
@@ -84,6 +87,13 @@ class Deployment(_Strict):
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
+class AliasRetrieval(_Strict):
+    """Collections every chat request to an alias is grounded in (see docs/api.md)."""
+
+    collections: list[str] = Field(min_length=1, max_length=16)
+    top_k: int = Field(default=5, ge=1, le=50, description="Passages added to the prompt")
+
+
 class ModelAlias(_Strict):
     """A name clients use, mapped to an ordered list of deployments."""
 
@@ -95,6 +105,7 @@ class ModelAlias(_Strict):
     trim: bool = Field(default=False, description="Drop oldest turns instead of refusing")
     routing: Literal["ordered", "weighted", "latency"] = "weighted"
     cache: bool | None = Field(default=None, description="Cache even non-deterministic requests")
+    retrieval: AliasRetrieval | None = Field(default=None, description="Ground answers in these")
 
 
 class RetrySettings(_Strict):
@@ -121,10 +132,125 @@ class CacheSettings(_Strict):
 
 class TracingSettings(_Strict):
     enabled: bool = True
-    store_bodies: bool = True
+    bodies: Literal["full", "redacted", "none"] = Field(
+        default="full",
+        description="Prompts/responses in stored traces: as sent, PII-redacted, or left out",
+    )
     queue_size: int = Field(default=10_000, ge=1)
     batch_size: int = Field(default=500, ge=1)
     flush_interval: float = Field(default=0.5, gt=0)
+    retention_days: float = Field(
+        default=30, ge=0, description="Delete traces older than this; 0 keeps them forever"
+    )
+    max_traces: int = Field(
+        default=1_000_000, ge=0, description="Keep at most this many traces; 0: no limit"
+    )
+    retention_interval: float = Field(
+        default=600, ge=0, description="Seconds between retention runs; 0 disables the job"
+    )
+    retention_batch_size: int = Field(default=1000, ge=1)
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="Also export spans over OTLP/HTTP protobuf here (e.g. "
+        "http://collector:4318; /v1/traces is appended when no path is given)",
+    )
+    otlp_headers: dict[str, str] = Field(
+        default_factory=dict, description="Extra headers for the OTLP export (auth tokens)"
+    )
+    otlp_timeout: float = Field(default=10.0, gt=0, description="Seconds per OTLP POST")
+    otlp_service_name: str = "trellis"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _store_bodies_alias(cls, data: Any) -> Any:
+        """Deprecated ``store_bodies: bool`` (before ``bodies``) still works: true=full, false=none.
+
+        An explicit ``bodies`` wins, so a config can carry both while it migrates.
+        """
+        if isinstance(data, dict) and "store_bodies" in data:
+            data = dict(data)
+            legacy = data.pop("store_bodies")
+            if "bodies" not in data:
+                data["bodies"] = "full" if _truthy(legacy) else "none"
+        return data
+
+    @property
+    def store_bodies(self) -> bool:
+        """Whether bodies are recorded at all (the gateway skips building them otherwise)."""
+        return self.bodies != "none"
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+#: A duration as people type it: 500ms, 30s, 5m, 1h, 1d (parsed by ``observe.query``).
+_DURATION_PATTERN = r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d|w)\s*$"
+
+
+class AlertRule(_Strict):
+    """One alert rule; the same shape in ``trellis.yaml`` and in ``POST /v1/alerts/rules``.
+
+    A rule fires for a group when its value over ``window`` exceeds the bound: ``threshold``
+    (latency P95 in ms, cost in USD, error rate as a fraction, or a trace count), or for
+    ``latency`` with a ``baseline_window``, the P95 of the window before it times ``factor``.
+    A ``score`` rule fires the other way: when the average of ``score_name`` falls below.
+    """
+
+    name: str = Field(min_length=1, max_length=200)
+    kind: Literal["latency", "cost", "error_rate", "retrieval_failures", "model_mismatch", "score"]
+    window: str = Field(default="5m", pattern=_DURATION_PATTERN)
+    threshold: float | None = Field(default=None, ge=0)
+    baseline_window: str | None = Field(default=None, pattern=_DURATION_PATTERN)
+    factor: float = Field(default=2.0, gt=0, description="Baseline multiplier (latency)")
+    min_requests: int = Field(
+        default=1, ge=1, description="Requests a window (and a baseline) needs to be judged"
+    )
+    group_by: Literal["none", "model", "key", "kind"] = "none"
+    model: str | None = None
+    key_id: str | None = None
+    trace_kind: str | None = Field(default=None, description="Only traces of this kind")
+    score_name: str | None = Field(default=None, description="The score a score rule averages")
+    for_seconds: float = Field(
+        default=0.0, ge=0, description="How long the condition must hold before firing"
+    )
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _bound_given(self) -> AlertRule:
+        if self.kind in ("retrieval_failures", "model_mismatch"):
+            if self.threshold is None:
+                self.threshold = 0.0  # any occurrence
+            return self
+        if self.kind == "latency" and self.baseline_window is not None:
+            return self
+        if self.baseline_window is not None:
+            raise ValueError("baseline_window applies to latency rules only")
+        if self.kind == "score" and not self.score_name:
+            raise ValueError("a score rule needs a score_name")
+        if self.threshold is None:
+            raise ValueError(f"a {self.kind} rule needs a threshold")
+        return self
+
+
+class AlertSettings(_Strict):
+    enabled: bool = Field(default=True, description="Run the periodic rule evaluation")
+    rules: list[AlertRule] = Field(default_factory=list)
+    webhook_url: str | None = Field(default=None, description="POST alert JSON here")
+    interval_seconds: float = Field(default=60.0, gt=0)
+    webhook_attempts: int = Field(default=4, ge=1, le=10)
+    webhook_backoff: float = Field(default=0.5, ge=0, description="First retry delay, doubling")
+    webhook_timeout: float = Field(default=10.0, gt=0)
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_names(cls, rules: list[AlertRule]) -> list[AlertRule]:
+        names = [rule.name for rule in rules]
+        if len(set(names)) != len(names):
+            raise ValueError("alert rule names must be unique")
+        return rules
 
 
 class LocalModelSettings(_Strict):
@@ -163,6 +289,7 @@ class Settings(BaseSettings):
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
     local: LocalModelSettings = Field(default_factory=LocalModelSettings)
     key_cache_seconds: float = Field(
         default=10.0, ge=0, description="How long a verified API key is trusted without a DB read"

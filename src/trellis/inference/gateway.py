@@ -1,7 +1,7 @@
 """The request path: one explicit chain of stages for every chat and embeddings call.
 
-authorize → cache lookup → context fitting → route (attempts, retries,
-fallbacks) → cache store → record. Each stage is a span on the request's
+authorize → cache lookup → retrieve (grounded requests only) → context fitting →
+route (attempts, retries, fallbacks) → cache store → record. Each stage is a span on the request's
 trace; the finished trace goes to a non-blocking sink (the background writer),
 so nothing on this path waits for the database.
 """
@@ -9,6 +9,7 @@ so nothing on this path waits for the database.
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -19,8 +20,11 @@ import numpy as np
 from trellis.errors import (
     InvalidRequestError,
     PermissionDeniedError,
+    RequestError,
     TrellisError,
+    UnsupportedFeatureError,
 )
+from trellis.inference import grounding
 from trellis.inference.cache import ResponseCache
 from trellis.inference.context import ContextFitter
 from trellis.inference.pricing import PriceBook
@@ -44,6 +48,8 @@ from trellis.schema import (
 )
 
 __all__ = ["Gateway", "Caller", "ChatResult", "StreamResult", "TokenCounter"]
+
+log = logging.getLogger(__name__)
 
 
 class TokenCounter:
@@ -101,6 +107,9 @@ class _Call:
     outcome: Outcome = field(default_factory=Outcome)
     cache_key: str | None = None
     started: float = field(default_factory=time.perf_counter)
+    retrieval: grounding.RetrievalPlan | None = None
+    #: The ``citations`` field of a grounded answer (None when nothing was retrieved).
+    citations: list[dict[str, Any]] | None = None
 
 
 class Gateway:
@@ -113,8 +122,11 @@ class Gateway:
         sink: TraceSink | None = None,
         counter: TokenCounter | None = None,
         store_bodies: bool = True,
+        retriever: grounding.Retriever | None = None,
     ) -> None:
         self.router = router
+        #: Searches collections for grounded requests; None means retrieval is unavailable.
+        self.retriever = retriever
         self.cache = cache
         self.prices = prices or PriceBook()
         self.sink: TraceSink = sink or NullSink()
@@ -143,11 +155,15 @@ class Gateway:
             if cached is not None:
                 self._finish_chat(call, cached, cache_hit=True)
                 return ChatResult(cached, True, call.trace.trace_id)
+            await self._retrieve(call)
             self._fit(call)
             with call.trace.span("route", attributes={GenAI.REQUEST_MODEL: request.model}) as span:
                 response = await self.router.chat(
                     call.route, call.request, call.trace, span, call.outcome
                 )
+            if call.citations is not None:
+                # An extra top-level field of the answer (the model keeps unknown fields).
+                response.citations = call.citations  # type: ignore[attr-defined]
             self._ensure_usage(call, response)
             await self._cache_store(call, response)
             self._finish_chat(call, response, cache_hit=False)
@@ -165,6 +181,7 @@ class Gateway:
             if cached is not None:
                 self._finish_chat(call, cached, cache_hit=True)
                 return StreamResult(_replay(cached, request), True, call.trace.trace_id)
+            await self._retrieve(call)
             self._fit(call)
             route_span = call.trace.start_span(
                 "route", attributes={GenAI.REQUEST_MODEL: request.model}
@@ -226,10 +243,17 @@ class Gateway:
                 usage=usage,
             )
             self._ensure_usage(call, response)
-            if include_usage:
-                yield ChatChunk(
-                    id=response.id, model=response.model, choices=[], usage=response.usage
+            if include_usage or call.citations is not None:
+                # One final chunk carries usage (when asked for) and citations (when grounded).
+                final = ChatChunk(
+                    id=response.id,
+                    model=response.model,
+                    choices=[],
+                    usage=response.usage if include_usage else None,
                 )
+                if call.citations is not None:
+                    final.citations = call.citations  # type: ignore[attr-defined]
+                yield final
             if not saw_tools:
                 await self._cache_store(call, response)
             self._finish_chat(call, response, cache_hit=False)
@@ -271,6 +295,9 @@ class Gateway:
             with trace.span("authorize") as span:
                 call.route = self._authorize(caller, request.model, "chat")
                 span.set("trellis.plan", [t.deployment.label for t in call.route.plan])
+                call.retrieval = grounding.retrieval_plan(
+                    request, getattr(call.route.alias, "retrieval", None)
+                )
         except BaseException as exc:
             self._fail(call, exc)
             raise
@@ -302,7 +329,8 @@ class Gateway:
             )
 
     async def _cache_lookup(self, call: _Call) -> ChatResponse | None:
-        if self.cache is None or call.request.n not in (None, 1):
+        # Grounded answers are never cached: they must follow the collections as they change.
+        if self.cache is None or call.request.n not in (None, 1) or call.retrieval is not None:
             return None
         opted_in = bool(call.route.alias.cache) or bool(getattr(call.caller.key, "cache", False))
         if not ResponseCache.cacheable(call.request, opted_in=opted_in):
@@ -314,6 +342,71 @@ class Gateway:
             cached = await self.cache.get(call.cache_key)
             span.set("trellis.cache.hit", cached is not None)
         return cached
+
+    async def _retrieve(self, call: _Call) -> None:
+        """Ground the request: search its collections and add the passages as context.
+
+        The caller's mistakes (an unknown collection, an invalid name) fail the request;
+        a retrieval that finds nothing or breaks is a ``retrieval_failure`` event and the
+        request goes on without context, because an answer beats an outage.
+        """
+        plan = call.retrieval
+        if plan is None:
+            return
+        if self.retriever is None:
+            raise UnsupportedFeatureError(
+                "retrieval is not available in this gateway", param="trellis.collections"
+            )
+        trace = call.trace
+        root = trace.root
+        assert root is not None
+        query = grounding.retrieval_query(call.request.messages)
+        with trace.span(
+            "retrieve",
+            attributes={
+                "trellis.retrieval.collections": list(plan.collections),
+                "trellis.retrieval.top_k": plan.top_k,
+            },
+        ) as span:
+            if self.store_bodies:
+                span.set("trellis.retrieval.query", query)
+            failure: dict[str, Any] | None = None
+            passages: list[grounding.Passage] = []
+            if not query:
+                failure = {"reason": "no_query"}
+            else:
+                try:
+                    passages = await self.retriever.retrieve(plan.collections, query, plan.top_k)
+                except RequestError:
+                    raise
+                except Exception as exc:  # any backend fault: record it, answer ungrounded
+                    log.warning("retrieval failed for %s: %r", list(plan.collections), exc)
+                    failure = {"reason": "error", "error.type": type(exc).__name__}
+                    failure["error.message"] = str(exc)[:500]
+            if failure is None and not passages:
+                failure = {"reason": "no_hits"}
+            budget = max(1, call.route.alias.context_window // 2)
+            message, used = grounding.context_message(
+                passages, lambda text: self.counter.text(text) <= budget
+            )
+            if failure is None and not used:
+                failure = {"reason": "context_too_small"}
+            span.set("trellis.retrieval.hits", len(passages))
+            span.set("trellis.retrieval.chunk_ids", [p.chunk_id for p in used])
+            span.set("trellis.retrieval.document_ids", [p.document_id for p in used])
+            span.set("trellis.retrieval.scores", [p.score for p in used])
+            if len(used) < len(passages):
+                span.set("trellis.retrieval.dropped_for_context", len(passages) - len(used))
+            trace.summary["retrieval_hits"] = len(used)
+            if failure is not None:
+                failure["collections"] = list(plan.collections)
+                span.add_event("retrieval_failure", **failure)
+                root.add_event("retrieval_failure", **failure)
+            if message is not None:
+                call.request = call.request.model_copy(
+                    update={"messages": grounding.with_context(call.request.messages, message)}
+                )
+                call.citations = grounding.citations(used)
 
     def _fit(self, call: _Call) -> None:
         alias = call.route.alias

@@ -7,6 +7,8 @@ Rows come back as plain dicts with the column names of ``traces`` and
 from __future__ import annotations
 
 import builtins
+import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +16,7 @@ from sqlalchemy import ColumnElement, Text, and_, cast, exists, or_, select
 
 from trellis.observe.query import TraceQuery, decode_cursor, encode_cursor
 from trellis.store.db import Database
-from trellis.store.tables import spans, traces
+from trellis.store.tables import scores, spans, traces
 
 __all__ = ["TraceStore", "TracePage", "TraceQuery", "MAX_LIST_LIMIT"]
 
@@ -55,9 +57,51 @@ class TraceStore:
                 .mappings()
                 .all()
             )
+            score_rows = (
+                (
+                    await conn.execute(
+                        select(scores)
+                        .where(scores.c.trace_id == trace_id)
+                        .order_by(scores.c.created_at, scores.c.id)
+                    )
+                )
+                .mappings()
+                .all()
+            )
         result = dict(row)
         result["spans"] = [dict(span) for span in span_rows]
+        result["scores"] = [dict(score) for score in score_rows]
         return result
+
+    async def owner(self, trace_id: str) -> tuple[bool, str | None]:
+        """Whether the trace exists, and the API key id that made it (None: no key)."""
+        async with self.db.engine.connect() as conn:
+            row = (
+                await conn.execute(select(traces.c.key_id).where(traces.c.id == trace_id))
+            ).first()
+        return (False, None) if row is None else (True, row[0])
+
+    async def add_score(
+        self,
+        trace_id: str,
+        name: str,
+        value: float,
+        comment: str | None = None,
+        source: str = "user",
+    ) -> dict[str, Any]:
+        """Store one score for an existing trace (the caller checks it exists); the new row."""
+        row = {
+            "id": os.urandom(16).hex(),
+            "trace_id": trace_id,
+            "name": name,
+            "value": float(value),
+            "comment": comment,
+            "source": source,
+            "created_at": time.time(),
+        }
+        async with self.db.engine.begin() as conn:
+            await conn.execute(scores.insert(), [row])
+        return row
 
     async def list(
         self,

@@ -93,6 +93,9 @@ class Trace:
     root: Span | None = None
     #: Columns the trace store indexes: key_id, model, response_model, tokens, cost...
     summary: dict[str, Any] = field(default_factory=dict)
+    #: Scores recorded during the trace (``trellis.observe.api.score``), written with it:
+    #: dicts with ``name``, ``value``, ``comment``, ``source`` and ``created_at``.
+    scores: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.root = Span(name=self.name, trace_id=self.trace_id)

@@ -13,18 +13,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 
+from trellis.guard.redact import redact, redact_messages
 from trellis.observe.tracing import GenAI, Span, Trace
 from trellis.settings import TracingSettings
 from trellis.store.db import Database
+from trellis.store.tables import scores as scores_table
 from trellis.store.tables import spans as spans_table
 from trellis.store.tables import traces as traces_table
 
-__all__ = ["TraceWriter", "trace_rows", "SUMMARY_COLUMNS", "BODY_ATTRIBUTES"]
+__all__ = ["TraceWriter", "trace_rows", "score_rows", "SUMMARY_COLUMNS", "BODY_ATTRIBUTES"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +43,12 @@ SUMMARY_COLUMNS = (
     "cache_hit",
     "ttft_ms",
 )
-#: Prompt and completion text, left out when ``store_bodies`` is off.
+#: Prompt and completion text: left out when ``bodies`` is ``none``, redacted when ``redacted``.
 BODY_ATTRIBUTES = frozenset({GenAI.INPUT_MESSAGES, GenAI.OUTPUT_MESSAGES})
+#: Free-text attributes that can quote user input (exception messages often do).
+TEXT_ATTRIBUTES = frozenset({"error.message"})
+
+BodiesMode = Literal["full", "redacted", "none"]
 
 _DROP_LOG_INTERVAL = 10.0
 
@@ -66,10 +73,44 @@ def _duration_ms(start_ns: int, end_ns: int | None) -> float | None:
     return None if end_ns is None else (end_ns - start_ns) / 1e6
 
 
-def _span_row(span: Span, store_bodies: bool) -> dict[str, Any]:
+def _redact_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
+    """A copy with message bodies and error texts redacted (the span itself is left as is)."""
+    out = dict(attributes)
+    for key in BODY_ATTRIBUTES.intersection(attributes):
+        out[key] = redact_messages(attributes[key])
+    for key in TEXT_ATTRIBUTES.intersection(attributes):
+        if isinstance(attributes[key], str):
+            out[key] = redact(attributes[key])
+    return out
+
+
+def _redact_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Events whose error/message attributes (retry reasons...) are redacted."""
+    out = []
+    for event in events:
+        attrs = event.get("attributes")
+        if isinstance(attrs, dict) and any(
+            isinstance(v, str) and ("error" in k or "message" in k) for k, v in attrs.items()
+        ):
+            attrs = {
+                k: redact(v) if isinstance(v, str) and ("error" in k or "message" in k) else v
+                for k, v in attrs.items()
+            }
+            event = {**event, "attributes": attrs}
+        out.append(event)
+    return out
+
+
+def _span_row(span: Span, bodies: BodiesMode) -> dict[str, Any]:
     attributes = span.attributes
-    if not store_bodies and not BODY_ATTRIBUTES.isdisjoint(attributes):
+    events = span.events
+    if bodies == "none" and not BODY_ATTRIBUTES.isdisjoint(attributes):
         attributes = {k: v for k, v in attributes.items() if k not in BODY_ATTRIBUTES}
+    elif bodies == "redacted":
+        if not (BODY_ATTRIBUTES.isdisjoint(attributes) and TEXT_ATTRIBUTES.isdisjoint(attributes)):
+            attributes = _redact_attributes(attributes)
+        if events:
+            events = _redact_events(events)
     return {
         "trace_id": span.trace_id,
         "id": span.span_id,
@@ -80,14 +121,20 @@ def _span_row(span: Span, store_bodies: bool) -> dict[str, Any]:
         "duration_ms": _duration_ms(span.start_ns, span.end_ns),
         "status": span.status,
         "attributes": attributes or None,
-        "events": span.events or None,
+        "events": events or None,
     }
 
 
 def trace_rows(
-    trace: Trace, *, store_bodies: bool = True
+    trace: Trace, *, store_bodies: bool = True, bodies: BodiesMode | None = None
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The ``traces`` row and the ``spans`` rows for one trace."""
+    """The ``traces`` row and the ``spans`` rows for one trace.
+
+    ``bodies`` (``full``, ``redacted``, ``none``) wins over the older ``store_bodies``.
+    Redaction happens here, in the writer's task, so requests never pay for it.
+    """
+    if bodies is None:
+        bodies = "full" if store_bodies else "none"
     root = trace.root
     spans = trace.spans
     start_ns = root.start_ns if root else min(s.start_ns for s in spans)
@@ -98,8 +145,10 @@ def trace_rows(
         end_ns = max(ends) if ends else None
     summary = trace.summary
     extra = {k: v for k, v in summary.items() if k not in SUMMARY_COLUMNS}
-    if not store_bodies:
+    if bodies == "none":
         extra = {k: v for k, v in extra.items() if k not in BODY_ATTRIBUTES}
+    elif bodies == "redacted" and extra:
+        extra = _redact_attributes(extra)
     row = {
         "id": trace.trace_id,
         "kind": trace.kind,
@@ -119,7 +168,30 @@ def trace_rows(
         "ttft_ms": summary.get("ttft_ms"),
         "attributes": extra or None,
     }
-    return row, [_span_row(span, store_bodies) for span in spans]
+    return row, [_span_row(span, bodies) for span in spans]
+
+
+def score_rows(trace: Trace, *, bodies: BodiesMode = "full") -> list[dict[str, Any]]:
+    """The ``scores`` rows of the scores a trace carries (comments treated like bodies)."""
+    rows = []
+    for score in trace.scores:
+        comment = score.get("comment")
+        if bodies == "none":
+            comment = None  # free text from users, kept out like the bodies
+        elif isinstance(comment, str) and bodies == "redacted":
+            comment = redact(comment)
+        rows.append(
+            {
+                "id": score.get("id") or os.urandom(16).hex(),
+                "trace_id": trace.trace_id,
+                "name": score["name"],
+                "value": float(score["value"]),
+                "comment": comment,
+                "source": score.get("source", "api"),
+                "created_at": score.get("created_at") or time.time(),
+            }
+        )
+    return rows
 
 
 def _is_connection_error(exc: BaseException) -> bool:
@@ -154,6 +226,9 @@ class TraceWriter:
         self.dropped = 0
         self.write_errors = 0
         self.batches = 0
+        self.written_scores = 0
+        #: Time spent building rows (including redaction), for the benchmark and tuning.
+        self.row_seconds = 0.0
 
     # --- TraceSink --------------------------------------------------------------
 
@@ -299,20 +374,28 @@ class TraceWriter:
         logger.log(level, "could not write %d trace(s): %s", traces, exc, exc_info=exc)
 
     async def _insert(self, batch: list[Trace]) -> None:
-        store_bodies = self.settings.store_bodies
+        bodies = self.settings.bodies
         trace_rows_: list[dict[str, Any]] = []
         span_rows: list[dict[str, Any]] = []
+        score_rows_: list[dict[str, Any]] = []
+        started = time.perf_counter()
         for trace in batch:
-            row, rows = trace_rows(trace, store_bodies=store_bodies)
+            row, rows = trace_rows(trace, bodies=bodies)
             trace_rows_.append(row)
             span_rows.extend(rows)
+            if trace.scores:
+                score_rows_.extend(score_rows(trace, bodies=bodies))
+        self.row_seconds += time.perf_counter() - started
         async with self.db.engine.begin() as conn:
             await conn.execute(traces_table.insert(), trace_rows_)
             if span_rows:
                 await conn.execute(spans_table.insert(), span_rows)
+            if score_rows_:
+                await conn.execute(scores_table.insert(), score_rows_)
         self.batches += 1
         self.written_traces += len(trace_rows_)
         self.written_spans += len(span_rows)
+        self.written_scores += len(score_rows_)
 
     def _drop(self) -> None:
         self.dropped += 1

@@ -10,7 +10,16 @@ from fastapi import FastAPI
 
 from trellis.runtime import Trellis
 from trellis.server.errors import install_error_handlers
-from trellis.server.routes import health, inference, keys, metrics, stats, traces
+from trellis.server.routes import (
+    alerts,
+    collections,
+    health,
+    inference,
+    keys,
+    metrics,
+    stats,
+    traces,
+)
 from trellis.settings import Settings
 
 __all__ = ["create_app", "announce_admin_key"]
@@ -56,6 +65,6 @@ def create_app(settings: Settings | None = None, *, trellis: Trellis | None = No
     )
     app.state.trellis = runtime
     install_error_handlers(app)
-    for module in (health, inference, keys, traces, stats, metrics):
+    for module in (health, inference, keys, traces, stats, metrics, collections, alerts):
         app.include_router(module.router)
     return app

@@ -33,9 +33,12 @@ __all__ = [
     "api_keys",
     "traces",
     "spans",
+    "scores",
     "collections",
     "documents",
     "chunks",
+    "alert_rules",
+    "alerts",
     "JSONType",
     "VERSION_TABLE",
     "include_name",
@@ -127,6 +130,28 @@ spans = Table(
     # No separate index on trace_id: it leads the primary key, whose index serves lookups by trace.
 )
 
+# --- scores (revision 0004_scores) ------------------------------------------
+
+scores = Table(
+    "scores",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column(
+        "trace_id",
+        String(32),
+        ForeignKey("traces.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("name", String(), nullable=False),
+    Column("value", Float, nullable=False),
+    Column("comment", Text, nullable=True),
+    # api (trellis.observe.api.score), user (POST /v1/traces/{id}/scores) or eval.
+    Column("source", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_scores_trace_id", "trace_id"),
+    Index("ix_scores_name_created_at", "name", "created_at"),
+)
+
 
 # --- retrieval (revision 0002_retrieval) ------------------------------------
 
@@ -191,6 +216,41 @@ chunks = Table(
     Column("embedding", LargeBinary, nullable=False),
     Index("ix_chunks_collection_id", "collection_id"),
     Index("ix_chunks_document_id_ordinal", "document_id", "ordinal"),
+)
+
+# --- alerts (revision 0005_alerts) ------------------------------------------
+
+alert_rules = Table(
+    "alert_rules",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(), nullable=False, unique=True),
+    # The validated rule (settings.AlertRule) as JSON: new rule fields need no migration.
+    Column("spec", JSONType, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    # No foreign key: rules from settings live in memory, not in alert_rules.
+    Column("rule_id", String(64), nullable=False),
+    Column("rule_name", String(), nullable=False),
+    Column("kind", String(), nullable=False),
+    Column("group_key", String(), nullable=True),
+    Column("state", String(16), nullable=False),
+    Column("value", Float, nullable=True),
+    Column("threshold", Float, nullable=True),
+    Column("message", Text, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("fired_at", Float, nullable=True),
+    Column("resolved_at", Float, nullable=True),
+    Column("updated_at", Float, nullable=False),
+    # rule id + group while the alert is pending or firing, NULL once resolved: the unique
+    # constraint keeps one open alert per rule and group even across replicas.
+    Column("open_key", String(), nullable=True, unique=True),
+    Index("ix_alerts_started_at", "started_at"),
 )
 
 #: The keyword index over chunks.text (SQLite: FTS5 table + shadow tables; Postgres: a GIN

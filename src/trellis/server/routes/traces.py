@@ -1,13 +1,22 @@
-"""Read recorded traces (observer or admin keys): filtered pages, or one with its span tree."""
+"""Read recorded traces (observer or admin keys): filtered pages, or one with its span tree.
+
+Scores are the exception to observer-only: ``POST /v1/traces/{id}/scores`` also takes an
+``inference`` key, so the application that made a request can send its user's feedback
+with the key it already holds; such a key may score only traces made with that key.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Query, Request
 
-from trellis.access.keys import OBSERVER
-from trellis.errors import NotFoundError
+from trellis.access.keys import INFERENCE, OBSERVER
+from trellis.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from trellis.guard.redact import redact
+from trellis.observe.api import validate_score
 from trellis.observe.query import TraceQuery, parse_time
-from trellis.server.edge import authenticate, runtime
+from trellis.server.edge import authenticate, read_json, runtime
 from trellis.server.responses import JSONBytes
 
 router = APIRouter(prefix="/v1/traces", tags=["traces"])
@@ -62,3 +71,54 @@ async def get_trace(trace_id: str, request: Request) -> JSONBytes:
     if trace is None:
         raise NotFoundError(f"No trace with id `{trace_id}`.")
     return JSONBytes(trace)
+
+
+#: Sources a client may claim; ``api`` is reserved for in-process trellis.observe.api scores.
+_CLIENT_SOURCES = ("user", "eval")
+
+
+@router.post("/{trace_id}/scores", status_code=201)
+async def add_score(trace_id: str, request: Request) -> JSONBytes:
+    """Attach a score (user feedback, an external evaluator's result) to a stored trace."""
+    try:
+        caller = await authenticate(request, OBSERVER)
+        own_traces_only = False
+    except PermissionDeniedError:
+        caller = await authenticate(request, INFERENCE)
+        own_traces_only = True
+    rt = runtime(request)
+    store = rt.traces
+    assert store is not None
+    body = await read_json(request)
+    name, value, comment, source = _parse_score(body)
+    exists, key_id = await store.owner(trace_id)
+    if not exists or (own_traces_only and key_id != caller.key_id):
+        # Someone else's trace answers like a missing one: an app key learns nothing.
+        raise NotFoundError(f"No trace with id `{trace_id}`.")
+    bodies = rt.settings.tracing.bodies
+    if bodies == "none":
+        comment = None
+    elif comment is not None and bodies == "redacted":
+        comment = redact(comment)
+    row = await store.add_score(trace_id, name, value, comment, source)
+    return JSONBytes({"object": "trace.score", **row}, status_code=201)
+
+
+def _parse_score(body: dict[str, Any]) -> tuple[str, float, str | None, str]:
+    name = body.get("name")
+    if not isinstance(name, str):
+        raise InvalidRequestError("`name` must be a string", param="name")
+    try:
+        value = validate_score(name, body.get("value"))
+    except ValueError as exc:
+        param = "name" if "name" in str(exc) else "value"
+        raise InvalidRequestError(str(exc), param=param) from exc
+    comment = body.get("comment")
+    if comment is not None and (not isinstance(comment, str) or len(comment) > 10_000):
+        raise InvalidRequestError("`comment` must be a string of at most 10000 characters")
+    source = body.get("source", "user")
+    if source not in _CLIENT_SOURCES:
+        raise InvalidRequestError(
+            f"`source` must be one of {', '.join(_CLIENT_SOURCES)}", param="source"
+        )
+    return name.strip(), value, comment, source

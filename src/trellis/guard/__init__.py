@@ -1,0 +1,1 @@
+"""Guards: PII detection and redaction (and, later, prompt-injection and output filters)."""

@@ -1,0 +1,52 @@
+"""Alert rules and alerts: observers read them, admins create and delete rules."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+
+from trellis.access.keys import ADMIN, OBSERVER
+from trellis.observe.alerts import AlertManager
+from trellis.server.edge import authenticate, parse_body, read_json, runtime
+from trellis.server.responses import JSONBytes
+from trellis.settings import AlertRule
+
+router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
+
+
+def _manager(request: Request) -> AlertManager:
+    manager = runtime(request).alerts
+    assert manager is not None
+    return manager
+
+
+@router.get("")
+async def list_alerts(
+    request: Request,
+    state: str | None = Query(default=None, description="pending, firing or resolved"),
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> JSONBytes:
+    await authenticate(request, OBSERVER)
+    rows = await _manager(request).list_alerts(state=state, limit=limit)
+    return JSONBytes({"object": "list", "data": rows})
+
+
+@router.get("/rules")
+async def list_rules(request: Request) -> JSONBytes:
+    await authenticate(request, OBSERVER)
+    rules = await _manager(request).rules()
+    return JSONBytes({"object": "list", "data": [rule.to_dict() for rule in rules]})
+
+
+@router.post("/rules", status_code=201)
+async def create_rule(request: Request) -> JSONBytes:
+    await authenticate(request, ADMIN)
+    spec = parse_body(AlertRule, await read_json(request))
+    rule = await _manager(request).create_rule(spec)
+    return JSONBytes(rule.to_dict(), status_code=201)
+
+
+@router.delete("/rules/{rule_id}")
+async def delete_rule(rule_id: str, request: Request) -> JSONBytes:
+    await authenticate(request, ADMIN)
+    await _manager(request).delete_rule(rule_id)
+    return JSONBytes({"id": rule_id, "object": "alert_rule", "deleted": True})

@@ -1,0 +1,88 @@
+"""``trellis ingest``, ``trellis search`` and ``trellis collections`` on small real files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from trellis.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "trellis.yaml"
+    path.write_text(
+        yaml.safe_dump({"data_dir": str(tmp_path / "data"), "include_local_models": False})
+    )
+    monkeypatch.delenv("TRELLIS_CONFIG", raising=False)
+    return path
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "otters.txt").write_text("Sea otters crack shellfish open with stones.\n")
+    (folder / "kelp.md").write_text(
+        "# Kelp\n\nKelp forests grow fast in cold coastal water.\n\n## Uses\n\nAlginate.\n"
+    )
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
+    return folder
+
+
+def invoke(config: Path, *args: str, code: int = 0) -> str:
+    result = runner.invoke(app, [*args, "--config", str(config)])
+    assert result.exit_code == code, result.output
+    return result.output
+
+
+def test_ingest_search_and_collections(config: Path, corpus: Path) -> None:
+    missing = invoke(config, "ingest", "notes", str(corpus), code=1)
+    assert "--create" in missing
+
+    out = invoke(config, "ingest", "notes", str(corpus), "--create")
+    assert "broken.pdf" in out and "skipped" in out
+    report = json.loads(invoke(config, "ingest", "notes", str(corpus), "--json"))
+    assert len(report["unchanged"]) == 2 and report["added"] == []
+    assert list(report["failed"]) == [str(corpus / "broken.pdf")]
+    assert report["failed"][str(corpus / "broken.pdf")]
+
+    (corpus / "otters.txt").write_text("Sea otters float on their backs while they eat.\n")
+    again = json.loads(invoke(config, "ingest", "notes", str(corpus / "otters.txt"), "--json"))
+    assert again["replaced"] == [str(corpus / "otters.txt")]
+
+    for mode in ("keyword", "vector", "hybrid"):
+        hits = json.loads(
+            invoke(config, "search", "notes", "kelp forests", "--mode", mode, "--json")
+        )
+        assert hits[0]["document_id"] == str(corpus / "kelp.md"), mode
+        assert hits[0]["chunk_id"] and "kelp" in hits[0]["text"].lower()
+    top = json.loads(invoke(config, "search", "notes", "otters", "--top-k", "1", "--json"))
+    assert len(top) == 1 and top[0]["document_id"].endswith("otters.txt")
+    table = invoke(config, "search", "notes", "otters")
+    assert "hybrid search: otters" in table and "score" in table and "1.0000" not in table
+    assert "mode must be" in invoke(config, "search", "notes", "x", "--mode", "fuzzy", code=1)
+    assert "no collection" in invoke(config, "search", "nope", "x", code=1)
+
+    listed = json.loads(invoke(config, "collections", "list", "--json"))
+    assert [(c["name"], c["documents"]) for c in listed] == [("notes", 2)]
+    assert "notes" in invoke(config, "collections", "list")
+    shown = json.loads(invoke(config, "collections", "show", "notes", "--json"))
+    assert shown["chunks"] >= 2 and len(shown["documents_page"]) == 2
+    shown_table = invoke(config, "collections", "show", "notes")
+    assert "first 2 documents" in shown_table and "…" not in shown_table
+
+    assert "Deleted" in invoke(config, "collections", "delete", "notes", "--yes")
+    assert json.loads(invoke(config, "collections", "list", "--json")) == []
+    assert "no collection" in invoke(config, "collections", "delete", "notes", "--yes", code=1)
+
+
+def test_ingest_of_only_unreadable_files_fails(config: Path, corpus: Path) -> None:
+    out = invoke(config, "ingest", "notes", str(corpus / "broken.pdf"), "--create", code=1)
+    assert "broken.pdf" in out
