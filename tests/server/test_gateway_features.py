@@ -11,19 +11,9 @@ import pytest
 
 from trellis.settings import Settings
 from trellis.testing.fake_upstream import FakeUpstream
-from trellis.testing.server import ServerThread
+from trellis.testing.server import ServerThread, wait_for_trace
 
 HELLO = {"model": "gpt-test", "messages": [{"role": "user", "content": "Hi"}]}
-
-
-def wait_for_trace(client: httpx.Client, trace_id: str, timeout: float = 5.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        response = client.get(f"/v1/traces/{trace_id}")
-        if response.status_code == 200:
-            return response.json()  # type: ignore[no-any-return]
-        time.sleep(0.05)
-    raise AssertionError(f"trace {trace_id} was not recorded")
 
 
 def root_span(trace: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,7 +13,7 @@ from trellis.inference.grounding import BEGIN_MARKER, END_MARKER, Passage
 from trellis.server.app import create_app
 from trellis.settings import Settings
 from trellis.testing.fake_upstream import FakeUpstream
-from trellis.testing.server import ServerThread
+from trellis.testing.server import ServerThread, wait_for_trace
 
 DOCS = [
     {
@@ -42,16 +41,6 @@ def ask(**trellis: Any) -> dict[str, Any]:
     if trellis:
         body["trellis"] = trellis
     return body
-
-
-def wait_for_trace(client: httpx.Client, trace_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        response = client.get(f"/v1/traces/{trace_id}")
-        if response.status_code == 200:
-            return response.json()  # type: ignore[no-any-return]
-        time.sleep(0.05)
-    raise AssertionError(f"trace {trace_id} was not recorded")
 
 
 def span(trace: dict[str, Any], name: str) -> dict[str, Any]:

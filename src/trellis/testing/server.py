@@ -5,11 +5,13 @@ from __future__ import annotations
 import threading
 import time
 from types import TracebackType
+from typing import Any
 
+import httpx
 import uvicorn
 from fastapi import FastAPI
 
-__all__ = ["ServerThread"]
+__all__ = ["ServerThread", "wait_for_trace"]
 
 
 class ServerThread:
@@ -61,3 +63,15 @@ class ServerThread:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def wait_for_trace(client: httpx.Client, trace_id: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The stored trace, once the background writer has written it (it batches, so a
+    trace appears up to ``tracing.flush_interval`` after its response)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get(f"/v1/traces/{trace_id}")
+        if response.status_code == 200:
+            return response.json()  # type: ignore[no-any-return]
+        time.sleep(0.05)
+    raise AssertionError(f"trace {trace_id} was not recorded within {timeout:g}s")
