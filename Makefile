@@ -32,6 +32,7 @@ test: install-dev
 # trace statistics over 1M spans, retrieval quality and speed. Results in benchmarks/results/.
 bench: install-dev
 	$(PY) benchmarks/gateway_overhead.py
+	$(PY) benchmarks/trace_writer.py
 	$(PY) benchmarks/stats_query.py
 	$(PY) benchmarks/retrieval_quality.py
 
