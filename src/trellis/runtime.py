@@ -9,7 +9,7 @@ Both the HTTP server and library users start here::
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trellis.access.keys import KeyStore
 from trellis.inference.cache import build_cache
@@ -18,6 +18,7 @@ from trellis.inference.grounding import CollectionRetriever
 from trellis.inference.pricing import PriceBook
 from trellis.inference.providers import Provider, provider_class
 from trellis.inference.router import Router
+from trellis.inference.semantic_cache import build_semantic_cache
 from trellis.observe import api as observe_api
 from trellis.observe.alerts import AlertManager
 from trellis.observe.metrics import GatewayMetrics
@@ -29,6 +30,9 @@ from trellis.observe.writer import TraceWriter
 from trellis.retrieval import Retrieval, SQLiteIndex
 from trellis.settings import Deployment, Settings
 from trellis.store.db import Database
+
+if TYPE_CHECKING:
+    from trellis.inference.providers.local_embedder import MiniLMEmbedder
 
 __all__ = ["Trellis"]
 
@@ -52,6 +56,8 @@ class Trellis:
         #: The admin key created at this start, shown once to the operator (else None).
         self.new_admin_key: str | None = None
         self._retrieval: Retrieval | None = None
+        #: The bundled embedder, shared by retrieval and the semantic cache (built lazily).
+        self._minilm: MiniLMEmbedder | None = None
 
     @property
     def retrieval(self) -> Retrieval:
@@ -61,13 +67,20 @@ class Trellis:
         server that never touches retrieval never pays for the ONNX model.
         """
         if self._retrieval is None:
-            from trellis.inference.providers.local_embedder import MiniLMEmbedder
-
             if self.db is None:
                 raise RuntimeError("start() the runtime before using retrieval")
             # MiniLM declares name/dimension as ClassVars; the protocol wants attributes.
-            self._retrieval = Retrieval(SQLiteIndex(self.db), MiniLMEmbedder())  # type: ignore[arg-type]
+            self._retrieval = Retrieval(SQLiteIndex(self.db), self.minilm)  # type: ignore[arg-type]
         return self._retrieval
+
+    @property
+    def minilm(self) -> MiniLMEmbedder:
+        """The bundled embedder, one instance per runtime (its ONNX model loads on first use)."""
+        if self._minilm is None:
+            from trellis.inference.providers.local_embedder import MiniLMEmbedder
+
+            self._minilm = MiniLMEmbedder()
+        return self._minilm
 
     def _provider(self, deployment: Deployment) -> Provider:
         cls: Any = provider_class(deployment.provider)
@@ -108,6 +121,14 @@ class Trellis:
             prices=PriceBook(settings.prices),
             sink=sink,
             store_bodies=settings.tracing.store_bodies,
+            # Built (and MiniLM created) only when enabled: a disabled cache never embeds.
+            semantic_cache=(
+                build_semantic_cache(
+                    settings.cache.semantic, self.minilm, per_key=settings.cache.per_key
+                )
+                if settings.cache.semantic.enabled
+                else None
+            ),
         )
         self.metrics = GatewayMetrics(router=router, writer=self.writer)
         self.gateway.on_trace.append(self.metrics.observe)

@@ -92,6 +92,8 @@ class TrellisOptions(_Open):
     """Trellis-specific request options, sent as ``"trellis": {...}`` in the body."""
 
     cache: bool | None = None  # force (True) or forbid (False) the response cache
+    # Use (True) or skip (False) the semantic cache, when the server enables it.
+    semantic_cache: bool | None = None
     trim: bool | None = None  # allow dropping oldest turns to fit the context window
     # Ground the answer in these retrieval collections ([] turns off the alias's retrieval).
     collections: list[str] | None = Field(default=None, max_length=16)

@@ -30,6 +30,7 @@ __all__ = [
     "RetrySettings",
     "BreakerSettings",
     "CacheSettings",
+    "SemanticCacheSettings",
     "TracingSettings",
     "LocalModelSettings",
     "AliasRetrieval",
@@ -121,6 +122,22 @@ class BreakerSettings(_Strict):
     reset_after: float = Field(default=30.0, gt=0, description="Seconds open before a probe")
 
 
+class SemanticCacheSettings(_Strict):
+    """The semantic cache (``cache.semantic``): off by default because a near match can be
+    a wrong answer — see docs/configuration.md for the measured false-hit rates."""
+
+    enabled: bool = False
+    threshold: float = Field(
+        default=0.95,
+        ge=0,
+        le=1,
+        description="Minimum cosine similarity of the user prompts for a hit "
+        "(benchmarks/semantic_cache_eval.py)",
+    )
+    max_entries: int = Field(default=10_000, ge=1)
+    ttl_seconds: float = Field(default=3600.0, gt=0)
+
+
 class CacheSettings(_Strict):
     enabled: bool = True
     backend: Literal["memory", "redis"] = "memory"
@@ -128,6 +145,7 @@ class CacheSettings(_Strict):
     ttl_seconds: float = Field(default=3600.0, gt=0)
     max_entries: int = Field(default=10_000, ge=1)
     per_key: bool = Field(default=True, description="Scope entries to the API key that made them")
+    semantic: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)
 
 
 class TracingSettings(_Strict):

@@ -1,9 +1,9 @@
 """The request path: one explicit chain of stages for every chat and embeddings call.
 
-authorize → cache lookup → retrieve (grounded requests only) → context fitting →
-route (attempts, retries, fallbacks) → cache store → record. Each stage is a span on the request's
-trace; the finished trace goes to a non-blocking sink (the background writer),
-so nothing on this path waits for the database.
+authorize → cache lookup (exact, then semantic when enabled) → retrieve (grounded
+requests only) → context fitting → route (attempts, retries, fallbacks) → cache store →
+record. Each stage is a span on the request's trace; the finished trace goes to a
+non-blocking sink (the background writer), so nothing on this path waits for the database.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from trellis.inference.cache import ResponseCache
 from trellis.inference.context import ContextFitter
 from trellis.inference.pricing import PriceBook
 from trellis.inference.router import Outcome, Route, Router
+from trellis.inference.semantic_cache import SemanticCache, SemanticMatch, semantic_prompt
 from trellis.observe.tracing import GenAI, NullSink, Span, Trace, TraceSink
 from trellis.schema import (
     ChatChoice,
@@ -87,6 +88,8 @@ class ChatResult:
     response: ChatResponse
     cache_hit: bool
     trace_id: str
+    #: Set on a semantic-cache hit: how close the cached prompt was (exact hits: None).
+    similarity: float | None = None
 
 
 @dataclass(slots=True)
@@ -94,6 +97,7 @@ class StreamResult:
     chunks: AsyncIterator[ChatChunk]
     cache_hit: bool
     trace_id: str
+    similarity: float | None = None
 
 
 @dataclass(slots=True)
@@ -110,6 +114,9 @@ class _Call:
     retrieval: grounding.RetrievalPlan | None = None
     #: The ``citations`` field of a grounded answer (None when nothing was retrieved).
     citations: list[dict[str, Any]] | None = None
+    #: Semantic-cache scope and prompt vector, kept from the lookup to store the answer.
+    semantic_scope: str | None = None
+    semantic_vector: np.ndarray | None = None
 
 
 class Gateway:
@@ -123,8 +130,11 @@ class Gateway:
         counter: TokenCounter | None = None,
         store_bodies: bool = True,
         retriever: grounding.Retriever | None = None,
+        semantic_cache: SemanticCache | None = None,
     ) -> None:
         self.router = router
+        #: Near-duplicate prompt cache; None (the default) means no prompt is ever embedded.
+        self.semantic_cache = semantic_cache
         #: Searches collections for grounded requests; None means retrieval is unavailable.
         self.retriever = retriever
         self.cache = cache
@@ -155,6 +165,10 @@ class Gateway:
             if cached is not None:
                 self._finish_chat(call, cached, cache_hit=True)
                 return ChatResult(cached, True, call.trace.trace_id)
+            match = await self._semantic_lookup(call)
+            if match is not None:
+                self._finish_chat(call, match.response, cache_hit=True, match=match)
+                return ChatResult(match.response, True, call.trace.trace_id, match.similarity)
             await self._retrieve(call)
             self._fit(call)
             with call.trace.span("route", attributes={GenAI.REQUEST_MODEL: request.model}) as span:
@@ -181,6 +195,15 @@ class Gateway:
             if cached is not None:
                 self._finish_chat(call, cached, cache_hit=True)
                 return StreamResult(_replay(cached, request), True, call.trace.trace_id)
+            match = await self._semantic_lookup(call)
+            if match is not None:
+                self._finish_chat(call, match.response, cache_hit=True, match=match)
+                return StreamResult(
+                    _replay(match.response, request),
+                    True,
+                    call.trace.trace_id,
+                    match.similarity,
+                )
             await self._retrieve(call)
             self._fit(call)
             route_span = call.trace.start_span(
@@ -343,6 +366,64 @@ class Gateway:
             span.set("trellis.cache.hit", cached is not None)
         return cached
 
+    def _semantic_wanted(self, call: _Call) -> bool:
+        """Whether this request may use the semantic cache at all (before any embedding).
+
+        Grounded requests are excluded, like in the exact cache: their answer follows the
+        collections as they change, and a cached answer's citations may name chunks that
+        have since been deleted. ``trellis.semantic_cache`` decides when given; otherwise
+        the exact cache's rule applies (deterministic, or opted in by alias, key or
+        ``trellis.cache``), because reusing a sampled answer changes what the caller asked for.
+        """
+        if self.semantic_cache is None or call.retrieval is not None:
+            return False
+        if call.caller.no_cache and call.caller.no_store:
+            return False
+        options = call.request.trellis
+        if options is not None and options.semantic_cache is not None:
+            return options.semantic_cache
+        opted_in = bool(call.route.alias.cache) or bool(getattr(call.caller.key, "cache", False))
+        return ResponseCache.cacheable(call.request, opted_in=opted_in)
+
+    async def _semantic_lookup(self, call: _Call) -> SemanticMatch | None:
+        """Embed an eligible single-turn prompt (in a worker thread) and look for a near one.
+
+        The vector is kept on the call so the answer can be stored without embedding
+        twice. An embedder failure skips the cache instead of failing the request.
+        """
+        semantic = self.semantic_cache
+        if semantic is None or not self._semantic_wanted(call):
+            return None
+        prompt = semantic_prompt(call.request)
+        if prompt is None:
+            return None
+        text, system = prompt
+        scope = semantic.scope(call.route.alias.name, call.request, call.caller.key_id, system)
+        with call.trace.span(
+            "semantic_cache_lookup",
+            attributes={"trellis.semantic_cache.threshold": semantic.threshold},
+        ) as span:
+            try:
+                vector = await semantic.embed(text)
+            except TrellisError as exc:  # e.g. a prompt longer than the embedder reads
+                span.set("trellis.semantic_cache.skipped", exc.code or type(exc).__name__)
+                return None
+            except Exception as exc:  # the embedder broke: answer without the cache
+                log.warning("semantic cache embedding failed: %r", exc)
+                span.add_event("semantic_cache_error", **{"error.type": type(exc).__name__})
+                return None
+            call.semantic_scope, call.semantic_vector = scope, vector
+            if call.caller.no_cache:
+                span.set("trellis.semantic_cache.skipped", "no_cache")
+                return None
+            match, best = semantic.lookup(scope, vector)
+            span.set("trellis.semantic_cache.hit", match is not None)
+            if best is not None:
+                span.set("trellis.semantic_cache.similarity", round(best, 4))
+            if match is not None:
+                span.set("trellis.semantic_cache.matched_trace_id", match.trace_id)
+        return match
+
     async def _retrieve(self, call: _Call) -> None:
         """Ground the request: search its collections and add the passages as context.
 
@@ -443,12 +524,28 @@ class Gateway:
         call.trace.summary["usage_counted_locally"] = True
 
     async def _cache_store(self, call: _Call, response: ChatResponse) -> None:
-        if self.cache is None or call.cache_key is None or call.caller.no_store:
+        if call.caller.no_store:
             return
-        with call.trace.span("cache_store"):
-            await self.cache.put(call.cache_key, response)
+        if self.cache is not None and call.cache_key is not None:
+            with call.trace.span("cache_store"):
+                await self.cache.put(call.cache_key, response)
+        semantic = self.semantic_cache
+        if (
+            semantic is not None
+            and call.semantic_scope is not None
+            and call.semantic_vector is not None
+            and not any(choice.message.tool_calls for choice in response.choices)
+        ):
+            semantic.put(call.semantic_scope, call.semantic_vector, response, call.trace.trace_id)
 
-    def _finish_chat(self, call: _Call, response: ChatResponse, *, cache_hit: bool) -> None:
+    def _finish_chat(
+        self,
+        call: _Call,
+        response: ChatResponse,
+        *,
+        cache_hit: bool,
+        match: SemanticMatch | None = None,
+    ) -> None:
         trace, outcome = call.trace, call.outcome
         root = trace.root
         assert root is not None
@@ -490,6 +587,11 @@ class Gateway:
         root.set(GenAI.OUTPUT_TOKENS, usage.completion_tokens)
         root.set(GenAI.FINISH_REASONS, [c.finish_reason for c in response.choices])
         root.set("trellis.cache_hit", cache_hit)
+        if match is not None:
+            root.set("trellis.cache.kind", "semantic")
+            root.set("trellis.semantic_cache.similarity", round(match.similarity, 4))
+            root.set("trellis.semantic_cache.matched_trace_id", match.trace_id)
+            summary["semantic_cache_hit"] = True
         if outcome.ttft_ms is not None:
             root.set(GenAI.TTFT, outcome.ttft_ms / 1000)
         if self.store_bodies:

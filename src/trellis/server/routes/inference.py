@@ -37,7 +37,7 @@ async def chat_completions(request: Request) -> object:
             _sse(result.chunks),
             media_type="text/event-stream",
             headers={
-                "x-trellis-cache": "hit" if result.cache_hit else "miss",
+                **_cache_headers(result.cache_hit, result.similarity),
                 "x-trellis-trace-id": result.trace_id,
                 "cache-control": "no-cache",
             },
@@ -46,10 +46,19 @@ async def chat_completions(request: Request) -> object:
     return JSONBytes(
         chat.response.model_dump(exclude_none=True),
         headers={
-            "x-trellis-cache": "hit" if chat.cache_hit else "miss",
+            **_cache_headers(chat.cache_hit, chat.similarity),
             "x-trellis-trace-id": chat.trace_id,
         },
     )
+
+
+def _cache_headers(cache_hit: bool, similarity: float | None) -> dict[str, str]:
+    """``x-trellis-cache: hit|semantic|miss``. A semantic hit gets its own value, not ``hit``,
+    so a client that trusts ``hit`` to mean "the same prompt" is never misled; the
+    similarity of the matched prompt comes in ``x-trellis-cache-similarity``."""
+    if similarity is not None:
+        return {"x-trellis-cache": "semantic", "x-trellis-cache-similarity": f"{similarity:.4f}"}
+    return {"x-trellis-cache": "hit" if cache_hit else "miss"}
 
 
 async def _sse(chunks: AsyncIterator[ChatChunk]) -> AsyncIterator[bytes]:
