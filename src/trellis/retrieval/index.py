@@ -74,7 +74,9 @@ class Index(Protocol):
         self, name: str, embedder: str, dimension: int, metadata: Mapping[str, Any] | None = None
     ) -> CollectionInfo: ...
 
-    async def get_collection(self, name: str) -> CollectionInfo: ...
+    async def get_collection(self, name: str, *, counts: bool = True) -> CollectionInfo:
+        """The collection; ``counts=False`` skips the document/chunk counts (left at 0)."""
+        ...
 
     async def list_collections(self) -> list[CollectionInfo]: ...
 
@@ -145,6 +147,19 @@ def _stack(rows: Sequence[Any], dimension: int) -> _Matrix:
     blob = b"".join(row[2] for row in rows)
     vectors = np.frombuffer(blob, dtype="<f4").reshape(len(rows), dimension)
     return _Matrix(0, chunk_ids, doc_rows, doc_index, vectors)
+
+
+def _collection_info(row: Any, document_count: int, chunk_count: int) -> CollectionInfo:
+    return CollectionInfo(
+        id=row.id,
+        name=row.name,
+        embedder=row.embedder,
+        dimension=row.dimension,
+        created_at=row.created_at,
+        metadata=row.metadata or {},
+        documents=document_count,
+        chunks=chunk_count,
+    )
 
 
 def _json_path(key: str) -> str:
@@ -219,8 +234,10 @@ class SQLiteIndex:
             ) from exc
         return info
 
-    async def get_collection(self, name: str) -> CollectionInfo:
-        found = await self._collections(name)
+    async def get_collection(self, name: str, *, counts: bool = True) -> CollectionInfo:
+        # Counting sums over every document row of the collection (tens of ms at 100,000
+        # chunks); search and ingestion only need identity and embedder, so they skip it.
+        found = await self._collections(name, counts=counts)
         if not found:
             raise NotFoundError(f"no collection named {name!r}")
         return found[0]
@@ -228,7 +245,13 @@ class SQLiteIndex:
     async def list_collections(self) -> list[CollectionInfo]:
         return await self._collections(None)
 
-    async def _collections(self, name: str | None) -> list[CollectionInfo]:
+    async def _collections(self, name: str | None, *, counts: bool = True) -> list[CollectionInfo]:
+        if not counts and name is not None:
+            async with self.db.engine.connect() as conn:
+                row = (
+                    await conn.execute(select(collections).where(collections.c.name == name))
+                ).first()
+            return [] if row is None else [_collection_info(row, 0, 0)]
         doc_counts = (
             select(
                 documents.c.collection_id,
@@ -251,19 +274,7 @@ class SQLiteIndex:
             query = query.where(collections.c.name == name)
         async with self.db.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [
-            CollectionInfo(
-                id=row.id,
-                name=row.name,
-                embedder=row.embedder,
-                dimension=row.dimension,
-                created_at=row.created_at,
-                metadata=row.metadata or {},
-                documents=int(row[-2]),
-                chunks=int(row[-1]),
-            )
-            for row in rows
-        ]
+        return [_collection_info(row, int(row[-2]), int(row[-1])) for row in rows]
 
     async def delete_collection(self, name: str) -> None:
         info = await self.get_collection(name)
@@ -421,6 +432,10 @@ class SQLiteIndex:
         if match is None or limit < 1:
             return []
         where, params = _filter_sql(_check_filters(filters), "d")
+        if not where:
+            windowed = await self._keyword_window(collection, match, limit)
+            if windowed is not None:
+                return windowed
         join = " JOIN documents d ON d.id = c.document_id" if where else ""
         sql = text(
             "SELECT f.rowid, bm25(chunks_fts) AS rank FROM chunks_fts f "
@@ -434,6 +449,47 @@ class SQLiteIndex:
             )
             # FTS5's bm25() is negative, lower is better: flip it to "higher is better".
             return [(int(row[0]), -float(row[1])) for row in rows]
+
+    async def _keyword_window(
+        self, collection: CollectionInfo, match: str, limit: int
+    ) -> list[tuple[int, float]] | None:
+        """The collection's top ``limit`` from FTS5's global top ``window``, or None if unsure.
+
+        Joining every match to ``chunks`` to test its collection costs more than BM25
+        itself on broad OR queries (about half of a 100,000-chunk collection matches a
+        typical ten-term query). BM25's statistics are table-wide either way, so ranking
+        the whole FTS table first and filtering a window of the best rows gives the same
+        order; it is exact whenever the window holds ``limit`` of the collection's rows or
+        holds every match. Otherwise (many collections, this one small) the caller falls
+        back to the exhaustive join.
+        """
+        window = max(4 * limit, 200)
+        async with self.db.engine.connect() as conn:
+            ranked = (
+                await conn.execute(
+                    text(
+                        "SELECT rowid, bm25(chunks_fts) AS r FROM chunks_fts "
+                        "WHERE chunks_fts MATCH :match ORDER BY r LIMIT :window"
+                    ),
+                    {"match": match, "window": window},
+                )
+            ).all()
+            if not ranked:
+                return []
+            mine = {
+                int(row[0])
+                for row in await conn.execute(
+                    select(chunks_table.c.id).where(
+                        chunks_table.c.id.in_([int(row[0]) for row in ranked]),
+                        chunks_table.c.collection_id == collection.id,
+                    )
+                )
+            }
+        if len(mine) < limit and len(ranked) == window:
+            return None
+        # FTS5's bm25() is negative, lower is better: flip it to "higher is better".
+        hits = [(int(row[0]), -float(row[1])) for row in ranked if int(row[0]) in mine]
+        return hits[:limit]
 
     async def vector_search(
         self,

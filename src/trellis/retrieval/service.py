@@ -108,7 +108,7 @@ class Retrieval:
             raise NotFoundError(f"no document {document_id!r} in collection {name!r}")
 
     async def _usable(self, name: str) -> CollectionInfo:
-        collection = await self.get_collection(name)
+        collection = await self.index.get_collection(name, counts=False)
         if (collection.embedder, collection.dimension) != (
             self.embedder.name,
             self.embedder.dimension,
