@@ -130,11 +130,14 @@ class Trellis:
                 else None
             ),
         )
-        self.metrics = GatewayMetrics(router=router, writer=self.writer)
+        self.alerts = AlertManager(self.db, settings.alerts)
+        jobs = [job for job in (self.retention, self.exporter) if job is not None]
+        self.metrics = GatewayMetrics(
+            router=router, writer=self.writer, background=[*jobs, self.alerts.notifier]
+        )
         self.gateway.on_trace.append(self.metrics.observe)
         # Grounded chat (``trellis.collections``) searches lazily: no model load at start-up.
         self.gateway.retriever = CollectionRetriever(lambda: self.retrieval)
-        self.alerts = AlertManager(self.db, settings.alerts)
         if settings.alerts.enabled:
             self.alerts.start()
         return self

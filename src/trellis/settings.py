@@ -384,10 +384,13 @@ class Settings(BaseSettings):
         return f"sqlite+aiosqlite:///{(self.data_dir / 'trellis.db').resolve()}"
 
     def public_dict(self) -> dict[str, Any]:
-        """Settings safe to show: the admin key is masked."""
+        """Settings safe to show: the admin key and OTLP headers (often tokens) are masked."""
         data = self.model_dump(mode="json")
         if data.get("admin_key"):
             data["admin_key"] = "***"
+        tracing = data.get("tracing") or {}
+        if tracing.get("otlp_headers"):
+            tracing["otlp_headers"] = {name: "***" for name in tracing["otlp_headers"]}
         return data
 
 

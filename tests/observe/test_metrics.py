@@ -125,3 +125,18 @@ def test_hook_cost_per_trace() -> None:
         metrics.observe(trace)
     per_call_us = (time.perf_counter() - started) / n * 1e6
     assert per_call_us < 50, per_call_us
+
+
+def test_background_job_counters_are_exported() -> None:
+    class RetentionJob:
+        deleted_traces, deleted_spans, errors = 5, 40, 0
+
+    class Notifier:
+        sent, failed = 3, 1
+
+    metrics = GatewayMetrics(background=[RetentionJob(), Notifier()])
+    got = samples(metrics)
+    assert got[("trellis_retention_deleted_traces_total", ())] == 5
+    assert got[("trellis_retention_deleted_spans_total", ())] == 40
+    assert got[("trellis_alert_notifications_sent_total", ())] == 3
+    assert got[("trellis_alert_notifications_failed_total", ())] == 1

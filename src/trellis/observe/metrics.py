@@ -78,6 +78,7 @@ class GatewayMetrics:
         *,
         router: Router | None = None,
         writer: TraceWriter | None = None,
+        background: Iterable[Any] = (),
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
@@ -129,8 +130,9 @@ class GatewayMetrics:
             by_model,
             registry=r,
         )
-        if router is not None or writer is not None:
-            self.registry.register(_LiveCollector(router, writer))
+        jobs = list(background)
+        if router is not None or writer is not None or jobs:
+            self.registry.register(_LiveCollector(router, writer, jobs))
 
     # --- the hook (hot path) --------------------------------------------------------
 
@@ -214,9 +216,13 @@ class GatewayMetrics:
 class _LiveCollector(Collector):
     """State read at scrape time: breaker per deployment, trace writer queue and counters."""
 
-    def __init__(self, router: Router | None, writer: TraceWriter | None) -> None:
+    def __init__(
+        self, router: Router | None, writer: TraceWriter | None, jobs: list[Any] | None = None
+    ) -> None:
         self.router = router
         self.writer = writer
+        #: Background jobs whose counters are exported: retention, OTLP export, alerts.
+        self.jobs = jobs or []
 
     def describe(self) -> Iterable[Metric]:
         return list(self._families())
@@ -261,3 +267,25 @@ class _LiveCollector(Collector):
                 ),
             ):
                 yield CounterMetricFamily(name, help_text, value=value)
+        for job in self.jobs:
+            for attribute, name, help_text in _JOB_COUNTERS.get(type(job).__name__, ()):
+                yield CounterMetricFamily(name, help_text, value=getattr(job, attribute))
+
+
+#: Counters of the background jobs, by class name: (attribute, metric, help).
+_JOB_COUNTERS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "RetentionJob": (
+        ("deleted_traces", "trellis_retention_deleted_traces", "Traces deleted by retention."),
+        ("deleted_spans", "trellis_retention_deleted_spans", "Spans deleted by retention."),
+        ("errors", "trellis_retention_errors", "Retention runs that failed."),
+    ),
+    "OtlpExporter": (
+        ("exported_spans", "trellis_otlp_exported_spans", "Spans exported over OTLP."),
+        ("dropped", "trellis_otlp_dropped", "Traces dropped by the OTLP exporter."),
+        ("failures", "trellis_otlp_failures", "OTLP export requests that failed."),
+    ),
+    "Notifier": (
+        ("sent", "trellis_alert_notifications_sent", "Alert notifications delivered."),
+        ("failed", "trellis_alert_notifications_failed", "Alert notifications given up on."),
+    ),
+}
