@@ -68,6 +68,18 @@ def test_rows_per_mode() -> None:
     assert trace.root.attributes[GenAI.INPUT_MESSAGES][0]["content"] == PROMPT
 
 
+def test_the_retrieval_query_is_a_body_too() -> None:
+    trace = Trace(kind="chat", name="chat m")
+    trace.start_span("retrieve", attributes={"trellis.retrieval.query": "is ann@example.com in?"})
+    trace.finish()
+    _, full = trace_rows(trace, bodies="full")
+    _, redacted = trace_rows(trace, bodies="redacted")
+    _, none = trace_rows(trace, bodies="none")
+    assert full[1]["attributes"]["trellis.retrieval.query"] == "is ann@example.com in?"
+    assert redacted[1]["attributes"]["trellis.retrieval.query"] == "is [EMAIL] in?"
+    assert "trellis.retrieval.query" not in (none[1]["attributes"] or {})
+
+
 async def test_redacted_traces_are_stored_and_searched_redacted(db: Database) -> None:
     writer = TraceWriter(db, TracingSettings(bodies="redacted", flush_interval=0.01))
     await writer.start()

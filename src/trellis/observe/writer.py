@@ -44,9 +44,11 @@ SUMMARY_COLUMNS = (
     "ttft_ms",
 )
 #: Prompt and completion text: left out when ``bodies`` is ``none``, redacted when ``redacted``.
-BODY_ATTRIBUTES = frozenset({GenAI.INPUT_MESSAGES, GenAI.OUTPUT_MESSAGES})
+BODY_ATTRIBUTES = frozenset(
+    {GenAI.INPUT_MESSAGES, GenAI.OUTPUT_MESSAGES, "trellis.retrieval.query"}
+)
 #: Free-text attributes that can quote user input (exception messages often do).
-TEXT_ATTRIBUTES = frozenset({"error.message"})
+TEXT_ATTRIBUTES = frozenset({"error.message", "trellis.retrieval.query"})
 
 BodiesMode = Literal["full", "redacted", "none"]
 
@@ -76,7 +78,7 @@ def _duration_ms(start_ns: int, end_ns: int | None) -> float | None:
 def _redact_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
     """A copy with message bodies and error texts redacted (the span itself is left as is)."""
     out = dict(attributes)
-    for key in BODY_ATTRIBUTES.intersection(attributes):
+    for key in BODY_ATTRIBUTES.difference(TEXT_ATTRIBUTES).intersection(attributes):
         out[key] = redact_messages(attributes[key])
     for key in TEXT_ATTRIBUTES.intersection(attributes):
         if isinstance(attributes[key], str):
