@@ -168,23 +168,18 @@ class GatewayMetrics:
         ttft = summary.get("ttft_ms")
         if ttft is not None:
             series.ttft.observe(ttft / 1000)
-        value = summary.get("input_tokens")
-        if value:
-            series.input_tokens.inc(value)
-        value = summary.get("output_tokens")
-        if value:
-            series.output_tokens.inc(value)
-        value = summary.get("cost")
-        if value:
-            series.cost.inc(value)
+        for field, counter in (
+            ("input_tokens", series.input_tokens),
+            ("output_tokens", series.output_tokens),
+            ("cost", series.cost),
+            ("retries", series.retries),
+            ("fallbacks", series.fallbacks),
+        ):
+            value = summary.get(field)
+            if value:
+                counter.inc(value)
         if summary.get("cache_hit"):
             series.cache_hits.inc()
-        value = summary.get("retries")
-        if value:
-            series.retries.inc(value)
-        value = summary.get("fallbacks")
-        if value:
-            series.fallbacks.inc(value)
         if summary.get("model_mismatch"):
             series.mismatches.inc()
 
