@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from trellis.retrieval.chunking import ChunkingConfig, chunk_text
 from trellis.retrieval.fusion import FusionConfig, reciprocal_rank_fusion, weighted_fusion
-from trellis.retrieval.index import Index, SQLiteIndex
+from trellis.retrieval.index import Index
 from trellis.retrieval.loaders import LoaderError, load_path
 from trellis.retrieval.models import (
     Chunk,
@@ -19,6 +19,7 @@ from trellis.retrieval.models import (
     IngestReport,
 )
 from trellis.retrieval.service import Embedder, Retrieval
+from trellis.retrieval.sqlite_index import SQLiteIndex
 
 __all__ = [
     "Chunk",
