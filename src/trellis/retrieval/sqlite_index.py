@@ -1,11 +1,12 @@
-"""The embedded retrieval backend: chunks, FTS5 keyword index and vectors in SQLite.
+"""The embedded retrieval backend: chunks, documents and vectors in the Trellis SQLite file.
 
-SQLite keeps chunks, metadata and float32 embeddings in the Trellis database.
-Keyword search is FTS5's BM25 (porter-stemmed unicode61 tokens, English stop
-words dropped from the query); vector search is exact cosine over a numpy
-matrix cached per collection and reloaded when the collection's ``version``
-(bumped in every write transaction) changes, so several processes sharing the
-file never search stale vectors.
+SQLite is the source of truth (every write is one transaction that also bumps the
+collection's ``version``); searching happens in memory over a per-collection
+:class:`~trellis.retrieval.snapshot.Snapshot`: exact cosine over a float32 matrix
+and BM25 over numpy postings (:mod:`trellis.retrieval.keyword`). Before each search
+the snapshot catches up with the database if the version moved, loading only the
+documents that appeared and tombstoning those that went, so several processes
+sharing the file never search stale data and a write costs what it changed.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import asyncio
 import secrets
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,39 +27,19 @@ from trellis.retrieval.index import (
     Filters,
     check_filters,
     collection_info,
-    fts_query,
     validate_collection_name,
 )
+from trellis.retrieval.keyword import Analyzer
 from trellis.retrieval.models import Chunk, CollectionInfo, DocumentInfo, Hit
+from trellis.retrieval.snapshot import Rows, Snapshot
 from trellis.store import Database
 from trellis.store.tables import chunks as chunks_table
 from trellis.store.tables import collections, documents
 
 __all__ = ["SQLiteIndex"]
 
-
-@dataclass(slots=True)
-class _Matrix:
-    """One collection's vectors in memory, as of ``version``."""
-
-    version: int
-    chunk_ids: np.ndarray  # int64, one per row
-    doc_rows: np.ndarray  # int32 index into doc_ids, one per row
-    doc_index: dict[str, int]  # documents.id -> position
-    vectors: np.ndarray  # float32 (rows, dimension)
-
-
-def _stack(rows: Sequence[Any], dimension: int) -> _Matrix:
-    doc_index: dict[str, int] = {}
-    chunk_ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
-    doc_rows = np.fromiter(
-        (doc_index.setdefault(row[1], len(doc_index)) for row in rows),
-        dtype=np.int32,
-        count=len(rows),
-    )
-    blob = b"".join(row[2] for row in rows)
-    vectors = np.frombuffer(blob, dtype="<f4").reshape(len(rows), dimension)
-    return _Matrix(0, chunk_ids, doc_rows, doc_index, vectors)
+#: Rebuild a snapshot from scratch once this share of its rows are tombstones.
+_REBUILD_DEAD_FRACTION = 0.3
 
 
 def _sqlite_filters(filters: Filters | None) -> list[tuple[str, Any]]:
@@ -82,7 +62,8 @@ class SQLiteIndex:
         if not database.is_sqlite:
             raise InvalidRequestError("SQLiteIndex needs a SQLite database")
         self.db = database
-        self._matrices: dict[str, _Matrix] = {}
+        self.analyzer = Analyzer()
+        self._snapshots: dict[str, Snapshot] = {}
         self._loading: dict[str, asyncio.Lock] = {}
 
     # --- collections -----------------------------------------------------------
@@ -168,7 +149,7 @@ class SQLiteIndex:
             # Chunks first, so the FTS triggers see each row; the cascade would do it too.
             await conn.execute(delete(chunks_table).where(chunks_table.c.collection_id == info.id))
             await conn.execute(delete(collections).where(collections.c.id == info.id))
-        self._matrices.pop(info.id, None)
+        self._snapshots.pop(info.id, None)
 
     # --- documents -------------------------------------------------------------
 
@@ -314,68 +295,13 @@ class SQLiteIndex:
     async def keyword_search(
         self, collection: CollectionInfo, query: str, limit: int, filters: Filters | None = None
     ) -> list[tuple[int, float]]:
-        match = fts_query(query)
-        if match is None or limit < 1:
+        if limit < 1 or not self.analyzer.query_terms(query):
             return []
-        where, params = _filter_sql(_sqlite_filters(filters), "d")
-        if not where:
-            windowed = await self._keyword_window(collection, match, limit)
-            if windowed is not None:
-                return windowed
-        join = " JOIN documents d ON d.id = c.document_id" if where else ""
-        sql = text(
-            "SELECT f.rowid, bm25(chunks_fts) AS rank FROM chunks_fts f "
-            f"JOIN chunks c ON c.id = f.rowid{join} "
-            f"WHERE chunks_fts MATCH :match AND c.collection_id = :cid{where} "
-            "ORDER BY rank LIMIT :limit"
-        )
-        async with self.db.engine.connect() as conn:
-            rows = await conn.execute(
-                sql, {"match": match, "cid": collection.id, "limit": limit, **params}
-            )
-            # FTS5's bm25() is negative, lower is better: flip it to "higher is better".
-            return [(int(row[0]), -float(row[1])) for row in rows]
-
-    async def _keyword_window(
-        self, collection: CollectionInfo, match: str, limit: int
-    ) -> list[tuple[int, float]] | None:
-        """The collection's top ``limit`` from FTS5's global top ``window``, or None if unsure.
-
-        Joining every match to ``chunks`` to test its collection costs more than BM25
-        itself on broad OR queries (about half of a 100,000-chunk collection matches a
-        typical ten-term query). BM25's statistics are table-wide either way, so ranking
-        the whole FTS table first and filtering a window of the best rows gives the same
-        order; it is exact whenever the window holds ``limit`` of the collection's rows or
-        holds every match. Otherwise (many collections, this one small) the caller falls
-        back to the exhaustive join.
-        """
-        window = max(4 * limit, 200)
-        async with self.db.engine.connect() as conn:
-            ranked = (
-                await conn.execute(
-                    text(
-                        "SELECT rowid, bm25(chunks_fts) AS r FROM chunks_fts "
-                        "WHERE chunks_fts MATCH :match ORDER BY r LIMIT :window"
-                    ),
-                    {"match": match, "window": window},
-                )
-            ).all()
-            if not ranked:
-                return []
-            mine = {
-                int(row[0])
-                for row in await conn.execute(
-                    select(chunks_table.c.id).where(
-                        chunks_table.c.id.in_([int(row[0]) for row in ranked]),
-                        chunks_table.c.collection_id == collection.id,
-                    )
-                )
-            }
-        if len(mine) < limit and len(ranked) == window:
-            return None
-        # FTS5's bm25() is negative, lower is better: flip it to "higher is better".
-        hits = [(int(row[0]), -float(row[1])) for row in ranked if int(row[0]) in mine]
-        return hits[:limit]
+        pairs = _sqlite_filters(filters)
+        documents = await self._matching_documents(collection, pairs) if pairs else None
+        snapshot = await self._snapshot(collection)
+        allowed = None if documents is None else snapshot.allowed_rows(documents)
+        return snapshot.keyword_search(query, limit, allowed)
 
     async def vector_search(
         self,
@@ -391,22 +317,11 @@ class SQLiteIndex:
                 f"vectors; the query vector has {query.shape[0]}",
                 code="dimension_mismatch",
             )
-        matrix = await self._matrix(collection)
-        if limit < 1 or not len(matrix.chunk_ids):
-            return []
-        scores = matrix.vectors @ query
         pairs = _sqlite_filters(filters)
-        if pairs:
-            allowed = np.zeros(len(matrix.doc_index), dtype=bool)
-            for internal_id in await self._matching_documents(collection, pairs):
-                position = matrix.doc_index.get(internal_id)
-                if position is not None:
-                    allowed[position] = True
-            scores = np.where(allowed[matrix.doc_rows], scores, -np.inf)
-        count = min(limit, len(scores))
-        top = np.argpartition(-scores, count - 1)[:count]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return [(int(matrix.chunk_ids[i]), float(scores[i])) for i in top if np.isfinite(scores[i])]
+        documents = await self._matching_documents(collection, pairs) if pairs else None
+        snapshot = await self._snapshot(collection)
+        allowed = None if documents is None else snapshot.allowed_rows(documents)
+        return snapshot.vector_search(query, limit, allowed)
 
     async def _matching_documents(
         self, collection: CollectionInfo, pairs: list[tuple[str, Any]]
@@ -417,7 +332,8 @@ class SQLiteIndex:
             rows = await conn.execute(sql, {"cid": collection.id, **params})
             return [row[0] for row in rows]
 
-    async def _matrix(self, collection: CollectionInfo) -> _Matrix:
+    async def _snapshot(self, collection: CollectionInfo) -> Snapshot:
+        """The collection's in-memory search state, caught up with the database."""
         async with self.db.engine.connect() as conn:
             version = (
                 await conn.execute(
@@ -426,36 +342,84 @@ class SQLiteIndex:
             ).scalar()
         if version is None:
             raise NotFoundError(f"collection {collection.name!r} was deleted")
-        cached = self._matrices.get(collection.id)
+        cached = self._snapshots.get(collection.id)
         if cached is not None and cached.version == version:
             return cached
         lock = self._loading.setdefault(collection.id, asyncio.Lock())
         async with lock:
-            cached = self._matrices.get(collection.id)
+            cached = self._snapshots.get(collection.id)
             if cached is not None and cached.version >= version:
                 return cached
-            # Version and rows from one read transaction, so they agree.
-            async with self.db.engine.connect() as conn, conn.begin():
-                version = (
-                    await conn.execute(
-                        select(collections.c.version).where(collections.c.id == collection.id)
-                    )
-                ).scalar_one()
+            if cached is not None and cached.dead_fraction > _REBUILD_DEAD_FRACTION:
+                cached = None
+            snapshot = await self._catch_up(collection, cached)
+            self._snapshots[collection.id] = snapshot
+            return snapshot
+
+    async def _catch_up(self, collection: CollectionInfo, cached: Snapshot | None) -> Snapshot:
+        """Load what changed since ``cached`` (everything if None) in one read transaction."""
+        columns = select(
+            chunks_table.c.id,
+            chunks_table.c.document_id,
+            chunks_table.c.text,
+            chunks_table.c.embedding,
+        )
+        async with self.db.engine.connect() as conn, conn.begin():
+            version = (
+                await conn.execute(
+                    select(collections.c.version).where(collections.c.id == collection.id)
+                )
+            ).scalar()
+            if version is None:
+                raise NotFoundError(f"collection {collection.name!r} was deleted")
+            current = {
+                row[0]
+                for row in await conn.execute(
+                    select(documents.c.id).where(documents.c.collection_id == collection.id)
+                )
+            }
+            removed: list[str] = []
+            if cached is not None:
+                added = [doc for doc in current if doc not in cached.documents]
+                removed = [doc for doc in cached.documents if doc not in current]
+                if len(added) > len(current) // 2:
+                    cached = None
+            if cached is None:
                 rows = (
                     await conn.execute(
-                        select(
-                            chunks_table.c.id,
-                            chunks_table.c.document_id,
-                            chunks_table.c.embedding,
+                        columns.where(chunks_table.c.collection_id == collection.id).order_by(
+                            chunks_table.c.id
                         )
-                        .where(chunks_table.c.collection_id == collection.id)
-                        .order_by(chunks_table.c.id)
                     )
                 ).all()
-            matrix = await asyncio.to_thread(_stack, rows, collection.dimension)
-            matrix.version = version
-            self._matrices[collection.id] = matrix
-            return matrix
+            else:
+                rows = []
+                for start in range(0, len(added), 500):
+                    batch = added[start : start + 500]
+                    rows.extend(
+                        (
+                            await conn.execute(
+                                columns.where(chunks_table.c.document_id.in_(batch)).order_by(
+                                    chunks_table.c.id
+                                )
+                            )
+                        ).all()
+                    )
+        fresh = await asyncio.to_thread(
+            Rows.build,
+            self.analyzer,
+            [row[0] for row in rows],
+            [row[1] for row in rows],
+            [row[2] for row in rows],
+            [row[3] for row in rows],
+            collection.dimension,
+        )
+        snapshot = cached if cached is not None else Snapshot(collection.dimension, self.analyzer)
+        # Both in one synchronous step: searches never see half of a catch-up.
+        snapshot.remove_documents(removed)
+        snapshot.append(fresh)
+        snapshot.version = version
+        return snapshot
 
     async def fetch_chunks(self, chunk_ids: Sequence[int]) -> dict[int, Hit]:
         found: dict[int, Hit] = {}
