@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections import Counter
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from trellis.retrieval.keyword import BM25, Analyzer, KeywordIndex
 
@@ -140,6 +143,21 @@ def test_analyzer_stems_folds_accents_and_keeps_stop_word_only_queries() -> None
 def test_empty_index_and_empty_batches() -> None:
     index = KeywordIndex(Analyzer())
     assert index.search("anything", 10, None) == []
-    index.add(([], []))
+    index.add(KeywordIndex.analyse(index.analyzer, []))
     index.add(KeywordIndex.analyse(index.analyzer, ["", "   "]))
     assert index.rows == 2 and index.search("anything", 10, None) == []
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=200))
+def test_the_ascii_fast_path_splits_words_like_the_regex(text: str) -> None:
+    assert Analyzer().words(text) == re.findall(r"\w+", text.lower())
+
+
+def test_non_ascii_words_are_folded_then_split() -> None:
+    assert Analyzer().words("Über-naïve Ångström_x 3.5µm") == [
+        "uber",
+        "naive",
+        "angstrom_x",
+        "3",
+        "5μm",
+    ]

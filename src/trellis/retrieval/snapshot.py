@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trellis.retrieval.keyword import Analyzer, KeywordIndex
+from trellis.retrieval.keyword import Analysed, Analyzer, KeywordIndex
 
 __all__ = ["Snapshot", "Rows"]
 
@@ -28,7 +28,7 @@ class Rows:
     chunk_ids: Sequence[int]
     document_ids: Sequence[str]
     vectors: np.ndarray  # float32 (n, dimension)
-    analysed: tuple[list[list[str]], list[int]]
+    analysed: Analysed
 
     @classmethod
     def build(
