@@ -1,6 +1,7 @@
 """Retrieval quality and ingestion speed on the BEIR-layout collections in ../shared/data/ir.
 
-For each collection: ingest corpus.jsonl into a fresh SQLite database with the
+For each collection: ingest corpus.jsonl into a fresh SQLite (or, with ``--backend
+postgres``, Postgres + pgvector) database with the
 bundled MiniLM embedder (timed: load, chunk, embed, index), then run every
 judged query in keyword, vector and hybrid mode and report nDCG@10 and
 Recall@100 at the document level (a document ranks where its best chunk does).
@@ -9,6 +10,8 @@ all judged relevant documents.
 
     .venv/bin/python benchmarks/retrieval_quality.py [--collections cranfield adi]
         [--fusion rrf|weighted] [--k 60] [--weights 1 1] [--json out.json]
+        [--backend sqlite|postgres] [--postgres-url postgresql://postgres@127.0.0.1/test]
+        [--pg-rank bm25|ts_rank|ts_rank_cd] [--pg-normalization 0]
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -26,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from trellis.inference.providers.local_embedder import MiniLMEmbedder
-from trellis.retrieval import FusionConfig, Retrieval, SQLiteIndex
+from trellis.retrieval import FusionConfig, PgIndex, Retrieval, SQLiteIndex
+from trellis.retrieval.index import Index
 from trellis.retrieval.models import SearchMode
 from trellis.store import Database
 
@@ -99,16 +104,46 @@ async def evaluate(
     return results
 
 
+async def _admin(url: str, statement: str) -> None:
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
 async def run_collection(
-    name: str, embedder: MiniLMEmbedder, fusion: FusionConfig, directory: Path
+    name: str,
+    embedder: MiniLMEmbedder,
+    fusion: FusionConfig,
+    directory: Path,
+    backend: str = "sqlite",
+    postgres: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Ingest and evaluate one collection in a fresh database of the given backend."""
     root = DATA / name
     queries = {q["_id"]: q["text"] for q in read_jsonl(root / "queries.jsonl")}
     qrels = read_qrels(root / "qrels" / "test.tsv")
-    database = Database(f"sqlite+aiosqlite:///{directory / (name + '.db')}")
+    scratch = None
+    if backend == "postgres":
+        from sqlalchemy.engine import make_url
+
+        options = dict(postgres or {})
+        admin_url = options.pop("url")
+        scratch = f"trellis_quality_{name}_{os.getpid()}"
+        await _admin(admin_url, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
+        await _admin(admin_url, f'CREATE DATABASE "{scratch}"')
+        database = Database(make_url(admin_url).set(database=scratch))
+    else:
+        database = Database(f"sqlite+aiosqlite:///{directory / (name + '.db')}")
     await database.connect()
     try:
-        retrieval = Retrieval(SQLiteIndex(database), embedder, fusion=fusion)
+        index: Index = SQLiteIndex(database) if scratch is None else PgIndex(database, **options)
+        retrieval = Retrieval(index, embedder, fusion=fusion)  # type: ignore[arg-type]
         await retrieval.create_collection(name)
         started = time.perf_counter()
         report = await retrieval.ingest(name, [root / "corpus.jsonl"])
@@ -118,6 +153,8 @@ async def run_collection(
         quality = await evaluate(retrieval, name, queries, qrels)
     finally:
         await database.close()
+        if scratch is not None:
+            await _admin(admin_url, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
     return {
         "documents": len(report.added),
         "chunks": report.chunks,
@@ -134,7 +171,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--k", type=float, default=None)
     parser.add_argument("--weights", type=float, nargs=2, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get(
+            "TRELLIS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+        ),
+        help="a server where this role may create (and drop) scratch databases",
+    )
+    parser.add_argument("--pg-rank", choices=["bm25", "ts_rank", "ts_rank_cd"], default=None)
+    parser.add_argument("--pg-normalization", type=int, default=None)
     args = parser.parse_args(argv)
+    postgres: dict[str, Any] = {"url": args.postgres_url}
+    if args.pg_rank:
+        postgres["keyword_rank"] = args.pg_rank
+    if args.pg_normalization is not None:
+        postgres["rank_normalization"] = args.pg_normalization
 
     from trellis.retrieval.service import DEFAULT_FUSION
 
@@ -146,13 +198,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     embedder = MiniLMEmbedder()
     embedder.load()
     results: dict[str, Any] = {
+        "backend": args.backend,
         "fusion": vars(fusion)
         if hasattr(fusion, "__dict__")
-        else {"method": fusion.method, "k": fusion.k, "weights": list(fusion.weights)}
+        else {"method": fusion.method, "k": fusion.k, "weights": list(fusion.weights)},
     }
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.collections:
-            result = asyncio.run(run_collection(name, embedder, fusion, Path(tmp)))
+            result = asyncio.run(
+                run_collection(name, embedder, fusion, Path(tmp), args.backend, postgres)
+            )
             results[name] = result
             print(
                 f"{name}: {result['documents']} docs, {result['chunks']} chunks, "

@@ -78,6 +78,11 @@ def test_ingest_search_and_collections(config: Path, corpus: Path) -> None:
     shown_table = invoke(config, "collections", "show", "notes")
     assert "first 2 documents" in shown_table and "…" not in shown_table
 
+    redone = json.loads(invoke(config, "collections", "reindex", "notes", "--json"))
+    assert redone["documents"] == 2 and len(redone["reindexed"]["replaced"]) == 2
+    assert "Re-indexed notes: 2 documents" in invoke(config, "collections", "reindex", "notes")
+    assert "no collection" in invoke(config, "collections", "reindex", "nope", code=1)
+
     assert "Deleted" in invoke(config, "collections", "delete", "notes", "--yes")
     assert json.loads(invoke(config, "collections", "list", "--json")) == []
     assert "no collection" in invoke(config, "collections", "delete", "notes", "--yes", code=1)

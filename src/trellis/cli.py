@@ -562,12 +562,12 @@ app.add_typer(collections_app, name="collections")
 
 
 async def _with_retrieval(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
-    """Run ``action(retrieval)`` over the local database with the bundled embedder."""
+    """Run ``action(retrieval)`` over the configured database with the bundled embedder."""
     from trellis.inference.providers.local_embedder import MiniLMEmbedder
-    from trellis.retrieval import Retrieval, SQLiteIndex
+    from trellis.retrieval import Retrieval, index_for
 
     async def run(db: Any) -> T:
-        return await action(Retrieval(SQLiteIndex(db), MiniLMEmbedder()))  # type: ignore[arg-type]
+        return await action(Retrieval(index_for(db), MiniLMEmbedder()))  # type: ignore[arg-type]
 
     return await _with_db(settings, run)
 
@@ -764,6 +764,52 @@ def collections_show(
         source = "-" if doc.source in (None, doc.id) else doc.source
         table.add_row(doc.id, source, str(doc.chunks))
     console.print(table)
+
+
+@collections_app.command("reindex")
+def collections_reindex(
+    name: Annotated[str, typer.Argument(help="Collection name")],
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Re-chunk and re-embed a collection with the current embedder (to switch embedder).
+
+    Searches keep using the old vectors until the new ones replace them in one step;
+    if interrupted, the collection stays as it was.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    settings = _settings(config)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[chunks]:,} chunks"),
+        console=err_console,
+        disable=as_json,
+    )
+
+    async def run(retrieval: Any) -> Any:
+        info = await retrieval.get_collection(name)
+        with progress:
+            task = progress.add_task(f"re-indexing {name}", total=info.documents, chunks=0)
+
+            def advance(docs: int, chunks: int) -> None:
+                done = progress.tasks[0].fields["chunks"] + chunks
+                progress.update(task, advance=docs, chunks=done)
+
+            with _quiet_loggers("trellis.retrieval"):
+                report = await retrieval.reindex(name, progress=advance)
+            return report, await retrieval.get_collection(name)
+
+    report, info = _run(lambda: _with_retrieval(settings, run))
+    if as_json:
+        console.print_json(json.dumps({**info.to_dict(), "reindexed": report.to_dict()}))
+        return
+    console.print(
+        f"Re-indexed {name}: {len(report.replaced)} documents, {report.chunks:,} chunks, "
+        f"embedder {info.embedder} ({info.dimension} dimensions)."
+    )
 
 
 @collections_app.command("delete")

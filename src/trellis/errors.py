@@ -101,6 +101,13 @@ class NotFoundError(RequestError):
     code = "not_found"
 
 
+class ConflictError(RequestError):
+    """The target changed under the request (a concurrent write); running it again may work."""
+
+    status_code = 409
+    code = "conflict"
+
+
 class PayloadTooLargeError(RequestError):
     status_code = 413
     code = "request_too_large"

@@ -27,7 +27,7 @@ from trellis.observe.retention import RetentionJob
 from trellis.observe.store import TraceStore
 from trellis.observe.tracing import NullSink, TraceSink
 from trellis.observe.writer import TraceWriter
-from trellis.retrieval import Retrieval, SQLiteIndex
+from trellis.retrieval import Retrieval, index_for
 from trellis.settings import Deployment, Settings
 from trellis.store.db import Database
 
@@ -69,8 +69,9 @@ class Trellis:
         if self._retrieval is None:
             if self.db is None:
                 raise RuntimeError("start() the runtime before using retrieval")
+            # SQLiteIndex on SQLite, PgIndex (pgvector + full-text search) on Postgres.
             # MiniLM declares name/dimension as ClassVars; the protocol wants attributes.
-            self._retrieval = Retrieval(SQLiteIndex(self.db), self.minilm)  # type: ignore[arg-type]
+            self._retrieval = Retrieval(index_for(self.db), self.minilm)  # type: ignore[arg-type]
         return self._retrieval
 
     @property

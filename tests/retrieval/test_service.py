@@ -1,4 +1,4 @@
-"""The retrieval service on the SQLite index, with the real bundled embedder."""
+"""The retrieval service on both indexes (SQLite, Postgres), with the real bundled embedder."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from trellis.errors import InvalidRequestError, NotFoundError
 from trellis.inference.providers.local_embedder import MiniLMEmbedder
-from trellis.retrieval import Document, Retrieval, SQLiteIndex
+from trellis.retrieval import Document, Retrieval, SQLiteIndex, index_for
 from trellis.retrieval.index import fts_query
 from trellis.store import Database
 
@@ -36,15 +36,21 @@ DOCS = [
 
 
 async def _counts(db: Database) -> tuple[int, int, int]:
+    """Documents, chunks, and keyword-index entries for 'heat' (SQLite: a fresh in-memory
+    snapshot built from the file, as another process would see it; Postgres: the GIN index)."""
     async with db.engine.connect() as conn:
         docs = (await conn.execute(text("SELECT count(*) FROM documents"))).scalar_one()
         chunks = (await conn.execute(text("SELECT count(*) FROM chunks"))).scalar_one()
-        fts = (
-            await conn.execute(
-                text("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH 'heat'")
+        if not db.is_sqlite:
+            keyword = (
+                "SELECT count(*) FROM chunks WHERE fts_vector @@ to_tsquery('english', 'heat')"
             )
-        ).scalar_one()
-    return docs, chunks, fts
+            return docs, chunks, (await conn.execute(text(keyword))).scalar_one()
+    fresh = SQLiteIndex(db)
+    found = 0
+    for collection in await fresh.list_collections():
+        found += len(await fresh.keyword_search(collection, "heat", 1000))
+    return docs, chunks, found
 
 
 async def test_collections_lifecycle(retrieval: Retrieval) -> None:
@@ -143,9 +149,9 @@ async def test_folder_ingestion_reports_and_skips_bad_files(
 
 
 async def test_collection_embedder_is_enforced(
-    database: Database, embedder: MiniLMEmbedder
+    backend_database: Database, embedder: MiniLMEmbedder
 ) -> None:
-    index = SQLiteIndex(database)
+    index = index_for(backend_database)
     await index.create_collection("other", "some-embedder", 8)
     with pytest.raises(InvalidRequestError, match="re-index"):
         await Retrieval(index, embedder).add_documents("other", DOCS)
@@ -183,13 +189,13 @@ class FailingEmbedder:
 
 
 async def test_a_crash_mid_ingestion_leaves_whole_documents_only(
-    database: Database, embedder: MiniLMEmbedder
+    backend_database: Database, embedder: MiniLMEmbedder
 ) -> None:
-    flaky = Retrieval(SQLiteIndex(database), FailingEmbedder(embedder, 2), batch_chunks=1)
+    flaky = Retrieval(index_for(backend_database), FailingEmbedder(embedder, 2), batch_chunks=1)
     await flaky.create_collection("docs")
     with pytest.raises(RuntimeError, match="power cut"):
         await flaky.add_documents("docs", DOCS)
-    docs, chunks, _ = await _counts(database)
+    docs, chunks, _ = await _counts(backend_database)
     assert (docs, chunks) == (2, 2)
 
 
@@ -202,7 +208,7 @@ async def test_a_failed_write_keeps_the_previous_version(retrieval: Retrieval) -
     from trellis.retrieval.models import Chunk
 
     broken = [Chunk(0, 0, 3, chunk, 3), Chunk(1, 0, 3, None, 3)]  # type: ignore[arg-type]
-    with pytest.raises(Exception, match="NOT NULL"):
+    with pytest.raises(Exception, match="NOT NULL|not-null"):
         await retrieval.index.write_document(
             info,
             "heat",

@@ -97,6 +97,15 @@ def test_collection_lifecycle(client: httpx.Client) -> None:
     )
     assert high.json()["data"] == []
 
+    reindexed = client.post("/v1/collections/docs/reindex")
+    assert reindexed.status_code == 200, reindexed.text
+    assert sorted(reindexed.json()["reindexed"]["replaced"]) == sorted(body["added"])
+    assert (reindexed.json()["documents"], reindexed.json()["metadata"]) == (3, {"team": "a"})
+    assert [c["name"] for c in client.get("/v1/collections").json()["data"]] == ["docs"]
+    again_hits = client.post("/v1/collections/docs/search", json={"query": "otters"}).json()
+    assert again_hits["data"][0]["document_id"] == "otters"
+    assert error(client.post("/v1/collections/nope/reindex"), 404)["code"] == "not_found"
+
     deleted = client.delete("/v1/collections/docs/documents/otters")
     assert deleted.status_code == 200 and deleted.json()["deleted"] is True
     assert error(client.delete("/v1/collections/docs/documents/otters"), 404)["code"] == (
@@ -151,6 +160,7 @@ def test_scopes(client: httpx.Client) -> None:
         client.post(f"{url}/documents", json={"documents": [{"text": "x"}]}, headers=inference),
         client.delete(f"{url}/documents/x", headers=inference),
         client.delete(url, headers=inference),
+        client.post(f"{url}/reindex", headers=inference),
     ):
         assert error(response, 403)["code"] == "insufficient_scope"
     assert error(httpx.get(client.base_url.join(url)), 401)

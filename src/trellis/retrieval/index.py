@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from trellis.errors import InvalidRequestError
-from trellis.retrieval.models import Chunk, CollectionInfo, DocumentInfo, Hit
+from trellis.retrieval.models import Chunk, CollectionInfo, Document, DocumentInfo, Hit
 from trellis.retrieval.stopwords import ENGLISH_STOPWORDS
 
 __all__ = [
@@ -69,6 +69,7 @@ def collection_info(row: Any, document_count: int, chunk_count: int) -> Collecti
         metadata=row.metadata or {},
         documents=document_count,
         chunks=chunk_count,
+        version=int(row.version or 0),
     )
 
 
@@ -119,8 +120,25 @@ class Index(Protocol):
         chunks: Sequence[Chunk],
         chunk_metadata: Sequence[Mapping[str, Any]],
         vectors: np.ndarray,
+        pages: Sequence[int] = (),
     ) -> bool:
         """Insert or replace one document and its chunks atomically; True if it replaced one."""
+        ...
+
+    async def read_documents(
+        self, collection: CollectionInfo, *, after: str | None = None, limit: int = 100
+    ) -> list[Document]:
+        """Whole documents (text, source, metadata, pages) by id, those after ``after``."""
+        ...
+
+    async def replace_collection(
+        self, target: CollectionInfo, staging: CollectionInfo
+    ) -> CollectionInfo:
+        """Atomically drop ``target`` and give its name to ``staging`` (a re-index's result).
+
+        Raises :class:`~trellis.errors.ConflictError` if ``target`` was written since
+        ``target.version`` was read, so no concurrent write is silently lost.
+        """
         ...
 
     async def delete_document(self, collection: CollectionInfo, document_id: str) -> bool: ...

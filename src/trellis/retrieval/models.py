@@ -56,6 +56,8 @@ class CollectionInfo:
     metadata: dict[str, Any] = field(default_factory=dict)
     documents: int = 0
     chunks: int = 0
+    #: Bumped by every write to the collection (compare-and-swap for re-indexing).
+    version: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -4,18 +4,20 @@
 the pipeline (load -> chunk -> embed -> write) and fusion; storage and the two
 base searches belong to an :class:`~trellis.retrieval.index.Index`. Chunking
 and embedding run in worker threads so an event loop serving requests stays
-responsive; each document is written in its own transaction, so a crash leaves
-every document either fully ingested or untouched.
+responsive, and the stages overlap (a batch is chunked and the previous one
+written while another embeds); each document is written in its own transaction,
+so a crash leaves every document either fully ingested or untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,6 +58,7 @@ class Embedder(TokenCounter, Protocol):
 
 
 Progress = Callable[[int, int], None]
+_Batch = list[tuple[Document, list[Chunk]]]
 
 
 class Retrieval:
@@ -68,7 +71,7 @@ class Retrieval:
         *,
         chunking: ChunkingConfig | None = None,
         fusion: FusionConfig | None = None,
-        batch_chunks: int = 256,
+        batch_chunks: int = 64,
         hybrid_depth: int = 100,
     ) -> None:
         self.index = index
@@ -207,19 +210,60 @@ class Retrieval:
                 todo.append(doc)
         if progress and len(todo) < len(unique):
             progress(len(unique) - len(todo), 0)
-        # Batches of whole documents, about ``batch_chunks`` chunks each, embedded at once.
-        batch: list[tuple[Document, list[Chunk]]] = []
-        size = 0
-        for start in range(0, len(todo), 32):
-            group = todo[start : start + 32]
-            chunked = await asyncio.to_thread(self._chunk_all, group)
-            for doc, doc_chunks in zip(group, chunked, strict=True):
-                batch.append((doc, doc_chunks))
-                size += len(doc_chunks)
-                if size >= self.batch_chunks:
-                    await self._write_batch(collection, batch, hashes, existing, report, progress)
-                    batch, size = [], 0
-        await self._write_batch(collection, batch, hashes, existing, report, progress)
+        # A pipeline of three stages joined by one-slot queues: while a batch embeds
+        # (most of the time), the next documents are chunked and the previous batch is
+        # written. Batches hold whole documents, about ``batch_chunks`` chunks each.
+        # A failure travels down the queues like a batch, so everything embedded before
+        # it is still written (as it was before the stages overlapped), then it is raised.
+        to_embed: asyncio.Queue[_Batch | Exception | None] = asyncio.Queue(maxsize=1)
+        to_write: asyncio.Queue[tuple[_Batch, np.ndarray] | Exception | None] = asyncio.Queue(
+            maxsize=1
+        )
+
+        async def chunk_stage() -> None:
+            batch: _Batch = []
+            size = 0
+            try:
+                for start in range(0, len(todo), 16):
+                    group = todo[start : start + 16]
+                    chunked = await asyncio.to_thread(self._chunk_all, group)
+                    for doc, doc_chunks in zip(group, chunked, strict=True):
+                        batch.append((doc, doc_chunks))
+                        size += len(doc_chunks)
+                        if size >= self.batch_chunks:
+                            await to_embed.put(batch)
+                            batch, size = [], 0
+            except Exception as exc:
+                await to_embed.put(exc)
+                return
+            if batch:
+                await to_embed.put(batch)
+            await to_embed.put(None)
+
+        async def embed_stage() -> None:
+            while True:
+                batch = await to_embed.get()
+                if batch is None or isinstance(batch, Exception):
+                    await to_write.put(batch)
+                    return
+                texts = [chunk.text for _, doc_chunks in batch for chunk in doc_chunks]
+                try:
+                    vectors = await asyncio.to_thread(self.embedder.embed, texts)
+                except Exception as exc:
+                    await to_write.put(exc)
+                    return
+                await to_write.put((batch, vectors))
+
+        async def write_stage() -> None:
+            while (item := await to_write.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                batch, vectors = item
+                await self._write_batch(
+                    collection, batch, vectors, hashes, existing, report, progress
+                )
+
+        await _run_stages(chunk_stage(), embed_stage(), write_stage())
 
     def _chunk_all(self, docs: Sequence[Document]) -> list[list[Chunk]]:
         return [chunk_text(doc.text, self.embedder, self.chunking) for doc in docs]
@@ -227,16 +271,14 @@ class Retrieval:
     async def _write_batch(
         self,
         collection: CollectionInfo,
-        batch: list[tuple[Document, list[Chunk]]],
+        batch: _Batch,
+        vectors: np.ndarray,
         hashes: Mapping[str, str],
         existing: Mapping[str, str],
         report: IngestReport,
         progress: Progress | None,
     ) -> None:
-        if not batch:
-            return
-        texts = [chunk.text for _, doc_chunks in batch for chunk in doc_chunks]
-        vectors = await asyncio.to_thread(self.embedder.embed, texts)
+        chunk_count = sum(len(doc_chunks) for _, doc_chunks in batch)
         row = 0
         for doc, doc_chunks in batch:
             doc_vectors = vectors[row : row + len(doc_chunks)]
@@ -251,11 +293,48 @@ class Retrieval:
                 chunks=doc_chunks,
                 chunk_metadata=[_chunk_metadata(doc, chunk) for chunk in doc_chunks],
                 vectors=doc_vectors,
+                pages=doc.pages,
             )
             (report.replaced if replaced or doc.id in existing else report.added).append(doc.id)
             report.chunks += len(doc_chunks)
         if progress:
-            progress(len(batch), len(texts))
+            progress(len(batch), chunk_count)
+
+    async def reindex(self, name: str, *, progress: Progress | None = None) -> IngestReport:
+        """Re-chunk and re-embed every document with this service's embedder and chunking.
+
+        The way to switch a collection's embedder. Documents go into a staging collection
+        (``reindex.<collection id>``) that takes the collection's place in one transaction
+        at the end, so searches keep working on the old vectors meanwhile and a crash leaves
+        the collection as it was (the next re-index starts the staging copy over). A write
+        to the collection during the re-index makes the swap fail with a 409, not vanish.
+        """
+        target = await self.index.get_collection(name)
+        staging_name = f"reindex.{target.id}"
+        with contextlib.suppress(NotFoundError):  # a crashed re-index's leftovers
+            await self.index.delete_collection(staging_name)
+        staging = await self.index.create_collection(
+            staging_name, self.embedder.name, self.embedder.dimension, target.metadata
+        )
+        report = IngestReport()
+        after: str | None = None
+        try:
+            while docs := await self.index.read_documents(target, after=after, limit=64):
+                await self._ingest_documents(staging, docs, report, progress)
+                after = docs[-1].id
+            await self.index.replace_collection(target, staging)
+        except BaseException:
+            await asyncio.shield(self._drop_quietly(staging_name))
+            raise
+        # Every document was written anew; "added" is how ingestion counts that.
+        report.replaced, report.added = report.added + report.replaced, []
+        return report
+
+    async def _drop_quietly(self, name: str) -> None:
+        try:
+            await self.index.delete_collection(name)
+        except Exception:  # the original failure is the one worth reporting
+            logger.warning("could not remove the staging collection %s", name, exc_info=True)
 
     # --- search ------------------------------------------------------------------
 
@@ -328,6 +407,23 @@ class Retrieval:
     ) -> list[tuple[int, float]]:
         vectors = await asyncio.to_thread(self.embedder.embed, [query])
         return await self.index.vector_search(collection, vectors[0], depth, filters)
+
+
+async def _run_stages(*stages: Coroutine[Any, Any, None]) -> None:
+    """Run pipeline stages concurrently; the first failure cancels the rest and is raised as is.
+
+    (``asyncio.TaskGroup`` would wrap it in an ExceptionGroup, hiding the API error type.)
+    """
+    tasks = [asyncio.ensure_future(stage) for stage in stages]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task in done and (error := task.exception()) is not None:
+                raise error
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _with_metadata(doc: Document, extra: Mapping[str, Any] | None) -> Document:

@@ -11,7 +11,7 @@ when tombstones pile up the owner rebuilds the snapshot from scratch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,22 +116,37 @@ class Snapshot:
         mask[np.asarray(positions, np.int64)] = True
         return mask[self._doc_rows[: self._count]]
 
+    def vector_searcher(
+        self, query: np.ndarray, limit: int, allowed: np.ndarray | None = None
+    ) -> Callable[[], list[tuple[int, float]]]:
+        """Exact cosine (unit vectors) over the rows as of now, as a call for a worker thread.
+
+        Call this on the thread that owns the snapshot: it captures the live rows, so the
+        returned search (best ``limit`` as ``(chunk id, score)``) may run elsewhere while
+        the owner appends. The matrix product is the costliest step of a search and
+        releases the GIL, so it need not hold up the event loop.
+        """
+        count = self._count
+        vectors, chunk_ids = self._vectors[:count], self._chunk_ids[:count]
+        live = self.keyword.alive[:count]
+        mask = live.copy() if allowed is None else live & allowed
+
+        def search() -> list[tuple[int, float]]:
+            wanted = min(limit, int(mask.sum()))
+            if wanted < 1:
+                return []
+            scores = np.where(mask, vectors @ query, -np.inf)
+            top = np.argpartition(-scores, wanted - 1)[:wanted]
+            top = top[np.argsort(-scores[top], kind="stable")]
+            return [(int(chunk_ids[i]), float(scores[i])) for i in top]
+
+        return search
+
     def vector_search(
         self, query: np.ndarray, limit: int, allowed: np.ndarray | None = None
     ) -> list[tuple[int, float]]:
         """Exact cosine (vectors are unit length): best ``limit`` as ``(chunk id, score)``."""
-        if limit < 1 or not self.live_rows:
-            return []
-        scores = self._vectors[: self._count] @ query
-        live = self.keyword.alive
-        mask = live if allowed is None else live & allowed
-        scores = np.where(mask, scores, -np.inf)
-        count = min(limit, int(mask.sum()))
-        if count < 1:
-            return []
-        top = np.argpartition(-scores, count - 1)[:count]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return [(int(self._chunk_ids[i]), float(scores[i])) for i in top]
+        return self.vector_searcher(query, limit, allowed)()
 
     def keyword_search(
         self, query: str, limit: int, allowed: np.ndarray | None = None

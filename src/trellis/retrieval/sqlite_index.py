@@ -22,7 +22,7 @@ from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from trellis.errors import InvalidRequestError, NotFoundError
+from trellis.errors import ConflictError, InvalidRequestError, NotFoundError
 from trellis.retrieval.index import (
     Filters,
     check_filters,
@@ -30,16 +30,13 @@ from trellis.retrieval.index import (
     validate_collection_name,
 )
 from trellis.retrieval.keyword import Analyzer
-from trellis.retrieval.models import Chunk, CollectionInfo, DocumentInfo, Hit
-from trellis.retrieval.snapshot import Rows, Snapshot
+from trellis.retrieval.models import Chunk, CollectionInfo, Document, DocumentInfo, Hit
+from trellis.retrieval.snapshot_store import SnapshotStore
 from trellis.store import Database
 from trellis.store.tables import chunks as chunks_table
 from trellis.store.tables import collections, documents
 
 __all__ = ["SQLiteIndex"]
-
-#: Rebuild a snapshot from scratch once this share of its rows are tombstones.
-_REBUILD_DEAD_FRACTION = 0.3
 
 
 def _sqlite_filters(filters: Filters | None) -> list[tuple[str, Any]]:
@@ -63,8 +60,7 @@ class SQLiteIndex:
             raise InvalidRequestError("SQLiteIndex needs a SQLite database")
         self.db = database
         self.analyzer = Analyzer()
-        self._snapshots: dict[str, Snapshot] = {}
-        self._loading: dict[str, asyncio.Lock] = {}
+        self._snapshots = SnapshotStore(database, self.analyzer)
 
     # --- collections -----------------------------------------------------------
 
@@ -149,7 +145,7 @@ class SQLiteIndex:
             # Chunks first, so the FTS triggers see each row; the cascade would do it too.
             await conn.execute(delete(chunks_table).where(chunks_table.c.collection_id == info.id))
             await conn.execute(delete(collections).where(collections.c.id == info.id))
-        self._snapshots.pop(info.id, None)
+        self._snapshots.forget(info.id)
 
     # --- documents -------------------------------------------------------------
 
@@ -181,6 +177,7 @@ class SQLiteIndex:
         chunks: Sequence[Chunk],
         chunk_metadata: Sequence[Mapping[str, Any]],
         vectors: np.ndarray,
+        pages: Sequence[int] = (),
     ) -> bool:
         if vectors.ndim != 2 or vectors.shape != (len(chunks), collection.dimension):
             raise InvalidRequestError(
@@ -206,6 +203,7 @@ class SQLiteIndex:
                     chunk_count=len(chunks),
                     created_at=now,
                     updated_at=now,
+                    pages=list(pages) or None,
                 )
             )
             if chunks:
@@ -259,6 +257,63 @@ class SQLiteIndex:
         if not result.rowcount:
             raise NotFoundError(f"collection {collection.name!r} was deleted")
 
+    async def read_documents(
+        self, collection: CollectionInfo, *, after: str | None = None, limit: int = 100
+    ) -> list[Document]:
+        query = (
+            select(
+                documents.c.external_id,
+                documents.c.text,
+                documents.c.source,
+                documents.c.metadata,
+                documents.c.pages,
+            )
+            .where(documents.c.collection_id == collection.id)
+            .order_by(documents.c.external_id)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(documents.c.external_id > after)
+        async with self.db.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            Document(
+                id=row[0],
+                text=row[1],
+                source=row[2],
+                metadata=dict(row[3] or {}),
+                pages=tuple(row[4] or ()),
+            )
+            for row in rows
+        ]
+
+    async def replace_collection(
+        self, target: CollectionInfo, staging: CollectionInfo
+    ) -> CollectionInfo:
+        async with self.db.exclusive(f"trellis.collection.{target.id}") as conn:
+            version = (
+                await conn.execute(
+                    select(collections.c.version).where(collections.c.id == target.id)
+                )
+            ).scalar()
+            if version is None:
+                raise NotFoundError(f"collection {target.name!r} was deleted")
+            if version != target.version:
+                raise ConflictError(
+                    f"collection {target.name!r} was written to during the re-index; run it again"
+                )
+            await conn.execute(
+                delete(chunks_table).where(chunks_table.c.collection_id == target.id)
+            )
+            await conn.execute(delete(collections).where(collections.c.id == target.id))
+            await conn.execute(
+                update(collections)
+                .where(collections.c.id == staging.id)
+                .values(name=target.name, version=collections.c.version + 1)
+            )
+        self._snapshots.forget(target.id)
+        return await self.get_collection(target.name)
+
     async def list_documents(
         self, collection: CollectionInfo, *, limit: int = 100, offset: int = 0
     ) -> list[DocumentInfo]:
@@ -299,7 +354,7 @@ class SQLiteIndex:
             return []
         pairs = _sqlite_filters(filters)
         documents = await self._matching_documents(collection, pairs) if pairs else None
-        snapshot = await self._snapshot(collection)
+        snapshot = await self._snapshots.get(collection)
         allowed = None if documents is None else snapshot.allowed_rows(documents)
         return snapshot.keyword_search(query, limit, allowed)
 
@@ -319,9 +374,9 @@ class SQLiteIndex:
             )
         pairs = _sqlite_filters(filters)
         documents = await self._matching_documents(collection, pairs) if pairs else None
-        snapshot = await self._snapshot(collection)
+        snapshot = await self._snapshots.get(collection)
         allowed = None if documents is None else snapshot.allowed_rows(documents)
-        return snapshot.vector_search(query, limit, allowed)
+        return await asyncio.to_thread(snapshot.vector_searcher(query, limit, allowed))
 
     async def _matching_documents(
         self, collection: CollectionInfo, pairs: list[tuple[str, Any]]
@@ -331,95 +386,6 @@ class SQLiteIndex:
         async with self.db.engine.connect() as conn:
             rows = await conn.execute(sql, {"cid": collection.id, **params})
             return [row[0] for row in rows]
-
-    async def _snapshot(self, collection: CollectionInfo) -> Snapshot:
-        """The collection's in-memory search state, caught up with the database."""
-        async with self.db.engine.connect() as conn:
-            version = (
-                await conn.execute(
-                    select(collections.c.version).where(collections.c.id == collection.id)
-                )
-            ).scalar()
-        if version is None:
-            raise NotFoundError(f"collection {collection.name!r} was deleted")
-        cached = self._snapshots.get(collection.id)
-        if cached is not None and cached.version == version:
-            return cached
-        lock = self._loading.setdefault(collection.id, asyncio.Lock())
-        async with lock:
-            cached = self._snapshots.get(collection.id)
-            if cached is not None and cached.version >= version:
-                return cached
-            if cached is not None and cached.dead_fraction > _REBUILD_DEAD_FRACTION:
-                cached = None
-            snapshot = await self._catch_up(collection, cached)
-            self._snapshots[collection.id] = snapshot
-            return snapshot
-
-    async def _catch_up(self, collection: CollectionInfo, cached: Snapshot | None) -> Snapshot:
-        """Load what changed since ``cached`` (everything if None) in one read transaction."""
-        columns = select(
-            chunks_table.c.id,
-            chunks_table.c.document_id,
-            chunks_table.c.text,
-            chunks_table.c.embedding,
-        )
-        async with self.db.engine.connect() as conn, conn.begin():
-            version = (
-                await conn.execute(
-                    select(collections.c.version).where(collections.c.id == collection.id)
-                )
-            ).scalar()
-            if version is None:
-                raise NotFoundError(f"collection {collection.name!r} was deleted")
-            current = {
-                row[0]
-                for row in await conn.execute(
-                    select(documents.c.id).where(documents.c.collection_id == collection.id)
-                )
-            }
-            removed: list[str] = []
-            if cached is not None:
-                added = [doc for doc in current if doc not in cached.documents]
-                removed = [doc for doc in cached.documents if doc not in current]
-                if len(added) > len(current) // 2:
-                    cached = None
-            if cached is None:
-                rows = (
-                    await conn.execute(
-                        columns.where(chunks_table.c.collection_id == collection.id).order_by(
-                            chunks_table.c.id
-                        )
-                    )
-                ).all()
-            else:
-                rows = []
-                for start in range(0, len(added), 500):
-                    batch = added[start : start + 500]
-                    rows.extend(
-                        (
-                            await conn.execute(
-                                columns.where(chunks_table.c.document_id.in_(batch)).order_by(
-                                    chunks_table.c.id
-                                )
-                            )
-                        ).all()
-                    )
-        fresh = await asyncio.to_thread(
-            Rows.build,
-            self.analyzer,
-            [row[0] for row in rows],
-            [row[1] for row in rows],
-            [row[2] for row in rows],
-            [row[3] for row in rows],
-            collection.dimension,
-        )
-        snapshot = cached if cached is not None else Snapshot(collection.dimension, self.analyzer)
-        # Both in one synchronous step: searches never see half of a catch-up.
-        snapshot.remove_documents(removed)
-        snapshot.append(fresh)
-        snapshot.version = version
-        return snapshot
 
     async def fetch_chunks(self, chunk_ids: Sequence[int]) -> dict[int, Hit]:
         found: dict[int, Hit] = {}

@@ -186,6 +186,8 @@ documents = Table(
     Column("chunk_count", Integer, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # Character offset where each page starts (PDFs; revision 0007), for re-indexing.
+    Column("pages", JSONType, nullable=True),
     UniqueConstraint("collection_id", "external_id"),
 )
 
@@ -253,11 +255,22 @@ alerts = Table(
     Index("ix_alerts_started_at", "started_at"),
 )
 
-#: The keyword index over chunks.text (SQLite: FTS5 table + shadow tables; Postgres: a GIN
-#: expression index): backend-specific raw DDL in the migration, invisible to this metadata.
+#: The Postgres keyword index over chunks.text (a GIN expression index; SQLite's FTS5 table
+#: of revisions 0002-0006 is gone): raw DDL in the migration, invisible to this metadata.
 _UNMANAGED_PREFIX = "chunks_fts"
+#: Postgres retrieval objects (revision 0006_pgvector and the retrieval backend): the stored
+#: tsvector (a generated column), the untyped pgvector column (only where pgvector is) and
+#: one HNSW index per collection.
+_UNMANAGED_COLUMNS = frozenset({"fts_vector", "embedding_vector"})
+_UNMANAGED_INDEX_PREFIX = "chunks_vec_"
 
 
 def include_name(name: str | None, type_: str, _parent_names: object) -> bool:
     """Alembic ``include_name`` hook: skip objects that migrations manage as raw DDL."""
-    return not (name is not None and name.startswith(_UNMANAGED_PREFIX))
+    if name is None:
+        return True
+    if name.startswith(_UNMANAGED_PREFIX):
+        return False
+    if type_ == "column" and name in _UNMANAGED_COLUMNS:
+        return False
+    return not (type_ == "index" and name.startswith(_UNMANAGED_INDEX_PREFIX))

@@ -105,6 +105,16 @@ async def delete_collection(name: str, request: Request) -> JSONBytes:
     return JSONBytes({"object": "collection", "name": name, "deleted": True})
 
 
+@router.post("/{name}/reindex")
+async def reindex_collection(name: str, request: Request) -> JSONBytes:
+    """Re-chunk and re-embed with the server's embedder; answers when the swap is done."""
+    await authenticate(request, ADMIN)
+    retrieval = runtime(request).retrieval
+    report = await retrieval.reindex(name)
+    info = await retrieval.get_collection(name)
+    return JSONBytes({**collection_json(info), "reindexed": report.to_dict()})
+
+
 @router.get("/{name}/documents")
 async def list_documents(
     name: str,

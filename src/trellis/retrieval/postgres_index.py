@@ -1,0 +1,732 @@
+"""The Postgres retrieval backend: pgvector HNSW for vectors, full-text search for keywords.
+
+Chunks live in the shared ``chunks`` table. Their vectors sit in an untyped pgvector
+column, ``chunks.embedding_vector`` (collections use embedders of different sizes), and
+each collection gets its own partial HNSW index over ``embedding_vector::vector(d)``
+limited to its rows, created and dropped with the collection. Vector queries repeat the
+index's exact expression and predicate (collection ids are inlined as literals: a
+generic plan with a bound id could never prove the partial index applies), so the
+planner uses it. Keyword search is, by default, the same BM25 as the embedded backend,
+over postings held in process and caught up with the database by collection version
+(:mod:`trellis.retrieval.snapshot_store`): ``ts_rank`` has no inverse document
+frequency and measured well below BM25 (Cranfield nDCG@10 0.324 vs 0.38), and scored
+every match of a broad query (130 ms at 100,000 chunks). ``keyword_rank="ts_rank"``
+(or ``ts_rank_cd``) keeps ranking in Postgres, over ``chunks.fts_vector`` —
+``to_tsvector('english', text)`` as a stored generated column with a GIN index
+(revision ``0006_pgvector``) — for deployments that cannot hold postings in memory.
+
+pgvector is optional for the rest of Trellis: revision ``0006_pgvector`` installs it
+when the server has it, and :meth:`PgIndex._ensure` repeats that (idempotently, under
+an advisory lock) on first use, so a database migrated before pgvector was installed
+starts working once it is. Without it every call raises :class:`PgvectorMissingError`
+(HTTP 503) naming what to install.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+from sqlalchemy import bindparam, delete, func, insert, select, text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from trellis.errors import ConflictError, InvalidRequestError, NotFoundError, TrellisError
+from trellis.retrieval.index import (
+    Filters,
+    check_filters,
+    collection_info,
+    validate_collection_name,
+)
+from trellis.retrieval.keyword import Analyzer
+from trellis.retrieval.models import Chunk, CollectionInfo, Document, DocumentInfo, Hit
+from trellis.retrieval.snapshot_store import SnapshotStore
+from trellis.retrieval.stopwords import ENGLISH_STOPWORDS
+from trellis.store import Database
+from trellis.store.tables import chunks as chunks_table
+from trellis.store.tables import collections, documents
+
+__all__ = [
+    "PgIndex",
+    "PgvectorMissingError",
+    "VECTOR_COLUMN",
+    "tsquery_text",
+    "vector_index_name",
+    "vector_query",
+]
+
+#: The pgvector column on ``chunks`` (not in ``tables.py``: it exists only with pgvector).
+VECTOR_COLUMN = "embedding_vector"
+#: Per-collection HNSW indexes are named this plus the collection id.
+VECTOR_INDEX_PREFIX = "chunks_vec_"
+#: pgvector's defaults and limits.
+DEFAULT_EF_SEARCH = 40
+MAX_EF_SEARCH = 1000
+MAX_VECTOR_DIMENSION = 2000  # HNSW over vector(d)
+MAX_HALFVEC_DIMENSION = 4000  # HNSW over halfvec(d), for larger embedders
+#: Rows an iterative (filtered) scan may visit before giving up; pgvector's default is 20,000.
+MAX_SCAN_TUPLES = 100_000
+
+KeywordRank = Literal["bm25", "ts_rank", "ts_rank_cd"]
+#: Measured on Cranfield and ADI (nDCG@10, benchmarks/retrieval_quality.py --backend postgres).
+DEFAULT_KEYWORD_RANK: KeywordRank = "bm25"
+DEFAULT_RANK_NORMALIZATION = 1  # rank / (1 + log(document length))
+
+_TERM = re.compile(r"\w+", re.UNICODE)
+_SAFE_ID = re.compile(r"[A-Za-z0-9_]{1,32}")
+_INSTALL_LOCK = "trellis.pgvector"
+
+
+class PgvectorMissingError(TrellisError):
+    """The database has no pgvector, so retrieval cannot run there (the rest of Trellis can)."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "pgvector_missing"
+
+
+def vector_index_name(collection_id: str) -> str:
+    """The HNSW index of one collection."""
+    return VECTOR_INDEX_PREFIX + _safe_id(collection_id)
+
+
+def _safe_id(collection_id: str) -> str:
+    """A collection id fit to inline in SQL (ids are generated hex; this is the guard)."""
+    if not _SAFE_ID.fullmatch(collection_id):
+        raise InvalidRequestError(f"invalid collection id {collection_id!r}")
+    return collection_id
+
+
+def _vector_type(dimension: int) -> tuple[str, str]:
+    """``(SQL type, HNSW operator class)`` for a dimension: vector up to 2,000, else halfvec."""
+    if dimension <= MAX_VECTOR_DIMENSION:
+        return f"vector({dimension})", "vector_cosine_ops"
+    if dimension <= MAX_HALFVEC_DIMENSION:
+        return f"halfvec({dimension})", "halfvec_cosine_ops"
+    raise InvalidRequestError(
+        f"the Postgres backend indexes at most {MAX_HALFVEC_DIMENSION} dimensions; "
+        f"this embedder has {dimension}"
+    )
+
+
+def _index_ddl(collection_id: str, dimension: int) -> str:
+    sql_type, opclass = _vector_type(dimension)
+    cid = _safe_id(collection_id)
+    return (
+        f"CREATE INDEX IF NOT EXISTS {vector_index_name(cid)} ON chunks USING hnsw "
+        f"(({VECTOR_COLUMN}::{sql_type}) {opclass}) WHERE collection_id = '{cid}'"
+    )
+
+
+def tsquery_text(query: str) -> str | None:
+    """A ``to_tsquery`` input: any of the query's terms, stop words dropped, each quoted.
+
+    The same terms as :func:`trellis.retrieval.index.fts_query`. Terms are ``\\w+`` runs,
+    which hold no quote, backslash or tsquery operator, and each is a quoted operand, so
+    user input can never become tsquery syntax.
+    """
+    terms = list(dict.fromkeys(t.lower() for t in _TERM.findall(query)))
+    content = [t for t in terms if t not in ENGLISH_STOPWORDS] or terms
+    if not content:
+        return None
+    return " | ".join(f"'{t}'" for t in content)
+
+
+def _filter_json(filters: Filters | None) -> str | None:
+    """Validated filters as one JSONB containment document (equality on each key)."""
+    pairs = check_filters(filters)
+    return json.dumps(dict(pairs)) if pairs else None
+
+
+class PgIndex:
+    """The Postgres backend: rows in the Trellis tables, pgvector HNSW, full-text search."""
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        keyword_rank: KeywordRank = DEFAULT_KEYWORD_RANK,
+        rank_normalization: int = DEFAULT_RANK_NORMALIZATION,
+    ) -> None:
+        if database.is_sqlite:
+            raise InvalidRequestError("PgIndex needs a Postgres database")
+        if (
+            keyword_rank not in ("bm25", "ts_rank", "ts_rank_cd")
+            or not 0 <= rank_normalization < 64
+        ):
+            raise InvalidRequestError(
+                "keyword_rank: bm25, ts_rank or ts_rank_cd; normalization 0-63"
+            )
+        self.db = database
+        #: Keyword scoring, as ``rank(to_tsvector(text), query, normalization)``.
+        self.keyword_rank = keyword_rank
+        self.rank_normalization = rank_normalization
+        #: BM25 postings in process (keyword_rank "bm25"), caught up with the database.
+        self.analyzer = Analyzer()
+        self._snapshots = SnapshotStore(database, self.analyzer, vectors=False)
+        self._ready = False
+        self._ready_lock = asyncio.Lock()
+        self._iterative_scan = True
+
+    # --- pgvector ----------------------------------------------------------------
+
+    async def _ensure(self) -> None:
+        """Make sure pgvector, the vector column and every collection's index exist (once)."""
+        if self._ready:
+            return
+        async with self._ready_lock:
+            if self._ready:
+                return
+            async with self.db.engine.connect() as conn:
+                version = await self._column_and_version(conn)
+            if version is None:
+                version = await self._install()
+            # Iterative index scans (for filtered queries) arrived in pgvector 0.8.0.
+            self._iterative_scan = _version_tuple(version) >= (0, 8, 0)
+            self._ready = True
+
+    @staticmethod
+    async def _column_and_version(conn: AsyncConnection) -> str | None:
+        """pgvector's version if the vector column exists (it cannot without the extension)."""
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT e.extversion FROM pg_extension e WHERE e.extname = 'vector' "
+                    "AND EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'chunks'::regclass "
+                    "AND attname = :column AND NOT attisdropped)"
+                ),
+                {"column": VECTOR_COLUMN},
+            )
+        ).first()
+        return None if row is None else str(row[0])
+
+    async def _install(self) -> str:
+        """Create the extension, the column and missing indexes, under the database's lock.
+
+        Needed when the database was migrated before pgvector was installed on the server
+        (revision 0006 then skipped it). Idempotent; concurrent replicas wait on the lock.
+        """
+        async with self.db.exclusive(_INSTALL_LOCK) as conn:
+            available = (
+                await conn.execute(
+                    text("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")
+                )
+            ).first()
+            if available is None:
+                raise PgvectorMissingError(
+                    "retrieval on Postgres needs the pgvector extension, which this PostgreSQL "
+                    "server does not have: install it on the database server (e.g. the "
+                    "postgresql-<version>-pgvector package, or scripts/install-pgvector.sh) "
+                    "and retry; see 'Postgres backend' in docs/configuration.md"
+                )
+            try:
+                async with conn.begin_nested():
+                    await conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+            except DBAPIError as exc:
+                raise PgvectorMissingError(
+                    "retrieval on Postgres needs the pgvector extension in this database, and "
+                    f"creating it failed ({exc.orig}); ask a superuser to run "
+                    "'CREATE EXTENSION vector;' in it and retry"
+                ) from exc
+            await conn.execute(
+                text(f"ALTER TABLE chunks ADD COLUMN IF NOT EXISTS {VECTOR_COLUMN} vector")
+            )
+            existing = await conn.execute(select(collections.c.id, collections.c.dimension))
+            for collection_id, dimension in existing.all():
+                await conn.execute(text(_index_ddl(collection_id, dimension)))
+            version = (
+                await conn.execute(
+                    text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+                )
+            ).scalar_one()
+        return str(version)
+
+    # --- collections -------------------------------------------------------------
+
+    async def create_collection(
+        self, name: str, embedder: str, dimension: int, metadata: Mapping[str, Any] | None = None
+    ) -> CollectionInfo:
+        validate_collection_name(name)
+        if dimension < 1:
+            raise InvalidRequestError("an embedder dimension must be positive")
+        _vector_type(dimension)
+        await self._ensure()
+        info = CollectionInfo(
+            id=secrets.token_hex(16),
+            name=name,
+            embedder=embedder,
+            dimension=dimension,
+            created_at=time.time(),
+            metadata=dict(metadata or {}),
+        )
+        try:
+            async with self.db.engine.begin() as conn:
+                await conn.execute(
+                    insert(collections).values(
+                        id=info.id,
+                        name=name,
+                        embedder=embedder,
+                        dimension=dimension,
+                        metadata=info.metadata,
+                        created_at=info.created_at,
+                        version=0,
+                    )
+                )
+                # Empty, so instant; in the same transaction, so no collection lacks one.
+                await conn.execute(text(_index_ddl(info.id, dimension)))
+        except IntegrityError as exc:
+            raise InvalidRequestError(
+                f"collection {name!r} already exists", code="collection_exists", param="name"
+            ) from exc
+        return info
+
+    async def get_collection(self, name: str, *, counts: bool = True) -> CollectionInfo:
+        found = await self._collections(name, counts=counts)
+        if not found:
+            raise NotFoundError(f"no collection named {name!r}")
+        return found[0]
+
+    async def list_collections(self) -> list[CollectionInfo]:
+        return await self._collections(None)
+
+    async def _collections(self, name: str | None, *, counts: bool = True) -> list[CollectionInfo]:
+        await self._ensure()
+        if not counts and name is not None:
+            async with self.db.engine.connect() as conn:
+                row = (
+                    await conn.execute(select(collections).where(collections.c.name == name))
+                ).first()
+            return [] if row is None else [collection_info(row, 0, 0)]
+        doc_counts = (
+            select(
+                documents.c.collection_id,
+                func.count().label("docs"),
+                func.coalesce(func.sum(documents.c.chunk_count), 0).label("chunks"),
+            )
+            .group_by(documents.c.collection_id)
+            .subquery()
+        )
+        query = (
+            select(
+                collections,
+                func.coalesce(doc_counts.c.docs, 0),
+                func.coalesce(doc_counts.c.chunks, 0),
+            )
+            .outerjoin(doc_counts, doc_counts.c.collection_id == collections.c.id)
+            .order_by(collections.c.name)
+        )
+        if name is not None:
+            query = query.where(collections.c.name == name)
+        async with self.db.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [collection_info(row, int(row[-2]), int(row[-1])) for row in rows]
+
+    async def delete_collection(self, name: str) -> None:
+        info = await self.get_collection(name, counts=False)
+        async with self.db.exclusive(f"trellis.collection.{info.id}") as conn:
+            await conn.execute(delete(chunks_table).where(chunks_table.c.collection_id == info.id))
+            await conn.execute(delete(collections).where(collections.c.id == info.id))
+            # Transactional DDL: the index goes exactly when the rows do.
+            await conn.execute(text(f"DROP INDEX IF EXISTS {vector_index_name(info.id)}"))
+        self._snapshots.forget(info.id)
+
+    async def drop_vector_index(self, collection: CollectionInfo) -> None:
+        """Drop a collection's HNSW index before a large load (then :meth:`build_vector_index`).
+
+        One build after the load is several times faster than maintaining the graph row
+        by row. Meanwhile vector search stays correct: it scans the collection exactly.
+        """
+        await self._ensure()
+        async with self.db.exclusive(f"trellis.collection.{collection.id}") as conn:
+            await conn.execute(text(f"DROP INDEX IF EXISTS {vector_index_name(collection.id)}"))
+
+    async def build_vector_index(
+        self, collection: CollectionInfo, *, maintenance_work_mem: str = "1GB"
+    ) -> None:
+        """(Re)build a collection's HNSW index, with memory enough to keep the graph in RAM."""
+        if not re.fullmatch(r"\d+\s*[kMG]?B", maintenance_work_mem):
+            raise InvalidRequestError("maintenance_work_mem: a size such as '512MB'")
+        await self._ensure()
+        async with self.db.engine.begin() as conn:
+            await conn.execute(text(f"SET LOCAL maintenance_work_mem = '{maintenance_work_mem}'"))
+            await conn.execute(text(f"DROP INDEX IF EXISTS {vector_index_name(collection.id)}"))
+            await conn.execute(text(_index_ddl(collection.id, collection.dimension)))
+
+    # --- documents ---------------------------------------------------------------
+
+    async def document_hashes(
+        self, collection: CollectionInfo, document_ids: Sequence[str]
+    ) -> dict[str, str]:
+        await self._ensure()
+        found: dict[str, str] = {}
+        async with self.db.engine.connect() as conn:
+            for start in range(0, len(document_ids), 1000):
+                batch = list(document_ids[start : start + 1000])
+                rows = await conn.execute(
+                    select(documents.c.external_id, documents.c.content_hash).where(
+                        documents.c.collection_id == collection.id,
+                        documents.c.external_id.in_(batch),
+                    )
+                )
+                found.update({row[0]: row[1] for row in rows})
+        return found
+
+    async def write_document(
+        self,
+        collection: CollectionInfo,
+        document_id: str,
+        *,
+        text: str,
+        source: str | None,
+        metadata: Mapping[str, Any],
+        content_hash: str,
+        chunks: Sequence[Chunk],
+        chunk_metadata: Sequence[Mapping[str, Any]],
+        vectors: np.ndarray,
+        pages: Sequence[int] = (),
+    ) -> bool:
+        if vectors.ndim != 2 or vectors.shape != (len(chunks), collection.dimension):
+            raise InvalidRequestError(
+                f"collection {collection.name!r} holds {collection.dimension}-dimensional "
+                f"vectors ({collection.embedder}); got shape {tuple(vectors.shape)}. Switching "
+                "embedder needs an explicit re-index.",
+                code="dimension_mismatch",
+            )
+        await self._ensure()
+        # Plain float lists go out as binary real[] (asyncpg encodes them in C), then are
+        # cast to vector in the server: no per-value text formatting, no codec to register.
+        rows = vectors.astype(np.float32, copy=False).tolist()
+        now = time.time()
+        internal_id = secrets.token_hex(16)
+        async with self.db.exclusive(f"trellis.collection.{collection.id}") as conn:
+            replaced = await self._delete_document(conn, collection, document_id)
+            await conn.execute(
+                insert(documents).values(
+                    id=internal_id,
+                    collection_id=collection.id,
+                    external_id=document_id,
+                    source=source,
+                    content_hash=content_hash,
+                    metadata=dict(metadata),
+                    text=text,
+                    chunk_count=len(chunks),
+                    created_at=now,
+                    updated_at=now,
+                    pages=list(pages) or None,
+                )
+            )
+            if chunks:
+                await conn.execute(
+                    _INSERT_CHUNK,
+                    [
+                        {
+                            "collection_id": collection.id,
+                            "document_id": internal_id,
+                            "ordinal": chunk.ordinal,
+                            "text": chunk.text,
+                            "char_start": chunk.start,
+                            "char_end": chunk.end,
+                            "token_count": chunk.token_count,
+                            "metadata": dict(extra),
+                            "vector": rows[row],
+                        }
+                        for row, (chunk, extra) in enumerate(
+                            zip(chunks, chunk_metadata, strict=True)
+                        )
+                    ],
+                )
+            await self._bump(conn, collection)
+        return replaced
+
+    async def read_documents(
+        self, collection: CollectionInfo, *, after: str | None = None, limit: int = 100
+    ) -> list[Document]:
+        await self._ensure()
+        query = (
+            select(
+                documents.c.external_id,
+                documents.c.text,
+                documents.c.source,
+                documents.c.metadata,
+                documents.c.pages,
+            )
+            .where(documents.c.collection_id == collection.id)
+            .order_by(documents.c.external_id)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(documents.c.external_id > after)
+        async with self.db.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            Document(
+                id=row[0],
+                text=row[1],
+                source=row[2],
+                metadata=dict(row[3] or {}),
+                pages=tuple(row[4] or ()),
+            )
+            for row in rows
+        ]
+
+    async def replace_collection(
+        self, target: CollectionInfo, staging: CollectionInfo
+    ) -> CollectionInfo:
+        await self._ensure()
+        async with self.db.exclusive(f"trellis.collection.{target.id}") as conn:
+            version = (
+                await conn.execute(
+                    select(collections.c.version).where(collections.c.id == target.id)
+                )
+            ).scalar()
+            if version is None:
+                raise NotFoundError(f"collection {target.name!r} was deleted")
+            if version != target.version:
+                raise ConflictError(
+                    f"collection {target.name!r} was written to during the re-index; run it again"
+                )
+            await conn.execute(
+                delete(chunks_table).where(chunks_table.c.collection_id == target.id)
+            )
+            await conn.execute(delete(collections).where(collections.c.id == target.id))
+            await conn.execute(text(f"DROP INDEX IF EXISTS {vector_index_name(target.id)}"))
+            # The staging collection keeps its id, so its HNSW index stays valid as it is.
+            await conn.execute(
+                update(collections)
+                .where(collections.c.id == staging.id)
+                .values(name=target.name, version=collections.c.version + 1)
+            )
+        self._snapshots.forget(target.id)
+        return await self.get_collection(target.name)
+
+    async def delete_document(self, collection: CollectionInfo, document_id: str) -> bool:
+        await self._ensure()
+        async with self.db.exclusive(f"trellis.collection.{collection.id}") as conn:
+            deleted = await self._delete_document(conn, collection, document_id)
+            if deleted:
+                await self._bump(conn, collection)
+        return deleted
+
+    async def _delete_document(
+        self, conn: AsyncConnection, collection: CollectionInfo, document_id: str
+    ) -> bool:
+        """Remove a document and (by cascade) its chunks, so from both indexes at once."""
+        result = await conn.execute(
+            delete(documents).where(
+                documents.c.collection_id == collection.id,
+                documents.c.external_id == document_id,
+            )
+        )
+        return bool(result.rowcount)
+
+    async def _bump(self, conn: AsyncConnection, collection: CollectionInfo) -> None:
+        """Count the write (as SQLite does) and notice a collection deleted meanwhile."""
+        result = await conn.execute(
+            update(collections)
+            .where(collections.c.id == collection.id)
+            .values(version=collections.c.version + 1)
+        )
+        if not result.rowcount:
+            raise NotFoundError(f"collection {collection.name!r} was deleted")
+
+    async def list_documents(
+        self, collection: CollectionInfo, *, limit: int = 100, offset: int = 0
+    ) -> list[DocumentInfo]:
+        await self._ensure()
+        query = (
+            select(
+                documents.c.external_id,
+                documents.c.source,
+                documents.c.content_hash,
+                documents.c.metadata,
+                documents.c.chunk_count,
+                documents.c.updated_at,
+            )
+            .where(documents.c.collection_id == collection.id)
+            .order_by(documents.c.external_id)
+            .limit(limit)
+            .offset(offset)
+        )
+        async with self.db.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            DocumentInfo(
+                id=row[0],
+                source=row[1],
+                content_hash=row[2],
+                metadata=row[3] or {},
+                chunks=row[4],
+                updated_at=row[5],
+            )
+            for row in rows
+        ]
+
+    # --- search ------------------------------------------------------------------
+
+    async def keyword_search(
+        self, collection: CollectionInfo, query: str, limit: int, filters: Filters | None = None
+    ) -> list[tuple[int, float]]:
+        if self.keyword_rank == "bm25":
+            return await self._bm25(collection, query, limit, filters)
+        tsquery = tsquery_text(query)
+        where = _filter_json(filters)
+        if tsquery is None or limit < 1:
+            return []
+        await self._ensure()
+        join = " JOIN documents d ON d.id = c.document_id" if where else ""
+        condition = " AND d.metadata @> CAST(:filter AS jsonb)" if where else ""
+        sql = text(
+            f"SELECT c.id, {self.keyword_rank}(c.fts_vector, q.q, "
+            f"{int(self.rank_normalization)}) AS score "
+            f"FROM chunks c{join}, to_tsquery('english', :query) AS q(q) "
+            "WHERE c.fts_vector @@ q.q "
+            f"AND c.collection_id = :cid{condition} "
+            "ORDER BY score DESC, c.id LIMIT :limit"
+        )
+        params: dict[str, Any] = {"query": tsquery, "cid": collection.id, "limit": limit}
+        if where:
+            params["filter"] = where
+        async with self.db.engine.connect() as conn:
+            rows = await conn.execute(sql, params)
+            return [(int(row[0]), float(row[1])) for row in rows]
+
+    async def _bm25(
+        self, collection: CollectionInfo, query: str, limit: int, filters: Filters | None
+    ) -> list[tuple[int, float]]:
+        """The embedded backend's BM25 over in-process postings (same scores on both)."""
+        where = _filter_json(filters)
+        if limit < 1 or not self.analyzer.query_terms(query):
+            return []
+        allowed_documents = None
+        if where is not None:
+            async with self.db.engine.connect() as conn:
+                rows = await conn.execute(
+                    text(
+                        "SELECT id FROM documents WHERE collection_id = :cid "
+                        "AND metadata @> CAST(:filter AS jsonb)"
+                    ),
+                    {"cid": collection.id, "filter": where},
+                )
+                allowed_documents = [row[0] for row in rows]
+        snapshot = await self._snapshots.get(collection)
+        allowed = None if allowed_documents is None else snapshot.allowed_rows(allowed_documents)
+        return snapshot.keyword_search(query, limit, allowed)
+
+    async def vector_search(
+        self,
+        collection: CollectionInfo,
+        vector: np.ndarray,
+        limit: int,
+        filters: Filters | None = None,
+    ) -> list[tuple[int, float]]:
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if query.shape[0] != collection.dimension:
+            raise InvalidRequestError(
+                f"collection {collection.name!r} holds {collection.dimension}-dimensional "
+                f"vectors; the query vector has {query.shape[0]}",
+                code="dimension_mismatch",
+            )
+        where = _filter_json(filters)
+        if limit < 1:
+            return []
+        await self._ensure()
+        sql, params = vector_query(collection, query, limit, where)
+        async with self.db.engine.connect() as conn, conn.begin():
+            for setting in self._search_settings(limit, filtered=where is not None):
+                await conn.execute(text(setting))
+            rows = await conn.execute(text(sql), params)
+            return [(int(row[0]), float(row[1])) for row in rows]
+
+    def _search_settings(self, limit: int, *, filtered: bool) -> list[str]:
+        """``SET LOCAL`` statements: a candidate list as deep as ``limit``, iterative if filtered.
+
+        HNSW returns at most ``ef_search`` rows per scan; with a filter, pgvector 0.8's
+        iterative scan keeps walking the graph until enough rows pass (strict order keeps
+        the results sorted by distance), so a selective filter still fills ``limit``.
+        """
+        settings = []
+        ef_search = min(max(limit, DEFAULT_EF_SEARCH), MAX_EF_SEARCH)
+        if ef_search != DEFAULT_EF_SEARCH:
+            settings.append(f"SET LOCAL hnsw.ef_search = {ef_search}")
+        if self._iterative_scan and (filtered or limit > MAX_EF_SEARCH):
+            settings.append("SET LOCAL hnsw.iterative_scan = strict_order")
+            settings.append(f"SET LOCAL hnsw.max_scan_tuples = {MAX_SCAN_TUPLES}")
+        return settings
+
+    async def fetch_chunks(self, chunk_ids: Sequence[int]) -> dict[int, Hit]:
+        found: dict[int, Hit] = {}
+        if not chunk_ids:
+            return found
+        await self._ensure()
+        query = select(
+            chunks_table.c.id,
+            chunks_table.c.text,
+            chunks_table.c.char_start,
+            chunks_table.c.char_end,
+            chunks_table.c.metadata,
+            documents.c.external_id,
+            documents.c.source,
+            documents.c.metadata,
+        ).join(documents, documents.c.id == chunks_table.c.document_id)
+        async with self.db.engine.connect() as conn:
+            for start in range(0, len(chunk_ids), 1000):
+                batch = list(chunk_ids[start : start + 1000])
+                for row in await conn.execute(query.where(chunks_table.c.id.in_(batch))):
+                    found[int(row[0])] = Hit(
+                        chunk_id=int(row[0]),
+                        document_id=row[5],
+                        text=row[1],
+                        start=row[2],
+                        end=row[3],
+                        score=0.0,
+                        scores={},
+                        source=row[6],
+                        metadata=row[7] or {},
+                        chunk_metadata=row[4] or {},
+                    )
+        return found
+
+
+def vector_query(
+    collection: CollectionInfo, vector: np.ndarray, limit: int, filter_json: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """The nearest-neighbour SQL and its parameters; public so tests can EXPLAIN it.
+
+    The distance expression and the ``collection_id`` literal match the collection's
+    partial HNSW index word for word; anything else and the planner cannot use it.
+    """
+    sql_type, _ = _vector_type(collection.dimension)
+    cid = _safe_id(collection.id)
+    distance = f"(c.{VECTOR_COLUMN}::{sql_type}) <=> CAST(CAST(:vector AS real[]) AS {sql_type})"
+    condition = ""
+    params: dict[str, Any] = {"vector": vector.astype(np.float32).tolist(), "limit": limit}
+    if filter_json is not None:
+        condition = (
+            " AND c.document_id IN (SELECT d.id FROM documents d "
+            f"WHERE d.collection_id = '{cid}' AND d.metadata @> CAST(:filter AS jsonb))"
+        )
+        params["filter"] = filter_json
+    sql = (
+        f"SELECT c.id, 1 - ({distance}) AS score FROM chunks c "
+        f"WHERE c.collection_id = '{cid}'{condition} "
+        f"ORDER BY {distance} LIMIT :limit"
+    )
+    return sql, params
+
+
+_INSERT_CHUNK = text(
+    "INSERT INTO chunks (collection_id, document_id, ordinal, text, char_start, char_end, "
+    f"token_count, metadata, embedding, {VECTOR_COLUMN}) VALUES (:collection_id, :document_id, "
+    ":ordinal, :text, :char_start, :char_end, :token_count, :metadata, CAST('' AS bytea), "
+    "CAST(CAST(:vector AS real[]) AS vector))"
+).bindparams(bindparam("metadata", type_=chunks_table.c.metadata.type))
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
