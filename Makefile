@@ -29,13 +29,15 @@ test: install-dev
 	$(PY) -m pytest
 
 # Benchmarks: gateway overhead (LiteLLM row after `bash benchmarks/setup_litellm.sh`),
-# trace statistics over 1M spans, retrieval quality and speed, semantic-cache false hits.
+# trace statistics over 1M spans, retrieval quality and speed, ingestion throughput (int8 vs
+# fp32 embedder), semantic-cache false hits.
 # Results in benchmarks/results/.
 bench: install-dev
 	$(PY) benchmarks/gateway_overhead.py
 	$(PY) benchmarks/trace_writer.py
 	$(PY) benchmarks/stats_query.py
 	$(PY) benchmarks/retrieval_quality.py
+	$(PY) benchmarks/ingest_throughput.py --json benchmarks/results/ingest_throughput.json
 	$(PY) benchmarks/retrieval_latency.py
 	$(PY) benchmarks/semantic_cache_eval.py --json benchmarks/results/semantic_cache.json
 
