@@ -985,6 +985,7 @@ def run(config: BenchConfig, *, log: Any = print, load_before: float | None = No
     if config.json_path is not None:
         config.json_path.parent.mkdir(parents=True, exist_ok=True)
         data = _json_safe(result.to_json())
+        config.json_path.parent.mkdir(parents=True, exist_ok=True)
         config.json_path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
     return result
 

@@ -319,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{figures['p50_ms']:6.2f} | {figures['p99_ms']:6.2f} |"
             )
     args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 

@@ -219,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"Recall@100 {figures['recall@100']:.3f}  p50 {figures['p50_ms']:.1f} ms"
                 )
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
     return 0
 

@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             for (a, b), sim in sorted(zip(pairs, sims, strict=True), key=lambda x: -x[1]):
                 print(f"{label:4} {sim:.3f}  {a!r} / {b!r}")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
             json.dumps(
                 {

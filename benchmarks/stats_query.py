@@ -202,6 +202,7 @@ def main() -> None:
         median, worst = figures["median_ms"], figures["max_ms"]
         print(f"{name:<{width}}  median {median:>7.1f} ms  max {worst:.1f}")
     out = Path(__file__).with_name("results") / "stats_query.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps({"traces": args.traces, "spans": args.traces * args.spans, **results}, indent=2)
     )

@@ -51,9 +51,9 @@ class AddDocuments(BaseModel):
 class Fusion(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["rrf", "weighted"] = "rrf"
+    method: Literal["rrf", "weighted"] = "weighted"
     k: float = Field(default=60.0, ge=0)
-    weights: tuple[float, float] = (1.0, 1.0)
+    weights: tuple[float, float] = (0.5, 0.5)
 
 
 class SearchBody(BaseModel):
