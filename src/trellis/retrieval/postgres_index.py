@@ -33,21 +33,21 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
-from sqlalchemy import bindparam, delete, func, insert, select, text, update
+from sqlalchemy import bindparam, insert, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from trellis.errors import ConflictError, InvalidRequestError, NotFoundError, TrellisError
+from trellis.errors import InvalidRequestError, TrellisError
 from trellis.retrieval.index import (
     Filters,
     check_filters,
-    collection_info,
     validate_collection_name,
 )
 from trellis.retrieval.keyword import Analyzer
-from trellis.retrieval.models import Chunk, CollectionInfo, Document, DocumentInfo, Hit
+from trellis.retrieval.models import Chunk, CollectionInfo
 from trellis.retrieval.snapshot_store import SnapshotStore
 from trellis.retrieval.stopwords import ENGLISH_STOPWORDS
+from trellis.retrieval.table_index import TableIndex
 from trellis.store import Database
 from trellis.store.tables import chunks as chunks_table
 from trellis.store.tables import collections, documents
@@ -144,7 +144,7 @@ def _filter_json(filters: Filters | None) -> str | None:
     return json.dumps(dict(pairs)) if pairs else None
 
 
-class PgIndex:
+class PgIndex(TableIndex):
     """The Postgres backend: rows in the Trellis tables, pgvector HNSW, full-text search."""
 
     def __init__(
@@ -170,18 +170,24 @@ class PgIndex:
         #: BM25 postings in process (keyword_rank "bm25"), caught up with the database.
         self.analyzer = Analyzer()
         self._snapshots = SnapshotStore(database, self.analyzer, vectors=False)
-        self._ready = False
+        self._installed = False
         self._ready_lock = asyncio.Lock()
         self._iterative_scan = True
 
     # --- pgvector ----------------------------------------------------------------
 
+    async def _ready(self) -> None:
+        await self._ensure()
+
+    async def _drop_collection_objects(self, conn: AsyncConnection, collection_id: str) -> None:
+        await conn.execute(text(f"DROP INDEX IF EXISTS {vector_index_name(collection_id)}"))
+
     async def _ensure(self) -> None:
         """Make sure pgvector, the vector column and every collection's index exist (once)."""
-        if self._ready:
+        if self._installed:
             return
         async with self._ready_lock:
-            if self._ready:
+            if self._installed:
                 return
             async with self.db.engine.connect() as conn:
                 version = await self._column_and_version(conn)
@@ -189,7 +195,7 @@ class PgIndex:
                 version = await self._install()
             # Iterative index scans (for filtered queries) arrived in pgvector 0.8.0.
             self._iterative_scan = _version_tuple(version) >= (0, 8, 0)
-            self._ready = True
+            self._installed = True
 
     @staticmethod
     async def _column_and_version(conn: AsyncConnection) -> str | None:
@@ -286,56 +292,6 @@ class PgIndex:
             ) from exc
         return info
 
-    async def get_collection(self, name: str, *, counts: bool = True) -> CollectionInfo:
-        found = await self._collections(name, counts=counts)
-        if not found:
-            raise NotFoundError(f"no collection named {name!r}")
-        return found[0]
-
-    async def list_collections(self) -> list[CollectionInfo]:
-        return await self._collections(None)
-
-    async def _collections(self, name: str | None, *, counts: bool = True) -> list[CollectionInfo]:
-        await self._ensure()
-        if not counts and name is not None:
-            async with self.db.engine.connect() as conn:
-                row = (
-                    await conn.execute(select(collections).where(collections.c.name == name))
-                ).first()
-            return [] if row is None else [collection_info(row, 0, 0)]
-        doc_counts = (
-            select(
-                documents.c.collection_id,
-                func.count().label("docs"),
-                func.coalesce(func.sum(documents.c.chunk_count), 0).label("chunks"),
-            )
-            .group_by(documents.c.collection_id)
-            .subquery()
-        )
-        query = (
-            select(
-                collections,
-                func.coalesce(doc_counts.c.docs, 0),
-                func.coalesce(doc_counts.c.chunks, 0),
-            )
-            .outerjoin(doc_counts, doc_counts.c.collection_id == collections.c.id)
-            .order_by(collections.c.name)
-        )
-        if name is not None:
-            query = query.where(collections.c.name == name)
-        async with self.db.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [collection_info(row, int(row[-2]), int(row[-1])) for row in rows]
-
-    async def delete_collection(self, name: str) -> None:
-        info = await self.get_collection(name, counts=False)
-        async with self.db.exclusive(f"trellis.collection.{info.id}") as conn:
-            await conn.execute(delete(chunks_table).where(chunks_table.c.collection_id == info.id))
-            await conn.execute(delete(collections).where(collections.c.id == info.id))
-            # Transactional DDL: the index goes exactly when the rows do.
-            await conn.execute(text(f"DROP INDEX IF EXISTS {vector_index_name(info.id)}"))
-        self._snapshots.forget(info.id)
-
     async def drop_vector_index(self, collection: CollectionInfo) -> None:
         """Drop a collection's HNSW index before a large load (then :meth:`build_vector_index`).
 
@@ -359,23 +315,6 @@ class PgIndex:
             await conn.execute(text(_index_ddl(collection.id, collection.dimension)))
 
     # --- documents ---------------------------------------------------------------
-
-    async def document_hashes(
-        self, collection: CollectionInfo, document_ids: Sequence[str]
-    ) -> dict[str, str]:
-        await self._ensure()
-        found: dict[str, str] = {}
-        async with self.db.engine.connect() as conn:
-            for start in range(0, len(document_ids), 1000):
-                batch = list(document_ids[start : start + 1000])
-                rows = await conn.execute(
-                    select(documents.c.external_id, documents.c.content_hash).where(
-                        documents.c.collection_id == collection.id,
-                        documents.c.external_id.in_(batch),
-                    )
-                )
-                found.update({row[0]: row[1] for row in rows})
-        return found
 
     async def write_document(
         self,
@@ -443,131 +382,6 @@ class PgIndex:
                 )
             await self._bump(conn, collection)
         return replaced
-
-    async def read_documents(
-        self, collection: CollectionInfo, *, after: str | None = None, limit: int = 100
-    ) -> list[Document]:
-        await self._ensure()
-        query = (
-            select(
-                documents.c.external_id,
-                documents.c.text,
-                documents.c.source,
-                documents.c.metadata,
-                documents.c.pages,
-            )
-            .where(documents.c.collection_id == collection.id)
-            .order_by(documents.c.external_id)
-            .limit(limit)
-        )
-        if after is not None:
-            query = query.where(documents.c.external_id > after)
-        async with self.db.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [
-            Document(
-                id=row[0],
-                text=row[1],
-                source=row[2],
-                metadata=dict(row[3] or {}),
-                pages=tuple(row[4] or ()),
-            )
-            for row in rows
-        ]
-
-    async def replace_collection(
-        self, target: CollectionInfo, staging: CollectionInfo
-    ) -> CollectionInfo:
-        await self._ensure()
-        async with self.db.exclusive(f"trellis.collection.{target.id}") as conn:
-            version = (
-                await conn.execute(
-                    select(collections.c.version).where(collections.c.id == target.id)
-                )
-            ).scalar()
-            if version is None:
-                raise NotFoundError(f"collection {target.name!r} was deleted")
-            if version != target.version:
-                raise ConflictError(
-                    f"collection {target.name!r} was written to during the re-index; run it again"
-                )
-            await conn.execute(
-                delete(chunks_table).where(chunks_table.c.collection_id == target.id)
-            )
-            await conn.execute(delete(collections).where(collections.c.id == target.id))
-            await conn.execute(text(f"DROP INDEX IF EXISTS {vector_index_name(target.id)}"))
-            # The staging collection keeps its id, so its HNSW index stays valid as it is.
-            await conn.execute(
-                update(collections)
-                .where(collections.c.id == staging.id)
-                .values(name=target.name, version=collections.c.version + 1)
-            )
-        self._snapshots.forget(target.id)
-        return await self.get_collection(target.name)
-
-    async def delete_document(self, collection: CollectionInfo, document_id: str) -> bool:
-        await self._ensure()
-        async with self.db.exclusive(f"trellis.collection.{collection.id}") as conn:
-            deleted = await self._delete_document(conn, collection, document_id)
-            if deleted:
-                await self._bump(conn, collection)
-        return deleted
-
-    async def _delete_document(
-        self, conn: AsyncConnection, collection: CollectionInfo, document_id: str
-    ) -> bool:
-        """Remove a document and (by cascade) its chunks, so from both indexes at once."""
-        result = await conn.execute(
-            delete(documents).where(
-                documents.c.collection_id == collection.id,
-                documents.c.external_id == document_id,
-            )
-        )
-        return bool(result.rowcount)
-
-    async def _bump(self, conn: AsyncConnection, collection: CollectionInfo) -> None:
-        """Count the write (as SQLite does) and notice a collection deleted meanwhile."""
-        result = await conn.execute(
-            update(collections)
-            .where(collections.c.id == collection.id)
-            .values(version=collections.c.version + 1)
-        )
-        if not result.rowcount:
-            raise NotFoundError(f"collection {collection.name!r} was deleted")
-
-    async def list_documents(
-        self, collection: CollectionInfo, *, limit: int = 100, offset: int = 0
-    ) -> list[DocumentInfo]:
-        await self._ensure()
-        query = (
-            select(
-                documents.c.external_id,
-                documents.c.source,
-                documents.c.content_hash,
-                documents.c.metadata,
-                documents.c.chunk_count,
-                documents.c.updated_at,
-            )
-            .where(documents.c.collection_id == collection.id)
-            .order_by(documents.c.external_id)
-            .limit(limit)
-            .offset(offset)
-        )
-        async with self.db.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [
-            DocumentInfo(
-                id=row[0],
-                source=row[1],
-                content_hash=row[2],
-                metadata=row[3] or {},
-                chunks=row[4],
-                updated_at=row[5],
-            )
-            for row in rows
-        ]
-
-    # --- search ------------------------------------------------------------------
 
     async def keyword_search(
         self, collection: CollectionInfo, query: str, limit: int, filters: Filters | None = None
@@ -658,39 +472,6 @@ class PgIndex:
             settings.append("SET LOCAL hnsw.iterative_scan = strict_order")
             settings.append(f"SET LOCAL hnsw.max_scan_tuples = {MAX_SCAN_TUPLES}")
         return settings
-
-    async def fetch_chunks(self, chunk_ids: Sequence[int]) -> dict[int, Hit]:
-        found: dict[int, Hit] = {}
-        if not chunk_ids:
-            return found
-        await self._ensure()
-        query = select(
-            chunks_table.c.id,
-            chunks_table.c.text,
-            chunks_table.c.char_start,
-            chunks_table.c.char_end,
-            chunks_table.c.metadata,
-            documents.c.external_id,
-            documents.c.source,
-            documents.c.metadata,
-        ).join(documents, documents.c.id == chunks_table.c.document_id)
-        async with self.db.engine.connect() as conn:
-            for start in range(0, len(chunk_ids), 1000):
-                batch = list(chunk_ids[start : start + 1000])
-                for row in await conn.execute(query.where(chunks_table.c.id.in_(batch))):
-                    found[int(row[0])] = Hit(
-                        chunk_id=int(row[0]),
-                        document_id=row[5],
-                        text=row[1],
-                        start=row[2],
-                        end=row[3],
-                        score=0.0,
-                        scores={},
-                        source=row[6],
-                        metadata=row[7] or {},
-                        chunk_metadata=row[4] or {},
-                    )
-        return found
 
 
 def vector_query(
