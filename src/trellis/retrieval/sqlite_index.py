@@ -12,28 +12,23 @@ sharing the file never search stale data and a write costs what it changed.
 from __future__ import annotations
 
 import asyncio
-import secrets
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from sqlalchemy import insert, text
-from sqlalchemy.exc import IntegrityError
 
 from trellis.errors import InvalidRequestError
 from trellis.retrieval.index import (
     Filters,
     check_filters,
-    validate_collection_name,
 )
 from trellis.retrieval.keyword import Analyzer
 from trellis.retrieval.models import Chunk, CollectionInfo
 from trellis.retrieval.snapshot_store import SnapshotStore
-from trellis.retrieval.table_index import TableIndex
+from trellis.retrieval.table_index import TableIndex, check_vectors, chunk_rows
 from trellis.store import Database
 from trellis.store.tables import chunks as chunks_table
-from trellis.store.tables import collections, documents
 
 __all__ = ["SQLiteIndex"]
 
@@ -61,40 +56,7 @@ class SQLiteIndex(TableIndex):
         self.analyzer = Analyzer()
         self._snapshots = SnapshotStore(database, self.analyzer)
 
-    # --- collections -----------------------------------------------------------
-
-    async def create_collection(
-        self, name: str, embedder: str, dimension: int, metadata: Mapping[str, Any] | None = None
-    ) -> CollectionInfo:
-        validate_collection_name(name)
-        if dimension < 1:
-            raise InvalidRequestError("an embedder dimension must be positive")
-        info = CollectionInfo(
-            id=secrets.token_hex(16),
-            name=name,
-            embedder=embedder,
-            dimension=dimension,
-            created_at=time.time(),
-            metadata=dict(metadata or {}),
-        )
-        try:
-            async with self.db.engine.begin() as conn:
-                await conn.execute(
-                    insert(collections).values(
-                        id=info.id,
-                        name=name,
-                        embedder=embedder,
-                        dimension=dimension,
-                        metadata=info.metadata,
-                        created_at=info.created_at,
-                        version=0,
-                    )
-                )
-        except IntegrityError as exc:
-            raise InvalidRequestError(
-                f"collection {name!r} already exists", code="collection_exists", param="name"
-            ) from exc
-        return info
+    # --- writes (vectors as float32 bytes beside the row) ---------------------------
 
     async def write_document(
         self,
@@ -110,50 +72,29 @@ class SQLiteIndex(TableIndex):
         vectors: np.ndarray,
         pages: Sequence[int] = (),
     ) -> bool:
-        if vectors.ndim != 2 or vectors.shape != (len(chunks), collection.dimension):
-            raise InvalidRequestError(
-                f"collection {collection.name!r} holds {collection.dimension}-dimensional "
-                f"vectors ({collection.embedder}); got shape {tuple(vectors.shape)}. Switching "
-                "embedder needs an explicit re-index.",
-                code="dimension_mismatch",
-            )
+        check_vectors(collection, chunks, vectors)
         vectors = np.ascontiguousarray(vectors, dtype="<f4")
-        now = time.time()
-        internal_id = secrets.token_hex(16)
         async with self.db.exclusive(f"trellis.collection.{collection.id}") as conn:
-            replaced = await self._delete_document(conn, collection, document_id)
-            await conn.execute(
-                insert(documents).values(
-                    id=internal_id,
-                    collection_id=collection.id,
-                    external_id=document_id,
-                    source=source,
-                    content_hash=content_hash,
-                    metadata=dict(metadata),
-                    text=text,
-                    chunk_count=len(chunks),
-                    created_at=now,
-                    updated_at=now,
-                    pages=list(pages) or None,
-                )
+            replaced, internal_id = await self._replace_document_row(
+                conn,
+                collection,
+                document_id,
+                text=text,
+                source=source,
+                metadata=metadata,
+                content_hash=content_hash,
+                chunk_count=len(chunks),
+                pages=pages,
             )
             if chunks:
                 await conn.execute(
                     insert(chunks_table),
                     [
-                        {
-                            "collection_id": collection.id,
-                            "document_id": internal_id,
-                            "ordinal": chunk.ordinal,
-                            "text": chunk.text,
-                            "char_start": chunk.start,
-                            "char_end": chunk.end,
-                            "token_count": chunk.token_count,
-                            "metadata": dict(extra),
-                            "embedding": vectors[row].tobytes(),
-                        }
-                        for row, (chunk, extra) in enumerate(
-                            zip(chunks, chunk_metadata, strict=True)
+                        {**row, "embedding": vector.tobytes()}
+                        for row, vector in zip(
+                            chunk_rows(collection, internal_id, chunks, chunk_metadata),
+                            vectors,
+                            strict=True,
                         )
                     ],
                 )

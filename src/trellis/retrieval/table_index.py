@@ -10,20 +10,58 @@ index in the transaction that deletes its rows).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from sqlalchemy import delete, func, select, update
+import numpy as np
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from trellis.errors import ConflictError, NotFoundError
-from trellis.retrieval.index import collection_info
-from trellis.retrieval.models import CollectionInfo, Document, DocumentInfo, Hit
+from trellis.errors import ConflictError, InvalidRequestError, NotFoundError
+from trellis.retrieval.index import collection_info, validate_collection_name
+from trellis.retrieval.models import Chunk, CollectionInfo, Document, DocumentInfo, Hit
 from trellis.retrieval.snapshot_store import SnapshotStore
 from trellis.store import Database
 from trellis.store.tables import chunks as chunks_table
 from trellis.store.tables import collections, documents
 
-__all__ = ["TableIndex"]
+__all__ = ["TableIndex", "check_vectors", "chunk_rows"]
+
+
+def check_vectors(collection: CollectionInfo, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
+    """One vector per chunk, of the collection's dimension (else a 400 naming the fix)."""
+    if vectors.ndim != 2 or vectors.shape != (len(chunks), collection.dimension):
+        raise InvalidRequestError(
+            f"collection {collection.name!r} holds {collection.dimension}-dimensional "
+            f"vectors ({collection.embedder}); got shape {tuple(vectors.shape)}. Switching "
+            "embedder needs an explicit re-index.",
+            code="dimension_mismatch",
+        )
+
+
+def chunk_rows(
+    collection: CollectionInfo,
+    document: str,
+    chunks: Sequence[Chunk],
+    chunk_metadata: Sequence[Mapping[str, Any]],
+) -> list[dict[str, Any]]:
+    """``chunks`` rows of one document, without the vector (each backend stores its own)."""
+    return [
+        {
+            "collection_id": collection.id,
+            "document_id": document,
+            "ordinal": chunk.ordinal,
+            "text": chunk.text,
+            "char_start": chunk.start,
+            "char_end": chunk.end,
+            "token_count": chunk.token_count,
+            "metadata": dict(extra),
+        }
+        for chunk, extra in zip(chunks, chunk_metadata, strict=True)
+    ]
 
 
 class TableIndex:
@@ -36,8 +74,50 @@ class TableIndex:
     async def _ready(self) -> None:
         """Called before touching retrieval rows; a backend makes its extensions ready."""
 
+    def _check_dimension(self, dimension: int) -> None:
+        """Refuse dimensions the backend cannot index (before anything is written)."""
+
+    async def _create_collection_objects(self, conn: AsyncConnection, info: CollectionInfo) -> None:
+        """Create a backend's per-collection objects, inside the creating transaction."""
+
     async def _drop_collection_objects(self, conn: AsyncConnection, collection_id: str) -> None:
         """Drop a backend's per-collection objects, inside the deleting transaction."""
+
+    async def create_collection(
+        self, name: str, embedder: str, dimension: int, metadata: Mapping[str, Any] | None = None
+    ) -> CollectionInfo:
+        validate_collection_name(name)
+        if dimension < 1:
+            raise InvalidRequestError("an embedder dimension must be positive")
+        self._check_dimension(dimension)
+        await self._ready()
+        info = CollectionInfo(
+            id=secrets.token_hex(16),
+            name=name,
+            embedder=embedder,
+            dimension=dimension,
+            created_at=time.time(),
+            metadata=dict(metadata or {}),
+        )
+        try:
+            async with self.db.engine.begin() as conn:
+                await conn.execute(
+                    insert(collections).values(
+                        id=info.id,
+                        name=name,
+                        embedder=embedder,
+                        dimension=dimension,
+                        metadata=info.metadata,
+                        created_at=info.created_at,
+                        version=0,
+                    )
+                )
+                await self._create_collection_objects(conn, info)
+        except IntegrityError as exc:
+            raise InvalidRequestError(
+                f"collection {name!r} already exists", code="collection_exists", param="name"
+            ) from exc
+        return info
 
     async def get_collection(self, name: str, *, counts: bool = True) -> CollectionInfo:
         # Counting sums over every document row of the collection (tens of ms at 100,000
@@ -114,6 +194,44 @@ class TableIndex:
             if deleted:
                 await self._bump(conn, collection)
         return deleted
+
+    async def _replace_document_row(
+        self,
+        conn: AsyncConnection,
+        collection: CollectionInfo,
+        document_id: str,
+        *,
+        text: str,
+        source: str | None,
+        metadata: Mapping[str, Any],
+        content_hash: str,
+        chunk_count: int,
+        pages: Sequence[int],
+    ) -> tuple[bool, str]:
+        """Delete the document's old version (chunks cascade) and insert the new row.
+
+        Returns (whether one was replaced, the new internal id): every version gets a
+        fresh id, which is how snapshots tell a replaced document from an unchanged one.
+        """
+        replaced = await self._delete_document(conn, collection, document_id)
+        internal_id = secrets.token_hex(16)
+        now = time.time()
+        await conn.execute(
+            insert(documents).values(
+                id=internal_id,
+                collection_id=collection.id,
+                external_id=document_id,
+                source=source,
+                content_hash=content_hash,
+                metadata=dict(metadata),
+                text=text,
+                chunk_count=chunk_count,
+                created_at=now,
+                updated_at=now,
+                pages=list(pages) or None,
+            )
+        )
+        return replaced, internal_id
 
     async def _delete_document(
         self, conn: AsyncConnection, collection: CollectionInfo, document_id: str
