@@ -58,6 +58,7 @@ async def test_reindex_switches_the_embedder_and_keeps_documents(
     with pytest.raises(InvalidRequestError, match="re-index"):
         await new.search("docs", "shock waves")
 
+    before = await index.get_collection("docs")
     seen: list[tuple[int, int]] = []
     report = await new.reindex("docs", progress=lambda d, c: seen.append((d, c)))
     assert sorted(report.replaced) == ["cake", "report", "wing"] and not report.failed
@@ -65,6 +66,7 @@ async def test_reindex_switches_the_embedder_and_keeps_documents(
 
     info = await index.get_collection("docs")
     assert (info.embedder, info.dimension) == ("minilm-128", 128)
+    assert info.created_at == before.created_at  # the same collection, rebuilt
     assert (info.documents, info.metadata) == (3, {"owner": "team"})
     assert await _names(index) == ["docs"]
     hits = await new.search("docs", "shock waves on swept wings", top_k=1)

@@ -310,7 +310,11 @@ class TableIndex:
             await conn.execute(
                 update(collections)
                 .where(collections.c.id == staging.id)
-                .values(name=target.name, version=collections.c.version + 1)
+                .values(
+                    name=target.name,
+                    created_at=target.created_at,
+                    version=collections.c.version + 1,
+                )
             )
         self._snapshots.forget(target.id)
         return await self.get_collection(target.name)
