@@ -567,7 +567,9 @@ async def _with_retrieval(settings: Settings, action: Callable[[Any], Awaitable[
     from trellis.retrieval import Retrieval, index_for
 
     async def run(db: Any) -> T:
-        return await action(Retrieval(index_for(db), MiniLMEmbedder()))  # type: ignore[arg-type]
+        index = index_for(db, postgres_keyword_rank=settings.retrieval.postgres_keyword_rank)
+        embedder = MiniLMEmbedder(cache_dir=settings.data_dir / "models")
+        return await action(Retrieval(index, embedder))  # type: ignore[arg-type]
 
     return await _with_db(settings, run)
 

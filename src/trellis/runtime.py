@@ -71,7 +71,10 @@ class Trellis:
                 raise RuntimeError("start() the runtime before using retrieval")
             # SQLiteIndex on SQLite, PgIndex (pgvector + full-text search) on Postgres.
             # MiniLM declares name/dimension as ClassVars; the protocol wants attributes.
-            self._retrieval = Retrieval(index_for(self.db), self.minilm)  # type: ignore[arg-type]
+            index = index_for(
+                self.db, postgres_keyword_rank=self.settings.retrieval.postgres_keyword_rank
+            )
+            self._retrieval = Retrieval(index, self.minilm)  # type: ignore[arg-type]
         return self._retrieval
 
     @property
@@ -80,7 +83,8 @@ class Trellis:
         if self._minilm is None:
             from trellis.inference.providers.local_embedder import MiniLMEmbedder
 
-            self._minilm = MiniLMEmbedder()
+            # The int8 rebuild of the bundled graph is kept in the data directory.
+            self._minilm = MiniLMEmbedder(cache_dir=self.settings.data_dir / "models")
         return self._minilm
 
     def _provider(self, deployment: Deployment) -> Provider:

@@ -271,6 +271,14 @@ class AlertSettings(_Strict):
         return rules
 
 
+class RetrievalSettings(_Strict):
+    postgres_keyword_rank: Literal["bm25", "ts_rank", "ts_rank_cd"] = Field(
+        default="bm25",
+        description="Keyword ranking on Postgres: BM25 over in-process postings (as on "
+        "SQLite), or Postgres full-text ranking (no memory per process, lower quality)",
+    )
+
+
 class LocalModelSettings(_Strict):
     n_ctx: int = Field(default=2048, ge=256)
     n_threads: int | None = None
@@ -309,6 +317,7 @@ class Settings(BaseSettings):
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     local: LocalModelSettings = Field(default_factory=LocalModelSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     key_cache_seconds: float = Field(
         default=10.0, ge=0, description="How long a verified API key is trusted without a DB read"
     )

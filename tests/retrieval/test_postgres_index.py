@@ -9,10 +9,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from trellis.retrieval import PgIndex
+from trellis.retrieval import PgIndex, index_for
 from trellis.retrieval.index import fts_query
 from trellis.retrieval.models import Chunk, CollectionInfo
 from trellis.retrieval.postgres_index import (
@@ -21,6 +22,7 @@ from trellis.retrieval.postgres_index import (
     vector_index_name,
     vector_query,
 )
+from trellis.settings import Settings
 from trellis.store import Database
 
 from ..conftest import _admin, run_sync
@@ -249,3 +251,12 @@ async def test_a_database_migrated_before_pgvector_gets_it_on_first_use(
         assert vector_index_name(first.id) in found and vector_index_name(second.id) in found
     finally:
         await db.close()
+
+
+async def test_keyword_ranking_comes_from_settings(pg: Database) -> None:
+    settings = Settings(retrieval={"postgres_keyword_rank": "ts_rank"})
+    chosen = index_for(pg, postgres_keyword_rank=settings.retrieval.postgres_keyword_rank)
+    assert isinstance(chosen, PgIndex) and chosen.keyword_rank == "ts_rank"
+    assert isinstance(index_for(pg), PgIndex) and index_for(pg).keyword_rank == "bm25"  # type: ignore[attr-defined]
+    with pytest.raises(ValidationError):
+        Settings(retrieval={"postgres_keyword_rank": "tf-idf"})
