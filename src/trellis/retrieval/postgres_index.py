@@ -44,7 +44,7 @@ from trellis.retrieval.keyword import Analyzer
 from trellis.retrieval.models import Chunk, CollectionInfo
 from trellis.retrieval.snapshot_store import SnapshotStore
 from trellis.retrieval.stopwords import ENGLISH_STOPWORDS
-from trellis.retrieval.table_index import TableIndex, check_vectors, chunk_rows
+from trellis.retrieval.table_index import TableIndex, check_vectors, chunk_rows, query_vector
 from trellis.store import Database
 from trellis.store.tables import chunks as chunks_table
 from trellis.store.tables import collections
@@ -356,27 +356,18 @@ class PgIndex(TableIndex):
             rows = await conn.execute(sql, params)
             return [(int(row[0]), float(row[1])) for row in rows]
 
-    async def _bm25(
-        self, collection: CollectionInfo, query: str, limit: int, filters: Filters | None
-    ) -> list[tuple[int, float]]:
-        """The embedded backend's BM25 over in-process postings (same scores on both)."""
-        where = _filter_json(filters)
-        if limit < 1 or not self.analyzer.query_terms(query):
-            return []
-        allowed_documents = None
-        if where is not None:
-            async with self.db.engine.connect() as conn:
-                rows = await conn.execute(
-                    text(
-                        "SELECT id FROM documents WHERE collection_id = :cid "
-                        "AND metadata @> CAST(:filter AS jsonb)"
-                    ),
-                    {"cid": collection.id, "filter": where},
-                )
-                allowed_documents = [row[0] for row in rows]
-        snapshot = await self._snapshots.get(collection)
-        allowed = None if allowed_documents is None else snapshot.allowed_rows(allowed_documents)
-        return snapshot.keyword_search(query, limit, allowed)
+    async def _documents_matching(
+        self, collection: CollectionInfo, filters: list[tuple[str, Any]]
+    ) -> list[str]:
+        async with self.db.engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT id FROM documents WHERE collection_id = :cid "
+                    "AND metadata @> CAST(:filter AS jsonb)"
+                ),
+                {"cid": collection.id, "filter": json.dumps(dict(filters))},
+            )
+            return [row[0] for row in rows]
 
     async def vector_search(
         self,
@@ -385,13 +376,7 @@ class PgIndex(TableIndex):
         limit: int,
         filters: Filters | None = None,
     ) -> list[tuple[int, float]]:
-        query = np.asarray(vector, dtype=np.float32).reshape(-1)
-        if query.shape[0] != collection.dimension:
-            raise InvalidRequestError(
-                f"collection {collection.name!r} holds {collection.dimension}-dimensional "
-                f"vectors; the query vector has {query.shape[0]}",
-                code="dimension_mismatch",
-            )
+        query = query_vector(collection, vector)
         where = _filter_json(filters)
         if limit < 1:
             return []

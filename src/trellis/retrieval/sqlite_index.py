@@ -26,23 +26,19 @@ from trellis.retrieval.index import (
 from trellis.retrieval.keyword import Analyzer
 from trellis.retrieval.models import Chunk, CollectionInfo
 from trellis.retrieval.snapshot_store import SnapshotStore
-from trellis.retrieval.table_index import TableIndex, check_vectors, chunk_rows
+from trellis.retrieval.table_index import TableIndex, check_vectors, chunk_rows, query_vector
 from trellis.store import Database
 from trellis.store.tables import chunks as chunks_table
 
 __all__ = ["SQLiteIndex"]
 
 
-def _sqlite_filters(filters: Filters | None) -> list[tuple[str, Any]]:
-    """Validated filters as ``(JSON path, value)`` pairs for ``json_extract``."""
-    return [(f'$."{key}"', value) for key, value in check_filters(filters)]
-
-
-def _filter_sql(pairs: list[tuple[str, Any]], alias: str) -> tuple[str, dict[str, Any]]:
+def _filter_sql(filters: list[tuple[str, Any]], alias: str) -> tuple[str, dict[str, Any]]:
+    """Validated ``(key, value)`` filters as ``json_extract`` equality tests."""
     clauses, params = [], {}
-    for n, (path, value) in enumerate(pairs):
+    for n, (key, value) in enumerate(filters):
         clauses.append(f"json_extract({alias}.metadata, :fp{n}) = :fv{n}")
-        params[f"fp{n}"], params[f"fv{n}"] = path, value
+        params[f"fp{n}"], params[f"fv{n}"] = f'$."{key}"', value
     return "".join(f" AND {c}" for c in clauses), params
 
 
@@ -104,13 +100,7 @@ class SQLiteIndex(TableIndex):
     async def keyword_search(
         self, collection: CollectionInfo, query: str, limit: int, filters: Filters | None = None
     ) -> list[tuple[int, float]]:
-        if limit < 1 or not self.analyzer.query_terms(query):
-            return []
-        pairs = _sqlite_filters(filters)
-        documents = await self._matching_documents(collection, pairs) if pairs else None
-        snapshot = await self._snapshots.get(collection)
-        allowed = None if documents is None else snapshot.allowed_rows(documents)
-        return snapshot.keyword_search(query, limit, allowed)
+        return await self._bm25(collection, query, limit, filters)
 
     async def vector_search(
         self,
@@ -119,23 +109,14 @@ class SQLiteIndex(TableIndex):
         limit: int,
         filters: Filters | None = None,
     ) -> list[tuple[int, float]]:
-        query = np.asarray(vector, dtype=np.float32).reshape(-1)
-        if query.shape[0] != collection.dimension:
-            raise InvalidRequestError(
-                f"collection {collection.name!r} holds {collection.dimension}-dimensional "
-                f"vectors; the query vector has {query.shape[0]}",
-                code="dimension_mismatch",
-            )
-        pairs = _sqlite_filters(filters)
-        documents = await self._matching_documents(collection, pairs) if pairs else None
-        snapshot = await self._snapshots.get(collection)
-        allowed = None if documents is None else snapshot.allowed_rows(documents)
+        query = query_vector(collection, vector)
+        snapshot, allowed = await self._snapshot_rows(collection, check_filters(filters))
         return await asyncio.to_thread(snapshot.vector_searcher(query, limit, allowed))
 
-    async def _matching_documents(
-        self, collection: CollectionInfo, pairs: list[tuple[str, Any]]
+    async def _documents_matching(
+        self, collection: CollectionInfo, filters: list[tuple[str, Any]]
     ) -> list[str]:
-        where, params = _filter_sql(pairs, "d")
+        where, params = _filter_sql(filters, "d")
         sql = text(f"SELECT d.id FROM documents d WHERE d.collection_id = :cid{where}")
         async with self.db.engine.connect() as conn:
             rows = await conn.execute(sql, {"cid": collection.id, **params})

@@ -21,14 +21,20 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from trellis.errors import ConflictError, InvalidRequestError, NotFoundError
-from trellis.retrieval.index import collection_info, validate_collection_name
+from trellis.retrieval.index import (
+    Filters,
+    check_filters,
+    collection_info,
+    validate_collection_name,
+)
 from trellis.retrieval.models import Chunk, CollectionInfo, Document, DocumentInfo, Hit
+from trellis.retrieval.snapshot import Snapshot
 from trellis.retrieval.snapshot_store import SnapshotStore
 from trellis.store import Database
 from trellis.store.tables import chunks as chunks_table
 from trellis.store.tables import collections, documents
 
-__all__ = ["TableIndex", "check_vectors", "chunk_rows"]
+__all__ = ["TableIndex", "check_vectors", "chunk_rows", "query_vector"]
 
 
 def check_vectors(collection: CollectionInfo, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
@@ -40,6 +46,18 @@ def check_vectors(collection: CollectionInfo, chunks: Sequence[Chunk], vectors: 
             "embedder needs an explicit re-index.",
             code="dimension_mismatch",
         )
+
+
+def query_vector(collection: CollectionInfo, vector: np.ndarray) -> np.ndarray:
+    """The query as flat float32 of the collection's dimension (else a 400)."""
+    query = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if query.shape[0] != collection.dimension:
+        raise InvalidRequestError(
+            f"collection {collection.name!r} holds {collection.dimension}-dimensional "
+            f"vectors; the query vector has {query.shape[0]}",
+            code="dimension_mismatch",
+        )
+    return query
 
 
 def chunk_rows(
@@ -82,6 +100,31 @@ class TableIndex:
 
     async def _drop_collection_objects(self, conn: AsyncConnection, collection_id: str) -> None:
         """Drop a backend's per-collection objects, inside the deleting transaction."""
+
+    async def _documents_matching(
+        self, collection: CollectionInfo, filters: list[tuple[str, Any]]
+    ) -> list[str]:
+        """Internal ids of the collection's documents whose metadata passes ``filters``
+        (validated ``(key, value)`` equality tests), in the backend's JSON dialect."""
+        raise NotImplementedError
+
+    async def _snapshot_rows(
+        self, collection: CollectionInfo, filters: list[tuple[str, Any]]
+    ) -> tuple[Snapshot, np.ndarray | None]:
+        """The caught-up snapshot and the rows ``filters`` allow (None: every row)."""
+        documents = await self._documents_matching(collection, filters) if filters else None
+        snapshot = await self._snapshots.get(collection)
+        return snapshot, None if documents is None else snapshot.allowed_rows(documents)
+
+    async def _bm25(
+        self, collection: CollectionInfo, query: str, limit: int, filters: Filters | None
+    ) -> list[tuple[int, float]]:
+        """BM25 over the collection's in-process postings (both backends rank the same)."""
+        pairs = check_filters(filters)
+        if limit < 1 or not self._snapshots.analyzer.query_terms(query):
+            return []
+        snapshot, allowed = await self._snapshot_rows(collection, pairs)
+        return snapshot.keyword_search(query, limit, allowed)
 
     async def create_collection(
         self, name: str, embedder: str, dimension: int, metadata: Mapping[str, Any] | None = None
