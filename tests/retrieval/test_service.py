@@ -13,7 +13,7 @@ from sqlalchemy import text
 from trellis.errors import InvalidRequestError, NotFoundError
 from trellis.inference.providers.local_embedder import MiniLMEmbedder
 from trellis.retrieval import Document, Retrieval, SQLiteIndex, index_for
-from trellis.retrieval.index import fts_query
+from trellis.retrieval.index import keyword_terms
 from trellis.store import Database
 
 DOCS = [
@@ -95,10 +95,10 @@ async def test_search_modes_scores_offsets_filters(retrieval: Retrieval) -> None
         await retrieval.search("docs", "x", mode="fuzzy")  # type: ignore[arg-type]
 
 
-def test_fts_query_quotes_user_input() -> None:
-    assert fts_query('wings AND "drag" OR NEAR(x) the') == '"wings" OR "drag" OR "near" OR "x"'
-    assert fts_query("the of") == '"the" OR "of"'
-    assert fts_query("  ...  ") is None
+def test_keyword_terms_drop_syntax_and_stop_words() -> None:
+    assert keyword_terms('wings AND "drag" OR NEAR(x) the') == ["wings", "drag", "near", "x"]
+    assert keyword_terms("the of") == ["the", "of"]
+    assert keyword_terms("  ...  ") == []
 
 
 async def test_reingest_is_idempotent_and_changes_replace(retrieval: Retrieval) -> None:

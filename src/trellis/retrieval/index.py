@@ -23,7 +23,7 @@ __all__ = [
     "Filters",
     "check_filters",
     "collection_info",
-    "fts_query",
+    "keyword_terms",
     "validate_collection_name",
 ]
 
@@ -45,17 +45,11 @@ def validate_collection_name(name: str) -> str:
     return name
 
 
-def fts_query(query: str) -> str | None:
-    """An FTS5 MATCH expression: any of the query's terms, stop words dropped, all quoted.
-
-    Quoting makes user input inert (no FTS5 operators or column filters); OR keeps BM25's
-    graded matching instead of requiring every term. A query of stop words only keeps them.
-    """
+def keyword_terms(query: str) -> list[str]:
+    """Distinct lower-cased ``\\w+`` terms of a query, stop words dropped (unless that
+    leaves none), for a backend's own full-text syntax: such terms hold no quote or operator."""
     terms = list(dict.fromkeys(t.lower() for t in _TERM.findall(query)))
-    content = [t for t in terms if t not in ENGLISH_STOPWORDS] or terms
-    if not content:
-        return None
-    return " OR ".join('"' + t.replace('"', '""') + '"' for t in content)
+    return [t for t in terms if t not in ENGLISH_STOPWORDS] or terms
 
 
 def collection_info(row: Any, document_count: int, chunk_count: int) -> CollectionInfo:

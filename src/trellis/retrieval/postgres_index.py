@@ -36,14 +36,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from trellis.errors import InvalidRequestError, TrellisError
-from trellis.retrieval.index import (
-    Filters,
-    check_filters,
-)
+from trellis.retrieval.index import Filters, check_filters, keyword_terms
 from trellis.retrieval.keyword import Analyzer
 from trellis.retrieval.models import Chunk, CollectionInfo
 from trellis.retrieval.snapshot_store import SnapshotStore
-from trellis.retrieval.stopwords import ENGLISH_STOPWORDS
 from trellis.retrieval.table_index import TableIndex, check_vectors, chunk_rows, query_vector
 from trellis.store import Database
 from trellis.store.tables import chunks as chunks_table
@@ -75,7 +71,6 @@ KeywordRank = Literal["bm25", "ts_rank", "ts_rank_cd"]
 DEFAULT_KEYWORD_RANK: KeywordRank = "bm25"
 DEFAULT_RANK_NORMALIZATION = 1  # rank / (1 + log(document length))
 
-_TERM = re.compile(r"\w+", re.UNICODE)
 _SAFE_ID = re.compile(r"[A-Za-z0-9_]{1,32}")
 _INSTALL_LOCK = "trellis.pgvector"
 
@@ -124,12 +119,11 @@ def _index_ddl(collection_id: str, dimension: int) -> str:
 def tsquery_text(query: str) -> str | None:
     """A ``to_tsquery`` input: any of the query's terms, stop words dropped, each quoted.
 
-    The same terms as :func:`trellis.retrieval.index.fts_query`. Terms are ``\\w+`` runs,
-    which hold no quote, backslash or tsquery operator, and each is a quoted operand, so
-    user input can never become tsquery syntax.
+    Terms come from :func:`trellis.retrieval.index.keyword_terms`: ``\\w+`` runs, which
+    hold no quote, backslash or tsquery operator, and each is a quoted operand, so user
+    input can never become tsquery syntax.
     """
-    terms = list(dict.fromkeys(t.lower() for t in _TERM.findall(query)))
-    content = [t for t in terms if t not in ENGLISH_STOPWORDS] or terms
+    content = keyword_terms(query)
     if not content:
         return None
     return " | ".join(f"'{t}'" for t in content)

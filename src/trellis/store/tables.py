@@ -194,7 +194,7 @@ documents = Table(
 chunks = Table(
     "chunks",
     metadata,
-    # INTEGER PRIMARY KEY on SQLite is the rowid, which the FTS5 index refers to.
+    # INTEGER PRIMARY KEY on SQLite, so the id is the rowid.
     Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
     Column(
         "collection_id",
@@ -255,8 +255,8 @@ alerts = Table(
     Index("ix_alerts_started_at", "started_at"),
 )
 
-#: The Postgres keyword index over chunks.text (a GIN expression index; SQLite's FTS5 table
-#: of revisions 0002-0006 is gone): raw DDL in the migration, invisible to this metadata.
+#: The Postgres keyword index over chunks.fts_vector (GIN, revision 0006; SQLite's FTS5
+#: table of revisions 0002-0006 is gone): raw DDL in migrations, invisible to this metadata.
 _UNMANAGED_PREFIX = "chunks_fts"
 #: Postgres retrieval objects (revision 0006_pgvector and the retrieval backend): the stored
 #: tsvector (a generated column), the untyped pgvector column (only where pgvector is) and
