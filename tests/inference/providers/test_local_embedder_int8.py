@@ -113,7 +113,7 @@ def test_rebuilt_graph_is_cached_and_reused(
     assert not list(tmp_path.glob("*.tmp"))
     stamp = cached.stat().st_mtime_ns
 
-    def no_rebuild(source: object) -> bytes:
+    def no_rebuild(source: object, **options: object) -> bytes:
         raise AssertionError("the cached graph should have been used")
 
     monkeypatch.setattr(minilm_int8, "build_int8_model", no_rebuild)
@@ -127,7 +127,7 @@ def test_rebuilt_graph_is_cached_and_reused(
 def test_a_graph_it_cannot_rebuild_runs_in_fp32(
     fp32: MiniLMEmbedder, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def unknown_layout(source: object) -> bytes:
+    def unknown_layout(source: object, **options: object) -> bytes:
         raise minilm_int8.GraphLayoutError("not a BERT encoder")
 
     monkeypatch.setattr(minilm_int8, "build_int8_model", unknown_layout)
@@ -182,3 +182,54 @@ def test_parallel_runs_match_a_single_threaded_embedder(int8: MiniLMEmbedder) ->
         assert int8._workers is not None
     np.testing.assert_allclose(int8.embed(texts), single.embed(texts), atol=1e-5)
     assert single._workers is None
+
+
+def test_weight_format_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(minilm_int8.platform, "machine", lambda: "x86_64")
+    assert minilm_int8.signed_weights_are_exact("fpu sse avx2 avx512f avx512_vnni")
+    assert minilm_int8.signed_weights_are_exact("fpu sse avx2 avx_vnni")
+    assert not minilm_int8.signed_weights_are_exact("fpu sse sse4_2 avx avx2 fma")
+    monkeypatch.setattr(minilm_int8.platform, "machine", lambda: "aarch64")
+    assert minilm_int8.signed_weights_are_exact("fp asimd")
+
+
+def test_unsigned_weights_are_the_shipped_ones_shifted_and_stay_close_to_fp32(
+    fp32: MiniLMEmbedder,
+) -> None:
+    import onnx
+    import onnxruntime
+    from onnx import numpy_helper
+
+    source, _ = bundled_embedding_paths()
+    signed = onnx.load_from_string(minilm_int8.build_int8_model(source))
+    built = minilm_int8.build_int8_model(source, unsigned_weights=True)
+    unsigned = onnx.load_from_string(built)
+
+    def tensors(model: onnx.ModelProto, suffix: str) -> dict[str, np.ndarray]:
+        return {
+            init.name: numpy_helper.to_array(init)
+            for init in model.graph.initializer
+            if init.name.endswith(suffix)
+        }
+
+    for name, weights in tensors(signed, ".w").items():
+        shifted = tensors(unsigned, ".w")[name]
+        assert shifted.dtype == np.uint8
+        np.testing.assert_array_equal(shifted.astype(np.int16) - 128, weights)
+    assert all((zero == 128).all() for zero in tensors(unsigned, ".zero").values())
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    session = onnxruntime.InferenceSession(built, options, providers=["CPUExecutionProvider"])
+    embedder = MiniLMEmbedder(exact_below=0)
+    tokenizer, _ = embedder._loaded()
+    long = [text for text in TEXTS if embedder.count_tokens(text) > 16]
+    for text, reference in zip(long, fp32.embed(long), strict=True):
+        ids = np.array([tokenizer.encode(text).ids], dtype=np.int64)
+        feeds = {
+            "input_ids": ids,
+            "attention_mask": np.ones_like(ids),
+            "token_type_ids": np.zeros_like(ids),
+        }
+        hidden = session.run(None, feeds)[0][0].mean(axis=0)
+        assert hidden @ reference / np.linalg.norm(hidden) > 0.99

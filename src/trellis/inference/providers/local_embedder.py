@@ -277,16 +277,19 @@ class MiniLMEmbedder:
             BUILDER_VERSION,
             GraphLayoutError,
             build_int8_model,
+            signed_weights_are_exact,
         )
 
+        unsigned = not signed_weights_are_exact()
         cached: Path | None = None
         if self.cache_dir is not None:
             digest = hashlib.sha256(model_path.read_bytes()).hexdigest()[:16]
-            cached = self.cache_dir / f"minilm-int8-v{BUILDER_VERSION}-{digest}.onnx"
+            weights = "u8" if unsigned else "s8"
+            cached = self.cache_dir / f"minilm-int8-v{BUILDER_VERSION}-{weights}-{digest}.onnx"
             if cached.is_file():
                 return str(cached)
         try:
-            built = build_int8_model(model_path)
+            built = build_int8_model(model_path, unsigned_weights=unsigned)
         except (GraphLayoutError, ImportError, OSError) as exc:
             logger.warning("running %s in fp32: cannot rebuild it for int8 (%s)", model_path, exc)
             return None
