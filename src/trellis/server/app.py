@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from trellis.runtime import Trellis
 from trellis.server.errors import install_error_handlers
@@ -22,7 +26,59 @@ from trellis.server.routes import (
 )
 from trellis.settings import Settings
 
-__all__ = ["create_app", "announce_admin_key"]
+__all__ = ["create_app", "announce_admin_key", "TrellisApp"]
+
+Endpoint = Callable[[Request], Awaitable[Any]]
+
+
+class TrellisApp(FastAPI):
+    """FastAPI, with the gateway's hot endpoints called straight from the server.
+
+    ``POST /v1/chat/completions`` and ``POST /v1/embeddings`` are what every model call
+    goes through. FastAPI passes each request through routing, six middleware layers
+    and dependency solving first, which on a small VM costs more than the gateway's
+    own work; these two endpoints take no dependencies, so they are called directly
+    with a plain ``Request``, and their errors go to the app's own exception handlers.
+    They stay ordinary routes too (the OpenAPI schema and ``/docs`` list them).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.direct_routes: dict[str, Endpoint] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = self.direct_routes.get(_route_path(scope))
+            if endpoint is not None:
+                await self._call_direct(endpoint, scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+    async def _call_direct(
+        self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        scope["app"] = self
+        request = Request(scope, receive, send)
+        try:
+            response: Response = await endpoint(request)
+        except Exception as exc:
+            response = await self._error_response(request, exc)
+        await response(scope, receive, send)
+
+    async def _error_response(self, request: Request, exc: Exception) -> Response:
+        """What the app's exception handler for ``exc`` (``install_error_handlers``) answers."""
+        for kind in type(exc).__mro__:
+            handler = self.exception_handlers.get(kind)
+            if handler is not None:
+                result = handler(request, exc)
+                return await result if inspect.isawaitable(result) else result
+        raise exc
+
+
+def _route_path(scope: Scope) -> str:
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def announce_admin_key(secret: str) -> None:
@@ -35,7 +91,7 @@ def announce_admin_key(secret: str) -> None:
     )
 
 
-def create_app(settings: Settings | None = None, *, trellis: Trellis | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, trellis: Trellis | None = None) -> TrellisApp:
     """An app that starts its runtime on startup and flushes/closes it on shutdown.
 
     Pass ``trellis`` to serve an already-started runtime (its owner closes it).
@@ -56,7 +112,7 @@ def create_app(settings: Settings | None = None, *, trellis: Trellis | None = No
             if owned:
                 await runtime.aclose()
 
-    app = FastAPI(
+    app = TrellisApp(
         title="Trellis",
         version="0.1.0",
         lifespan=lifespan,
@@ -67,4 +123,10 @@ def create_app(settings: Settings | None = None, *, trellis: Trellis | None = No
     install_error_handlers(app)
     for module in (health, inference, keys, traces, stats, metrics, collections, alerts):
         app.include_router(module.router)
+    app.direct_routes.update(
+        {
+            "/v1/chat/completions": inference.chat_completions,
+            "/v1/embeddings": inference.embeddings,
+        }
+    )
     return app

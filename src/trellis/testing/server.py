@@ -22,6 +22,7 @@ class ServerThread:
         config = uvicorn.Config(
             app, host=host, port=port, log_level="warning", access_log=False, lifespan="on"
         )
+        self.app = app
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, name="trellis-server", daemon=True)
         self.host = host
