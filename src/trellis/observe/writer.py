@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 from trellis.guard.redact import redact, redact_messages
 from trellis.observe.tracing import GenAI, Span, Trace
 from trellis.settings import TracingSettings
+from trellis.store.bulk import BulkInsert
 from trellis.store.db import Database
 from trellis.store.tables import scores as scores_table
 from trellis.store.tables import spans as spans_table
@@ -223,6 +224,7 @@ class TraceWriter:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._last_drop_log = float("-inf")
+        self._bulk: tuple[BulkInsert, BulkInsert, BulkInsert] | None = None
         self.written_traces = 0
         self.written_spans = 0
         self.dropped = 0
@@ -388,16 +390,24 @@ class TraceWriter:
             if trace.scores:
                 score_rows_.extend(score_rows(trace, bodies=bodies))
         self.row_seconds += time.perf_counter() - started
+        inserts = self._inserts()
         async with self.db.engine.begin() as conn:
-            await conn.execute(traces_table.insert(), trace_rows_)
-            if span_rows:
-                await conn.execute(spans_table.insert(), span_rows)
-            if score_rows_:
-                await conn.execute(scores_table.insert(), score_rows_)
+            for insert, rows in zip(inserts, (trace_rows_, span_rows, score_rows_), strict=True):
+                await insert.run(conn, rows)
         self.batches += 1
         self.written_traces += len(trace_rows_)
         self.written_spans += len(span_rows)
         self.written_scores += len(score_rows_)
+
+    def _inserts(self) -> tuple[BulkInsert, BulkInsert, BulkInsert]:
+        if self._bulk is None:
+            dialect = self.db.engine.dialect
+            self._bulk = (
+                BulkInsert(traces_table, dialect),
+                BulkInsert(spans_table, dialect),
+                BulkInsert(scores_table, dialect),
+            )
+        return self._bulk
 
     def _drop(self) -> None:
         self.dropped += 1
