@@ -99,7 +99,7 @@ def serve(
         f"Trellis listening on http://{settings.host}:{settings.port}/v1", style="bold green"
     )
     uvicorn.run(
-        "trellis.server.app:create_app",
+        "trellis.server.app:create_server_app",
         factory=True,
         host=settings.host,
         port=settings.port,

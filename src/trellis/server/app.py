@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import inspect
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,7 +27,7 @@ from trellis.server.routes import (
 )
 from trellis.settings import Settings
 
-__all__ = ["create_app", "announce_admin_key", "TrellisApp"]
+__all__ = ["create_app", "create_server_app", "announce_admin_key", "TrellisApp"]
 
 Endpoint = Callable[[Request], Awaitable[Any]]
 
@@ -91,10 +92,14 @@ def announce_admin_key(secret: str) -> None:
     )
 
 
-def create_app(settings: Settings | None = None, *, trellis: Trellis | None = None) -> TrellisApp:
+def create_app(
+    settings: Settings | None = None, *, trellis: Trellis | None = None, freeze_gc: bool = False
+) -> TrellisApp:
     """An app that starts its runtime on startup and flushes/closes it on shutdown.
 
     Pass ``trellis`` to serve an already-started runtime (its owner closes it).
+    ``freeze_gc`` is for a process that exists to serve this app (``trellis serve``):
+    after startup, the objects alive then are frozen out of garbage collection.
     """
     owned = trellis is None
     runtime = trellis or Trellis(settings)
@@ -105,6 +110,13 @@ def create_app(settings: Settings | None = None, *, trellis: Trellis | None = No
             await runtime.start()
         if runtime.new_admin_key:
             announce_admin_key(runtime.new_admin_key)
+        if freeze_gc:
+            # Everything alive now (modules, settings, the runtime) lives as long as the
+            # process: moved out of the collector's reach, each full collection no longer
+            # walks ~150,000 objects (~100 ms here), which under load cost about a third
+            # of the gateway's CPU and showed in its p99.
+            gc.collect()
+            gc.freeze()
         app.state.trellis = runtime
         try:
             yield
@@ -130,3 +142,8 @@ def create_app(settings: Settings | None = None, *, trellis: Trellis | None = No
         }
     )
     return app
+
+
+def create_server_app() -> TrellisApp:
+    """The app ``trellis serve`` runs in each worker process (settings from the environment)."""
+    return create_app(freeze_gc=True)

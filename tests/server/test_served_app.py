@@ -1,11 +1,16 @@
-"""The hot endpoints skip FastAPI's routing and middleware but keep its behaviour."""
+"""The served app: hot endpoints past FastAPI's pipeline with its behaviour kept, and a
+frozen startup heap."""
 
 from __future__ import annotations
+
+import gc
+from collections.abc import Callable
 
 import httpx
 import pytest
 
-from trellis.server.app import TrellisApp, _route_path
+from trellis.server.app import TrellisApp, _route_path, create_app
+from trellis.settings import Settings
 from trellis.testing.server import ServerThread
 
 HELLO = {"model": "gpt-test", "messages": [{"role": "user", "content": "Hi"}]}
@@ -47,3 +52,18 @@ def test_route_path_strips_the_root_path() -> None:
     scope = {"path": "/api/v1/embeddings", "root_path": "/api"}
     assert _route_path(scope) == "/v1/embeddings"
     assert _route_path({"path": "/v1/embeddings", "root_path": ""}) == "/v1/embeddings"
+
+
+def test_the_served_app_freezes_its_startup_objects_out_of_gc(
+    make_settings: Callable[..., Settings],
+) -> None:
+    gc.unfreeze()
+    try:
+        with ServerThread(create_app(make_settings())) as plain:
+            assert httpx.get(plain.url + "/healthz").status_code == 200
+            assert gc.get_freeze_count() == 0
+        with ServerThread(create_app(make_settings(), freeze_gc=True)) as served:
+            assert httpx.get(served.url + "/healthz").status_code == 200
+            assert gc.get_freeze_count() > 10_000  # modules, settings, the runtime
+    finally:
+        gc.unfreeze()
