@@ -3,9 +3,10 @@
 ``conn.execute(table.insert(), rows)`` compiles the statement and runs SQLAlchemy's
 per-row parameter processing on every call; for the writer, which inserts a batch of
 traces and their spans several times a second, that was about a third of its CPU
-(and it holds the GIL the request path needs). :class:`BulkInsert` compiles the statement and looks
-up each column's bind processor once per dialect, then hands the driver plain tuples
-to ``executemany`` — the same stored values, without the per-row machinery.
+(and it holds the GIL the request path needs). :class:`BulkInsert` compiles the
+statement and looks up each column's bind processor once per dialect, then hands the
+driver plain tuples to ``executemany``: the same stored values, without the per-row
+machinery.
 """
 
 from __future__ import annotations
