@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from trellis.errors import NotFoundError
 from trellis.retrieval.keyword import Analyzer
@@ -23,10 +24,20 @@ from trellis.store import Database
 from trellis.store.tables import chunks as chunks_table
 from trellis.store.tables import collections, documents
 
-__all__ = ["SnapshotStore"]
+__all__ = ["SnapshotStore", "collection_version"]
 
 #: Rebuild a snapshot from scratch once this share of its rows are tombstones.
 REBUILD_DEAD_FRACTION = 0.3
+
+
+async def collection_version(conn: AsyncConnection, collection: CollectionInfo) -> int:
+    """The collection's current version (bumped by every write), or 404 if it was deleted."""
+    version = (
+        await conn.execute(select(collections.c.version).where(collections.c.id == collection.id))
+    ).scalar()
+    if version is None:
+        raise NotFoundError(f"collection {collection.name!r} was deleted")
+    return int(version)
 
 
 class SnapshotStore:
@@ -47,13 +58,7 @@ class SnapshotStore:
     async def get(self, collection: CollectionInfo) -> Snapshot:
         """The collection's snapshot, caught up with the database."""
         async with self.db.engine.connect() as conn:
-            version = (
-                await conn.execute(
-                    select(collections.c.version).where(collections.c.id == collection.id)
-                )
-            ).scalar()
-        if version is None:
-            raise NotFoundError(f"collection {collection.name!r} was deleted")
+            version = await collection_version(conn, collection)
         cached = self._snapshots.get(collection.id)
         if cached is not None and cached.version == version:
             return cached
@@ -79,13 +84,7 @@ class SnapshotStore:
                 # Version and rows from one snapshot (SQLite's read transactions already are).
                 await conn.execution_options(isolation_level="REPEATABLE READ")
             async with conn.begin():
-                version = (
-                    await conn.execute(
-                        select(collections.c.version).where(collections.c.id == collection.id)
-                    )
-                ).scalar()
-                if version is None:
-                    raise NotFoundError(f"collection {collection.name!r} was deleted")
+                version = await collection_version(conn, collection)
                 current = {
                     row[0]
                     for row in await conn.execute(

@@ -29,7 +29,7 @@ from trellis.retrieval.index import (
 )
 from trellis.retrieval.models import Chunk, CollectionInfo, Document, DocumentInfo, Hit
 from trellis.retrieval.snapshot import Snapshot
-from trellis.retrieval.snapshot_store import SnapshotStore
+from trellis.retrieval.snapshot_store import SnapshotStore, collection_version
 from trellis.store import Database
 from trellis.store.tables import chunks as chunks_table
 from trellis.store.tables import collections, documents
@@ -333,14 +333,7 @@ class TableIndex:
     ) -> CollectionInfo:
         await self._ready()
         async with self.db.exclusive(f"trellis.collection.{target.id}") as conn:
-            version = (
-                await conn.execute(
-                    select(collections.c.version).where(collections.c.id == target.id)
-                )
-            ).scalar()
-            if version is None:
-                raise NotFoundError(f"collection {target.name!r} was deleted")
-            if version != target.version:
+            if await collection_version(conn, target) != target.version:
                 raise ConflictError(
                     f"collection {target.name!r} was written to during the re-index; run it again"
                 )
