@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -38,9 +38,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from trellis.errors import InvalidRequestError, TrellisError
 from trellis.retrieval.index import Filters, check_filters, keyword_terms
 from trellis.retrieval.keyword import Analyzer
-from trellis.retrieval.models import Chunk, CollectionInfo
+from trellis.retrieval.models import CollectionInfo
 from trellis.retrieval.snapshot_store import SnapshotStore
-from trellis.retrieval.table_index import TableIndex, check_vectors, chunk_rows, query_vector
+from trellis.retrieval.table_index import TableIndex, query_vector
 from trellis.store import Database
 from trellis.store.tables import chunks as chunks_table
 from trellis.store.tables import collections
@@ -277,51 +277,18 @@ class PgIndex(TableIndex):
 
     # --- documents ---------------------------------------------------------------
 
-    async def write_document(
-        self,
-        collection: CollectionInfo,
-        document_id: str,
-        *,
-        text: str,
-        source: str | None,
-        metadata: Mapping[str, Any],
-        content_hash: str,
-        chunks: Sequence[Chunk],
-        chunk_metadata: Sequence[Mapping[str, Any]],
-        vectors: np.ndarray,
-        pages: Sequence[int] = (),
-    ) -> bool:
-        check_vectors(collection, chunks, vectors)
-        await self._ensure()
+    def _encode_vectors(self, vectors: np.ndarray) -> list[list[float]]:
         # Plain float lists go out as binary real[] (asyncpg encodes them in C), then are
         # cast to vector in the server: no per-value text formatting, no codec to register.
-        rows = vectors.astype(np.float32, copy=False).tolist()
-        async with self.db.exclusive(f"trellis.collection.{collection.id}") as conn:
-            replaced, internal_id = await self._replace_document_row(
-                conn,
-                collection,
-                document_id,
-                text=text,
-                source=source,
-                metadata=metadata,
-                content_hash=content_hash,
-                chunk_count=len(chunks),
-                pages=pages,
-            )
-            if chunks:
-                await conn.execute(
-                    _INSERT_CHUNK,
-                    [
-                        {**row, "vector": vector}
-                        for row, vector in zip(
-                            chunk_rows(collection, internal_id, chunks, chunk_metadata),
-                            rows,
-                            strict=True,
-                        )
-                    ],
-                )
-            await self._bump(conn, collection)
-        return replaced
+        return vectors.astype(np.float32, copy=False).tolist()  # type: ignore[no-any-return]
+
+    async def _insert_chunks(
+        self, conn: AsyncConnection, rows: list[dict[str, Any]], vectors: Sequence[Any]
+    ) -> None:
+        await conn.execute(
+            _INSERT_CHUNK,
+            [{**row, "vector": vector} for row, vector in zip(rows, vectors, strict=True)],
+        )
 
     async def keyword_search(
         self, collection: CollectionInfo, query: str, limit: int, filters: Filters | None = None

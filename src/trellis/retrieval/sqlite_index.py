@@ -12,11 +12,12 @@ sharing the file never search stale data and a write costs what it changed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from sqlalchemy import insert, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from trellis.errors import InvalidRequestError
 from trellis.retrieval.index import (
@@ -24,9 +25,9 @@ from trellis.retrieval.index import (
     check_filters,
 )
 from trellis.retrieval.keyword import Analyzer
-from trellis.retrieval.models import Chunk, CollectionInfo
+from trellis.retrieval.models import CollectionInfo
 from trellis.retrieval.snapshot_store import SnapshotStore
-from trellis.retrieval.table_index import TableIndex, check_vectors, chunk_rows, query_vector
+from trellis.retrieval.table_index import TableIndex, query_vector
 from trellis.store import Database
 from trellis.store.tables import chunks as chunks_table
 
@@ -54,48 +55,16 @@ class SQLiteIndex(TableIndex):
 
     # --- writes (vectors as float32 bytes beside the row) ---------------------------
 
-    async def write_document(
-        self,
-        collection: CollectionInfo,
-        document_id: str,
-        *,
-        text: str,
-        source: str | None,
-        metadata: Mapping[str, Any],
-        content_hash: str,
-        chunks: Sequence[Chunk],
-        chunk_metadata: Sequence[Mapping[str, Any]],
-        vectors: np.ndarray,
-        pages: Sequence[int] = (),
-    ) -> bool:
-        check_vectors(collection, chunks, vectors)
-        vectors = np.ascontiguousarray(vectors, dtype="<f4")
-        async with self.db.exclusive(f"trellis.collection.{collection.id}") as conn:
-            replaced, internal_id = await self._replace_document_row(
-                conn,
-                collection,
-                document_id,
-                text=text,
-                source=source,
-                metadata=metadata,
-                content_hash=content_hash,
-                chunk_count=len(chunks),
-                pages=pages,
-            )
-            if chunks:
-                await conn.execute(
-                    insert(chunks_table),
-                    [
-                        {**row, "embedding": vector.tobytes()}
-                        for row, vector in zip(
-                            chunk_rows(collection, internal_id, chunks, chunk_metadata),
-                            vectors,
-                            strict=True,
-                        )
-                    ],
-                )
-            await self._bump(conn, collection)
-        return replaced
+    def _encode_vectors(self, vectors: np.ndarray) -> list[bytes]:
+        return [vector.tobytes() for vector in np.ascontiguousarray(vectors, dtype="<f4")]
+
+    async def _insert_chunks(
+        self, conn: AsyncConnection, rows: list[dict[str, Any]], vectors: Sequence[Any]
+    ) -> None:
+        await conn.execute(
+            insert(chunks_table),
+            [{**row, "embedding": vector} for row, vector in zip(rows, vectors, strict=True)],
+        )
 
     async def keyword_search(
         self, collection: CollectionInfo, query: str, limit: int, filters: Filters | None = None

@@ -101,6 +101,16 @@ class TableIndex:
     async def _drop_collection_objects(self, conn: AsyncConnection, collection_id: str) -> None:
         """Drop a backend's per-collection objects, inside the deleting transaction."""
 
+    def _encode_vectors(self, vectors: np.ndarray) -> Sequence[Any]:
+        """Each chunk's vector as the backend binds it (done before taking the write lock)."""
+        raise NotImplementedError
+
+    async def _insert_chunks(
+        self, conn: AsyncConnection, rows: list[dict[str, Any]], vectors: Sequence[Any]
+    ) -> None:
+        """Insert a document's chunk rows (``chunk_rows``) with their encoded vectors."""
+        raise NotImplementedError
+
     async def _documents_matching(
         self, collection: CollectionInfo, filters: list[tuple[str, Any]]
     ) -> list[str]:
@@ -229,6 +239,41 @@ class TableIndex:
                 )
                 found.update({row[0]: row[1] for row in rows})
         return found
+
+    async def write_document(
+        self,
+        collection: CollectionInfo,
+        document_id: str,
+        *,
+        text: str,
+        source: str | None,
+        metadata: Mapping[str, Any],
+        content_hash: str,
+        chunks: Sequence[Chunk],
+        chunk_metadata: Sequence[Mapping[str, Any]],
+        vectors: np.ndarray,
+        pages: Sequence[int] = (),
+    ) -> bool:
+        check_vectors(collection, chunks, vectors)
+        await self._ready()
+        encoded = self._encode_vectors(vectors)
+        async with self.db.exclusive(f"trellis.collection.{collection.id}") as conn:
+            replaced, internal_id = await self._replace_document_row(
+                conn,
+                collection,
+                document_id,
+                text=text,
+                source=source,
+                metadata=metadata,
+                content_hash=content_hash,
+                chunk_count=len(chunks),
+                pages=pages,
+            )
+            if chunks:
+                rows = chunk_rows(collection, internal_id, chunks, chunk_metadata)
+                await self._insert_chunks(conn, rows, encoded)
+            await self._bump(conn, collection)
+        return replaced
 
     async def delete_document(self, collection: CollectionInfo, document_id: str) -> bool:
         await self._ready()
