@@ -1,9 +1,10 @@
 """What both retrieval backends share: collections, documents and chunks in the Trellis tables.
 
 SQLite and Postgres keep the same rows in the same tables (``collections``,
-``documents``, ``chunks``; revisions 0002-0007), so everything but writing vectors
-and searching is one implementation here. A backend adds its own objects through
-two hooks: :meth:`TableIndex._ready` (Postgres makes sure pgvector is there) and
+``documents``, ``chunks``; revisions 0002-0007), so everything but encoding vectors
+and searching is one implementation here. A backend fills in hooks: how it encodes
+and inserts chunk vectors (``_encode_vectors``, ``_insert_chunks``), and its own
+objects: :meth:`TableIndex._ready` (Postgres makes sure pgvector is there) and
 :meth:`TableIndex._drop_collection_objects` (Postgres drops the collection's HNSW
 index in the transaction that deletes its rows).
 """
