@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -47,13 +48,13 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from trellis.inference.providers.local_embedder import MiniLMEmbedder
 from trellis.retrieval import PgIndex, Retrieval, SQLiteIndex
 from trellis.retrieval.index import Index
 from trellis.retrieval.models import Chunk, SearchMode
 from trellis.store import Database
+from trellis.testing.postgres import run_admin, scratch_database
 
 ROOT = Path(__file__).resolve().parent
 DATA = ROOT.parents[1] / "shared" / "data" / "ir" / "cranfield"
@@ -140,23 +141,12 @@ async def build(
     return collection, time.perf_counter() - started
 
 
-async def _admin(url: str, statement: str) -> None:
-    import asyncpg
-
-    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    conn = await asyncpg.connect(dsn, timeout=5)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 async def postgres_reachable(url: str) -> str | None:
     """None if the server answers, else why not."""
     import asyncpg
 
     try:
-        await _admin(url, "SELECT 1")
+        await run_admin(url, "SELECT 1", timeout=5)
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
@@ -204,17 +194,16 @@ async def measure(
     queries = [q["text"] for q in _read_jsonl(DATA / "queries.jsonl")][:query_count]
     figures: dict[str, Any] = {"backend": backend}
     with tempfile.TemporaryDirectory() as tmp:
-        scratch = None
-        if backend == "postgres":
-            scratch = f"trellis_latency_{os.getpid()}"
-            await _admin(postgres_url, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
-            await _admin(postgres_url, f'CREATE DATABASE "{scratch}"')
-            database = Database(make_url(postgres_url).set(database=scratch))
-        else:
-            database = Database(f"sqlite+aiosqlite:///{Path(tmp) / 'latency.db'}")
-        await database.connect()
-        try:
-            index: Index = PgIndex(database) if scratch else SQLiteIndex(database)
+        async with contextlib.AsyncExitStack() as stack:
+            if backend == "postgres":
+                scratch = scratch_database(postgres_url, f"trellis_latency_{os.getpid()}")
+                url = await stack.enter_async_context(scratch)
+            else:
+                url = f"sqlite+aiosqlite:///{Path(tmp) / 'latency.db'}"
+            database = Database(url)
+            await database.connect()
+            stack.push_async_callback(database.close)
+            index: Index = PgIndex(database) if backend == "postgres" else SQLiteIndex(database)
             name = await _load(backend, index, synth, total, figures)
             retrieval = Retrieval(index, embedder)  # type: ignore[arg-type]
             # The first search loads the collection's in-process state (BM25 postings;
@@ -245,10 +234,6 @@ async def measure(
                     "p50_ms": round(statistics.median(latencies), 2),
                     "p99_ms": round(percentile(latencies, 99), 2),
                 }
-        finally:
-            await database.close()
-            if scratch is not None:
-                await _admin(postgres_url, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
     modes["query_embedding"] = {
         "p50_ms": round(statistics.median(embed_ms), 2),
         "p99_ms": round(percentile(embed_ms, 99), 2),

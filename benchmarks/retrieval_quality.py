@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -34,6 +35,7 @@ from trellis.retrieval import FusionConfig, PgIndex, Retrieval, SQLiteIndex
 from trellis.retrieval.index import Index
 from trellis.retrieval.models import SearchMode
 from trellis.store import Database
+from trellis.testing.postgres import scratch_database
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ir"
 MODES: tuple[SearchMode, ...] = ("keyword", "vector", "hybrid")
@@ -104,18 +106,6 @@ async def evaluate(
     return results
 
 
-async def _admin(url: str, statement: str) -> None:
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    conn = await asyncpg.connect(dsn, timeout=10)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 async def run_collection(
     name: str,
     embedder: MiniLMEmbedder,
@@ -128,21 +118,19 @@ async def run_collection(
     root = DATA / name
     queries = {q["_id"]: q["text"] for q in read_jsonl(root / "queries.jsonl")}
     qrels = read_qrels(root / "qrels" / "test.tsv")
-    scratch = None
-    if backend == "postgres":
-        from sqlalchemy.engine import make_url
-
+    async with contextlib.AsyncExitStack() as stack:
         options = dict(postgres or {})
-        admin_url = options.pop("url")
-        scratch = f"trellis_quality_{name}_{os.getpid()}"
-        await _admin(admin_url, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
-        await _admin(admin_url, f'CREATE DATABASE "{scratch}"')
-        database = Database(make_url(admin_url).set(database=scratch))
-    else:
-        database = Database(f"sqlite+aiosqlite:///{directory / (name + '.db')}")
-    await database.connect()
-    try:
-        index: Index = SQLiteIndex(database) if scratch is None else PgIndex(database, **options)
+        if backend == "postgres":
+            scratch = f"trellis_quality_{name}_{os.getpid()}"
+            url = await stack.enter_async_context(scratch_database(options.pop("url"), scratch))
+        else:
+            url = f"sqlite+aiosqlite:///{directory / (name + '.db')}"
+        database = Database(url)
+        await database.connect()
+        stack.push_async_callback(database.close)
+        index: Index = (
+            PgIndex(database, **options) if backend == "postgres" else SQLiteIndex(database)
+        )
         retrieval = Retrieval(index, embedder, fusion=fusion)  # type: ignore[arg-type]
         await retrieval.create_collection(name)
         started = time.perf_counter()
@@ -151,10 +139,6 @@ async def run_collection(
         if report.failed:
             raise RuntimeError(f"ingestion failed: {report.failed}")
         quality = await evaluate(retrieval, name, queries, qrels)
-    finally:
-        await database.close()
-        if scratch is not None:
-            await _admin(admin_url, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
     return {
         "documents": len(report.added),
         "chunks": report.chunks,

@@ -23,6 +23,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from trellis.store import Database
+from trellis.testing.postgres import run_admin
 
 T = TypeVar("T")
 
@@ -46,17 +47,8 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
-def _asyncpg_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 async def _admin(url: str, *statements: str) -> None:
-    conn = await asyncpg.connect(_asyncpg_dsn(url), timeout=5)
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
+    await run_admin(url, *statements, timeout=5)
 
 
 def sqlite_url(directory: Path) -> str:
