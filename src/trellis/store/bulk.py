@@ -28,27 +28,27 @@ class BulkInsert:
         compiled = table.insert().compile(dialect=dialect)
         if not compiled.positional or compiled.positiontup is None:
             raise ValueError(f"{dialect.name}: BulkInsert needs a positional paramstyle")
-        self.table = table
         self.sql = str(compiled)
-        self.columns: list[str] = list(compiled.positiontup)
-        processors: list[Callable[[Any], Any] | None] = []
-        defaults: list[Any] = []
-        for name in self.columns:
+        #: Per bound column, in statement order: its name, bind processor and scalar default.
+        self._plan: list[tuple[str, Callable[[Any], Any] | None, Any]] = []
+        for name in compiled.positiontup:
             column = table.c[name]
-            processors.append(column.type._cached_bind_processor(dialect))
             default = column.default
             scalar = default is not None and default.is_scalar
-            defaults.append(getattr(default, "arg", None) if scalar else None)
-        self._processors = processors
-        self._defaults = defaults
+            self._plan.append(
+                (
+                    name,
+                    column.type._cached_bind_processor(dialect),
+                    getattr(default, "arg", None) if scalar else None,
+                )
+            )
 
     def parameters(self, rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
         """Driver-ready tuples; a key missing from a row takes the column's scalar default."""
-        plan = list(zip(self.columns, self._processors, self._defaults, strict=True))
         out = []
         for row in rows:
             values = []
-            for name, process, default in plan:
+            for name, process, default in self._plan:
                 value = row.get(name, default)
                 values.append(process(value) if process is not None else value)
             out.append(tuple(values))
