@@ -12,8 +12,9 @@ from sqlalchemy import text
 
 from trellis.errors import InvalidRequestError, NotFoundError
 from trellis.inference.providers.local_embedder import MiniLMEmbedder
-from trellis.retrieval import Document, Retrieval, SQLiteIndex, index_for
+from trellis.retrieval import Document, DocumentWrite, Retrieval, SQLiteIndex, index_for
 from trellis.retrieval.index import keyword_terms
+from trellis.retrieval.models import Chunk
 from trellis.store import Database
 
 DOCS = [
@@ -205,8 +206,6 @@ async def test_a_failed_write_keeps_the_previous_version(retrieval: Retrieval) -
     await retrieval.add_documents("docs", DOCS)
     info = await retrieval.get_collection("docs")
     chunk = Document(id="heat", text="new").text
-    from trellis.retrieval.models import Chunk
-
     broken = [Chunk(0, 0, 3, chunk, 3), Chunk(1, 0, 3, None, 3)]  # type: ignore[arg-type]
     with pytest.raises(Exception, match="NOT NULL|not-null"):
         await retrieval.index.write_document(
@@ -223,3 +222,53 @@ async def test_a_failed_write_keeps_the_previous_version(retrieval: Retrieval) -
     assert await _counts(db) == (3, 3, 2)
     hits = await retrieval.search("docs", "hypersonic", mode="keyword")
     assert hits[0].document_id == "heat"
+
+
+def _write(doc_id: str, body: str | None, vector_count: int = 1) -> DocumentWrite:
+    """A one-chunk document write; ``body=None`` makes a chunk the database refuses."""
+    chunk = Chunk(0, 0, len(body or "x"), body, 3)  # type: ignore[arg-type]
+    return DocumentWrite(
+        id=doc_id,
+        text=body or "x",
+        content_hash=f"hash-{doc_id}-{body}",
+        chunks=[chunk],
+        chunk_metadata=[{}],
+        vectors=np.zeros((vector_count, 384), dtype=np.float32),
+    )
+
+
+async def test_a_batch_write_is_one_transaction(retrieval: Retrieval) -> None:
+    db = retrieval.index.db  # type: ignore[attr-defined]
+    await retrieval.create_collection("docs")
+    await retrieval.add_documents("docs", DOCS)
+    info = await retrieval.get_collection("docs")
+    # A new document, then a replacement whose chunk the database refuses: neither lands.
+    with pytest.raises(Exception, match="NOT NULL|not-null"):
+        await retrieval.index.write_documents(
+            info, [_write("fresh", "new text"), _write("heat", None)]
+        )
+    assert await _counts(db) == (3, 3, 2)
+    listed = {doc.id for doc in await retrieval.list_documents("docs")}
+    assert listed == {"wing", "heat", "cake"}
+    # A vector count that does not match the chunks is refused before anything is written.
+    with pytest.raises(InvalidRequestError, match="dimension"):
+        await retrieval.index.write_documents(info, [_write("fresh", "a"), _write("b", "b", 2)])
+    assert await _counts(db) == (3, 3, 2)
+
+
+async def test_a_batch_write_reports_replacements_and_refuses_repeats(retrieval: Retrieval) -> None:
+    await retrieval.create_collection("docs")
+    await retrieval.add_documents("docs", DOCS)
+    info = await retrieval.get_collection("docs")
+    replaced = await retrieval.index.write_documents(
+        info, [_write("heat", "heat again"), _write("fresh", "brand new")]
+    )
+    assert replaced == [True, False]
+    after = await retrieval.get_collection("docs")
+    assert (after.documents, after.chunks) == (4, 4)
+    assert after.version > info.version
+    hits = await retrieval.search("docs", "again", mode="keyword")
+    assert [hit.document_id for hit in hits] == ["heat"]
+    with pytest.raises(InvalidRequestError, match="'fresh' appears twice"):
+        await retrieval.index.write_documents(info, [_write("fresh", "a"), _write("fresh", "b")])
+    assert await retrieval.index.write_documents(info, []) == []

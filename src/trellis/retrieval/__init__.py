@@ -17,6 +17,7 @@ from trellis.retrieval.models import (
     CollectionInfo,
     Document,
     DocumentInfo,
+    DocumentWrite,
     Hit,
     IngestReport,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "CollectionInfo",
     "Document",
     "DocumentInfo",
+    "DocumentWrite",
     "Embedder",
     "FusionConfig",
     "Hit",

@@ -15,7 +15,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from trellis.errors import InvalidRequestError
-from trellis.retrieval.models import Chunk, CollectionInfo, Document, DocumentInfo, Hit
+from trellis.retrieval.models import (
+    Chunk,
+    CollectionInfo,
+    Document,
+    DocumentInfo,
+    DocumentWrite,
+    Hit,
+)
 from trellis.retrieval.stopwords import ENGLISH_STOPWORDS
 
 __all__ = [
@@ -117,6 +124,16 @@ class Index(Protocol):
         pages: Sequence[int] = (),
     ) -> bool:
         """Insert or replace one document and its chunks atomically; True if it replaced one."""
+        ...
+
+    async def write_documents(
+        self, collection: CollectionInfo, writes: Sequence[DocumentWrite]
+    ) -> list[bool]:
+        """Insert or replace several documents in one transaction (all or none of them).
+
+        Returns, per write, whether it replaced an earlier version. Ingestion writes a
+        batch at a time: one transaction per document cost more than the writes.
+        """
         ...
 
     async def read_documents(

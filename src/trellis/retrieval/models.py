@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "Document",
     "Chunk",
     "CollectionInfo",
     "DocumentInfo",
+    "DocumentWrite",
     "Hit",
     "IngestReport",
     "SearchMode",
@@ -44,6 +49,25 @@ class Chunk:
     text: str
     token_count: int
     headings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentWrite:
+    """One document with its chunks and their vectors: what an index stores for it.
+
+    ``content_hash`` is what re-ingestion compares to skip unchanged documents;
+    ``chunk_metadata`` and ``vectors`` line up with ``chunks``.
+    """
+
+    id: str
+    text: str
+    content_hash: str
+    chunks: Sequence[Chunk]
+    chunk_metadata: Sequence[Mapping[str, Any]]
+    vectors: np.ndarray
+    source: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    pages: Sequence[int] = ()
 
 
 @dataclass(frozen=True, slots=True)

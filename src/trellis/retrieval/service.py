@@ -33,6 +33,7 @@ from trellis.retrieval.models import (
     CollectionInfo,
     Document,
     DocumentInfo,
+    DocumentWrite,
     Hit,
     IngestReport,
     SearchMode,
@@ -282,24 +283,31 @@ class Retrieval:
         progress: Progress | None,
     ) -> None:
         chunk_count = sum(len(doc_chunks) for _, doc_chunks in batch)
+        writes: list[DocumentWrite] = []
         row = 0
         for doc, doc_chunks in batch:
-            doc_vectors = vectors[row : row + len(doc_chunks)]
-            row += len(doc_chunks)
-            replaced = await self.index.write_document(
-                collection,
-                doc.id,
-                text=doc.text,
-                source=doc.source,
-                metadata=doc.metadata,
-                content_hash=hashes[doc.id],
-                chunks=doc_chunks,
-                chunk_metadata=[_chunk_metadata(doc, chunk) for chunk in doc_chunks],
-                vectors=doc_vectors,
-                pages=doc.pages,
+            writes.append(
+                DocumentWrite(
+                    id=doc.id,
+                    text=doc.text,
+                    content_hash=hashes[doc.id],
+                    chunks=doc_chunks,
+                    chunk_metadata=[_chunk_metadata(doc, chunk) for chunk in doc_chunks],
+                    vectors=vectors[row : row + len(doc_chunks)],
+                    source=doc.source,
+                    metadata=doc.metadata,
+                    pages=doc.pages,
+                )
             )
-            (report.replaced if replaced or doc.id in existing else report.added).append(doc.id)
-            report.chunks += len(doc_chunks)
+            row += len(doc_chunks)
+        # One transaction per batch: whole documents only, so a crash still leaves
+        # every document either fully written or not at all.
+        replaced = await self.index.write_documents(collection, writes)
+        for write, was_replaced in zip(writes, replaced, strict=True):
+            (report.replaced if was_replaced or write.id in existing else report.added).append(
+                write.id
+            )
+            report.chunks += len(write.chunks)
         if progress:
             progress(len(batch), chunk_count)
 

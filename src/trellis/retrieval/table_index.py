@@ -28,7 +28,14 @@ from trellis.retrieval.index import (
     collection_info,
     validate_collection_name,
 )
-from trellis.retrieval.models import Chunk, CollectionInfo, Document, DocumentInfo, Hit
+from trellis.retrieval.models import (
+    Chunk,
+    CollectionInfo,
+    Document,
+    DocumentInfo,
+    DocumentWrite,
+    Hit,
+)
 from trellis.retrieval.snapshot import Snapshot
 from trellis.retrieval.snapshot_store import SnapshotStore, collection_version
 from trellis.store import Database
@@ -255,84 +262,89 @@ class TableIndex:
         vectors: np.ndarray,
         pages: Sequence[int] = (),
     ) -> bool:
-        check_vectors(collection, chunks, vectors)
+        write = DocumentWrite(
+            id=document_id,
+            text=text,
+            content_hash=content_hash,
+            chunks=chunks,
+            chunk_metadata=chunk_metadata,
+            vectors=vectors,
+            source=source,
+            metadata=metadata,
+            pages=pages,
+        )
+        return (await self.write_documents(collection, [write]))[0]
+
+    async def write_documents(
+        self, collection: CollectionInfo, writes: Sequence[DocumentWrite]
+    ) -> list[bool]:
+        ids = [write.id for write in writes]
+        if len(set(ids)) != len(ids):
+            twice = next(name for name in ids if ids.count(name) > 1)
+            raise InvalidRequestError(f"document {twice!r} appears twice in one write")
+        for write in writes:
+            check_vectors(collection, write.chunks, write.vectors)
+        if not writes:
+            return []
         await self._ready()
-        encoded = self._encode_vectors(vectors)
-        async with self.db.exclusive(f"trellis.collection.{collection.id}") as conn:
-            replaced, internal_id = await self._replace_document_row(
-                conn,
-                collection,
-                document_id,
-                text=text,
-                source=source,
-                metadata=metadata,
-                content_hash=content_hash,
-                chunk_count=len(chunks),
-                pages=pages,
+        now = time.time()
+        document_rows: list[dict[str, Any]] = []
+        rows: list[dict[str, Any]] = []
+        vectors: list[Any] = []
+        for write in writes:
+            # Every version gets a fresh internal id: that is how snapshots tell a
+            # replaced document from an unchanged one.
+            internal_id = secrets.token_hex(16)
+            document_rows.append(
+                {
+                    "id": internal_id,
+                    "collection_id": collection.id,
+                    "external_id": write.id,
+                    "source": write.source,
+                    "content_hash": write.content_hash,
+                    "metadata": dict(write.metadata),
+                    "text": write.text,
+                    "chunk_count": len(write.chunks),
+                    "created_at": now,
+                    "updated_at": now,
+                    "pages": list(write.pages) or None,
+                }
             )
-            if chunks:
-                rows = chunk_rows(collection, internal_id, chunks, chunk_metadata)
-                await self._insert_chunks(conn, rows, encoded)
+            rows.extend(chunk_rows(collection, internal_id, write.chunks, write.chunk_metadata))
+            vectors.extend(self._encode_vectors(write.vectors))
+        async with self.db.exclusive(f"trellis.collection.{collection.id}") as conn:
+            replaced = await self._delete_documents(conn, collection, ids)
+            await conn.execute(insert(documents), document_rows)
+            if rows:
+                await self._insert_chunks(conn, rows, vectors)
             await self._bump(conn, collection)
-        return replaced
+        return [name in replaced for name in ids]
 
     async def delete_document(self, collection: CollectionInfo, document_id: str) -> bool:
         await self._ready()
         async with self.db.exclusive(f"trellis.collection.{collection.id}") as conn:
-            deleted = await self._delete_document(conn, collection, document_id)
+            deleted = await self._delete_documents(conn, collection, [document_id])
             if deleted:
                 await self._bump(conn, collection)
+        return bool(deleted)
+
+    async def _delete_documents(
+        self, conn: AsyncConnection, collection: CollectionInfo, document_ids: Sequence[str]
+    ) -> set[str]:
+        """Remove documents and (by cascade) their chunks from every index, in this
+        transaction; returns the ids that existed."""
+        deleted: set[str] = set()
+        for start in range(0, len(document_ids), 500):
+            result = await conn.execute(
+                delete(documents)
+                .where(
+                    documents.c.collection_id == collection.id,
+                    documents.c.external_id.in_(document_ids[start : start + 500]),
+                )
+                .returning(documents.c.external_id)
+            )
+            deleted.update(row[0] for row in result)
         return deleted
-
-    async def _replace_document_row(
-        self,
-        conn: AsyncConnection,
-        collection: CollectionInfo,
-        document_id: str,
-        *,
-        text: str,
-        source: str | None,
-        metadata: Mapping[str, Any],
-        content_hash: str,
-        chunk_count: int,
-        pages: Sequence[int],
-    ) -> tuple[bool, str]:
-        """Delete the document's old version (chunks cascade) and insert the new row.
-
-        Returns (whether one was replaced, the new internal id): every version gets a
-        fresh id, which is how snapshots tell a replaced document from an unchanged one.
-        """
-        replaced = await self._delete_document(conn, collection, document_id)
-        internal_id = secrets.token_hex(16)
-        now = time.time()
-        await conn.execute(
-            insert(documents).values(
-                id=internal_id,
-                collection_id=collection.id,
-                external_id=document_id,
-                source=source,
-                content_hash=content_hash,
-                metadata=dict(metadata),
-                text=text,
-                chunk_count=chunk_count,
-                created_at=now,
-                updated_at=now,
-                pages=list(pages) or None,
-            )
-        )
-        return replaced, internal_id
-
-    async def _delete_document(
-        self, conn: AsyncConnection, collection: CollectionInfo, document_id: str
-    ) -> bool:
-        """Remove a document and (by cascade) its chunks: from every index in this transaction."""
-        result = await conn.execute(
-            delete(documents).where(
-                documents.c.collection_id == collection.id,
-                documents.c.external_id == document_id,
-            )
-        )
-        return bool(result.rowcount)
 
     async def _bump(self, conn: AsyncConnection, collection: CollectionInfo) -> None:
         result = await conn.execute(
