@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 
 import pytest
@@ -101,3 +102,45 @@ def test_real_tokenizer_never_sees_more_than_256_word_pieces(embedder: MiniLMEmb
     for chunk in chunks:
         assert embedder.count_tokens(chunk.text) == chunk.token_count <= 256
         assert text[chunk.start : chunk.end] == chunk.text
+
+
+class CountOnly:
+    """The real tokenizer behind ``count_tokens`` alone: every span is tokenized by itself."""
+
+    def __init__(self, embedder: MiniLMEmbedder) -> None:
+        self.embedder = embedder
+        self.max_tokens = embedder.max_tokens
+
+    def count_tokens(self, text: str) -> int:
+        return self.embedder.count_tokens(text)
+
+
+ODD_PIECES = [
+    "Boundary-layer transition (M=2.5) on swept wings; see [3].",
+    "naïve café résumé",
+    "東京大学の研究。",
+    "control\x1ccharacters\x0bjoin words",
+    "non\u00a0breaking\u3000spaces",
+    "end.Next sentence!Really?",
+    "# A heading\n\nits paragraph",
+    "x" * 150,
+    "e-mail: someone@example.org",
+]
+
+
+@pytest.mark.parametrize("target, overlap", [(256, 32), (48, 12)])
+def test_counting_from_document_offsets_gives_the_same_chunks(
+    embedder: MiniLMEmbedder, target: int, overlap: int
+) -> None:
+    """The embedder's ``token_spans`` shortcut is exact: chunks equal those counted span by span."""
+    rng = random.Random(7)
+    texts = [
+        " ".join(rng.choice(ODD_PIECES) for _ in range(rng.randint(3, 60))).replace(". ", ".\n\n")
+        for _ in range(60)
+    ]
+    config = ChunkingConfig(target_tokens=target, overlap_tokens=overlap)
+    for text in texts:
+        fast = chunk_text(text, embedder, config)
+        assert fast == chunk_text(text, CountOnly(embedder), config)
+        for chunk in fast:
+            assert embedder.count_tokens(chunk.text) == chunk.token_count <= 256

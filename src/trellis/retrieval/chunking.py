@@ -3,6 +3,10 @@
 Sizes are measured with the embedder's own tokenizer (``count_tokens``, which
 counts ``[CLS]``/``[SEP]`` too), so "fits" means exactly what the model means by
 it: no chunk is ever over ``max_tokens``, and nothing is truncated downstream.
+An embedder that also offers ``token_spans`` (word-piece offsets, see
+:class:`SpanCounter`) has each document tokenized once; spans between whitespace
+are then counted from those offsets, which is exact for a tokenizer that splits
+words at whitespace first (BERT's WordPiece does).
 
 The text is cut along its structure, coarsest first: Markdown heading sections,
 then paragraphs and sentences, then words, then characters for pathological
@@ -13,14 +17,16 @@ start of the next chunk. Every chunk is a verbatim span ``text[start:end]``.
 
 from __future__ import annotations
 
+import bisect
 import re
+import unicodedata
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from trellis.errors import InvalidRequestError
 from trellis.retrieval.models import Chunk
 
-__all__ = ["TokenCounter", "ChunkingConfig", "chunk_text", "sections"]
+__all__ = ["TokenCounter", "SpanCounter", "ChunkingConfig", "chunk_text", "sections"]
 
 
 class TokenCounter(Protocol):
@@ -29,6 +35,18 @@ class TokenCounter(Protocol):
     max_tokens: int
 
     def count_tokens(self, text: str) -> int: ...
+
+
+@runtime_checkable
+class SpanCounter(TokenCounter, Protocol):
+    """A counter whose tokenizer splits at whitespace before anything else.
+
+    ``token_spans`` gives ``(start, end)`` character offsets of the word pieces of
+    ``text``, ``[CLS]``/``[SEP]`` excluded, in order. For such a tokenizer the pieces
+    of a span that begins and ends at whitespace are exactly those inside it.
+    """
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +126,16 @@ def _split(text: str, start: int, end: int, pattern: re.Pattern[str]) -> list[tu
     return spans
 
 
+def _at_break(text: str, index: int) -> bool:
+    """Whether ``text[index]`` (or the text's edge) separates words for a WordPiece tokenizer:
+    ASCII blanks and Unicode space separators; other control characters are dropped, not split at.
+    """
+    if index < 0 or index >= len(text):
+        return True
+    char = text[index]
+    return char in " \t\n\r" or unicodedata.category(char) == "Zs"
+
+
 class _Chunker:
     def __init__(self, text: str, counter: TokenCounter, budget: int, overlap: int, hard: int):
         self.text = text
@@ -115,9 +143,41 @@ class _Chunker:
         self.budget = budget
         self.overlap = overlap
         self.hard = hard
+        # Full counts by span: a chunk that is one whole unit (a short document, say)
+        # is not tokenized a second time when it is verified.
+        self._counted: dict[tuple[int, int], int] = {}
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        if isinstance(counter, SpanCounter):
+            spans = counter.token_spans(text)
+            self._starts = [start for start, _ in spans]
+            self._ends = [end for _, end in spans]
+
+    def full_count(self, start: int, end: int) -> int:
+        """Word pieces of ``text[start:end]`` with ``[CLS]``/``[SEP]``, exactly."""
+        key = (start, end)
+        if key not in self._counted:
+            counted = self._count_from_spans(start, end)
+            if counted is None:
+                counted = self.counter.count_tokens(self.text[start:end])
+            self._counted[key] = counted
+        return self._counted[key]
+
+    def _count_from_spans(self, start: int, end: int) -> int | None:
+        """The count from the document's word-piece offsets, or None where it may differ:
+        without offsets, at a boundary that is not whitespace, or where a piece straddles it."""
+        if not self._starts or not (_at_break(self.text, start - 1) and _at_break(self.text, end)):
+            return None
+        first = bisect.bisect_left(self._starts, start)
+        after = bisect.bisect_right(self._ends, end)
+        if (first > 0 and self._ends[first - 1] > start) or (
+            after < len(self._starts) and self._starts[after] < end
+        ):
+            return None
+        return max(0, after - first) + 2
 
     def count(self, start: int, end: int) -> int:
-        return max(0, self.counter.count_tokens(self.text[start:end]) - 2)
+        return max(0, self.full_count(start, end) - 2)
 
     def units(self, start: int, end: int) -> list[_Unit]:
         """Spans of at most ``budget`` word pieces: sentences, else words, else characters."""
@@ -170,7 +230,7 @@ class _Chunker:
         Counts of pieces only add up exactly at whitespace; this check makes the limit a
         guarantee rather than an estimate.
         """
-        full = self.counter.count_tokens(self.text[start:end])
+        full = self.full_count(start, end)
         if full <= self.hard or end - start <= 1:
             return [(start, end, full)]
         cut = self.text.rfind(" ", start + 1, (start + end) // 2 + 1)

@@ -137,6 +137,15 @@ class MiniLMEmbedder:
         tokenizer, _ = self._loaded()
         return len(tokenizer.encode(text).ids)
 
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """``(start, end)`` character offsets of the word pieces of ``text``, in order.
+
+        BERT's tokenizer splits at whitespace before anything else, so the chunker counts
+        any whitespace-bounded span of a document from one call (see chunking.SpanCounter).
+        """
+        tokenizer, _ = self._loaded()
+        return list(tokenizer.encode(text, add_special_tokens=False).offsets)
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """A ``(len(texts), 384)`` float32 array of unit vectors."""
         return self.embed_with_counts(texts)[0]
