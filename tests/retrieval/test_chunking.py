@@ -144,3 +144,21 @@ def test_counting_from_document_offsets_gives_the_same_chunks(
         assert fast == chunk_text(text, CountOnly(embedder), config)
         for chunk in fast:
             assert embedder.count_tokens(chunk.text) == chunk.token_count <= 256
+
+
+mixed_text = st.text(
+    alphabet=st.one_of(
+        st.sampled_from(list("abcdefg xyz .,;!?-'\n\t\r\x0b\x0c\x1c\x85\u00a0\u2028\u3000#")),
+        st.characters(codec="utf-8", exclude_categories=("Cs",)),
+    ),
+    max_size=400,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=mixed_text)
+def test_offset_counting_matches_span_tokenizing_on_any_text(
+    embedder: MiniLMEmbedder, text: str
+) -> None:
+    config = ChunkingConfig(target_tokens=16, overlap_tokens=4)
+    assert chunk_text(text, embedder, config) == chunk_text(text, CountOnly(embedder), config)
