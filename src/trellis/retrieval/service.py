@@ -5,8 +5,8 @@ the pipeline (load -> chunk -> embed -> write) and fusion; storage and the two
 base searches belong to an :class:`~trellis.retrieval.index.Index`. Chunking
 and embedding run in worker threads so an event loop serving requests stays
 responsive, and the stages overlap (a batch is chunked and the previous one
-written while another embeds); each document is written in its own transaction,
-so a crash leaves every document either fully ingested or untouched.
+written while another embeds); each batch of whole documents is written in one
+transaction, so a crash leaves every document either fully ingested or untouched.
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ class TableIndex:
     async def _insert_chunks(
         self, conn: AsyncConnection, rows: list[dict[str, Any]], vectors: Sequence[Any]
     ) -> None:
-        """Insert a document's chunk rows (``chunk_rows``) with their encoded vectors."""
+        """Insert chunk rows (``chunk_rows``, of one or more documents) with their vectors."""
         raise NotImplementedError
 
     async def _documents_matching(
