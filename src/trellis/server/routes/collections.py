@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from trellis.access.keys import ADMIN, INFERENCE
 from trellis.retrieval import FusionConfig
 from trellis.retrieval.loaders import record_to_document
-from trellis.retrieval.service import MAX_TOP_K
+from trellis.retrieval.service import DEFAULT_FUSION, MAX_TOP_K
 from trellis.server.edge import authenticate, parse_body, read_json, runtime
 from trellis.server.responses import JSONBytes
 
@@ -49,11 +49,13 @@ class AddDocuments(BaseModel):
 
 
 class Fusion(BaseModel):
+    """Overrides of the service's hybrid default; omitted fields keep its values."""
+
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["rrf", "weighted"] = "weighted"
-    k: float = Field(default=60.0, ge=0)
-    weights: tuple[float, float] = (0.5, 0.5)
+    method: Literal["rrf", "weighted"] = DEFAULT_FUSION.method
+    k: float = Field(default=DEFAULT_FUSION.k, ge=0)
+    weights: tuple[float, float] = DEFAULT_FUSION.weights
 
 
 class SearchBody(BaseModel):
