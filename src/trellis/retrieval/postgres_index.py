@@ -28,7 +28,7 @@ import asyncio
 import json
 import re
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from sqlalchemy import bindparam, select, text
@@ -116,6 +116,10 @@ def _index_ddl(collection_id: str, dimension: int) -> str:
     )
 
 
+def _drop_index_ddl(collection_id: str) -> str:
+    return f"DROP INDEX IF EXISTS {vector_index_name(collection_id)}"
+
+
 def tsquery_text(query: str) -> str | None:
     """A ``to_tsquery`` input: any of the query's terms, stop words dropped, each quoted.
 
@@ -147,10 +151,7 @@ class PgIndex(TableIndex):
     ) -> None:
         if database.is_sqlite:
             raise InvalidRequestError("PgIndex needs a Postgres database")
-        if (
-            keyword_rank not in ("bm25", "ts_rank", "ts_rank_cd")
-            or not 0 <= rank_normalization < 64
-        ):
+        if keyword_rank not in get_args(KeywordRank) or not 0 <= rank_normalization < 64:
             raise InvalidRequestError(
                 "keyword_rank: bm25, ts_rank or ts_rank_cd; normalization 0-63"
             )
@@ -171,7 +172,7 @@ class PgIndex(TableIndex):
         await self._ensure()
 
     async def _drop_collection_objects(self, conn: AsyncConnection, collection_id: str) -> None:
-        await conn.execute(text(f"DROP INDEX IF EXISTS {vector_index_name(collection_id)}"))
+        await conn.execute(text(_drop_index_ddl(collection_id)))
 
     async def _ensure(self) -> None:
         """Make sure pgvector, the vector column and every collection's index exist (once)."""
@@ -261,7 +262,7 @@ class PgIndex(TableIndex):
         """
         await self._ensure()
         async with self.db.exclusive(f"trellis.collection.{collection.id}") as conn:
-            await conn.execute(text(f"DROP INDEX IF EXISTS {vector_index_name(collection.id)}"))
+            await conn.execute(text(_drop_index_ddl(collection.id)))
 
     async def build_vector_index(
         self, collection: CollectionInfo, *, maintenance_work_mem: str = "1GB"
@@ -272,7 +273,7 @@ class PgIndex(TableIndex):
         await self._ensure()
         async with self.db.engine.begin() as conn:
             await conn.execute(text(f"SET LOCAL maintenance_work_mem = '{maintenance_work_mem}'"))
-            await conn.execute(text(f"DROP INDEX IF EXISTS {vector_index_name(collection.id)}"))
+            await conn.execute(text(_drop_index_ddl(collection.id)))
             await conn.execute(text(_index_ddl(collection.id, collection.dimension)))
 
     # --- documents ---------------------------------------------------------------
