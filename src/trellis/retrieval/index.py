@@ -9,8 +9,8 @@ Scores follow one convention: higher is better.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -30,6 +30,7 @@ __all__ = [
     "Filters",
     "check_filters",
     "collection_info",
+    "in_batches",
     "keyword_terms",
     "validate_collection_name",
 ]
@@ -40,6 +41,7 @@ Filters = Mapping[str, str | int | float | bool]
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _FILTER_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _TERM = re.compile(r"\w+", re.UNICODE)
+T = TypeVar("T")
 
 
 def validate_collection_name(name: str) -> str:
@@ -50,6 +52,16 @@ def validate_collection_name(name: str) -> str:
             param="name",
         )
     return name
+
+
+#: Values bound in one ``IN (...)`` list: well inside SQLite's and Postgres' parameter limits.
+IN_LIST_SIZE = 500
+
+
+def in_batches(values: Sequence[T]) -> Iterator[list[T]]:
+    """``values`` in slices of at most :data:`IN_LIST_SIZE`, one per ``IN (...)`` query."""
+    for start in range(0, len(values), IN_LIST_SIZE):
+        yield list(values[start : start + IN_LIST_SIZE])
 
 
 def keyword_terms(query: str) -> list[str]:

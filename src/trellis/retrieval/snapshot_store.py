@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from trellis.errors import NotFoundError
+from trellis.retrieval.index import in_batches
 from trellis.retrieval.keyword import Analyzer
 from trellis.retrieval.models import CollectionInfo
 from trellis.retrieval.snapshot import Rows, Snapshot
@@ -103,10 +104,8 @@ class SnapshotStore:
                     rows = list((await conn.execute(query.order_by(chunks_table.c.id))).all())
                 else:
                     rows = []
-                    for start in range(0, len(added), 500):
-                        query = wanted.where(
-                            chunks_table.c.document_id.in_(added[start : start + 500])
-                        )
+                    for batch in in_batches(added):
+                        query = wanted.where(chunks_table.c.document_id.in_(batch))
                         rows.extend((await conn.execute(query.order_by(chunks_table.c.id))).all())
         dimension = collection.dimension if self.vectors else 0
         fresh = await asyncio.to_thread(

@@ -26,6 +26,7 @@ from trellis.retrieval.index import (
     Filters,
     check_filters,
     collection_info,
+    in_batches,
     validate_collection_name,
 )
 from trellis.retrieval.models import (
@@ -237,8 +238,7 @@ class TableIndex:
         await self._ready()
         found: dict[str, str] = {}
         async with self.db.engine.connect() as conn:
-            for start in range(0, len(document_ids), 500):
-                batch = list(document_ids[start : start + 500])
+            for batch in in_batches(document_ids):
                 rows = await conn.execute(
                     select(documents.c.external_id, documents.c.content_hash).where(
                         documents.c.collection_id == collection.id,
@@ -334,12 +334,12 @@ class TableIndex:
         """Remove documents and (by cascade) their chunks from every index, in this
         transaction; returns the ids that existed."""
         deleted: set[str] = set()
-        for start in range(0, len(document_ids), 500):
+        for batch in in_batches(document_ids):
             result = await conn.execute(
                 delete(documents)
                 .where(
                     documents.c.collection_id == collection.id,
-                    documents.c.external_id.in_(document_ids[start : start + 500]),
+                    documents.c.external_id.in_(batch),
                 )
                 .returning(documents.c.external_id)
             )
@@ -461,8 +461,7 @@ class TableIndex:
             documents.c.metadata,
         ).join(documents, documents.c.id == chunks_table.c.document_id)
         async with self.db.engine.connect() as conn:
-            for start in range(0, len(chunk_ids), 500):
-                batch = list(chunk_ids[start : start + 500])
+            for batch in in_batches(chunk_ids):
                 for row in await conn.execute(query.where(chunks_table.c.id.in_(batch))):
                     found[int(row[0])] = Hit(
                         chunk_id=int(row[0]),
