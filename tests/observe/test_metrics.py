@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from trellis.inference.router import Router
-from trellis.observe.metrics import UNKNOWN_MODEL, GatewayMetrics
+from trellis.observe.metrics import FLUSH_DELAY, MAX_QUEUED, UNKNOWN_MODEL, GatewayMetrics
 from trellis.observe.tracing import Trace
 from trellis.settings import ModelAlias
 
@@ -80,7 +81,20 @@ def test_registries_are_per_instance() -> None:
 def test_bad_summary_values_never_raise() -> None:
     metrics = GatewayMetrics(["gpt"])
     metrics.observe(finished("gpt", input_tokens="many"))
+    metrics.flush()
     assert metrics.hook_errors == 1
+
+
+async def test_queued_traces_are_counted_soon_without_a_scrape() -> None:
+    metrics = GatewayMetrics(["gpt"])
+    ok = metrics.requests.labels("gpt", "chat", "ok")
+    metrics.observe(finished("gpt"))
+    assert ok._value.get() == 0  # queued: the request did not wait for the counting
+    await asyncio.sleep(FLUSH_DELAY + 0.1)
+    assert ok._value.get() == 1
+    for _ in range(MAX_QUEUED):  # a burst is counted at once, whatever the delay
+        metrics.observe(finished("gpt"))
+    assert ok._value.get() == 1 + MAX_QUEUED
 
 
 def test_breaker_state_and_writer_are_read_at_scrape_time() -> None:
@@ -123,6 +137,7 @@ def test_hook_cost_per_trace() -> None:
     started = time.perf_counter()
     for _ in range(n):
         metrics.observe(trace)
+    metrics.flush()
     per_call_us = (time.perf_counter() - started) / n * 1e6
     assert per_call_us < 50, per_call_us
 

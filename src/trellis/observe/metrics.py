@@ -1,9 +1,11 @@
 """Prometheus metrics: counted from finished traces, plus live state read at scrape time.
 
 :meth:`GatewayMetrics.observe` is appended to ``Gateway.on_trace`` and runs on
-the request path, so it does a handful of lock-protected additions on label
-children it has already resolved (one dict lookup per trace) and nothing else.
-State that already lives elsewhere (circuit breakers, the trace writer's queue
+the request path, so it only queues the trace. The queue is counted (a handful of
+lock-protected additions per trace, on label children resolved once) a quarter of
+a second later, when a scrape comes, or when 1,024 traces are waiting, whichever
+is first: off the request's critical path, and a scrape never misses a finished
+request. State that already lives elsewhere (circuit breakers, the trace writer's queue
 and counters) is not copied on every request but read when Prometheus scrapes.
 
 Each runtime owns its own :class:`CollectorRegistry`, so two runtimes in one
@@ -15,6 +17,7 @@ there is deliberately no per-API-key label.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -50,6 +53,10 @@ TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 _BREAKER_STATES = tuple(state.value for state in BreakerState)
 _LOG_INTERVAL = 60.0
+#: Seconds a finished trace may wait before it is counted (a scrape counts it at once).
+FLUSH_DELAY = 0.25
+#: Traces queued before they are counted at once, whatever the delay.
+MAX_QUEUED = 1024
 
 
 @dataclass(slots=True)
@@ -86,6 +93,8 @@ class GatewayMetrics:
         self.hook_errors = 0
         self._last_error_log = float("-inf")
         self._series: dict[tuple[str, str], _Series] = {}
+        self._queued: list[Trace] = []
+        self._flush_timer: asyncio.TimerHandle | None = None
         r = self.registry
         by_model = ["model", "kind"]
         self.requests = Counter(
@@ -137,17 +146,35 @@ class GatewayMetrics:
     # --- the hook (hot path) --------------------------------------------------------
 
     def observe(self, trace: Trace) -> None:
-        """Count one finished trace. Never raises: a metrics bug must not fail a request."""
-        try:
-            self._observe(trace)
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            self.hook_errors += 1
-            now = time.monotonic()
-            if now - self._last_error_log >= _LOG_INTERVAL:
-                self._last_error_log = now
-                logger.warning("could not count a trace in the metrics: %r", exc)
+        """Queue one finished trace to be counted soon. Never raises or blocks."""
+        queued = self._queued
+        queued.append(trace)
+        if len(queued) >= MAX_QUEUED:
+            self.flush()
+        elif self._flush_timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # no event loop (a script, a test): counted by the next flush or scrape
+            self._flush_timer = loop.call_later(FLUSH_DELAY, self.flush)
 
     __call__ = observe
+
+    def flush(self) -> None:
+        """Count every queued trace. A metrics bug is logged, never raised to a request."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        queued, self._queued = self._queued, []
+        for trace in queued:
+            try:
+                self._observe(trace)
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                self.hook_errors += 1
+                now = time.monotonic()
+                if now - self._last_error_log >= _LOG_INTERVAL:
+                    self._last_error_log = now
+                    logger.warning("could not count a trace in the metrics: %r", exc)
 
     def _observe(self, trace: Trace) -> None:
         summary = trace.summary
@@ -204,7 +231,8 @@ class GatewayMetrics:
     # --- scraping -----------------------------------------------------------------
 
     def render(self) -> bytes:
-        """Every metric in the Prometheus text exposition format."""
+        """Every metric in the Prometheus text exposition format, queued traces counted."""
+        self.flush()
         return generate_latest(self.registry)
 
 

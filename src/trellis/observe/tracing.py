@@ -7,11 +7,10 @@ few dict writes; persisting them is the background writer's job.
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
+from random import getrandbits
+from types import TracebackType
 from typing import Any, Protocol
 
 __all__ = ["Span", "Trace", "TraceSink", "NullSink", "GenAI", "new_trace_id", "new_span_id"]
@@ -41,11 +40,13 @@ class GenAI:
 
 
 def new_trace_id() -> str:
-    return os.urandom(16).hex()
+    """128 random bits in hex, never all zero (W3C Trace Context). Like OpenTelemetry's
+    SDK this uses ``random``, not ``os.urandom``: ids must be unique, not secret."""
+    return f"{getrandbits(128) or 1:032x}"
 
 
 def new_span_id() -> str:
-    return os.urandom(8).hex()
+    return f"{getrandbits(64) or 1:016x}"
 
 
 @dataclass(slots=True)
@@ -75,6 +76,20 @@ class Span:
     def end(self) -> None:
         if self.end_ns is None:
             self.end_ns = time.time_ns()
+
+    def __enter__(self) -> Span:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Ends the span, recording the error that left the block, if any."""
+        if exc is not None:
+            self.record_error(exc)
+        self.end()
 
     @property
     def duration_ms(self) -> float:
@@ -108,24 +123,17 @@ class Trace:
             name=name,
             trace_id=self.trace_id,
             parent_id=(parent or self.root).span_id,  # type: ignore[union-attr]
-            attributes={k: v for k, v in (attributes or {}).items() if v is not None},
+            attributes={k: v for k, v in attributes.items() if v is not None} if attributes else {},
         )
         self.spans.append(span)
         return span
 
-    @contextmanager
     def span(
         self, name: str, parent: Span | None = None, attributes: dict[str, Any] | None = None
-    ) -> Iterator[Span]:
-        """A child span that ends (and records the error, if any) when the block exits."""
-        span = self.start_span(name, parent, attributes)
-        try:
-            yield span
-        except BaseException as exc:
-            span.record_error(exc)
-            raise
-        finally:
-            span.end()
+    ) -> Span:
+        """A child span for a ``with`` block: it ends (recording the error, if any) when
+        the block exits. (A span is its own context manager: cheaper than a generator.)"""
+        return self.start_span(name, parent, attributes)
 
     def finish(self, status: str | None = None) -> None:
         assert self.root is not None

@@ -29,7 +29,8 @@ from trellis.settings import Settings
 
 __all__ = ["create_app", "create_server_app", "announce_admin_key", "TrellisApp"]
 
-Endpoint = Callable[[Request], Awaitable[Any]]
+#: A hot endpoint: the runtime and the raw ASGI request in, a response out.
+Endpoint = Callable[[Trellis, Scope, Receive], Awaitable[Response]]
 
 
 class TrellisApp(FastAPI):
@@ -39,12 +40,14 @@ class TrellisApp(FastAPI):
     goes through. FastAPI passes each request through routing, six middleware layers
     and dependency solving first, which on a small VM costs more than the gateway's
     own work; these two endpoints take no dependencies, so they are called directly
-    with a plain ``Request``, and their errors go to the app's own exception handlers.
-    They stay ordinary routes too (the OpenAPI schema and ``/docs`` list them).
+    on the raw ASGI request (no ``Request`` object unless one fails), and their
+    errors go to the app's own exception handlers. They stay ordinary routes too
+    (the OpenAPI schema and ``/docs`` list them, and the routes call the same code).
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, runtime: Trellis, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.runtime = runtime
         self.direct_routes: dict[str, Endpoint] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -59,11 +62,10 @@ class TrellisApp(FastAPI):
         self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send
     ) -> None:
         scope["app"] = self
-        request = Request(scope, receive, send)
         try:
-            response: Response = await endpoint(request)
+            response = await endpoint(self.runtime, scope, receive)
         except Exception as exc:
-            response = await self._error_response(request, exc)
+            response = await self._error_response(Request(scope, receive, send), exc)
         await response(scope, receive, send)
 
     async def _error_response(self, request: Request, exc: Exception) -> Response:
@@ -125,6 +127,7 @@ def create_app(
                 await runtime.aclose()
 
     app = TrellisApp(
+        runtime,
         title="Trellis",
         version="0.1.0",
         lifespan=lifespan,
@@ -137,8 +140,8 @@ def create_app(
         app.include_router(module.router)
     app.direct_routes.update(
         {
-            "/v1/chat/completions": inference.chat_completions,
-            "/v1/embeddings": inference.embeddings,
+            "/v1/chat/completions": inference.chat_completions_direct,
+            "/v1/embeddings": inference.embeddings_direct,
         }
     )
     return app

@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 import orjson
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope
 
 from trellis.errors import (
     AuthenticationError,
@@ -19,7 +21,15 @@ from trellis.inference.gateway import Caller
 from trellis.runtime import Trellis
 from trellis.server.errors import validation_error
 
-__all__ = ["runtime", "authenticate", "read_json", "parse_body"]
+__all__ = [
+    "runtime",
+    "header",
+    "authenticate",
+    "authenticate_scope",
+    "read_json",
+    "read_json_body",
+    "parse_body",
+]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -28,13 +38,21 @@ def runtime(request: Request) -> Trellis:
     return request.app.state.trellis  # type: ignore[no-any-return]
 
 
-def _bearer(request: Request) -> str:
-    header = request.headers.get("authorization")
-    if header:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
+def header(scope: Scope, name: bytes) -> str | None:
+    """One request header, by its lower-case name (ASGI servers lower-case them)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")  # type: ignore[no-any-return]
+    return None
+
+
+def _bearer(scope: Scope) -> str:
+    value = header(scope, b"authorization")
+    if value:
+        kind, _, token = value.partition(" ")
+        if kind.lower() == "bearer" and token.strip():
             return token.strip()
-    key = request.headers.get("x-api-key")
+    key = header(scope, b"x-api-key")
     if key:
         return key.strip()
     raise AuthenticationError(
@@ -45,9 +63,14 @@ def _bearer(request: Request) -> str:
 
 async def authenticate(request: Request, scope: str) -> Caller:
     """The verified caller, or 401 (no/unknown key) / 403 (key lacks the scope)."""
+    return await authenticate_scope(runtime(request), request.scope, scope)
+
+
+async def authenticate_scope(trellis: Trellis, asgi_scope: Scope, scope: str) -> Caller:
+    """``authenticate`` for a raw ASGI request (the hot endpoints have no ``Request``)."""
     started = time.time_ns()
-    secret = _bearer(request)
-    keys = runtime(request).keys
+    secret = _bearer(asgi_scope)
+    keys = trellis.keys
     assert keys is not None
     record = await keys.verify(secret)
     if record is None:
@@ -57,7 +80,7 @@ async def authenticate(request: Request, scope: str) -> Caller:
         raise PermissionDeniedError(
             f"This API key lacks the '{scope}' scope needed here.", code="insufficient_scope"
         )
-    cache_control = request.headers.get("cache-control", "").lower()
+    cache_control = (header(asgi_scope, b"cache-control") or "").lower()
     return Caller(
         key=record,
         auth_start_ns=started,
@@ -69,15 +92,25 @@ async def authenticate(request: Request, scope: str) -> Caller:
 
 async def read_json(request: Request) -> dict[str, Any]:
     """The body as a JSON object; 413 past the configured size, 400 when it is not JSON."""
-    limit = runtime(request).settings.max_body_bytes
-    declared = request.headers.get("content-length")
+    return await read_json_body(runtime(request), request.scope, request.receive)
+
+
+async def read_json_body(trellis: Trellis, scope: Scope, receive: Receive) -> dict[str, Any]:
+    """``read_json`` for a raw ASGI request: the body straight from ``receive``."""
+    limit = trellis.settings.max_body_bytes
+    declared = header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"Request body is larger than the {limit} byte limit.")
-    body = bytearray()
-    async for piece in request.stream():
-        body += piece
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        body += message.get("body", b"")
         if len(body) > limit:
             raise PayloadTooLargeError(f"Request body is larger than the {limit} byte limit.")
+        if not message.get("more_body", False):
+            break
     if not body.strip():
         raise InvalidRequestError(
             "The request body is empty; send a JSON object.", code="empty_body"

@@ -7,13 +7,22 @@ from collections.abc import AsyncIterator
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+from starlette.responses import Response
+from starlette.types import Receive, Scope
 
 from trellis.access.keys import INFERENCE
 from trellis.errors import NotFoundError, TrellisError
 from trellis.inference.gateway import Gateway
+from trellis.runtime import Trellis
 from trellis.schema import ChatChunk, ChatRequest, EmbeddingRequest, ModelCard
-from trellis.server.edge import authenticate, parse_body, read_json, runtime
-from trellis.server.responses import JSONBytes
+from trellis.server.edge import (
+    authenticate,
+    authenticate_scope,
+    parse_body,
+    read_json_body,
+    runtime,
+)
+from trellis.server.responses import EncodedJSON, JSONBytes, encode_json
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 
@@ -27,10 +36,16 @@ def _gateway(request: Request) -> Gateway:
 
 
 @router.post("/chat/completions")
-async def chat_completions(request: Request) -> object:
-    caller = await authenticate(request, INFERENCE)
-    body = parse_body(ChatRequest, await read_json(request))
-    gateway = _gateway(request)
+async def chat_completions(request: Request) -> Response:
+    return await chat_completions_direct(runtime(request), request.scope, request.receive)
+
+
+async def chat_completions_direct(trellis: Trellis, scope: Scope, receive: Receive) -> Response:
+    """``POST /v1/chat/completions`` on a raw ASGI request (``TrellisApp`` calls it directly)."""
+    caller = await authenticate_scope(trellis, scope, INFERENCE)
+    body = parse_body(ChatRequest, await read_json_body(trellis, scope, receive))
+    gateway = trellis.gateway
+    assert gateway is not None
     if body.stream:
         result = await gateway.chat_stream(body, caller)
         return StreamingResponse(
@@ -43,13 +58,26 @@ async def chat_completions(request: Request) -> object:
             },
         )
     chat = await gateway.chat(body, caller)
-    return JSONBytes(
-        chat.response.model_dump(exclude_none=True),
-        headers={
-            **_cache_headers(chat.cache_hit, chat.similarity),
-            "x-trellis-trace-id": chat.trace_id,
-        },
+    return EncodedJSON(
+        encode_json(chat.response.model_dump(exclude_none=True)),
+        [
+            *_raw_cache_headers(chat.cache_hit, chat.similarity),
+            (b"x-trellis-trace-id", chat.trace_id.encode()),
+        ],
     )
+
+
+_CACHE_HIT = [(b"x-trellis-cache", b"hit")]
+_CACHE_MISS = [(b"x-trellis-cache", b"miss")]
+
+
+def _raw_cache_headers(cache_hit: bool, similarity: float | None) -> list[tuple[bytes, bytes]]:
+    if similarity is None:
+        return _CACHE_HIT if cache_hit else _CACHE_MISS
+    return [
+        (name.encode(), value.encode())
+        for name, value in _cache_headers(cache_hit, similarity).items()
+    ]
 
 
 def _cache_headers(cache_hit: bool, similarity: float | None) -> dict[str, str]:
@@ -73,10 +101,17 @@ async def _sse(chunks: AsyncIterator[ChatChunk]) -> AsyncIterator[bytes]:
 
 
 @router.post("/embeddings")
-async def embeddings(request: Request) -> JSONBytes:
-    caller = await authenticate(request, INFERENCE)
-    body = parse_body(EmbeddingRequest, await read_json(request))
-    response = await _gateway(request).embed(body, caller)
+async def embeddings(request: Request) -> Response:
+    return await embeddings_direct(runtime(request), request.scope, request.receive)
+
+
+async def embeddings_direct(trellis: Trellis, scope: Scope, receive: Receive) -> Response:
+    """``POST /v1/embeddings`` on a raw ASGI request (``TrellisApp`` calls it directly)."""
+    caller = await authenticate_scope(trellis, scope, INFERENCE)
+    body = parse_body(EmbeddingRequest, await read_json_body(trellis, scope, receive))
+    gateway = trellis.gateway
+    assert gateway is not None
+    response = await gateway.embed(body, caller)
     return JSONBytes(response.model_dump())
 
 
