@@ -202,6 +202,59 @@ async def test_request_timeout_bounds_the_whole_walk(upstreams: list[FakeUpstrea
     await router.aclose()
 
 
+async def test_request_timeout_is_recorded_on_the_attempt_and_stops_the_walk(
+    upstreams: list[FakeUpstream],
+) -> None:
+    slow, spare = upstreams[0], upstreams[1]
+    slow.faults.always(Fault.delay(1.0))
+    router = Router(
+        [
+            ModelAlias(
+                name="m", routing="ordered", deployments=[deployment(slow), deployment(spare)]
+            )
+        ],
+        retry=RetrySettings(request_timeout=0.3),
+    )
+    trace, outcome = Trace(kind="chat", name="t"), Outcome()
+    with pytest.raises(UpstreamTimeoutError, match="request did not finish") as caught:
+        await router.chat(router.route("m"), request(), trace, trace.root, outcome)  # type: ignore[arg-type]
+    assert not caught.value.retryable
+    assert outcome.attempts == 1 and not spare.requests  # no fallback after the deadline
+    attempt = next(s for s in trace.spans if s.name == "chat gpt-test")
+    assert attempt.status == "error" and attempt.end_ns is not None
+    assert router.targets["m"][0].breaker.allow()  # the deadline is not the deployment's fault
+    await router.aclose()
+
+
+async def test_a_retry_due_after_the_deadline_fails_at_once(upstreams: list[FakeUpstream]) -> None:
+    up = upstreams[0]
+    up.faults.push(Fault.status(429, retry_after=5))
+    router, sleeps = make_router(
+        [ModelAlias(name="m", deployments=[deployment(up)])],
+        retry=RetrySettings(attempts=3, request_timeout=2, max_retry_after=30),
+    )
+    with pytest.raises(UpstreamTimeoutError, match="within 2s"):
+        await run_chat(router)
+    assert sleeps.delays == [] and len(up.requests) == 1
+    await router.aclose()
+
+
+async def test_stream_first_chunk_timeout_then_retry(upstreams: list[FakeUpstream]) -> None:
+    up = upstreams[0]
+    up.faults.push(Fault.delay(2.0))
+    router, _ = make_router([ModelAlias(name="m", deployments=[deployment(up, timeout=0.3)])])
+    trace, outcome = Trace(kind="chat", name="t"), Outcome()
+    chunks = await router.stream(
+        router.route("m"), request(stream=True), trace, trace.root, outcome
+    )  # type: ignore[arg-type]
+    text = "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
+    assert text == "answer from upstream 0" and outcome.retries == 1
+    first = next(s for s in trace.spans if s.name == "chat gpt-test")
+    assert first.attributes["error.type"] == "UpstreamTimeoutError"
+    assert "within 0.3s" in first.attributes["error.message"]
+    await router.aclose()
+
+
 async def test_connection_reset_and_malformed_json_are_retried(
     upstreams: list[FakeUpstream],
 ) -> None:

@@ -298,21 +298,23 @@ class Gateway:
             auth.start_ns = caller.auth_start_ns
             auth.end_ns = caller.auth_end_ns or time.time_ns()
             auth.set("trellis.key_id", caller.key_id)
-        root.set(GenAI.OPERATION, operation)
-        root.set(GenAI.REQUEST_MODEL, request.model)
-        root.set(GenAI.TEMPERATURE, request.temperature)
-        root.set(GenAI.TOP_P, request.top_p)
-        root.set(GenAI.MAX_TOKENS, request.output_limit)
-        root.set(GenAI.SEED, request.seed)
-        if request.stop is not None:
-            root.set(GenAI.STOP, request.stop_list())
-        root.set("trellis.stream", request.stream)
+        root.update(
+            {
+                GenAI.OPERATION: operation,
+                GenAI.REQUEST_MODEL: request.model,
+                GenAI.TEMPERATURE: request.temperature,
+                GenAI.TOP_P: request.top_p,
+                GenAI.MAX_TOKENS: request.output_limit,
+                GenAI.SEED: request.seed,
+                GenAI.STOP: request.stop_list() if request.stop is not None else None,
+                "trellis.stream": request.stream,
+            }
+        )
         trace.summary.update(model=request.model, key_id=caller.key_id)
         if self.store_bodies:
-            root.set(
-                GenAI.INPUT_MESSAGES,
-                [m.model_dump(exclude_none=True) for m in request.messages],
-            )
+            root.attributes[GenAI.INPUT_MESSAGES] = [
+                m.model_dump(exclude_none=True) for m in request.messages
+            ]
         call = _Call(request=request, caller=caller, trace=trace, route=None)  # type: ignore[arg-type]
         try:
             with trace.span("authorize") as span:
@@ -573,32 +575,37 @@ class Gateway:
                 priced=cost.priced,
                 model_mismatch=mismatch,
             )
-            root.set(GenAI.PROVIDER, target.provider.system)
-            root.set("trellis.cost_usd", cost.total)
+            root.update({GenAI.PROVIDER: target.provider.system, "trellis.cost_usd": cost.total})
             if mismatch:
                 root.add_event(
                     "model_mismatch", requested=target.deployment.model, served=response.model
                 )
         else:
             summary["cost"] = 0.0
-        root.set(GenAI.RESPONSE_MODEL, response.model)
-        root.set(GenAI.RESPONSE_ID, response.id)
-        root.set(GenAI.INPUT_TOKENS, usage.prompt_tokens)
-        root.set(GenAI.OUTPUT_TOKENS, usage.completion_tokens)
-        root.set(GenAI.FINISH_REASONS, [c.finish_reason for c in response.choices])
-        root.set("trellis.cache_hit", cache_hit)
+        root.update(
+            {
+                GenAI.RESPONSE_MODEL: response.model,
+                GenAI.RESPONSE_ID: response.id,
+                GenAI.INPUT_TOKENS: usage.prompt_tokens,
+                GenAI.OUTPUT_TOKENS: usage.completion_tokens,
+                GenAI.FINISH_REASONS: [c.finish_reason for c in response.choices],
+                "trellis.cache_hit": cache_hit,
+                GenAI.TTFT: outcome.ttft_ms / 1000 if outcome.ttft_ms is not None else None,
+            }
+        )
         if match is not None:
-            root.set("trellis.cache.kind", "semantic")
-            root.set("trellis.semantic_cache.similarity", round(match.similarity, 4))
-            root.set("trellis.semantic_cache.matched_trace_id", match.trace_id)
-            summary["semantic_cache_hit"] = True
-        if outcome.ttft_ms is not None:
-            root.set(GenAI.TTFT, outcome.ttft_ms / 1000)
-        if self.store_bodies:
-            root.set(
-                GenAI.OUTPUT_MESSAGES,
-                [c.message.model_dump(exclude_none=True) for c in response.choices],
+            root.update(
+                {
+                    "trellis.cache.kind": "semantic",
+                    "trellis.semantic_cache.similarity": round(match.similarity, 4),
+                    "trellis.semantic_cache.matched_trace_id": match.trace_id,
+                }
             )
+            summary["semantic_cache_hit"] = True
+        if self.store_bodies:
+            root.attributes[GenAI.OUTPUT_MESSAGES] = [
+                c.message.model_dump(exclude_none=True) for c in response.choices
+            ]
         self._record(trace)
 
     def _fail(self, call: _Call, exc: BaseException) -> None:

@@ -76,6 +76,10 @@ class Route:
     plan: list[Target]
 
 
+class _DeadlinePassed(Exception):
+    """Inside ``Router._walk``: the request's deadline, not the attempt's, cut the call."""
+
+
 def _callers_fault(exc: BaseException) -> bool:
     if isinstance(exc, RequestError):
         return True
@@ -179,6 +183,8 @@ class Router:
         outcome: Outcome,
         keep_open: bool = False,
     ) -> T:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry.request_timeout
         last_error: UpstreamError | None = None
         previous: Target | None = None
         for target in route.plan:
@@ -213,7 +219,25 @@ class Router:
                 started = time.perf_counter()
                 target.in_flight += 1
                 try:
-                    result = await call(target, span)
+                    # One timeout scope bounds both the attempt and the whole request.
+                    attempt_deadline = loop.time() + target.deployment.timeout
+                    try:
+                        async with asyncio.timeout_at(min(deadline, attempt_deadline)):
+                            result = await call(target, span)
+                    except TimeoutError:
+                        if attempt_deadline < deadline:
+                            raise UpstreamTimeoutError(
+                                f"{target.deployment.label} did not answer within "
+                                f"{target.deployment.timeout:g}s",
+                                provider=target.provider.system,
+                            ) from None
+                        raise _DeadlinePassed from None
+                except _DeadlinePassed:
+                    error = self._request_timeout()
+                    span.record_error(error)
+                    span.end()
+                    target.breaker.release()
+                    raise error from None
                 except UpstreamError as exc:
                     span.record_error(exc)
                     span.set("http.response.status_code", exc.upstream_status)
@@ -231,6 +255,8 @@ class Router:
                     delay = self.backoff(attempt, exc)
                     if delay is None:
                         break
+                    if loop.time() + delay >= deadline:
+                        raise self._request_timeout() from exc
                     outcome.retries += 1
                     parent.add_event(
                         "retry",
@@ -264,14 +290,11 @@ class Router:
             last_error.args = (last_error.message,)
         raise last_error
 
-    async def _with_deadline(self, coro: Awaitable[T]) -> T:
-        try:
-            async with asyncio.timeout(self.retry.request_timeout):
-                return await coro
-        except TimeoutError:
-            raise UpstreamTimeoutError(
-                f"request did not finish within {self.retry.request_timeout:g}s", retryable=False
-            ) from None
+    def _request_timeout(self) -> UpstreamTimeoutError:
+        """The request's own deadline passed: nothing more may be tried."""
+        return UpstreamTimeoutError(
+            f"request did not finish within {self.retry.request_timeout:g}s", retryable=False
+        )
 
     # --- operations ---------------------------------------------------------
 
@@ -279,12 +302,12 @@ class Router:
         self, route: Route, request: ChatRequest, trace: Trace, parent: Span, outcome: Outcome
     ) -> ChatResponse:
         async def call(target: Target, span: Span) -> ChatResponse:
-            response = await _within_attempt_timeout(target, target.provider.chat(request))
+            response = await target.provider.chat(request)
             _record_response(span, response.model, response.id, response.usage)
             span.set(GenAI.FINISH_REASONS, [c.finish_reason for c in response.choices])
             return response
 
-        return await self._with_deadline(self._walk(route, trace, parent, "chat", call, outcome))
+        return await self._walk(route, trace, parent, "chat", call, outcome)
 
     async def stream(
         self, route: Route, request: ChatRequest, trace: Trace, parent: Span, outcome: Outcome
@@ -295,15 +318,8 @@ class Router:
 
         async def first_chunk(target: Target, span: Span) -> tuple[Span, ChatChunk, Any]:
             iterator = target.provider.stream(request).__aiter__()
-            try:
-                async with asyncio.timeout(target.deployment.timeout):
-                    chunk = await anext(iterator)
-            except TimeoutError:
-                await _close(iterator)
-                raise UpstreamTimeoutError(
-                    f"{target.deployment.label} sent nothing within {target.deployment.timeout:g}s",
-                    provider=target.provider.system,
-                ) from None
+            try:  # _walk bounds the wait for the first chunk by the attempt's timeout
+                chunk = await anext(iterator)
             except StopAsyncIteration:
                 raise UpstreamError(
                     f"{target.deployment.label} ended the stream without data",
@@ -314,8 +330,8 @@ class Router:
                 raise
             return span, chunk, iterator
 
-        span, chunk, iterator = await self._with_deadline(
-            self._walk(route, trace, parent, "chat", first_chunk, outcome, keep_open=True)
+        span, chunk, iterator = await self._walk(
+            route, trace, parent, "chat", first_chunk, outcome, keep_open=True
         )
         outcome.ttft_ms = (time.perf_counter() - started) * 1000
         span.set(GenAI.TTFT, outcome.ttft_ms / 1000)
@@ -331,16 +347,12 @@ class Router:
         outcome: Outcome,
     ) -> EmbeddingResult:
         async def call(target: Target, span: Span) -> EmbeddingResult:
-            result = await _within_attempt_timeout(
-                target, target.provider.embed(texts, dimensions=dimensions)
-            )
+            result = await target.provider.embed(texts, dimensions=dimensions)
             span.set(GenAI.RESPONSE_MODEL, result.model)
             span.set(GenAI.INPUT_TOKENS, result.prompt_tokens)
             return result
 
-        return await self._with_deadline(
-            self._walk(route, trace, parent, "embeddings", call, outcome)
-        )
+        return await self._walk(route, trace, parent, "embeddings", call, outcome)
 
     async def aclose(self) -> None:
         for provider in self._providers:
@@ -354,24 +366,15 @@ class Router:
         return list(seen.values())
 
 
-async def _within_attempt_timeout(target: Target, work: Awaitable[T]) -> T:
-    """Bound one attempt by the deployment's timeout (httpx bounds each read, not the total)."""
-    try:
-        async with asyncio.timeout(target.deployment.timeout):
-            return await work
-    except TimeoutError:
-        raise UpstreamTimeoutError(
-            f"{target.deployment.label} did not answer within {target.deployment.timeout:g}s",
-            provider=target.provider.system,
-        ) from None
-
-
 def _record_response(span: Span, model: str | None, response_id: str | None, usage: Any) -> None:
-    span.set(GenAI.RESPONSE_MODEL, model)
-    span.set(GenAI.RESPONSE_ID, response_id)
-    if usage is not None:
-        span.set(GenAI.INPUT_TOKENS, usage.prompt_tokens)
-        span.set(GenAI.OUTPUT_TOKENS, usage.completion_tokens)
+    span.update(
+        {
+            GenAI.RESPONSE_MODEL: model,
+            GenAI.RESPONSE_ID: response_id,
+            GenAI.INPUT_TOKENS: usage.prompt_tokens if usage is not None else None,
+            GenAI.OUTPUT_TOKENS: usage.completion_tokens if usage is not None else None,
+        }
+    )
 
 
 async def _close(iterator: Any) -> None:

@@ -65,6 +65,10 @@ class Span:
         if value is not None:
             self.attributes[key] = value
 
+    def update(self, attributes: dict[str, Any]) -> None:
+        """Set several attributes at once; None values are left out, as with ``set``."""
+        self.attributes.update({k: v for k, v in attributes.items() if v is not None})
+
     def add_event(self, name: str, **attributes: Any) -> None:
         self.events.append({"name": name, "time_ns": time.time_ns(), "attributes": attributes})
 
@@ -139,8 +143,10 @@ class Trace:
         assert self.root is not None
         if status:
             self.root.status = status
+        now = time.time_ns()
         for span in self.spans:
-            span.end()
+            if span.end_ns is None:
+                span.end_ns = now
 
     @property
     def status(self) -> str:
