@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from trellis.errors import UpstreamProtocolError
 from trellis.inference.providers.base import Provider
 from trellis.inference.providers.openai_compat import OpenAICompatibleProvider
 from trellis.schema import ChatRequest
@@ -80,3 +82,38 @@ async def test_embeddings_request_shape(
     }
     assert result.prompt_tokens == 3
     assert len(result.vectors[0]) == 3
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"id": "x", "choices": [', "returned malformed JSON"),
+        (b'{"id": "x", "choices": [{"message": "not an object"}]}', "unexpected completion"),
+    ],
+)
+async def test_a_bad_completion_is_a_protocol_error_that_says_what_was_wrong(
+    connect: Callable[..., Provider], body: bytes, message: str
+) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+
+    class Upstream:
+        vendor = "openai"
+        base_url = f"http://127.0.0.1:{port}/v1"
+
+    provider = connect(Upstream)
+    with pytest.raises(UpstreamProtocolError, match=message):
+        await provider.chat(request())
+    server.close()

@@ -330,3 +330,20 @@ async def test_https(tls_pair: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
         with pytest.raises(ConnectError, match="CERTIFICATE"):
             await untrusting.request("GET", "/")
     assert server.connections == 1  # the refused handshake never reached the server's handler
+
+
+async def test_bytes_past_the_answer_retire_the_connection() -> None:
+    async def too_long(request: bytes, writer: asyncio.StreamWriter) -> None:
+        body = b"12345"
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n" + body + b"HTTP/1.1 200 OK\r\n"
+        )
+        await writer.drain()
+
+    async with Server(too_long, answer(b"next")) as server:
+        client = HttpClient(server.url)
+        status, headers, body = await client.request("GET", "/")
+        assert (status, headers, body) == (200, {"content-length": "5"}, b"12345")
+        assert (await client.request("GET", "/"))[2] == b"next"
+        await client.aclose()
+    assert server.connections == 2

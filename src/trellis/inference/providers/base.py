@@ -17,9 +17,10 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import orjson
+from pydantic import BaseModel, ValidationError
 
 from trellis.errors import (
     InvalidRequestError,
@@ -41,6 +42,8 @@ from trellis.schema import (
     new_completion_id,
 )
 from trellis.settings import Deployment
+
+M = TypeVar("M", bound=BaseModel)
 
 __all__ = [
     "Provider",
@@ -265,16 +268,36 @@ class HttpProvider(Provider):
     async def get_json(self, path: str) -> Any:
         return await self._json("GET", path, None, None)
 
+    async def post_model(self, path: str, body: dict[str, Any], model: type[M], what: str) -> M:
+        """POST ``body`` and validate the answer's JSON straight into ``model`` (one pass
+        over the bytes instead of decoding to dicts first)."""
+        content = await self._send("POST", path, orjson.dumps(body), None)
+        try:
+            return model.model_validate_json(content)
+        except ValidationError as exc:
+            if any(error["type"] == "json_invalid" for error in exc.errors()):
+                raise self._malformed(content) from exc
+            raise UpstreamProtocolError(
+                f"{self.deployment.label} sent an unexpected {what}: {exc!r}",
+                provider=self.system,
+            ) from exc
+
     async def _json(
         self, method: str, path: str, data: bytes | None, params: dict[str, str] | None
     ) -> Any:
+        return self._decode(await self._send(method, path, data, params))
+
+    async def _send(
+        self, method: str, path: str, data: bytes | None, params: dict[str, str] | None
+    ) -> bytes:
+        """The body of a successful answer; failures raised as ``UpstreamError``."""
         try:
             status, headers, content = await self.client.request(method, path, data, params=params)
         except (TransportError, OSError) as exc:  # TimeoutError is an OSError
             raise self._map_transport_error(exc) from exc
         if status >= 400:
             self._raise_for_status(status, headers, content)
-        return self._decode(content)
+        return content
 
     async def post_sse(
         self, path: str, body: dict[str, Any], *, params: dict[str, str] | None = None
@@ -298,10 +321,13 @@ class HttpProvider(Provider):
         try:
             return orjson.loads(content)
         except orjson.JSONDecodeError as exc:
-            raise UpstreamProtocolError(
-                f"{self.deployment.label} returned malformed JSON: {content[:200]!r}",
-                provider=self.system,
-            ) from exc
+            raise self._malformed(content) from exc
+
+    def _malformed(self, content: bytes) -> UpstreamProtocolError:
+        return UpstreamProtocolError(
+            f"{self.deployment.label} returned malformed JSON: {content[:200]!r}",
+            provider=self.system,
+        )
 
     def _raise_for_status(self, status: int, headers: Mapping[str, str], content: bytes) -> None:
         try:

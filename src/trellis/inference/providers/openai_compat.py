@@ -38,9 +38,7 @@ class OpenAICompatibleProvider(HttpProvider):
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         body = request.upstream_body(self.deployment.model)
-        data = await self.post_json("/chat/completions", body)
-        with self.expecting("completion"):
-            return ChatResponse.model_validate(data)
+        return await self.post_model("/chat/completions", body, ChatResponse, "completion")
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:  # type: ignore[override]
         body = request.upstream_body(self.deployment.model)

@@ -187,7 +187,8 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self._header_name = b""
+        #: The server sent more than the answer; what follows is ignored.
+        self.stray = False
 
     # --- asyncio.Protocol -------------------------------------------------------
 
@@ -226,11 +227,18 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         exchange = self.exchange
-        if exchange is not None:
-            exchange.headers = {}
+        if exchange is None:
+            return
+        if exchange.complete:  # bytes past the end of the answer: the framing is off
+            self.stray = True
+            self.close()
+            return
+        exchange.headers = {}
 
     def on_header(self, name: bytes, value: bytes) -> None:
         exchange = self.exchange
+        if self.stray:
+            return
         if exchange is None:
             return
         key = name.decode("latin-1").lower()
@@ -240,6 +248,8 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         exchange = self.exchange
+        if self.stray:
+            return
         if exchange is None:
             return
         status = self.parser.get_status_code()
@@ -261,6 +271,8 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         exchange = self.exchange
+        if self.stray:
+            return
         if exchange is None or not exchange.status or exchange.error is not None:
             return
         if exchange.decoder is not None:
@@ -281,6 +293,8 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         exchange = self.exchange
+        if self.stray:
+            return
         if exchange is None or not exchange.status or exchange.error is not None:
             return
         if exchange.decoder is not None:
@@ -312,6 +326,7 @@ class _Connection(asyncio.Protocol):
         exchange = self.exchange
         return (
             not self.closed
+            and not self.stray
             and exchange is not None
             and exchange.complete
             and exchange.error is None
