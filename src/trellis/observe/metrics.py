@@ -93,7 +93,8 @@ class GatewayMetrics:
         self.hook_errors = 0
         self._last_error_log = float("-inf")
         self._series: dict[tuple[str, str], _Series] = {}
-        self._queued: list[Trace] = []
+        #: (kind, root status, seconds, summary) of finished traces not counted yet.
+        self._queued: list[tuple[str, str, float | None, dict[str, Any]]] = []
         self._flush_timer: asyncio.TimerHandle | None = None
         r = self.registry
         by_model = ["model", "kind"]
@@ -146,9 +147,19 @@ class GatewayMetrics:
     # --- the hook (hot path) --------------------------------------------------------
 
     def observe(self, trace: Trace) -> None:
-        """Queue one finished trace to be counted soon. Never raises or blocks."""
+        """Queue one finished trace to be counted soon. Never raises or blocks.
+
+        Only what the counting reads is kept (not the spans and messages), so a
+        queued trace does not outlive its request in memory.
+        """
+        root = trace.root
+        if root is None:
+            status, seconds = "ok", None
+        else:
+            status = root.status
+            seconds = (root.end_ns - root.start_ns) / 1e9 if root.end_ns is not None else None
         queued = self._queued
-        queued.append(trace)
+        queued.append((trace.kind, status, seconds, trace.summary))
         if len(queued) >= MAX_QUEUED:
             self.flush()
         elif self._flush_timer is None:
@@ -166,9 +177,9 @@ class GatewayMetrics:
             self._flush_timer.cancel()
             self._flush_timer = None
         queued, self._queued = self._queued, []
-        for trace in queued:
+        for kind, status, seconds, summary in queued:
             try:
-                self._observe(trace)
+                self._observe(kind, status, seconds, summary)
             except (TypeError, ValueError, KeyError, AttributeError) as exc:
                 self.hook_errors += 1
                 now = time.monotonic()
@@ -176,20 +187,20 @@ class GatewayMetrics:
                     self._last_error_log = now
                     logger.warning("could not count a trace in the metrics: %r", exc)
 
-    def _observe(self, trace: Trace) -> None:
-        summary = trace.summary
+    def _observe(
+        self, kind: str, status: str, seconds: float | None, summary: dict[str, Any]
+    ) -> None:
         model = summary.get("model")
         if model not in self.models:
             model = UNKNOWN_MODEL
-        series = self._series.get((model, trace.kind))
+        series = self._series.get((model, kind))
         if series is None:
-            series = self._resolve(model, trace.kind)
-        root = trace.root
-        if root is not None and root.end_ns is not None:
-            series.duration.observe((root.end_ns - root.start_ns) / 1e9)
-        if root is not None and root.status == "error":
+            series = self._resolve(model, kind)
+        if seconds is not None:
+            series.duration.observe(seconds)
+        if status == "error":
             series.error.inc()
-            self.errors.labels(model, trace.kind, str(summary.get("error") or "unknown")).inc()
+            self.errors.labels(model, kind, str(summary.get("error") or "unknown")).inc()
         else:
             series.ok.inc()
         ttft = summary.get("ttft_ms")
