@@ -1,8 +1,10 @@
-"""The thinnest possible proxy: a bare ASGI app that forwards the body with aiohttp.
+"""A bare proxy: an ASGI app that forwards the body with aiohttp, and does nothing else.
 
-It is the benchmark's reference floor: whatever it adds over talking to the
-upstream directly is the cost of one more process hop, uvicorn and an HTTP
-client on this machine — a cost every Python gateway pays before doing any work.
+It is the benchmark's reference "floor": whatever it adds over talking to the
+upstream directly is the cost of one more process hop, uvicorn and aiohttp's
+client (what most Python gateways use) on this machine. Trellis calls providers
+through its own leaner client (``trellis.inference.providers.transport``), so part
+of what Trellis adds can fall below this floor.
 """
 
 from __future__ import annotations

@@ -1046,10 +1046,11 @@ def render(result: BenchResult) -> str:
             f"(target < 1000 µs at p50: {verdict})."
         )
     if "floor_added_p50_ms" in summary:
+        over = summary.get("trellis_over_floor_p50_ms", float("nan")) * 1000
         lines.append(
-            f"A bare ASGI forwarder adds {summary['floor_added_p50_ms'] * 1000:.0f} µs at p50 "
-            "(the cost of one more hop on this machine); Trellis adds "
-            f"{summary.get('trellis_over_floor_p50_ms', float('nan')) * 1000:.0f} µs on top of it."
+            f"A bare ASGI forwarder on aiohttp adds {summary['floor_added_p50_ms'] * 1000:.0f} µs "
+            "at p50 (one more hop, uvicorn and the usual Python HTTP client); Trellis adds "
+            + (f"{over:.0f} µs on top of it." if over >= 0 else f"{-over:.0f} µs less than it.")
         )
     if "trellis_over_litellm_rps" in summary:
         verdict = "met" if summary["target_3x_litellm_rps"] else "MISSED"
