@@ -270,18 +270,11 @@ class _Connection(asyncio.Protocol):
         exchange.wake()
 
     def on_body(self, body: bytes) -> None:
-        exchange = self.exchange
-        if self.stray:
-            return
-        if exchange is None or not exchange.status or exchange.error is not None:
+        exchange = self._receiving()
+        if exchange is None:
             return
         if exchange.decoder is not None:
-            try:
-                body = exchange.decoder.decompress(body)
-            except zlib.error as exc:
-                self._fail(ProtocolError(f"the response body does not decompress: {exc}"))
-                self.close()
-                return
+            body = self._decompress(exchange, body)
             if not body:
                 return
         exchange.chunks.append(body)
@@ -292,23 +285,37 @@ class _Connection(asyncio.Protocol):
         exchange.wake()
 
     def on_message_complete(self) -> None:
-        exchange = self.exchange
-        if self.stray:
-            return
-        if exchange is None or not exchange.status or exchange.error is not None:
+        exchange = self._receiving()
+        if exchange is None:
             return
         if exchange.decoder is not None:
-            try:
-                rest = exchange.decoder.flush()
-            except zlib.error as exc:
-                self._fail(ProtocolError(f"the response body does not decompress: {exc}"))
-                self.close()
+            rest = self._decompress(exchange, None)
+            if exchange.error is not None:
                 return
             if rest:
                 exchange.chunks.append(rest)
         exchange.complete = True
         self._cancel_timer()
         exchange.wake()
+
+    def _receiving(self) -> _Exchange | None:
+        """The exchange a body belongs to; None when the bytes are to be ignored."""
+        exchange = self.exchange
+        if self.stray or exchange is None or not exchange.status or exchange.error is not None:
+            return None
+        return exchange
+
+    def _decompress(self, exchange: _Exchange, data: bytes | None) -> bytes:
+        """``data`` decoded (None: the decoder's last bytes); b"" and a failed exchange
+        when the body is not what its ``content-encoding`` says."""
+        try:
+            if data is None:
+                return exchange.decoder.flush()  # type: ignore[no-any-return]
+            return exchange.decoder.decompress(data)  # type: ignore[no-any-return]
+        except zlib.error as exc:
+            self._fail(ProtocolError(f"the response body does not decompress: {exc}"))
+            self.close()
+            return b""
 
     # --- used by the client -----------------------------------------------------
 

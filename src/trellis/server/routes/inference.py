@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 from starlette.responses import Response
 from starlette.types import Receive, Scope
 
 from trellis.access.keys import INFERENCE
 from trellis.errors import NotFoundError, TrellisError
-from trellis.inference.gateway import Gateway
+from trellis.inference.gateway import Caller, Gateway
 from trellis.runtime import Trellis
 from trellis.schema import ChatChunk, ChatRequest, EmbeddingRequest, ModelCard
 from trellis.server.edge import (
@@ -26,6 +28,8 @@ from trellis.server.responses import EncodedJSON, JSONBytes, encode_json
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 
+M = TypeVar("M", bound=BaseModel)
+
 _DONE = b"data: [DONE]\n\n"
 
 
@@ -35,6 +39,17 @@ def _gateway(request: Request) -> Gateway:
     return gateway
 
 
+async def _accept(
+    trellis: Trellis, scope: Scope, receive: Receive, model: type[M]
+) -> tuple[Caller, M, Gateway]:
+    """What both inference endpoints do first: the caller, the validated body, the gateway."""
+    caller = await authenticate_scope(trellis, scope, INFERENCE)
+    body = parse_body(model, await read_json_body(trellis, scope, receive))
+    gateway = trellis.gateway
+    assert gateway is not None
+    return caller, body, gateway
+
+
 @router.post("/chat/completions")
 async def chat_completions(request: Request) -> Response:
     return await chat_completions_direct(runtime(request), request.scope, request.receive)
@@ -42,10 +57,7 @@ async def chat_completions(request: Request) -> Response:
 
 async def chat_completions_direct(trellis: Trellis, scope: Scope, receive: Receive) -> Response:
     """``POST /v1/chat/completions`` on a raw ASGI request (``TrellisApp`` calls it directly)."""
-    caller = await authenticate_scope(trellis, scope, INFERENCE)
-    body = parse_body(ChatRequest, await read_json_body(trellis, scope, receive))
-    gateway = trellis.gateway
-    assert gateway is not None
+    caller, body, gateway = await _accept(trellis, scope, receive, ChatRequest)
     if body.stream:
         result = await gateway.chat_stream(body, caller)
         return StreamingResponse(
@@ -107,10 +119,7 @@ async def embeddings(request: Request) -> Response:
 
 async def embeddings_direct(trellis: Trellis, scope: Scope, receive: Receive) -> Response:
     """``POST /v1/embeddings`` on a raw ASGI request (``TrellisApp`` calls it directly)."""
-    caller = await authenticate_scope(trellis, scope, INFERENCE)
-    body = parse_body(EmbeddingRequest, await read_json_body(trellis, scope, receive))
-    gateway = trellis.gateway
-    assert gateway is not None
+    caller, body, gateway = await _accept(trellis, scope, receive, EmbeddingRequest)
     response = await gateway.embed(body, caller)
     return JSONBytes(response.model_dump())
 
