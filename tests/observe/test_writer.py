@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from trellis.observe.store import TraceStore
 from trellis.observe.tracing import GenAI, Trace
 from trellis.observe.writer import TraceWriter, trace_rows
+from trellis.schema import ChatMessage, ResponseMessage
 from trellis.settings import TracingSettings
 from trellis.store import Database, spans, traces
 
@@ -156,6 +157,25 @@ async def test_bodies_are_kept_by_default(sqlite_db: Database) -> None:
     first_child = stored["spans"][1]
     assert first_child["attributes"][GenAI.INPUT_MESSAGES][0]["content"] == "hello 1"
     assert first_child["events"][0]["name"] == "retry"
+
+
+async def test_messages_kept_as_models_are_stored_as_json(sqlite_db: Database) -> None:
+    """The gateway leaves message lists as pydantic models; the writer dumps them."""
+    writer = TraceWriter(sqlite_db, settings(bodies="redacted"))
+    trace = Trace(kind="chat", name="chat")
+    asked = ChatMessage(role="user", content="mail ann@example.com")
+    trace.root.attributes[GenAI.INPUT_MESSAGES] = [asked]  # type: ignore[union-attr]
+    answer = ResponseMessage(content="done")
+    trace.root.attributes[GenAI.OUTPUT_MESSAGES] = [answer]  # type: ignore[union-attr]
+    trace.finish()
+    writer.submit(trace)
+    await writer.close()
+    stored = await TraceStore(sqlite_db).get(trace.trace_id)
+    assert stored is not None
+    attributes = stored["spans"][0]["attributes"]
+    assert attributes[GenAI.INPUT_MESSAGES] == [{"role": "user", "content": "mail [EMAIL]"}]
+    assert attributes[GenAI.OUTPUT_MESSAGES] == [{"role": "assistant", "content": "done"}]
+    assert trace.root.attributes[GenAI.INPUT_MESSAGES] == [asked]  # type: ignore[union-attr]
 
 
 async def test_a_database_error_does_not_kill_the_writer(tmp_path: Path) -> None:

@@ -312,9 +312,8 @@ class Gateway:
         )
         trace.summary.update(model=request.model, key_id=caller.key_id)
         if self.store_bodies:
-            root.attributes[GenAI.INPUT_MESSAGES] = [
-                m.model_dump(exclude_none=True) for m in request.messages
-            ]
+            # Kept as models; the trace writer dumps them to JSON, off the request path.
+            root.attributes[GenAI.INPUT_MESSAGES] = list(request.messages)
         call = _Call(request=request, caller=caller, trace=trace, route=None)  # type: ignore[arg-type]
         try:
             with trace.span("authorize") as span:
@@ -603,9 +602,7 @@ class Gateway:
             )
             summary["semantic_cache_hit"] = True
         if self.store_bodies:
-            root.attributes[GenAI.OUTPUT_MESSAGES] = [
-                c.message.model_dump(exclude_none=True) for c in response.choices
-            ]
+            root.attributes[GenAI.OUTPUT_MESSAGES] = [c.message for c in response.choices]
         self._record(trace)
 
     def _fail(self, call: _Call, exc: BaseException) -> None:

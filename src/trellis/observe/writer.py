@@ -17,6 +17,7 @@ import os
 import time
 from typing import Any, Literal
 
+from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 
 from trellis.guard.redact import redact, redact_messages
@@ -48,6 +49,8 @@ SUMMARY_COLUMNS = (
 BODY_ATTRIBUTES = frozenset(
     {GenAI.INPUT_MESSAGES, GenAI.OUTPUT_MESSAGES, "trellis.retrieval.query"}
 )
+#: Chat messages: the request path may leave them as pydantic models (see ``_plain_messages``).
+MESSAGE_ATTRIBUTES = frozenset({GenAI.INPUT_MESSAGES, GenAI.OUTPUT_MESSAGES})
 #: Free-text attributes that can quote user input (exception messages often do).
 TEXT_ATTRIBUTES = frozenset({"error.message", "trellis.retrieval.query"})
 
@@ -104,9 +107,25 @@ def _redact_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _plain_messages(attributes: dict[str, Any]) -> dict[str, Any]:
+    """The attributes with message lists the request path kept as pydantic models dumped
+    to JSON-ready dicts: the dumping is the writer's work, not the request's."""
+    for key in MESSAGE_ATTRIBUTES.intersection(attributes):
+        value = attributes[key]
+        if isinstance(value, list) and any(isinstance(item, BaseModel) for item in value):
+            dumped = [
+                item.model_dump(exclude_none=True) if isinstance(item, BaseModel) else item
+                for item in value
+            ]
+            attributes = {**attributes, key: dumped}
+    return attributes
+
+
 def _span_row(span: Span, bodies: BodiesMode) -> dict[str, Any]:
     attributes = span.attributes
     events = span.events
+    if bodies != "none":
+        attributes = _plain_messages(attributes)
     if bodies == "none" and not BODY_ATTRIBUTES.isdisjoint(attributes):
         attributes = {k: v for k, v in attributes.items() if k not in BODY_ATTRIBUTES}
     elif bodies == "redacted":
