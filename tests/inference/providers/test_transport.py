@@ -347,3 +347,27 @@ async def test_bytes_past_the_answer_retire_the_connection() -> None:
         assert (await client.request("GET", "/"))[2] == b"next"
         await client.aclose()
     assert server.connections == 2
+
+
+async def test_connections_are_capped_and_callers_wait_their_turn() -> None:
+    in_flight, peak = 0, 0
+
+    async def slow(request: bytes, writer: asyncio.StreamWriter) -> None:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.05)
+        in_flight -= 1
+        await answer()(request, writer)
+
+    async with Server(slow) as server:
+        client = HttpClient(server.url, max_connections=2)
+        results = await asyncio.gather(*(client.request("GET", "/") for _ in range(6)))
+        assert [status for status, _, _ in results] == [200] * 6
+        refused = HttpClient("http://127.0.0.1:1", max_connections=1)
+        for _ in range(2):  # a failed connect gives its slot back: the second does not hang
+            with pytest.raises(ConnectError):
+                async with asyncio.timeout(2):
+                    await refused.request("GET", "/")
+        await client.aclose()
+    assert peak == 2 and server.connections == 2

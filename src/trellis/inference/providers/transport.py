@@ -41,7 +41,10 @@ __all__ = [
     "ConnectTimeout",
 ]
 
-#: Idle connections kept per client; more concurrent requests open more, closed after use.
+#: Connections open at once per client by default (aiohttp's default too); more
+#: concurrent requests wait for one to be free.
+MAX_CONNECTIONS = 1000
+#: Idle connections kept per client; the others are closed after use.
 MAX_IDLE = 256
 #: A kept-alive connection unused this long is closed rather than reused: servers drop
 #: idle ones after 5-75 s, and a request sent on a connection being dropped is lost.
@@ -420,7 +423,8 @@ class HttpClient:
 
     ``headers`` go on every request. ``read_timeout`` bounds the wait for each byte
     of an answer (not the whole answer: the caller bounds that); ``connect_timeout``
-    bounds opening a connection, TLS handshake included.
+    bounds opening a connection, TLS handshake included. At most ``max_connections``
+    requests are in flight at once; the others wait their turn.
     """
 
     def __init__(
@@ -432,6 +436,7 @@ class HttpClient:
         read_timeout: float | None = 60.0,
         ssl_context: ssl.SSLContext | None = None,
         user_agent: str = "trellis",
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -463,6 +468,7 @@ class HttpClient:
         self._active: set[_Connection] = set()
         self._targets: dict[str, str] = {}
         self._closed = False
+        self._slots = asyncio.Semaphore(max_connections)
 
     # --- requests ---------------------------------------------------------------
 
@@ -530,12 +536,17 @@ class HttpClient:
 
     async def _open(self, request: bytes) -> tuple[_Connection, _Exchange]:
         """Send ``request`` and wait for the head of its answer."""
-        if self._closed:
-            raise ConnectionClosed("the client is closed")
-        connection = self._take_idle()
-        reused = connection is not None
-        if connection is None:
-            connection = await self._connect()
+        await self._slots.acquire()
+        try:
+            if self._closed:
+                raise ConnectionClosed("the client is closed")
+            connection = self._take_idle()
+            reused = connection is not None
+            if connection is None:
+                connection = await self._connect()
+        except BaseException:
+            self._slots.release()
+            raise
         self._active.add(connection)
         try:
             exchange = connection.start(request)
@@ -592,7 +603,9 @@ class HttpClient:
         return connection
 
     def _release(self, connection: _Connection) -> None:
+        """Give back ``connection`` and its slot (once per ``_open`` that returned)."""
         self._active.discard(connection)
+        self._slots.release()
         if not self._closed and connection.reusable() and len(self._idle) < MAX_IDLE:
             connection.exchange = None
             connection.idle_since = time.monotonic()
