@@ -47,7 +47,7 @@ class Trellis:
         self.writer: TraceWriter | None = None
         self.retention: RetentionJob | None = None
         #: The ``trellis.observe.api`` sink before start(), restored by aclose().
-        self._previous_api_sink: TraceSink | None = None
+        self._api_sink: TraceSink | None = None
         self.traces: TraceStore | None = None
         self.gateway: Gateway | None = None
         self.metrics: GatewayMetrics | None = None
@@ -113,7 +113,8 @@ class Trellis:
             await self.exporter.start()
             sink = TeeSink(sink, self.exporter)
         # Application code using trellis.trace()/span() records into the same store.
-        self._previous_api_sink = observe_api.configure(sink)
+        observe_api._attach(sink)
+        self._api_sink = sink
         router = Router(
             settings.all_models(),
             retry=settings.retry,
@@ -153,9 +154,9 @@ class Trellis:
             await self.alerts.aclose()
         if self.gateway is not None:
             await self.gateway.aclose()
-        if self._previous_api_sink is not None:
-            observe_api.configure(self._previous_api_sink)
-            self._previous_api_sink = None
+        if self._api_sink is not None:
+            observe_api._detach(self._api_sink)
+            self._api_sink = None
         if self.retention is not None:
             await self.retention.close()
         if self.exporter is not None:

@@ -146,3 +146,15 @@ async def test_runtime_records_user_traces_and_scores(tmp_path: Path) -> None:
     assert stored["scores"][0]["name"] == "feedback" and stored["scores"][0]["source"] == "api"
     assert stored["scores"][0]["comment"] == "mail me at ann@example.com"
     assert isinstance(api._sink, NullSink)  # restored at close
+
+
+async def test_runtimes_closed_out_of_order_leave_no_stale_sink(tmp_path: Path) -> None:
+    first = Trellis(Settings(data_dir=tmp_path / "a", include_local_models=False))
+    second = Trellis(Settings(data_dir=tmp_path / "b", include_local_models=False))
+    await first.start()
+    await second.start()
+    assert api._sink is second.writer
+    await first.aclose()
+    assert api._sink is second.writer  # the newest open runtime keeps recording
+    await second.aclose()
+    assert isinstance(api._sink, NullSink)  # not the closed first runtime's writer

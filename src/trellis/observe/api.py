@@ -62,6 +62,33 @@ def configure(sink: TraceSink | None) -> TraceSink:
     return previous
 
 
+#: Sinks of the runtimes started in this process, oldest first (see ``_attach``).
+_runtime_sinks: list[TraceSink] = []
+#: The sink in place before the first of them was attached.
+_outer_sink: TraceSink = _sink
+
+
+def _attach(sink: TraceSink) -> None:
+    """A starting runtime records application traces into its own store (``Trellis.start``)."""
+    global _sink, _outer_sink
+    if not _runtime_sinks:
+        _outer_sink = _sink
+    _runtime_sinks.append(sink)
+    _sink = sink
+
+
+def _detach(sink: TraceSink) -> None:
+    """A closing runtime hands over to the newest one still open, else to the sink in
+    place before any was started, whatever order the runtimes close in."""
+    global _sink
+    for index in range(len(_runtime_sinks) - 1, -1, -1):
+        if _runtime_sinks[index] is sink:
+            del _runtime_sinks[index]
+            break
+    if _sink is sink:
+        _sink = _runtime_sinks[-1] if _runtime_sinks else _outer_sink
+
+
 def current_trace() -> Trace | None:
     """The trace the calling code runs in, if any."""
     return _current_trace.get()
