@@ -20,6 +20,7 @@ from trellis.inference.providers.transport import (
     ProtocolError,
     ReadTimeout,
 )
+from trellis.testing.fake_upstream import FakeUpstream
 
 Reply = Callable[[bytes, asyncio.StreamWriter], Awaitable[None]]
 
@@ -371,3 +372,17 @@ async def test_connections_are_capped_and_callers_wait_their_turn() -> None:
                     await refused.request("GET", "/")
         await client.aclose()
     assert peak == 2 and server.connections == 2
+
+
+def test_a_client_outlives_the_event_loop_that_pooled_its_connections() -> None:
+    """``asyncio.run`` twice with one client (a CLI command, a test): the second loop
+    must not be handed a socket only the first, now closed, loop listens to."""
+    with FakeUpstream("openai") as upstream:  # serves from its own thread, across both loops
+        client = HttpClient(upstream.base_url)
+
+        async def call() -> int:
+            async with asyncio.timeout(2):
+                return (await client.request("GET", "/models"))[0]
+
+        assert asyncio.run(call()) == 200
+        assert asyncio.run(call()) == 200

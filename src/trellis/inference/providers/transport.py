@@ -19,6 +19,7 @@ provider APIs use none of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 import zlib
@@ -569,8 +570,13 @@ class HttpClient:
 
     def _take_idle(self) -> _Connection | None:
         now = time.monotonic()
+        loop = asyncio.get_running_loop()
         while self._idle:
             connection = self._idle.pop()
+            if connection.loop is not loop:  # pooled by an event loop that has ended
+                with contextlib.suppress(RuntimeError):  # "Event loop is closed"
+                    connection.close()
+                continue
             transport = connection.transport
             if (
                 connection.closed
