@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from trellis.errors import UpstreamProtocolError
+from trellis.errors import UpstreamError, UpstreamProtocolError
 from trellis.inference.providers.base import Provider
 from trellis.inference.providers.openai_compat import OpenAICompatibleProvider
 from trellis.schema import ChatRequest
@@ -117,3 +117,17 @@ async def test_a_bad_completion_is_a_protocol_error_that_says_what_was_wrong(
     with pytest.raises(UpstreamProtocolError, match=message):
         await provider.chat(request())
     server.close()
+
+
+async def test_api_key_whitespace_is_trimmed_and_bad_headers_fail_at_startup(
+    upstream: FakeUpstream,
+    connect: Callable[..., Provider],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TRELLIS_TEST_UPSTREAM_KEY", "sk-test-upstream\n")
+    upstream.record = True
+    provider = connect(upstream, provider="openai")
+    await provider.chat(request())
+    assert upstream.requests[-1].headers["authorization"] == "Bearer sk-test-upstream"
+    with pytest.raises(UpstreamError, match="line break"):
+        connect(upstream, provider="openai", headers={"x-team": "a\r\nx-evil: 1"})

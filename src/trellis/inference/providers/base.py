@@ -213,9 +213,11 @@ class HttpProvider(Provider):
         if not base_url:
             raise UpstreamError(f"{deployment.label} needs a base_url", retryable=False)
         self.base_url = base_url
+        api_key = deployment.api_key()
         self.headers = {
             "content-type": "application/json",
-            **self.auth_headers(deployment.api_key()),
+            # A key read from a file or .env often ends in a newline; no key has spaces.
+            **self.auth_headers(api_key.strip() if api_key else api_key),
             **deployment.headers,
         }
         self._client: HttpClient | None = None
