@@ -46,7 +46,7 @@ class Trellis:
         self.keys: KeyStore | None = None
         self.writer: TraceWriter | None = None
         self.retention: RetentionJob | None = None
-        #: The ``trellis.observe.api`` sink before start(), restored by aclose().
+        #: The sink start() attached to ``trellis.observe.api``; aclose() detaches it.
         self._api_sink: TraceSink | None = None
         self.traces: TraceStore | None = None
         self.gateway: Gateway | None = None

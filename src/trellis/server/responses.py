@@ -19,7 +19,7 @@ def encode_json(content: Any) -> bytes:
 
 class JSONBytes(JSONResponse):
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=_OPTIONS)
+        return encode_json(content)
 
 
 class EncodedJSON(Response):

@@ -274,15 +274,13 @@ class HttpProvider(Provider):
         """POST ``body`` and validate the answer's JSON straight into ``model`` (one pass
         over the bytes instead of decoding to dicts first)."""
         content = await self._send("POST", path, orjson.dumps(body), None)
-        try:
-            return model.model_validate_json(content)
-        except ValidationError as exc:
-            if any(error["type"] == "json_invalid" for error in exc.errors()):
-                raise self._malformed(content) from exc
-            raise UpstreamProtocolError(
-                f"{self.deployment.label} sent an unexpected {what}: {exc!r}",
-                provider=self.system,
-            ) from exc
+        with self.expecting(what):  # a wrong shape: "sent an unexpected <what>"
+            try:
+                return model.model_validate_json(content)
+            except ValidationError as exc:
+                if any(error["type"] == "json_invalid" for error in exc.errors()):
+                    raise self._malformed(content) from exc
+                raise
 
     async def _json(
         self, method: str, path: str, data: bytes | None, params: dict[str, str] | None
