@@ -130,6 +130,16 @@ def test_invalid_config_is_a_clear_error(tmp_path: Path) -> None:
     assert code == 2 and "invalid settings" in out
 
 
+def test_a_header_with_a_line_break_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "models:\n  - name: x\n    deployments:\n"
+        '      - {provider: openai, model: m, headers: {x-team: "a\\r\\nx-evil: 1"}}\n'
+    )
+    code, out = invoke("models", "-c", str(bad))
+    assert code == 2 and "invalid settings" in out and "line break" in out
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -80,6 +80,17 @@ class Deployment(_Strict):
         default=None, description="Label in traces; defaults to provider/model"
     )
 
+    @field_validator("headers")
+    @classmethod
+    def _headers_are_single_lines(cls, headers: dict[str, str]) -> dict[str, str]:
+        """A line break in a header would inject headers into every upstream request."""
+        for name, value in headers.items():
+            if not name or any(c in name for c in " \t:\r\n\0"):
+                raise ValueError(f"invalid header name {name!r}")
+            if any(c in value for c in "\r\n\0"):
+                raise ValueError(f"header {name!r} contains a line break or NUL")
+        return headers
+
     @property
     def label(self) -> str:
         return self.name or f"{self.provider}/{self.model}"

@@ -7,11 +7,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from trellis.errors import UpstreamError, UpstreamProtocolError
 from trellis.inference.providers.base import Provider
 from trellis.inference.providers.openai_compat import OpenAICompatibleProvider
 from trellis.schema import ChatRequest
+from trellis.settings import Deployment
 from trellis.testing.fake_upstream import FakeUpstream
 
 
@@ -129,5 +131,10 @@ async def test_api_key_whitespace_is_trimmed_and_bad_headers_fail_at_startup(
     provider = connect(upstream, provider="openai")
     await provider.chat(request())
     assert upstream.requests[-1].headers["authorization"] == "Bearer sk-test-upstream"
+    # A key with a line break inside (settings cannot see it): refused when built.
+    monkeypatch.setenv("TRELLIS_TEST_UPSTREAM_KEY", "sk-a\r\nx-evil: 1")
     with pytest.raises(UpstreamError, match="line break"):
-        connect(upstream, provider="openai", headers={"x-team": "a\r\nx-evil: 1"})
+        connect(upstream, provider="openai")
+    # Configured headers are refused earlier, when the settings are read.
+    with pytest.raises(ValidationError, match="line break"):
+        Deployment(provider="openai", model="m", headers={"x-team": "a\r\nx-evil: 1"})
