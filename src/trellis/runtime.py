@@ -127,6 +127,7 @@ class Trellis:
             prices=PriceBook(settings.prices),
             sink=sink,
             store_bodies=settings.tracing.store_bodies,
+            defer_bookkeeping=True,
             # Built (and MiniLM created) only when enabled: a disabled cache never embeds.
             semantic_cache=(
                 build_semantic_cache(

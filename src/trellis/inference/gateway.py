@@ -8,6 +8,7 @@ non-blocking sink (the background writer), so nothing on this path waits for the
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
@@ -108,6 +109,8 @@ class _Call:
     caller: Caller
     trace: Trace
     route: Route
+    #: The request as it arrived (``request`` may be grounded or trimmed later).
+    received: ChatRequest
     outcome: Outcome = field(default_factory=Outcome)
     cache_key: str | None = None
     started: float = field(default_factory=time.perf_counter)
@@ -117,6 +120,8 @@ class _Call:
     #: Semantic-cache scope and prompt vector, kept from the lookup to store the answer.
     semantic_scope: str | None = None
     semantic_vector: np.ndarray | None = None
+    #: The request's attributes are on the trace (``Gateway._describe``).
+    described: bool = False
 
 
 class Gateway:
@@ -131,8 +136,14 @@ class Gateway:
         store_bodies: bool = True,
         retriever: grounding.Retriever | None = None,
         semantic_cache: SemanticCache | None = None,
+        defer_bookkeeping: bool = False,
     ) -> None:
         self.router = router
+        #: Describe and record traces on a later turn of the event loop instead of
+        #: inline. The server sets it: describing a request while its upstream call is
+        #: in flight, and recording it after its answer is written, keeps that work off
+        #: the latency the caller sees. Library callers get their trace inline.
+        self.defer_bookkeeping = defer_bookkeeping
         #: Near-duplicate prompt cache; None (the default) means no prompt is ever embedded.
         self.semantic_cache = semantic_cache
         #: Searches collections for grounded requests; None means retrieval is unavailable.
@@ -163,11 +174,11 @@ class Gateway:
         try:
             cached = await self._cache_lookup(call)
             if cached is not None:
-                self._finish_chat(call, cached, cache_hit=True)
+                self._complete(call, cached, cache_hit=True)
                 return ChatResult(cached, True, call.trace.trace_id)
             match = await self._semantic_lookup(call)
             if match is not None:
-                self._finish_chat(call, match.response, cache_hit=True, match=match)
+                self._complete(call, match.response, cache_hit=True, match=match)
                 return ChatResult(match.response, True, call.trace.trace_id, match.similarity)
             await self._retrieve(call)
             self._fit(call)
@@ -180,7 +191,7 @@ class Gateway:
                 response.citations = call.citations  # type: ignore[attr-defined]
             self._ensure_usage(call, response)
             await self._cache_store(call, response)
-            self._finish_chat(call, response, cache_hit=False)
+            self._complete(call, response, cache_hit=False)
             return ChatResult(response, False, call.trace.trace_id)
         except BaseException as exc:
             self._fail(call, exc)
@@ -193,11 +204,11 @@ class Gateway:
         try:
             cached = await self._cache_lookup(call)
             if cached is not None:
-                self._finish_chat(call, cached, cache_hit=True)
+                self._complete(call, cached, cache_hit=True)
                 return StreamResult(_replay(cached, request), True, call.trace.trace_id)
             match = await self._semantic_lookup(call)
             if match is not None:
-                self._finish_chat(call, match.response, cache_hit=True, match=match)
+                self._complete(call, match.response, cache_hit=True, match=match)
                 return StreamResult(
                     _replay(match.response, request),
                     True,
@@ -279,7 +290,7 @@ class Gateway:
                 yield final
             if not saw_tools:
                 await self._cache_store(call, response)
-            self._finish_chat(call, response, cache_hit=False)
+            self._complete(call, response, cache_hit=False)
         except BaseException as exc:
             route_span.record_error(exc)
             route_span.end()
@@ -298,23 +309,13 @@ class Gateway:
             auth.start_ns = caller.auth_start_ns
             auth.end_ns = caller.auth_end_ns or time.time_ns()
             auth.set("trellis.key_id", caller.key_id)
-        root.update(
-            {
-                GenAI.OPERATION: operation,
-                GenAI.REQUEST_MODEL: request.model,
-                GenAI.TEMPERATURE: request.temperature,
-                GenAI.TOP_P: request.top_p,
-                GenAI.MAX_TOKENS: request.output_limit,
-                GenAI.SEED: request.seed,
-                GenAI.STOP: request.stop_list() if request.stop is not None else None,
-                "trellis.stream": request.stream,
-            }
+        call = _Call(
+            request=request,
+            caller=caller,
+            trace=trace,
+            route=None,  # type: ignore[arg-type]
+            received=request,
         )
-        trace.summary.update(model=request.model, key_id=caller.key_id)
-        if self.store_bodies:
-            # Kept as models; the trace writer dumps them to JSON, off the request path.
-            root.attributes[GenAI.INPUT_MESSAGES] = list(request.messages)
-        call = _Call(request=request, caller=caller, trace=trace, route=None)  # type: ignore[arg-type]
         try:
             with trace.span("authorize") as span:
                 call.route = self._authorize(caller, request.model, "chat")
@@ -325,7 +326,41 @@ class Gateway:
         except BaseException as exc:
             self._fail(call, exc)
             raise
+        self._later(self._describe, call)
         return call
+
+    def _later(self, work: Callable[..., None], *args: Any) -> None:
+        """Run trace bookkeeping now, or on the next turn of the event loop when
+        ``defer_bookkeeping`` is set (the answer does not wait for it)."""
+        if self.defer_bookkeeping:
+            asyncio.get_running_loop().call_soon(_bookkeeping, work, *args)
+        else:
+            work(*args)
+
+    def _describe(self, call: _Call) -> None:
+        """Put the request's attributes on the root span (once)."""
+        if call.described:
+            return
+        call.described = True
+        request, trace = call.received, call.trace
+        root = trace.root
+        assert root is not None
+        root.update(
+            {
+                GenAI.OPERATION: trace.kind,
+                GenAI.REQUEST_MODEL: request.model,
+                GenAI.TEMPERATURE: request.temperature,
+                GenAI.TOP_P: request.top_p,
+                GenAI.MAX_TOKENS: request.output_limit,
+                GenAI.SEED: request.seed,
+                GenAI.STOP: request.stop_list() if request.stop is not None else None,
+                "trellis.stream": request.stream,
+            }
+        )
+        trace.summary.update(model=request.model, key_id=call.caller.key_id)
+        if self.store_bodies:
+            # Kept as models; the trace writer dumps them to JSON, off the request path.
+            root.attributes[GenAI.INPUT_MESSAGES] = list(request.messages)
 
     _OTHER_ENDPOINT = {"chat": "/v1/embeddings", "embedding": "/v1/chat/completions"}
 
@@ -539,7 +574,7 @@ class Gateway:
         ):
             semantic.put(call.semantic_scope, call.semantic_vector, response, call.trace.trace_id)
 
-    def _finish_chat(
+    def _complete(
         self,
         call: _Call,
         response: ChatResponse,
@@ -547,6 +582,18 @@ class Gateway:
         cache_hit: bool,
         match: SemanticMatch | None = None,
     ) -> None:
+        """End the trace now; describe and record it now or later (``_later``)."""
+        call.trace.finish()
+        self._later(self._finish_chat, call, response, cache_hit, match)
+
+    def _finish_chat(
+        self,
+        call: _Call,
+        response: ChatResponse,
+        cache_hit: bool,
+        match: SemanticMatch | None = None,
+    ) -> None:
+        self._describe(call)
         trace, outcome = call.trace, call.outcome
         root = trace.root
         assert root is not None
@@ -610,6 +657,7 @@ class Gateway:
         assert root is not None
         if root.end_ns is not None:
             return  # already recorded
+        self._describe(call)
         root.record_error(exc)
         if isinstance(exc, TrellisError):
             root.set("http.response.status_code", exc.status_code)
@@ -694,6 +742,14 @@ class Gateway:
         await self.router.aclose()
         if self.cache is not None:
             await self.cache.aclose()
+
+
+def _bookkeeping(work: Callable[..., None], *args: Any) -> None:
+    """Deferred trace bookkeeping: a bug in it is logged, and never reaches a request."""
+    try:
+        work(*args)
+    except Exception:
+        log.exception("trace bookkeeping failed")
 
 
 def _encode(vector: list[float], encoding_format: str) -> list[float] | str:

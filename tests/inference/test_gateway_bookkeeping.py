@@ -1,0 +1,137 @@
+"""When the gateway describes and records a request's trace: inline for library callers,
+or on later turns of the event loop (``defer_bookkeeping``, what the server uses), so the
+answer does not wait for the bookkeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from trellis.errors import ProviderHTTPError
+from trellis.inference.gateway import Gateway
+from trellis.inference.router import Router
+from trellis.observe.tracing import GenAI, Trace
+from trellis.schema import ChatRequest
+from trellis.settings import Deployment, ModelAlias, RetrySettings
+from trellis.testing.fake_upstream import FakeUpstream, Fault
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.traces: list[Trace] = []
+
+    def submit(self, trace: Trace) -> None:
+        self.traces.append(trace)
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakeUpstream]:
+    server = FakeUpstream(vendor="openai").start()
+    yield server
+    server.stop()
+
+
+def gateway(upstream: FakeUpstream, sink: ListSink, *, deferred: bool) -> Gateway:
+    alias = ModelAlias(
+        name="m",
+        deployments=[
+            Deployment(provider="openai-compatible", model="gpt-x", base_url=upstream.base_url)
+        ],
+    )
+    router = Router([alias], retry=RetrySettings(attempts=1))
+    return Gateway(router, sink=sink, defer_bookkeeping=deferred)
+
+
+REQUEST = ChatRequest.model_validate(
+    {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.5}
+)
+
+
+def assert_described_and_recorded(trace: Trace) -> None:
+    root = trace.root
+    assert root is not None and root.end_ns is not None
+    assert root.attributes[GenAI.REQUEST_MODEL] == "m"
+    assert root.attributes[GenAI.TEMPERATURE] == 0.5
+    assert [m.content for m in root.attributes[GenAI.INPUT_MESSAGES]] == ["hi"]
+    assert root.attributes[GenAI.RESPONSE_MODEL] == "gpt-x"
+    assert root.attributes[GenAI.OUTPUT_TOKENS] > 0
+    assert trace.summary["model"] == "m"
+    assert trace.summary["deployment"].endswith("gpt-x")
+
+
+async def test_library_callers_get_the_trace_before_chat_returns(upstream: FakeUpstream) -> None:
+    sink = ListSink()
+    result = await gateway(upstream, sink, deferred=False).chat(REQUEST)
+    assert [t.trace_id for t in sink.traces] == [result.trace_id]
+    assert_described_and_recorded(sink.traces[0])
+
+
+async def test_deferred_bookkeeping_records_after_the_answer(upstream: FakeUpstream) -> None:
+    sink = ListSink()
+    gw = gateway(upstream, sink, deferred=True)
+    result = await gw.chat(REQUEST)
+    returned_ns = time.time_ns()
+    assert sink.traces == []  # the answer did not wait for the recording
+    await asyncio.sleep(0)
+    assert [t.trace_id for t in sink.traces] == [result.trace_id]
+    trace = sink.traces[0]
+    assert_described_and_recorded(trace)
+    # The trace ends when the gateway finished, not when the bookkeeping ran.
+    assert trace.root is not None and trace.root.end_ns is not None
+    assert trace.root.end_ns <= returned_ns
+    assert all(span.end_ns is not None and span.end_ns <= returned_ns for span in trace.spans)
+
+
+async def test_the_request_is_described_while_the_upstream_works(upstream: FakeUpstream) -> None:
+    sink = ListSink()
+    gw = gateway(upstream, sink, deferred=True)
+    described: list[object] = []
+    original = gw._describe
+
+    def spy(call: object) -> None:
+        # Runs before the upstream has answered: the description overlaps the call.
+        described.append(len(upstream.requests))
+        original(call)  # type: ignore[arg-type]
+
+    gw._describe = spy  # type: ignore[method-assign]
+    upstream.faults.push(Fault.delay(0.2))
+    task = asyncio.create_task(gw.chat(REQUEST))
+    while not upstream.requests:
+        await asyncio.sleep(0.005)
+    assert described == [0] and not task.done()
+    await task
+    await asyncio.sleep(0)
+    assert_described_and_recorded(sink.traces[0])
+
+
+async def test_a_failure_is_described_and_recorded_at_once(upstream: FakeUpstream) -> None:
+    sink = ListSink()
+    upstream.faults.push(Fault.status(400))
+    with pytest.raises(ProviderHTTPError):
+        await gateway(upstream, sink, deferred=True).chat(REQUEST)
+    (trace,) = sink.traces
+    assert trace.status == "error"
+    assert trace.root is not None and trace.root.attributes[GenAI.REQUEST_MODEL] == "m"
+    await asyncio.sleep(0)  # the deferred description finds it already done
+    assert len(sink.traces) == 1
+
+
+async def test_a_bug_in_deferred_bookkeeping_is_logged_not_raised(
+    upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = ListSink()
+    gw = gateway(upstream, sink, deferred=True)
+
+    def broken(trace: Trace) -> None:
+        raise RuntimeError("hook bug")
+
+    gw.on_trace.append(broken)
+    with caplog.at_level(logging.ERROR, logger="trellis.inference.gateway"):
+        result = await gw.chat(REQUEST)
+        await asyncio.sleep(0)
+    assert result.response.choices[0].message.content
+    assert "trace bookkeeping failed" in caplog.text
