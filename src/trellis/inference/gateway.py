@@ -319,7 +319,7 @@ class Gateway:
         try:
             with trace.span("authorize") as span:
                 call.route = self._authorize(caller, request.model, "chat")
-                span.set("trellis.plan", [t.deployment.label for t in call.route.plan])
+                span.set("trellis.plan", [t.label for t in call.route.plan])
                 call.retrieval = grounding.retrieval_plan(
                     request, getattr(call.route.alias, "retrieval", None)
                 )
@@ -615,7 +615,7 @@ class Gateway:
             mismatch = _model_mismatch(target.deployment.model, response.model)
             summary.update(
                 provider=target.provider.system,
-                deployment=target.deployment.label,
+                deployment=target.label,
                 upstream_model=target.deployment.model,
                 cost=cost.total,
                 priced=cost.priced,
@@ -714,7 +714,7 @@ class Gateway:
             trace.summary.update(
                 response_model=result.model,
                 provider=target.provider.system,
-                deployment=target.deployment.label,
+                deployment=target.label,
                 input_tokens=prompt_tokens,
                 output_tokens=0,
                 cost=cost.total,

@@ -49,6 +49,19 @@ class Target:
     breaker: CircuitBreaker
     ewma_ms: float | None = None
     in_flight: int = 0
+    #: ``deployment.label`` and the fixed attributes of its attempt spans, worked out
+    #: once (they are on every request's path).
+    label: str = field(init=False)
+    span_attributes: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.label = self.deployment.label
+        self.span_attributes = {
+            GenAI.PROVIDER: self.provider.system,
+            GenAI.REQUEST_MODEL: self.deployment.model,
+            "trellis.deployment": self.label,
+            "trellis.alias": self.alias.name,
+        }
 
     def observe_latency(self, millis: float, alpha: float = 0.3) -> None:
         self.ewma_ms = (
@@ -191,17 +204,15 @@ class Router:
             if not target.breaker.allow():
                 parent.add_event(
                     "breaker_skip",
-                    deployment=target.deployment.label,
+                    deployment=target.label,
                     state=target.breaker.state.value,
                 )
                 continue
             if previous is not None:
                 outcome.fallbacks += 1
-                parent.add_event(
-                    "fallback", **{"from": previous.deployment.label, "to": target.deployment.label}
-                )
+                parent.add_event("fallback", **{"from": previous.label, "to": target.label})
             previous = target
-            outcome.tried.append(target.deployment.label)
+            outcome.tried.append(target.label)
             for attempt in range(1, self.retry.attempts + 1):
                 outcome.attempts += 1
                 span = trace.start_span(
@@ -209,10 +220,7 @@ class Router:
                     parent,
                     {
                         GenAI.OPERATION: operation,
-                        GenAI.PROVIDER: target.provider.system,
-                        GenAI.REQUEST_MODEL: target.deployment.model,
-                        "trellis.deployment": target.deployment.label,
-                        "trellis.alias": target.alias.name,
+                        **target.span_attributes,
                         "trellis.attempt": attempt,
                     },
                 )
@@ -227,7 +235,7 @@ class Router:
                     except TimeoutError:
                         if attempt_deadline < deadline:
                             raise UpstreamTimeoutError(
-                                f"{target.deployment.label} did not answer within "
+                                f"{target.label} did not answer within "
                                 f"{target.deployment.timeout:g}s",
                                 provider=target.provider.system,
                             ) from None
@@ -247,7 +255,7 @@ class Router:
                         raise
                     last_error = exc
                     if target.breaker.record_failure():
-                        parent.add_event("breaker_open", deployment=target.deployment.label)
+                        parent.add_event("breaker_open", deployment=target.label)
                     if not exc.retryable or attempt == self.retry.attempts:
                         break
                     if not target.breaker.allow():
@@ -260,7 +268,7 @@ class Router:
                     outcome.retries += 1
                     parent.add_event(
                         "retry",
-                        deployment=target.deployment.label,
+                        deployment=target.label,
                         attempt=attempt,
                         delay_s=round(delay, 3),
                         error=type(exc).__name__,
@@ -322,7 +330,7 @@ class Router:
                 chunk = await anext(iterator)
             except StopAsyncIteration:
                 raise UpstreamError(
-                    f"{target.deployment.label} ended the stream without data",
+                    f"{target.label} ended the stream without data",
                     provider=target.provider.system,
                 ) from None
             except BaseException:
