@@ -11,7 +11,15 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "ChatMessage",
@@ -181,6 +189,10 @@ class ChatChoice(_Open):
     logprobs: Any = None
 
 
+#: The fields an answer must carry to be served as its upstream sent it.
+_WIRE_FIELDS = frozenset({"id", "object", "created", "model", "choices", "usage"})
+
+
 class ChatResponse(_Open):
     id: str = Field(default_factory=new_completion_id)
     object: Literal["chat.completion"] = "chat.completion"
@@ -189,6 +201,32 @@ class ChatResponse(_Open):
     choices: list[ChatChoice]
     usage: Usage | None = None
     system_fingerprint: str | None = None
+
+    #: The JSON this answer was validated from, served as it is (``wire``).
+    _wire: bytes | None = PrivateAttr(default=None)
+
+    def keep_wire(self, content: bytes) -> None:
+        """Serve ``content`` (the JSON this answer was validated from) as the answer, if
+        it has OpenAI's full shape: re-encoding the model would cost the answer's latency
+        a second pass through pydantic, and pass-through keeps the upstream's fields as
+        it wrote them (its ``null``s included)."""
+        if self.model_fields_set >= _WIRE_FIELDS:
+            self._wire = content
+
+    @property
+    def wire(self) -> bytes | None:
+        """The kept JSON, or None: then the answer is encoded from the model. Setting a
+        field of the answer drops it; code that edits nested parts (a choice's message)
+        must call ``drop_wire``."""
+        return self._wire
+
+    def drop_wire(self) -> None:
+        self._wire = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name != "_wire":
+            self._wire = None  # the kept JSON no longer says what the model says
+        super().__setattr__(name, value)
 
 
 class ChunkDelta(_Open):

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from trellis.settings import Settings
-from trellis.testing.fake_upstream import FakeUpstream
+from trellis.testing.fake_upstream import FakeUpstream, Fault
 from trellis.testing.server import ServerThread, wait_for_trace
 
 HELLO = {"model": "gpt-test", "messages": [{"role": "user", "content": "Hi"}]}
@@ -27,10 +27,29 @@ def test_deterministic_requests_are_cached(client: httpx.Client, upstream: FakeU
     assert first.headers["x-trellis-cache"] == "miss"
     assert second.headers["x-trellis-cache"] == "hit"
     assert second.json()["choices"] == first.json()["choices"]
+    assert second.content == first.content  # the very bytes the miss answered with
     assert len(upstream.requests) == 1
     # A different prompt, or different sampling parameters, is a different entry.
     other = client.post("/v1/chat/completions", json={**body, "seed": 3})
     assert other.headers["x-trellis-cache"] == "miss"
+
+
+def test_answers_pass_through_as_the_upstream_wrote_them(
+    client: httpx.Client, upstream: FakeUpstream
+) -> None:
+    answer = client.post("/v1/chat/completions", json=HELLO).json()
+    # OpenAI's explicit nulls survive (re-encoding the model would leave them out).
+    assert "logprobs" in answer["choices"][0] and answer["choices"][0]["logprobs"] is None
+    assert answer["system_fingerprint"] == "fp_fake"
+
+
+def test_answers_missing_fields_are_completed(client: httpx.Client, upstream: FakeUpstream) -> None:
+    upstream.faults.push(Fault.without("usage", "id", "created"))
+    answer = client.post("/v1/chat/completions", json=HELLO).json()
+    assert answer["id"].startswith("chatcmpl-") and isinstance(answer["created"], int)
+    usage = answer["usage"]  # counted locally, as the upstream did not say
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 
 def test_cache_bypass_and_non_deterministic(client: httpx.Client, upstream: FakeUpstream) -> None:

@@ -120,12 +120,13 @@ class ResponseCache:
         raw = await self.backend.get(key)
         if raw is None:
             return None
-        return ChatResponse.model_validate_json(raw)
+        response = ChatResponse.model_validate_json(raw)
+        response.keep_wire(raw)  # a hit answers with the very bytes the miss answered with
+        return response
 
     async def put(self, key: str, response: ChatResponse) -> None:
-        await self.backend.set(
-            key, orjson.dumps(response.model_dump(exclude_none=True)), self.ttl_seconds
-        )
+        raw = response.wire or orjson.dumps(response.model_dump(exclude_none=True))
+        await self.backend.set(key, raw, self.ttl_seconds)
 
     async def aclose(self) -> None:
         await self.backend.aclose()

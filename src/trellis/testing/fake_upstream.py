@@ -51,6 +51,7 @@ class Fault:
     seconds: float = 0.0
     after_chunks: int = 0
     message: str = "injected fault"
+    fields: tuple[str, ...] = ()
 
     @classmethod
     def status(
@@ -73,6 +74,12 @@ class Fault:
     def malformed_json(cls) -> Fault:
         """Answer 200 with a body (or, when streaming, an event) that is not valid JSON."""
         return cls("malformed")
+
+    @classmethod
+    def without(cls, *fields: str) -> Fault:
+        """Answer 200 normally, but leave these top-level fields out of the JSON body (as
+        some OpenAI-compatible servers leave out ``usage`` or ``id``)."""
+        return cls("without", fields=fields)
 
     @classmethod
     def cut_stream(cls, after_chunks: int = 2) -> Fault:
@@ -293,6 +300,8 @@ class FakeUpstream:
             payload = shape.chat_payload(answer, body, route)
         if kind == "malformed":
             return _Plan(delay, headers=_JSON, body=b'{"id": "fake", "choices": [')
+        if kind == "without" and fault is not None:
+            payload = {k: v for k, v in payload.items() if k not in fault.fields}
         plan = self._json(payload, delay)
         if kind == "cut":  # promise more body than we send, then hang up
             plan.cut_after = 0

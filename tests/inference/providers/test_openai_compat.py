@@ -6,15 +6,16 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pytest
 from pydantic import ValidationError
 
 from trellis.errors import UpstreamError, UpstreamProtocolError
 from trellis.inference.providers.base import Provider
 from trellis.inference.providers.openai_compat import OpenAICompatibleProvider
-from trellis.schema import ChatRequest
+from trellis.schema import ChatRequest, ChatResponse
 from trellis.settings import Deployment
-from trellis.testing.fake_upstream import FakeUpstream
+from trellis.testing.fake_upstream import FakeUpstream, Fault
 
 
 @pytest.fixture
@@ -138,3 +139,28 @@ async def test_api_key_whitespace_is_trimmed_and_bad_headers_fail_at_startup(
     # Configured headers are refused earlier, when the settings are read.
     with pytest.raises(ValidationError, match="line break"):
         Deployment(provider="openai", model="m", headers={"x-team": "a\r\nx-evil: 1"})
+
+
+async def test_an_answer_in_openais_full_shape_is_kept_as_it_came(
+    upstream: FakeUpstream, connect: Callable[..., Provider]
+) -> None:
+    provider = connect(upstream)
+    response = await provider.chat(request())
+    wire = response.wire
+    assert wire is not None
+    # The upstream's own bytes: its nulls are there, which re-encoding would drop.
+    assert orjson.loads(wire)["choices"][0]["logprobs"] is None
+    assert ChatResponse.model_validate_json(wire).model_dump() == response.model_dump()
+    # Any change to the answer means the kept bytes no longer describe it.
+    response.usage = None
+    assert response.wire is None
+
+
+@pytest.mark.parametrize("missing", ["usage", "id", "created", "object"])
+async def test_an_answer_missing_fields_is_encoded_by_trellis(
+    upstream: FakeUpstream, connect: Callable[..., Provider], missing: str
+) -> None:
+    upstream.faults.push(Fault.without(missing))
+    response = await connect(upstream).chat(request())
+    assert response.wire is None
+    assert response.choices[0].message.content

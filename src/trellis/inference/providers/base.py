@@ -270,13 +270,16 @@ class HttpProvider(Provider):
     ) -> Any:
         return await self._json("POST", path, orjson.dumps(body), params)
 
+    async def post_bytes(self, path: str, body: dict[str, Any]) -> bytes:
+        """POST ``body``; the answer's bytes, failures raised as ``UpstreamError``."""
+        return await self._send("POST", path, orjson.dumps(body), None)
+
     async def get_json(self, path: str) -> Any:
         return await self._json("GET", path, None, None)
 
-    async def post_model(self, path: str, body: dict[str, Any], model: type[M], what: str) -> M:
-        """POST ``body`` and validate the answer's JSON straight into ``model`` (one pass
-        over the bytes instead of decoding to dicts first)."""
-        content = await self._send("POST", path, orjson.dumps(body), None)
+    def parse_model(self, content: bytes, model: type[M], what: str) -> M:
+        """``content`` validated into ``model``; malformed JSON or a wrong shape raise
+        ``UpstreamProtocolError``."""
         try:  # not ``expecting``: a context manager costs more than the validation saves
             return model.model_validate_json(content)
         except ValidationError as exc:

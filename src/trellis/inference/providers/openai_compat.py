@@ -38,7 +38,10 @@ class OpenAICompatibleProvider(HttpProvider):
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         body = request.upstream_body(self.deployment.model)
-        return await self.post_model("/chat/completions", body, ChatResponse, "completion")
+        content = await self.post_bytes("/chat/completions", body)
+        response = self.parse_model(content, ChatResponse, "completion")
+        response.keep_wire(content)  # already in OpenAI's shape: served as it came
+        return response
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:  # type: ignore[override]
         body = request.upstream_body(self.deployment.model)

@@ -71,7 +71,7 @@ async def chat_completions_direct(trellis: Trellis, scope: Scope, receive: Recei
         )
     chat = await gateway.chat(body, caller)
     return EncodedJSON(
-        encode_json(chat.response.model_dump(exclude_none=True)),
+        chat.response.wire or encode_json(chat.response.model_dump(exclude_none=True)),
         [
             *_raw_cache_headers(chat.cache_hit, chat.similarity),
             (b"x-trellis-trace-id", chat.trace_id.encode()),
