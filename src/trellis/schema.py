@@ -15,7 +15,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     StrictBool,
     field_validator,
     model_validator,
@@ -202,8 +201,10 @@ class ChatResponse(_Open):
     usage: Usage | None = None
     system_fingerprint: str | None = None
 
-    #: The JSON this answer was validated from, served as it is (``wire``).
-    _wire: bytes | None = PrivateAttr(default=None)
+    # The JSON this answer was validated from, served as it is (``wire``). A slot, not a
+    # pydantic private attribute: those cost every validation a Python-level hook, and
+    # a slot is neither validated, dumped nor carried over by ``model_copy``.
+    __slots__ = ("_wire",)
 
     def keep_wire(self, content: bytes) -> None:
         """Serve ``content`` (the JSON this answer was validated from) as the answer, if
@@ -211,21 +212,20 @@ class ChatResponse(_Open):
         a second pass through pydantic, and pass-through keeps the upstream's fields as
         it wrote them (its ``null``s included)."""
         if self.model_fields_set >= _WIRE_FIELDS:
-            self._wire = content
+            object.__setattr__(self, "_wire", content)
 
     @property
     def wire(self) -> bytes | None:
         """The kept JSON, or None: then the answer is encoded from the model. Setting a
         field of the answer drops it; code that edits nested parts (a choice's message)
         must call ``drop_wire``."""
-        return self._wire
+        return getattr(self, "_wire", None)
 
     def drop_wire(self) -> None:
-        self._wire = None
+        object.__setattr__(self, "_wire", None)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name != "_wire":
-            self._wire = None  # the kept JSON no longer says what the model says
+        object.__setattr__(self, "_wire", None)  # the kept JSON no longer matches the model
         super().__setattr__(name, value)
 
 
