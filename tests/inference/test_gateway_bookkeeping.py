@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from trellis.errors import ProviderHTTPError
-from trellis.inference.gateway import Gateway
+from trellis.inference.gateway import Caller, Gateway
 from trellis.inference.router import Router
 from trellis.observe.tracing import GenAI, Trace
 from trellis.schema import ChatRequest
@@ -73,13 +73,23 @@ async def test_library_callers_get_the_trace_before_chat_returns(upstream: FakeU
 async def test_deferred_bookkeeping_records_after_the_answer(upstream: FakeUpstream) -> None:
     sink = ListSink()
     gw = gateway(upstream, sink, deferred=True)
-    result = await gw.chat(REQUEST)
+    authenticated = time.time_ns()
+    caller = Caller(auth_start_ns=authenticated - 50_000, auth_end_ns=authenticated)
+    result = await gw.chat(REQUEST, caller)
     returned_ns = time.time_ns()
     assert sink.traces == []  # the answer did not wait for the recording
     await asyncio.sleep(0)
     assert [t.trace_id for t in sink.traces] == [result.trace_id]
     trace = sink.traces[0]
     assert_described_and_recorded(trace)
+    names = [span.name for span in trace.spans]
+    assert names[:3] == ["chat m", "authenticate", "authorize"]
+    auth = trace.spans[1]
+    assert (auth.start_ns, auth.end_ns) == (authenticated - 50_000, authenticated)
+    assert trace.spans[2].attributes["trellis.plan"] == ["openai-compatible/gpt-x"]
+    attempt = next(span for span in trace.spans if span.name == "chat gpt-x")
+    assert attempt.attributes[GenAI.RESPONSE_MODEL] == "gpt-x"
+    assert attempt.attributes[GenAI.FINISH_REASONS] == ["stop"]
     # The trace ends when the gateway finished, not when the bookkeeping ran.
     assert trace.root is not None and trace.root.end_ns is not None
     assert trace.root.end_ns <= returned_ns

@@ -122,6 +122,7 @@ class _Call:
     semantic_vector: np.ndarray | None = None
     #: The request's attributes are on the trace (``Gateway._describe``).
     described: bool = False
+    authorize_span: Span | None = None
 
 
 class Gateway:
@@ -184,7 +185,7 @@ class Gateway:
             self._fit(call)
             with call.trace.span("route", attributes={GenAI.REQUEST_MODEL: request.model}) as span:
                 response = await self.router.chat(
-                    call.route, call.request, call.trace, span, call.outcome
+                    call.route, call.request, call.trace, span, call.outcome, later=self._later
                 )
             if call.citations is not None:
                 # An extra top-level field of the answer (the model keeps unknown fields).
@@ -304,11 +305,7 @@ class Gateway:
         root = trace.root
         assert root is not None
         if caller.auth_start_ns is not None:
-            root.start_ns = caller.auth_start_ns
-            auth = trace.start_span("authenticate")
-            auth.start_ns = caller.auth_start_ns
-            auth.end_ns = caller.auth_end_ns or time.time_ns()
-            auth.set("trellis.key_id", caller.key_id)
+            root.start_ns = caller.auth_start_ns  # its span is added by _describe
         call = _Call(
             request=request,
             caller=caller,
@@ -318,8 +315,8 @@ class Gateway:
         )
         try:
             with trace.span("authorize") as span:
+                call.authorize_span = span
                 call.route = self._authorize(caller, request.model, "chat")
-                span.set("trellis.plan", [t.label for t in call.route.plan])
                 call.retrieval = grounding.retrieval_plan(
                     request, getattr(call.route.alias, "retrieval", None)
                 )
@@ -342,9 +339,21 @@ class Gateway:
         if call.described:
             return
         call.described = True
-        request, trace = call.received, call.trace
+        request, trace, caller = call.received, call.trace, call.caller
         root = trace.root
         assert root is not None
+        if caller.auth_start_ns is not None:
+            auth = Span(
+                name="authenticate",
+                trace_id=trace.trace_id,
+                parent_id=root.span_id,
+                start_ns=caller.auth_start_ns,
+                end_ns=caller.auth_end_ns or caller.auth_start_ns,
+            )
+            auth.set("trellis.key_id", caller.key_id)
+            trace.spans.insert(1, auth)  # the first stage, as it happened
+        if call.authorize_span is not None and call.route is not None:
+            call.authorize_span.set("trellis.plan", [t.label for t in call.route.plan])
         root.update(
             {
                 GenAI.OPERATION: trace.kind,

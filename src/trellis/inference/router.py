@@ -307,12 +307,25 @@ class Router:
     # --- operations ---------------------------------------------------------
 
     async def chat(
-        self, route: Route, request: ChatRequest, trace: Trace, parent: Span, outcome: Outcome
+        self,
+        route: Route,
+        request: ChatRequest,
+        trace: Trace,
+        parent: Span,
+        outcome: Outcome,
+        *,
+        later: Callable[..., None] | None = None,
     ) -> ChatResponse:
+        """The first answer the plan gets. ``later`` runs the bookkeeping that records the
+        answer on the attempt's span (the gateway defers it past the answer); inline
+        without it."""
+
         async def call(target: Target, span: Span) -> ChatResponse:
             response = await target.provider.chat(request)
-            _record_response(span, response.model, response.id, response.usage)
-            span.set(GenAI.FINISH_REASONS, [c.finish_reason for c in response.choices])
+            if later is None:
+                _record_completion(span, response)
+            else:
+                later(_record_completion, span, response)
             return response
 
         return await self._walk(route, trace, parent, "chat", call, outcome)
@@ -372,6 +385,11 @@ class Router:
             for target in targets:
                 seen.setdefault(id(target.provider), (target.deployment, target.provider))
         return list(seen.values())
+
+
+def _record_completion(span: Span, response: ChatResponse) -> None:
+    _record_response(span, response.model, response.id, response.usage)
+    span.set(GenAI.FINISH_REASONS, [c.finish_reason for c in response.choices])
 
 
 def _record_response(span: Span, model: str | None, response_id: str | None, usage: Any) -> None:
