@@ -106,6 +106,9 @@ def serve(
         workers=workers,
         log_level=log_level,
         access_log=False,
+        # Trellis reads no client address (API keys identify callers), so uvicorn's
+        # X-Forwarded-* handling would be one more layer on every request for nothing.
+        proxy_headers=False,
     )
 
 

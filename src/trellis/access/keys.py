@@ -159,6 +159,9 @@ def _validate_models(models: Iterable[str] | None) -> tuple[str, ...] | None:
     return result
 
 
+_MISS: tuple[bool, None] = (False, None)
+
+
 class _TTLCache:
     """A bounded LRU map whose entries expire; small enough to keep in one place."""
 
@@ -300,7 +303,9 @@ class KeyStore:
         if not secret or len(secret) > MAX_SECRET_LEN:
             return None
         digest = hash_secret(secret)
-        record = await self._lookup_cached(digest)
+        hit, record = self._valid.get(digest, self._clock()) if self.cache_seconds > 0 else _MISS
+        if not hit:  # the usual case is a hit: answered without another coroutine
+            record = await self._lookup_cached(digest)
         if record is not None:
             self._last_used[record.id] = time.time()
         return record
