@@ -211,7 +211,7 @@ class ChatResponse(_Open):
         it has OpenAI's full shape: re-encoding the model would cost the answer's latency
         a second pass through pydantic, and pass-through keeps the upstream's fields as
         it wrote them (its ``null``s included)."""
-        if self.model_fields_set >= _WIRE_FIELDS:
+        if self.__pydantic_fields_set__ >= _WIRE_FIELDS:  # model_fields_set, sans property
             object.__setattr__(self, "_wire", content)
 
     @property
