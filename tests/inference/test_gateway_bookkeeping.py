@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -15,8 +16,9 @@ from trellis.errors import ProviderHTTPError
 from trellis.inference.gateway import Caller, Gateway
 from trellis.inference.router import Router
 from trellis.observe.tracing import GenAI, Trace
+from trellis.runtime import Trellis
 from trellis.schema import ChatRequest
-from trellis.settings import Deployment, ModelAlias, RetrySettings
+from trellis.settings import Deployment, ModelAlias, RetrySettings, Settings
 from trellis.testing.fake_upstream import FakeUpstream, Fault
 
 
@@ -145,3 +147,33 @@ async def test_a_bug_in_deferred_bookkeeping_is_logged_not_raised(
         await asyncio.sleep(0)
     assert result.response.choices[0].message.content
     assert "trace bookkeeping failed" in caplog.text
+
+
+async def test_a_runtime_closed_right_after_a_chat_still_stores_its_trace(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        include_local_models=False,
+        models=[
+            ModelAlias(
+                name="m",
+                deployments=[
+                    Deployment(
+                        provider="openai-compatible", model="gpt-x", base_url=upstream.base_url
+                    )
+                ],
+            )
+        ],
+    )
+    async with Trellis(settings) as runtime:
+        assert runtime.gateway is not None and runtime.gateway.defer_bookkeeping
+        result = await runtime.gateway.chat(REQUEST)
+    # The deferred recording ran before the writer's last flush.
+    async with Trellis(settings) as reopened:
+        assert reopened.traces is not None
+        stored = await reopened.traces.get(result.trace_id)
+    assert stored is not None
+    root = next(span for span in stored["spans"] if span["parent_id"] is None)
+    assert root["attributes"][GenAI.REQUEST_MODEL] == "m"
+    assert root["attributes"][GenAI.RESPONSE_MODEL] == "gpt-x"
