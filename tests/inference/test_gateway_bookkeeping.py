@@ -20,14 +20,7 @@ from trellis.runtime import Trellis
 from trellis.schema import ChatRequest
 from trellis.settings import Deployment, ModelAlias, RetrySettings, Settings
 from trellis.testing.fake_upstream import FakeUpstream, Fault
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.traces: list[Trace] = []
-
-    def submit(self, trace: Trace) -> None:
-        self.traces.append(trace)
+from trellis.testing.sinks import ListSink
 
 
 @pytest.fixture

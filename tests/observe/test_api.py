@@ -13,16 +13,7 @@ from trellis.observe.api import configure, current_trace, score, span, trace, tr
 from trellis.observe.tracing import NullSink, Trace
 from trellis.runtime import Trellis
 from trellis.settings import Settings
-
-
-class ListSink:
-    """Collects submitted traces (a fake at the sink boundary, like the writer's queue)."""
-
-    def __init__(self) -> None:
-        self.traces: list[Trace] = []
-
-    def submit(self, trace: Trace) -> None:
-        self.traces.append(trace)
+from trellis.testing.sinks import ListSink
 
 
 @pytest.fixture
