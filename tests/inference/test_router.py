@@ -9,6 +9,7 @@ import pytest
 
 from trellis.errors import (
     NoDeploymentAvailableError,
+    NotFoundError,
     ProviderHTTPError,
     UpstreamConnectionError,
     UpstreamError,
@@ -383,3 +384,26 @@ async def test_stream_cut_midway_raises_after_partial_output(upstreams: list[Fak
     attempt = next(s for s in trace.spans if s.name == "chat gpt-test")
     assert attempt.status == "error"
     await router.aclose()
+
+
+def test_routes_that_never_change_are_built_once(upstreams: list[FakeUpstream]) -> None:
+    one, two, three = (deployment(u) for u in upstreams)
+    router = Router(
+        [
+            ModelAlias(name="single", deployments=[one], fallbacks=["ordered"]),
+            ModelAlias(name="ordered", deployments=[two, three], routing="ordered"),
+            ModelAlias(name="weighted", deployments=[two, three], fallbacks=["single"]),
+        ]
+    )
+    single = router.route("single")
+    assert router.route("single") is single  # reused, not rebuilt per request
+    assert [t.deployment.base_url for t in single.plan] == [d.base_url for d in (one, two, three)]
+    assert router.route("ordered") is router.route("ordered")
+    # A weighted alias is shuffled per request, so its route is always new.
+    weighted = {
+        tuple(t.deployment.base_url for t in router.route("weighted").plan) for _ in range(40)
+    }
+    assert len(weighted) == 2
+    assert all(order[-1] == one.base_url for order in weighted)
+    with pytest.raises(NotFoundError):
+        router.route("missing")

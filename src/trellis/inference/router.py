@@ -136,6 +136,13 @@ class Router:
                 )
             self.targets[alias.name] = targets
         self._providers = list(providers.values())
+        #: Routes whose order never changes (every alias on them has one deployment or
+        #: ordered routing), built once instead of on every request. Never mutated.
+        self._static_routes: dict[str, Route] = {}
+        for name in self.aliases:
+            names = self._plan_aliases(name)
+            if all(n in self.aliases and self._static(self.aliases[n]) for n in names):
+                self._static_routes[name] = self._build_route(name, names)
 
     # --- planning -----------------------------------------------------------
 
@@ -150,15 +157,24 @@ class Router:
             ) from None
 
     def route(self, name: str) -> Route:
-        alias = self.alias(name)
+        static = self._static_routes.get(name)
+        if static is not None:
+            return static
+        self.alias(name)  # 404 for an unknown alias
+        return self._build_route(name, self._plan_aliases(name))
+
+    def _plan_aliases(self, name: str) -> list[str]:
+        """``name`` then its fallback aliases, each once (settings check they exist)."""
+        return list(dict.fromkeys([name, *self.aliases[name].fallbacks]))
+
+    def _static(self, alias: ModelAlias) -> bool:
+        return alias.routing == "ordered" or len(self.targets[alias.name]) == 1
+
+    def _build_route(self, name: str, names: list[str]) -> Route:
         plan: list[Target] = []
-        seen: set[str] = set()
-        for alias_name in [name, *alias.fallbacks]:
-            if alias_name in seen:
-                continue
-            seen.add(alias_name)
+        for alias_name in names:
             plan.extend(self._ordered(self.aliases[alias_name]))
-        return Route(alias=alias, plan=plan)
+        return Route(alias=self.aliases[name], plan=plan)
 
     def _ordered(self, alias: ModelAlias) -> list[Target]:
         targets = self.targets[alias.name]
