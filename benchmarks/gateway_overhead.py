@@ -1,9 +1,12 @@
 """Gateway overhead: latency Trellis adds over a fixed-delay upstream, and its throughput.
 
 One run starts a fake OpenAI-compatible upstream (``trellis.testing.fake_upstream``)
-with a fixed delay, then, each as its own process on loopback, Trellis with tracing
-on, Trellis with tracing off, and LiteLLM's proxy (from ``benchmarks/.venv-litellm``,
-made by ``benchmarks/setup_litellm.sh``; its row is skipped when that is absent).
+with a fixed delay, then, each as its own process on loopback: two bare forwarders
+under uvicorn (``floor_forwarder.py``: one on aiohttp, the reference floor, one on
+Trellis' own provider client, so what Trellis adds beyond it is its own work),
+Trellis with tracing on, Trellis with tracing off, and LiteLLM's proxy (from
+``benchmarks/.venv-litellm``, made by ``benchmarks/setup_litellm.sh``; its row is
+skipped when that is absent).
 
 * Latency: requests one at a time on a kept-alive connection, interleaved across the
   targets in rounds so drift on the machine hits every target alike; "added" is a
@@ -168,6 +171,12 @@ class BenchResult:
             out["floor_added_p50_ms"] = floor.p50_ms - direct.p50_ms
             if on:
                 out["trellis_over_floor_p50_ms"] = on.p50_ms - floor.p50_ms
+        client_floor = self.target(CLIENT_FLOOR)
+        if direct and client_floor:
+            out["client_floor_added_p50_ms"] = client_floor.p50_ms - direct.p50_ms
+            if on:
+                # What Trellis adds beyond forwarding with the same client: its own work.
+                out["trellis_own_work_p50_ms"] = on.p50_ms - client_floor.p50_ms
         if on and off:
             out["tracing_added_p50_us"] = (on.p50_ms - off.p50_ms) * 1000
             out["tracing_added_mean_us"] = (on.mean_ms - off.mean_ms) * 1000
@@ -570,16 +579,22 @@ _QUIET_UVICORN: dict[str, Any] = {
 
 
 FLOOR = "bare forwarder (floor)"
+CLIENT_FLOOR = "bare forwarder on Trellis' client"
+#: floor_forwarder.py's app for each bare-forwarder row.
+FORWARDERS = {FLOOR: "floor_forwarder:app", CLIENT_FLOOR: "floor_forwarder:trellis_client_app"}
 
 
-def start_floor(children: Children, upstream_url: str) -> tuple[subprocess.Popen[bytes], int]:
-    """The reference floor: a bare ASGI forwarder under the same uvicorn (floor_forwarder.py)."""
+def start_floor(
+    children: Children, upstream_url: str, name: str = FLOOR
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A bare ASGI forwarder under the same uvicorn (floor_forwarder.py): on aiohttp (the
+    reference floor) or on Trellis' own provider client."""
     port = free_port()
     argv = [
         sys.executable,
         "-m",
         "uvicorn",
-        "floor_forwarder:app",
+        FORWARDERS[name],
         "--app-dir",
         str(HERE),
         "--host",
@@ -590,7 +605,7 @@ def start_floor(children: Children, upstream_url: str) -> tuple[subprocess.Popen
         "warning",
         "--no-access-log",
     ]
-    return children.start(FLOOR, argv, _clean_env(FLOOR_UPSTREAM=upstream_url)), port
+    return children.start(name, argv, _clean_env(FLOOR_UPSTREAM=upstream_url)), port
 
 
 def start_litellm(
@@ -930,8 +945,9 @@ def run(config: BenchConfig, *, log: Any = print, load_before: float | None = No
         )
 
         pending: list[tuple[str, subprocess.Popen[bytes], int, str]] = []
-        proc, port = start_floor(children, upstream_url)
-        pending.append((FLOOR, proc, port, "/healthz"))
+        for name in FORWARDERS:
+            proc, port = start_floor(children, upstream_url, name)
+            pending.append((name, proc, port, "/healthz"))
         proc, port = start_trellis(children, "trellis", upstream_url, tracing=True)
         pending.append(("trellis", proc, port, "/healthz"))
         if config.tracing_off_row:
@@ -946,7 +962,7 @@ def run(config: BenchConfig, *, log: Any = print, load_before: float | None = No
         deadline = time.monotonic() + config.startup_timeout
         for name, proc, port, ready_path in pending:
             key = ADMIN_KEY if name.startswith("trellis") else "sk-bench-client"
-            model = UPSTREAM_MODEL if name == FLOOR else ALIAS
+            model = UPSTREAM_MODEL if name in FORWARDERS else ALIAS
             target = Target(name, "127.0.0.1", port, "/v1/chat/completions", model, key, proc.pid)
             try:
                 wait_ready(children, name, proc, f"http://127.0.0.1:{port}{ready_path}", deadline)
@@ -1051,6 +1067,13 @@ def render(result: BenchResult) -> str:
             f"A bare ASGI forwarder on aiohttp adds {summary['floor_added_p50_ms'] * 1000:.0f} µs "
             "at p50 (one more hop, uvicorn and the usual Python HTTP client); Trellis adds "
             + (f"{over:.0f} µs on top of it." if over >= 0 else f"{-over:.0f} µs less than it.")
+        )
+    if "client_floor_added_p50_ms" in summary:
+        own = summary.get("trellis_own_work_p50_ms", float("nan")) * 1000
+        lines.append(
+            "The same forwarder on Trellis' own provider client adds "
+            f"{summary['client_floor_added_p50_ms'] * 1000:.0f} µs at p50; the {own:.0f} µs "
+            "Trellis adds beyond it is its own work (auth, validation, routing, tracing)."
         )
     if "trellis_over_litellm_rps" in summary:
         verdict = "met" if summary["target_3x_litellm_rps"] else "MISSED"

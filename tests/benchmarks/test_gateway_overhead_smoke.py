@@ -1,7 +1,8 @@
 """A tiny run of ``benchmarks/gateway_overhead.py``, so a broken benchmark fails CI.
 
-It starts the real processes (fake upstream, Trellis with tracing on and off) with a
-budget of a few seconds; LiteLLM is left out. It checks the plumbing, not the speed.
+It starts the real processes (fake upstream, both bare forwarders, Trellis with tracing
+on and off) with a budget of a few seconds; LiteLLM is left out. It checks the
+plumbing, not the speed.
 """
 
 from __future__ import annotations
@@ -58,7 +59,13 @@ def test_tiny_run_measures_every_row(bench: ModuleType, tmp_path: Path) -> None:
     assert time.monotonic() - started < 30
 
     names = [t.name for t in result.targets]
-    assert names == ["direct", "bare forwarder (floor)", "trellis", "trellis (tracing off)"]
+    assert names == [
+        "direct",
+        "bare forwarder (floor)",
+        "bare forwarder on Trellis' client",
+        "trellis",
+        "trellis (tracing off)",
+    ]
     for target in result.targets:
         assert target.errors == 0, target.name
         assert len(target.latencies_ms) == 30
@@ -67,6 +74,11 @@ def test_tiny_run_measures_every_row(bench: ModuleType, tmp_path: Path) -> None:
 
     data = json.loads(out.read_text())
     assert [row["target"] for row in data["rows"]] == names
-    assert {"trellis_added_p50_ms", "tracing_added_p50_us"} <= data["summary"].keys()
+    assert {
+        "trellis_added_p50_ms",
+        "tracing_added_p50_us",
+        "floor_added_p50_ms",
+        "trellis_own_work_p50_ms",
+    } <= data["summary"].keys()
     table = bench.render(result)
     assert "| trellis |" in table and "| added p50 ms |" in table
