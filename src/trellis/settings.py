@@ -22,6 +22,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from trellis.http_headers import check_header
+
 __all__ = [
     "Settings",
     "ModelAlias",
@@ -85,10 +87,7 @@ class Deployment(_Strict):
     def _headers_are_single_lines(cls, headers: dict[str, str]) -> dict[str, str]:
         """A line break in a header would inject headers into every upstream request."""
         for name, value in headers.items():
-            if not name or any(c in name for c in " \t:\r\n\0"):
-                raise ValueError(f"invalid header name {name!r}")
-            if any(c in value for c in "\r\n\0"):
-                raise ValueError(f"header {name!r} contains a line break or NUL")
+            check_header(name, value)
         return headers
 
     @property

@@ -366,7 +366,7 @@ class Gateway:
                 "trellis.stream": request.stream,
             }
         )
-        trace.summary.update(model=request.model, key_id=call.caller.key_id)
+        trace.summary.update(model=request.model, key_id=caller.key_id)
         if self.store_bodies:
             # Kept as models; the trace writer dumps them to JSON, off the request path.
             root.attributes[GenAI.INPUT_MESSAGES] = list(request.messages)

@@ -168,6 +168,7 @@ class Router:
         return list(dict.fromkeys([name, *self.aliases[name].fallbacks]))
 
     def _static(self, alias: ModelAlias) -> bool:
+        """Whether ``alias`` tries its deployments in the same order on every request."""
         return alias.routing == "ordered" or len(self.targets[alias.name]) == 1
 
     def _build_route(self, name: str, names: list[str]) -> Route:
@@ -178,7 +179,7 @@ class Router:
 
     def _ordered(self, alias: ModelAlias) -> list[Target]:
         targets = self.targets[alias.name]
-        if alias.routing == "ordered" or len(targets) == 1:
+        if self._static(alias):
             return list(targets)
         if alias.routing == "latency":
             # Unmeasured deployments first (so every one gets measured), then fastest EWMA.

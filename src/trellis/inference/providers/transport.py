@@ -31,6 +31,8 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import httptools
 
+from trellis.http_headers import check_header
+
 __all__ = [
     "HttpClient",
     "HttpResponse",
@@ -411,14 +413,6 @@ class _Deflate:
         return self._inner.flush() if self._inner is not None else b""  # type: ignore[no-any-return]
 
 
-def _check_header(name: str, value: str) -> None:
-    for part in (name, value):
-        if "\r" in part or "\n" in part or "\0" in part:
-            raise ValueError(f"header {name!r} contains a line break or NUL")
-    if not name or any(c in name for c in " \t:"):
-        raise ValueError(f"invalid header name {name!r}")
-
-
 class HttpClient:
     """Requests to one origin (``base_url``) over a pool of kept-alive connections.
 
@@ -461,7 +455,7 @@ class HttpClient:
             "accept-encoding": "gzip, deflate",
         }
         for name, value in (headers or {}).items():
-            _check_header(name, value)
+            check_header(name, value)
             fixed[name.lower()] = value
         fixed.pop("content-length", None)
         self._fixed_headers = "".join(f"{name}: {value}\r\n" for name, value in fixed.items())
