@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Iterator
 
@@ -15,9 +16,10 @@ from trellis.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
+from trellis.inference.providers.openai_compat import OpenAICompatibleProvider
 from trellis.inference.router import Outcome, Router
 from trellis.observe.tracing import Trace
-from trellis.schema import ChatRequest
+from trellis.schema import ChatRequest, ChatResponse
 from trellis.settings import BreakerSettings, Deployment, ModelAlias, RetrySettings
 from trellis.testing.fake_upstream import FakeUpstream, Fault
 
@@ -188,6 +190,65 @@ async def test_attempt_timeout_then_retry(upstreams: list[FakeUpstream]) -> None
     assert text == "answer from upstream 0" and outcome.retries == 1
     first = next(s for s in trace.spans if s.name == "chat gpt-test")
     assert first.attributes["error.type"] == "UpstreamTimeoutError"
+    await router.aclose()
+
+
+class _Recorded(OpenAICompatibleProvider):
+    """The OpenAI provider, noting the deadline of each call."""
+
+    deadlines: list[float | None]
+
+    async def chat(self, request: ChatRequest, *, deadline: float | None = None) -> ChatResponse:
+        self.deadlines.append(deadline)
+        return await super().chat(request, deadline=deadline)
+
+
+class _Unbounded(_Recorded):
+    """Keeps no deadline of its own: it waits out a slow upstream however long it takes."""
+
+    honours_deadline = False
+
+    async def chat(self, request: ChatRequest, *, deadline: float | None = None) -> ChatResponse:
+        self.deadlines.append(deadline)
+        return await OpenAICompatibleProvider.chat(self, request)
+
+
+@pytest.mark.parametrize("kind", [_Recorded, _Unbounded])
+async def test_every_attempt_is_bounded_by_its_deadline(
+    upstreams: list[FakeUpstream], kind: type[_Recorded]
+) -> None:
+    """A provider that keeps deadlines gets the attempt's; any other runs in the
+    router's timeout scope. Either way a stalled attempt stops at the deployment's
+    timeout (the client's idle-read timeout is off here, so nothing else could)."""
+    up = upstreams[0]
+    up.faults.push(Fault.delay(2.0))
+    made: list[_Recorded] = []
+
+    def factory(dep: Deployment) -> _Recorded:
+        provider = kind(dep)
+        provider.deadlines = []
+        provider.client.read_timeout = None  # so only the attempt's deadline can stop it
+        made.append(provider)
+        return provider
+
+    router, _ = make_router(
+        [ModelAlias(name="m", deployments=[deployment(up, timeout=0.3)])], provider_factory=factory
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    text, outcome, trace = await run_chat(router)
+    assert text == "answer from upstream 0" and outcome.retries == 1
+    assert loop.time() - started < 1.5
+    (provider,) = made
+    if kind is _Unbounded:
+        assert provider.deadlines == [None, None]
+    else:
+        first, second = provider.deadlines
+        assert first is not None and started < first <= started + 0.3 + 0.05
+        assert second is not None and second > first
+    timed_out = next(s for s in trace.spans if s.name == "chat gpt-test")
+    assert timed_out.attributes["error.type"] == "UpstreamTimeoutError"
+    assert "did not answer within 0.3s" in timed_out.attributes["error.message"]
     await router.aclose()
 
 

@@ -209,10 +209,14 @@ class Router:
         trace: Trace,
         parent: Span,
         operation: str,
-        call: Callable[[Target, Span], Awaitable[T]],
+        call: Callable[[Target, Span, float | None], Awaitable[T]],
         outcome: Outcome,
         keep_open: bool = False,
     ) -> T:
+        """Try the plan's targets in order, with retries, until one answers. ``call``
+        gets the attempt's deadline when it can keep it (``Provider.honours_deadline``;
+        never for a stream, whose deadline covers only its first chunk), else None and
+        the attempt runs in a timeout scope."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry.request_timeout
         last_error: UpstreamError | None = None
@@ -244,11 +248,15 @@ class Router:
                 started = time.perf_counter()
                 target.in_flight += 1
                 try:
-                    # One timeout scope bounds both the attempt and the whole request.
+                    # One deadline bounds both the attempt and the whole request.
                     attempt_deadline = loop.time() + target.deployment.timeout
+                    bound = min(deadline, attempt_deadline)
                     try:
-                        async with asyncio.timeout_at(min(deadline, attempt_deadline)):
-                            result = await call(target, span)
+                        if not keep_open and target.provider.honours_deadline:
+                            result = await call(target, span, bound)
+                        else:
+                            async with asyncio.timeout_at(bound):
+                                result = await call(target, span, None)
                     except TimeoutError:
                         if attempt_deadline < deadline:
                             raise UpstreamTimeoutError(
@@ -337,8 +345,8 @@ class Router:
         answer on the attempt's span (the gateway defers it past the answer); inline
         without it."""
 
-        async def call(target: Target, span: Span) -> ChatResponse:
-            response = await target.provider.chat(request)
+        async def call(target: Target, span: Span, deadline: float | None) -> ChatResponse:
+            response = await target.provider.chat(request, deadline=deadline)
             if later is None:
                 _record_completion(span, response)
             else:
@@ -354,7 +362,9 @@ class Router:
         chunk are retried or fall back; a failure after it propagates to the caller."""
         started = time.perf_counter()
 
-        async def first_chunk(target: Target, span: Span) -> tuple[Span, ChatChunk, Any]:
+        async def first_chunk(
+            target: Target, span: Span, _deadline: float | None
+        ) -> tuple[Span, ChatChunk, Any]:
             iterator = target.provider.stream(request).__aiter__()
             try:  # _walk bounds the wait for the first chunk by the attempt's timeout
                 chunk = await anext(iterator)
@@ -384,8 +394,8 @@ class Router:
         parent: Span,
         outcome: Outcome,
     ) -> EmbeddingResult:
-        async def call(target: Target, span: Span) -> EmbeddingResult:
-            result = await target.provider.embed(texts, dimensions=dimensions)
+        async def call(target: Target, span: Span, deadline: float | None) -> EmbeddingResult:
+            result = await target.provider.embed(texts, dimensions=dimensions, deadline=deadline)
             span.set(GenAI.RESPONSE_MODEL, result.model)
             span.set(GenAI.INPUT_TOKENS, result.prompt_tokens)
             return result

@@ -16,6 +16,7 @@ import pytest
 from trellis.inference.providers.transport import (
     ConnectError,
     ConnectionClosed,
+    DeadlineExceeded,
     HttpClient,
     ProtocolError,
     ReadTimeout,
@@ -211,6 +212,68 @@ async def test_read_timeout_is_an_idle_timeout() -> None:
     async with Server(trickle) as server:
         client = HttpClient(server.url, read_timeout=0.3)
         assert (await client.request("GET", "/"))[2] == b"abcdef"
+        await client.aclose()
+
+
+async def trickle_six_bytes(request: bytes, writer: asyncio.StreamWriter) -> None:
+    """An answer whose body comes a byte every 0.1 s: 0.6 s in all."""
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\n")
+    for byte in b"abcdef":
+        await asyncio.sleep(0.1)
+        writer.write(bytes([byte]))
+        await writer.drain()
+
+
+async def test_a_deadline_bounds_the_whole_exchange() -> None:
+    """Bytes that keep coming satisfy the idle timeout but not a deadline; the wait
+    for a free connection counts against it too."""
+    async with Server(trickle_six_bytes) as server:
+        client = HttpClient(server.url, read_timeout=0.3, max_connections=1)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(DeadlineExceeded, match="whole answer"):
+            await client.request("GET", "/", deadline=started + 0.25)
+        assert 0.2 <= loop.time() - started < 0.5
+        assert client.connections == 0  # a half-read answer: the connection is dropped
+        assert isinstance(DeadlineExceeded("x"), TimeoutError)
+
+        busy = asyncio.create_task(client.request("GET", "/"))  # takes the only slot
+        await asyncio.sleep(0.05)
+        started = loop.time()
+        with pytest.raises(DeadlineExceeded, match="free connection"):
+            await client.request("GET", "/", deadline=started + 0.1)
+        assert loop.time() - started < 0.4
+        assert (await busy)[2] == b"abcdef"
+        assert (await client.request("GET", "/", deadline=loop.time() + 5))[2] == b"abcdef"
+        await client.aclose()
+
+
+async def test_a_kept_alive_connection_keeps_one_timer_across_exchanges() -> None:
+    """The timer one exchange armed serves the next ones (re-armed only when it fires
+    early), yet a later exchange that stalls still times out on time, not early."""
+
+    async def stall(request: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    loop = asyncio.get_running_loop()
+    async with Server(answer(), answer(), answer(), answer(), stall) as server:
+        client = HttpClient(server.url, read_timeout=0.4)
+        await client.request("GET", "/", deadline=loop.time() + 10)
+        (connection,) = client._idle
+        timer = connection._timer
+        assert timer is not None
+        for _ in range(2):
+            await client.request("GET", "/", deadline=loop.time() + 10)
+        assert connection._timer is timer and server.connections == 1
+        await client.request("GET", "/", deadline=loop.time() + 0.2)  # due sooner: re-armed
+        assert connection._timer is not timer and connection._timer is not None
+        assert timer.cancelled()
+        started = loop.time()  # the new timer fires 0.2 s into this exchange, which is not due
+        with pytest.raises(ReadTimeout):
+            await client.request("GET", "/")
+        assert 0.35 <= loop.time() - started < 1.0
         await client.aclose()
 
 

@@ -112,8 +112,8 @@ class AnthropicProvider(HttpProvider):
 
     # --- response -------------------------------------------------------------
 
-    async def chat(self, request: ChatRequest) -> ChatResponse:
-        data = await self.post_json("/v1/messages", self.request_body(request))
+    async def chat(self, request: ChatRequest, *, deadline: float | None = None) -> ChatResponse:
+        data = await self.post_json("/v1/messages", self.request_body(request), deadline=deadline)
         with self.expecting("message"):
             return self._response(data)
 

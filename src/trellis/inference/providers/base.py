@@ -31,7 +31,12 @@ from trellis.errors import (
     UpstreamProtocolError,
     UpstreamTimeoutError,
 )
-from trellis.inference.providers.transport import ConnectError, HttpClient, TransportError
+from trellis.inference.providers.transport import (
+    ConnectError,
+    DeadlineExceeded,
+    HttpClient,
+    TransportError,
+)
 from trellis.schema import (
     ChatChunk,
     ChatRequest,
@@ -78,13 +83,19 @@ class Provider(ABC):
 
     #: The ``gen_ai.provider.name`` recorded on spans.
     system: ClassVar[str] = "unknown"
+    #: Whether ``chat`` and ``embed`` stop by the ``deadline`` they are given, raising
+    #: ``TimeoutError`` when it passes. The router then passes one instead of wrapping
+    #: each attempt in a timeout scope of its own; providers that leave this False are
+    #: called with ``deadline=None`` and bounded by the router.
+    honours_deadline: ClassVar[bool] = False
 
     def __init__(self, deployment: Deployment) -> None:
         self.deployment = deployment
 
     @abstractmethod
-    async def chat(self, request: ChatRequest) -> ChatResponse:
-        """One non-streaming completion."""
+    async def chat(self, request: ChatRequest, *, deadline: float | None = None) -> ChatResponse:
+        """One non-streaming completion, done by ``deadline`` (event-loop time) when
+        the provider ``honours_deadline``."""
 
     def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         """Completion chunks; the last carries ``usage`` when the provider reports it."""
@@ -92,7 +103,9 @@ class Provider(ABC):
             f"{self.deployment.label} does not support streaming", code="streaming_unsupported"
         )
 
-    async def embed(self, texts: list[str], *, dimensions: int | None = None) -> EmbeddingResult:
+    async def embed(
+        self, texts: list[str], *, dimensions: int | None = None, deadline: float | None = None
+    ) -> EmbeddingResult:
         raise UnsupportedFeatureError(f"{self.deployment.label} does not make embeddings")
 
     async def probe(self) -> None:
@@ -209,6 +222,8 @@ class HttpProvider(Provider):
     """
 
     default_base_url: ClassVar[str] = ""
+    #: Every call goes through ``_send`` (or ``post_sse``, which the router bounds itself).
+    honours_deadline: ClassVar[bool] = True
 
     def __init__(self, deployment: Deployment) -> None:
         super().__init__(deployment)
@@ -266,16 +281,23 @@ class HttpProvider(Provider):
     # --- shared plumbing ----------------------------------------------------
 
     async def post_json(
-        self, path: str, body: dict[str, Any], *, params: dict[str, str] | None = None
+        self,
+        path: str,
+        body: dict[str, Any],
+        *,
+        params: dict[str, str] | None = None,
+        deadline: float | None = None,
     ) -> Any:
-        return await self._json("POST", path, orjson.dumps(body), params)
+        return self._decode(await self._send("POST", path, orjson.dumps(body), params, deadline))
 
-    async def post_bytes(self, path: str, body: dict[str, Any]) -> bytes:
+    async def post_bytes(
+        self, path: str, body: dict[str, Any], *, deadline: float | None = None
+    ) -> bytes:
         """POST ``body``; the answer's bytes, failures raised as ``UpstreamError``."""
-        return await self._send("POST", path, orjson.dumps(body), None)
+        return await self._send("POST", path, orjson.dumps(body), None, deadline)
 
     async def get_json(self, path: str) -> Any:
-        return await self._json("GET", path, None, None)
+        return self._decode(await self._send("GET", path, None, None))
 
     def parse_model(self, content: bytes, model: type[M], what: str) -> M:
         """``content`` validated into ``model``; malformed JSON or a wrong shape raise
@@ -287,17 +309,22 @@ class HttpProvider(Provider):
                 raise self._malformed(content) from exc
             raise self.unexpected(what, exc) from exc
 
-    async def _json(
-        self, method: str, path: str, data: bytes | None, params: dict[str, str] | None
-    ) -> Any:
-        return self._decode(await self._send(method, path, data, params))
-
     async def _send(
-        self, method: str, path: str, data: bytes | None, params: dict[str, str] | None
+        self,
+        method: str,
+        path: str,
+        data: bytes | None,
+        params: dict[str, str] | None,
+        deadline: float | None = None,
     ) -> bytes:
-        """The body of a successful answer; failures raised as ``UpstreamError``."""
+        """The body of a successful answer; failures raised as ``UpstreamError``, except
+        a passed ``deadline``: that is the caller's ``TimeoutError`` to judge."""
         try:
-            status, headers, content = await self.client.request(method, path, data, params=params)
+            status, headers, content = await self.client.request(
+                method, path, data, params=params, deadline=deadline
+            )
+        except DeadlineExceeded:
+            raise
         except (TransportError, OSError) as exc:  # TimeoutError is an OSError
             raise self._map_transport_error(exc) from exc
         if status >= 400:

@@ -95,8 +95,8 @@ class CohereProvider(HttpProvider):
 
     # --- response -------------------------------------------------------------
 
-    async def chat(self, request: ChatRequest) -> ChatResponse:
-        data = await self.post_json("/v2/chat", self.request_body(request))
+    async def chat(self, request: ChatRequest, *, deadline: float | None = None) -> ChatResponse:
+        data = await self.post_json("/v2/chat", self.request_body(request), deadline=deadline)
         with self.expecting("response"):
             return self._response(data)
 
@@ -167,7 +167,9 @@ class CohereProvider(HttpProvider):
             retryable=False,
         )
 
-    async def embed(self, texts: list[str], *, dimensions: int | None = None) -> EmbeddingResult:
+    async def embed(
+        self, texts: list[str], *, dimensions: int | None = None, deadline: float | None = None
+    ) -> EmbeddingResult:
         vectors: list[list[float]] = []
         tokens = 0
         for start in range(0, len(texts), _EMBED_BATCH):
@@ -179,7 +181,7 @@ class CohereProvider(HttpProvider):
             }
             if dimensions:
                 body["output_dimension"] = dimensions
-            data = await self.post_json("/v2/embed", body)
+            data = await self.post_json("/v2/embed", body, deadline=deadline)
             with self.expecting("embeddings response"):
                 vectors.extend([float(v) for v in vector] for vector in data["embeddings"]["float"])
             billed = (data.get("meta") or {}).get("billed_units") or {}

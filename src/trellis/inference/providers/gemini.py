@@ -112,8 +112,10 @@ class GeminiProvider(HttpProvider):
 
     # --- response -------------------------------------------------------------
 
-    async def chat(self, request: ChatRequest) -> ChatResponse:
-        data = await self.post_json(self._path("generateContent"), self.request_body(request))
+    async def chat(self, request: ChatRequest, *, deadline: float | None = None) -> ChatResponse:
+        data = await self.post_json(
+            self._path("generateContent"), self.request_body(request), deadline=deadline
+        )
         with self.expecting("response"):
             return self._response(data)
 
@@ -182,7 +184,9 @@ class GeminiProvider(HttpProvider):
             )
         yield out.usage(_usage(usage))
 
-    async def embed(self, texts: list[str], *, dimensions: int | None = None) -> EmbeddingResult:
+    async def embed(
+        self, texts: list[str], *, dimensions: int | None = None, deadline: float | None = None
+    ) -> EmbeddingResult:
         model = "models/" + self.deployment.model.removeprefix("models/")
         vectors: list[list[float]] = []
         tokens = 0
@@ -193,7 +197,9 @@ class GeminiProvider(HttpProvider):
                 if dimensions:
                     item["outputDimensionality"] = dimensions
                 requests.append(item)
-            data = await self.post_json(self._path("batchEmbedContents"), {"requests": requests})
+            data = await self.post_json(
+                self._path("batchEmbedContents"), {"requests": requests}, deadline=deadline
+            )
             with self.expecting("embeddings response"):
                 vectors.extend([float(v) for v in item["values"]] for item in data["embeddings"])
             tokens += int((data.get("usageMetadata") or {}).get("promptTokenCount") or 0)

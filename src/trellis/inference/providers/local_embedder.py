@@ -358,12 +358,14 @@ class LocalEmbedderProvider(Provider):
             max_workers=1, thread_name_prefix="trellis-embed"
         )
 
-    async def chat(self, request: ChatRequest) -> ChatResponse:
+    async def chat(self, request: ChatRequest, *, deadline: float | None = None) -> ChatResponse:
         raise UnsupportedFeatureError(
             f"{self.deployment.label} is an embedding model; it cannot chat", param="model"
         )
 
-    async def embed(self, texts: list[str], *, dimensions: int | None = None) -> EmbeddingResult:
+    async def embed(
+        self, texts: list[str], *, dimensions: int | None = None, deadline: float | None = None
+    ) -> EmbeddingResult:
         if dimensions is not None and not 1 <= dimensions <= self.embedder.dimension:
             raise InvalidRequestError(
                 f"dimensions must be between 1 and {self.embedder.dimension} for "

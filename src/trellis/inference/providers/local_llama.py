@@ -228,7 +228,7 @@ class LocalLlamaProvider(Provider):
         """Load the model now instead of on the first request (warm-up at start-up)."""
         await self._run(self._ensure_loaded)
 
-    async def chat(self, request: ChatRequest) -> ChatResponse:
+    async def chat(self, request: ChatRequest, *, deadline: float | None = None) -> ChatResponse:
         kwargs = self._completion_kwargs(request)
         cancel = threading.Event()
         try:

@@ -36,9 +36,9 @@ class OpenAICompatibleProvider(HttpProvider):
         self.default_base_url = default_url  # type: ignore[misc]
         super().__init__(deployment, **kwargs)
 
-    async def chat(self, request: ChatRequest) -> ChatResponse:
+    async def chat(self, request: ChatRequest, *, deadline: float | None = None) -> ChatResponse:
         body = request.upstream_body(self.deployment.model)
-        content = await self.post_bytes("/chat/completions", body)
+        content = await self.post_bytes("/chat/completions", body, deadline=deadline)
         response = self.parse_model(content, ChatResponse, "completion")
         response.keep_wire(content)  # already in OpenAI's shape: served as it came
         return response
@@ -62,11 +62,13 @@ class OpenAICompatibleProvider(HttpProvider):
                 chunk = ChatChunk.model_validate(data)
             yield chunk
 
-    async def embed(self, texts: list[str], *, dimensions: int | None = None) -> EmbeddingResult:
+    async def embed(
+        self, texts: list[str], *, dimensions: int | None = None, deadline: float | None = None
+    ) -> EmbeddingResult:
         body: dict[str, Any] = {"model": self.deployment.model, "input": texts}
         if dimensions:
             body["dimensions"] = dimensions
-        data = await self.post_json("/embeddings", body)
+        data = await self.post_json("/embeddings", body, deadline=deadline)
         with self.expecting("embeddings response"):
             items = sorted(data["data"], key=lambda item: item["index"])
             vectors = [list(map(float, item["embedding"])) for item in items]

@@ -10,7 +10,9 @@ pool of connections.
 What it does: one origin per client (the provider's base URL), HTTP and HTTPS,
 ``content-length`` request bodies, responses sized by ``content-length``, chunked
 or delimited by the close of the connection, gzip/deflate bodies, an idle-read
-timeout, and a pool of kept-alive connections. A request that finds its reused
+timeout and an optional deadline for the whole exchange (one timer per connection,
+kept armed across its exchanges), and a pool of kept-alive connections. A request
+that finds its reused
 connection closed by the server before any byte of an answer is sent again once on
 a new connection (the server never saw it). No redirects, proxies or cookies:
 provider APIs use none of them.
@@ -42,6 +44,7 @@ __all__ = [
     "ProtocolError",
     "ReadTimeout",
     "ConnectTimeout",
+    "DeadlineExceeded",
 ]
 
 #: Connections open at once per client by default (aiohttp's default too); more
@@ -79,6 +82,11 @@ class ReadTimeout(TransportError, TimeoutError):
 
 class ConnectTimeout(ConnectError, TimeoutError):
     """Opening the connection took longer than the connect timeout."""
+
+
+class DeadlineExceeded(TransportError, TimeoutError):
+    """The caller's deadline (``HttpClient.request(deadline=...)``) passed before the
+    whole answer arrived: waiting for a free connection, connecting or reading."""
 
 
 class HttpResponse:
@@ -130,10 +138,13 @@ class _Exchange:
         "got_bytes",
         "decoder",
         "keep_alive",
+        "deadline",
     )
 
-    def __init__(self, connection: _Connection) -> None:
+    def __init__(self, connection: _Connection, deadline: float | None) -> None:
         self.connection = connection
+        #: Loop time by which the answer must be complete (None: only the idle timeout).
+        self.deadline = deadline
         self.status = 0
         self.headers: dict[str, str] = {}
         self.chunks: deque[bytes] = deque()
@@ -300,8 +311,7 @@ class _Connection(asyncio.Protocol):
                 return
             if rest:
                 exchange.chunks.append(rest)
-        exchange.complete = True
-        self._cancel_timer()
+        exchange.complete = True  # the timer stays armed: the next exchange may reuse it
         exchange.wake()
 
     def _receiving(self) -> _Exchange | None:
@@ -325,13 +335,20 @@ class _Connection(asyncio.Protocol):
 
     # --- used by the client -----------------------------------------------------
 
-    def start(self, request: bytes) -> _Exchange:
+    def start(self, request: bytes, deadline: float | None = None) -> _Exchange:
         assert self.transport is not None
-        exchange = _Exchange(self)
+        exchange = _Exchange(self, deadline)
         self.exchange = exchange
         self.last_read = self.loop.time()
-        if self.read_timeout is not None:
-            self._timer = self.loop.call_at(self.last_read + self.read_timeout, self._check_idle)
+        due = self._due(exchange)
+        if due is not None:
+            timer = self._timer
+            # A timer left armed by an earlier exchange serves when it fires no later
+            # (it re-arms itself for this one): usually no timer is armed per request.
+            if timer is None or timer.when() > due:
+                if timer is not None:
+                    timer.cancel()
+                self._timer = self.loop.call_at(due, self._on_timer)
         self.transport.write(request)
         return exchange
 
@@ -361,19 +378,34 @@ class _Connection(asyncio.Protocol):
 
     # --- internals --------------------------------------------------------------
 
-    def _check_idle(self) -> None:
-        """The idle-read timer: fire only when no byte came for the whole timeout."""
+    def _due(self, exchange: _Exchange) -> float | None:
+        """When ``exchange`` fails unless more bytes come: the idle-read timeout or its
+        deadline, whichever is first (None: never)."""
+        due = exchange.deadline
+        if self.read_timeout is not None:
+            # A paused reader is the slow party, not the server: its idle clock waits.
+            idle_due = (self.loop.time() if self.paused else self.last_read) + self.read_timeout
+            due = idle_due if due is None or idle_due < due else due
+        return due
+
+    def _on_timer(self) -> None:
+        """The connection's one timer: fail the exchange when its idle-read timeout or
+        deadline has passed, else re-arm for when one would. Between exchanges it lapses."""
         self._timer = None
         exchange = self.exchange
-        if exchange is None or exchange.complete or self.read_timeout is None:
+        if exchange is None or exchange.complete or exchange.error is not None:
             return
-        due = self.last_read + self.read_timeout
-        if self.paused:  # the reader is slow, not the server
-            due = self.loop.time() + self.read_timeout
-        if due > self.loop.time():
-            self._timer = self.loop.call_at(due, self._check_idle)
+        due = self._due(exchange)
+        if due is None:
             return
-        self._fail(ReadTimeout(f"no data from the server for {self.read_timeout:g}s"))
+        now = self.loop.time()
+        if due > now:
+            self._timer = self.loop.call_at(due, self._on_timer)
+            return
+        if exchange.deadline is not None and exchange.deadline <= now:
+            self._fail(DeadlineExceeded("the deadline passed before the whole answer arrived"))
+        else:
+            self._fail(ReadTimeout(f"no data from the server for {self.read_timeout:g}s"))
         self.close()
 
     def _fail(self, error: BaseException) -> None:
@@ -474,9 +506,13 @@ class HttpClient:
         body: bytes | None = None,
         *,
         params: Mapping[str, str] | None = None,
+        deadline: float | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
-        """One whole exchange: ``(status, headers, body)``."""
-        connection, exchange = await self._open(self._frame(method, path, body, params))
+        """One whole exchange: ``(status, headers, body)``. ``deadline`` (event-loop time)
+        bounds all of it, the wait for a free connection and connecting included;
+        passing it raises ``DeadlineExceeded``: cheaper than a timeout scope around
+        the call, which arms and cancels a timer of its own on every request."""
+        connection, exchange = await self._open(self._frame(method, path, body, params), deadline)
         try:
             return exchange.status, exchange.headers, await _read_all(exchange)
         finally:
@@ -529,22 +565,27 @@ class HttpClient:
         head += "\r\n"
         return head.encode("latin-1") + body if body is not None else head.encode("latin-1")
 
-    async def _open(self, request: bytes) -> tuple[_Connection, _Exchange]:
+    async def _open(
+        self, request: bytes, deadline: float | None = None
+    ) -> tuple[_Connection, _Exchange]:
         """Send ``request`` and wait for the head of its answer."""
-        await self._slots.acquire()
+        if deadline is None or not self._slots.locked():
+            await self._slots.acquire()
+        else:
+            await self._wait_for_slot(deadline)
         try:
             if self._closed:
                 raise ConnectionClosed("the client is closed")
             connection = self._take_idle()
             reused = connection is not None
             if connection is None:
-                connection = await self._connect()
+                connection = await self._connect(deadline)
         except BaseException:
             self._slots.release()
             raise
         self._active.add(connection)
         try:
-            exchange = connection.start(request)
+            exchange = connection.start(request, deadline)
             try:
                 await exchange.wait_head()
             except ConnectionClosed:
@@ -553,9 +594,9 @@ class HttpClient:
                 # A reused connection the server had closed: it never saw this request.
                 self._active.discard(connection)
                 connection.close()
-                connection = await self._connect()
+                connection = await self._connect(deadline)
                 self._active.add(connection)
-                exchange = connection.start(request)
+                exchange = connection.start(request, deadline)
                 await exchange.wait_head()
         except BaseException:
             self._release(connection)
@@ -583,10 +624,19 @@ class HttpClient:
             return connection
         return None
 
-    async def _connect(self) -> _Connection:
-        loop = asyncio.get_running_loop()
+    async def _wait_for_slot(self, deadline: float) -> None:
         try:
-            async with asyncio.timeout(self.connect_timeout):
+            async with asyncio.timeout_at(deadline):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise DeadlineExceeded("the deadline passed waiting for a free connection") from None
+
+    async def _connect(self, deadline: float | None = None) -> _Connection:
+        loop = asyncio.get_running_loop()
+        limit = self.connect_timeout
+        by_deadline = deadline is not None and (limit is None or deadline - loop.time() < limit)
+        try:
+            async with asyncio.timeout_at(deadline) if by_deadline else asyncio.timeout(limit):
                 _, connection = await loop.create_connection(
                     lambda: _Connection(loop, self.read_timeout),
                     self.host,
@@ -595,6 +645,10 @@ class HttpClient:
                     server_hostname=self.host if self.tls else None,
                 )
         except TimeoutError:
+            if by_deadline:
+                raise DeadlineExceeded(
+                    f"the deadline passed connecting to {self.host}:{self.port}"
+                ) from None
             raise ConnectTimeout(
                 f"connecting to {self.host}:{self.port} took over {self.connect_timeout:g}s"
             ) from None
