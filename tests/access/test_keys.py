@@ -98,6 +98,27 @@ async def test_no_cache_when_cache_seconds_is_zero(db: Database) -> None:
     assert keys.db_lookups == 2
 
 
+async def test_a_cached_verification_does_not_hash_the_secret(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SHA-256 is for the table: a key verified a moment ago is found by its secret."""
+    keys = KeyStore(db, cache_seconds=60)
+    record, secret = await keys.create("hot")
+    hashed: list[str] = []
+
+    def counting(value: str) -> str:
+        hashed.append(value)
+        return hash_secret(value)
+
+    monkeypatch.setattr("trellis.access.keys.hash_secret", counting)
+    for _ in range(3):
+        verified = await keys.verify(secret)
+        assert verified is not None and verified.id == record.id
+    assert hashed == [secret] and keys.db_lookups == 1
+    assert await keys.verify(secret + "x") is None  # a near miss is its own lookup
+    assert hashed == [secret, secret + "x"]
+
+
 async def test_concurrent_verifies_share_one_query(db: Database) -> None:
     keys = KeyStore(db)
     _, secret = await keys.create("burst")
