@@ -11,7 +11,15 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "ChatMessage",
@@ -85,7 +93,7 @@ def message_text(message: ChatMessage) -> str:
 
 
 class StreamOptions(_Open):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class TrellisOptions(_Open):
@@ -101,25 +109,44 @@ class TrellisOptions(_Open):
 
 
 class ChatRequest(_Open):
+    """A chat completion request. Numbers and flags are strict, as OpenAI's own API
+    is: ``"0.5"`` is not a temperature nor ``16.0`` a token count. So what was
+    validated is what the caller sent, and the caller's body can be forwarded as it
+    came (``keep_body``, ``upstream_body``)."""
+
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    n: int | None = Field(default=None, ge=1, le=128)
+    temperature: float | None = Field(default=None, ge=0, le=2, strict=True)
+    top_p: float | None = Field(default=None, ge=0, le=1, strict=True)
+    max_tokens: int | None = Field(default=None, ge=1, strict=True)
+    max_completion_tokens: int | None = Field(default=None, ge=1, strict=True)
+    n: int | None = Field(default=None, ge=1, le=128, strict=True)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, strict=True)
     user: str | None = None
     stream: StrictBool = False  # "yes" is a mistake, not a truthy value
     stream_options: StreamOptions | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2, strict=True)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2, strict=True)
+    logit_bias: dict[str, StrictFloat] | None = None
     trellis: TrellisOptions | None = None
+
+    # The caller's JSON body this request was validated from (``keep_body``): a slot,
+    # like ``ChatResponse``'s wire bytes, so it is never validated, dumped or copied.
+    __slots__ = ("_body",)
+
+    def keep_body(self, body: dict[str, Any]) -> None:
+        """Remember ``body`` (the parsed JSON this request was validated from, owned by
+        the request from now on) so ``upstream_body`` can forward it instead of dumping
+        the model: the dump cost ~90 µs of each request's latency with cold caches."""
+        object.__setattr__(self, "_body", body)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, "_body", None)  # the kept body no longer matches the model
+        super().__setattr__(name, value)
 
     @field_validator("stop")
     @classmethod
@@ -145,13 +172,26 @@ class ChatRequest(_Open):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
     def upstream_body(self, upstream_model: str) -> dict[str, Any]:
-        """The body to send to an OpenAI-compatible upstream: our options removed."""
-        body = self.model_dump(exclude_none=True, exclude={"trellis"})
+        """The body to send to an OpenAI-compatible upstream: our options and nulls
+        removed. The kept caller's body when the model would dump to the same JSON;
+        otherwise (no kept body, messages with nulls or with ``tool_calls``, whose
+        defaults the model fills in) the model's dump."""
+        kept: dict[str, Any] | None = getattr(self, "_body", None)
+        if kept is not None and _dumps_as_sent(kept["messages"]):
+            body = {k: v for k, v in kept.items() if v is not None and k != "trellis"}
+        else:
+            body = self.model_dump(exclude_none=True, exclude={"trellis"})
         body["model"] = upstream_model
         if not self.stream:
             body.pop("stream", None)
             body.pop("stream_options", None)
         return body
+
+
+def _dumps_as_sent(messages: list[dict[str, Any]]) -> bool:
+    """Whether validated messages dump to exactly these dicts: no null to drop and no
+    tool call whose ``type`` or ``arguments`` the model may have filled in."""
+    return all(None not in message.values() and "tool_calls" not in message for message in messages)
 
 
 class Usage(_Open):

@@ -93,6 +93,12 @@ def test_key_lifecycle_over_http(client: httpx.Client, server: ServerThread) -> 
         ({**HELLO, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({**HELLO, "messages": [{"role": "user"}]}, "messages.0"),
         ({**HELLO, "stream": "yes"}, "stream"),
+        # Strict numbers and flags, as OpenAI's API: what is validated is what is sent.
+        ({**HELLO, "temperature": "0.5"}, "temperature"),
+        ({**HELLO, "max_tokens": 16.0}, "max_tokens"),
+        ({**HELLO, "seed": "42"}, "seed"),
+        ({**HELLO, "logit_bias": {"50256": "-100"}}, "logit_bias.50256"),
+        ({**HELLO, "stream_options": {"include_usage": "true"}}, "stream_options.include_usage"),
     ],
 )
 def test_invalid_bodies_are_400(client: httpx.Client, body: dict, param: str) -> None:

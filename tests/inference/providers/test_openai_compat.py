@@ -56,6 +56,73 @@ async def test_body_forwards_caller_options_with_the_deployment_model(
     assert "stream" not in body
 
 
+HI = [{"role": "user", "content": "hi"}]
+CALLED = [
+    {"role": "user", "content": "weather?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": "c1", "function": {"name": "weather"}}],  # no type, no arguments
+    },
+    {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"temperature": 1, "top_p": None, "user": None, "max_tokens": 16, "seed": 7},
+        {"logprobs": True, "top_logprobs": 2, "metadata": {"a": "b"}, "trellis": {"cache": False}},
+        {"stream": True, "stream_options": {"include_usage": False}},
+        {
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+            "tool_choice": {"type": "function", "function": {"name": "f"}},
+            "response_format": {"type": "json_object"},
+            "stop": ["\n"],
+            "logit_bias": {"50256": -100},
+        },
+        {
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "hi"}], "name": "ann"},
+                {"role": "assistant", "content": "hello"},
+                {"role": "user", "content": "again"},
+            ]
+        },
+        {"messages": [{"role": "user", "content": "hi", "name": None}]},  # a null to drop
+        {"messages": CALLED},  # tool calls the model completes
+    ],
+)
+def test_a_kept_body_is_forwarded_as_the_model_would_send_it(fields: dict[str, Any]) -> None:
+    """The caller's body forwarded as it came is what dumping the validated model gives."""
+    data = {"model": "alias", "messages": HI, **fields}
+    kept = ChatRequest.model_validate(data)
+    kept.keep_body(orjson.loads(orjson.dumps(data)))
+    dumped = ChatRequest.model_validate(data)
+    assert kept.upstream_body("up") == dumped.upstream_body("up")
+
+
+def test_the_kept_body_is_used_only_while_it_matches_the_request() -> None:
+    data = {"model": "alias", "messages": HI, "temperature": 0.5, "trellis": {"cache": False}}
+    kept = ChatRequest.model_validate(data)
+    kept.keep_body({**data, "marker": 1})  # a field only the kept body has shows its use
+    assert kept.upstream_body("up") == {
+        "model": "up",
+        "messages": HI,
+        "temperature": 0.5,
+        "marker": 1,
+    }
+    assert "marker" not in kept.model_copy(update={"temperature": 0.2}).upstream_body("up")
+    kept.temperature = 0.2  # setting a field drops it
+    assert "marker" not in kept.upstream_body("up")
+    called = ChatRequest.model_validate({**data, "messages": CALLED})
+    called.keep_body({**data, "messages": CALLED, "marker": 1})
+    sent = called.upstream_body("up")
+    assert "marker" not in sent
+    assert sent["messages"][1]["tool_calls"][0]["type"] == "function"
+
+
 async def test_stream_always_asks_for_usage(
     upstream: FakeUpstream, connect: Callable[..., Provider]
 ) -> None:

@@ -44,7 +44,10 @@ async def _accept(
 ) -> tuple[Caller, M, Gateway]:
     """What both inference endpoints do first: the caller, the validated body, the gateway."""
     caller = await authenticate_scope(trellis, scope, INFERENCE)
-    body = parse_body(model, await read_json_body(trellis, scope, receive))
+    data = await read_json_body(trellis, scope, receive)
+    body = parse_body(model, data)
+    if isinstance(body, ChatRequest):
+        body.keep_body(data)  # forwarded as it came to OpenAI-compatible upstreams
     gateway = trellis.gateway
     assert gateway is not None
     return caller, body, gateway
