@@ -12,10 +12,9 @@ What it does: one origin per client (the provider's base URL), HTTP and HTTPS,
 or delimited by the close of the connection, gzip/deflate bodies, an idle-read
 timeout and an optional deadline for the whole exchange (one timer per connection,
 kept armed across its exchanges), and a pool of kept-alive connections. A request
-that finds its reused
-connection closed by the server before any byte of an answer is sent again once on
-a new connection (the server never saw it). No redirects, proxies or cookies:
-provider APIs use none of them.
+that finds its reused connection closed by the server before any byte of an answer
+is sent again once on a new connection (the server never saw it). No redirects,
+proxies or cookies: provider APIs use none of them.
 """
 
 from __future__ import annotations
