@@ -51,6 +51,26 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+class _PassThrough(_Open):
+    """A model that may keep the JSON it was validated from, to pass it on as it came
+    instead of dumping the model again. The JSON lives in a slot, not a pydantic
+    private attribute: those cost every validation a Python-level hook, and a slot is
+    neither validated, dumped nor carried over by ``model_copy``. Setting any field
+    drops it, since it no longer matches the model."""
+
+    __slots__ = ("_source",)
+
+    def _keep_source(self, source: Any) -> None:
+        object.__setattr__(self, "_source", source)
+
+    def _kept_source(self) -> Any:
+        return getattr(self, "_source", None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, "_source", None)
+        super().__setattr__(name, value)
+
+
 class FunctionCall(_Open):
     name: str
     arguments: str = ""
@@ -108,7 +128,7 @@ class TrellisOptions(_Open):
     top_k: int | None = Field(default=None, ge=1, le=50)  # passages to retrieve
 
 
-class ChatRequest(_Open):
+class ChatRequest(_PassThrough):
     """A chat completion request. Numbers and flags are strict, as OpenAI's own API
     is: ``"0.5"`` is not a temperature nor ``16.0`` a token count. So what was
     validated is what the caller sent, and the caller's body can be forwarded as it
@@ -134,19 +154,11 @@ class ChatRequest(_Open):
     logit_bias: dict[str, StrictFloat] | None = None
     trellis: TrellisOptions | None = None
 
-    # The caller's JSON body this request was validated from (``keep_body``): a slot,
-    # like ``ChatResponse``'s wire bytes, so it is never validated, dumped or copied.
-    __slots__ = ("_body",)
-
     def keep_body(self, body: dict[str, Any]) -> None:
         """Remember ``body`` (the parsed JSON this request was validated from, owned by
         the request from now on) so ``upstream_body`` can forward it instead of dumping
         the model: the dump cost ~90 µs of each request's latency with cold caches."""
-        object.__setattr__(self, "_body", body)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        object.__setattr__(self, "_body", None)  # the kept body no longer matches the model
-        super().__setattr__(name, value)
+        self._keep_source(body)
 
     @field_validator("stop")
     @classmethod
@@ -176,7 +188,7 @@ class ChatRequest(_Open):
         removed. The kept caller's body when the model would dump to the same JSON;
         otherwise (no kept body, messages with nulls or with ``tool_calls``, whose
         defaults the model fills in) the model's dump."""
-        kept: dict[str, Any] | None = getattr(self, "_body", None)
+        kept: dict[str, Any] | None = self._kept_source()
         if kept is not None and _dumps_as_sent(kept["messages"]):
             body = {k: v for k, v in kept.items() if v is not None and k != "trellis"}
         else:
@@ -225,7 +237,7 @@ class ChatChoice(_Open):
 _WIRE_FIELDS = frozenset({"id", "object", "created", "model", "choices", "usage"})
 
 
-class ChatResponse(_Open):
+class ChatResponse(_PassThrough):
     id: str = Field(default_factory=new_completion_id)
     object: Literal["chat.completion"] = "chat.completion"
     created: int = Field(default_factory=lambda: int(time.time()))
@@ -234,32 +246,23 @@ class ChatResponse(_Open):
     usage: Usage | None = None
     system_fingerprint: str | None = None
 
-    # The JSON this answer was validated from, served as it is (``wire``). A slot, not a
-    # pydantic private attribute: those cost every validation a Python-level hook, and
-    # a slot is neither validated, dumped nor carried over by ``model_copy``.
-    __slots__ = ("_wire",)
-
     def keep_wire(self, content: bytes) -> None:
         """Serve ``content`` (the JSON this answer was validated from) as the answer, if
         it has OpenAI's full shape: re-encoding the model would cost the answer's latency
         a second pass through pydantic, and pass-through keeps the upstream's fields as
         it wrote them (its ``null``s included)."""
         if self.__pydantic_fields_set__ >= _WIRE_FIELDS:  # model_fields_set, sans property
-            object.__setattr__(self, "_wire", content)
+            self._keep_source(content)
 
     @property
     def wire(self) -> bytes | None:
         """The kept JSON, or None: then the answer is encoded from the model. Setting a
         field of the answer drops it; code that edits nested parts (a choice's message)
         must call ``drop_wire``."""
-        return getattr(self, "_wire", None)
+        return self._kept_source()  # type: ignore[no-any-return]
 
     def drop_wire(self) -> None:
-        object.__setattr__(self, "_wire", None)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        object.__setattr__(self, "_wire", None)  # the kept JSON no longer matches the model
-        super().__setattr__(name, value)
+        self._keep_source(None)
 
 
 class ChunkDelta(_Open):
