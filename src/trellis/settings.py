@@ -296,6 +296,25 @@ class LocalModelSettings(_Strict):
     model_path: str | None = Field(
         default=None, description="GGUF file; defaults to the bundled SmolLM2"
     )
+    # Default decoding, used where a request leaves the field unset (request values
+    # win). Chosen by benchmarks/local_decoding.py; see docs/configuration.md.
+    temperature: float = Field(default=0.2, ge=0, le=2)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    top_k: int = Field(default=40, ge=0, description="0: off")
+    min_p: float = Field(default=0.05, ge=0, le=1, description="0: off")
+    repeat_penalty: float = Field(default=1.0, gt=0, description="1.0: off")
+    system_prompt: str | None = Field(
+        default=None,
+        description="System message added when a request has none; null keeps the "
+        "chat template's own",
+    )
+    schema_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=10,
+        description="Generations tried for a json_schema answer the grammar cannot fully "
+        "enforce (e.g. minimum/maximum) before the request is refused",
+    )
 
 
 class Settings(BaseSettings):

@@ -8,6 +8,7 @@ happens before the model is touched.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -231,3 +232,165 @@ async def test_a_prompt_longer_than_the_context_is_refused() -> None:
 def test_count_tokens_uses_the_model_vocabulary(provider: LocalLlamaProvider) -> None:
     assert provider.count_tokens("Hello world, how are you?") == 7
     assert provider.count_tokens("") == 0
+
+
+# --- request errors: caused by the request, so 400s (never an upstream failure) ------
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("token", ["49152", "1000000", "-1"])
+async def test_logit_bias_outside_the_vocabulary_is_refused(
+    provider: LocalLlamaProvider, token: str
+) -> None:
+    # Before: an id past the vocabulary was ignored (an IndexError per token on
+    # stderr) and -1 biased the last token.
+    req = request(logit_bias={token: 5.0})
+    with pytest.raises(InvalidRequestError, match=f"{token}\\b") as caught:
+        await provider.chat(req)
+    assert caught.value.param == "logit_bias"
+    with pytest.raises(InvalidRequestError, match=f"{token}\\b"):
+        await collect(provider, req)
+
+
+async def test_logit_bias_values_outside_the_openai_range_are_refused() -> None:
+    local = LocalLlamaProvider(DEPLOYMENT)
+    with pytest.raises(InvalidRequestError, match="-100 and 100") as caught:
+        await local.chat(request(logit_bias={"5": 150.0}))
+    assert caught.value.param == "logit_bias"
+    await local.aclose()
+
+
+def schema_format(schema: Any, *, strict: bool = True) -> dict[str, Any]:
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "answer", "strict": strict, "schema": schema},
+    }
+
+
+RECURSIVE = {
+    "$defs": {
+        "node": {
+            "type": "object",
+            "properties": {"value": {"type": "integer"}, "next": {"$ref": "#/$defs/node"}},
+        }
+    },
+    "$ref": "#/$defs/node",
+}
+UNKNOWN_TYPE = {"type": "object", "properties": {"a": {"type": "decimal"}}}
+HUGE_REPETITION = {"type": "array", "items": {"type": "integer"}, "maxItems": 10**9}
+
+
+def nested_schema(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}, "required": ["a"]}
+    return schema
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [RECURSIVE, UNKNOWN_TYPE, HUGE_REPETITION, {"type": 12}, nested_schema(500)],
+    ids=["recursive-ref", "unknown-type", "huge-repetition", "invalid", "nested-500"],
+)
+async def test_schemas_the_grammar_cannot_enforce_are_refused(schema: dict[str, Any]) -> None:
+    # Before: llama-cpp fell back to plain JSON without a word (even with strict:
+    # true), and 500 levels raised RecursionError, a 502 counted against the deployment.
+    local = LocalLlamaProvider(DEPLOYMENT)
+    for strict in (True, False):
+        with pytest.raises(InvalidRequestError) as caught:
+            await local.chat(request(response_format=schema_format(schema, strict=strict)))
+        assert caught.value.status_code == 400
+        assert caught.value.param == "response_format"
+        with pytest.raises(InvalidRequestError):
+            await collect(local, request(response_format=schema_format(schema, strict=strict)))
+    await local.aclose()
+
+
+#: The grammar llama.cpp builds from a schema enforces structure and types, not ranges.
+DIGIT = {
+    "type": "object",
+    "properties": {"digit": {"type": "integer", "minimum": 1, "maximum": 9}},
+    "required": ["digit"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
+async def test_json_schema_answers_are_validated_against_the_whole_schema(
+    provider: LocalLlamaProvider, stream: bool
+) -> None:
+    import jsonschema
+
+    # Before: {"digit": 11} came back although the schema says 1..9. Each case must
+    # now end in an answer the schema accepts, or in a 400 that says it could not.
+    outcomes = []
+    for seed in range(1, 6):
+        req = request(
+            "Give a two-digit number, like 11, as JSON.",
+            max_tokens=16,
+            temperature=0.8,
+            seed=seed,
+            response_format=schema_format(DIGIT),
+        )
+        try:
+            if stream:
+                chunks = await collect(provider, req)
+                text = text_of(chunks)
+                usage = chunks[-1].usage
+            else:
+                response = await provider.chat(req)
+                text = response.choices[0].message.content or ""
+                usage = response.usage
+        except InvalidRequestError as exc:
+            assert exc.code == "json_schema_unsatisfied" and exc.param == "response_format"
+            outcomes.append("refused")
+            continue
+        jsonschema.validate(json.loads(text), DIGIT)
+        assert usage is not None and usage.completion_tokens <= 16
+        outcomes.append("valid")
+    assert "valid" in outcomes, outcomes
+
+
+@pytest.mark.model
+async def test_a_valid_json_schema_is_followed(provider: LocalLlamaProvider) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}},
+        "required": ["city"],
+    }
+    response = await provider.chat(
+        request(
+            "What is the capital of France? Answer in JSON.",
+            max_tokens=24,
+            response_format=schema_format(schema),
+        )
+    )
+    assert response.choices[0].finish_reason == "stop"
+    assert set(json.loads(response.choices[0].message.content or "")) == {"city"}
+
+
+# --- max_tokens is a hard cap ---------------------------------------------------------
+
+
+#: Token 187 is the lone byte 0xF0, the lead byte of a 4-byte UTF-8 character. llama-cpp
+#: skips its max_tokens check while a character is incomplete, so favouring it made the
+#: generation run past the cap (and the usage bill it).
+LEAD_BYTE = {"187": 100.0}
+
+
+@pytest.mark.model
+async def test_max_tokens_holds_when_the_answer_ends_inside_a_character() -> None:
+    local = LocalLlamaProvider(DEPLOYMENT, LocalModelSettings(n_ctx=256))
+    try:
+        req = request(max_tokens=4, logit_bias=LEAD_BYTE)
+        response = await local.chat(req)
+        assert response.usage is not None and response.usage.completion_tokens <= 4
+        assert response.choices[0].finish_reason == "length"
+        chunks = await collect(local, req)
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens <= 4
+        assert chunks[-2].choices[0].finish_reason == "length"
+        stats = local.last_generation
+        assert stats is not None and stats.sampled <= 4
+    finally:
+        await local.aclose()

@@ -19,13 +19,14 @@ import concurrent.futures
 import contextlib
 import ctypes
 import functools
+import json
 import logging
 import os
 import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -52,7 +53,14 @@ from trellis.schema import (
 )
 from trellis.settings import Deployment, LocalModelSettings
 
-__all__ = ["LocalLlamaProvider", "GenerationStats", "open_llama", "bundled_chat_model_path"]
+__all__ = [
+    "LocalLlamaProvider",
+    "GenerationStats",
+    "StructuredOutput",
+    "compile_json_schema",
+    "open_llama",
+    "bundled_chat_model_path",
+]
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +152,9 @@ class GenerationStats:
     prompt_tokens: int
     sampled: int = 0
     last_token: int | None = None
+    tokens: list[int] = field(default_factory=list)
+    #: True when the token cap (max_tokens) ended the generation from our side.
+    capped: bool = False
 
 
 @functools.cache
@@ -154,18 +165,29 @@ def _counting_llama_class() -> type:
     class CountingLlama(llama_cpp.Llama):
         cancel: threading.Event | None = None
         generation: GenerationStats | None = None
+        #: The request's max_tokens. llama-cpp checks its own limit only after a token
+        #: that completes a UTF-8 character, so a run of multi-byte pieces overshoots it
+        #: (max_tokens 4 gave 6 tokens, billed); we stop sampling at the cap instead.
+        token_cap: int | None = None
 
         def generate(  # type: ignore[override]
             self, tokens: Any, *args: Any, **kwargs: Any
         ) -> Iterator[int]:
             generation = self.generation = GenerationStats(prompt_tokens=len(tokens))
+            cap = self.token_cap
+            vocab = llama_cpp.llama_model_get_vocab(self.model)
             inner = super().generate(tokens, *args, **kwargs)
             try:
                 for token in inner:
                     if self.cancel is not None and self.cancel.is_set():
                         return
+                    at_cap = cap is not None and len(generation.tokens) >= cap
+                    if at_cap and not llama_cpp.llama_vocab_is_eog(vocab, token):
+                        generation.capped = True
+                        return
                     generation.sampled += 1
                     generation.last_token = token
+                    generation.tokens.append(token)
                     yield token
             finally:
                 inner.close()
@@ -183,6 +205,122 @@ def _counting_llama_class() -> type:
             return count
 
     return CountingLlama
+
+
+# --- response_format json_schema ----------------------------------------------------
+
+#: Deepest nesting (objects and arrays) of a json_schema. The grammar converter and the
+#: validator recurse per level; 500 levels overflowed Python's stack.
+MAX_SCHEMA_DEPTH = 64
+#: Largest minItems/maxItems/minLength/maxLength a grammar may spell out: the converter
+#: writes one rule element per repetition, so maxItems 10**9 exhausts memory.
+MAX_SCHEMA_REPETITION = 1000
+_REPETITION_KEYWORDS = ("minItems", "maxItems", "minLength", "maxLength")
+#: What llama-cpp's converter raises on a schema it cannot turn into a grammar.
+_CONVERTER_ERRORS = (
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+    AssertionError,
+    RecursionError,
+)
+
+
+def _refuse_schema(message: str, code: str = "json_schema_unsupported") -> InvalidRequestError:
+    return InvalidRequestError(message, param="response_format", code=code)
+
+
+def _check_schema_shape(schema: Any) -> None:
+    """Bound the nesting and the repetition counts before anything recurses into the schema."""
+    stack: list[tuple[Any, int]] = [(schema, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_SCHEMA_DEPTH:
+            raise _refuse_schema(
+                f"response_format json_schema is nested deeper than {MAX_SCHEMA_DEPTH} levels"
+            )
+        if isinstance(node, dict):
+            for key in _REPETITION_KEYWORDS:
+                bound = node.get(key)
+                if isinstance(bound, int) and bound > MAX_SCHEMA_REPETITION:
+                    raise _refuse_schema(
+                        f"response_format json_schema: {key} {bound} is above the "
+                        f"{MAX_SCHEMA_REPETITION} the local model's grammar can enforce"
+                    )
+            stack.extend((child, depth + 1) for child in node.values())
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node)
+
+
+@dataclass(frozen=True, slots=True)
+class StructuredOutput:
+    """A json_schema as the local model enforces it: a grammar for what llama.cpp's
+    converter understands, and a validator for the rest (minimum, maximum, multipleOf...).
+
+    The grammar shapes every sampled token; the validator checks the finished answer,
+    and a mismatch counts as a failed attempt (see ``LocalLlamaProvider``).
+    """
+
+    grammar: str
+    validator: Any
+
+    def violation(self, text: str) -> str | None:
+        """Why ``text`` does not satisfy the schema, or None when it does."""
+        from jsonschema.exceptions import best_match
+
+        try:
+            value = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            return f"not JSON: {exc}"
+        error = best_match(self.validator.iter_errors(value))
+        return None if error is None else f"{error.message} at {error.json_path}"
+
+
+def compile_json_schema(schema: dict[str, Any]) -> StructuredOutput:
+    """Grammar and validator for a request's schema; a 400 for one that cannot be enforced.
+
+    llama-cpp-python falls back to plain JSON when its converter fails (recursive
+    ``$ref``, an unknown type), even under ``strict: true``; refusing is the honest answer.
+    """
+    from jsonschema import validators
+    from jsonschema.exceptions import SchemaError
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    _check_schema_shape(schema)
+    validator_class = validators.validator_for(schema)
+    try:
+        validator_class.check_schema(schema)
+    except SchemaError as exc:
+        raise _refuse_schema(
+            f"response_format json_schema is not a valid JSON Schema: {exc.message}",
+            code="invalid_json_schema",
+        ) from exc
+    try:
+        grammar = json_schema_to_gbnf(json.dumps(schema))
+    except _CONVERTER_ERRORS as exc:
+        raise _refuse_schema(
+            "response_format json_schema cannot be enforced by the local model's grammar "
+            f"({type(exc).__name__}: {exc}); recursive, remote and unresolvable $ref, "
+            "unknown types and some keywords are not supported"
+        ) from exc
+    return StructuredOutput(grammar=grammar, validator=validator_class(schema))
+
+
+def _check_grammar(llama: Any, grammar: str) -> None:
+    """Let llama.cpp parse the grammar before sampling with it (a bad one would crash)."""
+    import llama_cpp
+
+    sampler = llama_cpp.llama_sampler_init_grammar(
+        llama_cpp.llama_model_get_vocab(llama.model), grammar.encode("utf-8"), b"root"
+    )
+    if not sampler:
+        raise _refuse_schema(
+            "response_format json_schema cannot be enforced: llama.cpp rejected the grammar "
+            "made from it"
+        )
+    llama_cpp.llama_sampler_free(sampler)
 
 
 # --- the provider -----------------------------------------------------------------
@@ -229,10 +367,10 @@ class LocalLlamaProvider(Provider):
         await self._run(self._ensure_loaded)
 
     async def chat(self, request: ChatRequest, *, deadline: float | None = None) -> ChatResponse:
-        kwargs = self._completion_kwargs(request)
+        kwargs, structured = self._completion_kwargs(request)
         cancel = threading.Event()
         try:
-            result = await self._run(self._chat_job, kwargs, cancel)
+            result = await self._run(self._chat_job, kwargs, structured, cancel)
         except asyncio.CancelledError:
             cancel.set()  # a timed-out request must not keep the model busy
             raise
@@ -254,7 +392,7 @@ class LocalLlamaProvider(Provider):
         )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
-        kwargs = self._completion_kwargs(request)
+        kwargs, structured = self._completion_kwargs(request)
         if self._closed:
             raise UpstreamError(f"{self.deployment.label} is closed", provider=self.system)
         loop = asyncio.get_running_loop()
@@ -267,7 +405,9 @@ class LocalLlamaProvider(Provider):
             except RuntimeError:  # the loop is closed: nobody is listening any more
                 cancel.set()
 
-        future = loop.run_in_executor(self._executor, self._stream_job, kwargs, cancel, emit)
+        future = loop.run_in_executor(
+            self._executor, self._stream_job, kwargs, structured, cancel, emit
+        )
         completion_id = new_completion_id()
         created = int(time.time())
         model = self.deployment.model
@@ -331,11 +471,14 @@ class LocalLlamaProvider(Provider):
 
     # --- request mapping ----------------------------------------------------------
 
-    def _completion_kwargs(self, request: ChatRequest) -> dict[str, Any]:
+    def _completion_kwargs(
+        self, request: ChatRequest
+    ) -> tuple[dict[str, Any], StructuredOutput | None]:
         """``create_chat_completion`` arguments for an OpenAI request; refuses what we cannot do.
 
-        Unset sampling options keep llama-cpp's defaults (temperature 0.2, top_p 0.95),
-        which suit a 135M model far better than OpenAI's temperature 1.
+        Unset sampling options take the configured defaults (``local.temperature`` ...),
+        measured on this model rather than OpenAI's temperature 1, which a 135M model
+        cannot bear.
         """
         label = self.deployment.label
         if request.tools and request.tool_choice != "none":
@@ -361,18 +504,28 @@ class LocalLlamaProvider(Provider):
         if extra.get("logprobs") or extra.get("top_logprobs"):
             raise UnsupportedFeatureError(f"{label} does not return logprobs", param="logprobs")
 
+        settings = self.settings
+        messages = [
+            {
+                "role": "system" if message.role == "developer" else message.role,
+                "content": message_text(message),
+            }
+            for message in request.messages
+        ]
+        if settings.system_prompt and not any(m["role"] == "system" for m in messages):
+            messages.insert(0, {"role": "system", "content": settings.system_prompt})
         kwargs: dict[str, Any] = {
-            "messages": [
-                {
-                    "role": "system" if message.role == "developer" else message.role,
-                    "content": message_text(message),
-                }
-                for message in request.messages
-            ],
-            "max_tokens": request.output_limit or self.settings.max_tokens_default,
+            "messages": messages,
+            "max_tokens": request.output_limit or settings.max_tokens_default,
             # llama-cpp derives the seed of unseeded calls from a fixed value, which would
             # make every "random" sample identical; draw a fresh one instead.
             "seed": request.seed if request.seed is not None else random.getrandbits(32),
+            # The configured decoding; the request's own values below win.
+            "temperature": settings.temperature,
+            "top_p": settings.top_p,
+            "top_k": settings.top_k,
+            "min_p": settings.min_p,
+            "repeat_penalty": settings.repeat_penalty,
         }
         if request.stop:
             kwargs["stop"] = request.stop_list()
@@ -381,34 +534,32 @@ class LocalLlamaProvider(Provider):
             if value is not None:
                 kwargs[name] = value
         for name in _PASSTHROUGH_SAMPLING:
-            if isinstance(extra.get(name), int | float):
+            if isinstance(extra.get(name), int | float) and not isinstance(extra[name], bool):
                 kwargs[name] = extra[name]
         if request.logit_bias:
-            try:
-                kwargs["logit_bias"] = {int(k): float(v) for k, v in request.logit_bias.items()}
-            except ValueError as exc:
-                raise InvalidRequestError(
-                    "logit_bias keys must be token ids", param="logit_bias"
-                ) from exc
+            kwargs["logit_bias"] = _logit_bias(request.logit_bias)
+        structured: StructuredOutput | None = None
         if request.response_format:
-            kwargs["response_format"] = self._response_format(request.response_format)
-            if kwargs["response_format"] is None:
-                del kwargs["response_format"]
-        return kwargs
+            structured = self._response_format(request.response_format, kwargs)
+        return kwargs, structured
 
-    def _response_format(self, response_format: dict[str, Any]) -> dict[str, Any] | None:
+    def _response_format(
+        self, response_format: dict[str, Any], kwargs: dict[str, Any]
+    ) -> StructuredOutput | None:
+        """Plain JSON goes to llama-cpp as is; a schema becomes our own grammar + validator."""
         kind = response_format.get("type")
         if kind in (None, "text"):
             return None
         if kind == "json_object":
-            return {"type": "json_object"}
+            kwargs["response_format"] = {"type": "json_object"}
+            return None
         if kind == "json_schema":
             schema = (response_format.get("json_schema") or {}).get("schema")
             if not isinstance(schema, dict):
                 raise InvalidRequestError(
                     "response_format json_schema needs json_schema.schema", param="response_format"
                 )
-            return {"type": "json_object", "schema": schema}
+            return compile_json_schema(schema)
         raise UnsupportedFeatureError(
             f"{self.deployment.label} does not support response_format {kind!r}",
             param="response_format",
@@ -455,18 +606,109 @@ class LocalLlamaProvider(Provider):
         log.info("loaded %s in %.2fs", path.name, self.load_seconds)
         return self._llama
 
-    def _chat_job(self, kwargs: dict[str, Any], cancel: threading.Event) -> dict[str, Any]:
-        llama = self._ensure_loaded()
-        llama.cancel = cancel
-        try:
-            return llama.create_chat_completion(**kwargs)
-        finally:
-            llama.cancel = None
+    def _prepare(
+        self, llama: Any, kwargs: dict[str, Any], structured: StructuredOutput | None
+    ) -> dict[str, Any]:
+        """The checks that need the loaded model, then the final arguments."""
+        n_vocab = llama.n_vocab()
+        outside = [token for token in kwargs.get("logit_bias", {}) if token >= n_vocab]
+        if outside:
+            raise InvalidRequestError(
+                f"logit_bias token id {outside[0]} is outside the vocabulary of "
+                f"{self.deployment.label} (0 to {n_vocab - 1})",
+                param="logit_bias",
+            )
+        if structured is None:
+            return kwargs
+        from llama_cpp.llama_grammar import LlamaGrammar
 
-    def _stream_job(self, kwargs: dict[str, Any], cancel: threading.Event, emit: _Emit) -> None:
+        _check_grammar(llama, structured.grammar)
+        return {**kwargs, "grammar": LlamaGrammar.from_string(structured.grammar, verbose=False)}
+
+    def _complete(
+        self, llama: Any, kwargs: dict[str, Any], cancel: threading.Event
+    ) -> dict[str, Any]:
+        """One non-streamed generation that never goes past ``max_tokens``."""
+        llama.cancel, llama.token_cap = cancel, kwargs["max_tokens"]
+        try:
+            result: dict[str, Any] = llama.create_chat_completion(**kwargs)
+        finally:
+            llama.cancel = llama.token_cap = None
+        generation = llama.generation
+        if generation is not None and generation.capped:
+            # Stopped from our side mid-character: llama-cpp then returns no text at all.
+            text = llama.detokenize(generation.tokens).decode("utf-8", "ignore")
+            choice = result["choices"][0]
+            choice["finish_reason"] = "length"
+            for stop in kwargs.get("stop") or []:
+                if stop in text:
+                    text, choice["finish_reason"] = text[: text.index(stop)], "stop"
+            choice["message"]["content"] = text
+        return result
+
+    def _complete_structured(
+        self,
+        llama: Any,
+        kwargs: dict[str, Any],
+        structured: StructuredOutput,
+        cancel: threading.Event,
+    ) -> dict[str, Any]:
+        """Generate until the answer satisfies the whole schema, ``schema_attempts`` at most.
+
+        The grammar cannot express every keyword (minimum/maximum, multipleOf, ...), so
+        a finished answer is validated, and one that does not match is a failed attempt,
+        sampled again with the next seed. Only the returned attempt is counted in usage.
+        An answer cut by ``max_tokens`` is returned as it is, with finish_reason "length".
+        """
+        greedy = kwargs.get("temperature") == 0  # the same answer every time
+        attempts = 1 if greedy else self.settings.schema_attempts
+        problem = None
+        for attempt in range(attempts):
+            seeded = {**kwargs, "seed": (kwargs["seed"] + attempt) % 2**32}
+            result = self._complete(llama, seeded, cancel)
+            choice = result["choices"][0]
+            if choice.get("finish_reason") != "stop" or cancel.is_set():
+                return result
+            problem = structured.violation(choice["message"].get("content") or "")
+            if problem is None:
+                return result
+            log.info("json_schema attempt %d failed validation: %s", attempt + 1, problem)
+        raise InvalidRequestError(
+            f"{self.deployment.label} gave no answer matching response_format's schema in "
+            f"{attempts} attempt(s) (last: {problem}). Its grammar enforces structure and "
+            "types but not every keyword (minimum, maximum, multipleOf...): relax the "
+            "schema or use a larger model.",
+            param="response_format",
+            code="json_schema_unsatisfied",
+        )
+
+    def _chat_job(
+        self,
+        kwargs: dict[str, Any],
+        structured: StructuredOutput | None,
+        cancel: threading.Event,
+    ) -> dict[str, Any]:
+        llama = self._ensure_loaded()
+        kwargs = self._prepare(llama, kwargs, structured)
+        if structured is None:
+            return self._complete(llama, kwargs, cancel)
+        return self._complete_structured(llama, kwargs, structured, cancel)
+
+    def _stream_job(
+        self,
+        kwargs: dict[str, Any],
+        structured: StructuredOutput | None,
+        cancel: threading.Event,
+        emit: _Emit,
+    ) -> None:
         try:
             llama = self._ensure_loaded()
-            llama.cancel = cancel
+            kwargs = self._prepare(llama, kwargs, structured)
+            if structured is not None:
+                # Validated before anything is sent, so the answer arrives in one piece.
+                _emit_whole(emit, self._complete_structured(llama, kwargs, structured, cancel))
+                return
+            llama.cancel, llama.token_cap = cancel, kwargs["max_tokens"]
             try:
                 with contextlib.closing(llama.create_chat_completion(stream=True, **kwargs)) as gen:
                     for chunk in gen:
@@ -487,7 +729,7 @@ class LocalLlamaProvider(Provider):
                     )
                 )
             finally:
-                llama.cancel = None
+                llama.cancel = llama.token_cap = None
         except Exception as exc:  # handed to the consumer, which raises it
             emit(("error", exc))
         finally:
@@ -524,3 +766,52 @@ def _consume_exception(future: asyncio.Future[Any]) -> None:
     """Mark a finished worker future's outcome as seen (errors already reached the consumer)."""
     if not future.cancelled():
         future.exception()
+
+
+def _logit_bias(bias: dict[str, float]) -> dict[int, float]:
+    """Token ids and biases as llama-cpp wants them; a 400 for what OpenAI refuses too.
+
+    Ids past the vocabulary are checked once the model is loaded (``_prepare``).
+    """
+    mapped: dict[int, float] = {}
+    for key, value in bias.items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise InvalidRequestError(
+                f"logit_bias keys must be token ids, not {key!r}", param="logit_bias"
+            ) from None
+        if token < 0:
+            raise InvalidRequestError(
+                f"logit_bias token id {token} is negative: ids start at 0", param="logit_bias"
+            )
+        if not -100 <= value <= 100:
+            raise InvalidRequestError(
+                f"logit_bias for token {token} is {value}: biases lie between -100 and 100",
+                param="logit_bias",
+            )
+        mapped[token] = float(value)
+    return mapped
+
+
+def _emit_whole(emit: _Emit, result: dict[str, Any]) -> None:
+    """Send a finished (non-streamed) completion as the chunks of a stream, with usage."""
+    choice = result["choices"][0]
+    content = choice["message"].get("content") or ""
+    for delta, finish in (
+        ({"role": "assistant"}, None),
+        ({"content": content}, None),
+        ({}, choice.get("finish_reason") or "stop"),
+    ):
+        emit(("chunk", {"choices": [{"delta": delta, "finish_reason": finish}]}))
+    usage = result.get("usage") or {}
+    emit(
+        (
+            "usage",
+            Usage(
+                prompt_tokens=usage.get("prompt_tokens", 0),
+                completion_tokens=usage.get("completion_tokens", 0),
+                total_tokens=usage.get("total_tokens", 0),
+            ),
+        )
+    )
