@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import openai
 import pytest
@@ -44,6 +47,55 @@ def test_local_chat_completion(sdk: openai.OpenAI) -> None:
     assert 0 < completion.usage.completion_tokens <= 12
     assert completion.usage.prompt_tokens > 5
     assert completion.choices[0].finish_reason in {"stop", "length"}
+
+
+def has_loop(text: str) -> bool:
+    """Some word 4-gram three times or more: the degenerate repetition of a tiny model."""
+    words = re.findall(r"[\w']+", text.lower())
+    grams = Counter(tuple(words[i : i + 4]) for i in range(len(words) - 3))
+    return any(count >= 3 for count in grams.values())
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_first_question_gets_a_straight_answer(sdk: openai.OpenAI, seed: int) -> None:
+    # Every new user's first try (`trellis chat "What is the capital of France?"`):
+    # default decoding, no system message. Before the measured defaults, some seeds
+    # answered "L'Étoile, la Cité, ..., la Femme, la Femme, la Femme, ..." to max_tokens.
+    completion = sdk.chat.completions.create(
+        model="local",
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=64,
+        seed=seed,
+    )
+    text = completion.choices[0].message.content or ""
+    assert "Paris" in text, text
+    assert not has_loop(text), text
+    assert completion.choices[0].finish_reason == "stop", text
+
+
+def test_a_schema_that_cannot_be_enforced_is_a_400_that_spares_the_breaker(
+    sdk: openai.OpenAI,
+) -> None:
+    # Written by hand: json.dumps (so the SDK) cannot encode 500 levels either.
+    schema = '{"type": "object", "properties": {"a": ' * 500 + '{"type": "string"}' + "}}" * 500
+    body = (
+        '{"model": "local", "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}],'
+        ' "response_format": {"type": "json_schema", "json_schema": {"name": "deep", "schema": '
+        + schema
+        + "}}}"
+    )
+    headers = {"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"}
+    url = f"{str(sdk.base_url).rstrip('/')}/chat/completions"
+    # More than the breaker's threshold: before, each was a 502 (RecursionError) that
+    # counted as a deployment failure, and then everyone got 503.
+    for _ in range(6):
+        response = httpx.post(url, content=body, headers=headers, timeout=60)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == "response_format"
+    completion = sdk.chat.completions.create(
+        model="local", messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+    )
+    assert completion.choices[0].message.content is not None
 
 
 def test_local_streaming(sdk: openai.OpenAI) -> None:

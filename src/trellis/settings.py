@@ -297,16 +297,16 @@ class LocalModelSettings(_Strict):
         default=None, description="GGUF file; defaults to the bundled SmolLM2"
     )
     # Default decoding, used where a request leaves the field unset (request values
-    # win). Chosen by benchmarks/local_decoding.py; see docs/configuration.md.
+    # win). Chosen by benchmarks/local_decoding.py; figures in docs/configuration.md.
     temperature: float = Field(default=0.2, ge=0, le=2)
     top_p: float = Field(default=0.95, gt=0, le=1)
     top_k: int = Field(default=40, ge=0, description="0: off")
     min_p: float = Field(default=0.05, ge=0, le=1, description="0: off")
-    repeat_penalty: float = Field(default=1.0, gt=0, description="1.0: off")
+    repeat_penalty: float = Field(default=1.1, gt=0, description="1.0: off")
     system_prompt: str | None = Field(
-        default=None,
-        description="System message added when a request has none; null keeps the "
-        "chat template's own",
+        default="You are a helpful assistant. Answer the question directly and briefly.",
+        description="System message added when a request has none; null or empty keeps "
+        "the chat template's own",
     )
     schema_attempts: int = Field(
         default=3,

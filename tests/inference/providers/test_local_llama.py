@@ -94,6 +94,54 @@ async def test_unsupported_options_are_refused() -> None:
         await local.chat(request())
 
 
+def test_decoding_defaults_are_settings_and_request_values_win() -> None:
+    settings = LocalModelSettings(
+        temperature=0.3,
+        top_p=0.8,
+        top_k=20,
+        min_p=0.1,
+        repeat_penalty=1.2,
+        system_prompt="Be brief.",
+    )
+    local = LocalLlamaProvider(DEPLOYMENT, settings)
+    bare = ChatRequest(model="local", messages=[{"role": "user", "content": "Hi"}])
+    kwargs, _ = local._completion_kwargs(bare)
+    assert {k: kwargs[k] for k in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty")} == {
+        "temperature": 0.3,
+        "top_p": 0.8,
+        "top_k": 20,
+        "min_p": 0.1,
+        "repeat_penalty": 1.2,
+    }
+    assert kwargs["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert kwargs["max_tokens"] == settings.max_tokens_default
+
+    explicit = ChatRequest.model_validate(
+        {
+            "model": "local",
+            "messages": [
+                {"role": "developer", "content": "Be chatty."},
+                {"role": "user", "content": "Hi"},
+            ],
+            "temperature": 0.9,
+            "top_p": 1,
+            "top_k": 0,
+            "min_p": 0,
+            "repeat_penalty": 1.0,
+        }
+    )
+    kwargs, _ = local._completion_kwargs(explicit)
+    assert {k: kwargs[k] for k in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty")} == {
+        "temperature": 0.9,
+        "top_p": 1,
+        "top_k": 0,
+        "min_p": 0,
+        "repeat_penalty": 1.0,
+    }
+    assert [m["role"] for m in kwargs["messages"]] == ["system", "user"]
+    assert kwargs["messages"][0]["content"] == "Be chatty."
+
+
 async def test_a_missing_model_file_is_a_non_retryable_upstream_error(tmp_path: Any) -> None:
     settings = LocalModelSettings(model_path=str(tmp_path / "missing.gguf"))
     local = LocalLlamaProvider(DEPLOYMENT, settings)
