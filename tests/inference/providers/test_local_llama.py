@@ -326,6 +326,7 @@ RECURSIVE = {
 }
 UNKNOWN_TYPE = {"type": "object", "properties": {"a": {"type": "decimal"}}}
 HUGE_REPETITION = {"type": "array", "items": {"type": "integer"}, "maxItems": 10**9}
+HUGE_PATTERN = {"type": "string", "pattern": "^a{2,1000000000}$"}
 
 
 def nested_schema(levels: int) -> dict[str, Any]:
@@ -337,8 +338,15 @@ def nested_schema(levels: int) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     "schema",
-    [RECURSIVE, UNKNOWN_TYPE, HUGE_REPETITION, {"type": 12}, nested_schema(500)],
-    ids=["recursive-ref", "unknown-type", "huge-repetition", "invalid", "nested-500"],
+    [RECURSIVE, UNKNOWN_TYPE, HUGE_REPETITION, HUGE_PATTERN, {"type": 12}, nested_schema(500)],
+    ids=[
+        "recursive-ref",
+        "unknown-type",
+        "huge-repetition",
+        "huge-pattern",
+        "invalid",
+        "nested-500",
+    ],
 )
 async def test_schemas_the_grammar_cannot_enforce_are_refused(schema: dict[str, Any]) -> None:
     # Before: llama-cpp fell back to plain JSON without a word (even with strict:

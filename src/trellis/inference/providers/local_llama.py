@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -175,6 +176,8 @@ def _counting_llama_class() -> type:
         ) -> Iterator[int]:
             generation = self.generation = GenerationStats(prompt_tokens=len(tokens))
             cap = self.token_cap
+            if cap is not None:  # llama-cpp shortens max_tokens to what the context holds
+                cap = min(cap, max(self.n_ctx() - len(tokens), 1))
             vocab = llama_cpp.llama_model_get_vocab(self.model)
             inner = super().generate(tokens, *args, **kwargs)
             try:
@@ -216,6 +219,7 @@ MAX_SCHEMA_DEPTH = 64
 #: writes one rule element per repetition, so maxItems 10**9 exhausts memory.
 MAX_SCHEMA_REPETITION = 1000
 _REPETITION_KEYWORDS = ("minItems", "maxItems", "minLength", "maxLength")
+_QUANTIFIER = re.compile(r"\{[\d\s,]+\}")  # {3}, {2,5}, {,9} in a pattern
 #: What llama-cpp's converter raises on a schema it cannot turn into a grammar.
 _CONVERTER_ERRORS = (
     ValueError,
@@ -242,8 +246,15 @@ def _check_schema_shape(schema: Any) -> None:
                 f"response_format json_schema is nested deeper than {MAX_SCHEMA_DEPTH} levels"
             )
         if isinstance(node, dict):
-            for key in _REPETITION_KEYWORDS:
-                bound = node.get(key)
+            bounds = [(key, node.get(key)) for key in _REPETITION_KEYWORDS]
+            pattern = node.get("pattern")
+            if isinstance(pattern, str):  # "a{1000000}" is spelled out the same way
+                bounds += [
+                    ("pattern repetition", int(n))
+                    for quantifier in _QUANTIFIER.findall(pattern)
+                    for n in re.findall(r"\d+", quantifier)
+                ]
+            for key, bound in bounds:
                 if isinstance(bound, int) and bound > MAX_SCHEMA_REPETITION:
                     raise _refuse_schema(
                         f"response_format json_schema: {key} {bound} is above the "
