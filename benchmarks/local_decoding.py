@@ -19,10 +19,10 @@ llama-cpp-python's chat defaults, greedy, the SmolLM2 model card's sampling
 generic system prompt in place of the chat template's "You are a helpful AI
 assistant named SmolLM, trained by Hugging Face".
 
-    PYTHONPATH=src .venv/bin/python benchmarks/local_decoding.py \\
+    .venv/bin/python benchmarks/local_decoding.py --seeds 1 2 3 4 5 \\
         --json benchmarks/results/local_decoding.json
 
-About 5 minutes on one core (``--threads``). Figures: docs/configuration.md.
+About 15 minutes on one core (``--threads``). Figures: docs/configuration.md.
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ def print_table(report: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=Path, default=PROMPTS)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", nargs="*", help="configuration names to run")
