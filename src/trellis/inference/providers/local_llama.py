@@ -10,6 +10,12 @@ llama.cpp keeps the previous call's KV cache and re-evaluates only what follows 
 common prefix, so a multi-turn chat pays for its new turn only. The price: a prompt
 evaluated in one batch or in pieces differs in the last float bits, so even greedy
 output may vary slightly with what ran before.
+
+Where llama-cpp-python is lenient we are not: ``max_tokens`` is a hard cap (its own
+check waits for a complete UTF-8 character), ``logit_bias`` ids must exist, and a
+json_schema is enforced by our own grammar plus validation of the answer, or refused
+with a 400 (llama-cpp falls back to plain JSON without a word). Decoding defaults
+are the ``local.*`` settings, measured by ``benchmarks/local_decoding.py``.
 """
 
 from __future__ import annotations
