@@ -568,9 +568,7 @@ class _Connection(asyncio.Protocol):
             return
         delimited = plan.close_delimited
         close = delimited or not keep_alive
-        transport.write(
-            _head(plan.status, plan.headers, None, close, delimited_by_close=delimited)
-        )
+        transport.write(_head(plan.status, plan.headers, None, close, delimited_by_close=delimited))
         for index, (frame, _) in enumerate(plan.frames):
             if index:
                 await asyncio.sleep(gap)
