@@ -116,3 +116,27 @@ async def test_a_finish_reason_without_done_is_a_complete_stream(upstream: FakeU
     hit, _, error = await drain(gw)
     assert hit and error is None
     assert len(upstream.requests) == 1
+
+
+async def test_a_stream_that_ends_before_its_first_chunk_is_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Nothing reached the caller yet, so another attempt is safe (as after a dropped
+    # connection); Gemini's first event already carries content, so it can end before one.
+    monkeypatch.setenv(KEY_ENV, "sk-test")
+    with FakeUpstream(vendor="gemini") as upstream:
+        upstream.reply = "a b c"
+        upstream.faults.push(Fault.end_stream(after_chunks=0))
+        deployment = Deployment(
+            provider="gemini", model="m-up", base_url=upstream.base_url, api_key_env=KEY_ENV
+        )
+        router = Router(
+            [ModelAlias(name="m", deployments=[deployment])],
+            retry=RetrySettings(attempts=2, backoff_initial=0.001),
+        )
+        sink = ListSink()
+        hit, chunks, error = await drain(Gateway(router, sink=sink))
+        await router.aclose()
+    assert error is None and text(chunks) == "a b c"
+    assert len(upstream.requests) == 2
+    assert sink.traces[0].summary["retries"] == 1

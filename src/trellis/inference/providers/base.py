@@ -140,11 +140,11 @@ class Provider(ABC):
     def stream_incomplete(self, marker: str) -> UpstreamProtocolError:
         """The error for a stream that ended before the vendor's ``marker`` of its end
         (the connection closed mid-answer): what came is not an answer, so the caller
-        gets an error, the trace fails and nothing is cached."""
+        gets an error, the trace fails and nothing is cached. Retryable like a dropped
+        connection: the router retries only streams that sent no chunk yet."""
         return UpstreamProtocolError(
             f"{self.deployment.label} stream ended before {marker}",
             provider=self.system,
-            retryable=False,
             code="stream_incomplete",
         )
 
