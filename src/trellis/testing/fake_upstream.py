@@ -3,7 +3,7 @@
 Tests (and users) point a real provider adapter at it instead of patching
 code, so the whole path - HTTP, SSE framing, error bodies - is exercised.
 Faults are injected per request (error statuses, delays, resets, malformed
-JSON, streams cut short) to prove retries, timeouts and error mapping.
+JSON, streams cut short or ended early) to prove retries, timeouts and error mapping.
 
 It runs its own event loop in a daemon thread, so it serves both synchronous
 and asyncio tests, and it is plain asyncio (uvloop when installed) so a
@@ -87,6 +87,20 @@ class Fault:
         return cls("cut", after_chunks=after_chunks)
 
     @classmethod
+    def end_stream(cls, after_chunks: int = 2) -> Fault:
+        """Send ``after_chunks`` content chunks, then close the connection as if the answer
+        were complete: the body is delimited by the close (no length, not chunked), so
+        only the missing end of the vendor's stream (OpenAI's finish_reason and
+        ``[DONE]``, Anthropic's ``message_stop``...) tells it was cut short."""
+        return cls("end", after_chunks=after_chunks)
+
+    @classmethod
+    def without_done(cls) -> Fault:
+        """Stream the whole answer, finish_reason included, but leave out OpenAI's closing
+        ``data: [DONE]``, as some llama.cpp servers do (other vendors send none anyway)."""
+        return cls("without_done")
+
+    @classmethod
     def stream_error(cls, after_chunks: int = 1, message: str = "overloaded") -> Fault:
         """Send ``after_chunks`` content chunks, then the vendor's in-stream error event."""
         return cls("stream_error", after_chunks=after_chunks, message=message)
@@ -149,6 +163,7 @@ class _Plan:
     tail: bytes = b""  # bytes after the frames (OpenAI's [DONE])
     cut_after: int | None = None  # drop the connection after this many content frames
     reset: bool = False
+    close_delimited: bool = False  # a stream body ended by closing the connection
 
 
 class FakeUpstream:
@@ -317,6 +332,12 @@ class FakeUpstream:
             return plan
         if fault.kind == "malformed":
             frames.insert(1, (shape.malformed_frame(), False))
+        elif fault.kind == "without_done":
+            plan.tail = b""
+        elif fault.kind == "end":
+            plan.frames = _first_content(frames, fault.after_chunks)
+            plan.tail = b""
+            plan.close_delimited = True
         elif fault.kind in ("cut", "stream_error"):
             plan.frames = _first_content(frames, fault.after_chunks)
             if fault.kind == "cut":
@@ -376,7 +397,12 @@ def _first_content(frames: list[Frame], count: int) -> list[Frame]:
 
 
 def _head(
-    status: int, headers: Iterable[tuple[str, str]], length: int | None, close: bool
+    status: int,
+    headers: Iterable[tuple[str, str]],
+    length: int | None,
+    close: bool,
+    *,
+    delimited_by_close: bool = False,
 ) -> bytes:
     try:
         reason = HTTPStatus(status).phrase
@@ -384,7 +410,9 @@ def _head(
         reason = "Overloaded" if status == 529 else "Error"
     lines = [f"HTTP/1.1 {status} {reason}"]
     lines.extend(f"{name}: {value}" for name, value in headers)
-    if length is None:
+    if delimited_by_close:
+        close = True  # the body ends where the connection does
+    elif length is None:
         lines.append("transfer-encoding: chunked")
     else:
         lines.append(f"content-length: {length}")
@@ -500,6 +528,11 @@ class _Connection(asyncio.Protocol):
                 return
             head = _head(plan.status, plan.headers, len(plan.body), not keep_alive)
             transport.write(head + plan.body)
+        elif plan.close_delimited:
+            head = _head(plan.status, plan.headers, None, True, delimited_by_close=True)
+            transport.write(head + b"".join(frame for frame, _ in plan.frames))
+            self._hang_up()  # the end of the connection is the end of the body
+            return
         else:
             parts = [_head(plan.status, plan.headers, None, not keep_alive)]
             parts.extend(_chunk(frame) for frame, _ in plan.frames)
@@ -533,14 +566,16 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        transport.write(_head(plan.status, plan.headers, None, not keep_alive))
+        delimited = plan.close_delimited
+        close = delimited or not keep_alive
+        transport.write(_head(plan.status, plan.headers, None, close, delimited_by_close=delimited))
         for index, (frame, _) in enumerate(plan.frames):
             if index:
                 await asyncio.sleep(gap)
             if transport.is_closing():
                 return
-            transport.write(_chunk(frame))
-        if plan.cut_after is not None:
+            transport.write(frame if delimited else _chunk(frame))
+        if plan.cut_after is not None or delimited:
             self._hang_up()
             return
         transport.write((_chunk(plan.tail) if plan.tail else b"") + b"0\r\n\r\n")

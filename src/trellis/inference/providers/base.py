@@ -98,7 +98,10 @@ class Provider(ABC):
         the provider ``honours_deadline``."""
 
     def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
-        """Completion chunks; the last carries ``usage`` when the provider reports it."""
+        """Completion chunks; the last carries ``usage`` when the provider reports it.
+
+        The iterator ends normally only when the upstream marked the end of its stream;
+        one that stops before raises (``stream_incomplete``), never a silent end."""
         raise UnsupportedFeatureError(
             f"{self.deployment.label} does not support streaming", code="streaming_unsupported"
         )
@@ -132,6 +135,17 @@ class Provider(ABC):
         """The error for an answer of the wrong shape (what ``expecting`` raises)."""
         return UpstreamProtocolError(
             f"{self.deployment.label} sent an unexpected {what}: {exc!r}", provider=self.system
+        )
+
+    def stream_incomplete(self, marker: str) -> UpstreamProtocolError:
+        """The error for a stream that ended before the vendor's ``marker`` of its end
+        (the connection closed mid-answer): what came is not an answer, so the caller
+        gets an error, the trace fails and nothing is cached. Retryable like a dropped
+        connection: the router retries only streams that sent no chunk yet."""
+        return UpstreamProtocolError(
+            f"{self.deployment.label} stream ended before {marker}",
+            provider=self.system,
+            code="stream_incomplete",
         )
 
 
