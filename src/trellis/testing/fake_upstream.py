@@ -52,6 +52,7 @@ class Fault:
     after_chunks: int = 0
     message: str = "injected fault"
     fields: tuple[str, ...] = ()
+    location: str = ""
 
     @classmethod
     def status(
@@ -59,6 +60,12 @@ class Fault:
     ) -> Fault:
         """Answer with HTTP ``code`` and the vendor's error body (and ``Retry-After`` if given)."""
         return cls("status", code=code, retry_after=retry_after, message=message or f"fake {code}")
+
+    @classmethod
+    def redirect(cls, location: str, code: int = 307) -> Fault:
+        """Answer ``code`` (a 3xx) with ``Location: location`` and a short HTML body, as a
+        server or load balancer does when the base URL moved (http -> https, a new path)."""
+        return cls("redirect", code=code, location=location)
 
     @classmethod
     def delay(cls, seconds: float) -> Fault:
@@ -280,6 +287,10 @@ class FakeUpstream:
         delay = self.delay + (fault.seconds if fault and fault.kind == "delay" else 0.0)
         if fault is not None and fault.kind == "reset":
             return _Plan(delay, reset=True)
+        if fault is not None and fault.kind == "redirect":
+            html = f'<html><body><a href="{fault.location}">moved</a></body></html>'.encode()
+            headers = (("content-type", "text/html"), ("location", fault.location))
+            return _Plan(delay, status=fault.code, headers=headers, body=html)
         if fault is not None and fault.kind == "status":
             extra: tuple[tuple[str, str], ...] = ()
             if fault.retry_after is not None:
