@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import json
 import signal
+import ssl
 import sys
 import threading
 from collections import deque
@@ -168,12 +169,15 @@ class FakeUpstream:
         host: str = "127.0.0.1",
         port: int = 0,
         reply: str | Callable[[dict[str, Any]], str] = "Hello from fake",
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if vendor not in VENDORS:
             raise ValueError(f"unknown vendor {vendor!r}; choose from {sorted(VENDORS)}")
         self.vendor = vendor
         self.host = host
         self.port = port
+        #: Serve HTTPS with this server context (its certificate, any client-cert demand).
+        self.tls = tls
         self.reply: str | Callable[[dict[str, Any]], str] = reply
         self.tool_call: dict[str, Any] | None = None
         self.served_model: str | None = None
@@ -197,7 +201,8 @@ class FakeUpstream:
     @property
     def base_url(self) -> str:
         """What a ``Deployment.base_url`` pointing here should be."""
-        return f"http://{self.host}:{self.port}{self._shape.base_path}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}{self._shape.base_path}"
 
     def start(self) -> FakeUpstream:
         if self._thread is not None:
@@ -236,7 +241,9 @@ class FakeUpstream:
         asyncio.set_event_loop(loop)
         try:
             self._server = loop.run_until_complete(
-                loop.create_server(lambda: _Connection(self), self.host, self.port, backlog=4096)
+                loop.create_server(
+                    lambda: _Connection(self), self.host, self.port, backlog=4096, ssl=self.tls
+                )
             )
         except OSError as exc:
             self._start_error = exc
@@ -289,8 +296,8 @@ class FakeUpstream:
             return _Plan(delay, reset=True)
         if fault is not None and fault.kind == "redirect":
             html = f'<html><body><a href="{fault.location}">moved</a></body></html>'.encode()
-            headers = (("content-type", "text/html"), ("location", fault.location))
-            return _Plan(delay, status=fault.code, headers=headers, body=html)
+            moved = (("content-type", "text/html"), ("location", fault.location))
+            return _Plan(delay, status=fault.code, headers=moved, body=html)
         if fault is not None and fault.kind == "status":
             extra: tuple[tuple[str, str], ...] = ()
             if fault.retry_after is not None:
