@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 import pytest
 from pydantic import ValidationError
 
-from trellis.errors import UpstreamConnectionError, UpstreamError
+from trellis.errors import UpstreamConnectionError, UpstreamError, UpstreamProtocolError
 from trellis.inference.providers import build_provider
-from trellis.inference.providers.base import Provider
+from trellis.inference.providers.base import HttpProvider, Provider
 from trellis.inference.providers.proxies import proxy_for
 from trellis.schema import ChatRequest
 from trellis.settings import Deployment
@@ -381,3 +381,16 @@ def test_an_unsupported_proxy_fails_at_startup(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(UpstreamError, match="socks5") as caught:
         build_provider(Deployment(provider="openai", model="m"))
     assert "hunter2" not in caught.value.message
+
+
+async def test_keepalive_and_answer_cap_come_from_the_deployment(
+    providers: list[Provider],
+) -> None:
+    with FakeUpstream("openai", reply="word " * 1000) as upstream:
+        provider = build(providers, upstream.base_url, keepalive=0.2, max_response_bytes=2048)
+        assert isinstance(provider, HttpProvider)
+        assert (provider.client.keepalive, provider.client.max_body_bytes) == (0.2, 2048)
+        with pytest.raises(UpstreamProtocolError, match="too large.*2048 bytes") as caught:
+            await provider.chat(hello())
+        assert not caught.value.retryable
+        assert caught.value.code == "upstream_response_too_large"
