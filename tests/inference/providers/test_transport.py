@@ -15,6 +15,7 @@ import pytest
 
 from trellis.inference.providers.transport import (
     KEEPALIVE_SECONDS,
+    MAX_HEAD_BYTES,
     ConnectError,
     ConnectionClosed,
     DeadlineExceeded,
@@ -172,6 +173,23 @@ async def test_answers_are_capped_after_decompression(encoding: str) -> None:
                 async for piece in response.iter_chunks():
                     received += len(piece)
             assert received <= cap
+        await client.aclose()
+
+
+async def test_an_endless_head_is_cut_off() -> None:
+    """The parser buffers a header line whole: a server that never ends one must not
+    grow it without bound (bytes that keep coming defeat the idle timeout)."""
+
+    async def endless(request: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nx-filler: ")
+        for _ in range(2 * MAX_HEAD_BYTES // 65536 + 2):
+            writer.write(b"a" * 65536)
+            await writer.drain()
+
+    async with Server(endless) as server:
+        client = HttpClient(server.url)
+        with pytest.raises(ProtocolError, match="head is over"):
+            await client.request("GET", "/")
         await client.aclose()
 
 

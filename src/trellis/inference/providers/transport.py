@@ -54,6 +54,7 @@ __all__ = [
     "ResponseTooLarge",
     "KEEPALIVE_SECONDS",
     "MAX_RESPONSE_BYTES",
+    "MAX_HEAD_BYTES",
 ]
 
 #: Connections open at once per client by default (aiohttp's default too); more
@@ -67,6 +68,8 @@ MAX_IDLE = 256
 KEEPALIVE_SECONDS = 4.0
 #: The largest answer body accepted, counted after decompression.
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+#: The most bytes read before an answer's head is complete (status line and headers).
+MAX_HEAD_BYTES = 1024 * 1024
 #: A stream's reader stops taking bytes from the socket past this many buffered.
 _HIGH_WATER = 256 * 1024
 _PATH_SAFE = "/:@!$&'()*+,;=-._~%"
@@ -156,6 +159,7 @@ class _Exchange:
         "keep_alive",
         "deadline",
         "received",
+        "head_bytes",
     )
 
     def __init__(self, connection: _Connection, deadline: float | None) -> None:
@@ -174,6 +178,8 @@ class _Exchange:
         self.keep_alive = False
         #: Body bytes delivered so far (decompressed), held to the connection's cap.
         self.received = 0
+        #: Bytes read before the head was complete (bounded: the parser buffers them).
+        self.head_bytes = 0
 
     def wake(self) -> None:
         waiter = self.waiter
@@ -247,6 +253,12 @@ class _Connection(asyncio.Protocol):
             return
         self.last_read = self.loop.time()
         exchange.got_bytes = True
+        if not exchange.status:  # still in the head, which the parser buffers unbounded
+            exchange.head_bytes += len(data)
+            if exchange.head_bytes > MAX_HEAD_BYTES:
+                self._fail(ProtocolError(f"the answer's head is over {MAX_HEAD_BYTES} bytes"))
+                self.close()
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
