@@ -279,6 +279,9 @@ class Router:
                         target.breaker.release()
                         raise
                     last_error = exc
+                    if exc.code == "upstream_redirect":  # its base_url is wrong, not its health
+                        target.breaker.release()
+                        break
                     if target.breaker.record_failure():
                         parent.add_event("breaker_open", deployment=target.label)
                     if not exc.retryable or attempt == self.retry.attempts:

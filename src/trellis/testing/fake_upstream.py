@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import json
 import signal
+import ssl
 import sys
 import threading
 from collections import deque
@@ -52,6 +53,7 @@ class Fault:
     after_chunks: int = 0
     message: str = "injected fault"
     fields: tuple[str, ...] = ()
+    location: str = ""
 
     @classmethod
     def status(
@@ -59,6 +61,12 @@ class Fault:
     ) -> Fault:
         """Answer with HTTP ``code`` and the vendor's error body (and ``Retry-After`` if given)."""
         return cls("status", code=code, retry_after=retry_after, message=message or f"fake {code}")
+
+    @classmethod
+    def redirect(cls, location: str, code: int = 307) -> Fault:
+        """Answer ``code`` (a 3xx) with ``Location: location`` and a short HTML body, as a
+        server or load balancer does when the base URL moved (http -> https, a new path)."""
+        return cls("redirect", code=code, location=location)
 
     @classmethod
     def delay(cls, seconds: float) -> Fault:
@@ -176,12 +184,15 @@ class FakeUpstream:
         host: str = "127.0.0.1",
         port: int = 0,
         reply: str | Callable[[dict[str, Any]], str] = "Hello from fake",
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if vendor not in VENDORS:
             raise ValueError(f"unknown vendor {vendor!r}; choose from {sorted(VENDORS)}")
         self.vendor = vendor
         self.host = host
         self.port = port
+        #: Serve HTTPS with this server context (its certificate, any client-cert demand).
+        self.tls = tls
         self.reply: str | Callable[[dict[str, Any]], str] = reply
         self.tool_call: dict[str, Any] | None = None
         self.served_model: str | None = None
@@ -205,7 +216,8 @@ class FakeUpstream:
     @property
     def base_url(self) -> str:
         """What a ``Deployment.base_url`` pointing here should be."""
-        return f"http://{self.host}:{self.port}{self._shape.base_path}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}{self._shape.base_path}"
 
     def start(self) -> FakeUpstream:
         if self._thread is not None:
@@ -244,7 +256,9 @@ class FakeUpstream:
         asyncio.set_event_loop(loop)
         try:
             self._server = loop.run_until_complete(
-                loop.create_server(lambda: _Connection(self), self.host, self.port, backlog=4096)
+                loop.create_server(
+                    lambda: _Connection(self), self.host, self.port, backlog=4096, ssl=self.tls
+                )
             )
         except OSError as exc:
             self._start_error = exc
@@ -295,6 +309,10 @@ class FakeUpstream:
         delay = self.delay + (fault.seconds if fault and fault.kind == "delay" else 0.0)
         if fault is not None and fault.kind == "reset":
             return _Plan(delay, reset=True)
+        if fault is not None and fault.kind == "redirect":
+            html = f'<html><body><a href="{fault.location}">moved</a></body></html>'.encode()
+            moved = (("content-type", "text/html"), ("location", fault.location))
+            return _Plan(delay, status=fault.code, headers=moved, body=html)
         if fault is not None and fault.kind == "status":
             extra: tuple[tuple[str, str], ...] = ()
             if fault.retry_after is not None:
