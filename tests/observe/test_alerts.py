@@ -18,6 +18,7 @@ from trellis.observe.writer import TraceWriter
 from trellis.settings import AlertRule, AlertSettings, TracingSettings
 from trellis.store.db import Database
 from trellis.store.tables import scores
+from trellis.testing.proxy import LoopbackProxy
 from trellis.testing.webhook_receiver import WebhookReceiver
 
 SECOND = 1_000_000_000
@@ -256,6 +257,20 @@ async def test_webhook_retries_then_succeeds(hook: WebhookReceiver) -> None:
     assert not await notifier.notify({"id": "a2", "status": "firing"})
     assert hook.requests == 4 and notifier.failed == 1
     await notifier.aclose()
+
+
+async def test_webhook_goes_through_the_proxy_of_the_environment(
+    hook: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with LoopbackProxy() as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", "http://unused.test:1")  # only http_proxy applies
+        monkeypatch.setenv("http_proxy", proxy.url)
+        port = hook.url.rsplit(":", 1)[1].split("/", 1)[0]
+        notifier = Notifier(f"http://hooks.test:{port}/alerts", attempts=1)
+        assert await notifier.notify({"id": "p1", "status": "firing"})
+        await notifier.aclose()
+    assert proxy.request_lines == [f"POST http://hooks.test:{port}/alerts HTTP/1.1"]
+    assert hook.payloads == [{"id": "p1", "status": "firing"}]
 
 
 async def test_webhook_down_gives_up_after_the_attempts(caplog: pytest.LogCaptureFixture) -> None:

@@ -31,7 +31,7 @@ from trellis.errors import (
     UpstreamProtocolError,
     UpstreamTimeoutError,
 )
-from trellis.inference.providers.proxies import proxy_for
+from trellis.http_proxies import proxy_for
 from trellis.inference.providers.transport import (
     ConnectError,
     DeadlineExceeded,
