@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from trellis.runtime import Trellis
 from trellis.server.errors import install_error_handlers
+from trellis.server.openapi import publish
 from trellis.server.routes import (
     alerts,
     collections,
@@ -49,6 +50,16 @@ class TrellisApp(FastAPI):
         super().__init__(**kwargs)
         self.runtime = runtime
         self.direct_routes: dict[str, Endpoint] = {}
+
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's schema, completed from each route's declared contract (``openapi.py``):
+        built once, on the first request for it."""
+        if self.openapi_schema is None:
+            schema = super().openapi()
+            self.openapi_schema = None  # kept only once complete
+            publish(schema, self.runtime.settings)
+            self.openapi_schema = schema
+        return self.openapi_schema
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
