@@ -20,7 +20,7 @@ from pydantic.json_schema import models_json_schema
 
 from trellis.settings import Settings
 
-__all__ = ["ErrorResponse", "OperationDoc", "operation", "publish", "SCHEME"]
+__all__ = ["ErrorResponse", "OperationDoc", "operation", "publish", "SCHEME", "UPSTREAM_ERRORS"]
 
 #: The security scheme's name in ``components.securitySchemes``.
 SCHEME = "bearer"
