@@ -12,11 +12,13 @@ from typing import Any
 
 import httpx
 import hypothesis
+import hypothesis.errors
 import pytest
 import schemathesis
 from schemathesis.checks import not_a_server_error
 from schemathesis.config import SchemathesisConfig
 from schemathesis.core.failures import FailureGroup
+from schemathesis.generation import GenerationMode
 from schemathesis.schemas import APIOperation
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -31,10 +33,6 @@ from trellis.testing.server import ServerThread, wait_for_trace
 from .conftest import ADMIN_KEY
 
 OPEN_PATHS = {"/healthz", "/readyz", "/metrics"}
-
-#: Hypothesis examples per operation: enough for each to reach its errors and successes,
-#: few enough that the whole run (~25 operations) stays well under a minute.
-EXAMPLES_PER_OPERATION = 12
 
 
 @pytest.fixture
@@ -132,13 +130,16 @@ CHECKS = [
 ]
 
 
-def _conformance_failures(operation: APIOperation, headers: dict[str, str]) -> list[str]:
-    """Schemathesis' checks on generated requests to one operation: the failures, as text."""
+def _conformance_failures(
+    operation: APIOperation, headers: dict[str, str], mode: GenerationMode, examples: int
+) -> list[str]:
+    """Schemathesis' checks on generated requests to one operation: the first failure, as
+    text. ``mode`` is valid (positive) or invalid (negative) requests."""
     failures: list[str] = []
 
-    @hypothesis.given(case=operation.as_strategy())
+    @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
     @hypothesis.settings(
-        max_examples=EXAMPLES_PER_OPERATION,
+        max_examples=examples,
         derandomize=True,
         database=None,
         deadline=None,
@@ -150,9 +151,12 @@ def _conformance_failures(operation: APIOperation, headers: dict[str, str]) -> l
             case.call_and_validate(headers=headers, checks=CHECKS)
         except FailureGroup as exc:
             if not failures:  # the first is enough to tell what is wrong
-                failures.append(f"{operation.label}: {exc}")
+                failures.append(f"{operation.label} ({mode.value}): {exc}")
 
-    run()
+    try:
+        run()
+    except hypothesis.errors.Unsatisfiable:
+        assert mode is GenerationMode.NEGATIVE  # nothing of this operation can be invalid
     return failures
 
 
@@ -187,10 +191,10 @@ def _succeeding_cases(schema: Any, client: httpx.Client) -> list[Any]:
 def test_the_server_conforms_to_its_published_schema(
     server: ServerThread, client: httpx.Client
 ) -> None:
-    """Schemathesis (positive generation, a bounded number of examples per operation)
-    against the running server: no 5xx, every status code, content type and body is one
-    the schema publishes, and every operation that requires a key refuses a request
-    without one. ~300 requests, ~10 s on two busy cores."""
+    """Schemathesis against the running server, with a bounded number of valid (12) and
+    invalid (4) requests per operation: no 5xx, every status code, content type and
+    body is one the schema publishes, and every operation that requires a key refuses a
+    request without one. ~400 requests, ~15 s on two busy cores."""
     config = SchemathesisConfig.from_dict({"request-timeout": 10})
     schema = schemathesis.openapi.from_url(server.url + "/openapi.json", config=config)
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -205,7 +209,9 @@ def test_the_server_conforms_to_its_published_schema(
     operations = 0
     for result in schema.get_all_operations():
         operations += 1
-        failures += _conformance_failures(result.ok(), headers)
+        operation = result.ok()
+        failures += _conformance_failures(operation, headers, GenerationMode.POSITIVE, 12)
+        failures += _conformance_failures(operation, headers, GenerationMode.NEGATIVE, 4)
     assert operations >= 20
     assert not failures, "\n\n".join(failures)
 
