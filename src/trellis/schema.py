@@ -83,6 +83,16 @@ class ToolCall(_Open):
 
 
 class ChatMessage(_Open):
+    # The published schema states the rule ``_content_where_required`` enforces.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"role": {"const": "assistant"}}},
+                {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+            ]
+        }
+    )
+
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     # A string, or a list of content parts ({"type": "text", "text": ...}, images...).
     content: str | list[dict[str, Any]] | None = None
