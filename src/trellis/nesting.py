@@ -19,7 +19,14 @@ from typing import Any
 
 from trellis.errors import InvalidRequestError
 
-__all__ = ["DEFAULT_MAX_DEPTH", "MAX_DEPTH_CEILING", "exceeds_depth", "check_depth", "check_body"]
+__all__ = [
+    "DEFAULT_MAX_DEPTH",
+    "MAX_DEPTH_CEILING",
+    "exceeds_depth",
+    "check_depth",
+    "check_body",
+    "too_deep",
+]
 
 #: The default of ``Settings.max_json_depth``: far deeper than any real request
 #: (a tool's JSON schema nested 25 properties deep is about 55 levels of body).
@@ -54,7 +61,7 @@ def exceeds_depth(value: Any, limit: int) -> bool:
 def check_depth(value: Any, limit: int, *, what: str, param: str | None = None) -> None:
     """Raise a 400 (``nesting_too_deep``) when ``value`` nests deeper than ``limit``."""
     if exceeds_depth(value, limit):
-        raise _too_deep(what, limit, param)
+        raise too_deep(what, limit, param)
 
 
 def check_body(raw: bytes, data: Any, limit: int) -> None:
@@ -71,10 +78,11 @@ def check_body(raw: bytes, data: Any, limit: int) -> None:
     param = None
     if isinstance(data, dict):  # name the top-level field that is too deep
         param = next((str(k) for k, v in data.items() if exceeds_depth(v, limit - 1)), None)
-    raise _too_deep("The request body", limit, param)
+    raise too_deep("The request body", limit, param)
 
 
-def _too_deep(what: str, limit: int, param: str | None) -> InvalidRequestError:
+def too_deep(what: str, limit: int, param: str | None = None) -> InvalidRequestError:
+    """The 400 for ``what`` nesting past ``limit`` (``nesting_too_deep``)."""
     return InvalidRequestError(
         f"{what} nests objects and arrays more than {limit} levels deep; "
         f"at most {limit} levels are accepted (setting max_json_depth).",
