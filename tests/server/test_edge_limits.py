@@ -181,3 +181,20 @@ def test_405_lists_every_method_the_path_allows(client: httpx.Client) -> None:
     assert response.headers["allow"] == "POST"
     response = client.post("/v1/collections/docs")
     assert set(response.headers["allow"].replace(" ", "").split(",")) == {"GET", "DELETE"}
+
+
+# --- the `trellis` options object is strict; the OpenAI body around it is not --------
+
+
+def test_an_unknown_trellis_option_is_a_400_naming_it(client: httpx.Client) -> None:
+    typo = {**HELLO, "trellis": {"colections": ["docs"]}}
+    error = assert_error(client.post("/v1/chat/completions", json=typo), 400, "unknown_parameter")
+    assert error["param"] == "trellis.colections"
+    assert "trellis.colections" in error["message"]
+    # Streaming requests are validated the same way.
+    typo = {**HELLO, "stream": True, "trellis": {"cache": True, "semantic": True}}
+    error = assert_error(client.post("/v1/chat/completions", json=typo), 400, "unknown_parameter")
+    assert error["param"] == "trellis.semantic"
+    # Unknown OpenAI fields at the top level still pass through to the upstream.
+    ok = {**HELLO, "trellis": {"cache": False}, "metadata": {"a": "b"}, "logprobs": False}
+    assert client.post("/v1/chat/completions", json=ok).status_code == 200

@@ -39,10 +39,14 @@ def validation_error(exc: ValidationError | RequestValidationError) -> InvalidRe
     loc = [str(part) for part in first.get("loc", ()) if part not in ("body",)]
     param = ".".join(loc) or None
     message = str(first.get("msg", "invalid value"))
-    text = f"Invalid value for '{param}': {message}" if param else message
+    code = "invalid_value"
+    if first.get("type") == "extra_forbidden" and param:
+        text, code = f"Unrecognized request argument supplied: '{param}'", "unknown_parameter"
+    else:
+        text = f"Invalid value for '{param}': {message}" if param else message
     if len(errors) > 1:
         text += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-    return InvalidRequestError(text, param=param, code="invalid_value")
+    return InvalidRequestError(text, param=param, code=code)
 
 
 def install_error_handlers(app: FastAPI) -> None:
