@@ -37,13 +37,17 @@ DEFAULT_MAX_DEPTH = 64
 MAX_DEPTH_CEILING = 128
 
 _CONTAINERS = (dict, list, tuple)
+#: The exact types of JSON's scalars: a long array holding only these is skipped by one
+#: C-level pass instead of a Python-level look at each item.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def exceeds_depth(value: Any, limit: int) -> bool:
     """Whether ``value`` nests objects and arrays more than ``limit`` levels deep.
 
     Iterative, so a value far deeper than Python's recursion limit is measured too;
-    it stops at the first container past the limit.
+    it stops at the first container past the limit. Its cost follows the number of
+    items, not bytes: about a microsecond for a chat request.
     """
     if not isinstance(value, _CONTAINERS):
         return False
@@ -52,7 +56,10 @@ def exceeds_depth(value: Any, limit: int) -> bool:
         node, depth = stack.pop()
         if depth > limit:
             return True
-        for child in node.values() if isinstance(node, dict) else node:
+        items = node.values() if isinstance(node, dict) else node
+        if len(items) > 8 and _SCALARS.issuperset(map(type, items)):
+            continue
+        for child in items:
             if isinstance(child, _CONTAINERS):
                 stack.append((child, depth + 1))
     return False
@@ -64,19 +71,17 @@ def check_depth(value: Any, limit: int, *, what: str, param: str | None = None) 
         raise too_deep(what, limit, param)
 
 
-def check_body(raw: bytes, data: Any, limit: int) -> None:
-    """``check_depth`` for a parsed request body, cheap on the common case.
+def check_body(data: Any, limit: int) -> None:
+    """``check_depth`` for a parsed request body, naming the top-level field too deep.
 
-    A body with no more ``{`` and ``[`` bytes than ``limit`` cannot nest deeper than
-    that, whatever its strings hold: two ``bytes.count`` calls (well under a
-    microsecond for a chat request) decide most bodies without walking them.
+    Walks the parsed value rather than scanning the bytes: ``bytes.count`` runs at
+    about a nanosecond per byte (microseconds for a long prompt), while the walk
+    looks at each object and array once (about a microsecond for a chat request).
     """
-    if raw.count(b"{") + raw.count(b"[") <= limit:
-        return
     if not exceeds_depth(data, limit):
         return
     param = None
-    if isinstance(data, dict):  # name the top-level field that is too deep
+    if isinstance(data, dict):
         param = next((str(k) for k, v in data.items() if exceeds_depth(v, limit - 1)), None)
     raise too_deep("The request body", limit, param)
 

@@ -26,6 +26,7 @@ class BodyDeadlines:
         self._reading: dict[asyncio.Task[object], float] = {}
         self._expired: set[asyncio.Task[object]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
 
     def enter(self, timeout: float) -> asyncio.Task[object]:
         """Start bounding the current task's read; pair with ``leave``."""
@@ -34,16 +35,14 @@ class BodyDeadlines:
             raise RuntimeError("a body read must run in an asyncio task")
         deadline = self.loop.time() + timeout
         self._reading[task] = deadline
-        timer = self._timer
-        if timer is None or deadline < timer.when():  # earlier only with a shorter timeout
-            if timer is not None:
-                timer.cancel()
-            self._timer = self.loop.call_at(deadline, self._expire)
+        if deadline < self._timer_at:  # no timer, or one for later (a longer timeout)
+            self._arm(deadline)
         return task
 
     def leave(self, task: asyncio.Task[object]) -> None:
-        self._reading.pop(task, None)
-        self._expired.discard(task)
+        self._reading.pop(task, None)  # gone already when its deadline passed
+        if self._expired:
+            self._expired.discard(task)
 
     def expired(self, task: asyncio.Task[object]) -> bool:
         """Whether the ``CancelledError`` ``task`` caught is this deadline's, and no other
@@ -53,8 +52,14 @@ class BodyDeadlines:
         self._expired.discard(task)
         return task.uncancel() == 0
 
+    def _arm(self, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_at(deadline, self._expire)
+        self._timer_at = deadline
+
     def _expire(self) -> None:
-        self._timer = None
+        self._timer, self._timer_at = None, float("inf")
         now = self.loop.time()
         earliest: float | None = None
         for task, deadline in list(self._reading.items()):
@@ -65,7 +70,7 @@ class BodyDeadlines:
             elif earliest is None or deadline < earliest:
                 earliest = deadline
         if earliest is not None:
-            self._timer = self.loop.call_at(earliest, self._expire)
+            self._arm(earliest)
 
 
 _local = threading.local()

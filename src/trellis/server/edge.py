@@ -113,8 +113,17 @@ async def read_json_body(trellis: Trellis, scope: Scope, receive: Receive) -> di
         raise PayloadTooLargeError(f"Request body is larger than the {limit} byte limit.")
     deadlines = body_deadlines()
     task = deadlines.enter(settings.body_timeout)
+    body = b""
     try:
-        body = await _receive_body(receive, limit)
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            body += message.get("body", b"")
+            if len(body) > limit:
+                raise PayloadTooLargeError(f"Request body is larger than the {limit} byte limit.")
+            if not message.get("more_body", False):
+                break
     except asyncio.CancelledError:
         if not deadlines.expired(task):
             raise
@@ -135,21 +144,8 @@ async def read_json_body(trellis: Trellis, scope: Scope, receive: Receive) -> di
         ) from None
     if not isinstance(data, dict):
         raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
-    check_body(body, data, settings.max_json_depth)
+    check_body(data, settings.max_json_depth)
     return data
-
-
-async def _receive_body(receive: Receive, limit: int) -> bytes:
-    body = b""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        body += message.get("body", b"")
-        if len(body) > limit:
-            raise PayloadTooLargeError(f"Request body is larger than the {limit} byte limit.")
-        if not message.get("more_body", False):
-            return body
 
 
 def parse_body(model: type[M], data: dict[str, Any]) -> M:
