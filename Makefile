@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: run test bench lint install install-dev clean
+.PHONY: run test bench lint install install-dev pgvector clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,17 @@ install-dev: $(VENV)/.installed-dev
 run: install
 	$(VENV)/bin/trellis serve
 
-test: install-dev
+# The Postgres retrieval tests need the pgvector extension in the local server. As root on
+# Debian this installs it (scripts/install-pgvector.sh); elsewhere, or if that fails, those
+# tests skip and say why, except under CI=true, where they fail.
+pgvector:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && [ -d /etc/postgresql ]; then \
+		bash scripts/install-pgvector.sh || echo "make: pgvector could not be installed; the pgvector tests will skip"; \
+	else \
+		echo "make: pgvector not installed (needs root on Debian with PostgreSQL); the pgvector tests will skip"; \
+	fi
+
+test: install-dev pgvector
 	$(PY) -m pytest
 
 # Benchmarks: gateway overhead (LiteLLM row after `bash benchmarks/setup_litellm.sh`),

@@ -198,10 +198,10 @@ class ProviderHTTPError(UpstreamError):
     429 and 5xx are retryable; other 4xx mean the request itself was refused
     upstream, so they keep their status (400/401/403/404/422) at our edge.
     Only what says the deployment is unhealthy counts toward its breaker: 5xx, 408,
-    429 (rate limited: routing around it for a while is what the breaker is for),
-    401/403 (our credentials are refused, for every caller) and any non-4xx status
-    (a redirect: the deployment is misconfigured). Any other 4xx is the upstream
-    refusing this one request, and never counts.
+    429 (rate limited: routing around it for a while is what the breaker is for) and
+    401/403 (our credentials are refused, for every caller). Any other 4xx is the
+    upstream refusing this one request, and never counts; nor does a redirect (not
+    retried either: the deployment's ``base_url`` needs fixing, its health is fine).
     """
 
     def __init__(self, message: str, *, upstream_status: int, **kwargs: Any) -> None:
@@ -227,7 +227,7 @@ class ProviderHTTPError(UpstreamError):
 
     def _default_deployment_fault(self) -> bool:
         status = self.upstream_status or 0
-        return not 400 <= status < 500 or status in (401, 403, 408, 429)
+        return status >= 500 or status in (401, 403, 408, 429)
 
 
 class UpstreamTimeoutError(UpstreamError):

@@ -82,6 +82,29 @@ class Deployment(_Strict):
     name: str | None = Field(
         default=None, description="Label in traces; defaults to provider/model"
     )
+    ca_file: str | None = Field(
+        default=None,
+        description="PEM file of the CAs trusted for this deployment's HTTPS, instead of "
+        "the system's (a private CA, a TLS-inspecting proxy)",
+    )
+    client_cert: str | None = Field(
+        default=None,
+        description="PEM client certificate for mutual TLS (may hold the key as well)",
+    )
+    client_key: str | None = Field(
+        default=None, description="PEM private key of client_cert when in a file of its own"
+    )
+    keepalive: float = Field(
+        default=4.0,
+        ge=0,
+        description="Seconds an idle upstream connection is kept for reuse; keep it under the "
+        "server's own keep-alive (uvicorn, hence vLLM: 5 s). 0: a connection per request",
+    )
+    max_response_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Largest upstream answer accepted, counted after decompression",
+    )
 
     @field_validator("headers")
     @classmethod
@@ -90,6 +113,12 @@ class Deployment(_Strict):
         for name, value in headers.items():
             check_header(name, value)
         return headers
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> Deployment:
+        if self.client_key is not None and self.client_cert is None:
+            raise ValueError("client_key needs the client_cert it belongs to")
+        return self
 
     @property
     def label(self) -> str:

@@ -506,6 +506,7 @@ async def test_requests_refused_upstream_never_open_the_breaker(
         (Fault.malformed_json(), True),
         (Fault.status(404), False),
         (Fault.status(422), False),
+        (Fault.redirect("https://elsewhere.example/v1"), False),
     ],
 )
 async def test_which_upstream_failures_count_toward_the_breaker(

@@ -282,8 +282,9 @@ class Router:
                         raise
                     last_error = exc
                     if not exc.deployment_fault:
-                        # Failed on this request, not unhealthy: another deployment may
-                        # take it, but the breaker (shared by every caller) never hears.
+                        # Failed on this request (or a redirect: its base_url is wrong),
+                        # not unhealthy: another deployment may take it, but the breaker
+                        # (shared by every caller) never hears of it.
                         target.breaker.release()
                     elif target.breaker.record_failure():
                         parent.add_event("breaker_open", deployment=target.label)

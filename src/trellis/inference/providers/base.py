@@ -31,10 +31,12 @@ from trellis.errors import (
     UpstreamProtocolError,
     UpstreamTimeoutError,
 )
+from trellis.inference.providers.proxies import proxy_for
 from trellis.inference.providers.transport import (
     ConnectError,
     DeadlineExceeded,
     HttpClient,
+    ResponseTooLarge,
     TransportError,
 )
 from trellis.schema import (
@@ -98,7 +100,10 @@ class Provider(ABC):
         the provider ``honours_deadline``."""
 
     def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
-        """Completion chunks; the last carries ``usage`` when the provider reports it."""
+        """Completion chunks; the last carries ``usage`` when the provider reports it.
+
+        The iterator ends normally only when the upstream marked the end of its stream;
+        one that stops before raises (``stream_incomplete``), never a silent end."""
         raise UnsupportedFeatureError(
             f"{self.deployment.label} does not support streaming", code="streaming_unsupported"
         )
@@ -132,6 +137,17 @@ class Provider(ABC):
         """The error for an answer of the wrong shape (what ``expecting`` raises)."""
         return UpstreamProtocolError(
             f"{self.deployment.label} sent an unexpected {what}: {exc!r}", provider=self.system
+        )
+
+    def stream_incomplete(self, marker: str) -> UpstreamProtocolError:
+        """The error for a stream that ended before the vendor's ``marker`` of its end
+        (the connection closed mid-answer): what came is not an answer, so the caller
+        gets an error, the trace fails and nothing is cached. Retryable like a dropped
+        connection: the router retries only streams that sent no chunk yet."""
+        return UpstreamProtocolError(
+            f"{self.deployment.label} stream ended before {marker}",
+            provider=self.system,
+            code="stream_incomplete",
         )
 
 
@@ -208,9 +224,15 @@ async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[SSEEvent]:
 
 
 @functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """One TLS context shared by every provider: building one loads the CA bundle (~50 ms)."""
-    return ssl.create_default_context()
+def _tls_context(
+    ca_file: str | None = None, client_cert: str | None = None, client_key: str | None = None
+) -> ssl.SSLContext:
+    """One TLS context per set of files, shared by the deployments that name them:
+    building one loads a CA bundle (~50 ms). ``ca_file`` replaces the system's CAs."""
+    context = ssl.create_default_context(cafile=ca_file)
+    if client_cert is not None:
+        context.load_cert_chain(client_cert, client_key)
+    return context
 
 
 class HttpProvider(Provider):
@@ -251,11 +273,25 @@ class HttpProvider(Provider):
                     headers=self.headers,
                     connect_timeout=deployment.connect_timeout,
                     read_timeout=deployment.timeout,
-                    ssl_context=_tls_context() if self.base_url.startswith("https:") else None,
+                    ssl_context=self._tls() if self.base_url.startswith("https:") else None,
+                    keepalive=deployment.keepalive,
+                    max_body_bytes=deployment.max_response_bytes,
+                    proxy=proxy_for(self.base_url),
                 )
             except ValueError as exc:
                 raise UpstreamError(f"{deployment.label}: {exc}", retryable=False) from None
         return self._client
+
+    def _tls(self) -> ssl.SSLContext:
+        deployment = self.deployment
+        try:
+            return _tls_context(deployment.ca_file, deployment.client_cert, deployment.client_key)
+        except (OSError, ssl.SSLError) as exc:  # a missing file, or not PEM
+            raise UpstreamError(
+                f"{deployment.label}: cannot load its TLS files (ca_file, client_cert, "
+                f"client_key): {exc}",
+                retryable=False,
+            ) from None
 
     # --- vendor hooks -------------------------------------------------------
 
@@ -327,7 +363,7 @@ class HttpProvider(Provider):
             raise
         except (TransportError, OSError) as exc:  # TimeoutError is an OSError
             raise self._map_transport_error(exc) from exc
-        if status >= 400:
+        if status >= 300:
             self._raise_for_status(status, headers, content)
         return content
 
@@ -339,7 +375,7 @@ class HttpProvider(Provider):
             async with self.client.stream(
                 "POST", path, orjson.dumps(body), params=params
             ) as response:
-                if response.status >= 400:
+                if response.status >= 300:
                     self._raise_for_status(response.status, response.headers, await response.read())
                 async for event in sse_events(response.iter_chunks()):
                     yield event
@@ -362,6 +398,8 @@ class HttpProvider(Provider):
         )
 
     def _raise_for_status(self, status: int, headers: Mapping[str, str], content: bytes) -> None:
+        if status < 400:
+            self._raise_redirect(status, headers)
         try:
             body: Any = orjson.loads(content)
         except orjson.JSONDecodeError:
@@ -375,8 +413,30 @@ class HttpProvider(Provider):
             body=body,
         )
 
+    def _raise_redirect(self, status: int, headers: Mapping[str, str]) -> None:
+        """A 3xx: provider APIs never redirect a correct base URL, and following one would
+        re-send a prompt (and its key) elsewhere. Not retried, and not the deployment's
+        health (the breaker does not count it): its ``base_url`` needs fixing."""
+        location = headers.get("location")
+        where = f" to {location}" if location else " without a Location"
+        raise ProviderHTTPError(
+            f"{self.deployment.label} answered HTTP {status}, a redirect{where}; Trellis does "
+            "not follow redirects: set the deployment's base_url to the address that answers",
+            upstream_status=status,
+            provider=self.system,
+            retryable=False,
+            code="upstream_redirect",
+        )
+
     def _map_transport_error(self, exc: BaseException) -> UpstreamError:
         label = self.deployment.label
+        if isinstance(exc, ResponseTooLarge):
+            return UpstreamProtocolError(
+                f"{label} sent too large an answer: {exc} (the deployment's max_response_bytes)",
+                provider=self.system,
+                retryable=False,
+                code="upstream_response_too_large",
+            )
         if isinstance(exc, TimeoutError):
             return UpstreamTimeoutError(
                 f"{label} timed out ({type(exc).__name__}: {exc})", provider=self.system
