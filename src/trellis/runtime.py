@@ -74,7 +74,11 @@ class Trellis:
             index = index_for(
                 self.db, postgres_keyword_rank=self.settings.retrieval.postgres_keyword_rank
             )
-            self._retrieval = Retrieval(index, self.minilm)  # type: ignore[arg-type]
+            self._retrieval = Retrieval(
+                index,
+                self.minilm,  # type: ignore[arg-type]
+                max_json_depth=self.settings.max_json_depth,
+            )
         return self._retrieval
 
     @property

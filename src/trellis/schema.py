@@ -2,7 +2,8 @@
 
 The OpenAI shape is Trellis' lingua franca: providers convert to and from it,
 and the server speaks it unchanged. Request models accept unknown fields so
-vendor-specific parameters pass through to providers that understand them.
+vendor-specific parameters pass through to providers that understand them
+(except in the ``trellis`` options object, which is Trellis' own).
 """
 
 from __future__ import annotations
@@ -126,8 +127,14 @@ class StreamOptions(_Open):
     include_usage: StrictBool = False
 
 
-class TrellisOptions(_Open):
-    """Trellis-specific request options, sent as ``"trellis": {...}`` in the body."""
+class TrellisOptions(BaseModel):
+    """Trellis-specific request options, sent as ``"trellis": {...}`` in the body.
+
+    Strict about its keys, unlike the OpenAI body around it: these options are ours,
+    nothing upstream reads them, so a misspelt one (``colections``) would otherwise be
+    silently ignored. An unknown option is a 400 naming it."""
+
+    model_config = ConfigDict(extra="forbid")
 
     cache: bool | None = None  # force (True) or forbid (False) the response cache
     # Use (True) or skip (False) the semantic cache, when the server enables it.

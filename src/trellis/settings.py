@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 from trellis.http_headers import check_header
+from trellis.nesting import DEFAULT_MAX_DEPTH, MAX_DEPTH_CEILING
 
 __all__ = [
     "Settings",
@@ -342,6 +343,19 @@ class Settings(BaseSettings):
     )
     admin_key: str | None = Field(default=None, description="Admin API key to install at start")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_json_depth: int = Field(
+        default=DEFAULT_MAX_DEPTH,
+        ge=8,
+        le=MAX_DEPTH_CEILING,
+        description="Deepest nesting of objects and arrays accepted in a JSON body or a "
+        "stored value (collection and document metadata); deeper gets 400",
+    )
+    body_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds to receive a request body once its headers arrived; a "
+        "slower body gets 408 and the connection is closed",
+    )
     default_model: str = LOCAL_CHAT_ALIAS
     include_local_models: bool = Field(
         default=True, description="Offer the bundled chat and embedding models"

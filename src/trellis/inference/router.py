@@ -4,8 +4,10 @@ For one request the router builds a plan — the alias's deployments in routing
 order, then each fallback alias's — and walks it. On a deployment it retries
 retryable failures (429, 5xx, timeouts, connection errors) with exponential
 backoff and full jitter, honouring ``Retry-After``; a non-retryable upstream
-failure moves on at once; the caller's own mistake stops everything. Every
-attempt is a span on the trace.
+failure moves on at once; the caller's own mistake stops everything. Only
+failures that say a deployment is unhealthy (``UpstreamError.deployment_fault``)
+count toward its circuit breaker, so no request, however bad, can open it for
+everyone. Every attempt is a span on the trace.
 """
 
 from __future__ import annotations
@@ -279,10 +281,12 @@ class Router:
                         target.breaker.release()
                         raise
                     last_error = exc
-                    if exc.code == "upstream_redirect":  # its base_url is wrong, not its health
+                    if not exc.deployment_fault:
+                        # Failed on this request (or a redirect: its base_url is wrong),
+                        # not unhealthy: another deployment may take it, but the breaker
+                        # (shared by every caller) never hears of it.
                         target.breaker.release()
-                        break
-                    if target.breaker.record_failure():
+                    elif target.breaker.record_failure():
                         parent.add_event("breaker_open", deployment=target.label)
                     if not exc.retryable or attempt == self.retry.attempts:
                         break

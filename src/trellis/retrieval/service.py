@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from trellis.errors import InvalidRequestError, NotFoundError
+from trellis.nesting import DEFAULT_MAX_DEPTH, check_depth, exceeds_depth, too_deep
 from trellis.retrieval.chunking import ChunkingConfig, TokenCounter, chunk_text
 from trellis.retrieval.fusion import FusionConfig, fuse
 from trellis.retrieval.index import Filters, Index
@@ -77,6 +78,7 @@ class Retrieval:
         fusion: FusionConfig | None = None,
         batch_chunks: int = 64,
         hybrid_depth: int = 100,
+        max_json_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
         self.index = index
         self.embedder = embedder
@@ -84,12 +86,16 @@ class Retrieval:
         self.fusion = fusion or DEFAULT_FUSION
         self.batch_chunks = batch_chunks
         self.hybrid_depth = hybrid_depth
+        #: The deepest metadata stored (``Settings.max_json_depth``): a deeper value could
+        #: be stored but not encoded again, breaking every listing and search over it.
+        self.max_json_depth = max_json_depth
 
     # --- collections -----------------------------------------------------------
 
     async def create_collection(
         self, name: str, metadata: Mapping[str, Any] | None = None
     ) -> CollectionInfo:
+        check_depth(metadata, self.max_json_depth, what="Collection metadata", param="metadata")
         return await self.index.create_collection(
             name, self.embedder.name, self.embedder.dimension, metadata
         )
@@ -139,12 +145,16 @@ class Retrieval:
         progress: Progress | None = None,
     ) -> IngestReport:
         """Files and folders; an unreadable file lands in ``report.failed``, the rest go on."""
+        check_depth(metadata, self.max_json_depth, what="The metadata", param="metadata")
         collection = await self._usable(name)
         report = IngestReport()
         pending: list[Document] = []
         for path in iter_files(paths):
             try:
                 loaded = await asyncio.to_thread(load_path, path)
+                for doc in loaded:
+                    if exceeds_depth(doc.metadata, self.max_json_depth):
+                        raise LoaderError(str(path), self._too_deep(doc).message)
             except LoaderError as exc:
                 logger.warning("skipping %s: %s", exc.source, exc.reason)
                 report.failed[exc.source] = exc.reason
@@ -169,12 +179,18 @@ class Retrieval:
             doc if isinstance(doc, Document) else record_to_document(doc, f"documents[{n}]")
             for n, doc in enumerate(docs)
         ]
-        for doc in parsed:
+        for n, doc in enumerate(parsed):
             if not doc.id:
                 raise InvalidRequestError("every document needs a non-empty id")
+            if exceeds_depth(doc.metadata, self.max_json_depth):
+                raise self._too_deep(doc, f"documents[{n}].metadata")
         report = IngestReport()
         await self._ingest_documents(collection, parsed, report, progress)
         return report
+
+    def _too_deep(self, doc: Document, param: str | None = None) -> InvalidRequestError:
+        """The error for a document whose metadata nests past ``max_json_depth``."""
+        return too_deep(f"The metadata of document {doc.id!r}", self.max_json_depth, param)
 
     def content_hash(self, doc: Document) -> str:
         """Changes whenever the stored result would: text, metadata, source, embedder, chunking."""
