@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from trellis.errors import UpstreamProtocolError
+from trellis.errors import InvalidRequestError, UpstreamProtocolError
 from trellis.inference.cache import MemoryBackend, ResponseCache
 from trellis.inference.gateway import Gateway
 from trellis.inference.router import Router
@@ -140,3 +140,27 @@ async def test_a_stream_that_ends_before_its_first_chunk_is_retried(
     assert error is None and text(chunks) == "a b c"
     assert len(upstream.requests) == 2
     assert sink.traces[0].summary["retries"] == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_library_request_too_deep_to_encode_is_the_callers_error(
+    stream: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The HTTP edge refuses deep bodies; a library caller's reaches the provider's encoder,
+    which must answer 400 without calling the upstream or charging the breaker."""
+    monkeypatch.setenv(KEY_ENV, "sk-test")
+    deep: object = 1
+    for _ in range(300):
+        deep = [deep]
+    request = ChatRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "extra": deep}
+    )
+    with FakeUpstream(vendor="openai") as upstream:
+        gw = gateway(upstream, ListSink())
+        gw.cache = None
+        with pytest.raises(InvalidRequestError, match="cannot be encoded"):
+            if stream:
+                await gw.chat_stream(request.model_copy(update={"stream": True}))
+            else:
+                await gw.chat(request)
+        assert upstream.requests == []

@@ -46,6 +46,7 @@ _ERRORS: dict[int, str] = {
     401: "No API key, or an unknown or revoked one.",
     403: "The API key lacks the scope this operation needs, or may not use the model.",
     404: "The model, collection or other resource does not exist.",
+    408: "The request body did not arrive within the server's `body_timeout`.",
     409: "The resource changed while the operation ran; running it again may work.",
     413: "The request body is larger than the server's `max_body_bytes`.",
     429: "Every attempt was rate limited by the upstream provider.",
@@ -80,7 +81,7 @@ class OperationDoc:
         if self.needs_key(settings):
             found |= {401, 403}
         if self.body is not None:
-            found |= {400, 413}
+            found |= {400, 408, 413}
         if has_query:  # a query parameter out of range
             found.add(400)
         return sorted(found)

@@ -151,6 +151,21 @@ class Provider(ABC):
         )
 
 
+def encode_body(body: dict[str, Any]) -> bytes:
+    """A request body as JSON; one the encoder refuses (nested past its 254 levels, or a
+    value that is not JSON) is the caller's error, a 400, never a deployment failure.
+
+    The HTTP edge already refuses such bodies (``max_json_depth``); this covers library
+    callers of the gateway, at no cost unless encoding fails.
+    """
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError as exc:
+        raise InvalidRequestError(
+            f"The request cannot be encoded as JSON: {exc}", code="invalid_request_body"
+        ) from exc
+
+
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait from ``retry-after-ms`` / ``Retry-After`` (delta-seconds or HTTP date).
 
@@ -324,13 +339,13 @@ class HttpProvider(Provider):
         params: dict[str, str] | None = None,
         deadline: float | None = None,
     ) -> Any:
-        return self._decode(await self._send("POST", path, orjson.dumps(body), params, deadline))
+        return self._decode(await self._send("POST", path, encode_body(body), params, deadline))
 
     async def post_bytes(
         self, path: str, body: dict[str, Any], *, deadline: float | None = None
     ) -> bytes:
         """POST ``body``; the answer's bytes, failures raised as ``UpstreamError``."""
-        return await self._send("POST", path, orjson.dumps(body), None, deadline)
+        return await self._send("POST", path, encode_body(body), None, deadline)
 
     async def get_json(self, path: str) -> Any:
         return self._decode(await self._send("GET", path, None, None))
@@ -373,7 +388,7 @@ class HttpProvider(Provider):
         """POST and yield server-sent events; errors before the first event raise as usual."""
         try:
             async with self.client.stream(
-                "POST", path, orjson.dumps(body), params=params
+                "POST", path, encode_body(body), params=params
             ) as response:
                 if response.status >= 300:
                     self._raise_for_status(response.status, response.headers, await response.read())
