@@ -16,6 +16,7 @@ __all__ = [
     "MAX_DURATION_SECONDS",
     "MAX_TIME_NS",
     "duration_seconds",
+    "is_duration",
 ]
 
 #: A duration as people type it; the unit is required (``5`` alone is ambiguous).
@@ -38,9 +39,9 @@ def is_duration(text: str) -> bool:
 def duration_seconds(
     text: str, *, minimum: float = 0.0, maximum: float = MAX_DURATION_SECONDS
 ) -> float:
-    """Seconds in ``text``; ``ValueError`` with a message for people when it is not a
-    duration, is not longer than ``minimum`` (when 0) or shorter than ``minimum``, or
-    exceeds ``maximum``."""
+    """Seconds in ``text``, or ``ValueError`` with a message for people (the caller adds the
+    parameter's name): not a duration, not longer than 0, under ``minimum`` or over
+    ``maximum``."""
     match = _DURATION.match(text or "")
     if match is None:
         raise ValueError(f"must be a duration such as 30s, 5m, 1h or 7d, not {text!r}")
