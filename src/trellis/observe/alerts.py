@@ -232,7 +232,7 @@ def _latency_bound(spec: AlertRule, baseline: Mapping[str, Any] | None) -> float
     return max(bound, spec.threshold) if spec.threshold is not None else bound
 
 
-def _stored_rule(row: Mapping[str, Any]) -> Rule:
+def _stored_rule(row: Mapping[Any, Any]) -> Rule:
     """A rule from ``alert_rules``; one that today's checks refuse is kept, with its problem."""
     try:
         spec = AlertRule.model_validate(row["spec"])
