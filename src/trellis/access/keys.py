@@ -292,8 +292,9 @@ class KeyStore:
     async def ensure_admin(self, admin_key: str | None) -> str | None:
         """Make sure an admin can log in. Returns a new secret only when one was just created.
 
-        With ``admin_key`` (from settings), that exact key is installed or re-enabled with
-        the admin scope. Without it, an ``admin`` key is created if no usable admin key
+        With ``admin_key`` (from settings, 20 to 512 characters, else ConfigurationError),
+        that exact key is installed or re-enabled with the admin scope, and this store then
+        refuses to revoke it. Without it, an ``admin`` key is created if no usable admin key
         exists; the caller prints the returned secret once.
         """
         await self._hide_whole_secrets()
