@@ -130,6 +130,15 @@ def test_invalid_config_is_a_clear_error(tmp_path: Path) -> None:
     assert code == 2 and "invalid settings" in out
 
 
+def test_a_short_admin_key_is_invalid_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRELLIS_ADMIN_KEY", "hunter2")
+    code, out = invoke("models")
+    assert code == 2 and "invalid settings" in out and "admin key must be 20" in out
+    assert "hunter2" not in out  # a rejected secret is never printed
+
+
 def test_a_header_with_a_line_break_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(

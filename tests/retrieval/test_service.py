@@ -313,3 +313,22 @@ async def test_stored_values_deeper_than_the_limit_are_refused(
     assert len(await retrieval.list_documents("docs")) == 2
     assert await retrieval.search("docs", "sponge cake", top_k=1)
     assert [c.name for c in await retrieval.list_collections()] == ["docs"]
+
+
+async def test_a_query_longer_than_the_embedder_window_is_searched_whole(
+    retrieval: Retrieval, embedder: MiniLMEmbedder
+) -> None:
+    """It was a 400 context_length_exceeded; the vector side now reads every window, so
+    what the query asks for at its very end still decides the vector ranking."""
+    await retrieval.create_collection("docs")
+    await retrieval.add_documents("docs", DOCS)
+    query = (
+        "I would like to read something, and I hope that you can help me to find it. " * 20
+        + "It should explain how long to bake a sponge cake in the oven."
+    )
+    assert embedder.count_tokens(query) > embedder.max_tokens
+    for mode in ("vector", "hybrid", "keyword"):
+        hits = await retrieval.search("docs", query, mode=mode, top_k=3)
+        assert hits[0].document_id == "cake", mode
+    hybrid = await retrieval.search("docs", query, top_k=1)
+    assert {"keyword", "vector"} <= set(hybrid[0].scores)

@@ -39,6 +39,7 @@ from trellis.retrieval.models import (
     IngestReport,
     SearchMode,
 )
+from trellis.retrieval.query_vector import embed_query
 
 __all__ = ["Embedder", "Retrieval", "DEFAULT_FUSION"]
 
@@ -378,6 +379,10 @@ class Retrieval:
     ) -> list[Hit]:
         """Best-first hits. ``min_score`` applies to the score the mode ranks by.
 
+        Queries of any length up to :data:`~trellis.retrieval.query_vector.MAX_QUERY_TOKENS`
+        word pieces are searched: keyword search reads all of it, and one longer than the
+        embedder's window is embedded in windows whose vectors are averaged.
+
         keyword: BM25 (unbounded, higher is better); vector: cosine in [-1, 1];
         hybrid: the fused score (weighted: in [0, 1]; RRF: about 1/(k+rank) per list).
         """
@@ -432,8 +437,10 @@ class Retrieval:
     async def _vector(
         self, collection: CollectionInfo, query: str, depth: int, filters: Filters | None
     ) -> list[tuple[int, float]]:
-        vectors = await asyncio.to_thread(self.embedder.embed, [query])
-        return await self.index.vector_search(collection, vectors[0], depth, filters)
+        # A query longer than the embedder's window is embedded in windows and averaged
+        # (query_vector); the keyword side always reads the whole query.
+        vector = await asyncio.to_thread(embed_query, self.embedder, query)
+        return await self.index.vector_search(collection, vector, depth, filters)
 
 
 async def _run_stages(*stages: Coroutine[Any, Any, None]) -> None:
