@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -25,7 +25,7 @@ from trellis.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from trellis.inference.breaker import CircuitBreaker
+from trellis.inference.breaker import BreakerState, CircuitBreaker
 from trellis.inference.providers import EmbeddingResult, Provider, build_provider
 from trellis.observe.tracing import GenAI, Span, Trace
 from trellis.schema import ChatChunk, ChatRequest, ChatResponse
@@ -405,6 +405,12 @@ class Router:
     async def aclose(self) -> None:
         for provider in self._providers:
             await provider.aclose()
+
+    def breaker_states(self) -> Iterator[tuple[str, str, BreakerState]]:
+        """(alias, deployment label, breaker state) of every deployment, for the metrics."""
+        for alias, targets in self.targets.items():
+            for target in targets:
+                yield alias, target.label, target.breaker.state
 
     def providers(self) -> list[tuple[Deployment, Provider]]:
         seen: dict[int, tuple[Deployment, Provider]] = {}
