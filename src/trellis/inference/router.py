@@ -48,7 +48,6 @@ class Target:
     provider: Provider
     breaker: CircuitBreaker
     ewma_ms: float | None = None
-    in_flight: int = 0
     #: ``deployment.label`` and the fixed attributes of its attempt spans, worked out
     #: once (they are on every request's path).
     label: str = field(init=False)
@@ -246,7 +245,6 @@ class Router:
                     },
                 )
                 started = time.perf_counter()
-                target.in_flight += 1
                 try:
                     # One deadline bounds both the attempt and the whole request.
                     attempt_deadline = loop.time() + target.deployment.timeout
@@ -305,8 +303,6 @@ class Router:
                     span.status = "error"
                     span.end()
                     raise
-                finally:
-                    target.in_flight -= 1
                 target.breaker.record_success()
                 target.observe_latency((time.perf_counter() - started) * 1000)
                 if not keep_open:  # a stream's attempt span ends with the stream
