@@ -91,3 +91,12 @@ def test_no_upward_import(path: Path) -> None:
         if _unit(name) != own and LAYERS.get(_unit(name), 99) >= LAYERS[own]
     ]
     assert not upward, f"{own} (layer {LAYERS[own]}) imports upward or sideways: {upward}"
+
+
+def test_local_models_need_no_hosted_provider_code() -> None:
+    """Retrieval embeds with inference.local: that must not drag in the HTTP adapters."""
+    for path in sorted((SRC / "inference" / "local").glob("*.py")):
+        hosted = [
+            name for _, name in _imports(path) if name.startswith("trellis.inference.providers")
+        ]
+        assert not hosted, f"{path.name} imports {hosted}"

@@ -32,7 +32,7 @@ from trellis.settings import Deployment, Settings
 from trellis.store.db import Database
 
 if TYPE_CHECKING:
-    from trellis.inference.providers.local_embedder import MiniLMEmbedder
+    from trellis.inference.local.embedder import MiniLMEmbedder
 
 __all__ = ["Trellis"]
 
@@ -81,7 +81,7 @@ class Trellis:
     def minilm(self) -> MiniLMEmbedder:
         """The bundled embedder, one instance per runtime (its ONNX model loads on first use)."""
         if self._minilm is None:
-            from trellis.inference.providers.local_embedder import MiniLMEmbedder
+            from trellis.inference.local.embedder import MiniLMEmbedder
 
             # The int8 rebuild of the bundled graph is kept in the data directory.
             self._minilm = MiniLMEmbedder(cache_dir=self.settings.data_dir / "models")

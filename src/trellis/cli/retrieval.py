@@ -30,7 +30,7 @@ collections_app = typer.Typer(
 
 async def _with_retrieval(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``action(retrieval)`` over the configured database with the bundled embedder."""
-    from trellis.inference.providers.local_embedder import MiniLMEmbedder
+    from trellis.inference.local.embedder import MiniLMEmbedder
     from trellis.retrieval import Retrieval, index_for
 
     async def open_retrieval(db: Any) -> T:

@@ -150,7 +150,7 @@ class GGUFTokenCounter:
         except ImportError:
             log.warning("token counting: llama_cpp is not installed; using len(text)/4")
             return None
-        from trellis.inference.providers.local_llama import open_llama
+        from trellis.inference.local.llama import open_llama
 
         try:
             # Vocab-only still builds a (tiny) context: keep it small.

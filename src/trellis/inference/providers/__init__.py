@@ -29,8 +29,8 @@ BUILTIN_PROVIDERS: dict[str, str] = {
     "anthropic": "trellis.inference.providers.anthropic:AnthropicProvider",
     "gemini": "trellis.inference.providers.gemini:GeminiProvider",
     "cohere": "trellis.inference.providers.cohere:CohereProvider",
-    "local": "trellis.inference.providers.local_llama:LocalLlamaProvider",
-    "local-embedder": "trellis.inference.providers.local_embedder:LocalEmbedderProvider",
+    "local": "trellis.inference.local.llama:LocalLlamaProvider",
+    "local-embedder": "trellis.inference.local.embedder:LocalEmbedderProvider",
 }
 
 
