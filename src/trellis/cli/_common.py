@@ -8,6 +8,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from trellis.errors import TrellisError
 from trellis.settings import Settings
@@ -28,10 +29,10 @@ def load_settings(config: str | None, **overrides: Any) -> Settings:
     try:
         return Settings.load(config, **{k: v for k, v in overrides.items() if v is not None})
     except FileNotFoundError as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        err_console.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(2) from None
     except ValueError as exc:
-        err_console.print(f"[red]invalid settings:[/red] {exc}")
+        err_console.print(f"[red]invalid settings:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
@@ -40,7 +41,7 @@ def run(make: Callable[[], Awaitable[T]]) -> T:
     try:
         return asyncio.run(make())  # type: ignore[arg-type]
     except TrellisError as exc:
-        err_console.print(f"[red]error:[/red] {exc.message}")
+        err_console.print(f"[red]error:[/red] {escape(exc.message)}")
         raise typer.Exit(1) from None
 
 

@@ -7,6 +7,7 @@ import sys
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from trellis.cli._common import ConfigOption, err_console, load_settings, run
 from trellis.settings import Settings
@@ -78,14 +79,15 @@ async def _chat_remote(url: str, key: str | None, body: dict[str, Any]) -> None:
                 message = response.json()["error"]["message"]
             except (ValueError, KeyError, TypeError):
                 message = response.text
-            err_console.print(f"[red]error {response.status_code}:[/red] {message}")
+            err_console.print(f"[red]error {response.status_code}:[/red] {escape(str(message))}")
             raise typer.Exit(1)
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             data = json.loads(line[6:])
             if "error" in data:
-                err_console.print(f"\n[red]error:[/red] {data['error'].get('message')}")
+                message = escape(str(data["error"].get("message")))
+                err_console.print(f"\n[red]error:[/red] {message}")
                 raise typer.Exit(1)
             for choice in data.get("choices", []):
                 content = (choice.get("delta") or {}).get("content")

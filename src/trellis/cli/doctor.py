@@ -7,6 +7,7 @@ import json
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from trellis.cli._common import ConfigOption, JsonOption, console, load_settings, run
@@ -29,7 +30,9 @@ def doctor(
     else:
         table = Table("check", "status", "detail")
         for check, ok, detail in results:
-            table.add_row(check, "[green]ok[/green]" if ok else "[red]fail[/red]", detail)
+            table.add_row(
+                escape(check), "[green]ok[/green]" if ok else "[red]fail[/red]", escape(detail)
+            )
         console.print(table)
     if not all(ok for _, ok, _ in results):
         raise typer.Exit(1)

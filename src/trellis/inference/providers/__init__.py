@@ -11,7 +11,7 @@ from importlib.metadata import entry_points
 
 from trellis.errors import ConfigurationError
 from trellis.inference.providers.base import EmbeddingResult, HttpProvider, Provider
-from trellis.settings import Deployment
+from trellis.settings import Deployment, LocalModelSettings
 
 __all__ = ["Provider", "HttpProvider", "EmbeddingResult", "build_provider", "BUILTIN_PROVIDERS"]
 
@@ -52,5 +52,11 @@ def provider_class(name: str) -> type[Provider]:
     raise ConfigurationError(f"unknown provider {name!r}")
 
 
-def build_provider(deployment: Deployment) -> Provider:
+def build_provider(deployment: Deployment, local: LocalModelSettings | None = None) -> Provider:
+    """The provider for ``deployment``; ``local`` configures the bundled chat model, which
+    answers with a clear 503 when the ``local`` extra is not installed."""
+    if deployment.provider == "local":
+        from trellis.inference.local.availability import local_chat_provider
+
+        return local_chat_provider(deployment, local)
     return provider_class(deployment.provider)(deployment)
