@@ -51,7 +51,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 #: The ``model`` label of requests for a model that is not configured.
 UNKNOWN_MODEL = "unknown"
 
-#: Seconds; LLM calls range from a cache hit (~1 ms) to long generations (minutes).
+#: Seconds; LLM calls range from a cache hit (milliseconds) to long generations (minutes).
 LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0
 )  # fmt: skip

@@ -6,8 +6,8 @@ runs it on one worker thread (each embed call already spreads its work over ever
 core, so running two at once would only make both slower).
 
 The shipped graph is rebuilt at load time to run on int8 kernels
-(:mod:`~trellis.inference.local.minilm_int8`, about 2.5x faster on Cranfield
-chunks); texts of at most ``exact_below`` word pieces (queries, cache prompts) keep
+(:mod:`~trellis.inference.local.minilm_int8`, several times faster: README,
+Performance); texts of at most ``exact_below`` word pieces (queries, cache prompts) keep
 the exact fp32 graph. Vectors are sentence-transformers' recipe: mean of the token
 states over the attention mask, then L2 normalisation. Inputs longer than the
 model's window are refused, never truncated: a silently truncated chunk is a
@@ -110,7 +110,7 @@ class MiniLMEmbedder:
         # of two short paraphrases by ~0.007, enough to move semantic-cache hits across the
         # 0.95 threshold calibrated on fp32 (3 of 36 pairs). 0 sends everything to int8.
         self.exact_below = exact_below if int8 else 0
-        # Where the rebuilt graph is kept between processes (saves ~0.7 s per start).
+        # Where the rebuilt graph is kept between processes (saves the rebuild per start).
         self.cache_dir = Path(cache_dir) if cache_dir else None
         #: Which graph is running: "int8", or "fp32" (asked for, or the rebuild failed).
         self.graph: str | None = None
@@ -189,7 +189,7 @@ class MiniLMEmbedder:
         ):
             batches = [group[start : start + size] for start in range(0, len(group), size)]
             if graph is session and self._workers is not None and len(batches) > 1:
-                # One single-threaded run per core: no per-op thread hand-offs (~20% faster).
+                # One single-threaded run per core: no per-op thread hand-offs (faster).
                 results = self._workers.map(
                     lambda batch: self._run(session, [encodings[i].ids for i in batch]), batches
                 )

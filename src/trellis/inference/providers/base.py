@@ -142,7 +142,7 @@ async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[SSEEvent]:
 
 @functools.cache
 def _tls_context() -> ssl.SSLContext:
-    """One TLS context shared by every provider: building one loads the CA bundle (~50 ms)."""
+    """One TLS context shared by every provider: building one loads the CA bundle (slow)."""
     return ssl.create_default_context()
 
 
