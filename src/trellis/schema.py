@@ -102,9 +102,9 @@ def _parts(root: BaseModel) -> list[Any]:
     """Every object ``root``'s JSON is made of: each model, list and dict followed by
     its direct contents (a model's field values, a list's items, a dict's keys then
     values) and ``_END``; then the same for each content that holds more. Strings and
-    numbers are never looked into and the bulk copies (``extend``) run in C, so a walk
-    costs about what encoding the model once does. The list holds the objects, so
-    none is freed and its id reused while it is kept."""
+    numbers are never looked into and the bulk copies (``extend``) run in C (its cost:
+    README, Performance). The list holds the objects, so none is freed and its id
+    reused while it is kept."""
     out: list[Any] = []
     append, extend = out.append, out.extend
     stack: list[Any] = [root]
@@ -132,9 +132,7 @@ def _parts(root: BaseModel) -> list[Any]:
         else:
             continue
         append(_END)
-        for item in contents:
-            if type(item) not in _ATOMS:
-                push(item)
+        stack.extend([item for item in contents if type(item) not in _ATOMS])
     return out
 
 
