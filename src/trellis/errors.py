@@ -21,6 +21,7 @@ __all__ = [
     "RequestTimeoutError",
     "ContextLengthExceededError",
     "UnsupportedFeatureError",
+    "ModelNotInstalledError",
     "UpstreamError",
     "ProviderHTTPError",
     "UpstreamTimeoutError",
@@ -136,6 +137,17 @@ class UnsupportedFeatureError(RequestError):
 
     status_code = 400
     code = "unsupported_feature"
+
+
+class ModelNotInstalledError(RequestError):
+    """The model is configured but this installation cannot run it (an optional extra
+    is missing). Nothing changes until someone installs it, so, like the caller's
+    mistakes, it is not retried and no circuit breaker counts it; 503, because the
+    server, not the request, lacks something."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "model_not_installed"
 
 
 # --- runtime failures of upstream providers --------------------------------

@@ -100,3 +100,17 @@ async def test_redis_backend_round_trip_and_expiry(redis_backend: RedisBackend) 
     assert cached is not None and cached.choices[0].message.content == "from redis"
     await asyncio.sleep(0.35)
     assert await cache.get(key) is None
+
+
+async def test_a_nested_edit_is_what_a_hit_serves() -> None:
+    """An answer edited after it arrived (a guard, a library user) is cached as edited,
+    not as the upstream's kept bytes."""
+    cache = ResponseCache(MemoryBackend(), 60)
+    upstream = response("the upstream's words")
+    raw = upstream.model_dump_json().encode()
+    arrived = ChatResponse.model_validate_json(raw)
+    arrived.keep_wire(raw)
+    arrived.choices[0].message.content = "edited"
+    await cache.put("k", arrived)
+    hit = await cache.get("k")
+    assert hit is not None and hit.choices[0].message.content == "edited"

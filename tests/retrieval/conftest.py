@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from trellis.inference.providers.local_embedder import MiniLMEmbedder
+from trellis.inference.local.embedder import MiniLMEmbedder
 from trellis.retrieval import Retrieval, index_for
 from trellis.retrieval.index import Index
 from trellis.store import Database

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from trellis.errors import InvalidRequestError, NotFoundError
-from trellis.inference.providers.local_embedder import MiniLMEmbedder
+from trellis.inference.local.embedder import MiniLMEmbedder
 from trellis.retrieval import Document, DocumentWrite, Retrieval, SQLiteIndex, index_for
 from trellis.retrieval.index import keyword_terms
 from trellis.retrieval.models import Chunk

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -27,7 +27,7 @@ from trellis.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from trellis.inference.breaker import CircuitBreaker
+from trellis.inference.breaker import BreakerState, CircuitBreaker
 from trellis.inference.providers import EmbeddingResult, Provider, build_provider
 from trellis.observe.tracing import GenAI, Span, Trace
 from trellis.schema import ChatChunk, ChatRequest, ChatResponse
@@ -50,7 +50,6 @@ class Target:
     provider: Provider
     breaker: CircuitBreaker
     ewma_ms: float | None = None
-    in_flight: int = 0
     #: ``deployment.label`` and the fixed attributes of its attempt spans, worked out
     #: once (they are on every request's path).
     label: str = field(init=False)
@@ -248,7 +247,6 @@ class Router:
                     },
                 )
                 started = time.perf_counter()
-                target.in_flight += 1
                 try:
                     # One deadline bounds both the attempt and the whole request.
                     attempt_deadline = loop.time() + target.deployment.timeout
@@ -312,8 +310,6 @@ class Router:
                     span.status = "error"
                     span.end()
                     raise
-                finally:
-                    target.in_flight -= 1
                 target.breaker.record_success()
                 target.observe_latency((time.perf_counter() - started) * 1000)
                 if not keep_open:  # a stream's attempt span ends with the stream
@@ -412,6 +408,12 @@ class Router:
     async def aclose(self) -> None:
         for provider in self._providers:
             await provider.aclose()
+
+    def breaker_states(self) -> Iterator[tuple[str, str, BreakerState]]:
+        """(alias, deployment label, breaker state) of every deployment, for the metrics."""
+        for alias, targets in self.targets.items():
+            for target in targets:
+                yield alias, target.label, target.breaker.state
 
     def providers(self) -> list[tuple[Deployment, Provider]]:
         seen: dict[int, tuple[Deployment, Provider]] = {}

@@ -293,7 +293,6 @@ class AlertManager:
         # an API call that resolves alerts.
         self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._courier: asyncio.Task[None] | None = None
-        self.evaluations = 0
 
     # --- rules ------------------------------------------------------------------
 
@@ -387,7 +386,6 @@ class AlertManager:
                 except Exception:  # logged: one bad rule must not silence the others
                     logger.exception("could not evaluate alert rule %r", rule.spec.name)
             await self._resolve_orphans({rule.id for rule in rules})
-            self.evaluations += 1
 
     async def _apply(self, rule: Rule, breaching: dict[Any, Reading], now: float) -> None:
         async with self.db.engine.connect() as conn:

@@ -151,8 +151,8 @@ def create_app(
         if freeze_gc:
             # Everything alive now (modules, settings, the runtime) lives as long as the
             # process: moved out of the collector's reach, each full collection no longer
-            # walks ~150,000 objects (~100 ms here), which under load cost about a third
-            # of the gateway's CPU and showed in its p99.
+            # walks them all, which under load cost a large share of the gateway's CPU
+            # and showed in its p99 (figures: README, Performance).
             gc.collect()
             gc.freeze()
         app.state.trellis = runtime

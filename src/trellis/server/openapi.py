@@ -47,7 +47,8 @@ _ERRORS: dict[int, str] = {
     403: "The API key lacks the scope this operation needs, or may not use the model.",
     404: "The model, collection or other resource does not exist.",
     408: "The request body did not arrive within the server's `body_timeout`.",
-    409: "The resource changed while the operation ran; running it again may work.",
+    409: "The change conflicts with the current state: a write during a re-index, or "
+    "revoking the admin key set in the configuration.",
     413: "The request body is larger than the server's `max_body_bytes`.",
     429: "Every attempt was rate limited by the upstream provider.",
     502: "The upstream provider failed or answered malformed data.",

@@ -1,11 +1,10 @@
 """A small keep-alive HTTP/1.1 client for provider calls: asyncio streams parsed by httptools.
 
 Every model call crosses it, so its cost is added to every request the gateway
-serves. aiohttp's client spends ~180 µs of CPU on one loopback call here and this
-one ~35 µs; at a 20 ms upstream delay that alone moved a bare forwarder's added
-p50 from +1.14 to +0.48 ms (docs/architecture.md). The parsing is httptools
-(llhttp, the parser uvicorn uses); this module only frames requests and keeps a
-pool of connections.
+serves; aiohttp's client spends several times its CPU per call (figures, and what
+that does to a bare forwarder's added latency: README, Performance). The parsing
+is httptools (llhttp, the parser uvicorn uses); this module only frames requests
+and keeps a pool of connections.
 
 What it does: one origin per client (the provider's base URL), HTTP and HTTPS,
 optionally through an HTTP proxy (``CONNECT`` tunnels for HTTPS origins, absolute

@@ -49,7 +49,7 @@ async def create_key(request: Request) -> JSONBytes:
     return JSONBytes({**key_json(record), "key": secret}, status_code=201)
 
 
-@router.delete("/{key_id}", **operation(scope=ADMIN, errors=[404]))
+@router.delete("/{key_id}", **operation(scope=ADMIN, errors=[404, 409]))
 async def revoke_key(key_id: str, request: Request) -> JSONBytes:
     await authenticate(request, ADMIN)
     keys = runtime(request).keys

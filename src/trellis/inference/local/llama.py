@@ -36,7 +36,7 @@ from trellis.errors import (
     UnsupportedFeatureError,
     UpstreamError,
 )
-from trellis.inference.providers.base import Provider
+from trellis.inference.contract import Provider
 from trellis.inference.tokens import GGUFTokenCounter, bundled_chat_model_path, default_counter
 from trellis.schema import (
     ChatChoice,
