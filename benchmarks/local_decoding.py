@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trellis.inference.providers.local_llama import LocalLlamaProvider
+from trellis.inference.local.llama import LocalLlamaProvider
 from trellis.schema import ChatRequest
 from trellis.settings import Deployment, LocalModelSettings
 

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import text
 
-from trellis.inference.providers.local_embedder import MiniLMEmbedder
+from trellis.inference.local.embedder import MiniLMEmbedder
 from trellis.retrieval import PgIndex, Retrieval, SQLiteIndex
 from trellis.retrieval.index import Index
 from trellis.retrieval.models import Chunk, DocumentWrite, SearchMode

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trellis.inference.providers.local_embedder import MiniLMEmbedder
+from trellis.inference.local.embedder import MiniLMEmbedder
 from trellis.retrieval import FusionConfig, PgIndex, Retrieval, SQLiteIndex
 from trellis.retrieval.index import Index
 from trellis.retrieval.models import SearchMode

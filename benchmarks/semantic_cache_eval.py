@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trellis.inference.providers.local_embedder import MiniLMEmbedder
+from trellis.inference.local.embedder import MiniLMEmbedder
 
 #: (cached prompt, new prompt) pairs where the cached answer is right for the new prompt.
 PARAPHRASES: list[tuple[str, str]] = [

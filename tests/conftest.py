@@ -35,6 +35,9 @@ _TABLES = ("alerts", "alert_rules", "scores", "spans", "traces", "api_keys")
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "postgres: needs the PostgreSQL server")
+    config.addinivalue_line(
+        "markers", "pgvector: needs the pgvector extension available in the PostgreSQL server"
+    )
 
 
 def in_ci() -> bool:
@@ -66,6 +69,46 @@ def postgres_server() -> str:
             pytest.fail(f"{message} (CI=true: Postgres tests must run)", pytrace=False)
         pytest.skip(f"{message}; set TRELLIS_TEST_POSTGRES_URL to run the Postgres tests")
     return POSTGRES_ADMIN_URL
+
+
+PGVECTOR_MISSING = (
+    "the PostgreSQL server has no pgvector extension to install; "
+    "`sudo bash scripts/install-pgvector.sh` adds it (`make test` does when run as root)"
+)
+
+
+async def _extension_available(url: str, name: str) -> bool:
+    connection = await asyncpg.connect(url, timeout=5)
+    try:
+        found = await connection.fetchval(
+            "SELECT count(*) FROM pg_available_extensions WHERE name = $1", name
+        )
+    finally:
+        await connection.close()
+    return bool(found)
+
+
+def require_pgvector(available: bool, ci: bool) -> None:
+    """Skip a pgvector test with the reason, or fail it under CI=true (CI must run them)."""
+    if available:
+        return
+    if ci:
+        pytest.fail(f"{PGVECTOR_MISSING} (CI=true: pgvector tests must run)", pytrace=False)
+    pytest.skip(PGVECTOR_MISSING)
+
+
+@pytest.fixture(scope="session")
+def pgvector_server(postgres_server: str) -> str:
+    """The admin URL of a Postgres server that can create the pgvector extension."""
+    require_pgvector(run_sync(_extension_available(postgres_server, "vector")), in_ci())
+    return postgres_server
+
+
+@pytest.fixture(autouse=True)
+def _pgvector_marker(request: pytest.FixtureRequest) -> None:
+    """Tests marked ``pgvector`` skip (or fail under CI) before their fixtures touch Postgres."""
+    if request.node.get_closest_marker("pgvector") is not None:
+        request.getfixturevalue("pgvector_server")
 
 
 @pytest.fixture(scope="session")

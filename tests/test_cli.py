@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -18,7 +19,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from trellis.access.keys import KeyStore
 from trellis.cli import app
+from trellis.cli._common import with_db
+from trellis.settings import Settings
 from trellis.testing.fake_upstream import FakeUpstream, Fault
 
 runner = CliRunner()
@@ -93,6 +97,24 @@ def test_keys_create_list_revoke(config: Path) -> None:
     assert code == 1 and "scope" in out
 
 
+def test_the_configured_admin_key_cannot_be_revoked_from_the_cli(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRELLIS_ADMIN_KEY", "tr-configured-admin-0123456789")
+    settings = Settings.load(str(config))
+
+    async def install() -> None:
+        await with_db(settings, lambda db: KeyStore(db).ensure_admin(settings.admin_key))
+
+    asyncio.run(install())
+    code, out = invoke("keys", "list", "-c", str(config), "--json")
+    (admin,) = [k for k in json.loads(out) if "admin" in k["scopes"]]
+    code, out = invoke("keys", "revoke", admin["id"], "-c", str(config))
+    assert code == 1 and "admin key set in the configuration" in out, out
+    code, out = invoke("keys", "list", "-c", str(config), "--json")
+    assert [k["revoked_at"] for k in json.loads(out) if k["id"] == admin["id"]] == [None]
+
+
 def test_models_table_and_json(config: Path) -> None:
     code, out = invoke("models", "-c", str(config))
     assert code == 0 and "fake" in out and "openai-compatible/gpt-4o-mini" in out
@@ -128,6 +150,15 @@ def test_invalid_config_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_text("models:\n  - name: x\n    deployments: []\n")
     code, out = invoke("models", "-c", str(bad))
     assert code == 2 and "invalid settings" in out
+
+
+def test_a_short_admin_key_is_invalid_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRELLIS_ADMIN_KEY", "hunter2")
+    code, out = invoke("models")
+    assert code == 2 and "invalid settings" in out and "admin key must be 20" in out
+    assert "hunter2" not in out  # a rejected secret is never printed
 
 
 def test_a_header_with_a_line_break_is_a_clear_error(tmp_path: Path) -> None:

@@ -63,6 +63,10 @@ def test_ingest_search_and_collections(config: Path, corpus: Path) -> None:
         )
         assert hits[0]["document_id"] == str(corpus / "kelp.md"), mode
         assert hits[0]["chunk_id"] and "kelp" in hits[0]["text"].lower()
+    # Longer than the embedder's 256 word pieces: searched whole (it was an error).
+    long_query = "I want to read about the sea and what lives in it. " * 30 + "Kelp forests?"
+    hits = json.loads(invoke(config, "search", "notes", long_query, "--json"))
+    assert hits and {"keyword", "vector"} <= set(hits[0]["scores"])
     top = json.loads(invoke(config, "search", "notes", "otters", "--top-k", "1", "--json"))
     assert len(top) == 1 and top[0]["document_id"].endswith("otters.txt")
     table = invoke(config, "search", "notes", "otters")

@@ -18,8 +18,10 @@ __all__ = [
     "PermissionDeniedError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "RequestTimeoutError",
     "ContextLengthExceededError",
     "UnsupportedFeatureError",
+    "ModelNotInstalledError",
     "UpstreamError",
     "ProviderHTTPError",
     "UpstreamTimeoutError",
@@ -113,6 +115,18 @@ class PayloadTooLargeError(RequestError):
     code = "request_too_large"
 
 
+class RequestTimeoutError(RequestError):
+    """The request body did not arrive in time (a slow or stalled client). The rest of
+    the body may still come, so the connection cannot serve another request: closed."""
+
+    status_code = 408
+    code = "request_timeout"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        kwargs.setdefault("headers", {"connection": "close"})
+        super().__init__(message, **kwargs)
+
+
 class ContextLengthExceededError(RequestError):
     status_code = 400
     code = "context_length_exceeded"
@@ -125,11 +139,33 @@ class UnsupportedFeatureError(RequestError):
     code = "unsupported_feature"
 
 
+class ModelNotInstalledError(RequestError):
+    """The model is configured but this installation cannot run it (an optional extra
+    is missing). Nothing changes until someone installs it, so, like the caller's
+    mistakes, it is not retried and no circuit breaker counts it; 503, because the
+    server, not the request, lacks something."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "model_not_installed"
+
+
 # --- runtime failures of upstream providers --------------------------------
 
 
 class UpstreamError(TrellisError):
-    """A provider failed. ``retryable`` tells the router whether another attempt may help."""
+    """A provider failed. ``retryable`` tells the router whether another attempt may help;
+    ``deployment_fault`` whether the failure says the deployment is unhealthy, so it
+    counts toward its circuit breaker.
+
+    A failure the request itself caused must never count: five bad requests from one
+    caller would open the breaker and refuse everyone. So a plain ``UpstreamError``
+    counts only when retryable (the provider may answer the next attempt: it is the
+    provider that failed); a non-retryable one (the provider could not serve this
+    request, or a fixed configuration problem that fails fast anyway) does not.
+    Timeouts, unreachable deployments and malformed answers always count;
+    ``ProviderHTTPError`` decides by status.
+    """
 
     status_code = 502
     error_type = "upstream_error"
@@ -146,6 +182,7 @@ class UpstreamError(TrellisError):
         body: Any = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        deployment_fault: bool | None = None,
     ) -> None:
         super().__init__(message, code=code, headers=headers)
         self.provider = provider
@@ -154,6 +191,17 @@ class UpstreamError(TrellisError):
         self.retry_after = retry_after
         self.upstream_status = upstream_status
         self.body = body
+        self._deployment_fault = deployment_fault
+
+    @property
+    def deployment_fault(self) -> bool:
+        """Whether this failure counts toward the deployment's circuit breaker."""
+        if self._deployment_fault is not None:
+            return self._deployment_fault
+        return self._default_deployment_fault()
+
+    def _default_deployment_fault(self) -> bool:
+        return self.retryable
 
 
 class ProviderHTTPError(UpstreamError):
@@ -161,6 +209,11 @@ class ProviderHTTPError(UpstreamError):
 
     429 and 5xx are retryable; other 4xx mean the request itself was refused
     upstream, so they keep their status (400/401/403/404/422) at our edge.
+    Only what says the deployment is unhealthy counts toward its breaker: 5xx, 408,
+    429 (rate limited: routing around it for a while is what the breaker is for) and
+    401/403 (our credentials are refused, for every caller). Any other 4xx is the
+    upstream refusing this one request, and never counts; nor does a redirect (not
+    retried either: the deployment's ``base_url`` needs fixing, its health is fine).
     """
 
     def __init__(self, message: str, *, upstream_status: int, **kwargs: Any) -> None:
@@ -184,16 +237,26 @@ class ProviderHTTPError(UpstreamError):
         else:
             self.status_code = 502
 
+    def _default_deployment_fault(self) -> bool:
+        status = self.upstream_status or 0
+        return status >= 500 or status in (401, 403, 408, 429)
+
 
 class UpstreamTimeoutError(UpstreamError):
     status_code = 504
     error_type = "timeout_error"
     code = "upstream_timeout"
 
+    def _default_deployment_fault(self) -> bool:
+        return True
+
 
 class UpstreamConnectionError(UpstreamError):
     status_code = 503
     code = "upstream_unreachable"
+
+    def _default_deployment_fault(self) -> bool:
+        return True
 
 
 class UpstreamProtocolError(UpstreamError):
@@ -201,6 +264,9 @@ class UpstreamProtocolError(UpstreamError):
 
     status_code = 502
     code = "bad_upstream_response"
+
+    def _default_deployment_fault(self) -> bool:
+        return True
 
 
 class NoDeploymentAvailableError(UpstreamError):

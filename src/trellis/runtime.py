@@ -9,14 +9,14 @@ Both the HTTP server and library users start here::
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from trellis.access.keys import KeyStore
 from trellis.inference.cache import build_cache
 from trellis.inference.gateway import Gateway
 from trellis.inference.grounding import CollectionRetriever
 from trellis.inference.pricing import PriceBook
-from trellis.inference.providers import Provider, provider_class
+from trellis.inference.providers import Provider, build_provider
 from trellis.inference.router import Router
 from trellis.inference.semantic_cache import build_semantic_cache
 from trellis.observe import api as observe_api
@@ -32,7 +32,7 @@ from trellis.settings import Deployment, Settings
 from trellis.store.db import Database
 
 if TYPE_CHECKING:
-    from trellis.inference.providers.local_embedder import MiniLMEmbedder
+    from trellis.inference.local.embedder import MiniLMEmbedder
 
 __all__ = ["Trellis"]
 
@@ -74,24 +74,25 @@ class Trellis:
             index = index_for(
                 self.db, postgres_keyword_rank=self.settings.retrieval.postgres_keyword_rank
             )
-            self._retrieval = Retrieval(index, self.minilm)  # type: ignore[arg-type]
+            self._retrieval = Retrieval(
+                index,
+                self.minilm,  # type: ignore[arg-type]
+                max_json_depth=self.settings.max_json_depth,
+            )
         return self._retrieval
 
     @property
     def minilm(self) -> MiniLMEmbedder:
         """The bundled embedder, one instance per runtime (its ONNX model loads on first use)."""
         if self._minilm is None:
-            from trellis.inference.providers.local_embedder import MiniLMEmbedder
+            from trellis.inference.local.embedder import MiniLMEmbedder
 
             # The int8 rebuild of the bundled graph is kept in the data directory.
             self._minilm = MiniLMEmbedder(cache_dir=self.settings.data_dir / "models")
         return self._minilm
 
     def _provider(self, deployment: Deployment) -> Provider:
-        cls: Any = provider_class(deployment.provider)
-        if deployment.provider == "local":
-            return cls(deployment, self.settings.local)  # type: ignore[no-any-return]
-        return cls(deployment)  # type: ignore[no-any-return]
+        return build_provider(deployment, self.settings.local)
 
     async def start(self) -> Trellis:
         settings = self.settings

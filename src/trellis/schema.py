@@ -2,11 +2,13 @@
 
 The OpenAI shape is Trellis' lingua franca: providers convert to and from it,
 and the server speaks it unchanged. Request models accept unknown fields so
-vendor-specific parameters pass through to providers that understand them.
+vendor-specific parameters pass through to providers that understand them
+(except in the ``trellis`` options object, which is Trellis' own).
 """
 
 from __future__ import annotations
 
+import operator
 import time
 import uuid
 from typing import Any, Literal
@@ -55,20 +57,84 @@ class _PassThrough(_Open):
     """A model that may keep the JSON it was validated from, to pass it on as it came
     instead of dumping the model again. The JSON lives in a slot, not a pydantic
     private attribute: those cost every validation a Python-level hook, and a slot is
-    neither validated, dumped nor carried over by ``model_copy``. Setting any field
-    drops it, since it no longer matches the model."""
+    neither validated, dumped nor carried over by ``model_copy``.
 
-    __slots__ = ("_source",)
+    The kept JSON is only handed out while the model provably still says the same:
+    keeping it records every object the model is made of (nested models, lists,
+    dicts and their values, see ``_parts``), and ``_kept_source`` checks, by
+    identity, that they are all still there in the same places. Any edit at any
+    depth (a field set on a nested message, a choice appended, a dict value
+    changed) drops the kept JSON; nobody has to remember to."""
+
+    __slots__ = ("_source", "_source_parts")
 
     def _keep_source(self, source: Any) -> None:
         object.__setattr__(self, "_source", source)
+        object.__setattr__(self, "_source_parts", None if source is None else _parts(self))
 
     def _kept_source(self) -> Any:
-        return getattr(self, "_source", None)
+        source = getattr(self, "_source", None)
+        if source is None:
+            return None
+        kept: list[Any] = self._source_parts  # type: ignore[attr-defined]
+        now = _parts(self)
+        if len(now) == len(kept) and all(map(operator.is_, now, kept)):
+            return source
+        self._keep_source(None)  # edited since: the model is the truth from now on
+        return None
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        object.__setattr__(self, "_source", None)
-        super().__setattr__(name, value)
+
+#: Closes a model, list or dict in ``_parts``, so where one ends is part of the record.
+_END = object()
+#: Types that hold nothing: ``_parts`` records them without looking inside.
+_ATOMS = frozenset({str, int, float, bool, type(None)})
+#: Model classes seen by ``_parts`` (a set lookup is cheaper than ``isinstance``).
+_MODELS: set[type] = set()
+
+
+def _is_model(kind: type) -> bool:
+    if issubclass(kind, BaseModel):
+        _MODELS.add(kind)
+        return True
+    return False
+
+
+def _parts(root: BaseModel) -> list[Any]:
+    """Every object ``root``'s JSON is made of: each model, list and dict followed by
+    its direct contents (a model's field values, a list's items, a dict's keys then
+    values) and ``_END``; then the same for each content that holds more. Strings and
+    numbers are never looked into and the bulk copies (``extend``) run in C (its cost:
+    README, Performance). The list holds the objects, so none is freed and its id
+    reused while it is kept."""
+    out: list[Any] = []
+    append, extend = out.append, out.extend
+    stack: list[Any] = [root]
+    pop, push = stack.pop, stack.append
+    while stack:
+        value = pop()
+        append(value)
+        kind = type(value)
+        contents: Any
+        if kind is list or kind is tuple:
+            contents = value
+            extend(contents)
+        elif kind is dict:
+            if not value:
+                continue  # nothing inside; filling it later changes what follows
+            extend(value)
+            contents = value.values()
+            extend(contents)
+        elif kind in _MODELS or _is_model(kind):
+            contents = value.__dict__.values()
+            extend(contents)
+            append(value.__pydantic_extra__)
+            if value.__pydantic_extra__:
+                push(value.__pydantic_extra__)
+        else:
+            continue
+        append(_END)
+        stack.extend([item for item in contents if type(item) not in _ATOMS])
+    return out
 
 
 class FunctionCall(_Open):
@@ -83,6 +149,16 @@ class ToolCall(_Open):
 
 
 class ChatMessage(_Open):
+    # The published schema states the rule ``_content_where_required`` enforces.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"role": {"const": "assistant"}}},
+                {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+            ]
+        }
+    )
+
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     # A string, or a list of content parts ({"type": "text", "text": ...}, images...).
     content: str | list[dict[str, Any]] | None = None
@@ -116,8 +192,14 @@ class StreamOptions(_Open):
     include_usage: StrictBool = False
 
 
-class TrellisOptions(_Open):
-    """Trellis-specific request options, sent as ``"trellis": {...}`` in the body."""
+class TrellisOptions(BaseModel):
+    """Trellis-specific request options, sent as ``"trellis": {...}`` in the body.
+
+    Strict about its keys, unlike the OpenAI body around it: these options are ours,
+    nothing upstream reads them, so a misspelt one (``colections``) would otherwise be
+    silently ignored. An unknown option is a 400 naming it."""
+
+    model_config = ConfigDict(extra="forbid")
 
     cache: bool | None = None  # force (True) or forbid (False) the response cache
     # Use (True) or skip (False) the semantic cache, when the server enables it.
@@ -157,7 +239,7 @@ class ChatRequest(_PassThrough):
     def keep_body(self, body: dict[str, Any]) -> None:
         """Remember ``body`` (the parsed JSON this request was validated from, owned by
         the request from now on) so ``upstream_body`` can forward it instead of dumping
-        the model: the dump cost ~90 µs of each request's latency with cold caches."""
+        the model, which showed in each request's latency (README, Performance)."""
         self._keep_source(body)
 
     @field_validator("stop")
@@ -256,13 +338,9 @@ class ChatResponse(_PassThrough):
 
     @property
     def wire(self) -> bytes | None:
-        """The kept JSON, or None: then the answer is encoded from the model. Setting a
-        field of the answer drops it; code that edits nested parts (a choice's message)
-        must call ``drop_wire``."""
+        """The kept JSON while the answer is unmodified, else None: then the answer is
+        encoded from the model. Edits at any depth count (see ``_PassThrough``)."""
         return self._kept_source()  # type: ignore[no-any-return]
-
-    def drop_wire(self) -> None:
-        self._keep_source(None)
 
 
 class ChunkDelta(_Open):

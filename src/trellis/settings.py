@@ -22,7 +22,9 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from trellis.durations import DURATION_PATTERN, duration_seconds
 from trellis.http_headers import check_header
+from trellis.nesting import DEFAULT_MAX_DEPTH, MAX_DEPTH_CEILING
 
 __all__ = [
     "Settings",
@@ -40,6 +42,8 @@ __all__ = [
     "AlertSettings",
     "LOCAL_CHAT_ALIAS",
     "LOCAL_EMBEDDING_ALIAS",
+    "ADMIN_KEY_MIN_LENGTH",
+    "ADMIN_KEY_MAX_LENGTH",
 ]
 
 #: The YAML file ``Settings.load`` was asked to read, for the duration of that call.
@@ -47,6 +51,10 @@ _CONFIG_PATH: ContextVar[Path | None] = ContextVar("trellis_config_path", defaul
 
 LOCAL_CHAT_ALIAS = "local"
 LOCAL_EMBEDDING_ALIAS = "local-embedding"
+#: A configured admin key guards everything: shorter ones are guessable. Generated keys
+#: have 46 characters (256 random bits). The maximum is what the key store verifies.
+ADMIN_KEY_MIN_LENGTH = 20
+ADMIN_KEY_MAX_LENGTH = 512
 
 
 class _Strict(BaseModel):
@@ -81,6 +89,29 @@ class Deployment(_Strict):
     name: str | None = Field(
         default=None, description="Label in traces; defaults to provider/model"
     )
+    ca_file: str | None = Field(
+        default=None,
+        description="PEM file of the CAs trusted for this deployment's HTTPS, instead of "
+        "the system's (a private CA, a TLS-inspecting proxy)",
+    )
+    client_cert: str | None = Field(
+        default=None,
+        description="PEM client certificate for mutual TLS (may hold the key as well)",
+    )
+    client_key: str | None = Field(
+        default=None, description="PEM private key of client_cert when in a file of its own"
+    )
+    keepalive: float = Field(
+        default=4.0,
+        ge=0,
+        description="Seconds an idle upstream connection is kept for reuse; keep it under the "
+        "server's own keep-alive (uvicorn, hence vLLM: 5 s). 0: a connection per request",
+    )
+    max_response_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Largest upstream answer accepted, counted after decompression",
+    )
 
     @field_validator("headers")
     @classmethod
@@ -89,6 +120,12 @@ class Deployment(_Strict):
         for name, value in headers.items():
             check_header(name, value)
         return headers
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> Deployment:
+        if self.client_key is not None and self.client_cert is None:
+            raise ValueError("client_key needs the client_cert it belongs to")
+        return self
 
     @property
     def label(self) -> str:
@@ -214,8 +251,12 @@ def _truthy(value: Any) -> bool:
     return bool(value)
 
 
-#: A duration as people type it: 500ms, 30s, 5m, 1h, 1d (parsed by ``observe.query``).
-_DURATION_PATTERN = r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d|w)\s*$"
+#: A duration as people type it: 500ms, 30s, 5m, 1h, 1d (see ``trellis.durations``).
+_DURATION_PATTERN = DURATION_PATTERN
+#: Bounds of an alert rule's ``window`` and ``baseline_window``: under a second there is
+#: nothing to measure; beyond 90 days each evaluation would rescan months of traces.
+ALERT_WINDOW_MIN_SECONDS = 1.0
+ALERT_WINDOW_MAX_SECONDS = 90 * 86400.0
 
 
 class AlertRule(_Strict):
@@ -245,6 +286,15 @@ class AlertRule(_Strict):
         default=0.0, ge=0, description="How long the condition must hold before firing"
     )
     enabled: bool = True
+
+    @field_validator("window", "baseline_window")
+    @classmethod
+    def _window_in_bounds(cls, value: str | None) -> str | None:
+        if value is not None:
+            duration_seconds(
+                value, minimum=ALERT_WINDOW_MIN_SECONDS, maximum=ALERT_WINDOW_MAX_SECONDS
+            )
+        return value
 
     @model_validator(mode="after")
     def _bound_given(self) -> AlertRule:
@@ -322,6 +372,9 @@ class Settings(BaseSettings):
         env_prefix="TRELLIS_",
         env_nested_delimiter="__",
         extra="forbid",
+        # Errors name the field and the problem but never echo the value: a rejected
+        # admin key would otherwise be printed to the terminal and the logs.
+        hide_input_in_errors=True,
     )
 
     host: str = "127.0.0.1"
@@ -330,8 +383,25 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="SQLAlchemy async URL; defaults to SQLite in data_dir"
     )
-    admin_key: str | None = Field(default=None, description="Admin API key to install at start")
+    admin_key: str | None = Field(
+        default=None,
+        description=f"Admin API key to install at start ({ADMIN_KEY_MIN_LENGTH} to "
+        f"{ADMIN_KEY_MAX_LENGTH} characters; it cannot be revoked through the API)",
+    )
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_json_depth: int = Field(
+        default=DEFAULT_MAX_DEPTH,
+        ge=8,
+        le=MAX_DEPTH_CEILING,
+        description="Deepest nesting of objects and arrays accepted in a JSON body or a "
+        "stored value (collection and document metadata); deeper gets 400",
+    )
+    body_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds to receive a request body once its headers arrived; a "
+        "slower body gets 408 and the connection is closed",
+    )
     default_model: str = LOCAL_CHAT_ALIAS
     include_local_models: bool = Field(
         default=True, description="Offer the bundled chat and embedding models"
@@ -369,6 +439,17 @@ class Settings(BaseSettings):
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_path))
         sources.append(file_secret_settings)
         return tuple(sources)
+
+    @field_validator("admin_key")
+    @classmethod
+    def _admin_key_length(cls, key: str | None) -> str | None:
+        if key is not None and not ADMIN_KEY_MIN_LENGTH <= len(key) <= ADMIN_KEY_MAX_LENGTH:
+            raise ValueError(
+                f"the admin key must be {ADMIN_KEY_MIN_LENGTH} to {ADMIN_KEY_MAX_LENGTH} "
+                f"characters (it has {len(key)}); generate one with "
+                "`python -c 'import secrets; print(\"tr-\" + secrets.token_urlsafe(32))'`"
+            )
+        return key
 
     @field_validator("models")
     @classmethod

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from sqlalchemy import select
+from pydantic import ValidationError
+from sqlalchemy import select, update
 
 from trellis.access.keys import (
     ADMIN,
@@ -13,9 +14,11 @@ from trellis.access.keys import (
     SECRET_PREFIX,
     ApiKeyRecord,
     KeyStore,
+    display_prefix,
     hash_secret,
 )
-from trellis.errors import InvalidRequestError
+from trellis.errors import ConfigurationError, ConflictError, InvalidRequestError
+from trellis.settings import ADMIN_KEY_MAX_LENGTH, ADMIN_KEY_MIN_LENGTH, Settings
 from trellis.store import Database, api_keys
 
 
@@ -52,7 +55,10 @@ async def test_revoke_takes_effect_immediately_through_the_same_store(db: Databa
     assert await keys.verify(secret) is not None  # now cached
     assert await keys.revoke(record.id) is True
     assert await keys.verify(secret) is None
-    assert await keys.revoke(record.id) is True  # idempotent
+    # Already revoked: False (the API's 404, as documented); the first time is kept.
+    revoked_at = (await keys.get(record.id)).revoked_at  # type: ignore[union-attr]
+    assert await keys.revoke(record.id) is False
+    assert (await keys.get(record.id)).revoked_at == revoked_at  # type: ignore[union-attr]
     assert await keys.revoke("key_missing") is False
     listed = {k.id: k for k in await keys.list()}
     assert listed[record.id].revoked
@@ -182,11 +188,74 @@ async def test_ensure_admin_installs_the_configured_key(db: Database) -> None:
     assert len(await keys.list()) == 1
     # No generated key while the configured one exists.
     assert await keys.ensure_admin(None) is None
-    # A revoked configured key comes back at the next start.
-    await keys.revoke(record.id)
+    # A configured key revoked in the table (say, before it was configured) comes back
+    # at the next start.
+    async with db.engine.begin() as conn:
+        await conn.execute(update(api_keys).values(revoked_at=1.0))
+    keys.invalidate_cache()
     assert await keys.verify(configured) is None
     await keys.ensure_admin(configured)
     assert await keys.verify(configured) is not None
+
+
+async def test_the_configured_admin_key_cannot_be_revoked(db: Database) -> None:
+    """Revoking it locked every admin out until a restart re-enabled it."""
+    configured = "my-operator-chosen-admin-key"
+    keys = KeyStore(db)
+    await keys.ensure_admin(configured)
+    record = await keys.verify(configured)
+    assert record is not None
+    with pytest.raises(ConflictError) as raised:
+        await keys.revoke(record.id)
+    assert raised.value.code == "configured_admin_key" and raised.value.status_code == 409
+    assert await keys.verify(configured) is not None
+    # A store told the configured key (the CLI's, another replica's) refuses it too.
+    with pytest.raises(ConflictError):
+        await KeyStore(db, admin_key=configured).revoke(record.id)
+    # Other admin keys can still be revoked.
+    other, _ = await keys.create("second admin", scopes=[ADMIN])
+    assert await keys.revoke(other.id) is True
+
+
+def test_a_short_configured_admin_key_is_invalid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for make in (
+        lambda: Settings(admin_key="hunter2"),
+        lambda: Settings(admin_key="x" * (ADMIN_KEY_MAX_LENGTH + 1)),
+    ):
+        with pytest.raises(ValidationError, match="admin key must be 20 to 512") as raised:
+            make()
+        assert "hunter2" not in str(raised.value)  # the rejected secret is never echoed
+    monkeypatch.setenv("TRELLIS_ADMIN_KEY", "hunter2")
+    with pytest.raises(ValidationError, match="admin_key") as raised:
+        Settings()
+    assert "hunter2" not in str(raised.value)
+    monkeypatch.setenv("TRELLIS_ADMIN_KEY", "h" * ADMIN_KEY_MIN_LENGTH)
+    assert Settings().admin_key == "h" * ADMIN_KEY_MIN_LENGTH
+
+
+async def test_stored_prefixes_never_give_a_key_away(db: Database) -> None:
+    keys = KeyStore(db)
+    with pytest.raises(ConfigurationError):  # library callers bypassing Settings
+        await keys.ensure_admin("hunter2")
+    configured = "an-operator-key-20ch"
+    await keys.ensure_admin(configured)
+    (record,) = await keys.list()
+    # At most a quarter of a configured key; generated keys keep their 10 characters.
+    assert record.prefix == configured[:5] == display_prefix(configured)
+    _, secret = await keys.create("app")
+    assert display_prefix(secret) == secret[:10]
+    # A key stored by an older version with the whole secret as its prefix is fixed at start.
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            api_keys.insert().values(
+                id="key_old", name="admin (configured)", key_hash=hash_secret("hunter2"),
+                prefix="hunter2", scopes=[ADMIN], allowed_models=None, cache=False,
+                created_at=1.0, revoked_at=None, last_used_at=None,
+            )
+        )  # fmt: skip
+    await KeyStore(db).ensure_admin(configured)
+    listed = {r.id: r.prefix for r in await keys.list()}
+    assert listed["key_old"] == "h" and "hunter2" not in listed.values()
 
 
 async def test_ensure_admin_concurrently_creates_a_single_key(db: Database) -> None:

@@ -19,6 +19,7 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "ir" / "cranfie
 
 
 @pytest.mark.postgres
+@pytest.mark.pgvector
 @pytest.mark.skipif(not DATA.is_dir(), reason="the shared IR test data is not present")
 def test_both_backends_get_a_row(postgres_server: str, tmp_path: Path, capsys: Any) -> None:
     spec = importlib.util.spec_from_file_location("retrieval_latency", SCRIPT)

@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from trellis.errors import InvalidRequestError
 from trellis.inference.cache import MemoryBackend, RedisBackend, ResponseCache
 from trellis.schema import ChatRequest, ChatResponse
 
@@ -32,6 +33,18 @@ def test_cacheable_rules() -> None:
         request(temperature=0, trellis={"cache": False}), opted_in=True
     )
     assert not ResponseCache.cacheable(request(temperature=0, n=2), opted_in=False)
+
+
+def test_a_request_the_key_cannot_encode_is_the_callers_error() -> None:
+    """A library caller's request nested past orjson's 254 levels used to fail the cache
+    key with a TypeError (a 500 over HTTP, before the edge's nesting limit)."""
+    value: object = 1
+    for _ in range(300):
+        value = {"a": value}
+    cache = ResponseCache(MemoryBackend(), 60)
+    with pytest.raises(InvalidRequestError) as caught:
+        cache.key("m", request(temperature=0, deep=value), "key_1")
+    assert caught.value.status_code == 400 and "cache key" in caught.value.message
 
 
 def test_key_ignores_transport_fields_but_not_sampling() -> None:
@@ -87,3 +100,17 @@ async def test_redis_backend_round_trip_and_expiry(redis_backend: RedisBackend) 
     assert cached is not None and cached.choices[0].message.content == "from redis"
     await asyncio.sleep(0.35)
     assert await cache.get(key) is None
+
+
+async def test_a_nested_edit_is_what_a_hit_serves() -> None:
+    """An answer edited after it arrived (a guard, a library user) is cached as edited,
+    not as the upstream's kept bytes."""
+    cache = ResponseCache(MemoryBackend(), 60)
+    upstream = response("the upstream's words")
+    raw = upstream.model_dump_json().encode()
+    arrived = ChatResponse.model_validate_json(raw)
+    arrived.keep_wire(raw)
+    arrived.choices[0].message.content = "edited"
+    await cache.put("k", arrived)
+    hit = await cache.get("k")
+    assert hit is not None and hit.choices[0].message.content == "edited"

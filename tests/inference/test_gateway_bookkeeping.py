@@ -95,14 +95,14 @@ async def test_the_request_is_described_while_the_upstream_works(upstream: FakeU
     sink = ListSink()
     gw = gateway(upstream, sink, deferred=True)
     described: list[object] = []
-    original = gw._describe
+    original = gw.book.describe
 
     def spy(call: object) -> None:
         # Runs before the upstream has answered: the description overlaps the call.
         described.append(len(upstream.requests))
         original(call)  # type: ignore[arg-type]
 
-    gw._describe = spy  # type: ignore[method-assign]
+    gw.book.describe = spy  # type: ignore[method-assign]
     upstream.faults.push(Fault.delay(0.2))
     task = asyncio.create_task(gw.chat(REQUEST))
     while not upstream.requests:
@@ -135,7 +135,7 @@ async def test_a_bug_in_deferred_bookkeeping_is_logged_not_raised(
         raise RuntimeError("hook bug")
 
     gw.on_trace.append(broken)
-    with caplog.at_level(logging.ERROR, logger="trellis.inference.gateway"):
+    with caplog.at_level(logging.ERROR, logger="trellis.inference.bookkeeping"):
         result = await gw.chat(REQUEST)
         await asyncio.sleep(0)
     assert result.response.choices[0].message.content

@@ -468,3 +468,99 @@ def test_routes_that_never_change_are_built_once(upstreams: list[FakeUpstream]) 
     assert all(order[-1] == one.base_url for order in weighted)
     with pytest.raises(NotFoundError):
         router.route("missing")
+
+
+# --- breaker accounting: only deployment failures count ------------------------------
+
+
+@pytest.mark.parametrize("status", [400, 404, 409, 413, 422])
+async def test_requests_refused_upstream_never_open_the_breaker(
+    upstreams: list[FakeUpstream], status: int
+) -> None:
+    """A 4xx the upstream gives one request is that request's fault: any number of them
+    in a row leaves the breaker closed, and the next good request is served."""
+    up = upstreams[0]
+    router, _ = make_router(
+        [ModelAlias(name="m", deployments=[deployment(up)])],
+        retry=RetrySettings(attempts=1),
+        breaker=BreakerSettings(failure_threshold=2, reset_after=60),
+    )
+    up.faults.push(*[Fault.status(status)] * 6)
+    for _ in range(6):
+        with pytest.raises(ProviderHTTPError):
+            await run_chat(router)
+    assert router.targets["m"][0].breaker.state.value == "closed"
+    text, _, _ = await run_chat(router)
+    assert text == "answer from upstream 0"
+    await router.aclose()
+
+
+@pytest.mark.parametrize(
+    ("fault", "counts"),
+    [
+        (Fault.status(500), True),
+        (Fault.status(503), True),
+        (Fault.status(429), True),
+        (Fault.status(401), True),
+        (Fault.reset(), True),
+        (Fault.malformed_json(), True),
+        (Fault.status(404), False),
+        (Fault.status(422), False),
+        (Fault.redirect("https://elsewhere.example/v1"), False),
+    ],
+)
+async def test_which_upstream_failures_count_toward_the_breaker(
+    upstreams: list[FakeUpstream], fault: Fault, counts: bool
+) -> None:
+    up = upstreams[0]
+    router, _ = make_router(
+        [ModelAlias(name="m", deployments=[deployment(up)])],
+        retry=RetrySettings(attempts=1),
+        breaker=BreakerSettings(failure_threshold=1, reset_after=60),
+    )
+    up.faults.push(fault)
+    with pytest.raises(UpstreamError) as caught:
+        await run_chat(router)
+    assert caught.value.deployment_fault is counts
+    expected = "open" if counts else "closed"
+    assert router.targets["m"][0].breaker.state.value == expected
+    await router.aclose()
+
+
+@pytest.mark.model
+async def test_a_request_the_local_model_fails_on_never_opens_its_breaker() -> None:
+    """The reported case: a ``json_schema`` nested ~500 levels makes the in-process model
+    fail (RecursionError while building its grammar), a 502. Five of those used to open
+    the breaker and refuse every caller for 30 s."""
+    local = ModelAlias(
+        name="local", deployments=[Deployment(provider="local", model="smollm2-135m-instruct")]
+    )
+    router, _ = make_router(
+        [local],
+        retry=RetrySettings(attempts=1),
+        breaker=BreakerSettings(failure_threshold=2, reset_after=60),
+    )
+    schema: dict[str, object] = {"type": "string"}
+    for _ in range(500):
+        schema = {"type": "object", "properties": {"a": schema}}
+    deep = {"type": "json_schema", "json_schema": {"name": "deep", "schema": schema}}
+    try:
+        for _ in range(4):
+            trace = Trace(kind="chat", name="test")
+            with pytest.raises(UpstreamError) as caught:
+                await router.chat(
+                    router.route("local"),
+                    request("local", response_format=deep, max_tokens=2),
+                    trace,
+                    trace.root,
+                    Outcome(),
+                )
+            assert not caught.value.deployment_fault
+        assert router.targets["local"][0].breaker.state.value == "closed"
+        trace = Trace(kind="chat", name="test")
+        answer = await router.chat(
+            router.route("local"), request("local", max_tokens=2), trace, trace.root, Outcome()
+        )
+        assert answer.choices[0].message.content is not None
+    finally:
+        await router.aclose()

@@ -15,9 +15,10 @@ from trellis.observe.alerts import AlertManager, evaluate_rule
 from trellis.observe.notify import Notifier
 from trellis.observe.tracing import Trace
 from trellis.observe.writer import TraceWriter
-from trellis.settings import AlertRule, AlertSettings, TracingSettings
+from trellis.settings import AlertRule, AlertSettings, Settings, TracingSettings
 from trellis.store.db import Database
-from trellis.store.tables import scores
+from trellis.store.tables import alert_rules, scores
+from trellis.testing.proxy import LoopbackProxy
 from trellis.testing.webhook_receiver import WebhookReceiver
 
 SECOND = 1_000_000_000
@@ -74,6 +75,49 @@ def test_rule_validation() -> None:
     assert AlertRule(name="l", kind="latency", baseline_window="1h").threshold is None
     with pytest.raises(ValidationError, match="unique"):
         AlertSettings(rules=[AlertRule(name="x", kind="model_mismatch")] * 2)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("window", "0s", "longer than 0"),
+        ("window", "500ms", "at least 1s"),
+        ("window", "99999999999d", "at most 90d"),
+        ("window", "9" * 400 + "d", "at most 90d"),
+        ("baseline_window", "0s", "longer than 0"),
+        ("baseline_window", "91d", "at most 90d"),
+    ],
+)
+def test_windows_out_of_bounds_are_refused(field: str, value: str, message: str) -> None:
+    """A 0s or 99999999999d window used to be accepted, then fail at every evaluation."""
+    with pytest.raises(ValidationError, match=message) as raised:
+        AlertRule(name="l", kind="latency", threshold=1, **{field: value})
+    assert raised.value.errors()[0]["loc"] == (field,)
+    with pytest.raises(ValidationError, match=message):  # rules from trellis.yaml too
+        Settings(alerts={"rules": [{"name": "l", "kind": "latency", "threshold": 1, field: value}]})
+    assert AlertRule(name="ok", kind="latency", threshold=1, window="1s", baseline_window="90d")
+
+
+async def test_stored_rules_refused_today_are_listed_not_evaluated(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rule stored before the window bounds existed shows its problem and can be deleted."""
+    async with db.engine.begin() as conn:
+        spec = {"name": "old", "kind": "cost", "threshold": 1, "window": "0s"}
+        await conn.execute(
+            alert_rules.insert().values(id="rule_old", name="old", spec=spec, created_at=1.0)
+        )
+    alerts = manager(db)
+    (rule,) = await alerts.rules()
+    assert rule.problem is not None and "window" in rule.problem
+    listed = rule.to_dict()
+    assert listed["window"] == "0s" and "longer than 0" in listed["problem"]
+    with caplog.at_level(logging.WARNING, logger="trellis.alerts"):
+        await alerts.evaluate_once()
+    assert "is not evaluated" in caplog.text and "could not evaluate" not in caplog.text
+    await alerts.delete_rule("rule_old")
+    assert await alerts.rules() == []
+    await alerts.aclose()
 
 
 async def test_latency_against_a_baseline(db: Database) -> None:
@@ -256,6 +300,20 @@ async def test_webhook_retries_then_succeeds(hook: WebhookReceiver) -> None:
     assert not await notifier.notify({"id": "a2", "status": "firing"})
     assert hook.requests == 4 and notifier.failed == 1
     await notifier.aclose()
+
+
+async def test_webhook_goes_through_the_proxy_of_the_environment(
+    hook: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with LoopbackProxy() as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", "http://unused.test:1")  # only http_proxy applies
+        monkeypatch.setenv("http_proxy", proxy.url)
+        port = hook.url.rsplit(":", 1)[1].split("/", 1)[0]
+        notifier = Notifier(f"http://hooks.test:{port}/alerts", attempts=1)
+        assert await notifier.notify({"id": "p1", "status": "firing"})
+        await notifier.aclose()
+    assert proxy.request_lines == [f"POST http://hooks.test:{port}/alerts HTTP/1.1"]
+    assert hook.payloads == [{"id": "p1", "status": "firing"}]
 
 
 async def test_webhook_down_gives_up_after_the_attempts(caplog: pytest.LogCaptureFixture) -> None:

@@ -72,3 +72,17 @@ def test_traces_list_show_and_stats(tmp_path: Path) -> None:
     assert table.exit_code == 0 and "chat" in table.output
     bad = runner.invoke(app, ["stats", "-c", str(config), "--window", "forever"])
     assert bad.exit_code == 1 and "window" in bad.output
+
+
+def test_out_of_range_times_and_windows_are_clear_errors(tmp_path: Path) -> None:
+    config, _ = seed(tmp_path)
+    for args in (
+        ["traces", "list", "--since", "99999999999999999999"],
+        ["traces", "list", "--since", "9999-12-31T23:59:59Z"],
+        ["stats", "--window", "99999999999d"],
+        ["stats", "--window", "1h", "--bucket", "99999999999d"],
+    ):
+        result = runner.invoke(app, [*args, "-c", str(config)])
+        assert result.exit_code == 1, (args, result.output)
+        assert "error:" in result.output and "Traceback" not in result.output
+        assert "2262" in result.output or "at most" in result.output

@@ -17,6 +17,7 @@ from trellis.observe.otlp import (
 )
 from trellis.observe.tracing import GenAI, Trace
 from trellis.settings import TracingSettings
+from trellis.testing.proxy import LoopbackProxy
 from trellis.testing.webhook_receiver import WebhookReceiver
 
 
@@ -105,3 +106,20 @@ async def test_exporter_batches_retries_and_counts_drops(collector: WebhookRecei
     assert refused.dropped == 1 and refused.failures == 1 and refused.requests == 1
     refused.submit(sample_trace())  # after close: dropped, never raises
     assert refused.dropped == 2
+
+
+async def test_export_goes_through_the_proxy_of_the_environment(
+    collector: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with LoopbackProxy(credentials="ops:secret") as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("//", "//ops:secret@"))
+        port = collector.url.rsplit(":", 1)[1].split("/", 1)[0]
+        exporter = OtlpExporter(
+            TracingSettings(otlp_endpoint=f"http://collector.test:{port}", flush_interval=0.01)
+        )
+        await exporter.start()
+        exporter.submit(sample_trace())
+        await exporter.close()
+    assert exporter.exported_spans == 2 and len(spans_of(collector.bodies)) == 2
+    assert proxy.request_lines == [f"POST http://collector.test:{port}/v1/traces HTTP/1.1"]
+    assert proxy.authorizations == ["Basic b3BzOnNlY3JldA=="]  # ops:secret

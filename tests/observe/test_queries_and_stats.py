@@ -148,6 +148,43 @@ def test_invalid_values_are_request_errors() -> None:
         StatsQuery(T0, T0 + SECOND, SECOND, group_by="provider")
 
 
+def test_times_and_durations_stay_in_the_stored_range() -> None:
+    """Stored times are signed 64-bit nanoseconds: anything beyond is a 400, not an overflow."""
+    for bad in ("99999999999999999999", "9" * 400, "9999-12-31T23:59:59Z", "0001-01-01"):
+        with pytest.raises(InvalidRequestError) as raised:
+            parse_time(bad, "until")
+        assert raised.value.param == "until" and "2262" in raised.value.message
+    for bad in ("99999999999d", "9" * 400 + "w", "36501d"):
+        with pytest.raises(InvalidRequestError) as raised:
+            parse_duration(bad, "window")
+        assert "at most 36500d" in raised.value.message
+    assert parse_duration("36500d", "window") == 36500 * 86400
+    # A duration reaching back before 1970 means "from the start".
+    assert parse_time("36500d", "since", now=10_000) == 0
+    assert parse_time("2262-04-11T00:00:00Z", "until") > 0
+    with pytest.raises(InvalidRequestError):
+        decode_cursor(encode_cursor(2**63, "abc"))
+    with pytest.raises(InvalidRequestError):
+        TraceQuery(since_ns=2**63)
+    with pytest.raises(InvalidRequestError):
+        StatsQuery(T0, 2**63, SECOND)  # until beyond the range
+    with pytest.raises(InvalidRequestError):
+        StatsQuery(T0, T0 + SECOND, 2**63)  # bucket beyond the range
+    with pytest.raises(InvalidRequestError):
+        StatsQuery(-(2**63), T0, 2**62)  # window beyond 100 years
+
+
+async def test_extreme_but_valid_windows_query_fine(db: Database) -> None:
+    await store(db, [make(0, start_ns=T0, duration_ms=10)])
+    now_ns = parse_time("2100-01-01T00:00:00Z", "until")
+    window = int(parse_duration("36500d", "window") * SECOND)
+    query = StatsQuery(now_ns - window, now_ns, window)
+    totals = [group["totals"]["count"] for group in await TraceStats(db).compute(query)]
+    assert totals == [1]
+    page = await TraceStore(db).page(TraceQuery(since_ns=parse_time("36500d", "since")))
+    assert len(page.rows) == 1
+
+
 async def test_stats_match_numpy_on_both_backends(db: Database) -> None:
     rng = random.Random(3)
     made = []

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from trellis.inference.providers.local_embedder import MiniLMEmbedder
+from trellis.inference.local.embedder import MiniLMEmbedder
 from trellis.retrieval import Retrieval, index_for
 from trellis.retrieval.index import Index
 from trellis.store import Database
@@ -37,7 +37,7 @@ async def database(tmp_path: Path) -> AsyncIterator[Database]:
 
 
 @pytest.fixture(scope="session")
-def retrieval_postgres_url(new_postgres_database: Any) -> str:
+def retrieval_postgres_url(new_postgres_database: Any, pgvector_server: str) -> str:
     """A database of its own, so retrieval tests never meet other tests' rows."""
     return new_postgres_database()  # type: ignore[no-any-return]
 
@@ -53,7 +53,9 @@ async def empty_retrieval_tables(db: Database) -> None:
         await conn.execute(text("TRUNCATE collections, documents, chunks"))
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.pgvector])]
+)
 async def backend_database(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[Database]:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trellis.errors import InvalidRequestError
-from trellis.inference.providers.local_embedder import MiniLMEmbedder
+from trellis.inference.local.embedder import MiniLMEmbedder
 from trellis.retrieval.chunking import ChunkingConfig, chunk_text, sections
 
 

@@ -206,6 +206,7 @@ def unprivileged_url(new_postgres_database: Any) -> Iterator[tuple[str, str]]:
     )
 
 
+@pytest.mark.pgvector
 async def test_without_pgvector_retrieval_explains_and_later_recovers(
     unprivileged_url: tuple[str, str],
 ) -> None:
@@ -230,6 +231,7 @@ async def test_without_pgvector_retrieval_explains_and_later_recovers(
         await db.close()
 
 
+@pytest.mark.pgvector
 async def test_a_database_migrated_before_pgvector_gets_it_on_first_use(
     new_postgres_database: Any,
 ) -> None:

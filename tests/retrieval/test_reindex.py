@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from trellis.errors import ConflictError, InvalidRequestError
-from trellis.inference.providers.local_embedder import MiniLMEmbedder, fit_dimensions
+from trellis.inference.local.embedder import MiniLMEmbedder, fit_dimensions
 from trellis.retrieval import Document, Retrieval
 from trellis.retrieval.index import Index
 from trellis.retrieval.models import CollectionInfo

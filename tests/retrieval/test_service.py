@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from trellis.errors import InvalidRequestError, NotFoundError
-from trellis.inference.providers.local_embedder import MiniLMEmbedder
+from trellis.inference.local.embedder import MiniLMEmbedder
 from trellis.retrieval import Document, DocumentWrite, Retrieval, SQLiteIndex, index_for
 from trellis.retrieval.index import keyword_terms
 from trellis.retrieval.models import Chunk
@@ -272,3 +272,63 @@ async def test_a_batch_write_reports_replacements_and_refuses_repeats(retrieval:
     with pytest.raises(InvalidRequestError, match="'fresh' appears twice"):
         await retrieval.index.write_documents(info, [_write("fresh", "a"), _write("fresh", "b")])
     assert await retrieval.index.write_documents(info, []) == []
+
+
+def _nested(levels: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+async def test_stored_values_deeper_than_the_limit_are_refused(
+    retrieval: Retrieval, tmp_path: Path
+) -> None:
+    """The library path checks the nesting limit where values are stored, as the HTTP edge
+    does, so no stored collection or document can make listing or search fail."""
+    with pytest.raises(InvalidRequestError, match="levels deep") as caught:
+        await retrieval.create_collection("deep", {"x": _nested(256)})
+    assert caught.value.code == "nesting_too_deep" and caught.value.param == "metadata"
+    with pytest.raises(NotFoundError):
+        await retrieval.get_collection("deep")
+
+    await retrieval.create_collection("docs")
+    deep = {"id": "deep", "text": "Otters crack shellfish.", "metadata": _nested(900)}
+    with pytest.raises(InvalidRequestError, match="levels deep") as caught:
+        await retrieval.add_documents("docs", [DOCS[0], deep])
+    assert caught.value.param == "documents[1].metadata"
+    assert (await retrieval.get_collection("docs")).documents == 0  # nothing written
+    # Files: the deep record's file lands in the report's failures; the rest goes in.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "deep.jsonl").write_text(json.dumps(deep), encoding="utf-8")
+    (folder / "fine.jsonl").write_text(json.dumps(DOCS[1]), encoding="utf-8")
+    report = await retrieval.ingest("docs", [folder])
+    assert list(report.failed) == [str((folder / "deep.jsonl").resolve())]
+    assert report.added == ["heat"]
+    with pytest.raises(InvalidRequestError, match="levels deep"):
+        await retrieval.ingest("docs", [folder], metadata={"x": _nested(100)})
+    # A value at the limit is stored, listed and searched.
+    await retrieval.add_documents("docs", [{**DOCS[2], "metadata": _nested(60)}])
+    assert len(await retrieval.list_documents("docs")) == 2
+    assert await retrieval.search("docs", "sponge cake", top_k=1)
+    assert [c.name for c in await retrieval.list_collections()] == ["docs"]
+
+
+async def test_a_query_longer_than_the_embedder_window_is_searched_whole(
+    retrieval: Retrieval, embedder: MiniLMEmbedder
+) -> None:
+    """It was a 400 context_length_exceeded; the vector side now reads every window, so
+    what the query asks for at its very end still decides the vector ranking."""
+    await retrieval.create_collection("docs")
+    await retrieval.add_documents("docs", DOCS)
+    query = (
+        "I would like to read something, and I hope that you can help me to find it. " * 20
+        + "It should explain how long to bake a sponge cake in the oven."
+    )
+    assert embedder.count_tokens(query) > embedder.max_tokens
+    for mode in ("vector", "hybrid", "keyword"):
+        hits = await retrieval.search("docs", query, mode=mode, top_k=3)
+        assert hits[0].document_id == "cake", mode
+    hybrid = await retrieval.search("docs", query, top_k=1)
+    assert {"keyword", "vector"} <= set(hybrid[0].scores)

@@ -165,6 +165,10 @@ def test_scopes_and_rule_management(start: Callable[..., httpx.Client]) -> None:
     assert client.post("/v1/alerts/rules", json=body, headers=as_key(observer)).status_code == 403
     bad = client.post("/v1/alerts/rules", json={"name": "c", "kind": "cost"})
     assert bad.status_code == 400 and "threshold" in bad.text
+    for window in ("0s", "99999999999d"):  # accepted once, then failed every evaluation
+        bad = client.post("/v1/alerts/rules", json={**body, "window": window})
+        assert bad.status_code == 400, bad.text
+        assert bad.json()["error"]["param"] == "window"
     created = client.post("/v1/alerts/rules", json=body)
     assert created.status_code == 201
     assert client.post("/v1/alerts/rules", json=body).status_code == 400  # duplicate name

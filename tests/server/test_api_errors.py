@@ -67,6 +67,16 @@ def test_scopes_and_allowed_models(client: httpx.Client, server: ServerThread) -
     assert_error(httpx.get(server.base_url + "/keys", headers=headers), 403, "insufficient_scope")
 
 
+def test_the_configured_admin_key_is_protected(client: httpx.Client, admin_key: str) -> None:
+    listed = client.get("/v1/keys").json()["data"]
+    (configured,) = [k for k in listed if k["name"] == "admin (configured)"]
+    # A short prefix only: at most a quarter of a configured key.
+    assert configured["prefix"] == admin_key[: len(admin_key) // 4]
+    # Revoking it would lock every admin out until a restart.
+    assert_error(client.delete(f"/v1/keys/{configured['id']}"), 409, "configured_admin_key")
+    assert client.get("/v1/keys").status_code == 200
+
+
 def test_key_lifecycle_over_http(client: httpx.Client, server: ServerThread) -> None:
     created = client.post("/v1/keys", json={"name": "temp"}).json()
     listed = client.get("/v1/keys").json()["data"]
@@ -75,7 +85,8 @@ def test_key_lifecycle_over_http(client: httpx.Client, server: ServerThread) -> 
     assert httpx.get(server.base_url + "/models", headers=headers).status_code == 200
     assert client.delete(f"/v1/keys/{created['id']}").json()["revoked"] is True
     assert_error(httpx.get(server.base_url + "/models", headers=headers), 401)
-    assert client.delete(f"/v1/keys/{created['id']}").status_code == 200  # idempotent
+    # Already revoked: 404, as documented (it answered 200).
+    assert_error(client.delete(f"/v1/keys/{created['id']}"), 404)
     assert_error(client.delete("/v1/keys/key_doesnotexist"), 404)
     assert_error(client.post("/v1/keys", json={"name": "x", "scopes": ["root"]}), 400)
 

@@ -195,3 +195,16 @@ def test_embedder_dimension_mismatch(
             failure = error(response, 400)
             assert failure["code"] == "embedder_mismatch"
             assert "768" in failure["message"] and "re-index" in failure["message"]
+
+
+def test_a_query_longer_than_the_embedder_window_is_searched(client: httpx.Client) -> None:
+    """Such a query (CISI-style information needs run to ~380 word pieces) was a 400."""
+    assert client.post("/v1/collections", json={"name": "docs"}).status_code == 201
+    client.post("/v1/collections/docs/documents", json={"documents": DOCS})
+    query = "Please find me something worth reading about the sea. " * 30 + "Otters and tools?"
+    for mode in ("vector", "hybrid"):
+        response = client.post("/v1/collections/docs/search", json={"query": query, "mode": mode})
+        assert response.status_code == 200, response.text
+        assert response.json()["data"], mode
+    too_long = client.post("/v1/collections/docs/search", json={"query": "sea " * 3000})
+    assert error(too_long, 400)["code"] == "query_too_long"

@@ -58,14 +58,17 @@ def pg_client(
         yield http
 
 
+@pytest.mark.pgvector
 def test_collection_lifecycle_on_postgres(pg_client: httpx.Client) -> None:
     collections_suite.test_collection_lifecycle(pg_client)
 
 
+@pytest.mark.pgvector
 def test_validation_on_postgres(pg_client: httpx.Client) -> None:
     collections_suite.test_validation_and_not_found(pg_client)
 
 
+@pytest.mark.pgvector
 def test_grounded_chat_on_postgres(pg_client: httpx.Client, upstream: FakeUpstream) -> None:
     grounded_suite.test_grounded_answer_carries_citations_and_trace(pg_client, upstream)
 
@@ -91,6 +94,7 @@ def no_pgvector_url(new_postgres_database: Any) -> Iterator[str]:
     )
 
 
+@pytest.mark.pgvector  # installable on the server, but this database's owner may not
 def test_without_pgvector_the_gateway_runs_and_retrieval_says_why(
     make_server: Callable[[Settings], ServerThread],
     make_settings: Callable[..., Settings],
@@ -115,6 +119,7 @@ def test_without_pgvector_the_gateway_runs_and_retrieval_says_why(
             assert "pgvector" in failure["message"] and "CREATE EXTENSION" in failure["message"]
 
 
+@pytest.mark.pgvector
 def test_cli_retrieval_on_postgres(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, new_postgres_database: Any
 ) -> None:

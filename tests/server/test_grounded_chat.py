@@ -113,7 +113,7 @@ def test_grounded_answer_carries_citations_and_trace(
     assert again.headers["x-trellis-cache"] == "miss" and "citations" in again.json()
 
 
-def test_a_question_longer_than_the_embedder_window_falls_back_to_keywords(
+def test_a_question_longer_than_the_embedder_window_is_searched_whole(
     client: httpx.Client, upstream: FakeUpstream
 ) -> None:
     fill(client)
@@ -124,6 +124,16 @@ def test_a_question_longer_than_the_embedder_window_falls_back_to_keywords(
     assert response.status_code == 200, response.text
     assert [c["document_id"] for c in response.json()["citations"]] == ["kelp"]
     assert set(response.json()["citations"][0]) >= {"chunk_id", "snippet", "score"}
+    # Its vector side is searched too (it used to fall back to keywords alone): this long
+    # question (~420 word pieces) shares no word with any document, yet finds the otters.
+    described = (
+        "I watched a furry marine mammal floating on its back by the rocky shore, holding "
+        "a clam on its belly and hammering it with a rock. "
+    ) * 14 + "Which animal was that, and why does it behave like this?"
+    body["messages"][-1]["content"] = described
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    assert [c["document_id"] for c in response.json()["citations"]] == ["otters"]
 
 
 def test_streamed_answer_ends_with_citations(client: httpx.Client) -> None:

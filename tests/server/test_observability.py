@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from trellis.observe.query import encode_cursor
 from trellis.settings import Settings
 from trellis.testing.fake_upstream import FakeUpstream, Fault
 from trellis.testing.server import ServerThread
@@ -87,6 +88,17 @@ def test_trace_filters_and_pagination(client: httpx.Client, upstream: FakeUpstre
         ("/v1/stats?bucket=0s", "bucket"),
         ("/v1/stats?window=30d&bucket=1s", "bucket"),
         ("/v1/stats?group_by=provider", "group_by"),
+        # Out of the 64-bit nanosecond range the database stores: 400, not an overflow (500).
+        ("/v1/traces?since=99999999999999999999", "since"),
+        ("/v1/traces?since=" + "9" * 400, "since"),
+        ("/v1/traces?until=9999-12-31T23:59:59Z", "until"),
+        ("/v1/traces?since=0001-01-01T00:00:00%2B01:00", "since"),
+        ("/v1/traces?cursor=" + encode_cursor(10**20, "abc"), "cursor"),
+        ("/v1/stats?until=9999-12-31T23:59:59Z", "until"),
+        ("/v1/stats?until=99999999999999999999", "until"),
+        ("/v1/stats?window=99999999999d", "window"),
+        ("/v1/stats?window=" + "9" * 400 + "w", "window"),
+        ("/v1/stats?window=1h&bucket=99999999999d", "bucket"),
     ],
 )
 def test_invalid_filters_are_400(client: httpx.Client, path: str, param: str) -> None:

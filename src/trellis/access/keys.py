@@ -25,7 +25,8 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from trellis.errors import InvalidRequestError
+from trellis.errors import ConfigurationError, ConflictError, InvalidRequestError
+from trellis.settings import ADMIN_KEY_MAX_LENGTH, ADMIN_KEY_MIN_LENGTH
 from trellis.store.db import Database
 from trellis.store.tables import api_keys
 
@@ -37,6 +38,7 @@ __all__ = [
     "SECRET_PREFIX",
     "ApiKeyRecord",
     "KeyStore",
+    "display_prefix",
     "hash_secret",
 ]
 
@@ -51,10 +53,11 @@ OBSERVER = "observer"
 SCOPES: frozenset[str] = frozenset({ADMIN, INFERENCE, OBSERVER})
 
 SECRET_PREFIX = "tr-"
-#: Characters of the secret kept in clear, so people can tell their keys apart.
+#: Characters of the secret kept in clear, so people can tell their keys apart: the
+#: ``tr-`` marker and 7 random characters of a generated key (42 of its 256 random bits).
 DISPLAY_PREFIX_LEN = 10
 #: Longer presented secrets are rejected without hashing or caching them.
-MAX_SECRET_LEN = 512
+MAX_SECRET_LEN = ADMIN_KEY_MAX_LENGTH
 
 _DEFAULT_CACHE_ENTRIES = 10_000
 
@@ -62,6 +65,13 @@ _DEFAULT_CACHE_ENTRIES = 10_000
 def hash_secret(secret: str) -> str:
     """The stored form of a secret: a random 256-bit token needs no slow hash."""
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def display_prefix(secret: str) -> str:
+    """The part of ``secret`` stored and shown in clear: at most :data:`DISPLAY_PREFIX_LEN`
+    characters and never more than a quarter of it, so a short configured key (an
+    operator's choice, not 46 random characters) is not given away by ``GET /v1/keys``."""
+    return secret[: min(DISPLAY_PREFIX_LEN, len(secret) // 4)]
 
 
 def _as_datetime(epoch: float | None) -> datetime | None:
@@ -206,10 +216,14 @@ class KeyStore:
         db: Database,
         cache_seconds: float = 10.0,
         *,
+        admin_key: str | None = None,
         cache_entries: int = _DEFAULT_CACHE_ENTRIES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db = db
+        # The configured admin key (``Settings.admin_key``) cannot be revoked: with it gone
+        # nobody could manage keys until a restart re-enabled it. Kept as its hash only.
+        self._configured_hash = hash_secret(admin_key) if admin_key else None
         self.cache_seconds = cache_seconds
         self._clock = clock
         # Valid and invalid results live apart, so a flood of wrong keys cannot evict good ones.
@@ -247,19 +261,28 @@ class KeyStore:
         return ApiKeyRecord.from_row(row) if row else None
 
     async def revoke(self, key_id: str) -> bool:
-        """Revoke ``key_id``; False if no such key. Revoking twice keeps the first time."""
+        """Revoke ``key_id``; False if there is no such active key (unknown, or already
+        revoked: the first revocation time is kept). The configured admin key is refused
+        with a 409 ``configured_admin_key``: remove it from the settings instead."""
         self._generation += 1
         async with self.db.engine.begin() as conn:
+            if self._configured_hash is not None:
+                digest = (
+                    await conn.execute(select(api_keys.c.key_hash).where(api_keys.c.id == key_id))
+                ).scalar()
+                if digest == self._configured_hash:
+                    raise ConflictError(
+                        f"Key `{key_id}` is the admin key set in the configuration "
+                        "(TRELLIS_ADMIN_KEY / admin_key); revoking it would lock every admin "
+                        "out until a restart. Change or remove it in the settings instead.",
+                        code="configured_admin_key",
+                    )
             result = await conn.execute(
                 update(api_keys)
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=time.time())
             )
             found = result.rowcount > 0
-            if not found:
-                found = (
-                    await conn.execute(select(api_keys.c.id).where(api_keys.c.id == key_id))
-                ).first() is not None
         # Again after the commit: a lookup that read the row before it must not cache it.
         self._generation += 1
         self._valid.discard_where(key_id)
@@ -269,10 +292,12 @@ class KeyStore:
     async def ensure_admin(self, admin_key: str | None) -> str | None:
         """Make sure an admin can log in. Returns a new secret only when one was just created.
 
-        With ``admin_key`` (from settings), that exact key is installed or re-enabled with
-        the admin scope. Without it, an ``admin`` key is created if no usable admin key
+        With ``admin_key`` (from settings, 20 to 512 characters, else ConfigurationError),
+        that exact key is installed or re-enabled with the admin scope, and this store then
+        refuses to revoke it. Without it, an ``admin`` key is created if no usable admin key
         exists; the caller prints the returned secret once.
         """
+        await self._hide_whole_secrets()
         if admin_key:
             await self._install_admin_key(admin_key)
             return None
@@ -303,7 +328,8 @@ class KeyStore:
         if not secret or len(secret) > MAX_SECRET_LEN:
             return None
         # The cache is keyed by the secret itself: its SHA-256 (what the table holds)
-        # cost ~45 µs of each request's latency with cold caches, a dict lookup ~1 µs.
+        # showed in each request's latency with cold caches, a dict lookup does not
+        # (figures: README, Performance).
         # It holds nothing the process does not already: every request's header carries
         # the secret, and the upstreams' own API keys sit in their clients' headers.
         hit, record = self._valid.get(secret, self._clock()) if self.cache_seconds > 0 else _MISS
@@ -390,7 +416,7 @@ class KeyStore:
             "id": "key_" + secrets.token_hex(6),
             "name": name,
             "key_hash": hash_secret(secret),
-            "prefix": secret[:DISPLAY_PREFIX_LEN],
+            "prefix": display_prefix(secret),
             "scopes": list(scopes),
             "allowed_models": None if models is None else list(models),
             "cache": cache,
@@ -413,7 +439,14 @@ class KeyStore:
         return ApiKeyRecord.from_row(row)
 
     async def _install_admin_key(self, secret: str) -> None:
+        if len(secret) < ADMIN_KEY_MIN_LENGTH or len(secret) > MAX_SECRET_LEN:
+            # Settings refuse these at load; this guards library callers too.
+            raise ConfigurationError(
+                f"the configured admin key must be {ADMIN_KEY_MIN_LENGTH} to "
+                f"{MAX_SECRET_LEN} characters"
+            )
         digest = hash_secret(secret)
+        self._configured_hash = digest
         async with self.db.exclusive("trellis.ensure_admin") as conn:
             row = (
                 (await conn.execute(select(api_keys).where(api_keys.c.key_hash == digest)))
@@ -439,3 +472,23 @@ class KeyStore:
                     row["id"],
                 )
         self.invalidate_cache()
+
+    async def _hide_whole_secrets(self) -> None:
+        """Shorten stored prefixes that give a whole secret away.
+
+        Before :func:`display_prefix`, a configured key of up to 10 characters was stored
+        as its own prefix and listed by ``GET /v1/keys``. Such a prefix hashes to the
+        key's own hash, which is how it is found (and only such prefixes are changed).
+        """
+        async with self.db.engine.begin() as conn:
+            rows = (
+                await conn.execute(select(api_keys.c.id, api_keys.c.prefix, api_keys.c.key_hash))
+            ).all()
+            for key_id, prefix, digest in rows:
+                if prefix and hash_secret(prefix) == digest:
+                    await conn.execute(
+                        update(api_keys)
+                        .where(api_keys.c.id == key_id)
+                        .values(prefix=display_prefix(prefix))
+                    )
+                    logger.warning("hid the stored prefix of key %s (it was the whole key)", key_id)

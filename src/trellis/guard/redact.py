@@ -317,8 +317,8 @@ def redact(text: str) -> str:
 
     Each rule group runs only where it can match: secrets when a hint word occurs, emails
     in words with '@', IPv6 in words with two ':', numbers around digit runs. Python's re
-    costs ~10-20 ns per character and pattern, so eleven full passes made redaction an
-    order of magnitude slower on ordinary prose.
+    costs time per character and pattern (README, Performance), so eleven full passes
+    made redaction far slower on ordinary prose.
     """
     if not text:
         return text

@@ -17,6 +17,7 @@ from typing import Protocol
 
 import orjson
 
+from trellis.errors import InvalidRequestError
 from trellis.schema import ChatRequest, ChatResponse
 from trellis.settings import CacheSettings
 
@@ -113,7 +114,14 @@ class ResponseCache:
     def key(self, alias: str, request: ChatRequest, key_id: str | None) -> str:
         payload = request.model_dump(exclude_none=True, exclude=_KEY_EXCLUDE)
         scope = key_id if self.per_key else None
-        raw = orjson.dumps([alias, scope, payload], option=orjson.OPT_SORT_KEYS)
+        try:
+            raw = orjson.dumps([alias, scope, payload], option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError as exc:
+            # Nested past orjson's limit, or holding a value JSON has no form for: the
+            # request itself is at fault (the HTTP edge refuses such bodies earlier).
+            raise InvalidRequestError(
+                f"The request cannot be encoded for its cache key: {exc}", code="invalid_value"
+            ) from None
         return hashlib.sha256(raw).hexdigest()
 
     async def get(self, key: str) -> ChatResponse | None:

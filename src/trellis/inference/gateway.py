@@ -4,16 +4,18 @@ authorize → cache lookup (exact, then semantic when enabled) → retrieve (gro
 requests only) → context fitting → route (attempts, retries, fallbacks) → cache store →
 record. Each stage is a span on the request's trace; the finished trace goes to a
 non-blocking sink (the background writer), so nothing on this path waits for the database.
+
+This module is the sequence of stages. Streams are relayed and cached answers replayed
+by ``streaming``; what only the trace needs (attributes, cost, summary, recording) is
+done by ``bookkeeping``; the state a call carries between them is ``call.Call``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,20 +28,20 @@ from trellis.errors import (
     UnsupportedFeatureError,
 )
 from trellis.inference import grounding
+from trellis.inference.bookkeeping import Bookkeeper
 from trellis.inference.cache import ResponseCache
+from trellis.inference.call import Call, Caller
 from trellis.inference.context import ContextFitter
 from trellis.inference.pricing import PriceBook
 from trellis.inference.router import Outcome, Route, Router
 from trellis.inference.semantic_cache import SemanticCache, SemanticMatch, semantic_prompt
-from trellis.observe.tracing import GenAI, NullSink, Span, Trace, TraceSink
+from trellis.inference.streaming import relay, replay
+from trellis.observe.tracing import GenAI, NullSink, Trace, TraceSink
 from trellis.schema import (
-    ChatChoice,
     ChatChunk,
     ChatMessage,
     ChatRequest,
     ChatResponse,
-    ChunkChoice,
-    ChunkDelta,
     EmbeddingData,
     EmbeddingRequest,
     EmbeddingResponse,
@@ -69,22 +71,6 @@ class TokenCounter:
 
 
 @dataclass(slots=True)
-class Caller:
-    """Who is calling: the verified API key (None for in-process library use) and
-    the time authentication took, so it shows as the trace's first stage."""
-
-    key: Any = None  # trellis.access.keys.ApiKeyRecord
-    auth_start_ns: int | None = None
-    auth_end_ns: int | None = None
-    no_cache: bool = False  # Cache-Control: no-cache — skip the lookup
-    no_store: bool = False  # Cache-Control: no-store — do not store the answer
-
-    @property
-    def key_id(self) -> str | None:
-        return getattr(self.key, "id", None)
-
-
-@dataclass(slots=True)
 class ChatResult:
     response: ChatResponse
     cache_hit: bool
@@ -101,31 +87,9 @@ class StreamResult:
     similarity: float | None = None
 
 
-@dataclass(slots=True)
-class _Call:
-    """State shared by the stages of one chat call."""
-
-    request: ChatRequest
-    caller: Caller
-    trace: Trace
-    route: Route
-    #: The request as it arrived (``request`` may be grounded or trimmed later).
-    received: ChatRequest
-    outcome: Outcome = field(default_factory=Outcome)
-    cache_key: str | None = None
-    started: float = field(default_factory=time.perf_counter)
-    retrieval: grounding.RetrievalPlan | None = None
-    #: The ``citations`` field of a grounded answer (None when nothing was retrieved).
-    citations: list[dict[str, Any]] | None = None
-    #: Semantic-cache scope and prompt vector, kept from the lookup to store the answer.
-    semantic_scope: str | None = None
-    semantic_vector: np.ndarray | None = None
-    #: The request's attributes are on the trace (``Gateway._describe``).
-    described: bool = False
-    authorize_span: Span | None = None
-
-
 class Gateway:
+    """The chat and embeddings request path: built once from settings, shared by all calls."""
+
     def __init__(
         self,
         router: Router,
@@ -140,22 +104,63 @@ class Gateway:
         defer_bookkeeping: bool = False,
     ) -> None:
         self.router = router
-        #: Describe and record traces on a later turn of the event loop instead of
-        #: inline. The server sets it: describing a request while its upstream call is
-        #: in flight, and recording it after its answer is written, keeps that work off
-        #: the latency the caller sees. Library callers get their trace inline.
-        self.defer_bookkeeping = defer_bookkeeping
+        #: Describes and records the traces. With ``defer_bookkeeping`` (the server sets
+        #: it) that happens on later turns of the event loop instead of inline: describing
+        #: a request while its upstream call is in flight, and recording it after its
+        #: answer is written, keeps that work off the latency the caller sees. Library
+        #: callers get their trace inline.
+        self.book = Bookkeeper(
+            prices=prices or PriceBook(),
+            sink=sink or NullSink(),
+            store_bodies=store_bodies,
+            defer=defer_bookkeeping,
+        )
         #: Near-duplicate prompt cache; None (the default) means no prompt is ever embedded.
         self.semantic_cache = semantic_cache
         #: Searches collections for grounded requests; None means retrieval is unavailable.
         self.retriever = retriever
         self.cache = cache
-        self.prices = prices or PriceBook()
-        self.sink: TraceSink = sink or NullSink()
         self.counter = counter or TokenCounter()
         self.fitter = ContextFitter(lambda messages: self.counter.messages(messages))
-        self.store_bodies = store_bodies
-        self.on_trace: list[Callable[[Trace], None]] = []
+
+    # --- what the bookkeeper keeps, under the gateway's names ---------------------
+
+    @property
+    def on_trace(self) -> list[Callable[[Trace], None]]:
+        """Hooks called with every finished trace (the Prometheus metrics)."""
+        return self.book.on_trace
+
+    @property
+    def sink(self) -> TraceSink:
+        return self.book.sink
+
+    @sink.setter
+    def sink(self, sink: TraceSink) -> None:
+        self.book.sink = sink
+
+    @property
+    def prices(self) -> PriceBook:
+        return self.book.prices
+
+    @prices.setter
+    def prices(self, prices: PriceBook) -> None:
+        self.book.prices = prices
+
+    @property
+    def store_bodies(self) -> bool:
+        return self.book.store_bodies
+
+    @store_bodies.setter
+    def store_bodies(self, store: bool) -> None:
+        self.book.store_bodies = store
+
+    @property
+    def defer_bookkeeping(self) -> bool:
+        return self.book.defer
+
+    @defer_bookkeeping.setter
+    def defer_bookkeeping(self, defer: bool) -> None:
+        self.book.defer = defer
 
     # --- models ---------------------------------------------------------------
 
@@ -171,47 +176,49 @@ class Gateway:
     # --- chat -------------------------------------------------------------------
 
     async def chat(self, request: ChatRequest, caller: Caller | None = None) -> ChatResult:
+        book = self.book
         call = self._begin(request, caller or Caller(), "chat")
         try:
             cached = await self._cache_lookup(call)
             if cached is not None:
-                self._complete(call, cached, cache_hit=True)
+                book.complete(call, cached, cache_hit=True)
                 return ChatResult(cached, True, call.trace.trace_id)
             match = await self._semantic_lookup(call)
             if match is not None:
-                self._complete(call, match.response, cache_hit=True, match=match)
+                book.complete(call, match.response, cache_hit=True, match=match)
                 return ChatResult(match.response, True, call.trace.trace_id, match.similarity)
             await self._retrieve(call)
             self._fit(call)
             with call.trace.span("route", attributes={GenAI.REQUEST_MODEL: request.model}) as span:
                 response = await self.router.chat(
-                    call.route, call.request, call.trace, span, call.outcome, later=self._later
+                    call.route, call.request, call.trace, span, call.outcome, later=book.later
                 )
             if call.citations is not None:
                 # An extra top-level field of the answer (the model keeps unknown fields).
                 response.citations = call.citations  # type: ignore[attr-defined]
             self._ensure_usage(call, response)
             await self._cache_store(call, response)
-            self._complete(call, response, cache_hit=False)
+            book.complete(call, response, cache_hit=False)
             return ChatResult(response, False, call.trace.trace_id)
         except BaseException as exc:
-            self._fail(call, exc)
+            book.fail(call, exc)
             raise
 
     async def chat_stream(self, request: ChatRequest, caller: Caller | None = None) -> StreamResult:
         """Start a stream. Everything up to the first chunk happens here, so failures
         before it surface as ordinary errors; later ones end the stream with an error."""
+        book = self.book
         call = self._begin(request, caller or Caller(), "chat")
         try:
             cached = await self._cache_lookup(call)
             if cached is not None:
-                self._complete(call, cached, cache_hit=True)
-                return StreamResult(_replay(cached, request), True, call.trace.trace_id)
+                book.complete(call, cached, cache_hit=True)
+                return StreamResult(replay(cached, request), True, call.trace.trace_id)
             match = await self._semantic_lookup(call)
             if match is not None:
-                self._complete(call, match.response, cache_hit=True, match=match)
+                book.complete(call, match.response, cache_hit=True, match=match)
                 return StreamResult(
-                    _replay(match.response, request),
+                    replay(match.response, request),
                     True,
                     call.trace.trace_id,
                     match.similarity,
@@ -230,83 +237,19 @@ class Gateway:
                 route_span.end()
                 raise
         except BaseException as exc:
-            self._fail(call, exc)
+            book.fail(call, exc)
             raise
-        return StreamResult(self._relay(call, upstream, route_span), False, call.trace.trace_id)
-
-    async def _relay(
-        self, call: _Call, upstream: AsyncIterator[ChatChunk], route_span: Span
-    ) -> AsyncIterator[ChatChunk]:
-        """Pass chunks through, collecting the answer for usage, cache and trace."""
-        request = call.request
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        texts: dict[int, list[str]] = {}
-        finish: dict[int, str | None] = {}
-        saw_tools = False
-        usage: Usage | None = None
-        last: ChatChunk | None = None
-        try:
-            async for chunk in upstream:
-                last = chunk
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                for choice in chunk.choices:
-                    if choice.delta.content:
-                        texts.setdefault(choice.index, []).append(choice.delta.content)
-                    if choice.delta.tool_calls:
-                        saw_tools = True
-                    if choice.finish_reason:
-                        finish[choice.index] = choice.finish_reason
-                if not chunk.choices and chunk.usage is not None:
-                    continue  # the usage chunk is re-emitted at the end, if asked for
-                if chunk.usage is not None:
-                    chunk = chunk.model_copy(update={"usage": None})
-                yield chunk
-            route_span.end()
-            response = ChatResponse(
-                id=last.id if last else call.trace.trace_id,
-                model=last.model if last else request.model,
-                choices=[
-                    ChatChoice(
-                        index=index,
-                        message={"role": "assistant", "content": "".join(parts)},  # type: ignore[arg-type]
-                        finish_reason=finish.get(index, "stop"),
-                    )
-                    for index, parts in sorted(texts.items())
-                ]
-                or [ChatChoice(message={"role": "assistant", "content": ""}, finish_reason="stop")],  # type: ignore[arg-type]
-                usage=usage,
-            )
-            self._ensure_usage(call, response)
-            if include_usage or call.citations is not None:
-                # One final chunk carries usage (when asked for) and citations (when grounded).
-                final = ChatChunk(
-                    id=response.id,
-                    model=response.model,
-                    choices=[],
-                    usage=response.usage if include_usage else None,
-                )
-                if call.citations is not None:
-                    final.citations = call.citations  # type: ignore[attr-defined]
-                yield final
-            if not saw_tools:
-                await self._cache_store(call, response)
-            self._complete(call, response, cache_hit=False)
-        except BaseException as exc:
-            route_span.record_error(exc)
-            route_span.end()
-            self._fail(call, exc)
-            raise
+        return StreamResult(relay(self, call, upstream, route_span), False, call.trace.trace_id)
 
     # --- stages -----------------------------------------------------------------
 
-    def _begin(self, request: ChatRequest, caller: Caller, operation: str) -> _Call:
+    def _begin(self, request: ChatRequest, caller: Caller, operation: str) -> Call:
         trace = Trace(kind=operation, name=f"{operation} {request.model}")
         root = trace.root
         assert root is not None
         if caller.auth_start_ns is not None:
-            root.start_ns = caller.auth_start_ns  # its span is added by _describe
-        call = _Call(
+            root.start_ns = caller.auth_start_ns  # its span is added by Bookkeeper.describe
+        call = Call(
             request=request,
             caller=caller,
             trace=trace,
@@ -321,55 +264,10 @@ class Gateway:
                     request, getattr(call.route.alias, "retrieval", None)
                 )
         except BaseException as exc:
-            self._fail(call, exc)
+            self.book.fail(call, exc)
             raise
-        self._later(self._describe, call)
+        self.book.later(self.book.describe, call)
         return call
-
-    def _later(self, work: Callable[..., None], *args: Any) -> None:
-        """Run trace bookkeeping now, or on the next turn of the event loop when
-        ``defer_bookkeeping`` is set (the answer does not wait for it)."""
-        if self.defer_bookkeeping:
-            asyncio.get_running_loop().call_soon(_bookkeeping, work, *args)
-        else:
-            work(*args)
-
-    def _describe(self, call: _Call) -> None:
-        """Put the request's attributes on the root span (once)."""
-        if call.described:
-            return
-        call.described = True
-        request, trace, caller = call.received, call.trace, call.caller
-        root = trace.root
-        assert root is not None
-        if caller.auth_start_ns is not None:
-            auth = Span(
-                name="authenticate",
-                trace_id=trace.trace_id,
-                parent_id=root.span_id,
-                start_ns=caller.auth_start_ns,
-                end_ns=caller.auth_end_ns or caller.auth_start_ns,
-            )
-            auth.set("trellis.key_id", caller.key_id)
-            trace.spans.insert(1, auth)  # the first stage, as it happened
-        if call.authorize_span is not None and call.route is not None:
-            call.authorize_span.set("trellis.plan", [t.label for t in call.route.plan])
-        root.update(
-            {
-                GenAI.OPERATION: trace.kind,
-                GenAI.REQUEST_MODEL: request.model,
-                GenAI.TEMPERATURE: request.temperature,
-                GenAI.TOP_P: request.top_p,
-                GenAI.MAX_TOKENS: request.output_limit,
-                GenAI.SEED: request.seed,
-                GenAI.STOP: request.stop_list() if request.stop is not None else None,
-                "trellis.stream": request.stream,
-            }
-        )
-        trace.summary.update(model=request.model, key_id=caller.key_id)
-        if self.store_bodies:
-            # Kept as models; the trace writer dumps them to JSON, off the request path.
-            root.attributes[GenAI.INPUT_MESSAGES] = list(request.messages)
 
     _OTHER_ENDPOINT = {"chat": "/v1/embeddings", "embedding": "/v1/chat/completions"}
 
@@ -396,7 +294,7 @@ class Gateway:
                 param="model",
             )
 
-    async def _cache_lookup(self, call: _Call) -> ChatResponse | None:
+    async def _cache_lookup(self, call: Call) -> ChatResponse | None:
         # Grounded answers are never cached: they must follow the collections as they change.
         if self.cache is None or call.request.n not in (None, 1) or call.retrieval is not None:
             return None
@@ -411,7 +309,7 @@ class Gateway:
             span.set("trellis.cache.hit", cached is not None)
         return cached
 
-    def _semantic_wanted(self, call: _Call) -> bool:
+    def _semantic_wanted(self, call: Call) -> bool:
         """Whether this request may use the semantic cache at all (before any embedding).
 
         Grounded requests are excluded, like in the exact cache: their answer follows the
@@ -430,7 +328,7 @@ class Gateway:
         opted_in = bool(call.route.alias.cache) or bool(getattr(call.caller.key, "cache", False))
         return ResponseCache.cacheable(call.request, opted_in=opted_in)
 
-    async def _semantic_lookup(self, call: _Call) -> SemanticMatch | None:
+    async def _semantic_lookup(self, call: Call) -> SemanticMatch | None:
         """Embed an eligible single-turn prompt (in a worker thread) and look for a near one.
 
         The vector is kept on the call so the answer can be stored without embedding
@@ -469,7 +367,7 @@ class Gateway:
                 span.set("trellis.semantic_cache.matched_trace_id", match.trace_id)
         return match
 
-    async def _retrieve(self, call: _Call) -> None:
+    async def _retrieve(self, call: Call) -> None:
         """Ground the request: search its collections and add the passages as context.
 
         The caller's mistakes (an unknown collection, an invalid name) fail the request;
@@ -494,7 +392,7 @@ class Gateway:
                 "trellis.retrieval.top_k": plan.top_k,
             },
         ) as span:
-            if self.store_bodies:
+            if self.book.store_bodies:
                 span.set("trellis.retrieval.query", query)
             failure: dict[str, Any] | None = None
             passages: list[grounding.Passage] = []
@@ -534,7 +432,7 @@ class Gateway:
                 )
                 call.citations = grounding.citations(used)
 
-    def _fit(self, call: _Call) -> None:
+    def _fit(self, call: Call) -> None:
         alias = call.route.alias
         options = call.request.trellis
         trim = options.trim if options is not None and options.trim is not None else alias.trim
@@ -555,7 +453,7 @@ class Gateway:
                 call.trace.root.add_event("truncation", **event)  # type: ignore[union-attr]
                 call.trace.summary["truncated"] = True
 
-    def _ensure_usage(self, call: _Call, response: ChatResponse) -> None:
+    def _ensure_usage(self, call: Call, response: ChatResponse) -> None:
         """Fill usage the provider did not report, by counting locally."""
         if response.usage is not None and (
             response.usage.prompt_tokens or response.usage.completion_tokens
@@ -568,7 +466,7 @@ class Gateway:
         )
         call.trace.summary["usage_counted_locally"] = True
 
-    async def _cache_store(self, call: _Call, response: ChatResponse) -> None:
+    async def _cache_store(self, call: Call, response: ChatResponse) -> None:
         if call.caller.no_store:
             return
         if self.cache is not None and call.cache_key is not None:
@@ -582,109 +480,6 @@ class Gateway:
             and not any(choice.message.tool_calls for choice in response.choices)
         ):
             semantic.put(call.semantic_scope, call.semantic_vector, response, call.trace.trace_id)
-
-    def _complete(
-        self,
-        call: _Call,
-        response: ChatResponse,
-        *,
-        cache_hit: bool,
-        match: SemanticMatch | None = None,
-    ) -> None:
-        """End the trace now; describe and record it now or later (``_later``)."""
-        call.trace.finish()
-        self._later(self._finish_chat, call, response, cache_hit, match)
-
-    def _finish_chat(
-        self,
-        call: _Call,
-        response: ChatResponse,
-        cache_hit: bool,
-        match: SemanticMatch | None = None,
-    ) -> None:
-        self._describe(call)
-        trace, outcome = call.trace, call.outcome
-        root = trace.root
-        assert root is not None
-        usage = response.usage or Usage()
-        target = outcome.target
-        summary = trace.summary
-        summary.update(
-            response_model=response.model,
-            input_tokens=usage.prompt_tokens,
-            output_tokens=usage.completion_tokens,
-            cache_hit=cache_hit,
-            ttft_ms=outcome.ttft_ms,
-            retries=outcome.retries,
-            fallbacks=outcome.fallbacks,
-            attempts=outcome.attempts,
-        )
-        if target is not None:
-            cost = self.prices.cost(target.deployment, usage, response.model)
-            mismatch = _model_mismatch(target.deployment.model, response.model)
-            summary.update(
-                provider=target.provider.system,
-                deployment=target.label,
-                upstream_model=target.deployment.model,
-                cost=cost.total,
-                priced=cost.priced,
-                model_mismatch=mismatch,
-            )
-            root.update({GenAI.PROVIDER: target.provider.system, "trellis.cost_usd": cost.total})
-            if mismatch:
-                root.add_event(
-                    "model_mismatch", requested=target.deployment.model, served=response.model
-                )
-        else:
-            summary["cost"] = 0.0
-        root.update(
-            {
-                GenAI.RESPONSE_MODEL: response.model,
-                GenAI.RESPONSE_ID: response.id,
-                GenAI.INPUT_TOKENS: usage.prompt_tokens,
-                GenAI.OUTPUT_TOKENS: usage.completion_tokens,
-                GenAI.FINISH_REASONS: [c.finish_reason for c in response.choices],
-                "trellis.cache_hit": cache_hit,
-                GenAI.TTFT: outcome.ttft_ms / 1000 if outcome.ttft_ms is not None else None,
-            }
-        )
-        if match is not None:
-            root.update(
-                {
-                    "trellis.cache.kind": "semantic",
-                    "trellis.semantic_cache.similarity": round(match.similarity, 4),
-                    "trellis.semantic_cache.matched_trace_id": match.trace_id,
-                }
-            )
-            summary["semantic_cache_hit"] = True
-        if self.store_bodies:
-            root.attributes[GenAI.OUTPUT_MESSAGES] = [c.message for c in response.choices]
-        self._record(trace)
-
-    def _fail(self, call: _Call, exc: BaseException) -> None:
-        root = call.trace.root
-        assert root is not None
-        if root.end_ns is not None:
-            return  # already recorded
-        self._describe(call)
-        root.record_error(exc)
-        if isinstance(exc, TrellisError):
-            root.set("http.response.status_code", exc.status_code)
-        call.trace.summary.update(
-            attempts=call.outcome.attempts,
-            retries=call.outcome.retries,
-            fallbacks=call.outcome.fallbacks,
-            error=type(exc).__name__,
-        )
-        if call.outcome.target is not None:
-            call.trace.summary["provider"] = call.outcome.target.provider.system
-        self._record(call.trace, status="error")
-
-    def _record(self, trace: Trace, status: str | None = None) -> None:
-        trace.finish(status)
-        for hook in self.on_trace:
-            hook(trace)
-        self.sink.submit(trace)
 
     # --- embeddings ---------------------------------------------------------
 
@@ -715,36 +510,14 @@ class Gateway:
                 EmbeddingData(index=i, embedding=_encode(vector, request.encoding_format))
                 for i, vector in enumerate(result.vectors)
             ]
-            target = outcome.target
-            assert target is not None
-            cost = self.prices.cost(
-                target.deployment, Usage(prompt_tokens=prompt_tokens), result.model
-            )
-            trace.summary.update(
-                response_model=result.model,
-                provider=target.provider.system,
-                deployment=target.label,
-                input_tokens=prompt_tokens,
-                output_tokens=0,
-                cost=cost.total,
-                retries=outcome.retries,
-                fallbacks=outcome.fallbacks,
-                attempts=outcome.attempts,
-            )
-            root.set(GenAI.PROVIDER, target.provider.system)
-            root.set(GenAI.RESPONSE_MODEL, result.model)
-            root.set(GenAI.INPUT_TOKENS, prompt_tokens)
-            root.set("trellis.input_count", len(texts))
-            self._record(trace)
+            self.book.finish_embeddings(trace, outcome, result.model, prompt_tokens, len(texts))
             return EmbeddingResponse(
                 data=data,
                 model=result.model,
                 usage=EmbeddingUsage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens),
             )
         except BaseException as exc:
-            root.record_error(exc)
-            trace.summary.update(error=type(exc).__name__, attempts=outcome.attempts)
-            self._record(trace, status="error")
+            self.book.fail_embeddings(trace, outcome, exc)
             raise
 
     async def aclose(self) -> None:
@@ -753,60 +526,7 @@ class Gateway:
             await self.cache.aclose()
 
 
-def _bookkeeping(work: Callable[..., None], *args: Any) -> None:
-    """Deferred trace bookkeeping: a bug in it is logged, and never reaches a request."""
-    try:
-        work(*args)
-    except Exception:
-        log.exception("trace bookkeeping failed")
-
-
 def _encode(vector: list[float], encoding_format: str) -> list[float] | str:
     if encoding_format == "base64":
         return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
     return vector
-
-
-def _model_mismatch(requested: str, served: str | None) -> bool:
-    """True when the provider served another model than asked — not merely a dated
-    snapshot of it (``gpt-4o-mini`` → ``gpt-4o-mini-2024-07-18`` is expected)."""
-    if not served:
-        return False
-    requested_bare = requested.rsplit("/", 1)[-1].lower()
-    served_bare = served.rsplit("/", 1)[-1].lower()
-    return not (served_bare == requested_bare or served_bare.startswith(requested_bare + "-"))
-
-
-async def _replay(response: ChatResponse, request: ChatRequest) -> AsyncIterator[ChatChunk]:
-    """A cached answer as stream chunks: role, content, finish, then usage if asked for."""
-    for choice in response.choices:
-        yield ChatChunk(
-            id=response.id,
-            model=response.model,
-            choices=[
-                ChunkChoice(index=choice.index, delta=ChunkDelta(role="assistant", content=""))
-            ],
-        )
-        message = choice.message
-        delta: dict[str, Any] = {"content": message.content}
-        if message.tool_calls:
-            delta["tool_calls"] = [
-                {"index": i, **call.model_dump(exclude_none=True)}
-                for i, call in enumerate(message.tool_calls)
-            ]
-        yield ChatChunk(
-            id=response.id,
-            model=response.model,
-            choices=[ChunkChoice(index=choice.index, delta=ChunkDelta(**delta))],
-        )
-        yield ChatChunk(
-            id=response.id,
-            model=response.model,
-            choices=[
-                ChunkChoice(
-                    index=choice.index, delta=ChunkDelta(), finish_reason=choice.finish_reason
-                )
-            ],
-        )
-    if request.stream_options and request.stream_options.include_usage:
-        yield ChatChunk(id=response.id, model=response.model, choices=[], usage=response.usage)

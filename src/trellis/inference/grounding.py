@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from trellis.errors import ContextLengthExceededError
 from trellis.schema import ChatMessage, ChatRequest, message_text
 
 __all__ = [
@@ -94,12 +93,9 @@ class CollectionRetriever:
         searcher = self._searcher()
 
         async def search(name: str) -> list[Any]:
-            try:
-                return await searcher.search(name, query, mode=self.mode, top_k=top_k)
-            except ContextLengthExceededError:
-                # A question longer than the embedder's window still has words to match:
-                # keyword search reads it whole instead of truncating it silently.
-                return await searcher.search(name, query, mode="keyword", top_k=top_k)
+            # A question longer than the embedder's window is searched whole: Retrieval
+            # embeds it in windows (retrieval.query_vector) and keyword search reads it all.
+            return await searcher.search(name, query, mode=self.mode, top_k=top_k)
 
         found = await asyncio.gather(*(search(name) for name in collections))
         passages = [

@@ -4,8 +4,10 @@ For one request the router builds a plan — the alias's deployments in routing
 order, then each fallback alias's — and walks it. On a deployment it retries
 retryable failures (429, 5xx, timeouts, connection errors) with exponential
 backoff and full jitter, honouring ``Retry-After``; a non-retryable upstream
-failure moves on at once; the caller's own mistake stops everything. Every
-attempt is a span on the trace.
+failure moves on at once; the caller's own mistake stops everything. Only
+failures that say a deployment is unhealthy (``UpstreamError.deployment_fault``)
+count toward its circuit breaker, so no request, however bad, can open it for
+everyone. Every attempt is a span on the trace.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -25,7 +27,7 @@ from trellis.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from trellis.inference.breaker import CircuitBreaker
+from trellis.inference.breaker import BreakerState, CircuitBreaker
 from trellis.inference.providers import EmbeddingResult, Provider, build_provider
 from trellis.observe.tracing import GenAI, Span, Trace
 from trellis.schema import ChatChunk, ChatRequest, ChatResponse
@@ -48,7 +50,6 @@ class Target:
     provider: Provider
     breaker: CircuitBreaker
     ewma_ms: float | None = None
-    in_flight: int = 0
     #: ``deployment.label`` and the fixed attributes of its attempt spans, worked out
     #: once (they are on every request's path).
     label: str = field(init=False)
@@ -246,7 +247,6 @@ class Router:
                     },
                 )
                 started = time.perf_counter()
-                target.in_flight += 1
                 try:
                     # One deadline bounds both the attempt and the whole request.
                     attempt_deadline = loop.time() + target.deployment.timeout
@@ -279,7 +279,12 @@ class Router:
                         target.breaker.release()
                         raise
                     last_error = exc
-                    if target.breaker.record_failure():
+                    if not exc.deployment_fault:
+                        # Failed on this request (or a redirect: its base_url is wrong),
+                        # not unhealthy: another deployment may take it, but the breaker
+                        # (shared by every caller) never hears of it.
+                        target.breaker.release()
+                    elif target.breaker.record_failure():
                         parent.add_event("breaker_open", deployment=target.label)
                     if not exc.retryable or attempt == self.retry.attempts:
                         break
@@ -305,8 +310,6 @@ class Router:
                     span.status = "error"
                     span.end()
                     raise
-                finally:
-                    target.in_flight -= 1
                 target.breaker.record_success()
                 target.observe_latency((time.perf_counter() - started) * 1000)
                 if not keep_open:  # a stream's attempt span ends with the stream
@@ -405,6 +408,12 @@ class Router:
     async def aclose(self) -> None:
         for provider in self._providers:
             await provider.aclose()
+
+    def breaker_states(self) -> Iterator[tuple[str, str, BreakerState]]:
+        """(alias, deployment label, breaker state) of every deployment, for the metrics."""
+        for alias, targets in self.targets.items():
+            for target in targets:
+                yield alias, target.label, target.breaker.state
 
     def providers(self) -> list[tuple[Deployment, Provider]]:
         seen: dict[int, tuple[Deployment, Provider]] = {}

@@ -2,14 +2,14 @@
 
 Providers tokenize differently and most hosted ones cannot count offline, so
 Trellis counts with one tokenizer it always has: the bundled SmolLM2 GGUF
-vocabulary (a 49k-entry byte-level BPE, loaded vocab-only: no weights, ~0.1 s).
+vocabulary (a 49k-entry byte-level BPE, loaded vocab-only: no weights, quick).
 For English it lands within a few percent of the tokenizers of hosted models,
 which is what context fitting needs; it is exact for the bundled local model.
 
 Without ``llama_cpp`` or the bundled file, counts fall back to a documented
 heuristic: ``ceil(len(text) / 4)`` (OpenAI's rule of thumb for English).
 
-llama.cpp's BPE pre-tokenizer is slow (~10 µs per short word run), so counts
+llama.cpp's BPE pre-tokenizer is slow (README, Performance), so counts
 are cached per text in a small LRU keyed by the text's hash and length: a
 conversation's earlier turns are counted once, not on every request.
 """
@@ -150,7 +150,7 @@ class GGUFTokenCounter:
         except ImportError:
             log.warning("token counting: llama_cpp is not installed; using len(text)/4")
             return None
-        from trellis.inference.providers.local_llama import open_llama
+        from trellis.inference.local.llama import open_llama
 
         try:
             # Vocab-only still builds a (tiny) context: keep it small.

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 
@@ -65,15 +66,21 @@ class Rule:
     source: str
     spec: AlertRule
     created_at: float | None = None
+    #: Why a stored rule is not evaluated: it was accepted before a check that now
+    #: refuses it (a ``0s`` window, say). Listed so an admin can see and delete it.
+    problem: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        body = {
             "object": "alert_rule",
             "id": self.id,
             "source": self.source,
             "created_at": self.created_at,
-            **self.spec.model_dump(mode="json"),
+            **self.spec.model_dump(mode="json", warnings=False),
         }
+        if self.problem is not None:
+            body["problem"] = self.problem
+        return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +232,20 @@ def _latency_bound(spec: AlertRule, baseline: Mapping[str, Any] | None) -> float
     return max(bound, spec.threshold) if spec.threshold is not None else bound
 
 
+def _stored_rule(row: Mapping[Any, Any]) -> Rule:
+    """A rule from ``alert_rules``; one that today's checks refuse is kept, with its problem."""
+    try:
+        spec = AlertRule.model_validate(row["spec"])
+    except ValidationError as exc:
+        problem = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'rule'}: {error['msg']}"
+            for error in exc.errors(include_input=False)
+        )
+        spec = AlertRule.model_construct(**row["spec"])
+        return Rule(row["id"], "api", spec, row["created_at"], problem)
+    return Rule(row["id"], "api", spec, row["created_at"])
+
+
 def _open_key(rule_id: str, group: Any) -> str:
     return f"{rule_id}\x1f{'' if group is None else group}"
 
@@ -272,7 +293,6 @@ class AlertManager:
         # an API call that resolves alerts.
         self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._courier: asyncio.Task[None] | None = None
-        self.evaluations = 0
 
     # --- rules ------------------------------------------------------------------
 
@@ -282,10 +302,7 @@ class AlertManager:
             rows = (
                 await conn.execute(select(alert_rules).order_by(alert_rules.c.created_at))
             ).mappings()
-            stored = [
-                Rule(row["id"], "api", AlertRule.model_validate(row["spec"]), row["created_at"])
-                for row in rows
-            ]
+            stored = [_stored_rule(row) for row in rows]
         return [*self._settings_rules.values(), *stored]
 
     async def create_rule(self, spec: AlertRule) -> Rule:
@@ -354,6 +371,13 @@ class AlertManager:
             now_ns = time.time_ns() if now_ns is None else now_ns
             rules = await self.rules()
             for rule in rules:
+                if rule.problem is not None:
+                    logger.warning(
+                        "alert rule %r is not evaluated: %s; delete it and create it again",
+                        rule.spec.name,
+                        rule.problem,
+                    )
+                    continue
                 try:
                     breaching = (
                         await evaluate_rule(self.db, rule.spec, now_ns) if rule.spec.enabled else {}
@@ -362,7 +386,6 @@ class AlertManager:
                 except Exception:  # logged: one bad rule must not silence the others
                     logger.exception("could not evaluate alert rule %r", rule.spec.name)
             await self._resolve_orphans({rule.id for rule in rules})
-            self.evaluations += 1
 
     async def _apply(self, rule: Rule, breaching: dict[Any, Reading], now: float) -> None:
         async with self.db.engine.connect() as conn:

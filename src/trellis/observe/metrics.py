@@ -20,23 +20,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from trellis.inference.breaker import BreakerState
 from trellis.observe.tracing import Trace
 
 if TYPE_CHECKING:
-    from trellis.inference.router import Router
     from trellis.observe.writer import TraceWriter
 
-__all__ = ["GatewayMetrics", "CONTENT_TYPE", "LATENCY_BUCKETS", "TTFT_BUCKETS", "UNKNOWN_MODEL"]
+__all__ = [
+    "GatewayMetrics",
+    "BreakerSource",
+    "CONTENT_TYPE",
+    "LATENCY_BUCKETS",
+    "TTFT_BUCKETS",
+    "UNKNOWN_MODEL",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -45,18 +51,35 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 #: The ``model`` label of requests for a model that is not configured.
 UNKNOWN_MODEL = "unknown"
 
-#: Seconds; LLM calls range from a cache hit (~1 ms) to long generations (minutes).
+#: Seconds; LLM calls range from a cache hit (milliseconds) to long generations (minutes).
 LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0
 )  # fmt: skip
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-_BREAKER_STATES = tuple(state.value for state in BreakerState)
 _LOG_INTERVAL = 60.0
 #: Seconds a finished trace may wait before it is counted (a scrape counts it at once).
 FLUSH_DELAY = 0.25
 #: Traces queued before they are counted at once, whatever the delay.
 MAX_QUEUED = 1024
+
+
+class BreakerSource(Protocol):
+    """What the metrics read from the router (``inference.router.Router`` is one).
+
+    Declared here, on the lower layer, so observe never imports inference: the
+    dependency points from the router to this contract, not the other way.
+    """
+
+    @property
+    def aliases(self) -> Mapping[str, Any]:
+        """The configured model aliases."""
+        ...
+
+    def breaker_states(self) -> Iterable[tuple[str, str, Enum]]:
+        """(alias, deployment label, breaker state) per deployment; every member of the
+        state's enum is exported, 1 for the current one."""
+        ...
 
 
 @dataclass(slots=True)
@@ -83,7 +106,7 @@ class GatewayMetrics:
         self,
         models: Iterable[str] = (),
         *,
-        router: Router | None = None,
+        router: BreakerSource | None = None,
         writer: TraceWriter | None = None,
         background: Iterable[Any] = (),
         registry: CollectorRegistry | None = None,
@@ -251,7 +274,10 @@ class _LiveCollector(Collector):
     """State read at scrape time: breaker per deployment, trace writer queue and counters."""
 
     def __init__(
-        self, router: Router | None, writer: TraceWriter | None, jobs: list[Any] | None = None
+        self,
+        router: BreakerSource | None,
+        writer: TraceWriter | None,
+        jobs: list[Any] | None = None,
     ) -> None:
         self.router = router
         self.writer = writer
@@ -271,13 +297,11 @@ class _LiveCollector(Collector):
                 "Circuit breaker state per deployment: 1 for the current state, else 0.",
                 labels=["model", "deployment", "state"],
             )
-            for alias, targets in self.router.targets.items():
-                for target in targets:
-                    current = target.breaker.state.value
-                    for name in _BREAKER_STATES:
-                        state.add_metric(
-                            [alias, target.deployment.label, name], 1.0 if name == current else 0.0
-                        )
+            for alias, deployment, current in self.router.breaker_states():
+                for member in type(current):
+                    state.add_metric(
+                        [alias, deployment, str(member.value)], 1.0 if member is current else 0.0
+                    )
             yield state
         writer = self.writer
         if writer is not None:

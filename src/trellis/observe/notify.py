@@ -16,6 +16,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from trellis.observe.outbound import request_options
+
 __all__ = ["Notifier", "WebhookError"]
 
 logger = logging.getLogger("trellis.alerts")
@@ -50,6 +52,7 @@ class Notifier:
         self.failed = 0
         self.attempts = 0
         self._session: aiohttp.ClientSession | None = None
+        self._options = request_options(webhook_url or "", {"Content-Type": "application/json"})
 
     async def notify(self, payload: dict[str, Any]) -> bool:
         """Log ``payload`` and deliver it; True when the webhook took it (or there is none).
@@ -93,7 +96,7 @@ class Notifier:
                 async with session.post(
                     self.webhook_url,
                     data=body,
-                    headers={"Content-Type": "application/json"},
+                    **self._options,
                 ) as response:
                     if response.status < 300:
                         return

@@ -31,6 +31,7 @@ from opentelemetry.proto.common.v1.common_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
+from trellis.observe.outbound import request_options
 from trellis.observe.tracing import GenAI, Trace, TraceSink
 from trellis.observe.writer import trace_rows
 from trellis.settings import TracingSettings
@@ -188,6 +189,7 @@ class OtlpExporter:
             raise ValueError("tracing.otlp_endpoint is not set")
         self.settings = settings
         self.url = traces_url(settings.otlp_endpoint)
+        self._options = request_options(self.url)
         self._queue: list[Trace] = []
         # One wake-up when the queue stops being empty, one when a batch is full: idle
         # exporters sleep, and requests in between set no event at all.
@@ -263,7 +265,7 @@ class OtlpExporter:
         for attempt in range(1, _ATTEMPTS + 1):
             self.requests += 1
             try:
-                async with self._client().post(self.url, data=body) as response:
+                async with self._client().post(self.url, data=body, **self._options) as response:
                     if response.status < 300:
                         self.exported_spans += spans
                         return

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from trellis.durations import MAX_DURATION_SECONDS, MAX_TIME_NS, duration_seconds, is_duration
 from trellis.errors import InvalidRequestError
 
 __all__ = [
     "TraceQuery",
     "TRACE_STATUSES",
+    "check_time_ns",
     "parse_duration",
     "parse_time",
     "encode_cursor",
@@ -28,11 +31,11 @@ __all__ = [
 #: Statuses a trace can have (the root span's status).
 TRACE_STATUSES = frozenset({"ok", "error"})
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
 _NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
 _ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 _MAX_TEXT = 500
+#: Stands for a time no query may use (see :func:`check_time_ns`).
+_OUT_OF_RANGE = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,8 @@ class TraceQuery:
     text: str | None = None
 
     def __post_init__(self) -> None:
+        check_time_ns(self.since_ns, "since")
+        check_time_ns(self.until_ns, "until")
         if self.status is not None and self.status not in TRACE_STATUSES:
             raise InvalidRequestError(
                 f"status must be one of {', '.join(sorted(TRACE_STATUSES))}, not {self.status!r}",
@@ -76,43 +81,57 @@ class TraceQuery:
             )
 
 
-def parse_duration(value: str, param: str) -> float:
-    """Seconds in ``value`` such as ``90s``, ``5m``, ``1h``, ``7d`` (also ``ms`` and ``w``)."""
-    match = _DURATION.match(value or "")
-    if match is None:
+def check_time_ns(value: int | None, param: str) -> None:
+    """400 unless ``value`` (epoch nanoseconds) is None or a storable time (1970 to 2262)."""
+    if value is not None and not 0 <= value <= MAX_TIME_NS:
         raise InvalidRequestError(
-            f"{param} must be a duration such as 30s, 5m, 1h or 7d, not {value!r}",
+            f"{param} must be a time between 1970-01-01 and 2262-04-11 (UTC)",
             param=param,
             code="invalid_value",
         )
-    seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if seconds <= 0:
-        raise InvalidRequestError(
-            f"{param} must be longer than 0", param=param, code="invalid_value"
-        )
-    return seconds
+
+
+def parse_duration(value: str, param: str) -> float:
+    """Seconds in ``value`` such as ``90s``, ``5m``, ``1h``, ``7d`` (also ``ms`` and ``w``),
+    longer than 0 and at most 100 years (:data:`trellis.durations.MAX_DURATION_SECONDS`)."""
+    try:
+        return duration_seconds(value, maximum=MAX_DURATION_SECONDS)
+    except ValueError as exc:
+        raise InvalidRequestError(f"{param} {exc}", param=param, code="invalid_value") from None
 
 
 def parse_time(value: str, param: str, now: float | None = None) -> int:
     """Epoch nanoseconds from a relative duration (``1h`` = one hour ago), Unix seconds
-    (``1718000000``) or ISO 8601 (``2024-06-10T08:00:00Z``; no zone means UTC)."""
+    (``1718000000``) or ISO 8601 (``2024-06-10T08:00:00Z``; no zone means UTC).
+
+    Absolute times must lie between 1970 and 2262 (what 64-bit nanoseconds hold); a
+    duration reaching back before 1970 means "from the beginning" (epoch 0).
+    """
     now = time.time() if now is None else now
     text = (value or "").strip()
-    if _DURATION.match(text):
-        return int((now - parse_duration(text, param)) * 1e9)
+    if is_duration(text):
+        return max(0, int((now - parse_duration(text, param)) * 1e9))
     if _NUMBER.match(text):
-        return int(float(text) * 1e9)
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidRequestError(
-            f"{param} must be a duration ago (1h), Unix seconds or an ISO 8601 time, not {value!r}",
-            param=param,
-            code="invalid_value",
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1e9)
+        seconds = float(text)  # inf for hundreds of digits: refused below, never int()ed
+        ns = int(seconds * 1e9) if math.isfinite(seconds) else _OUT_OF_RANGE
+    else:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise InvalidRequestError(
+                f"{param} must be a duration ago (1h), Unix seconds or an ISO 8601 time, "
+                f"not {value!r}",
+                param=param,
+                code="invalid_value",
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        try:
+            ns = int(moment.timestamp() * 1e9)
+        except (OverflowError, ValueError):  # year 1 with a positive offset, and the like
+            ns = _OUT_OF_RANGE
+    check_time_ns(ns, param)
+    return ns
 
 
 def encode_cursor(start_ns: int, trace_id: str) -> str:
@@ -128,7 +147,7 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
         start_ns = int(start)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         start_ns, trace_id = -1, ""
-    if start_ns < 0 or not _ID.match(trace_id):
+    if not 0 <= start_ns <= MAX_TIME_NS or not _ID.match(trace_id):
         raise InvalidRequestError(
             "cursor is not valid; pass the next_cursor of a previous page",
             param="cursor",

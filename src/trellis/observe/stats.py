@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 from sqlalchemy import text
 
+from trellis.durations import MAX_DURATION_SECONDS, MAX_TIME_NS
 from trellis.errors import InvalidRequestError
+from trellis.observe.query import check_time_ns
 from trellis.store.db import Database
 
 __all__ = ["StatsQuery", "TraceStats", "GROUP_COLUMNS", "PERCENTILES", "MAX_BUCKETS"]
@@ -35,6 +37,7 @@ PERCENTILES = (0.5, 0.95, 0.99)
 MAX_BUCKETS = 2000
 
 _FILTERS = ("model", "key_id", "kind")
+_MAX_SPAN_NS = int(MAX_DURATION_SECONDS * 1e9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,13 +57,24 @@ class StatsQuery:
                 param="group_by",
                 code="invalid_value",
             )
+        # Every number reaches the database as a signed 64-bit integer: out of that range
+        # SQLite raises an overflow (a 500), so the edges are checked here, once for all callers.
+        check_time_ns(self.until_ns, "until")
         if self.until_ns <= self.since_ns:
             raise InvalidRequestError(
                 "the window must be longer than 0", param="window", code="invalid_value"
             )
+        if self.until_ns - self.since_ns > _MAX_SPAN_NS or self.since_ns < -MAX_TIME_NS:
+            raise InvalidRequestError(
+                "the window must be at most 100 years", param="window", code="invalid_value"
+            )
         if self.bucket_ns <= 0:
             raise InvalidRequestError(
                 "bucket must be longer than 0", param="bucket", code="invalid_value"
+            )
+        if self.bucket_ns > _MAX_SPAN_NS:
+            raise InvalidRequestError(
+                "bucket must be at most 100 years", param="bucket", code="invalid_value"
             )
         buckets = (self.until_ns - 1) // self.bucket_ns - self.since_ns // self.bucket_ns + 1
         if buckets > MAX_BUCKETS:

@@ -35,7 +35,6 @@ class GenAI:
     INPUT_MESSAGES = "gen_ai.input.messages"
     OUTPUT_MESSAGES = "gen_ai.output.messages"
     ERROR_TYPE = "error.type"
-    SERVER_ADDRESS = "server.address"
     TTFT = "gen_ai.server.time_to_first_token"
 
 

@@ -250,8 +250,6 @@ class TraceWriter:
         self.write_errors = 0
         self.batches = 0
         self.written_scores = 0
-        #: Time spent building rows (including redaction), for the benchmark and tuning.
-        self.row_seconds = 0.0
 
     # --- TraceSink --------------------------------------------------------------
 
@@ -401,14 +399,12 @@ class TraceWriter:
         trace_rows_: list[dict[str, Any]] = []
         span_rows: list[dict[str, Any]] = []
         score_rows_: list[dict[str, Any]] = []
-        started = time.perf_counter()
         for trace in batch:
             row, rows = trace_rows(trace, bodies=bodies)
             trace_rows_.append(row)
             span_rows.extend(rows)
             if trace.scores:
                 score_rows_.extend(score_rows(trace, bodies=bodies))
-        self.row_seconds += time.perf_counter() - started
         inserts = self._inserts()
         async with self.db.engine.begin() as conn:
             for insert, rows in zip(inserts, (trace_rows_, span_rows, score_rows_), strict=True):

@@ -2,7 +2,7 @@
 
 Why not the database's own full-text ranking: SQLite's FTS5 evaluates ``bm25()``
 row by row for every match, and broad OR queries match half of a large
-collection (about 70 ms per query at 100,000 chunks), with k1 fixed at 1.2 and
+collection (slow at 100,000 chunks: README, Performance), with k1 fixed at 1.2 and
 statistics shared by every collection. Here each collection has its own postings
 as numpy arrays, so a query costs a few vectorised gathers per term, and BM25's
 parameters are ours to choose (k1=1.5, b=0.75: the values the usual references use).

@@ -10,10 +10,11 @@ planner uses it. Keyword search is, by default, the same BM25 as the embedded ba
 over postings held in process and caught up with the database by collection version
 (:mod:`trellis.retrieval.snapshot_store`): ``ts_rank`` has no inverse document
 frequency and measured well below BM25 (Cranfield nDCG@10 0.324 vs 0.38), and scored
-every match of a broad query (130 ms at 100,000 chunks). ``keyword_rank="ts_rank"``
-(or ``ts_rank_cd``) keeps ranking in Postgres, over ``chunks.fts_vector`` —
-``to_tsvector('english', text)`` as a stored generated column with a GIN index
-(revision ``0006_pgvector``) — for deployments that cannot hold postings in memory.
+every match of a broad query (slow at 100,000 chunks: README, Performance).
+``keyword_rank="ts_rank"`` (or ``ts_rank_cd``) keeps ranking in Postgres, over
+``chunks.fts_vector`` — ``to_tsvector('english', text)`` as a stored generated column
+with a GIN index (revision ``0006_pgvector``) — for deployments that cannot hold
+postings in memory.
 
 pgvector is optional for the rest of Trellis: revision ``0006_pgvector`` installs it
 when the server has it, and :meth:`PgIndex._ensure` repeats that (idempotently, under

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from trellis.errors import InvalidRequestError, NotFoundError
+from trellis.nesting import DEFAULT_MAX_DEPTH, check_depth, exceeds_depth, too_deep
 from trellis.retrieval.chunking import ChunkingConfig, TokenCounter, chunk_text
 from trellis.retrieval.fusion import FusionConfig, fuse
 from trellis.retrieval.index import Filters, Index
@@ -38,6 +39,7 @@ from trellis.retrieval.models import (
     IngestReport,
     SearchMode,
 )
+from trellis.retrieval.query_vector import embed_query
 
 __all__ = ["Embedder", "Retrieval", "DEFAULT_FUSION"]
 
@@ -77,6 +79,7 @@ class Retrieval:
         fusion: FusionConfig | None = None,
         batch_chunks: int = 64,
         hybrid_depth: int = 100,
+        max_json_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
         self.index = index
         self.embedder = embedder
@@ -84,12 +87,16 @@ class Retrieval:
         self.fusion = fusion or DEFAULT_FUSION
         self.batch_chunks = batch_chunks
         self.hybrid_depth = hybrid_depth
+        #: The deepest metadata stored (``Settings.max_json_depth``): a deeper value could
+        #: be stored but not encoded again, breaking every listing and search over it.
+        self.max_json_depth = max_json_depth
 
     # --- collections -----------------------------------------------------------
 
     async def create_collection(
         self, name: str, metadata: Mapping[str, Any] | None = None
     ) -> CollectionInfo:
+        check_depth(metadata, self.max_json_depth, what="Collection metadata", param="metadata")
         return await self.index.create_collection(
             name, self.embedder.name, self.embedder.dimension, metadata
         )
@@ -139,12 +146,16 @@ class Retrieval:
         progress: Progress | None = None,
     ) -> IngestReport:
         """Files and folders; an unreadable file lands in ``report.failed``, the rest go on."""
+        check_depth(metadata, self.max_json_depth, what="The metadata", param="metadata")
         collection = await self._usable(name)
         report = IngestReport()
         pending: list[Document] = []
         for path in iter_files(paths):
             try:
                 loaded = await asyncio.to_thread(load_path, path)
+                for doc in loaded:
+                    if exceeds_depth(doc.metadata, self.max_json_depth):
+                        raise LoaderError(str(path), self._too_deep(doc).message)
             except LoaderError as exc:
                 logger.warning("skipping %s: %s", exc.source, exc.reason)
                 report.failed[exc.source] = exc.reason
@@ -169,12 +180,18 @@ class Retrieval:
             doc if isinstance(doc, Document) else record_to_document(doc, f"documents[{n}]")
             for n, doc in enumerate(docs)
         ]
-        for doc in parsed:
+        for n, doc in enumerate(parsed):
             if not doc.id:
                 raise InvalidRequestError("every document needs a non-empty id")
+            if exceeds_depth(doc.metadata, self.max_json_depth):
+                raise self._too_deep(doc, f"documents[{n}].metadata")
         report = IngestReport()
         await self._ingest_documents(collection, parsed, report, progress)
         return report
+
+    def _too_deep(self, doc: Document, param: str | None = None) -> InvalidRequestError:
+        """The error for a document whose metadata nests past ``max_json_depth``."""
+        return too_deep(f"The metadata of document {doc.id!r}", self.max_json_depth, param)
 
     def content_hash(self, doc: Document) -> str:
         """Changes whenever the stored result would: text, metadata, source, embedder, chunking."""
@@ -362,6 +379,10 @@ class Retrieval:
     ) -> list[Hit]:
         """Best-first hits. ``min_score`` applies to the score the mode ranks by.
 
+        Queries of any length up to :data:`~trellis.retrieval.query_vector.MAX_QUERY_TOKENS`
+        word pieces are searched: keyword search reads all of it, and one longer than the
+        embedder's window is embedded in windows whose vectors are averaged.
+
         keyword: BM25 (unbounded, higher is better); vector: cosine in [-1, 1];
         hybrid: the fused score (weighted: in [0, 1]; RRF: about 1/(k+rank) per list).
         """
@@ -416,8 +437,10 @@ class Retrieval:
     async def _vector(
         self, collection: CollectionInfo, query: str, depth: int, filters: Filters | None
     ) -> list[tuple[int, float]]:
-        vectors = await asyncio.to_thread(self.embedder.embed, [query])
-        return await self.index.vector_search(collection, vectors[0], depth, filters)
+        # A query longer than the embedder's window is embedded in windows and averaged
+        # (query_vector); the keyword side always reads the whole query.
+        vector = await asyncio.to_thread(embed_query, self.embedder, query)
+        return await self.index.vector_search(collection, vector, depth, filters)
 
 
 async def _run_stages(*stages: Coroutine[Any, Any, None]) -> None:

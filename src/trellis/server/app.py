@@ -11,10 +11,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from trellis.runtime import Trellis
 from trellis.server.errors import install_error_handlers
+from trellis.server.openapi import publish
 from trellis.server.routes import (
     alerts,
     collections,
@@ -32,6 +33,9 @@ __all__ = ["create_app", "create_server_app", "announce_admin_key", "TrellisApp"
 #: A hot endpoint: the runtime and the raw ASGI request in, a response out.
 Endpoint = Callable[[Trellis, Scope, Receive], Awaitable[Response]]
 
+#: Stands for "no plain middleware stack": never the app's ``middleware_stack``.
+_NOT_PLAIN = object()
+
 
 class TrellisApp(FastAPI):
     """FastAPI, with the gateway's hot endpoints called straight from the server.
@@ -43,15 +47,47 @@ class TrellisApp(FastAPI):
     on the raw ASGI request (no ``Request`` object unless one fails), and their
     errors go to the app's own exception handlers. They stay ordinary routes too
     (the OpenAPI schema and ``/docs`` list them, and the routes call the same code).
+
+    Skipping the stack is only right while it is FastAPI's own: once a user adds
+    middleware (``add_middleware``: CORS...) or wraps the stack (OpenTelemetry's
+    ``instrument_app`` replaces ``build_middleware_stack``), every request goes
+    through it, the hot endpoints' included.
     """
 
     def __init__(self, runtime: Trellis, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.runtime = runtime
         self.direct_routes: dict[str, Endpoint] = {}
+        #: The middleware stack as FastAPI builds it without user middleware, once built.
+        self._plain_stack: object = _NOT_PLAIN
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        self._plain_stack = _NOT_PLAIN if self.user_middleware else stack
+        return stack
+
+    @property
+    def calls_hot_endpoints_directly(self) -> bool:
+        """Whether the hot endpoints skip the middleware stack now: once it is built, and
+        only if it is FastAPI's own (a wrapped stack is not the one built here)."""
+        return self.middleware_stack is self._plain_stack
+
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's schema, completed from each route's declared contract (``openapi.py``):
+        built once, on the first request for it."""
+        if self.openapi_schema is None:
+            schema = super().openapi()
+            self.openapi_schema = None  # kept only once complete
+            publish(schema, self.runtime.settings)
+            self.openapi_schema = schema
+        return self.openapi_schema
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and self.middleware_stack is self._plain_stack  # calls_hot_endpoints_directly
+        ):
             endpoint = self.direct_routes.get(_route_path(scope))
             if endpoint is not None:
                 await self._call_direct(endpoint, scope, receive, send)
@@ -115,8 +151,8 @@ def create_app(
         if freeze_gc:
             # Everything alive now (modules, settings, the runtime) lives as long as the
             # process: moved out of the collector's reach, each full collection no longer
-            # walks ~150,000 objects (~100 ms here), which under load cost about a third
-            # of the gateway's CPU and showed in its p99.
+            # walks them all, which under load cost a large share of the gateway's CPU
+            # and showed in its p99 (figures: README, Performance).
             gc.collect()
             gc.freeze()
         app.state.trellis = runtime

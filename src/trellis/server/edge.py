@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, TypeVar
 
@@ -16,9 +17,12 @@ from trellis.errors import (
     InvalidRequestError,
     PayloadTooLargeError,
     PermissionDeniedError,
+    RequestTimeoutError,
 )
 from trellis.inference.gateway import Caller
+from trellis.nesting import check_body
 from trellis.runtime import Trellis
+from trellis.server.deadlines import body_deadlines
 from trellis.server.errors import validation_error
 
 __all__ = [
@@ -96,21 +100,38 @@ async def read_json(request: Request) -> dict[str, Any]:
 
 
 async def read_json_body(trellis: Trellis, scope: Scope, receive: Receive) -> dict[str, Any]:
-    """``read_json`` for a raw ASGI request: the body straight from ``receive``."""
-    limit = trellis.settings.max_body_bytes
+    """``read_json`` for a raw ASGI request: the body straight from ``receive``.
+
+    Bounded in size (``max_body_bytes``: 413), in the time it may take to arrive
+    (``body_timeout``: 408, connection closed) and in nesting (``max_json_depth``: 400),
+    so what reaches validation can be encoded, cached and stored.
+    """
+    settings = trellis.settings
+    limit = settings.max_body_bytes
     declared = header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"Request body is larger than the {limit} byte limit.")
+    deadlines = body_deadlines()
+    task = deadlines.enter(settings.body_timeout)
     body = b""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        body += message.get("body", b"")
-        if len(body) > limit:
-            raise PayloadTooLargeError(f"Request body is larger than the {limit} byte limit.")
-        if not message.get("more_body", False):
-            break
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            body += message.get("body", b"")
+            if len(body) > limit:
+                raise PayloadTooLargeError(f"Request body is larger than the {limit} byte limit.")
+            if not message.get("more_body", False):
+                break
+    except asyncio.CancelledError:
+        if not deadlines.expired(task):
+            raise
+        raise RequestTimeoutError(
+            f"The request body did not arrive within {settings.body_timeout:g} seconds.",
+        ) from None
+    finally:
+        deadlines.leave(task)
     if not body.strip():
         raise InvalidRequestError(
             "The request body is empty; send a JSON object.", code="empty_body"
@@ -123,6 +144,7 @@ async def read_json_body(trellis: Trellis, scope: Scope, receive: Receive) -> di
         ) from None
     if not isinstance(data, dict):
         raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
+    check_body(data, settings.max_json_depth)
     return data
 
 

@@ -25,8 +25,8 @@ class JSONBytes(JSONResponse):
 class EncodedJSON(Response):
     """A 200 answer whose JSON is already encoded, with its headers already as bytes.
 
-    The gateway's hot path: no render step and no header normalisation (~10 µs less
-    than ``JSONBytes`` on each chat completion).
+    The gateway's hot path: no render step and no header normalisation, measurably
+    less than ``JSONBytes`` on each chat completion (README, Performance).
     """
 
     media_type = "application/json"

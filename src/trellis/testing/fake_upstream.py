@@ -3,7 +3,7 @@
 Tests (and users) point a real provider adapter at it instead of patching
 code, so the whole path - HTTP, SSE framing, error bodies - is exercised.
 Faults are injected per request (error statuses, delays, resets, malformed
-JSON, streams cut short) to prove retries, timeouts and error mapping.
+JSON, streams cut short or ended early) to prove retries, timeouts and error mapping.
 
 It runs its own event loop in a daemon thread, so it serves both synchronous
 and asyncio tests, and it is plain asyncio (uvloop when installed) so a
@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import json
 import signal
+import ssl
 import sys
 import threading
 from collections import deque
@@ -52,6 +53,7 @@ class Fault:
     after_chunks: int = 0
     message: str = "injected fault"
     fields: tuple[str, ...] = ()
+    location: str = ""
 
     @classmethod
     def status(
@@ -59,6 +61,12 @@ class Fault:
     ) -> Fault:
         """Answer with HTTP ``code`` and the vendor's error body (and ``Retry-After`` if given)."""
         return cls("status", code=code, retry_after=retry_after, message=message or f"fake {code}")
+
+    @classmethod
+    def redirect(cls, location: str, code: int = 307) -> Fault:
+        """Answer ``code`` (a 3xx) with ``Location: location`` and a short HTML body, as a
+        server or load balancer does when the base URL moved (http -> https, a new path)."""
+        return cls("redirect", code=code, location=location)
 
     @classmethod
     def delay(cls, seconds: float) -> Fault:
@@ -85,6 +93,20 @@ class Fault:
     def cut_stream(cls, after_chunks: int = 2) -> Fault:
         """Send ``after_chunks`` content chunks, then drop the connection mid-body."""
         return cls("cut", after_chunks=after_chunks)
+
+    @classmethod
+    def end_stream(cls, after_chunks: int = 2) -> Fault:
+        """Send ``after_chunks`` content chunks, then close the connection as if the answer
+        were complete: the body is delimited by the close (no length, not chunked), so
+        only the missing end of the vendor's stream (OpenAI's finish_reason and
+        ``[DONE]``, Anthropic's ``message_stop``...) tells it was cut short."""
+        return cls("end", after_chunks=after_chunks)
+
+    @classmethod
+    def without_done(cls) -> Fault:
+        """Stream the whole answer, finish_reason included, but leave out OpenAI's closing
+        ``data: [DONE]``, as some llama.cpp servers do (other vendors send none anyway)."""
+        return cls("without_done")
 
     @classmethod
     def stream_error(cls, after_chunks: int = 1, message: str = "overloaded") -> Fault:
@@ -149,6 +171,7 @@ class _Plan:
     tail: bytes = b""  # bytes after the frames (OpenAI's [DONE])
     cut_after: int | None = None  # drop the connection after this many content frames
     reset: bool = False
+    close_delimited: bool = False  # a stream body ended by closing the connection
 
 
 class FakeUpstream:
@@ -161,12 +184,15 @@ class FakeUpstream:
         host: str = "127.0.0.1",
         port: int = 0,
         reply: str | Callable[[dict[str, Any]], str] = "Hello from fake",
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if vendor not in VENDORS:
             raise ValueError(f"unknown vendor {vendor!r}; choose from {sorted(VENDORS)}")
         self.vendor = vendor
         self.host = host
         self.port = port
+        #: Serve HTTPS with this server context (its certificate, any client-cert demand).
+        self.tls = tls
         self.reply: str | Callable[[dict[str, Any]], str] = reply
         self.tool_call: dict[str, Any] | None = None
         self.served_model: str | None = None
@@ -190,7 +216,8 @@ class FakeUpstream:
     @property
     def base_url(self) -> str:
         """What a ``Deployment.base_url`` pointing here should be."""
-        return f"http://{self.host}:{self.port}{self._shape.base_path}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}{self._shape.base_path}"
 
     def start(self) -> FakeUpstream:
         if self._thread is not None:
@@ -229,7 +256,9 @@ class FakeUpstream:
         asyncio.set_event_loop(loop)
         try:
             self._server = loop.run_until_complete(
-                loop.create_server(lambda: _Connection(self), self.host, self.port, backlog=4096)
+                loop.create_server(
+                    lambda: _Connection(self), self.host, self.port, backlog=4096, ssl=self.tls
+                )
             )
         except OSError as exc:
             self._start_error = exc
@@ -280,6 +309,10 @@ class FakeUpstream:
         delay = self.delay + (fault.seconds if fault and fault.kind == "delay" else 0.0)
         if fault is not None and fault.kind == "reset":
             return _Plan(delay, reset=True)
+        if fault is not None and fault.kind == "redirect":
+            html = f'<html><body><a href="{fault.location}">moved</a></body></html>'.encode()
+            moved = (("content-type", "text/html"), ("location", fault.location))
+            return _Plan(delay, status=fault.code, headers=moved, body=html)
         if fault is not None and fault.kind == "status":
             extra: tuple[tuple[str, str], ...] = ()
             if fault.retry_after is not None:
@@ -317,6 +350,12 @@ class FakeUpstream:
             return plan
         if fault.kind == "malformed":
             frames.insert(1, (shape.malformed_frame(), False))
+        elif fault.kind == "without_done":
+            plan.tail = b""
+        elif fault.kind == "end":
+            plan.frames = _first_content(frames, fault.after_chunks)
+            plan.tail = b""
+            plan.close_delimited = True
         elif fault.kind in ("cut", "stream_error"):
             plan.frames = _first_content(frames, fault.after_chunks)
             if fault.kind == "cut":
@@ -376,7 +415,12 @@ def _first_content(frames: list[Frame], count: int) -> list[Frame]:
 
 
 def _head(
-    status: int, headers: Iterable[tuple[str, str]], length: int | None, close: bool
+    status: int,
+    headers: Iterable[tuple[str, str]],
+    length: int | None,
+    close: bool,
+    *,
+    delimited_by_close: bool = False,
 ) -> bytes:
     try:
         reason = HTTPStatus(status).phrase
@@ -384,7 +428,9 @@ def _head(
         reason = "Overloaded" if status == 529 else "Error"
     lines = [f"HTTP/1.1 {status} {reason}"]
     lines.extend(f"{name}: {value}" for name, value in headers)
-    if length is None:
+    if delimited_by_close:
+        close = True  # the body ends where the connection does
+    elif length is None:
         lines.append("transfer-encoding: chunked")
     else:
         lines.append(f"content-length: {length}")
@@ -500,6 +546,11 @@ class _Connection(asyncio.Protocol):
                 return
             head = _head(plan.status, plan.headers, len(plan.body), not keep_alive)
             transport.write(head + plan.body)
+        elif plan.close_delimited:
+            head = _head(plan.status, plan.headers, None, True, delimited_by_close=True)
+            transport.write(head + b"".join(frame for frame, _ in plan.frames))
+            self._hang_up()  # the end of the connection is the end of the body
+            return
         else:
             parts = [_head(plan.status, plan.headers, None, not keep_alive)]
             parts.extend(_chunk(frame) for frame, _ in plan.frames)
@@ -533,14 +584,16 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        transport.write(_head(plan.status, plan.headers, None, not keep_alive))
+        delimited = plan.close_delimited
+        close = delimited or not keep_alive
+        transport.write(_head(plan.status, plan.headers, None, close, delimited_by_close=delimited))
         for index, (frame, _) in enumerate(plan.frames):
             if index:
                 await asyncio.sleep(gap)
             if transport.is_closing():
                 return
-            transport.write(_chunk(frame))
-        if plan.cut_after is not None:
+            transport.write(frame if delimited else _chunk(frame))
+        if plan.cut_after is not None or delimited:
             self._hang_up()
             return
         transport.write((_chunk(plan.tail) if plan.tail else b"") + b"0\r\n\r\n")

@@ -368,3 +368,42 @@ def test_body_faults_apply_to_embeddings(openai_up: FakeUpstream, http: httpx.Cl
         http.post("/embeddings", json={"model": "e", "input": "x"}).json()
     with pytest.raises(httpx.RemoteProtocolError):
         http.post("/embeddings", json={"model": "e", "input": "x"})
+
+
+def test_end_stream_closes_a_close_delimited_body_early(
+    openai_up: FakeUpstream, http: httpx.Client
+) -> None:
+    openai_up.reply = "a b c d e f"
+    openai_up.faults.push(Fault.end_stream(after_chunks=2))
+    response = http.post("/chat/completions", json={**CHAT, "stream": True})
+    # A clean end as far as HTTP goes: no length, not chunked, the connection closed.
+    assert response.status_code == 200
+    assert "content-length" not in response.headers
+    assert "transfer-encoding" not in response.headers
+    assert response.headers["connection"] == "close"
+    events = [line[6:] for line in response.text.split("\n") if line.startswith("data: ")]
+    assert "[DONE]" not in events
+    chunks = [json.loads(event) for event in events]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert text == "a b"
+    assert all(c["choices"][0]["finish_reason"] is None for c in chunks)
+
+
+def test_end_stream_paced_is_close_delimited_too(
+    openai_up: FakeUpstream, http: httpx.Client
+) -> None:
+    openai_up.reply = "a b c d e f"
+    openai_up.chunk_delay = 0.001
+    openai_up.faults.push(Fault.end_stream(after_chunks=3))
+    response = http.post("/chat/completions", json={**CHAT, "stream": True})
+    assert "transfer-encoding" not in response.headers
+    events = [line[6:] for line in response.text.split("\n") if line.startswith("data: ")]
+    assert len(events) == 4 and "[DONE]" not in events  # role chunk + three words
+
+
+def test_without_done_keeps_the_finish_reason(openai_up: FakeUpstream, http: httpx.Client) -> None:
+    openai_up.faults.push(Fault.without_done())
+    text = http.post("/chat/completions", json={**CHAT, "stream": True}).text
+    events = [line[6:] for line in text.split("\n") if line.startswith("data: ")]
+    assert "[DONE]" not in events
+    assert json.loads(events[-1])["choices"][0]["finish_reason"] == "stop"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
-from trellis.errors import ProviderHTTPError
-from trellis.inference.providers.base import Provider
+from trellis.errors import ProviderHTTPError, UpstreamProtocolError
+from trellis.inference.providers.base import Provider, SSEEvent
 from trellis.inference.providers.gemini import GeminiProvider
 from trellis.schema import ChatRequest
 from trellis.testing.fake_upstream import FakeUpstream, Fault
@@ -207,3 +208,26 @@ async def test_blocked_prompt_and_thoughts(provider: GeminiProvider) -> None:
     assert thinking.choices[0].message.content == "4"
     assert thinking.usage is not None
     assert thinking.usage.completion_tokens == 6
+
+
+async def test_a_stream_ends_only_when_every_candidate_has_finished(
+    provider: GeminiProvider,
+) -> None:
+    # Two candidates (candidateCount 2); the stream stops after only the first finished.
+    events = [
+        {"candidates": [{"index": 0, "content": {"parts": [{"text": "a"}]}}]},
+        {"candidates": [{"index": 1, "content": {"parts": [{"text": "b"}]}}]},
+        {"candidates": [{"index": 0, "content": {"parts": []}, "finishReason": "STOP"}]},
+    ]
+
+    async def post_sse(*args: Any, **kwargs: Any) -> AsyncIterator[SSEEvent]:
+        for event in events:
+            yield SSEEvent(None, json.dumps(event))
+
+    provider.post_sse = post_sse  # type: ignore[method-assign]
+    with pytest.raises(UpstreamProtocolError) as caught:
+        [chunk async for chunk in provider.stream(request([{"role": "user", "content": "x"}]))]
+    assert caught.value.code == "stream_incomplete"
+    events.append({"candidates": [{"index": 1, "finishReason": "STOP"}]})
+    chunks = [c async for c in provider.stream(request([{"role": "user", "content": "x"}]))]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-2:] == ["stop", "stop"]

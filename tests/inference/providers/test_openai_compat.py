@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from trellis.errors import UpstreamError, UpstreamProtocolError
-from trellis.inference.providers.base import Provider
+from trellis.inference.providers.base import Provider, SSEEvent
 from trellis.inference.providers.openai_compat import OpenAICompatibleProvider
 from trellis.schema import ChatRequest, ChatResponse
 from trellis.settings import Deployment
@@ -221,11 +221,10 @@ async def test_an_answer_in_openais_full_shape_is_kept_as_it_came(
     # Any change to the answer means the kept bytes no longer describe it.
     response.usage = None
     assert response.wire is None
-    # Nested edits cannot be seen, so their code drops the bytes itself.
+    # So does an edit deep inside it (tests/test_schema.py tries every kind).
     response.keep_wire(wire)
     assert response.wire is wire
     response.choices[0].message.content = "edited"
-    response.drop_wire()
     assert response.wire is None
 
 
@@ -237,3 +236,30 @@ async def test_an_answer_missing_fields_is_encoded_by_trellis(
     response = await connect(upstream).chat(request())
     assert response.wire is None
     assert response.choices[0].message.content
+
+
+async def test_a_stream_without_done_is_whole_only_when_every_choice_finished(
+    upstream: FakeUpstream, connect: Callable[..., Provider]
+) -> None:
+    provider = connect(upstream)
+
+    def chunk(index: int, content: str | None, finish: str | None) -> SSEEvent:
+        choice = {"index": index, "delta": {"content": content}, "finish_reason": finish}
+        return SSEEvent(None, orjson.dumps({"id": "c", "model": "m", "choices": [choice]}).decode())
+
+    events = [chunk(0, "a", None), chunk(1, "b", None), chunk(0, None, "stop")]
+
+    async def post_sse(*args: Any, **kwargs: Any) -> AsyncIterator[SSEEvent]:
+        for event in events:
+            yield event
+
+    provider.post_sse = post_sse  # type: ignore[method-assign]
+    with pytest.raises(UpstreamProtocolError) as caught:
+        [c async for c in provider.stream(request(n=2))]
+    assert caught.value.code == "stream_incomplete"  # choice 1 never finished
+    events.append(chunk(1, None, "length"))
+    chunks = [c async for c in provider.stream(request(n=2))]
+    assert [c.choices[0].finish_reason for c in chunks][-2:] == ["stop", "length"]
+    events.append(SSEEvent(None, "[DONE]"))  # [DONE] ends a stream whatever came before
+    events[2:4] = []
+    assert len([c async for c in provider.stream(request(n=2))]) == 2

@@ -283,6 +283,32 @@ async def test_cut_body_is_an_upstream_error(upstream: FakeUpstream, provider: P
         await provider.chat(chat_request())
 
 
+async def test_stream_ended_before_its_end_marker_is_an_error(
+    upstream: FakeUpstream, provider: Provider
+) -> None:
+    # The connection closes cleanly (a close-delimited body), so only the missing end of
+    # the vendor's stream tells: OpenAI's finish_reason/[DONE], Anthropic's message_stop,
+    # Gemini's finishReason, Cohere's message-end.
+    upstream.reply = "a b c d e f g h"
+    upstream.faults.push(Fault.end_stream(after_chunks=2))
+    received = []
+    with pytest.raises(UpstreamProtocolError) as caught:
+        async for chunk in provider.stream(chat_request()):
+            received.append(chunk)
+    assert caught.value.code == "stream_incomplete"
+    assert "ended" in caught.value.message
+    assert streamed_text(received) == "a b"
+    assert all(chunk.usage is None for chunk in received)
+
+
+async def test_stream_without_done_is_complete(upstream: FakeUpstream, provider: Provider) -> None:
+    upstream.faults.push(Fault.without_done())
+    chunks = await collect(provider, chat_request())
+    assert streamed_text(chunks) == "Hello from fake"
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "stop"
+
+
 async def test_mid_stream_error_event_is_not_retryable(
     upstream: FakeUpstream, provider: Provider
 ) -> None:

@@ -14,12 +14,15 @@ from pathlib import Path
 import pytest
 
 from trellis.inference.providers.transport import (
+    KEEPALIVE_SECONDS,
+    MAX_HEAD_BYTES,
     ConnectError,
     ConnectionClosed,
     DeadlineExceeded,
     HttpClient,
     ProtocolError,
     ReadTimeout,
+    ResponseTooLarge,
 )
 from trellis.testing.fake_upstream import FakeUpstream
 
@@ -150,6 +153,46 @@ async def test_compressed_bodies_are_decoded(
     assert b"accept-encoding: gzip, deflate\r\n" in server.requests[0]
 
 
+@pytest.mark.parametrize("encoding", ["identity", "gzip", "deflate"])
+async def test_answers_are_capped_after_decompression(encoding: str) -> None:
+    """A small compressed body must not inflate into memory past the cap."""
+    cap = 64 * 1024
+    big = b"0" * (4 * 1024 * 1024)
+    encode = {"identity": bytes, "gzip": gzip.compress, "deflate": zlib.compress}[encoding]
+    headers = f"content-encoding: {encoding}\r\n"
+    async with Server(
+        answer(encode(b"1" * cap), headers=headers), answer(encode(big), headers=headers)
+    ) as server:
+        client = HttpClient(server.url, max_body_bytes=cap)
+        assert (await client.request("GET", "/"))[2] == b"1" * cap  # exactly the cap: fine
+        with pytest.raises(ResponseTooLarge, match=f"larger than {cap} bytes"):
+            await client.request("GET", "/")
+        async with client.stream("GET", "/") as response:
+            received = 0
+            with pytest.raises(ResponseTooLarge):
+                async for piece in response.iter_chunks():
+                    received += len(piece)
+            assert received <= cap
+        await client.aclose()
+
+
+async def test_an_endless_head_is_cut_off() -> None:
+    """The parser buffers a header line whole: a server that never ends one must not
+    grow it without bound (bytes that keep coming defeat the idle timeout)."""
+
+    async def endless(request: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nx-filler: ")
+        for _ in range(2 * MAX_HEAD_BYTES // 65536 + 2):
+            writer.write(b"a" * 65536)
+            await writer.drain()
+
+    async with Server(endless) as server:
+        client = HttpClient(server.url)
+        with pytest.raises(ProtocolError, match="head is over"):
+            await client.request("GET", "/")
+        await client.aclose()
+
+
 async def test_unknown_content_encoding_is_a_protocol_error() -> None:
     async with Server(answer(b"??", headers="content-encoding: br\r\n")) as server:
         client = HttpClient(server.url)
@@ -158,7 +201,7 @@ async def test_unknown_content_encoding_is_a_protocol_error() -> None:
         await client.aclose()
 
 
-async def test_a_reused_connection_the_server_dropped_is_replaced_once() -> None:
+async def test_a_pooled_connection_seen_closed_is_passed_over_before_writing() -> None:
     async def answer_then_drop(request: bytes, writer: asyncio.StreamWriter) -> None:
         await answer()(request, writer)
         await asyncio.sleep(0.05)
@@ -173,6 +216,62 @@ async def test_a_reused_connection_the_server_dropped_is_replaced_once() -> None
     assert status == 200
     assert [r.rsplit(b"\r\n", 1)[-1] for r in server.requests] == [b"first", b"second"]
     assert server.connections == 2
+
+
+async def test_a_request_the_server_may_have_read_is_never_sent_again() -> None:
+    """A reused connection reset after the request was written: the server may have
+    read it and acted on it (a completion made and billed), so the client raises
+    instead of quietly sending it again on a new connection."""
+
+    async def read_then_reset(request: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.transport.abort()
+
+    async with Server(answer(), read_then_reset, answer()) as server:
+        client = HttpClient(server.url)
+        await client.request("POST", "/", b"first")
+        with pytest.raises(ConnectionClosed, match="not sent again"):
+            await client.request("POST", "/", b"second")
+        assert (await client.request("POST", "/", b"third"))[0] == 200
+        await client.aclose()
+    assert [r.rsplit(b"\r\n", 1)[-1] for r in server.requests] == [b"first", b"second", b"third"]
+
+
+async def test_idle_connections_retire_before_the_usual_server_keepalive() -> None:
+    """uvicorn (hence vLLM) drops connections idle for 5 s: ours go sooner."""
+    assert KEEPALIVE_SECONDS < 5
+    async with Server(answer()) as server:
+        client = HttpClient(server.url, keepalive=0.3)
+        await client.request("GET", "/")
+        await client.request("GET", "/")
+        assert server.connections == 1
+        await asyncio.sleep(0.45)
+        await client.request("GET", "/")
+        assert server.connections == 2
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("header", "reused_after_0_2s", "reused_after_0_7s"),
+    [
+        ("keep-alive: timeout=1, max=100\r\n", True, False),  # kept for 0.5 s
+        ("Keep-Alive: max=5, TIMEOUT=0\r\n", False, False),  # not kept at all
+        ("keep-alive: max=5\r\n", True, True),  # no timeout named: ours applies
+    ],
+)
+async def test_a_keep_alive_header_shortens_the_idle_time(
+    header: str, reused_after_0_2s: bool, reused_after_0_7s: bool
+) -> None:
+    async with Server(answer(headers=header)) as server:
+        client = HttpClient(server.url)
+        await client.request("GET", "/")
+        await asyncio.sleep(0.2)
+        await client.request("GET", "/")
+        assert server.connections == (1 if reused_after_0_2s else 2)
+        before = server.connections
+        await asyncio.sleep(0.7)
+        await client.request("GET", "/")
+        assert server.connections == (before if reused_after_0_7s else before + 1)
+        await client.aclose()
 
 
 async def test_a_connection_cut_mid_answer_fails_and_is_not_retried() -> None:

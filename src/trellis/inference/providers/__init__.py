@@ -11,7 +11,7 @@ from importlib.metadata import entry_points
 
 from trellis.errors import ConfigurationError
 from trellis.inference.providers.base import EmbeddingResult, HttpProvider, Provider
-from trellis.settings import Deployment
+from trellis.settings import Deployment, LocalModelSettings
 
 __all__ = ["Provider", "HttpProvider", "EmbeddingResult", "build_provider", "BUILTIN_PROVIDERS"]
 
@@ -29,8 +29,8 @@ BUILTIN_PROVIDERS: dict[str, str] = {
     "anthropic": "trellis.inference.providers.anthropic:AnthropicProvider",
     "gemini": "trellis.inference.providers.gemini:GeminiProvider",
     "cohere": "trellis.inference.providers.cohere:CohereProvider",
-    "local": "trellis.inference.providers.local_llama:LocalLlamaProvider",
-    "local-embedder": "trellis.inference.providers.local_embedder:LocalEmbedderProvider",
+    "local": "trellis.inference.local.llama:LocalLlamaProvider",
+    "local-embedder": "trellis.inference.local.embedder:LocalEmbedderProvider",
 }
 
 
@@ -52,5 +52,11 @@ def provider_class(name: str) -> type[Provider]:
     raise ConfigurationError(f"unknown provider {name!r}")
 
 
-def build_provider(deployment: Deployment) -> Provider:
+def build_provider(deployment: Deployment, local: LocalModelSettings | None = None) -> Provider:
+    """The provider for ``deployment``; ``local`` configures the bundled chat model, which
+    answers with a clear 503 when the ``local`` extra is not installed."""
+    if deployment.provider == "local":
+        from trellis.inference.local.availability import local_chat_provider
+
+        return local_chat_provider(deployment, local)
     return provider_class(deployment.provider)(deployment)

@@ -180,11 +180,7 @@ class AnthropicProvider(HttpProvider):
                     provider=self.system,
                     retryable=False,
                 )
-        raise UpstreamProtocolError(
-            f"{self.deployment.label} stream ended before message_stop",
-            provider=self.system,
-            retryable=False,
-        )
+        raise self.stream_incomplete("message_stop")
 
 
 def _blocks(message: ChatMessage) -> list[dict[str, Any]]:

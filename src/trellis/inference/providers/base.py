@@ -13,9 +13,7 @@ import json
 import re
 import ssl
 import time
-from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -31,16 +29,17 @@ from trellis.errors import (
     UpstreamProtocolError,
     UpstreamTimeoutError,
 )
+from trellis.http_proxies import proxy_for
+from trellis.inference.contract import EmbeddingResult, Provider
 from trellis.inference.providers.transport import (
     ConnectError,
     DeadlineExceeded,
     HttpClient,
+    ResponseTooLarge,
     TransportError,
 )
 from trellis.schema import (
     ChatChunk,
-    ChatRequest,
-    ChatResponse,
     ChunkChoice,
     ChunkDelta,
     Usage,
@@ -66,73 +65,24 @@ __all__ = [
 
 
 @dataclass(slots=True)
-class EmbeddingResult:
-    vectors: list[list[float]]
-    prompt_tokens: int
-    model: str
-
-
-@dataclass(slots=True)
 class SSEEvent:
     event: str | None
     data: str
 
 
-class Provider(ABC):
-    """One deployment's connection to a model. Created once, shared by all requests."""
+def encode_body(body: dict[str, Any]) -> bytes:
+    """A request body as JSON; one the encoder refuses (nested past its 254 levels, or a
+    value that is not JSON) is the caller's error, a 400, never a deployment failure.
 
-    #: The ``gen_ai.provider.name`` recorded on spans.
-    system: ClassVar[str] = "unknown"
-    #: Whether ``chat`` and ``embed`` stop by the ``deadline`` they are given, raising
-    #: ``TimeoutError`` when it passes. The router then passes one instead of wrapping
-    #: each attempt in a timeout scope of its own; providers that leave this False are
-    #: called with ``deadline=None`` and bounded by the router.
-    honours_deadline: ClassVar[bool] = False
-
-    def __init__(self, deployment: Deployment) -> None:
-        self.deployment = deployment
-
-    @abstractmethod
-    async def chat(self, request: ChatRequest, *, deadline: float | None = None) -> ChatResponse:
-        """One non-streaming completion, done by ``deadline`` (event-loop time) when
-        the provider ``honours_deadline``."""
-
-    def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
-        """Completion chunks; the last carries ``usage`` when the provider reports it."""
-        raise UnsupportedFeatureError(
-            f"{self.deployment.label} does not support streaming", code="streaming_unsupported"
-        )
-
-    async def embed(
-        self, texts: list[str], *, dimensions: int | None = None, deadline: float | None = None
-    ) -> EmbeddingResult:
-        raise UnsupportedFeatureError(f"{self.deployment.label} does not make embeddings")
-
-    async def probe(self) -> None:
-        """A cheap call that fails when the deployment cannot serve (used by ``trellis doctor``)."""
-        request = ChatRequest(
-            model=self.deployment.model,
-            messages=[{"role": "user", "content": "ping"}],  # type: ignore[list-item]
-            max_tokens=1,
-        )
-        await self.chat(request)
-
-    async def aclose(self) -> None:  # noqa: B027 - optional hook, deliberately a no-op
-        """Release connections or models."""
-
-    @contextmanager
-    def expecting(self, what: str) -> Iterator[None]:
-        """Turn a vendor answer of the wrong shape into one clear ``UpstreamProtocolError``."""
-        try:
-            yield
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-            raise self.unexpected(what, exc) from exc
-
-    def unexpected(self, what: str, exc: BaseException) -> UpstreamProtocolError:
-        """The error for an answer of the wrong shape (what ``expecting`` raises)."""
-        return UpstreamProtocolError(
-            f"{self.deployment.label} sent an unexpected {what}: {exc!r}", provider=self.system
-        )
+    The HTTP edge already refuses such bodies (``max_json_depth``); this covers library
+    callers of the gateway, at no cost unless encoding fails.
+    """
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError as exc:
+        raise InvalidRequestError(
+            f"The request cannot be encoded as JSON: {exc}", code="invalid_request_body"
+        ) from exc
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
@@ -208,9 +158,15 @@ async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[SSEEvent]:
 
 
 @functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """One TLS context shared by every provider: building one loads the CA bundle (~50 ms)."""
-    return ssl.create_default_context()
+def _tls_context(
+    ca_file: str | None = None, client_cert: str | None = None, client_key: str | None = None
+) -> ssl.SSLContext:
+    """One TLS context per set of files, shared by the deployments that name them:
+    building one loads a CA bundle (~50 ms). ``ca_file`` replaces the system's CAs."""
+    context = ssl.create_default_context(cafile=ca_file)
+    if client_cert is not None:
+        context.load_cert_chain(client_cert, client_key)
+    return context
 
 
 class HttpProvider(Provider):
@@ -251,11 +207,25 @@ class HttpProvider(Provider):
                     headers=self.headers,
                     connect_timeout=deployment.connect_timeout,
                     read_timeout=deployment.timeout,
-                    ssl_context=_tls_context() if self.base_url.startswith("https:") else None,
+                    ssl_context=self._tls() if self.base_url.startswith("https:") else None,
+                    keepalive=deployment.keepalive,
+                    max_body_bytes=deployment.max_response_bytes,
+                    proxy=proxy_for(self.base_url),
                 )
             except ValueError as exc:
                 raise UpstreamError(f"{deployment.label}: {exc}", retryable=False) from None
         return self._client
+
+    def _tls(self) -> ssl.SSLContext:
+        deployment = self.deployment
+        try:
+            return _tls_context(deployment.ca_file, deployment.client_cert, deployment.client_key)
+        except (OSError, ssl.SSLError) as exc:  # a missing file, or not PEM
+            raise UpstreamError(
+                f"{deployment.label}: cannot load its TLS files (ca_file, client_cert, "
+                f"client_key): {exc}",
+                retryable=False,
+            ) from None
 
     # --- vendor hooks -------------------------------------------------------
 
@@ -288,13 +258,13 @@ class HttpProvider(Provider):
         params: dict[str, str] | None = None,
         deadline: float | None = None,
     ) -> Any:
-        return self._decode(await self._send("POST", path, orjson.dumps(body), params, deadline))
+        return self._decode(await self._send("POST", path, encode_body(body), params, deadline))
 
     async def post_bytes(
         self, path: str, body: dict[str, Any], *, deadline: float | None = None
     ) -> bytes:
         """POST ``body``; the answer's bytes, failures raised as ``UpstreamError``."""
-        return await self._send("POST", path, orjson.dumps(body), None, deadline)
+        return await self._send("POST", path, encode_body(body), None, deadline)
 
     async def get_json(self, path: str) -> Any:
         return self._decode(await self._send("GET", path, None, None))
@@ -327,7 +297,7 @@ class HttpProvider(Provider):
             raise
         except (TransportError, OSError) as exc:  # TimeoutError is an OSError
             raise self._map_transport_error(exc) from exc
-        if status >= 400:
+        if status >= 300:
             self._raise_for_status(status, headers, content)
         return content
 
@@ -337,9 +307,9 @@ class HttpProvider(Provider):
         """POST and yield server-sent events; errors before the first event raise as usual."""
         try:
             async with self.client.stream(
-                "POST", path, orjson.dumps(body), params=params
+                "POST", path, encode_body(body), params=params
             ) as response:
-                if response.status >= 400:
+                if response.status >= 300:
                     self._raise_for_status(response.status, response.headers, await response.read())
                 async for event in sse_events(response.iter_chunks()):
                     yield event
@@ -362,6 +332,8 @@ class HttpProvider(Provider):
         )
 
     def _raise_for_status(self, status: int, headers: Mapping[str, str], content: bytes) -> None:
+        if status < 400:
+            self._raise_redirect(status, headers)
         try:
             body: Any = orjson.loads(content)
         except orjson.JSONDecodeError:
@@ -375,8 +347,30 @@ class HttpProvider(Provider):
             body=body,
         )
 
+    def _raise_redirect(self, status: int, headers: Mapping[str, str]) -> None:
+        """A 3xx: provider APIs never redirect a correct base URL, and following one would
+        re-send a prompt (and its key) elsewhere. Not retried, and not the deployment's
+        health (the breaker does not count it): its ``base_url`` needs fixing."""
+        location = headers.get("location")
+        where = f" to {location}" if location else " without a Location"
+        raise ProviderHTTPError(
+            f"{self.deployment.label} answered HTTP {status}, a redirect{where}; Trellis does "
+            "not follow redirects: set the deployment's base_url to the address that answers",
+            upstream_status=status,
+            provider=self.system,
+            retryable=False,
+            code="upstream_redirect",
+        )
+
     def _map_transport_error(self, exc: BaseException) -> UpstreamError:
         label = self.deployment.label
+        if isinstance(exc, ResponseTooLarge):
+            return UpstreamProtocolError(
+                f"{label} sent too large an answer: {exc} (the deployment's max_response_bytes)",
+                provider=self.system,
+                retryable=False,
+                code="upstream_response_too_large",
+            )
         if isinstance(exc, TimeoutError):
             return UpstreamTimeoutError(
                 f"{label} timed out ({type(exc).__name__}: {exc})", provider=self.system

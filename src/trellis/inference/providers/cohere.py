@@ -161,11 +161,7 @@ class CohereProvider(HttpProvider):
                 yield out.delta(finish_reason=_FINISH.get(reason, "stop"))
                 yield out.usage(_usage(delta.get("usage") or {}))
                 return
-        raise UpstreamProtocolError(
-            f"{self.deployment.label} stream ended before message-end",
-            provider=self.system,
-            retryable=False,
-        )
+        raise self.stream_incomplete("message-end")
 
     async def embed(
         self, texts: list[str], *, dimensions: int | None = None, deadline: float | None = None

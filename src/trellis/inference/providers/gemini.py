@@ -176,12 +176,8 @@ class GeminiProvider(HttpProvider):
             if blocked and not finished:
                 yield out.delta(finish_reason="content_filter")
                 finished.add(0)
-        if not finished:
-            raise UpstreamProtocolError(
-                f"{self.deployment.label} stream ended before a finishReason",
-                provider=self.system,
-                retryable=False,
-            )
+        if not finished or calls_made.keys() - finished:  # every candidate must finish
+            raise self.stream_incomplete("a finishReason")
         yield out.usage(_usage(usage))
 
     async def embed(

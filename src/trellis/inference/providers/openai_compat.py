@@ -48,6 +48,8 @@ class OpenAICompatibleProvider(HttpProvider):
         body["stream"] = True
         # Ask for usage always: we need it for cost even when the caller did not.
         body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
+        started: set[int] = set()
+        finished: set[int] = set()
         async for event in self.post_sse("/chat/completions", body):
             if event.data.strip() == "[DONE]":
                 return
@@ -60,7 +62,15 @@ class OpenAICompatibleProvider(HttpProvider):
                 )
             with self.expecting("chunk"):
                 chunk = ChatChunk.model_validate(data)
+            for choice in chunk.choices:
+                started.add(choice.index)
+                if choice.finish_reason:
+                    finished.add(choice.index)
             yield chunk
+        # No [DONE]: the stream is whole only if every choice said how it finished (some
+        # llama.cpp servers end so); otherwise the upstream hung up mid-answer.
+        if not started or started - finished:
+            raise self.stream_incomplete("a finish_reason or [DONE]")
 
     async def embed(
         self, texts: list[str], *, dimensions: int | None = None, deadline: float | None = None

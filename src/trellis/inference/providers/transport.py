@@ -1,34 +1,40 @@
 """A small keep-alive HTTP/1.1 client for provider calls: asyncio streams parsed by httptools.
 
 Every model call crosses it, so its cost is added to every request the gateway
-serves. aiohttp's client spends ~180 µs of CPU on one loopback call here and this
-one ~35 µs; at a 20 ms upstream delay that alone moved a bare forwarder's added
-p50 from +1.14 to +0.48 ms (docs/architecture.md). The parsing is httptools
-(llhttp, the parser uvicorn uses); this module only frames requests and keeps a
-pool of connections.
+serves; aiohttp's client spends several times its CPU per call (figures, and what
+that does to a bare forwarder's added latency: README, Performance). The parsing
+is httptools (llhttp, the parser uvicorn uses); this module only frames requests
+and keeps a pool of connections.
 
 What it does: one origin per client (the provider's base URL), HTTP and HTTPS,
-``content-length`` request bodies, responses sized by ``content-length``, chunked
-or delimited by the close of the connection, gzip/deflate bodies, an idle-read
-timeout and an optional deadline for the whole exchange (one timer per connection,
-kept armed across its exchanges), and a pool of kept-alive connections. A request
-that finds its reused connection closed by the server before any byte of an answer
-is sent again once on a new connection (the server never saw it). No redirects,
-proxies or cookies: provider APIs use none of them.
+optionally through an HTTP proxy (``CONNECT`` tunnels for HTTPS origins, absolute
+request targets for HTTP ones), ``content-length`` request bodies, responses sized
+by ``content-length``, chunked or delimited by the close of the connection,
+gzip/deflate bodies, a cap on the size of an answer after decompression, an
+idle-read timeout and an optional deadline for the whole exchange (one timer per
+connection, kept armed across its exchanges), and a pool of kept-alive connections.
+
+A request is written once and never sent again by this module: once any byte of it
+may have reached the server, a failure is raised (the router retries it as an
+attempt of its own, on the trace). Only a pooled connection already seen closed is
+passed over before writing. Idle connections are retired before the usual server
+keep-alive (uvicorn's 5 s) or the server's ``Keep-Alive: timeout=N``, so that race
+is rare. Redirects are answers like any other (the provider refuses them); no
+cookies: provider APIs use none.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ssl
-import time
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import httptools
 
@@ -44,6 +50,10 @@ __all__ = [
     "ReadTimeout",
     "ConnectTimeout",
     "DeadlineExceeded",
+    "ResponseTooLarge",
+    "KEEPALIVE_SECONDS",
+    "MAX_RESPONSE_BYTES",
+    "MAX_HEAD_BYTES",
 ]
 
 #: Connections open at once per client by default (aiohttp's default too); more
@@ -51,9 +61,14 @@ __all__ = [
 MAX_CONNECTIONS = 1000
 #: Idle connections kept per client; the others are closed after use.
 MAX_IDLE = 256
-#: A kept-alive connection unused this long is closed rather than reused: servers drop
-#: idle ones after 5-75 s, and a request sent on a connection being dropped is lost.
-KEEPALIVE_SECONDS = 15.0
+#: A kept-alive connection idle this long (since its last byte arrived) is closed rather
+#: than reused: uvicorn, hence vLLM, drops idle connections after 5 s (others after
+#: 5-75 s), and a request written as the server drops the connection fails.
+KEEPALIVE_SECONDS = 4.0
+#: The largest answer body accepted, counted after decompression.
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+#: The most bytes read before an answer's head is complete (status line and headers).
+MAX_HEAD_BYTES = 1024 * 1024
 #: A stream's reader stops taking bytes from the socket past this many buffered.
 _HIGH_WATER = 256 * 1024
 _PATH_SAFE = "/:@!$&'()*+,;=-._~%"
@@ -81,6 +96,10 @@ class ReadTimeout(TransportError, TimeoutError):
 
 class ConnectTimeout(ConnectError, TimeoutError):
     """Opening the connection took longer than the connect timeout."""
+
+
+class ResponseTooLarge(TransportError):
+    """The answer's body, decompressed, is larger than the client's ``max_body_bytes``."""
 
 
 class DeadlineExceeded(TransportError, TimeoutError):
@@ -138,6 +157,8 @@ class _Exchange:
         "decoder",
         "keep_alive",
         "deadline",
+        "received",
+        "head_bytes",
     )
 
     def __init__(self, connection: _Connection, deadline: float | None) -> None:
@@ -154,6 +175,10 @@ class _Exchange:
         self.got_bytes = False
         self.decoder: Any = None
         self.keep_alive = False
+        #: Body bytes delivered so far (decompressed), held to the connection's cap.
+        self.received = 0
+        #: Bytes read before the head was complete (bounded: the parser buffers them).
+        self.head_bytes = 0
 
     def wake(self) -> None:
         waiter = self.waiter
@@ -192,9 +217,18 @@ class _Exchange:
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection and its response parser; one exchange at a time."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout: float | None) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        read_timeout: float | None,
+        max_body: int = MAX_RESPONSE_BYTES,
+        keepalive: float = KEEPALIVE_SECONDS,
+    ) -> None:
         self.loop = loop
         self.read_timeout = read_timeout
+        self.max_body = max_body
+        #: Seconds this connection may stay idle in the pool (lowered by ``Keep-Alive``).
+        self.keepalive = keepalive
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: _Exchange | None = None
@@ -218,6 +252,12 @@ class _Connection(asyncio.Protocol):
             return
         self.last_read = self.loop.time()
         exchange.got_bytes = True
+        if not exchange.status:  # still in the head, which the parser buffers unbounded
+            exchange.head_bytes += len(data)
+            if exchange.head_bytes > MAX_HEAD_BYTES:
+                self._fail(ProtocolError(f"the answer's head is over {MAX_HEAD_BYTES} bytes"))
+                self.close()
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -293,6 +333,10 @@ class _Connection(asyncio.Protocol):
             body = self._decompress(exchange, body)
             if not body:
                 return
+        exchange.received += len(body)
+        if exchange.received > self.max_body:
+            self._too_large()
+            return
         exchange.chunks.append(body)
         exchange.buffered += len(body)
         if exchange.buffered >= _HIGH_WATER and not self.paused and self.transport is not None:
@@ -309,6 +353,10 @@ class _Connection(asyncio.Protocol):
             if exchange.error is not None:
                 return
             if rest:
+                exchange.received += len(rest)
+                if exchange.received > self.max_body:
+                    self._too_large()
+                    return
                 exchange.chunks.append(rest)
         exchange.complete = True  # the timer stays armed: the next exchange may reuse it
         exchange.wake()
@@ -322,11 +370,13 @@ class _Connection(asyncio.Protocol):
 
     def _decompress(self, exchange: _Exchange, data: bytes | None) -> bytes:
         """``data`` decoded (None: the decoder's last bytes); b"" and a failed exchange
-        when the body is not what its ``content-encoding`` says."""
+        when the body is not what its ``content-encoding`` says. At most one byte past
+        the cap is decoded, so a small compressed body cannot inflate to a huge one."""
         try:
             if data is None:
                 return exchange.decoder.flush()  # type: ignore[no-any-return]
-            return exchange.decoder.decompress(data)  # type: ignore[no-any-return]
+            room = self.max_body - exchange.received + 1
+            return exchange.decoder.decompress(data, room)  # type: ignore[no-any-return]
         except zlib.error as exc:
             self._fail(ProtocolError(f"the response body does not decompress: {exc}"))
             self.close()
@@ -407,6 +457,14 @@ class _Connection(asyncio.Protocol):
             self._fail(ReadTimeout(f"no data from the server for {self.read_timeout:g}s"))
         self.close()
 
+    def _too_large(self) -> None:
+        self._fail(
+            ResponseTooLarge(
+                f"the answer is larger than {self.max_body} bytes (after decompression)"
+            )
+        )
+        self.close()
+
     def _fail(self, error: BaseException) -> None:
         exchange = self.exchange
         if exchange is not None and exchange.error is None and not exchange.complete:
@@ -434,14 +492,102 @@ class _Deflate:
         self._inner: Any = None
         self._raw = False
 
-    def decompress(self, data: bytes) -> bytes:
+    def decompress(self, data: bytes, max_length: int = 0) -> bytes:
         if self._inner is None:
             self._raw = not data or (data[0] & 0x0F) != 8
             self._inner = zlib.decompressobj(-zlib.MAX_WBITS if self._raw else zlib.MAX_WBITS)
-        return self._inner.decompress(data)  # type: ignore[no-any-return]
+        return self._inner.decompress(data, max_length)  # type: ignore[no-any-return]
 
     def flush(self) -> bytes:
         return self._inner.flush() if self._inner is not None else b""  # type: ignore[no-any-return]
+
+
+class _Proxy:
+    """An HTTP proxy from a URL such as ``http://user:password@proxy:3128``."""
+
+    __slots__ = ("host", "port", "authorization")
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme != "http" or not parts.hostname:
+            # Not the URL itself in the message: it may carry a password.
+            raise ValueError(
+                f"expected an http://host:port proxy URL, got scheme {parts.scheme!r} "
+                f"(proxies reached over HTTPS or SOCKS are not supported)"
+            )
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        self.authorization: str | None = None
+        if parts.username is not None:
+            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            self.authorization = "Basic " + base64.b64encode(credentials.encode()).decode("ascii")
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+class _Tunnel(asyncio.Protocol):
+    """A proxy's answer to ``CONNECT``, read before TLS takes the connection over."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.answer: asyncio.Future[tuple[int, str]] = loop.create_future()
+        self._buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        if self.answer.done():
+            return
+        self._buffer += data
+        while True:  # an interim (1xx) answer may come first
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._buffer) > _MAX_TUNNEL_HEAD:
+                    self._refuse("the proxy's answer to CONNECT is too long")
+                return
+            status_line = self._buffer[: self._buffer.find(b"\r\n")].decode("latin-1")
+            version, _, rest = status_line.partition(" ")
+            code, _, reason = rest.partition(" ")
+            if not version.startswith("HTTP/") or not code.isdigit():
+                self._refuse(f"the proxy did not answer CONNECT in HTTP: {status_line[:80]!r}")
+                return
+            self._buffer = self._buffer[end + 4 :]
+            status = int(code)
+            if 100 <= status < 200:
+                continue
+            if 200 <= status < 300 and self._buffer:
+                self._refuse("the proxy sent bytes before the tunnel's TLS handshake")
+                return
+            self.answer.set_result((status, reason))
+            return
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._refuse(f"the proxy closed the connection before answering CONNECT{_reason(exc)}")
+
+    def _refuse(self, message: str) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(ConnectError(message))
+
+
+#: The longest answer to ``CONNECT`` read (its head; a refusal's body is not read).
+_MAX_TUNNEL_HEAD = 64 * 1024
+
+
+def _reason(exc: BaseException | None) -> str:
+    return f": {exc}" if exc else ""
+
+
+def _keepalive_hint(value: str) -> float | None:
+    """Seconds a connection may idle by the server's ``Keep-Alive: timeout=N``: a margin
+    under N, since the server drops it at N (None: the header names no timeout)."""
+    for part in value.split(","):
+        name, _, number = part.partition("=")
+        if name.strip().lower() == "timeout":
+            try:
+                seconds = int(number.strip().strip('"'))
+            except ValueError:
+                return None
+            return max(seconds - 1.0, seconds / 2) if seconds > 0 else 0.0
+    return None
 
 
 class HttpClient:
@@ -449,8 +595,13 @@ class HttpClient:
 
     ``headers`` go on every request. ``read_timeout`` bounds the wait for each byte
     of an answer (not the whole answer: the caller bounds that); ``connect_timeout``
-    bounds opening a connection, TLS handshake included. At most ``max_connections``
-    requests are in flight at once; the others wait their turn.
+    bounds opening a connection, proxy tunnel and TLS handshake included. At most
+    ``max_connections`` requests are in flight at once; the others wait their turn.
+    ``keepalive`` is how long an idle connection is kept for reuse (less when the
+    server's ``Keep-Alive: timeout=N`` says so); ``max_body_bytes`` caps an answer's
+    body, decompressed. ``proxy`` (``http://[user:password@]host:port``) carries every
+    request: through a ``CONNECT`` tunnel to an HTTPS origin, or with the absolute URL
+    as request target to an HTTP one.
     """
 
     def __init__(
@@ -463,10 +614,15 @@ class HttpClient:
         ssl_context: ssl.SSLContext | None = None,
         user_agent: str = "trellis",
         max_connections: int = MAX_CONNECTIONS,
+        keepalive: float = KEEPALIVE_SECONDS,
+        max_body_bytes: int = MAX_RESPONSE_BYTES,
+        proxy: str | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"expected an http(s) URL, got {base_url!r}")
+        if max_body_bytes < 1:
+            raise ValueError("max_body_bytes must be positive")
         self.tls = parts.scheme == "https"
         self.host = parts.hostname
         self.port = parts.port or (443 if self.tls else 80)
@@ -479,6 +635,11 @@ class HttpClient:
             self.ssl_context = ssl.create_default_context()
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.keepalive = keepalive
+        self.max_body_bytes = max_body_bytes
+        self.proxy = _Proxy(proxy) if proxy else None
+        self._tunnel_target = f"{host}:{self.port}"
+        self._where = self._tunnel_target + (f" via proxy {self.proxy}" if self.proxy else "")
         fixed = {
             "host": authority,
             "user-agent": user_agent,
@@ -489,6 +650,12 @@ class HttpClient:
             check_header(name, value)
             fixed[name.lower()] = value
         fixed.pop("content-length", None)
+        #: Prefix of request targets: a forward proxy reads the origin from an absolute URL.
+        self._origin = ""
+        if self.proxy is not None and not self.tls:
+            self._origin = f"http://{authority}"
+            if self.proxy.authorization is not None:
+                fixed["proxy-authorization"] = self.proxy.authorization
         self._fixed_headers = "".join(f"{name}: {value}\r\n" for name, value in fixed.items())
         self._idle: deque[_Connection] = deque()
         self._active: set[_Connection] = set()
@@ -553,7 +720,7 @@ class HttpClient:
     ) -> bytes:
         target = self._targets.get(path)
         if target is None:
-            target = quote(self.base_path + path, safe=_PATH_SAFE)
+            target = self._origin + quote(self.base_path + path, safe=_PATH_SAFE)
             if len(self._targets) < 64:
                 self._targets[path] = target
         if params:
@@ -587,24 +754,25 @@ class HttpClient:
             exchange = connection.start(request, deadline)
             try:
                 await exchange.wait_head()
-            except ConnectionClosed:
+            except ConnectionClosed as exc:
                 if not reused or exchange.got_bytes:
                     raise
-                # A reused connection the server had closed: it never saw this request.
-                self._active.discard(connection)
-                connection.close()
-                connection = await self._connect(deadline)
-                self._active.add(connection)
-                exchange = connection.start(request, deadline)
-                await exchange.wait_head()
+                # Written, so possibly read and acted on (a completion made and billed):
+                # never sent again here. A retry is the caller's, as an attempt of its own.
+                raise ConnectionClosed(
+                    "the server closed a reused connection without answering; the request "
+                    f"may have reached it, so it is not sent again ({exc})"
+                ) from exc
         except BaseException:
             self._release(connection)
             raise
         return connection, exchange
 
     def _take_idle(self) -> _Connection | None:
-        now = time.monotonic()
+        """A pooled connection still fit to carry a request: open as far as the event
+        loop has seen, and idle for less than its keep-alive time."""
         loop = asyncio.get_running_loop()
+        now = loop.time()
         while self._idle:
             connection = self._idle.pop()
             if connection.loop is not loop:  # pooled by an event loop that has ended
@@ -616,7 +784,7 @@ class HttpClient:
                 connection.closed
                 or transport is None
                 or transport.is_closing()
-                or now - connection.idle_since > KEEPALIVE_SECONDS
+                or now - connection.idle_since > connection.keepalive
             ):
                 connection.close()
                 continue
@@ -636,23 +804,59 @@ class HttpClient:
         by_deadline = deadline is not None and (limit is None or deadline - loop.time() < limit)
         try:
             async with asyncio.timeout_at(deadline) if by_deadline else asyncio.timeout(limit):
-                _, connection = await loop.create_connection(
-                    lambda: _Connection(loop, self.read_timeout),
-                    self.host,
-                    self.port,
-                    ssl=self.ssl_context,
-                    server_hostname=self.host if self.tls else None,
-                )
+                if self.proxy is None:
+                    _, connection = await loop.create_connection(
+                        lambda: _Connection(
+                            loop, self.read_timeout, self.max_body_bytes, self.keepalive
+                        ),
+                        self.host,
+                        self.port,
+                        ssl=self.ssl_context,
+                        server_hostname=self.host if self.tls else None,
+                    )
+                else:
+                    connection = await self._connect_through(self.proxy, loop)
         except TimeoutError:
             if by_deadline:
-                raise DeadlineExceeded(
-                    f"the deadline passed connecting to {self.host}:{self.port}"
-                ) from None
+                raise DeadlineExceeded(f"the deadline passed connecting to {self._where}") from None
             raise ConnectTimeout(
-                f"connecting to {self.host}:{self.port} took over {self.connect_timeout:g}s"
+                f"connecting to {self._where} took over {self.connect_timeout:g}s"
             ) from None
         except (OSError, ssl.SSLError) as exc:
-            raise ConnectError(f"{self.host}:{self.port}: {exc}") from exc
+            raise ConnectError(f"{self._where}: {exc}") from exc
+        return connection
+
+    async def _connect_through(self, proxy: _Proxy, loop: asyncio.AbstractEventLoop) -> _Connection:
+        """A connection to the origin through ``proxy``: to the proxy itself for an HTTP
+        origin (requests then name the origin), a ``CONNECT`` tunnel with TLS inside it
+        for an HTTPS one."""
+        connection = _Connection(loop, self.read_timeout, self.max_body_bytes, self.keepalive)
+        if not self.tls:
+            await loop.create_connection(lambda: connection, proxy.host, proxy.port)
+            return connection
+        transport, tunnel = await loop.create_connection(
+            lambda: _Tunnel(loop), proxy.host, proxy.port
+        )
+        try:
+            head = f"CONNECT {self._tunnel_target} HTTP/1.1\r\nhost: {self._tunnel_target}\r\n"
+            if proxy.authorization is not None:
+                head += f"proxy-authorization: {proxy.authorization}\r\n"
+            transport.write(f"{head}\r\n".encode("latin-1"))
+            status, reason = await tunnel.answer
+            if not 200 <= status < 300:
+                raise ConnectError(
+                    f"the proxy {proxy} refused CONNECT {self._tunnel_target}: {status} {reason}"
+                )
+            assert self.ssl_context is not None
+            tls = await loop.start_tls(
+                transport, connection, self.ssl_context, server_hostname=self.host
+            )
+        except BaseException:
+            transport.abort()
+            raise
+        if tls is None:
+            raise ConnectError(f"{self._where}: the TLS handshake did not complete")
+        connection.connection_made(tls)  # start_tls does not announce its transport
         return connection
 
     def _release(self, connection: _Connection) -> None:
@@ -660,8 +864,15 @@ class HttpClient:
         self._active.discard(connection)
         self._slots.release()
         if not self._closed and connection.reusable() and len(self._idle) < MAX_IDLE:
+            exchange = connection.exchange
+            assert exchange is not None
+            hint = exchange.headers.get("keep-alive")
+            if hint is not None and (seconds := _keepalive_hint(hint)) is not None:
+                connection.keepalive = min(connection.keepalive, seconds)
             connection.exchange = None
-            connection.idle_since = time.monotonic()
-            self._idle.append(connection)
-        else:
-            connection.close()
+            # Idle since its last byte arrived: the server's clock started no later.
+            connection.idle_since = connection.last_read
+            if connection.keepalive > 0:
+                self._idle.append(connection)
+                return
+        connection.close()

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Query, Request
 from trellis.access.keys import ADMIN, OBSERVER
 from trellis.observe.alerts import AlertManager
 from trellis.server.edge import authenticate, parse_body, read_json, runtime
+from trellis.server.openapi import operation
 from trellis.server.responses import JSONBytes
 from trellis.settings import AlertRule
 
@@ -19,7 +20,7 @@ def _manager(request: Request) -> AlertManager:
     return manager
 
 
-@router.get("")
+@router.get("", **operation(scope=OBSERVER))
 async def list_alerts(
     request: Request,
     state: str | None = Query(default=None, description="pending, firing or resolved"),
@@ -30,14 +31,14 @@ async def list_alerts(
     return JSONBytes({"object": "list", "data": rows})
 
 
-@router.get("/rules")
+@router.get("/rules", **operation(scope=OBSERVER))
 async def list_rules(request: Request) -> JSONBytes:
     await authenticate(request, OBSERVER)
     rules = await _manager(request).rules()
     return JSONBytes({"object": "list", "data": [rule.to_dict() for rule in rules]})
 
 
-@router.post("/rules", status_code=201)
+@router.post("/rules", status_code=201, **operation(scope=ADMIN, body=AlertRule))
 async def create_rule(request: Request) -> JSONBytes:
     await authenticate(request, ADMIN)
     spec = parse_body(AlertRule, await read_json(request))
@@ -45,7 +46,7 @@ async def create_rule(request: Request) -> JSONBytes:
     return JSONBytes(rule.to_dict(), status_code=201)
 
 
-@router.delete("/rules/{rule_id}")
+@router.delete("/rules/{rule_id}", **operation(scope=ADMIN, errors=[400, 404]))
 async def delete_rule(rule_id: str, request: Request) -> JSONBytes:
     await authenticate(request, ADMIN)
     await _manager(request).delete_rule(rule_id)

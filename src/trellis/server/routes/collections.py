@@ -18,6 +18,7 @@ from trellis.retrieval import FusionConfig
 from trellis.retrieval.loaders import record_to_document
 from trellis.retrieval.service import DEFAULT_FUSION, MAX_TOP_K
 from trellis.server.edge import authenticate, parse_body, read_json, runtime
+from trellis.server.openapi import operation
 from trellis.server.responses import JSONBytes
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
@@ -79,14 +80,14 @@ def default_document_id(doc: DocumentIn) -> str:
     return f"doc-{digest[:16]}"
 
 
-@router.get("")
+@router.get("", **operation(scope=INFERENCE))
 async def list_collections(request: Request) -> JSONBytes:
     await authenticate(request, INFERENCE)
     found = await runtime(request).retrieval.list_collections()
     return JSONBytes({"object": "list", "data": [collection_json(c) for c in found]})
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, **operation(scope=ADMIN, body=CreateCollection))
 async def create_collection(request: Request) -> JSONBytes:
     await authenticate(request, ADMIN)
     body = parse_body(CreateCollection, await read_json(request))
@@ -94,20 +95,20 @@ async def create_collection(request: Request) -> JSONBytes:
     return JSONBytes(collection_json(info), status_code=201)
 
 
-@router.get("/{name}")
+@router.get("/{name}", **operation(scope=INFERENCE, errors=[404]))
 async def get_collection(name: str, request: Request) -> JSONBytes:
     await authenticate(request, INFERENCE)
     return JSONBytes(collection_json(await runtime(request).retrieval.get_collection(name)))
 
 
-@router.delete("/{name}")
+@router.delete("/{name}", **operation(scope=ADMIN, errors=[404]))
 async def delete_collection(name: str, request: Request) -> JSONBytes:
     await authenticate(request, ADMIN)
     await runtime(request).retrieval.delete_collection(name)
     return JSONBytes({"object": "collection", "name": name, "deleted": True})
 
 
-@router.post("/{name}/reindex")
+@router.post("/{name}/reindex", **operation(scope=ADMIN, errors=[400, 404, 409]))
 async def reindex_collection(name: str, request: Request) -> JSONBytes:
     """Re-chunk and re-embed with the server's embedder; answers when the swap is done."""
     await authenticate(request, ADMIN)
@@ -117,7 +118,7 @@ async def reindex_collection(name: str, request: Request) -> JSONBytes:
     return JSONBytes({**collection_json(info), "reindexed": report.to_dict()})
 
 
-@router.get("/{name}/documents")
+@router.get("/{name}/documents", **operation(scope=INFERENCE, errors=[404]))
 async def list_documents(
     name: str,
     request: Request,
@@ -138,7 +139,7 @@ async def list_documents(
     )
 
 
-@router.post("/{name}/documents")
+@router.post("/{name}/documents", **operation(scope=ADMIN, body=AddDocuments, errors=[404]))
 async def add_documents(name: str, request: Request) -> JSONBytes:
     await authenticate(request, ADMIN)
     body = parse_body(AddDocuments, await read_json(request))
@@ -159,14 +160,14 @@ async def add_documents(name: str, request: Request) -> JSONBytes:
     return JSONBytes({"object": "ingest_report", "collection": name, **report.to_dict()})
 
 
-@router.delete("/{name}/documents/{doc_id:path}")
+@router.delete("/{name}/documents/{doc_id:path}", **operation(scope=ADMIN, errors=[404]))
 async def delete_document(name: str, doc_id: str, request: Request) -> JSONBytes:
     await authenticate(request, ADMIN)
     await runtime(request).retrieval.delete_document(name, doc_id)
     return JSONBytes({"object": "document", "id": doc_id, "deleted": True})
 
 
-@router.post("/{name}/search")
+@router.post("/{name}/search", **operation(scope=INFERENCE, body=SearchBody, errors=[404]))
 async def search(name: str, request: Request) -> JSONBytes:
     await authenticate(request, INFERENCE)
     body = parse_body(SearchBody, await read_json(request))

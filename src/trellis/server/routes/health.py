@@ -2,23 +2,38 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Request
+from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from trellis.server.edge import runtime
+from trellis.server.openapi import operation
 from trellis.server.responses import JSONBytes
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    """``checks``: ``database`` and ``trace_writer``, each ``ok`` or what failed."""
+
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, str]
+
+
+@router.get("/healthz", **operation(scope=None, reply=Health))
 async def healthz() -> JSONBytes:
     """The process is up and serving HTTP."""
     return JSONBytes({"status": "ok"})
 
 
-@router.get("/readyz")
+@router.get("/readyz", **operation(scope=None, reply=Readiness, reply_also=[503]))
 async def readyz(request: Request) -> JSONBytes:
     """Ready for traffic: the database answers and the trace writer is running."""
     trellis = runtime(request)

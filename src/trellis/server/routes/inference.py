@@ -16,7 +16,15 @@ from trellis.access.keys import INFERENCE
 from trellis.errors import NotFoundError, TrellisError
 from trellis.inference.gateway import Caller, Gateway
 from trellis.runtime import Trellis
-from trellis.schema import ChatChunk, ChatRequest, EmbeddingRequest, ModelCard
+from trellis.schema import (
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ModelCard,
+    ModelList,
+)
 from trellis.server.edge import (
     authenticate,
     authenticate_scope,
@@ -24,6 +32,7 @@ from trellis.server.edge import (
     read_json_body,
     runtime,
 )
+from trellis.server.openapi import UPSTREAM_ERRORS, operation
 from trellis.server.responses import EncodedJSON, JSONBytes, encode_json
 
 router = APIRouter(prefix="/v1", tags=["inference"])
@@ -53,8 +62,18 @@ async def _accept(
     return caller, body, gateway
 
 
-@router.post("/chat/completions")
+@router.post(
+    "/chat/completions",
+    **operation(
+        scope=INFERENCE,
+        body=ChatRequest,
+        reply=ChatResponse,
+        errors=(404, *UPSTREAM_ERRORS),
+        events=ChatChunk,
+    ),
+)
 async def chat_completions(request: Request) -> Response:
+    """OpenAI's chat completions; see docs/api.md for Trellis' options and headers."""
     return await chat_completions_direct(runtime(request), request.scope, request.receive)
 
 
@@ -115,7 +134,15 @@ async def _sse(chunks: AsyncIterator[ChatChunk]) -> AsyncIterator[bytes]:
     yield _DONE
 
 
-@router.post("/embeddings")
+@router.post(
+    "/embeddings",
+    **operation(
+        scope=INFERENCE,
+        body=EmbeddingRequest,
+        reply=EmbeddingResponse,
+        errors=(404, *UPSTREAM_ERRORS),
+    ),
+)
 async def embeddings(request: Request) -> Response:
     return await embeddings_direct(runtime(request), request.scope, request.receive)
 
@@ -127,13 +154,13 @@ async def embeddings_direct(trellis: Trellis, scope: Scope, receive: Receive) ->
     return JSONBytes(response.model_dump())
 
 
-@router.get("/models")
+@router.get("/models", **operation(scope=INFERENCE, reply=ModelList))
 async def list_models(request: Request) -> JSONBytes:
     caller = await authenticate(request, INFERENCE)
     return JSONBytes(_gateway(request).models(caller).model_dump())
 
 
-@router.get("/models/{model_id:path}")
+@router.get("/models/{model_id:path}", **operation(scope=INFERENCE, reply=ModelCard, errors=[404]))
 async def get_model(model_id: str, request: Request) -> JSONBytes:
     caller = await authenticate(request, INFERENCE)
     for card in _gateway(request).models(caller).data:

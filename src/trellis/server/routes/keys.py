@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from trellis.access.keys import ADMIN, INFERENCE, ApiKeyRecord
 from trellis.errors import NotFoundError
 from trellis.server.edge import authenticate, parse_body, read_json, runtime
+from trellis.server.openapi import operation
 from trellis.server.responses import JSONBytes
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
@@ -28,7 +29,7 @@ def key_json(record: ApiKeyRecord) -> dict[str, Any]:
     return {"object": "api_key", **record.to_dict()}
 
 
-@router.get("")
+@router.get("", **operation(scope=ADMIN))
 async def list_keys(request: Request) -> JSONBytes:
     await authenticate(request, ADMIN)
     keys = runtime(request).keys
@@ -36,7 +37,7 @@ async def list_keys(request: Request) -> JSONBytes:
     return JSONBytes({"object": "list", "data": [key_json(r) for r in await keys.list()]})
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, **operation(scope=ADMIN, body=CreateKey))
 async def create_key(request: Request) -> JSONBytes:
     await authenticate(request, ADMIN)
     body = parse_body(CreateKey, await read_json(request))
@@ -48,7 +49,7 @@ async def create_key(request: Request) -> JSONBytes:
     return JSONBytes({**key_json(record), "key": secret}, status_code=201)
 
 
-@router.delete("/{key_id}")
+@router.delete("/{key_id}", **operation(scope=ADMIN, errors=[404, 409]))
 async def revoke_key(key_id: str, request: Request) -> JSONBytes:
     await authenticate(request, ADMIN)
     keys = runtime(request).keys

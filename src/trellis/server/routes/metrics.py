@@ -14,12 +14,19 @@ from fastapi.responses import Response
 from trellis.access.keys import OBSERVER
 from trellis.observe.metrics import CONTENT_TYPE
 from trellis.server.edge import authenticate, runtime
+from trellis.server.openapi import operation
 
 router = APIRouter(tags=["metrics"])
 
 
-@router.get("/metrics", include_in_schema=False)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}}}},
+    **operation(scope=OBSERVER, open_when=lambda settings: not settings.metrics_require_key),
+)
 async def metrics(request: Request) -> Response:
+    """Prometheus text exposition of the gateway's metrics."""
     rt = runtime(request)
     if rt.settings.metrics_require_key:
         await authenticate(request, OBSERVER)

@@ -12,6 +12,7 @@ from trellis.access.keys import OBSERVER
 from trellis.observe.query import parse_duration, parse_time
 from trellis.observe.stats import StatsQuery, TraceStats
 from trellis.server.edge import authenticate, runtime
+from trellis.server.openapi import operation
 from trellis.server.responses import JSONBytes
 
 router = APIRouter(prefix="/v1/stats", tags=["stats"])
@@ -42,7 +43,7 @@ def stats_body(
     }
 
 
-@router.get("")
+@router.get("", **operation(scope=OBSERVER))
 async def get_stats(
     request: Request,
     window: str = Query(default="1h", description="How far back: 15m, 1h, 7d..."),

@@ -7,22 +7,23 @@ with the key it already holds; such a key may score only traces made with that k
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
 
 from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
 
 from trellis.access.keys import INFERENCE, OBSERVER
 from trellis.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from trellis.guard.redact import redact
-from trellis.observe.api import validate_score
 from trellis.observe.query import TraceQuery, parse_time
-from trellis.server.edge import authenticate, read_json, runtime
+from trellis.server.edge import authenticate, parse_body, read_json, runtime
+from trellis.server.openapi import operation
 from trellis.server.responses import JSONBytes
 
 router = APIRouter(prefix="/v1/traces", tags=["traces"])
 
 
-@router.get("")
+@router.get("", **operation(scope=OBSERVER))
 async def list_traces(
     request: Request,
     limit: int = Query(default=50, ge=1, le=500),
@@ -62,7 +63,7 @@ async def list_traces(
     )
 
 
-@router.get("/{trace_id}")
+@router.get("/{trace_id}", **operation(scope=OBSERVER, errors=[404]))
 async def get_trace(trace_id: str, request: Request) -> JSONBytes:
     await authenticate(request, OBSERVER)
     store = runtime(request).traces
@@ -73,13 +74,24 @@ async def get_trace(trace_id: str, request: Request) -> JSONBytes:
     return JSONBytes(trace)
 
 
-#: Sources a client may claim; ``api`` is reserved for in-process trellis.observe.api scores.
-_CLIENT_SOURCES = ("user", "eval")
+class ScoreIn(BaseModel):
+    """A score for a trace. ``source`` is ``user`` or ``eval``: ``api`` is reserved for
+    in-process ``trellis.observe.api`` scores."""
+
+    name: str = Field(min_length=1, max_length=200)
+    value: float = Field(allow_inf_nan=False, strict=True)
+    comment: str | None = Field(default=None, max_length=10_000)
+    source: Literal["user", "eval"] = "user"
 
 
-@router.post("/{trace_id}/scores", status_code=201)
+@router.post(
+    "/{trace_id}/scores",
+    status_code=201,
+    **operation(scope=(OBSERVER, INFERENCE), body=ScoreIn, errors=[404]),
+)
 async def add_score(trace_id: str, request: Request) -> JSONBytes:
-    """Attach a score (user feedback, an external evaluator's result) to a stored trace."""
+    """Attach a score (user feedback, an external evaluator's result) to a stored trace.
+    An `inference` key may score only the traces of its own requests."""
     try:
         caller = await authenticate(request, OBSERVER)
         own_traces_only = False
@@ -89,8 +101,10 @@ async def add_score(trace_id: str, request: Request) -> JSONBytes:
     rt = runtime(request)
     store = rt.traces
     assert store is not None
-    body = await read_json(request)
-    name, value, comment, source = _parse_score(body)
+    score = parse_body(ScoreIn, await read_json(request))
+    name, comment = score.name.strip(), score.comment
+    if not name:
+        raise InvalidRequestError("a score needs a name of 1 to 200 characters", param="name")
     exists, key_id = await store.owner(trace_id)
     if not exists or (own_traces_only and key_id != caller.key_id):
         # Someone else's trace answers like a missing one: an app key learns nothing.
@@ -100,25 +114,5 @@ async def add_score(trace_id: str, request: Request) -> JSONBytes:
         comment = None
     elif comment is not None and bodies == "redacted":
         comment = redact(comment)
-    row = await store.add_score(trace_id, name, value, comment, source)
+    row = await store.add_score(trace_id, name, score.value, comment, score.source)
     return JSONBytes({"object": "trace.score", **row}, status_code=201)
-
-
-def _parse_score(body: dict[str, Any]) -> tuple[str, float, str | None, str]:
-    name = body.get("name")
-    if not isinstance(name, str):
-        raise InvalidRequestError("`name` must be a string", param="name")
-    try:
-        value = validate_score(name, body.get("value"))
-    except ValueError as exc:
-        param = "name" if "name" in str(exc) else "value"
-        raise InvalidRequestError(str(exc), param=param) from exc
-    comment = body.get("comment")
-    if comment is not None and (not isinstance(comment, str) or len(comment) > 10_000):
-        raise InvalidRequestError("`comment` must be a string of at most 10000 characters")
-    source = body.get("source", "user")
-    if source not in _CLIENT_SOURCES:
-        raise InvalidRequestError(
-            f"`source` must be one of {', '.join(_CLIENT_SOURCES)}", param="source"
-        )
-    return name.strip(), value, comment, source

@@ -6,7 +6,7 @@ Revises: 0005_alerts
 Postgres only; SQLite is untouched.
 
 Keyword search ranks every match, and recomputing ``to_tsvector`` per matching row
-(about 80 µs for a 120-word chunk) made a broad query over 100,000 chunks take
+(its cost: README, Performance) made a broad query over 100,000 chunks take
 seconds; so the tsvector is now stored (a generated column, ``fts_vector``) and the
 GIN index moves onto it, replacing 0002's expression index.
 

@@ -6,8 +6,8 @@ runs it on one worker thread (each embed call already spreads its work over ever
 core, so running two at once would only make both slower).
 
 The shipped graph is rebuilt at load time to run on int8 kernels
-(:mod:`~trellis.inference.providers.minilm_int8`, about 2.5x faster on Cranfield
-chunks); texts of at most ``exact_below`` word pieces (queries, cache prompts) keep
+(:mod:`~trellis.inference.local.minilm_int8`, several times faster: README,
+Performance); texts of at most ``exact_below`` word pieces (queries, cache prompts) keep
 the exact fp32 graph. Vectors are sentence-transformers' recipe: mean of the token
 states over the attention mask, then L2 normalisation. Inputs longer than the
 model's window are refused, never truncated: a silently truncated chunk is a
@@ -36,7 +36,7 @@ from trellis.errors import (
     UnsupportedFeatureError,
     UpstreamError,
 )
-from trellis.inference.providers.base import EmbeddingResult, Provider
+from trellis.inference.contract import EmbeddingResult, Provider
 from trellis.schema import ChatRequest, ChatResponse
 from trellis.settings import Deployment
 
@@ -103,14 +103,14 @@ class MiniLMEmbedder:
         self._tokenizer_path = Path(tokenizer_path) if tokenizer_path else None
         # The shipped graph dequantizes its int8 weights to fp32 before every MatMul;
         # ``int8`` rebuilds it on integer kernels (see minilm_int8), several times faster.
-        # Vectors stay within cosine 0.99 of the fp32 ones (tests/.../test_local_embedder_int8).
+        # Vectors stay within cosine 0.99 of the fp32 ones (tests/.../test_embedder_int8).
         self.int8 = int8
         # Texts of at most ``exact_below`` word pieces (queries, cache prompts) still run
         # the exact fp32 graph: they cost little there, and int8 noise lowers the similarity
         # of two short paraphrases by ~0.007, enough to move semantic-cache hits across the
         # 0.95 threshold calibrated on fp32 (3 of 36 pairs). 0 sends everything to int8.
         self.exact_below = exact_below if int8 else 0
-        # Where the rebuilt graph is kept between processes (saves ~0.7 s per start).
+        # Where the rebuilt graph is kept between processes (saves the rebuild per start).
         self.cache_dir = Path(cache_dir) if cache_dir else None
         #: Which graph is running: "int8", or "fp32" (asked for, or the rebuild failed).
         self.graph: str | None = None
@@ -189,7 +189,7 @@ class MiniLMEmbedder:
         ):
             batches = [group[start : start + size] for start in range(0, len(group), size)]
             if graph is session and self._workers is not None and len(batches) > 1:
-                # One single-threaded run per core: no per-op thread hand-offs (~20% faster).
+                # One single-threaded run per core: no per-op thread hand-offs (faster).
                 results = self._workers.map(
                     lambda batch: self._run(session, [encodings[i].ids for i in batch]), batches
                 )
@@ -285,7 +285,7 @@ class MiniLMEmbedder:
 
     def _int8_model(self, model_path: Path) -> str | bytes | None:
         """The int8 rebuild of ``model_path`` (a cached file's path, or bytes); None to run fp32."""
-        from trellis.inference.providers.minilm_int8 import (
+        from trellis.inference.local.minilm_int8 import (
             BUILDER_VERSION,
             GraphLayoutError,
             build_int8_model,

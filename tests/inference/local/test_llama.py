@@ -21,8 +21,8 @@ from trellis.errors import (
     UnsupportedFeatureError,
     UpstreamError,
 )
+from trellis.inference.local.llama import LocalLlamaProvider
 from trellis.inference.providers import build_provider
-from trellis.inference.providers.local_llama import LocalLlamaProvider
 from trellis.inference.tokens import count_message_tokens
 from trellis.schema import ChatChunk, ChatRequest
 from trellis.settings import Deployment, LocalModelSettings

@@ -61,7 +61,7 @@ def signed_weights_are_exact(cpu_flags: str | None = None) -> bool:
     They are on ARM (``sdot``/``smmla``) and on x86 with VNNI; on other x86 CPUs they
     saturate. ``cpu_flags`` is the flags line of ``/proc/cpuinfo`` (read when None);
     an x86 CPU whose flags cannot be read counts as one without VNNI (exact and
-    ~25% slower is the safe side).
+    a little slower is the safe side; README, Performance).
     """
     if platform.machine().lower() not in {"x86_64", "amd64", "i386", "i686", "x86"}:
         return True
@@ -230,7 +230,7 @@ def build_int8_model(source: str | Path, *, unsigned_weights: bool = False) -> b
 
     def residual_norm(x: str, bias: np.ndarray, residual: str, prefix: str) -> str:
         """``LayerNorm(x + bias + residual)``, as plain ops: onnxruntime's fused
-        SkipLayerNormalization measured 7x slower than them on this CPU (run with
+        SkipLayerNormalization measured several times slower (README, Performance; run with
         graph optimization level BASIC, or onnxruntime fuses them back)."""
         gamma, beta = src.layer_norm(prefix)
         biased, summed, normed = f"{prefix}biased", f"{prefix}sum", f"{prefix}normed"

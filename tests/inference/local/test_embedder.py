@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from trellis.errors import ContextLengthExceededError, InvalidRequestError, UnsupportedFeatureError
+from trellis.inference.local.embedder import LocalEmbedderProvider, MiniLMEmbedder
 from trellis.inference.providers import build_provider
-from trellis.inference.providers.local_embedder import LocalEmbedderProvider, MiniLMEmbedder
 from trellis.schema import ChatRequest
 from trellis.settings import Deployment
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from trellis.errors import ContextLengthExceededError
-from trellis.inference.providers import minilm_int8
-from trellis.inference.providers.local_embedder import MiniLMEmbedder, bundled_embedding_paths
+from trellis.inference.local import minilm_int8
+from trellis.inference.local.embedder import MiniLMEmbedder, bundled_embedding_paths
 
 pytestmark = pytest.mark.model
 

@@ -1,0 +1,28 @@
+"""The ``trellis`` command: serve, chat, models, keys, doctor, traces, stats, retrieval.
+
+One module per command group; this package only assembles them into ``app``, the
+console-script entry point (``trellis.cli:app``).
+"""
+
+from __future__ import annotations
+
+import typer
+
+from trellis.cli import chat, doctor, keys, models, observe, retrieval, serve
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="Trellis: an LLM gateway with retrieval, workflows and observability.",
+    no_args_is_help=True,
+)
+app.add_typer(keys.app, name="keys")
+app.command()(serve.serve)
+app.command()(chat.chat)
+app.command()(models.models)
+app.command()(doctor.doctor)
+app.add_typer(observe.traces_app, name="traces")
+app.command("stats")(observe.stats)
+app.add_typer(retrieval.collections_app, name="collections")
+app.command()(retrieval.ingest)
+app.command()(retrieval.search)

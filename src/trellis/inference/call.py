@@ -1,0 +1,60 @@
+"""Who is calling, and the state one chat call carries through the gateway's stages.
+
+Its own module because three read it: the stage sequence (``gateway``), the stream
+relay (``streaming``) and the trace bookkeeping (``bookkeeping``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from trellis.inference import grounding
+from trellis.inference.router import Outcome, Route
+from trellis.observe.tracing import Span, Trace
+from trellis.schema import ChatRequest
+
+__all__ = ["Caller", "Call"]
+
+
+@dataclass(slots=True)
+class Caller:
+    """Who is calling: the verified API key (None for in-process library use) and
+    the time authentication took, so it shows as the trace's first stage."""
+
+    key: Any = None  # trellis.access.keys.ApiKeyRecord
+    auth_start_ns: int | None = None
+    auth_end_ns: int | None = None
+    no_cache: bool = False  # Cache-Control: no-cache — skip the lookup
+    no_store: bool = False  # Cache-Control: no-store — do not store the answer
+
+    @property
+    def key_id(self) -> str | None:
+        return getattr(self.key, "id", None)
+
+
+@dataclass(slots=True)
+class Call:
+    """State shared by the stages of one chat call."""
+
+    request: ChatRequest
+    caller: Caller
+    trace: Trace
+    route: Route
+    #: The request as it arrived (``request`` may be grounded or trimmed later).
+    received: ChatRequest
+    outcome: Outcome = field(default_factory=Outcome)
+    cache_key: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+    retrieval: grounding.RetrievalPlan | None = None
+    #: The ``citations`` field of a grounded answer (None when nothing was retrieved).
+    citations: list[dict[str, Any]] | None = None
+    #: Semantic-cache scope and prompt vector, kept from the lookup to store the answer.
+    semantic_scope: str | None = None
+    semantic_vector: np.ndarray | None = None
+    #: The request's attributes are on the trace (``Bookkeeper.describe``).
+    described: bool = False
+    authorize_span: Span | None = None
