@@ -41,7 +41,8 @@ test: install-dev pgvector
 
 # Benchmarks: gateway overhead (LiteLLM row after `bash benchmarks/setup_litellm.sh`),
 # trace statistics over 1M spans, retrieval quality and speed, ingestion throughput (int8 vs
-# fp32 embedder), semantic-cache false hits.
+# fp32 embedder), semantic-cache false hits, long queries, and the bundled model's default
+# decoding (~15 min).
 # Results in benchmarks/results/.
 bench: install-dev
 	$(PY) benchmarks/gateway_overhead.py
@@ -51,6 +52,8 @@ bench: install-dev
 	$(PY) benchmarks/ingest_throughput.py --json benchmarks/results/ingest_throughput.json
 	$(PY) benchmarks/retrieval_latency.py
 	$(PY) benchmarks/semantic_cache_eval.py --json benchmarks/results/semantic_cache.json
+	$(PY) benchmarks/long_queries.py
+	$(PY) benchmarks/local_decoding.py --json benchmarks/results/local_decoding.json
 
 lint: install-dev
 	$(VENV)/bin/ruff check src tests benchmarks

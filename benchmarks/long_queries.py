@@ -39,7 +39,7 @@ from retrieval_quality import (  # noqa: E402
     read_jsonl,
     read_qrels,
 )
-from trellis.inference.providers.local_embedder import MiniLMEmbedder  # noqa: E402
+from trellis.inference.local.embedder import MiniLMEmbedder  # noqa: E402
 
 from trellis.retrieval import Retrieval, SQLiteIndex  # noqa: E402
 from trellis.retrieval.models import CollectionInfo  # noqa: E402

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
-from trellis.inference.providers.local_embedder import MiniLMEmbedder
+from trellis.inference.local.embedder import MiniLMEmbedder
 
 from trellis.errors import InvalidRequestError
 from trellis.retrieval.query_vector import MAX_QUERY_TOKENS, embed_query, query_windows
