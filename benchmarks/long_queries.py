@@ -39,8 +39,8 @@ from retrieval_quality import (  # noqa: E402
     read_jsonl,
     read_qrels,
 )
-from trellis.inference.local.embedder import MiniLMEmbedder  # noqa: E402
 
+from trellis.inference.local.embedder import MiniLMEmbedder  # noqa: E402
 from trellis.retrieval import Retrieval, SQLiteIndex  # noqa: E402
 from trellis.retrieval.models import CollectionInfo  # noqa: E402
 from trellis.retrieval.query_vector import embed_query  # noqa: E402

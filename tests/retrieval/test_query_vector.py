@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
-from trellis.inference.local.embedder import MiniLMEmbedder
 
 from trellis.errors import InvalidRequestError
+from trellis.inference.local.embedder import MiniLMEmbedder
 from trellis.retrieval.query_vector import MAX_QUERY_TOKENS, embed_query, query_windows
 
 # About 380 MiniLM word pieces, like the long CISI information needs.
