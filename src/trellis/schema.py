@@ -11,7 +11,7 @@ from __future__ import annotations
 import operator
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -47,10 +47,24 @@ def new_completion_id() -> str:
     return "chatcmpl-" + uuid.uuid4().hex[:24]
 
 
+#: How many attribute assignments any wire model has seen (one shared count, read by
+#: ``_PassThrough``): the cheapest record that *something* was edited since a model kept
+#: its JSON. A one-item list, so bumping it needs no ``global`` statement.
+_EDITS = [0]
+
+
 class _Open(BaseModel):
     """Accept and keep fields we do not model: they belong to the caller."""
 
     model_config = ConfigDict(extra="allow")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        _EDITS[0] += 1
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        _EDITS[0] += 1
+        super().__delattr__(name)
 
 
 class _PassThrough(_Open):
@@ -60,81 +74,44 @@ class _PassThrough(_Open):
     neither validated, dumped nor carried over by ``model_copy``.
 
     The kept JSON is only handed out while the model provably still says the same:
-    keeping it records every object the model is made of (nested models, lists,
-    dicts and their values, see ``_parts``), and ``_kept_source`` checks, by
-    identity, that they are all still there in the same places. Any edit at any
-    depth (a field set on a nested message, a choice appended, a dict value
-    changed) drops the kept JSON; nobody has to remember to."""
+    - no attribute of any wire model, at any depth, was assigned since it was kept
+      (``_EDITS``: a field set on a nested message or on the answer's usage counts;
+      an edit of another request's model counts too, which only costs an encode);
+    - the top-level lists (``_WATCHED``: the request's messages, the answer's
+      choices) still hold the same items: appending, removing or replacing one counts.
+    In-place changes inside untyped JSON values (a ``dict``/``list`` field such as
+    usage details, content parts or a vendor's extra field) are not tracked: assign a
+    new value instead. Checking every object by identity covered those too, but
+    walking the model twice per request cost more than encoding it (README,
+    Performance), which defeats the purpose."""
 
-    __slots__ = ("_source", "_source_parts")
+    __slots__ = ("_source", "_source_mark")
+    #: Top-level list fields whose items are part of the record.
+    _WATCHED: ClassVar[tuple[str, ...]] = ()
 
     def _keep_source(self, source: Any) -> None:
         object.__setattr__(self, "_source", source)
-        object.__setattr__(self, "_source_parts", None if source is None else _parts(self))
+        object.__setattr__(self, "_source_mark", None if source is None else self._mark())
 
     def _kept_source(self) -> Any:
         source = getattr(self, "_source", None)
         if source is None:
             return None
-        kept: list[Any] = self._source_parts  # type: ignore[attr-defined]
-        now = _parts(self)
-        if len(now) == len(kept) and all(map(operator.is_, now, kept)):
+        edits, items = self._source_mark  # type: ignore[attr-defined]
+        now = self._mark()[1]
+        if edits == _EDITS[0] and len(now) == len(items) and all(map(operator.is_, now, items)):
             return source
         self._keep_source(None)  # edited since: the model is the truth from now on
         return None
 
-
-#: Closes a model, list or dict in ``_parts``, so where one ends is part of the record.
-_END = object()
-#: Types that hold nothing: ``_parts`` records them without looking inside.
-_ATOMS = frozenset({str, int, float, bool, type(None)})
-#: Model classes seen by ``_parts`` (a set lookup is cheaper than ``isinstance``).
-_MODELS: set[type] = set()
-
-
-def _is_model(kind: type) -> bool:
-    if issubclass(kind, BaseModel):
-        _MODELS.add(kind)
-        return True
-    return False
-
-
-def _parts(root: BaseModel) -> list[Any]:
-    """Every object ``root``'s JSON is made of: each model, list and dict followed by
-    its direct contents (a model's field values, a list's items, a dict's keys then
-    values) and ``_END``; then the same for each content that holds more. Strings and
-    numbers are never looked into and the bulk copies (``extend``) run in C (its cost:
-    README, Performance). The list holds the objects, so none is freed and its id
-    reused while it is kept."""
-    out: list[Any] = []
-    append, extend = out.append, out.extend
-    stack: list[Any] = [root]
-    pop, push = stack.pop, stack.append
-    while stack:
-        value = pop()
-        append(value)
-        kind = type(value)
-        contents: Any
-        if kind is list or kind is tuple:
-            contents = value
-            extend(contents)
-        elif kind is dict:
-            if not value:
-                continue  # nothing inside; filling it later changes what follows
-            extend(value)
-            contents = value.values()
-            extend(contents)
-        elif kind in _MODELS or _is_model(kind):
-            contents = value.__dict__.values()
-            extend(contents)
-            append(value.__pydantic_extra__)
-            if value.__pydantic_extra__:
-                push(value.__pydantic_extra__)
-        else:
-            continue
-        append(_END)
-        stack.extend([item for item in contents if type(item) not in _ATOMS])
-    return out
+    def _mark(self) -> tuple[int, list[Any]]:
+        items: list[Any] = []
+        for name in self._WATCHED:
+            value = self.__dict__[name]
+            items.append(value)
+            if value is not None:
+                items.extend(value)
+        return _EDITS[0], items
 
 
 class FunctionCall(_Open):
@@ -236,6 +213,8 @@ class ChatRequest(_PassThrough):
     logit_bias: dict[str, StrictFloat] | None = None
     trellis: TrellisOptions | None = None
 
+    _WATCHED = ("messages",)
+
     def keep_body(self, body: dict[str, Any]) -> None:
         """Remember ``body`` (the parsed JSON this request was validated from, owned by
         the request from now on) so ``upstream_body`` can forward it instead of dumping
@@ -328,6 +307,8 @@ class ChatResponse(_PassThrough):
     usage: Usage | None = None
     system_fingerprint: str | None = None
 
+    _WATCHED = ("choices",)
+
     def keep_wire(self, content: bytes) -> None:
         """Serve ``content`` (the JSON this answer was validated from) as the answer, if
         it has OpenAI's full shape: re-encoding the model would cost the answer's latency
@@ -339,7 +320,7 @@ class ChatResponse(_PassThrough):
     @property
     def wire(self) -> bytes | None:
         """The kept JSON while the answer is unmodified, else None: then the answer is
-        encoded from the model. Edits at any depth count (see ``_PassThrough``)."""
+        encoded from the model. Which edits count: ``_PassThrough``."""
         return self._kept_source()  # type: ignore[no-any-return]
 
 
