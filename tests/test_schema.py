@@ -126,9 +126,10 @@ def test_the_wire_is_kept_until_an_edit_and_any_edit_only_costs_an_encode() -> N
     other = kept()
     other.model = "another answer"  # an edit elsewhere: this answer is encoded, still right
     assert response.wire is None
-    assert served(response)["choices"][0]["message"]["content"] == orjson.loads(WIRE)[
-        "choices"
-    ][0]["message"]["content"]
+    assert (
+        served(response)["choices"][0]["message"]["content"]
+        == orjson.loads(WIRE)["choices"][0]["message"]["content"]
+    )
 
 
 def test_a_nested_edit_of_a_request_is_forwarded() -> None:
