@@ -25,6 +25,7 @@ __all__ = [
     "exceeds_depth",
     "check_depth",
     "check_body",
+    "shallow_by_count",
     "too_deep",
 ]
 
@@ -63,6 +64,18 @@ def exceeds_depth(value: Any, limit: int) -> bool:
             if isinstance(child, _CONTAINERS):
                 stack.append((child, depth + 1))
     return False
+
+
+#: Bodies up to this size are first checked by counting brackets (see ``shallow_by_count``).
+_COUNT_MAX = 16_384
+
+
+def shallow_by_count(raw: bytes, limit: int) -> bool:
+    """Whether the JSON text ``raw`` provably nests at most ``limit`` levels because it has
+    no more opening brackets than that (brackets inside strings count too, so this
+    errs towards walking). Two C-level counts over a typical chat body cost less than
+    walking its parsed value; longer bodies skip the count and are walked."""
+    return len(raw) <= _COUNT_MAX and raw.count(b"{") + raw.count(b"[") <= limit
 
 
 def check_depth(value: Any, limit: int, *, what: str, param: str | None = None) -> None:

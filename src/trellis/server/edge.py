@@ -20,7 +20,7 @@ from trellis.errors import (
     RequestTimeoutError,
 )
 from trellis.inference.gateway import Caller
-from trellis.nesting import check_body
+from trellis.nesting import check_body, shallow_by_count
 from trellis.runtime import Trellis
 from trellis.server.deadlines import body_deadlines
 from trellis.server.errors import validation_error
@@ -144,7 +144,8 @@ async def read_json_body(trellis: Trellis, scope: Scope, receive: Receive) -> di
         ) from None
     if not isinstance(data, dict):
         raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
-    check_body(data, settings.max_json_depth)
+    if not shallow_by_count(body, settings.max_json_depth):
+        check_body(data, settings.max_json_depth)
     return data
 
 
