@@ -146,6 +146,19 @@ def test_validation_and_not_found(client: httpx.Client) -> None:
         error(client.post("/v1/collections/docs/documents", json={"documents": docs}), 400)
 
 
+def test_a_document_offset_past_64_bits_is_a_400(client: httpx.Client) -> None:
+    # Found by verification: SQLite's OFFSET is a signed 64-bit integer, and
+    # ?offset=99999999999999999999 answered 500 (OverflowError) instead of a 400.
+    assert client.post("/v1/collections", json={"name": "docs"}).status_code == 201
+    for offset in (2**63, 10**20):
+        failure = error(
+            client.get("/v1/collections/docs/documents", params={"offset": offset}), 400
+        )
+        assert "offset" in (failure["param"] or "")
+    page = client.get("/v1/collections/docs/documents", params={"offset": 2**63 - 1})
+    assert page.status_code == 200 and page.json()["data"] == []
+
+
 def test_scopes(client: httpx.Client) -> None:
     assert client.post("/v1/collections", json={"name": "docs"}).status_code == 201
     inference = key(client, "inference")

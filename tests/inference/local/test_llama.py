@@ -450,3 +450,48 @@ async def test_max_tokens_holds_when_the_answer_ends_inside_a_character() -> Non
         assert stats is not None and stats.sampled <= 4
     finally:
         await local.aclose()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("top_k", 1.5),
+        ("top_k", 10**20),
+        ("top_k", -(10**20)),
+        ("top_k", -1),
+        ("top_k", "40"),
+        ("top_k", True),
+        ("min_p", 1.5),
+        ("min_p", -0.1),
+        ("typical_p", 2),
+        ("repeat_penalty", 0),
+        ("repeat_penalty", -1.1),
+        ("repeat_penalty", "1.1"),
+    ],
+)
+async def test_bad_llama_sampling_extras_are_refused(name: str, value: Any) -> None:
+    # Found by verification: "top_k": 1.5 or 1e20 reached llama.cpp's C API and
+    # answered 500 (ctypes.ArgumentError); out-of-range values were silently used.
+    local = LocalLlamaProvider(DEPLOYMENT)
+    with pytest.raises(InvalidRequestError) as caught:
+        await local.chat(request(**{name: value}))
+    assert caught.value.status_code == 400
+    assert caught.value.param == name
+    await local.aclose()
+
+
+def test_valid_llama_sampling_extras_pass_through() -> None:
+    local = LocalLlamaProvider(DEPLOYMENT)
+    req = ChatRequest.model_validate(
+        {
+            "model": "local",
+            "messages": [{"role": "user", "content": "Hi"}],
+            "top_k": 100000,
+            "min_p": 1,
+            "typical_p": 0.5,
+            "repeat_penalty": 3.0,
+        }
+    )
+    kwargs, _ = local._completion_kwargs(req)
+    assert (kwargs["top_k"], kwargs["min_p"], kwargs["typical_p"]) == (100000, 1, 0.5)
+    assert kwargs["repeat_penalty"] == 3.0

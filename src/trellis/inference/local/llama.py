@@ -558,8 +558,8 @@ class LocalLlamaProvider(Provider):
             if value is not None:
                 kwargs[name] = value
         for name in _PASSTHROUGH_SAMPLING:
-            if isinstance(extra.get(name), int | float) and not isinstance(extra[name], bool):
-                kwargs[name] = extra[name]
+            if extra.get(name) is not None:
+                kwargs[name] = _sampling_extra(name, extra[name])
         if request.logit_bias:
             kwargs["logit_bias"] = _logit_bias(request.logit_bias)
         structured: StructuredOutput | None = None
@@ -790,6 +790,36 @@ def _consume_exception(future: asyncio.Future[Any]) -> None:
     """Mark a finished worker future's outcome as seen (errors already reached the consumer)."""
     if not future.cancelled():
         future.exception()
+
+
+#: Largest value of a C ``int`` (llama.cpp's ``top_k``): more fails inside ctypes.
+_C_INT_MAX = 2**31 - 1
+
+
+def _sampling_extra(name: str, value: Any) -> int | float:
+    """A llama.cpp sampling option from the request body, checked before it reaches C.
+
+    Same ranges as the ``local`` settings: ``top_k`` an integer from 0 (off),
+    ``min_p`` and ``typical_p`` between 0 and 1, ``repeat_penalty`` above 0. Anything
+    else is a 400 naming the field: a float or a huge ``top_k`` used to fail inside
+    ctypes (a 500), and out-of-range values were used silently.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequestError(f"{name} must be a number, not {value!r}", param=name)
+    if name == "top_k":
+        if not isinstance(value, int) or not 0 <= value <= _C_INT_MAX:
+            raise InvalidRequestError(
+                f"top_k must be an integer from 0 (off) to {_C_INT_MAX}, not {value!r}",
+                param=name,
+            )
+        return value
+    if name in ("min_p", "typical_p") and not 0 <= value <= 1:
+        raise InvalidRequestError(f"{name} must lie between 0 and 1, not {value!r}", param=name)
+    if name == "repeat_penalty" and not value > 0:
+        raise InvalidRequestError(
+            f"repeat_penalty must be above 0 (1.0: off), not {value!r}", param=name
+        )
+    return value
 
 
 def _logit_bias(bias: dict[str, float]) -> dict[int, float]:

@@ -123,7 +123,8 @@ async def list_documents(
     name: str,
     request: Request,
     limit: int = Query(default=100, ge=1, le=1000),
-    offset: int = Query(default=0, ge=0),
+    # The databases' OFFSET is a signed 64-bit integer: past it is a 400, not a 500.
+    offset: int = Query(default=0, ge=0, le=2**63 - 1),
 ) -> JSONBytes:
     await authenticate(request, INFERENCE)
     # One extra row tells whether another page exists without a count query.
