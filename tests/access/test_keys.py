@@ -189,13 +189,17 @@ async def test_ensure_admin_installs_the_configured_key(db: Database) -> None:
     # No generated key while the configured one exists.
     assert await keys.ensure_admin(None) is None
     # A configured key revoked in the table (say, before it was configured) comes back
-    # at the next start.
+    # at the next start, and a store that installed it takes it back at once.
     async with db.engine.begin() as conn:
         await conn.execute(update(api_keys).values(revoked_at=1.0))
     keys.invalidate_cache()
-    assert await keys.verify(configured) is None
-    await keys.ensure_admin(configured)
     assert await keys.verify(configured) is not None
+    async with db.engine.begin() as conn:
+        await conn.execute(update(api_keys).values(revoked_at=1.0))
+    restarted = KeyStore(db)
+    assert await restarted.verify(configured) is None  # not told which key is configured
+    await restarted.ensure_admin(configured)
+    assert await restarted.verify(configured) is not None
 
 
 async def test_the_configured_admin_key_cannot_be_revoked(db: Database) -> None:
@@ -215,6 +219,27 @@ async def test_the_configured_admin_key_cannot_be_revoked(db: Database) -> None:
     # Other admin keys can still be revoked.
     other, _ = await keys.create("second admin", scopes=[ADMIN])
     assert await keys.revoke(other.id) is True
+
+
+async def test_a_server_keeps_its_configured_admin_key_when_another_process_revokes_it(
+    db: Database,
+) -> None:
+    """A CLI run without TRELLIS_ADMIN_KEY cannot know which row is the server's
+    configured key and revokes it; the server still lets its admins in."""
+    configured = "my-operator-chosen-admin-key"
+    server = KeyStore(db, cache_seconds=0, admin_key=configured)
+    await server.ensure_admin(configured)
+    record = await server.verify(configured)
+    assert record is not None
+    assert await KeyStore(db).revoke(record.id) is True  # the uninformed process
+    again = await server.verify(configured)
+    assert again is not None and again.id == record.id and ADMIN in again.scopes
+    listed = {k.id: k for k in await server.list()}
+    assert listed[record.id].revoked_at is None  # and the row says so again
+    # Any other revoked key stays revoked.
+    other, secret = await server.create("second admin", scopes=[ADMIN])
+    assert await KeyStore(db).revoke(other.id) is True
+    assert await server.verify(secret) is None
 
 
 def test_a_short_configured_admin_key_is_invalid_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -396,6 +396,15 @@ class KeyStore:
                 .mappings()
                 .first()
             )
+        if (
+            row is not None
+            and digest == self._configured_hash
+            and (row["revoked_at"] is not None or ADMIN not in (row["scopes"] or ()))
+        ):
+            # Revoked by a process that did not know it is this server's configured key
+            # (a CLI run without TRELLIS_ADMIN_KEY): the server keeps its admins in.
+            async with self.db.engine.begin() as conn:
+                return ApiKeyRecord.from_row(await self._reenable_configured(conn, row))
         if row is None or row["revoked_at"] is not None:
             return None
         return ApiKeyRecord.from_row(row)
@@ -461,17 +470,21 @@ class KeyStore:
                 )
                 logger.info("installed the configured admin API key")
             elif row["revoked_at"] is not None or ADMIN not in (row["scopes"] or ()):
-                scopes = [ADMIN, *[s for s in row["scopes"] or () if s != ADMIN]]
-                await conn.execute(
-                    update(api_keys)
-                    .where(api_keys.c.id == row["id"])
-                    .values(revoked_at=None, scopes=scopes)
-                )
-                logger.warning(
-                    "re-enabled the configured admin API key %s (it was revoked or not admin)",
-                    row["id"],
-                )
+                await self._reenable_configured(conn, row)
         self.invalidate_cache()
+
+    async def _reenable_configured(self, conn: Any, row: Mapping[Any, Any]) -> dict[Any, Any]:
+        """The configured admin key's row made usable again (admin scope, not revoked)."""
+        scopes = [ADMIN, *[s for s in row["scopes"] or () if s != ADMIN]]
+        await conn.execute(
+            update(api_keys)
+            .where(api_keys.c.id == row["id"])
+            .values(revoked_at=None, scopes=scopes)
+        )
+        logger.warning(
+            "re-enabled the configured admin API key %s (it was revoked or not admin)", row["id"]
+        )
+        return {**row, "revoked_at": None, "scopes": scopes}
 
     async def _hide_whole_secrets(self) -> None:
         """Shorten stored prefixes that give a whole secret away.
