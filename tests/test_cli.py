@@ -177,6 +177,35 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def test_serve_with_a_missing_ca_file_is_one_clear_line(tmp_path: Path) -> None:
+    config = tmp_path / "trellis.yaml"
+    missing = tmp_path / "no-such-ca.pem"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data_dir": str(tmp_path / "data"),
+                "include_local_models": False,
+                "models": [
+                    {
+                        "name": "corp",
+                        "deployments": [
+                            {
+                                "provider": "openai",
+                                "model": "gpt-4o-mini",
+                                "base_url": "https://llm.corp.test/v1",
+                                "ca_file": str(missing),
+                            }
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    code, out = invoke("serve", "-c", str(config))
+    assert code == 1, out
+    assert "cannot load its TLS files" in out and "Traceback" not in out
+
+
 def test_serve_prints_the_admin_key_once_and_serves(config: Path, tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRELLIS_")}

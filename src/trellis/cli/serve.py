@@ -31,9 +31,17 @@ def serve(
         os.environ["TRELLIS_PORT"] = str(port)
 
     async def prepare() -> str | None:
-        # Migrate and create the admin key once, before any worker starts.
+        # Deployments' files (TLS) and proxies are checked here, so a mistake is one clear
+        # line and exit 1 rather than a worker's start-up traceback. Then migrate and
+        # create the admin key once, before any worker starts.
         from trellis.access.keys import KeyStore
+        from trellis.inference.providers import build_provider
         from trellis.store.db import Database
+
+        for alias in settings.all_models():
+            for deployment in alias.deployments:
+                if deployment.provider not in ("local", "local-embedder"):
+                    await build_provider(deployment, settings.local).aclose()
 
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.resolved_database_url)
