@@ -1,0 +1,25 @@
+"""Durable workflows: typed state, steps, plain-code routing, a checkpoint after every step.
+
+See docs/architecture.md (Orchestration) and the README section "Workflows (Python)".
+"""
+
+from __future__ import annotations
+
+from trellis.orchestration.context import Context, StepError
+from trellis.orchestration.policy import Backoff, Policy
+from trellis.orchestration.steps import END, FunctionStep, Outcome, Pause, Step, Usage
+from trellis.orchestration.workflow import Workflow
+
+__all__ = [
+    "END",
+    "Backoff",
+    "Context",
+    "FunctionStep",
+    "Outcome",
+    "Pause",
+    "Policy",
+    "Step",
+    "StepError",
+    "Usage",
+    "Workflow",
+]
