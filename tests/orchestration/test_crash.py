@@ -59,14 +59,13 @@ async def test_kill_9_mid_run_then_recover_without_rerunning_steps(tmp_path: Pat
     assert _lines(tmp_path / "charges") == ["5"]
 
     (tmp_path / "block").unlink()
-    async with Database(url) as db:
-        async with Workflows(db, flows=[_crash_flow()]) as workflows:
-            before = await workflows.get(run_id)
-            assert before.status == RunStatus.RUNNING and before.seq == 2
-            # The child's worker is on this host and its pid is dead: no waiting for the lease.
-            assert await workflows.recover() == [run_id]
-            run = await workflows.wait(run_id)
-            steps = await workflows.steps(run_id)
+    async with Database(url) as db, Workflows(db, flows=[_crash_flow()]) as workflows:
+        before = await workflows.get(run_id)
+        assert before.status == RunStatus.RUNNING and before.seq == 2
+        # The child's worker is on this host and its pid is dead: no waiting for the lease.
+        assert await workflows.recover() == [run_id]
+        run = await workflows.wait(run_id)
+        steps = await workflows.steps(run_id)
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert run.state["n"] == 4 and run.state["charge_id"] == "ch-5"
     assert run.recoveries == 1 and run.lease_epoch == 2

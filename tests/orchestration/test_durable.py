@@ -74,11 +74,16 @@ async def test_a_checkpoint_is_committed_after_every_step(db: Database) -> None:
         run = await workflows.run(flow, {})
         steps = await workflows.steps(run.id)
     assert seen == [(1, 0, 0), (2, 1, 1), (3, 2, 2)]
-    assert run.status == RunStatus.SUCCEEDED and run.seq == 3 and run.state == {
-        "x": 3,
-        "approval": None,
-        "receipt": None,
-    }
+    assert (
+        run.status == RunStatus.SUCCEEDED
+        and run.seq == 3
+        and run.state
+        == {
+            "x": 3,
+            "approval": None,
+            "receipt": None,
+        }
+    )
     assert [(r.seq, r.step, r.state["x"] if r.state else None) for r in steps] == [
         (1, "a", 1),
         (2, "b", 2),
