@@ -14,11 +14,13 @@ from trellis.orchestration import (
     END,
     Backoff,
     Context,
+    FunctionStep,
     MemoryRunStore,
     Policy,
     RunStatus,
     Workflow,
     Workflows,
+    parallel,
 )
 
 FAST = Backoff(initial=0.001, maximum=0.002)
@@ -288,3 +290,98 @@ async def test_shutdown_releases_the_lease_for_another_worker() -> None:
         assert await second.recover() == [run_id]
         run = await second.wait(run_id)
     assert run.status == RunStatus.SUCCEEDED and run.recoveries == 1
+
+
+async def test_parallel_branches_join_with_the_default_reducer() -> None:
+    flow = Workflow("fanout", state=S)
+    running = 0
+    peak = 0
+
+    async def branch(name: str, field: str, value: object):  # noqa: ANN202
+        async def step(s: S) -> dict[str, object]:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await asyncio.sleep(0.02)
+            running -= 1
+            return {field: value}
+
+        step.__name__ = name
+        return FunctionStep(step)
+
+    flow.add(
+        parallel(
+            "both",
+            {"left": await branch("l", "x", 7), "right": await branch("r", "note", "hi")},
+        )
+    )
+    flow.step(visit("after"))
+    async with Workflows() as workflows:
+        run = await workflows.run(flow, {})
+        steps = await workflows.steps(run.id)
+    assert peak == 2  # both branches ran at the same time
+    assert run.state == {"x": 7, "path": ["after"], "note": "hi"}
+    assert steps[0].kind == "parallel" and steps[0].output["branches"] == {
+        "left": {"x": 7},
+        "right": {"note": "hi"},
+    }
+
+
+async def test_parallel_with_a_reducer_and_branch_retries() -> None:
+    flow = Workflow("reduce", state=S)
+    tries: list[str] = []
+
+    async def add_one(s: S, ctx: Context) -> dict[str, int]:
+        tries.append(ctx.step)
+        if ctx.step == "sum/b" and ctx.attempt == 1:
+            raise UpstreamError("flaky branch")
+        return {"x": 1}
+
+    branches = {
+        name: FunctionStep(add_one, name=name, policy=Policy(attempts=2, backoff=FAST))
+        for name in ("a", "b", "c")
+    }
+    flow.add(
+        parallel(
+            "sum",
+            branches,
+            reduce=lambda s, updates: {"x": s.x + sum(u["x"] for u in updates.values())},
+        )
+    )
+    sink = Sink()
+    async with Workflows(sink=sink) as workflows:
+        run = await workflows.run(flow, {"x": 10})
+    assert run.state["x"] == 13
+    assert sorted(tries) == ["sum/a", "sum/b", "sum/b", "sum/c"]
+    (span,) = sink.traces[0].spans[1:]
+    names = [event["name"] for event in span.events]
+    assert names.count("branch_done") == 3 and names.count("attempt_failed") == 1
+
+
+async def test_parallel_conflicting_updates_fail_without_a_reducer() -> None:
+    flow = Workflow("conflict", state=S)
+    flow.add(parallel("both", {"a": FunctionStep(visit("a")), "b": FunctionStep(visit("b"))}))
+    async with Workflows() as workflows:
+        run = await workflows.run(flow, {})
+    assert run.status == RunStatus.FAILED and run.error is not None
+    assert "both set 'path'" in run.error["message"]
+
+
+async def test_a_failing_branch_fails_the_parallel_step_into_its_fallback() -> None:
+    flow = Workflow("branch-fails", state=S)
+
+    async def broken(s: S) -> None:
+        raise UpstreamError("down")
+
+    flow.add(
+        parallel(
+            "both",
+            {"ok": FunctionStep(visit("ok")), "bad": FunctionStep(broken)},
+            next=END,
+            policy=Policy(fallback="plan_b"),
+        )
+    )
+    flow.step(visit("plan_b"), name="plan_b", next=END)
+    async with Workflows() as workflows:
+        run = await workflows.run(flow, {})
+    assert run.status == RunStatus.SUCCEEDED and run.state["path"] == ["plan_b"]

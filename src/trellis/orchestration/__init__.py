@@ -8,6 +8,7 @@ from __future__ import annotations
 from trellis.orchestration.context import Context, StepError
 from trellis.orchestration.engine import Engine, LeaseLost
 from trellis.orchestration.human import HumanStep, human
+from trellis.orchestration.parallel import ParallelStep, parallel
 from trellis.orchestration.policy import Backoff, Policy
 from trellis.orchestration.records import Lease, RunRecord, RunStatus, StepRecord
 from trellis.orchestration.service import Workflows
@@ -31,6 +32,7 @@ __all__ = [
     "LeaseLost",
     "MemoryRunStore",
     "Outcome",
+    "ParallelStep",
     "Pause",
     "Policy",
     "Run",
@@ -47,5 +49,6 @@ __all__ = [
     "Workflow",
     "Workflows",
     "human",
+    "parallel",
     "tool",
 ]

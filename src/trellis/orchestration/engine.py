@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from trellis.errors import ConfigurationError, TrellisError
 from trellis.observe.tracing import Span, Trace, TraceSink, new_span_id
 from trellis.orchestration.context import Context, StepError
+from trellis.orchestration.policy import attempt_loop
 from trellis.orchestration.records import Checkpoint, Lease, RunRecord, RunStatus, StepRecord
 from trellis.orchestration.steps import END, Outcome, Step
 from trellis.orchestration.store import RunStore
@@ -133,23 +134,14 @@ class Engine:
             raise LeaseLost(f"run {lease.run_id} is owned by another worker now")
 
     async def _attempts(self, step: Step, ctx: Context, flow: Workflow[Any], state: Any) -> _Result:
-        policy = step.policy
-        attempt = 0
-        while True:
-            attempt += 1
-            ctx.attempt = attempt
-            try:
-                async with asyncio.timeout(policy.timeout):
-                    outcome = await step.execute(ctx, state)
-                new_state = merge_state(flow, state, outcome.update)
-                return _Result(outcome, new_state, None, attempt)
-            except Exception as exc:
-                if ctx.span is not None:
-                    ctx.span.add_event("attempt_failed", attempt=attempt, error=type(exc).__name__)
-                if attempt < policy.attempts and policy.retryable(exc):
-                    await asyncio.sleep(policy.backoff.delay(attempt))
-                    continue
-                return _Result(None, state, exc, attempt)
+        tried = await attempt_loop(step, ctx, state)
+        if tried.outcome is None:
+            return _Result(None, state, tried.error, tried.attempts)
+        try:
+            new_state = merge_state(flow, state, tried.outcome.update)
+        except (TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+            return _Result(None, state, exc, tried.attempts)
+        return _Result(tried.outcome, new_state, None, tried.attempts)
 
     async def _step(
         self,
@@ -176,6 +168,12 @@ class Engine:
         result = await self._attempts(step, ctx, flow, state)
         span.end()
         outcome, new_state = result.outcome, result.state
+        if outcome is not None:
+            for event in outcome.events:
+                if "time_ns" in event:
+                    span.events.append(event)
+                else:
+                    span.add_event(event["name"], **event.get("attributes", {}))
         usage = outcome.usage if outcome is not None else None
         step_record = StepRecord(
             run_id=record.id,
@@ -191,6 +189,7 @@ class Engine:
             input_tokens=usage.input_tokens if usage else None,
             output_tokens=usage.output_tokens if usage else None,
             cost=usage.cost if usage else None,
+            events=span.events or None,
         )
         dumped = new_state.model_dump(mode="json")
         if self.keep_step_states:
@@ -342,6 +341,7 @@ def run_trace(run: RunRecord, steps: list[StepRecord]) -> Trace:
         if record.error:
             span.set("error.type", record.error.get("type"))
             span.set("error.message", record.error.get("message"))
+        span.events.extend(record.events or [])
         trace.spans.append(span)
     trace.summary = {
         "key_id": run.key_id,

@@ -6,12 +6,18 @@ once attempts are exhausted (or the error is not retryable) and no ``fallback`` 
 
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from trellis.errors import ConfigurationError, UpstreamError
 
-__all__ = ["Backoff", "Policy", "DEFAULT_RETRY_ON"]
+if TYPE_CHECKING:
+    from trellis.orchestration.context import Context
+    from trellis.orchestration.steps import Outcome, Step
+
+__all__ = ["Backoff", "Policy", "DEFAULT_RETRY_ON", "Attempted", "attempt_loop"]
 
 #: Errors worth another attempt by default: the upstream's and time-outs, never a bad request.
 DEFAULT_RETRY_ON: tuple[type[BaseException], ...] = (UpstreamError, TimeoutError, ConnectionError)
@@ -65,3 +71,36 @@ class Policy:
 
     def retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, self.retry_on)
+
+
+@dataclass(slots=True)
+class Attempted:
+    """The result of trying a step under its policy: an outcome, or the last error."""
+
+    outcome: Outcome | None
+    error: Exception | None
+    attempts: int
+
+
+async def attempt_loop(step: Step, ctx: Context, state: Any) -> Attempted:
+    """Execute ``step`` until it succeeds, its error is not retryable, or attempts run out.
+
+    Each attempt has the policy's timeout; failed attempts are events on ``ctx.span`` and
+    wait a jittered backoff before the next. ``ctx.attempt`` is 1-based.
+    """
+    policy = step.policy
+    attempt = 0
+    while True:
+        attempt += 1
+        ctx.attempt = attempt
+        try:
+            async with asyncio.timeout(policy.timeout):
+                outcome = await step.execute(ctx, state)
+            return Attempted(outcome, None, attempt)
+        except Exception as exc:
+            if ctx.span is not None:
+                ctx.span.add_event("attempt_failed", attempt=attempt, error=type(exc).__name__)
+            if attempt < policy.attempts and policy.retryable(exc):
+                await asyncio.sleep(policy.backoff.delay(attempt))
+                continue
+            return Attempted(None, exc, attempt)

@@ -75,6 +75,9 @@ class StepRecord:
     state: dict[str, Any] | None = None
     next_step: str | None = None
     error: dict[str, Any] | None = None
+    #: Span events recorded during the step (failed attempts, branches, kinds' own events).
+    events: list[dict[str, Any]] | None = None
+    branch: str = ""
     model: str | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None

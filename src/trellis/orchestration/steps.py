@@ -56,7 +56,8 @@ class Outcome:
 
     ``update`` is merged into the state. ``output`` is what the step record shows (defaults to
     the update). ``route`` overrides the step's ``next`` (a gate's verdict, for instance).
-    ``pause`` makes the run wait for input instead of continuing.
+    ``pause`` makes the run wait for input instead of continuing. ``events`` become events
+    on the step's span: ``{"name": ..., "attributes": {...}}`` (``time_ns`` is added).
     """
 
     update: Update = None

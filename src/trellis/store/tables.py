@@ -323,6 +323,8 @@ workflow_steps = Table(
     Column("seq", Integer, primary_key=True, autoincrement=False),
     Column("step", String(), nullable=False),
     Column("kind", String(16), nullable=False),
+    # The parallel branch or agent iteration a row belongs to ("" for the step itself).
+    Column("branch", String(), nullable=False, server_default=""),
     # ok | error | skipped | waiting
     Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False),
@@ -330,6 +332,7 @@ workflow_steps = Table(
     Column("state", JSONType, nullable=True),
     Column("next_step", String(), nullable=True),
     Column("error", JSONType, nullable=True),
+    Column("events", JSONType, nullable=True),
     Column("span_id", String(16), nullable=False),
     Column("start_ns", BigInteger, nullable=False),
     Column("end_ns", BigInteger, nullable=False),
