@@ -385,3 +385,82 @@ async def test_a_failing_branch_fails_the_parallel_step_into_its_fallback() -> N
     async with Workflows() as workflows:
         run = await workflows.run(flow, {})
     assert run.status == RunStatus.SUCCEEDED and run.state["path"] == ["plan_b"]
+
+
+async def test_a_stale_owner_cannot_overwrite_the_new_owners_run() -> None:
+    """Owner A's lease expires mid-step; B claims and finishes the run; A's late checkpoint is
+    refused and A reports B's result instead of its own."""
+    store = MemoryRunStore()
+    release_a = asyncio.Event()
+
+    def build(blocking: bool) -> Workflow[S]:
+        flow = Workflow("fenced", state=S)
+
+        @flow.step
+        async def work(s: S) -> dict[str, str]:
+            if blocking:
+                await release_a.wait()
+                return {"note": "written by A"}
+            return {"note": "written by B"}
+
+        return flow
+
+    async with Workflows(store=store) as a, Workflows(store=store, flows=[build(False)]) as b:
+        run_id = await a.start(build(True), {})
+        await asyncio.sleep(0.01)
+        store.runs[run_id].lease_until = 0.0  # A missed its renewals
+        assert await b.recover() == [run_id]
+        by_b = await b.wait(run_id)
+        release_a.set()
+        seen_by_a = await a.wait(run_id)
+        steps = await a.steps(run_id)
+    assert by_b.status == RunStatus.SUCCEEDED and by_b.state["note"] == "written by B"
+    assert seen_by_a.state["note"] == "written by B" and seen_by_a.lease_epoch == 2
+    assert [(r.seq, r.output) for r in steps] == [(1, {"note": "written by B"})]
+
+
+async def test_cancel_from_another_worker_stops_the_run_at_the_next_step() -> None:
+    store = MemoryRunStore()
+    flow = Workflow("remote-cancel", state=S)
+    proceed = asyncio.Event()
+    ran: list[str] = []
+
+    @flow.step
+    async def first(s: S) -> None:
+        ran.append("first")
+        await proceed.wait()
+
+    @flow.step
+    async def second(s: S) -> None:
+        ran.append("second")
+
+    async with Workflows(store=store) as owner, Workflows(store=store) as other:
+        run_id = await owner.start(flow, {})
+        await asyncio.sleep(0.01)
+        assert (await other.cancel(run_id)).status == RunStatus.RUNNING  # requested only
+        proceed.set()
+        run = await owner.wait(run_id)
+    assert run.status == RunStatus.CANCELLED and ran == ["first"]
+
+
+async def test_a_run_whose_step_disappeared_fails_as_workflow_changed() -> None:
+    store = MemoryRunStore()
+    old = Workflow("evolving", state=S)
+    old.step(visit("a"))
+
+    @old.step
+    async def b(s: S) -> None:
+        await asyncio.sleep(60)
+
+    first = Workflows(store=store)
+    run_id = await first.start(old, {})
+    await asyncio.sleep(0.01)
+    await first.aclose()
+    new = Workflow("evolving", state=S)
+    new.step(visit("a"))
+    new.step(visit("c"))
+    async with Workflows(store=store, flows=[new]) as second:
+        await second.recover()
+        run = await second.wait(run_id)
+    assert run.status == RunStatus.FAILED and run.error is not None
+    assert run.error["type"] == "workflow_changed"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -98,7 +98,6 @@ class Checkpoint:
     #: Give the lease up with this checkpoint (the run waits or finished).
     release: bool = False
     finished: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

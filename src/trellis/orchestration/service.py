@@ -304,17 +304,24 @@ class Workflows:
             await self._record_trace(run)
         return run
 
+    def _dead(self, worker: Worker, now: float) -> bool:
+        """A worker on this host whose process is gone. Our own pid under another worker id
+        is a previous life of this process (a container restarted as pid 1) once it stopped
+        heartbeating; while it heartbeats it is another service in this same process."""
+        if worker.pid == os.getpid():
+            return worker.heartbeat_at < now - 2 * self.heartbeat_seconds
+        return not _alive(worker.pid)
+
     async def recover(self) -> list[str]:
         """Claim orphaned runs of the registered workflows and continue each one from its
         last completed step; returns their ids (``wait`` gives their results)."""
         await self._ensure_worker()
-        me = os.getpid()
+        now = time.time()
         dead = [
             worker.id
             for worker in await self.store.workers(self.hostname)
-            if worker.id != self.worker_id and (worker.pid == me or not _alive(worker.pid))
+            if worker.id != self.worker_id and self._dead(worker, now)
         ]
-        now = time.time()
         leases = await self.store.claim(
             self.worker_id,
             now,

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import and_, case, delete, insert, or_, select, update
+from sqlalchemy import and_, case, insert, or_, select, update
 from sqlalchemy.engine import RowMapping
 
 from trellis.orchestration.records import (
@@ -585,8 +585,3 @@ class SqlRunStore:
                 .where(workflow_effects.c.key == key)
                 .values(status=status, result=result, error=error, finished_at=now)
             )
-
-    async def delete_finished(self, run_ids: Iterable[str]) -> None:
-        """Drop runs (their steps and effects cascade); for retention and tests."""
-        async with self.db.engine.begin() as conn:
-            await conn.execute(delete(workflow_runs).where(workflow_runs.c.id.in_(list(run_ids))))
