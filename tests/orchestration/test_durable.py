@@ -4,6 +4,7 @@ human pause/resume, recovery of expired leases."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -273,3 +274,14 @@ async def test_side_effect_is_journaled_and_not_repeated(db: Database) -> None:
         ).one()
     assert row.status == "done" and row.attempts == 2 and row.result == run.state["receipt"]
     assert await _count(db, workflow_effects, run.id) == 1
+
+
+async def test_workers_register_and_unregister_on_a_clean_shutdown(db: Database) -> None:
+    flow = Workflow("workers", state=S)
+    flow.add(human("ask", into="approval"))
+    store = SqlRunStore(db)
+    async with Workflows(db, flows=[flow]) as workflows:
+        await workflows.run(flow, {})
+        (worker,) = await store.workers(workflows.hostname)
+        assert worker.id == workflows.worker_id and worker.pid == os.getpid()
+    assert await store.workers(workflows.hostname) == []

@@ -145,6 +145,12 @@ class Workflows:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._registered:
+            self._registered = False
+            try:
+                await self.store.remove_workers([self.worker_id])
+            except Exception:  # the database may be gone already; the row is harmless
+                log.warning("could not unregister workflow worker %s", self.worker_id)
 
     async def __aenter__(self) -> Workflows:
         return self
@@ -313,8 +319,8 @@ class Workflows:
         return not _alive(worker.pid)
 
     async def recover(self) -> list[str]:
-        """Claim orphaned runs of the registered workflows and continue each one from its
-        last completed step; returns their ids (``wait`` gives their results)."""
+        """Claim (up to 1,000) orphaned runs of the registered workflows and continue each
+        from its last completed step; returns their ids (``wait`` gives their results)."""
         await self._ensure_worker()
         now = time.time()
         dead = [
@@ -326,6 +332,7 @@ class Workflows:
             self.worker_id,
             now,
             now + self.lease_seconds,
+            limit=1000,
             dead_owners=dead,
             workflows=list(self._flows),
         )

@@ -55,6 +55,10 @@ class RunStore(Protocol):
 
     async def workers(self, hostname: str) -> list[Worker]: ...
 
+    async def remove_workers(self, ids: Sequence[str]) -> None:
+        """Forget workers (clean shutdown, or dead ones whose runs were claimed)."""
+        ...
+
     async def heartbeat(self, owner: str, now: float, lease_until: float) -> int:
         """Renew every running run leased to ``owner``; the number renewed."""
         ...
@@ -154,6 +158,10 @@ class MemoryRunStore:
 
     async def workers(self, hostname: str) -> list[Worker]:
         return [w for w in self._workers.values() if w.hostname == hostname]
+
+    async def remove_workers(self, ids: Sequence[str]) -> None:
+        for worker_id in ids:
+            self._workers.pop(worker_id, None)
 
     async def heartbeat(self, owner: str, now: float, lease_until: float) -> int:
         if owner in self._workers:
@@ -339,6 +347,13 @@ class SqlRunStore:
                 select(workflow_workers).where(workflow_workers.c.hostname == hostname)
             )
             return [Worker(**row) for row in rows.mappings()]
+
+    async def remove_workers(self, ids: Sequence[str]) -> None:
+        if ids:
+            async with self.db.engine.begin() as conn:
+                await conn.execute(
+                    workflow_workers.delete().where(workflow_workers.c.id.in_(list(ids)))
+                )
 
     async def heartbeat(self, owner: str, now: float, lease_until: float) -> int:
         async with self.db.engine.begin() as conn:
