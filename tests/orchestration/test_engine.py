@@ -464,3 +464,27 @@ async def test_a_run_whose_step_disappeared_fails_as_workflow_changed() -> None:
         run = await second.wait(run_id)
     assert run.status == RunStatus.FAILED and run.error is not None
     assert run.error["type"] == "workflow_changed"
+
+
+async def test_a_failing_router_fails_the_run_instead_of_crash_looping() -> None:
+    flow = Workflow("bad-router", state=S)
+
+    def router(s: S) -> str:
+        raise KeyError("missing")
+
+    flow.step(visit("a"), next=router)
+    flow.step(visit("b"))
+    async with Workflows() as workflows:
+        run = await workflows.run(flow, {})
+    assert run.status == RunStatus.FAILED and run.lease_owner is None
+    assert run.error is not None and run.error["type"] == "KeyError"
+
+
+async def test_a_router_naming_an_unknown_step_fails_the_run() -> None:
+    flow = Workflow("typo", state=S)
+    flow.step(visit("a"), next=lambda s: "bb")
+    flow.step(visit("b"))
+    async with Workflows() as workflows:
+        run = await workflows.run(flow, {})
+    assert run.status == RunStatus.FAILED and run.error is not None
+    assert "unknown step 'bb'" in run.error["message"]

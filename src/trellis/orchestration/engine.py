@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from trellis.errors import ConfigurationError, TrellisError
+from trellis.errors import TrellisError
 from trellis.observe.tracing import Span, Trace, TraceSink, new_span_id
 from trellis.orchestration.context import Context, StepError
 from trellis.orchestration.policy import attempt_loop
@@ -194,87 +194,51 @@ class Engine:
         dumped = new_state.model_dump(mode="json")
         if self.keep_step_states:
             step_record.state = dumped
-        next_handoff: StepError | None = None
-        if result.error is not None:
-            error = StepError.from_exception(result.error, step.name)
-            step_record.error = error.to_dict()
-            policy = step.policy
-            if policy.fallback is not None:
-                step_record.status, target, next_handoff = "error", policy.fallback, error
-            elif policy.on_error == "skip":
-                step_record.status = "skipped"
-                target = flow.next_after(step, new_state)
-            elif policy.goto is not None:
-                step_record.status, target, next_handoff = "error", policy.goto, error
-            else:
-                step_record.status = "error"
-                return (
-                    Checkpoint(
-                        step=step_record,
-                        state=dumped,
-                        status=RunStatus.FAILED.value,
-                        next_step=None,
-                        error=error.to_dict(),
-                        release=True,
-                        finished=True,
-                    ),
-                    new_state,
-                    None,
-                )
-        else:
-            assert outcome is not None
-            step_record.output = _dump(
-                outcome.output if outcome.output is not None else outcome.update
+        if outcome is not None and outcome.pause is not None:
+            pause = outcome.pause
+            step_record.output = _dump(outcome.output)
+            step_record.status, step_record.next_step = "waiting", step.name
+            waiting = {
+                "step": step.name,
+                "into": pause.into,
+                "prompt": pause.prompt,
+                "schema": pause.schema,
+            }
+            cp = Checkpoint(
+                step=step_record,
+                state=dumped,
+                status=RunStatus.WAITING.value,
+                next_step=step.name,
+                waiting_for=waiting,
+                release=True,
             )
-            if outcome.pause is not None:
-                pause = outcome.pause
-                step_record.status = "waiting"
-                step_record.next_step = step.name
-                waiting = {
-                    "step": step.name,
-                    "into": pause.into,
-                    "prompt": pause.prompt,
-                    "schema": pause.schema,
-                }
-                return (
-                    Checkpoint(
-                        step=step_record,
-                        state=dumped,
-                        status=RunStatus.WAITING.value,
-                        next_step=step.name,
-                        waiting_for=waiting,
-                        release=True,
-                    ),
-                    new_state,
-                    None,
-                )
-            try:
-                target = flow.next_after(step, new_state, outcome)
-            except ConfigurationError as exc:
-                error = StepError.from_exception(exc, step.name)
-                step_record.status, step_record.error = "error", error.to_dict()
-                return (
-                    Checkpoint(
-                        step=step_record,
-                        state=dumped,
-                        status=RunStatus.FAILED.value,
-                        next_step=None,
-                        error=error.to_dict(),
-                        release=True,
-                        finished=True,
-                    ),
-                    new_state,
-                    None,
-                )
+            return cp, new_state, None
+        try:
+            target, next_handoff = self._route(flow, step, step_record, new_state, result)
+            output = None
+            if target == END:
+                output = _dump(flow.output(new_state) if flow.output is not None else dumped)
+        except Exception as exc:
+            # A routing or output function failed (user code, deterministic): the run fails
+            # here rather than crash-looping through recoveries.
+            error = StepError.from_exception(exc, step.name)
+            step_record.status, step_record.error = "error", error.to_dict()
+            return self._failed(step_record, dumped, error), new_state, None
+        if target is None:
+            assert step_record.error is not None
+            return (
+                self._failed(step_record, dumped, StepError(**step_record.error)),
+                new_state,
+                None,
+            )
         step_record.next_step = target
         if target == END:
-            output = flow.output(new_state) if flow.output is not None else dumped
             cp = Checkpoint(
                 step=step_record,
                 state=dumped,
                 status=RunStatus.SUCCEEDED.value,
                 next_step=None,
-                output=_dump(output),
+                output=output,
                 release=True,
                 finished=True,
             )
@@ -287,6 +251,43 @@ class Engine:
             error=next_handoff.to_dict() if next_handoff else None,
         )
         return cp, new_state, next_handoff
+
+    @staticmethod
+    def _route(
+        flow: Workflow[Any], step: Step, step_record: StepRecord, state: BaseModel, result: _Result
+    ) -> tuple[str | None, StepError | None]:
+        """Where the run goes after the step (None: it fails), and the error handed on."""
+        if result.error is None:
+            assert result.outcome is not None
+            outcome = result.outcome
+            step_record.output = _dump(
+                outcome.output if outcome.output is not None else outcome.update
+            )
+            return flow.next_after(step, state, outcome), None
+        error = StepError.from_exception(result.error, step.name)
+        step_record.error = error.to_dict()
+        step_record.status = "error"
+        policy = step.policy
+        if policy.fallback is not None:
+            return policy.fallback, error
+        if policy.on_error == "skip":
+            step_record.status = "skipped"
+            return flow.next_after(step, state), None
+        if policy.goto is not None:
+            return policy.goto, error
+        return None, None
+
+    @staticmethod
+    def _failed(step_record: StepRecord, dumped: dict[str, Any], error: StepError) -> Checkpoint:
+        return Checkpoint(
+            step=step_record,
+            state=dumped,
+            status=RunStatus.FAILED.value,
+            next_step=None,
+            error=error.to_dict(),
+            release=True,
+            finished=True,
+        )
 
 
 def run_trace(run: RunRecord, steps: list[StepRecord]) -> Trace:
