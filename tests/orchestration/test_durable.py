@@ -285,3 +285,26 @@ async def test_workers_register_and_unregister_on_a_clean_shutdown(db: Database)
         (worker,) = await store.workers(workflows.hostname)
         assert worker.id == workflows.worker_id and worker.pid == os.getpid()
     assert await store.workers(workflows.hostname) == []
+
+
+async def test_heartbeat_keeps_a_long_step_owned(db: Database) -> None:
+    flow = Workflow("long-step", state=S)
+
+    @flow.step
+    async def slow(s: S) -> dict[str, int]:
+        await asyncio.sleep(0.8)
+        return {"x": 1}
+
+    options: dict[str, Any] = {"lease_seconds": 0.3, "heartbeat_seconds": 0.05}
+    async with (
+        Workflows(db, flows=[flow], **options) as owner,
+        Workflows(db, flows=[flow], **options) as other,
+    ):
+        run_id = await owner.start(flow, {})
+        claimed: list[str] = []
+        for _ in range(8):  # well past the lease: renewals keep it owned
+            await asyncio.sleep(0.1)
+            claimed += await other.recover()
+        run = await owner.wait(run_id)
+    assert claimed == []
+    assert run.status == RunStatus.SUCCEEDED and run.lease_epoch == 1 and run.recoveries == 0
