@@ -27,6 +27,7 @@ from trellis.observe.retention import RetentionJob
 from trellis.observe.store import TraceStore
 from trellis.observe.tracing import NullSink, TraceSink
 from trellis.observe.writer import TraceWriter
+from trellis.orchestration.service import Workflows
 from trellis.retrieval import Retrieval, index_for
 from trellis.settings import Deployment, Settings
 from trellis.store.db import Database
@@ -53,6 +54,7 @@ class Trellis:
         self.metrics: GatewayMetrics | None = None
         self.alerts: AlertManager | None = None
         self.exporter: OtlpExporter | None = None
+        self._workflows: Workflows | None = None
         #: The admin key created at this start, shown once to the operator (else None).
         self.new_admin_key: str | None = None
         self._retrieval: Retrieval | None = None
@@ -80,6 +82,16 @@ class Trellis:
                 max_json_depth=self.settings.max_json_depth,
             )
         return self._retrieval
+
+    @property
+    def workflows(self) -> Workflows:
+        """Durable workflow runs in the runtime's database, traced into its trace store::
+
+        run = await trellis.workflows.run(flow, {"question": "..."})
+        """
+        if self._workflows is None:
+            raise RuntimeError("start() the runtime before running workflows")
+        return self._workflows
 
     @property
     def minilm(self) -> MiniLMEmbedder:
@@ -146,6 +158,15 @@ class Trellis:
         self.gateway.on_trace.append(self.metrics.observe)
         # Grounded chat (``trellis.collections``) searches lazily: no model load at start-up.
         self.gateway.retriever = CollectionRetriever(lambda: self.retrieval)
+        # Step kinds reach the gateway (LLM steps) and retrieval through these handles.
+        self._workflows = Workflows(
+            self.db,
+            sink=sink,
+            lease_seconds=settings.orchestration.lease_seconds,
+            heartbeat_seconds=settings.orchestration.heartbeat_seconds,
+            keep_step_states=settings.orchestration.keep_step_states,
+            services={"gateway": self.gateway, "retriever": self.gateway.retriever},
+        )
         if settings.alerts.enabled:
             self.alerts.start()
         return self
@@ -154,6 +175,10 @@ class Trellis:
         """Flush traces, then close providers and the database (in reverse build order)."""
         if self.alerts is not None:
             await self.alerts.aclose()
+        if self._workflows is not None:
+            # Runs still in flight give their leases up: another worker continues them.
+            await self._workflows.aclose()
+            self._workflows = None
         if self.gateway is not None:
             await self.gateway.aclose()
         if self._api_sink is not None:

@@ -339,6 +339,27 @@ class RetrievalSettings(_Strict):
     )
 
 
+class OrchestrationSettings(_Strict):
+    lease_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="How long a run stays owned without renewal; a crashed replica's runs "
+        "are taken over after this (a dead process on the same host: at once)",
+    )
+    heartbeat_seconds: float = Field(
+        default=5.0, gt=0, description="How often the owner renews its runs' leases"
+    )
+    keep_step_states: bool = Field(
+        default=True, description="Store the full state after every step (for inspection)"
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> OrchestrationSettings:
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError("orchestration.heartbeat_seconds must be below lease_seconds")
+        return self
+
+
 class LocalModelSettings(_Strict):
     n_ctx: int = Field(default=2048, ge=256)
     n_threads: int | None = None
@@ -417,6 +438,7 @@ class Settings(BaseSettings):
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     local: LocalModelSettings = Field(default_factory=LocalModelSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
     key_cache_seconds: float = Field(
         default=10.0, ge=0, description="How long a verified API key is trusted without a DB read"
     )

@@ -19,7 +19,16 @@ from trellis.store import Database, metadata, normalize_url
 from trellis.store.db import MIGRATIONS_DIR, alembic_config
 from trellis.store.tables import VERSION_TABLE, include_name
 
-EXPECTED_TABLES = {"api_keys", "traces", "spans", VERSION_TABLE}
+EXPECTED_TABLES = {
+    "api_keys",
+    "traces",
+    "spans",
+    "workflow_runs",
+    "workflow_steps",
+    "workflow_effects",
+    "workflow_workers",
+    VERSION_TABLE,
+}
 
 
 def _head() -> str:

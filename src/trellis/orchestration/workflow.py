@@ -1,0 +1,131 @@
+"""Workflow: a typed state model plus steps, and the plain-code routes between them."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from trellis.errors import ConfigurationError
+from trellis.orchestration.policy import Policy
+from trellis.orchestration.steps import END, FunctionStep, Next, Outcome, Step
+
+__all__ = ["Workflow"]
+
+S = TypeVar("S", bound=BaseModel)
+
+
+class Workflow(Generic[S]):
+    """A named workflow over the state model ``state``.
+
+    Steps run in the order routes choose; a step without ``next`` goes to the step added after
+    it (the last one ends the run). The run's input is the state's fields; its output is
+    ``output(state)`` when given, else the whole final state.
+    """
+
+    def __init__(
+        self, name: str, *, state: type[S], output: Callable[[S], Any] | None = None
+    ) -> None:
+        if not name:
+            raise ConfigurationError("a workflow needs a name")
+        self.name = name
+        self.state = state
+        self.output = output
+        self.steps: dict[str, Step] = {}
+        self._order: list[str] = []
+
+    # --- building --------------------------------------------------------------------
+
+    def add(self, step: Step) -> Step:
+        """Add a step (any kind); the first one added is where runs start."""
+        if step.name in self.steps:
+            raise ConfigurationError(f"workflow {self.name!r} already has a step {step.name!r}")
+        self.steps[step.name] = step
+        self._order.append(step.name)
+        return step
+
+    def step(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        name: str | None = None,
+        next: Next | None = None,
+        policy: Policy | None = None,
+    ) -> Any:
+        """Decorator: ``@flow.step(next=...)`` adds a :class:`FunctionStep` (returns ``fn``)."""
+
+        def register(function: Callable[..., Any]) -> Callable[..., Any]:
+            self.add(FunctionStep(function, name=name, next=next, policy=policy))
+            return function
+
+        return register(fn) if fn is not None else register
+
+    def route(self, step_name: str) -> Callable[[Callable[[S], str]], Callable[[S], str]]:
+        """Decorator: set the routing function of an already added step."""
+
+        def register(router: Callable[[S], str]) -> Callable[[S], str]:
+            self.get(step_name).next = router
+            return router
+
+        return register
+
+    # --- reading ---------------------------------------------------------------------
+
+    @property
+    def first(self) -> str:
+        if not self._order:
+            raise ConfigurationError(f"workflow {self.name!r} has no steps")
+        return self._order[0]
+
+    def get(self, name: str) -> Step:
+        try:
+            return self.steps[name]
+        except KeyError:
+            raise ConfigurationError(f"workflow {self.name!r} has no step {name!r}") from None
+
+    def next_after(self, step: Step, state: S, outcome: Outcome | None = None) -> str:
+        """The step after ``step`` given the new state (deterministic: plain code, no journal)."""
+        if outcome is not None and outcome.route is not None:
+            target = outcome.route
+        elif step.next is None:
+            index = self._order.index(step.name)
+            target = self._order[index + 1] if index + 1 < len(self._order) else END
+        elif isinstance(step.next, str):
+            target = step.next
+        else:
+            target = step.next(state)
+        if target != END and target not in self.steps:
+            raise ConfigurationError(
+                f"step {step.name!r} of workflow {self.name!r} routed to unknown step {target!r}"
+            )
+        return target
+
+    def check(self) -> None:
+        """Build-time checks: every named route, fallback and goto target exists."""
+        self.first  # noqa: B018 - raises when there are no steps
+        for step in self.steps.values():
+            targets = [step.policy.fallback, step.policy.goto]
+            if isinstance(step.next, str):
+                targets.append(step.next)
+            for target in targets:
+                if target is not None and target != END and target not in self.steps:
+                    raise ConfigurationError(
+                        f"step {step.name!r} of workflow {self.name!r} names unknown step "
+                        f"{target!r}"
+                    )
+
+    @property
+    def version(self) -> str:
+        """A short hash of the step table: changes when steps are added, renamed or re-kinded."""
+        parts = []
+        for name in self._order:
+            step = self.steps[name]
+            route = step.next if isinstance(step.next, str) or step.next is None else "fn"
+            parts.append(f"{name}:{step.kind}:{route}")
+        table = ";".join(parts)
+        return hashlib.sha256(table.encode()).hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.name!r} steps={self._order}>"
