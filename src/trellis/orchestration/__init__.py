@@ -6,6 +6,9 @@ See docs/architecture.md (Orchestration) and the README section "Workflows (Pyth
 from __future__ import annotations
 
 from trellis.orchestration.context import Context, StepError
+from trellis.orchestration.kinds.checks import Verdict, forbidden, grounded, judge, schema_valid
+from trellis.orchestration.kinds.gate import gate
+from trellis.orchestration.kinds.llm import OutputValidationError, llm
 from trellis.orchestration.policy import Backoff, Policy
 from trellis.orchestration.steps import END, FunctionStep, Outcome, Pause, Step, Usage
 from trellis.orchestration.workflow import Workflow
@@ -22,4 +25,13 @@ __all__ = [
     "StepError",
     "Usage",
     "Workflow",
+    # step kinds and gate checks
+    "OutputValidationError",
+    "Verdict",
+    "forbidden",
+    "gate",
+    "grounded",
+    "judge",
+    "llm",
+    "schema_valid",
 ]
