@@ -9,6 +9,8 @@ from trellis.orchestration.context import Context, StepError
 from trellis.orchestration.kinds.checks import Verdict, forbidden, grounded, judge, schema_valid
 from trellis.orchestration.kinds.gate import gate
 from trellis.orchestration.kinds.llm import OutputValidationError, llm
+from trellis.orchestration.kinds.retrieve import retrieve
+from trellis.orchestration.kinds.truncate import truncate
 from trellis.orchestration.policy import Backoff, Policy
 from trellis.orchestration.steps import END, FunctionStep, Outcome, Pause, Step, Usage
 from trellis.orchestration.workflow import Workflow
@@ -33,5 +35,7 @@ __all__ = [
     "grounded",
     "judge",
     "llm",
+    "retrieve",
     "schema_valid",
+    "truncate",
 ]
