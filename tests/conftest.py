@@ -30,7 +30,18 @@ T = TypeVar("T")
 POSTGRES_ADMIN_URL = os.environ.get(
     "TRELLIS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
-_TABLES = ("alerts", "alert_rules", "scores", "spans", "traces", "api_keys")
+_TABLES = (
+    "workflow_effects",
+    "workflow_steps",
+    "workflow_runs",
+    "workflow_workers",
+    "alerts",
+    "alert_rules",
+    "scores",
+    "spans",
+    "traces",
+    "api_keys",
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:

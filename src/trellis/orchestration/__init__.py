@@ -6,28 +6,54 @@ See docs/architecture.md (Orchestration) and the README section "Workflows (Pyth
 from __future__ import annotations
 
 from trellis.orchestration.context import Context, StepError
+from trellis.orchestration.engine import Engine, LeaseLost
+from trellis.orchestration.human import HumanStep, human
 from trellis.orchestration.kinds.checks import Verdict, forbidden, grounded, judge, schema_valid
 from trellis.orchestration.kinds.gate import gate
 from trellis.orchestration.kinds.llm import OutputValidationError, llm
 from trellis.orchestration.kinds.retrieve import retrieve
 from trellis.orchestration.kinds.truncate import truncate
 from trellis.orchestration.policy import Backoff, Policy
+from trellis.orchestration.records import Lease, RunRecord, RunStatus, StepRecord
+from trellis.orchestration.service import Workflows
 from trellis.orchestration.steps import END, FunctionStep, Outcome, Pause, Step, Usage
+from trellis.orchestration.store import MemoryRunStore, RunStore, SqlRunStore
+from trellis.orchestration.tools import EffectOutcomeUnknown, Tool, ToolStep, tool
 from trellis.orchestration.workflow import Workflow
+
+#: A run as the API returns it.
+Run = RunRecord
 
 __all__ = [
     "END",
     "Backoff",
     "Context",
+    "EffectOutcomeUnknown",
+    "Engine",
     "FunctionStep",
+    "HumanStep",
+    "Lease",
+    "LeaseLost",
+    "MemoryRunStore",
     "Outcome",
     "Pause",
     "Policy",
+    "Run",
+    "RunRecord",
+    "RunStatus",
+    "RunStore",
+    "SqlRunStore",
     "Step",
     "StepError",
+    "StepRecord",
+    "Tool",
+    "ToolStep",
     "Usage",
     "Workflow",
-    # step kinds and gate checks
+    "Workflows",
+    "human",
+    "tool",
+    # step kinds and gate checks (kinds/)
     "OutputValidationError",
     "Verdict",
     "forbidden",

@@ -39,6 +39,10 @@ __all__ = [
     "chunks",
     "alert_rules",
     "alerts",
+    "workflow_workers",
+    "workflow_runs",
+    "workflow_steps",
+    "workflow_effects",
     "JSONType",
     "VERSION_TABLE",
     "include_name",
@@ -253,6 +257,111 @@ alerts = Table(
     # constraint keeps one open alert per rule and group even across replicas.
     Column("open_key", String(), nullable=True, unique=True),
     Index("ix_alerts_started_at", "started_at"),
+)
+
+# --- workflows (trellis.orchestration; revision 0008_workflows) ------------------------
+
+#: Processes running workflows: lets a restarted host recover its dead processes' runs at once.
+workflow_workers = Table(
+    "workflow_workers",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("hostname", String(), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+)
+
+#: One row per run: the latest checkpoint (state + cursor) and the lease that owns it.
+workflow_runs = Table(
+    "workflow_runs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("workflow", String(), nullable=False),
+    Column("workflow_version", String(16), nullable=False),
+    # queued | running | waiting | succeeded | failed | cancelled
+    Column("status", String(16), nullable=False),
+    Column("input", JSONType, nullable=False),
+    Column("state", JSONType, nullable=False),
+    Column("output", JSONType, nullable=True),
+    # While running: the error handed to a fallback/goto step; when failed: why.
+    Column("error", JSONType, nullable=True),
+    # The cursor: the step to run next (NULL once finished).
+    Column("next_step", String(), nullable=True),
+    # The last committed step's seq (0 before the first).
+    Column("seq", Integer, nullable=False, server_default="0"),
+    Column("trace_id", String(32), nullable=False),
+    Column("key_id", String(32), nullable=True),
+    Column("waiting_for", JSONType, nullable=True),
+    Column("cancel_requested", Boolean, nullable=False, server_default=false()),
+    Column("lease_owner", String(32), nullable=True),
+    # The fencing token: +1 per claim; every checkpoint must match it.
+    Column("lease_epoch", Integer, nullable=False, server_default="0"),
+    Column("lease_until", Float, nullable=True),
+    Column("recoveries", Integer, nullable=False, server_default="0"),
+    Column("input_tokens", Integer, nullable=False, server_default="0"),
+    Column("output_tokens", Integer, nullable=False, server_default="0"),
+    Column("cost", Float, nullable=False, server_default="0"),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    Index("ix_workflow_runs_status_lease_until", "status", "lease_until"),
+    Index("ix_workflow_runs_workflow_created_at", "workflow", "created_at"),
+    Index("ix_workflow_runs_lease_owner", "lease_owner"),
+)
+
+#: The checkpoint log: one row per completed step execution, append-only.
+workflow_steps = Table(
+    "workflow_steps",
+    metadata,
+    Column(
+        "run_id",
+        String(32),
+        ForeignKey("workflow_runs.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("step", String(), nullable=False),
+    Column("kind", String(16), nullable=False),
+    # ok | error | skipped | waiting
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("output", JSONType, nullable=True),
+    Column("state", JSONType, nullable=True),
+    Column("next_step", String(), nullable=True),
+    Column("error", JSONType, nullable=True),
+    Column("span_id", String(16), nullable=False),
+    Column("start_ns", BigInteger, nullable=False),
+    Column("end_ns", BigInteger, nullable=False),
+    Column("model", String(), nullable=True),
+    Column("input_tokens", Integer, nullable=True),
+    Column("output_tokens", Integer, nullable=True),
+    Column("cost", Float, nullable=True),
+)
+
+#: Idempotency records of side-effecting tools: a completed effect is never repeated.
+workflow_effects = Table(
+    "workflow_effects",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column(
+        "run_id",
+        String(32),
+        ForeignKey("workflow_runs.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("step", String(), nullable=False),
+    Column("seq", Integer, nullable=False),
+    # sha256 of the canonical JSON arguments: the same key with other arguments is a conflict.
+    Column("args_hash", String(64), nullable=False),
+    # started | done | failed
+    Column("status", String(16), nullable=False),
+    Column("result", JSONType, nullable=True),
+    Column("error", JSONType, nullable=True),
+    Column("attempts", Integer, nullable=False, server_default="1"),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    Index("ix_workflow_effects_run_id", "run_id"),
 )
 
 #: The Postgres keyword index over chunks.fts_vector (GIN, revision 0006; SQLite's FTS5

@@ -1,0 +1,356 @@
+"""The engine loop: execute a step under its policy, checkpoint, route; until END or a pause.
+
+One call of :meth:`Engine.run_segment` drives a run it holds the lease of. After every step
+the new state, the step's record and the cursor are committed together (``RunStore.checkpoint``,
+fenced by the lease), so a crash loses at most the step in flight, and a lost lease stops
+the run here without writing anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from trellis.errors import ConfigurationError, TrellisError
+from trellis.observe.tracing import Span, Trace, TraceSink, new_span_id
+from trellis.orchestration.context import Context, StepError
+from trellis.orchestration.records import Checkpoint, Lease, RunRecord, RunStatus, StepRecord
+from trellis.orchestration.steps import END, Outcome, Step
+from trellis.orchestration.store import RunStore
+from trellis.orchestration.workflow import Workflow
+
+__all__ = ["Engine", "LeaseLost", "merge_state", "run_trace"]
+
+
+class LeaseLost(TrellisError):
+    """Another owner took the run over (our lease expired): this process stops driving it."""
+
+
+def merge_state(flow: Workflow[Any], state: BaseModel, update: Any) -> BaseModel:
+    """The state after a step's update, validated: the state object, a dict of fields, or None."""
+    if update is None:
+        return state
+    if isinstance(update, flow.state):
+        return update
+    if isinstance(update, BaseModel):
+        update = dict(update)
+    if not isinstance(update, dict):
+        raise TypeError(
+            "a step returns the state, a dict of field updates or None, "
+            f"not {type(update).__name__}"
+        )
+    unknown = set(update) - set(flow.state.model_fields)
+    if unknown:
+        raise ValueError(f"update names fields the state has not: {sorted(unknown)}")
+    return flow.state.model_validate({**dict(state), **update})
+
+
+def _dump(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {k: _dump(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_dump(v) for v in value]
+    return value
+
+
+@dataclass(slots=True)
+class _Result:
+    outcome: Outcome | None
+    state: BaseModel
+    error: BaseException | None
+    attempts: int
+
+
+class Engine:
+    """Drives runs of registered workflows through a :class:`RunStore`."""
+
+    def __init__(
+        self,
+        store: RunStore,
+        *,
+        services: dict[str, Any] | None = None,
+        keep_step_states: bool = True,
+    ) -> None:
+        self.store = store
+        self.services = services if services is not None else {}
+        self.keep_step_states = keep_step_states
+        #: Run ids whose local task is being cancelled on the user's request (not a shutdown).
+        self.cancelling: set[str] = set()
+
+    async def run_segment(self, flow: Workflow[Any], lease: Lease) -> RunRecord:
+        """Run from the cursor until the run ends, waits for input, or the lease is lost."""
+        record = await self.store.get(lease.run_id)
+        if record is None:
+            raise LeaseLost(f"run {lease.run_id} is gone")
+        state = flow.state.model_validate(record.state)
+        cursor, seq = record.next_step, record.seq
+        handoff = StepError(**record.error) if record.error else None
+        try:
+            while True:
+                if record.cancel_requested:
+                    await self._finish(lease, RunStatus.CANCELLED, None)
+                    break
+                if cursor is None or cursor == END:
+                    # Only reached when resumed input routed to END: finish without a step.
+                    await self._finish(lease, RunStatus.SUCCEEDED, None)
+                    break
+                if cursor not in flow.steps:
+                    error = {"type": "workflow_changed", "message": f"no step {cursor!r}"}
+                    await self._finish(lease, RunStatus.FAILED, {**error, "step": cursor})
+                    break
+                step = flow.steps[cursor]
+                seq += 1
+                cp, state, handoff = await self._step(flow, record, step, seq, state, handoff)
+                committed = await self.store.checkpoint(lease, cp, time.time())
+                if committed is None:
+                    raise LeaseLost(f"run {lease.run_id} is owned by another worker now")
+                if cp.release:
+                    break
+                record.cancel_requested = committed.cancel_requested
+                cursor = cp.next_step
+        except asyncio.CancelledError:
+            if lease.run_id in self.cancelling:
+                self.cancelling.discard(lease.run_id)
+                await self._finish(lease, RunStatus.CANCELLED, None)
+                final = await self.store.get(lease.run_id)
+                assert final is not None
+                return final
+            # Shutdown: give the run up at once so another worker continues it.
+            await asyncio.shield(self.store.release(lease))
+            raise
+        final = await self.store.get(lease.run_id)
+        assert final is not None
+        return final
+
+    async def _finish(self, lease: Lease, status: RunStatus, error: dict[str, Any] | None) -> None:
+        if not await self.store.finish(lease, status.value, error, time.time()):
+            raise LeaseLost(f"run {lease.run_id} is owned by another worker now")
+
+    async def _attempts(self, step: Step, ctx: Context, flow: Workflow[Any], state: Any) -> _Result:
+        policy = step.policy
+        attempt = 0
+        while True:
+            attempt += 1
+            ctx.attempt = attempt
+            try:
+                async with asyncio.timeout(policy.timeout):
+                    outcome = await step.execute(ctx, state)
+                new_state = merge_state(flow, state, outcome.update)
+                return _Result(outcome, new_state, None, attempt)
+            except Exception as exc:
+                if ctx.span is not None:
+                    ctx.span.add_event("attempt_failed", attempt=attempt, error=type(exc).__name__)
+                if attempt < policy.attempts and policy.retryable(exc):
+                    await asyncio.sleep(policy.backoff.delay(attempt))
+                    continue
+                return _Result(None, state, exc, attempt)
+
+    async def _step(
+        self,
+        flow: Workflow[Any],
+        record: RunRecord,
+        step: Step,
+        seq: int,
+        state: BaseModel,
+        handoff: StepError | None,
+    ) -> tuple[Checkpoint, BaseModel, StepError | None]:
+        """Execute one step under its policy; the checkpoint to commit, the new state, the
+        error handed to the next step (fallback or goto)."""
+        span = Span(name=f"step {step.name}", trace_id=record.trace_id, span_id=new_span_id())
+        ctx = Context(
+            run_id=record.id,
+            workflow=flow.name,
+            step=step.name,
+            seq=seq,
+            span=span,
+            error=handoff,
+            store=self.store,
+            services=self.services,
+        )
+        result = await self._attempts(step, ctx, flow, state)
+        span.end()
+        outcome, new_state = result.outcome, result.state
+        usage = outcome.usage if outcome is not None else None
+        step_record = StepRecord(
+            run_id=record.id,
+            seq=seq,
+            step=step.name,
+            kind=step.kind,
+            status="ok",
+            attempts=result.attempts,
+            span_id=span.span_id,
+            start_ns=span.start_ns,
+            end_ns=span.end_ns or time.time_ns(),
+            model=usage.model if usage else None,
+            input_tokens=usage.input_tokens if usage else None,
+            output_tokens=usage.output_tokens if usage else None,
+            cost=usage.cost if usage else None,
+        )
+        dumped = new_state.model_dump(mode="json")
+        if self.keep_step_states:
+            step_record.state = dumped
+        next_handoff: StepError | None = None
+        if result.error is not None:
+            error = StepError.from_exception(result.error, step.name)
+            step_record.error = error.to_dict()
+            policy = step.policy
+            if policy.fallback is not None:
+                step_record.status, target, next_handoff = "error", policy.fallback, error
+            elif policy.on_error == "skip":
+                step_record.status = "skipped"
+                target = flow.next_after(step, new_state)
+            elif policy.goto is not None:
+                step_record.status, target, next_handoff = "error", policy.goto, error
+            else:
+                step_record.status = "error"
+                return (
+                    Checkpoint(
+                        step=step_record,
+                        state=dumped,
+                        status=RunStatus.FAILED.value,
+                        next_step=None,
+                        error=error.to_dict(),
+                        release=True,
+                        finished=True,
+                    ),
+                    new_state,
+                    None,
+                )
+        else:
+            assert outcome is not None
+            step_record.output = _dump(
+                outcome.output if outcome.output is not None else outcome.update
+            )
+            if outcome.pause is not None:
+                pause = outcome.pause
+                step_record.status = "waiting"
+                step_record.next_step = step.name
+                waiting = {
+                    "step": step.name,
+                    "into": pause.into,
+                    "prompt": pause.prompt,
+                    "schema": pause.schema,
+                }
+                return (
+                    Checkpoint(
+                        step=step_record,
+                        state=dumped,
+                        status=RunStatus.WAITING.value,
+                        next_step=step.name,
+                        waiting_for=waiting,
+                        release=True,
+                    ),
+                    new_state,
+                    None,
+                )
+            try:
+                target = flow.next_after(step, new_state, outcome)
+            except ConfigurationError as exc:
+                error = StepError.from_exception(exc, step.name)
+                step_record.status, step_record.error = "error", error.to_dict()
+                return (
+                    Checkpoint(
+                        step=step_record,
+                        state=dumped,
+                        status=RunStatus.FAILED.value,
+                        next_step=None,
+                        error=error.to_dict(),
+                        release=True,
+                        finished=True,
+                    ),
+                    new_state,
+                    None,
+                )
+        step_record.next_step = target
+        if target == END:
+            output = flow.output(new_state) if flow.output is not None else dumped
+            cp = Checkpoint(
+                step=step_record,
+                state=dumped,
+                status=RunStatus.SUCCEEDED.value,
+                next_step=None,
+                output=_dump(output),
+                release=True,
+                finished=True,
+            )
+            return cp, new_state, None
+        cp = Checkpoint(
+            step=step_record,
+            state=dumped,
+            status=RunStatus.RUNNING.value,
+            next_step=target,
+            error=next_handoff.to_dict() if next_handoff else None,
+        )
+        return cp, new_state, next_handoff
+
+
+def run_trace(run: RunRecord, steps: list[StepRecord]) -> Trace:
+    """The run as one trace: a root span for the run and one span per step record.
+
+    Built from the step log, so a run resumed after a pause or recovered after a crash still
+    has every step of every segment in its single trace.
+    """
+    trace = Trace(kind="workflow", name=run.workflow, trace_id=run.trace_id)
+    root = trace.root
+    assert root is not None
+    root.start_ns = int(run.created_at * 1e9)
+    root.end_ns = int((run.finished_at or run.updated_at) * 1e9)
+    root.status = "error" if run.status == RunStatus.FAILED else "ok"
+    root.update(
+        {
+            "trellis.workflow": run.workflow,
+            "trellis.run_id": run.id,
+            "trellis.run.status": run.status,
+            "trellis.run.recoveries": run.recoveries,
+            "trellis.run.steps": len(steps),
+        }
+    )
+    if run.error:
+        root.set("error.type", run.error.get("type"))
+        root.set("error.message", run.error.get("message"))
+    for record in steps:
+        span = Span(
+            name=f"step {record.step}",
+            trace_id=run.trace_id,
+            span_id=record.span_id,
+            parent_id=root.span_id,
+            start_ns=record.start_ns,
+            end_ns=record.end_ns,
+            status="error" if record.status == "error" else "ok",
+        )
+        span.update(
+            {
+                "trellis.workflow": run.workflow,
+                "trellis.run_id": run.id,
+                "trellis.step": record.step,
+                "trellis.step.kind": record.kind,
+                "trellis.step.seq": record.seq,
+                "trellis.step.attempts": record.attempts,
+                "trellis.step.status": record.status,
+                "gen_ai.request.model": record.model,
+                "gen_ai.usage.input_tokens": record.input_tokens,
+                "gen_ai.usage.output_tokens": record.output_tokens,
+                "cost": record.cost,
+            }
+        )
+        if record.error:
+            span.set("error.type", record.error.get("type"))
+            span.set("error.message", record.error.get("message"))
+        trace.spans.append(span)
+    trace.summary = {
+        "key_id": run.key_id,
+        "input_tokens": run.input_tokens,
+        "output_tokens": run.output_tokens,
+        "cost": run.cost,
+    }
+    return trace
+
+
+def submit_trace(sink: TraceSink, run: RunRecord, steps: list[StepRecord]) -> None:
+    sink.submit(run_trace(run, steps))
