@@ -38,8 +38,9 @@ class HumanStep(Step):
         )
 
     def validate_input(self, value: Any) -> Any:
-        """The input as the state field's value (raises pydantic's ValidationError if invalid)."""
-        return self.adapter.validate_python(value)
+        """The input, validated, as JSON data (raises pydantic's ValidationError if invalid);
+        the state field ``into`` validates it again into its own type."""
+        return self.adapter.dump_python(self.adapter.validate_python(value), mode="json")
 
 
 def human(

@@ -1,0 +1,270 @@
+"""Durability on SQLite and Postgres: a checkpoint per step, lease fencing, claims, effects,
+human pause/resume, recovery of expired leases."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+from sqlalchemy import func, select
+
+from trellis.errors import ConflictError, InvalidRequestError
+from trellis.orchestration import (
+    END,
+    Backoff,
+    Context,
+    FunctionStep,
+    Lease,
+    Policy,
+    RunRecord,
+    RunStatus,
+    SqlRunStore,
+    StepRecord,
+    Workflow,
+    Workflows,
+    human,
+    tool,
+)
+from trellis.orchestration.records import Checkpoint
+from trellis.store import Database
+from trellis.store.tables import workflow_effects, workflow_runs, workflow_steps
+
+
+class S(BaseModel):
+    x: int = 0
+    approval: dict[str, Any] | None = None
+    receipt: str | None = None
+
+
+class Approval(BaseModel):
+    approved: bool
+    by: str
+
+
+async def _count(db: Database, table: Any, run_id: str) -> int:
+    async with db.engine.connect() as conn:
+        return int(
+            (await conn.execute(select(func.count()).where(table.c.run_id == run_id))).scalar_one()
+        )
+
+
+async def test_a_checkpoint_is_committed_after_every_step(db: Database) -> None:
+    flow = Workflow("per-step", state=S)
+    seen: list[tuple[int, int, int]] = []
+
+    async def observe(s: S, ctx: Context) -> dict[str, int]:
+        # Before this step runs, every earlier step's row and the cursor are committed.
+        async with db.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(workflow_runs.c.seq, workflow_runs.c.state).where(
+                        workflow_runs.c.id == ctx.run_id
+                    )
+                )
+            ).one()
+        seen.append((ctx.seq, await _count(db, workflow_steps, ctx.run_id), row.state["x"]))
+        return {"x": s.x + 1}
+
+    for name in ("a", "b", "c"):
+        flow.add(FunctionStep(observe, name=name))
+    async with Workflows(db) as workflows:
+        run = await workflows.run(flow, {})
+        steps = await workflows.steps(run.id)
+    assert seen == [(1, 0, 0), (2, 1, 1), (3, 2, 2)]
+    assert run.status == RunStatus.SUCCEEDED and run.seq == 3 and run.state == {
+        "x": 3,
+        "approval": None,
+        "receipt": None,
+    }
+    assert [(r.seq, r.step, r.state["x"] if r.state else None) for r in steps] == [
+        (1, "a", 1),
+        (2, "b", 2),
+        (3, "c", 3),
+    ]
+    assert run.lease_owner is None and run.finished_at is not None
+
+
+def _record(run_id: str, owner: str | None, epoch: int, until: float | None) -> RunRecord:
+    now = time.time()
+    return RunRecord(
+        id=run_id,
+        workflow="w",
+        workflow_version="v",
+        status=RunStatus.RUNNING.value,
+        input={},
+        state={"x": 0},
+        trace_id="t" * 32,
+        created_at=now,
+        updated_at=now,
+        next_step="a",
+        lease_owner=owner,
+        lease_epoch=epoch,
+        lease_until=until,
+    )
+
+
+def _checkpoint(run_id: str, seq: int, x: int) -> Checkpoint:
+    step = StepRecord(
+        run_id=run_id,
+        seq=seq,
+        step="a",
+        kind="function",
+        status="ok",
+        attempts=1,
+        span_id="s" * 16,
+        start_ns=1,
+        end_ns=2,
+    )
+    return Checkpoint(step=step, state={"x": x}, status="running", next_step="a")
+
+
+async def test_lease_fencing_refuses_a_stale_owner(db: Database) -> None:
+    store = SqlRunStore(db)
+    now = time.time()
+    await store.create(_record("r1", "old", 1, now - 1))  # the old owner's lease ran out
+    assert await store.checkpoint(Lease("r1", "old", 1), _checkpoint("r1", 1, 1), now)
+    (new,) = await store.claim("new", now, now + 30)
+    assert new == Lease("r1", "new", 2)
+    # The old owner wakes up and tries to checkpoint: refused, nothing written.
+    assert await store.checkpoint(Lease("r1", "old", 1), _checkpoint("r1", 2, 99), now) is None
+    assert not await store.finish(Lease("r1", "old", 1), "failed", None, now)
+    run = await store.get("r1")
+    assert run is not None and run.state == {"x": 1} and run.seq == 1 and run.recoveries == 1
+    assert [s.seq for s in await store.steps("r1")] == [1]
+    # The new owner's checkpoint goes through.
+    committed = await store.checkpoint(new, _checkpoint("r1", 2, 2), now)
+    assert committed is not None and not committed.cancel_requested
+    # A live lease is not claimable, by anyone.
+    assert await store.claim("third", now, now + 30) == []
+
+
+async def test_two_claimers_never_both_win(db: Database) -> None:
+    store = SqlRunStore(db)
+    now = time.time()
+    for i in range(6):
+        await store.create(_record(f"run{i}", "dead", 1, now - 5))
+    first, second = await asyncio.gather(
+        store.claim("w1", now, now + 30), store.claim("w2", now, now + 30)
+    )
+    ids = [lease.run_id for lease in first + second]
+    assert sorted(ids) == [f"run{i}" for i in range(6)]
+
+
+async def test_expired_lease_is_recovered_from_the_last_completed_step(db: Database) -> None:
+    flow = Workflow("resume-after-expiry", state=S)
+    ran: list[str] = []
+
+    @flow.step
+    async def a(s: S) -> dict[str, int]:
+        ran.append("a")
+        return {"x": s.x + 1}
+
+    @flow.step
+    async def b(s: S) -> dict[str, int]:
+        ran.append("b")
+        return {"x": s.x + 10}
+
+    store = SqlRunStore(db)
+    now = time.time()
+    record = _record("orphan", "gone", 3, now - 1)
+    record.workflow, record.next_step = flow.name, "b"
+    record.state, record.seq = {"x": 1}, 1
+    await store.create(record)
+    async with Workflows(db, flows=[flow]) as workflows:
+        assert await workflows.recover() == ["orphan"]
+        run = await workflows.wait("orphan")
+    assert ran == ["b"]
+    assert run.status == RunStatus.SUCCEEDED and run.state["x"] == 11
+    assert run.lease_epoch == 4 and run.recoveries == 1
+
+
+async def test_human_step_pauses_durably_and_resumes(db: Database) -> None:
+    flow = Workflow("approve", state=S)
+
+    @flow.step
+    async def prepare(s: S) -> dict[str, int]:
+        return {"x": 1}
+
+    flow.add(human("ask", into="approval", input=Approval, prompt="Approve the refund?"))
+    flow.route("ask")(lambda s: "pay" if s.approval and s.approval.get("approved") else END)
+
+    @flow.step(next=END)
+    async def pay(s: S) -> dict[str, int]:
+        return {"x": s.x + 100}
+
+    async with Workflows(db, flows=[flow]) as workflows:
+        run = await workflows.run(flow, {})
+        assert run.status == RunStatus.WAITING and run.lease_owner is None
+        assert run.waiting_for is not None
+        assert run.waiting_for["prompt"] == "Approve the refund?"
+        assert run.waiting_for["schema"]["required"] == ["approved", "by"]
+        with pytest.raises(InvalidRequestError):
+            await workflows.resume(run.id, {"approved": "maybe?"})
+    # A new process (no memory of the run) resumes it from the database.
+    async with Workflows(db, flows=[flow]) as workflows:
+        done = await workflows.resume(run.id, {"approved": True, "by": "ana"})
+        with pytest.raises(ConflictError):
+            await workflows.resume(run.id, {"approved": True, "by": "ana"})
+        steps = await workflows.steps(run.id)
+    assert done.status == RunStatus.SUCCEEDED and done.state["x"] == 101
+    assert done.state["approval"] == {"approved": True, "by": "ana"}
+    assert [(r.step, r.status) for r in steps] == [
+        ("prepare", "ok"),
+        ("ask", "waiting"),
+        ("ask", "ok"),
+        ("pay", "ok"),
+    ]
+
+
+async def test_cancel_a_waiting_run(db: Database) -> None:
+    flow = Workflow("wait-cancel", state=S)
+    flow.add(human("ask", into="approval"))
+    async with Workflows(db, flows=[flow]) as workflows:
+        run = await workflows.run(flow, {})
+        cancelled = await workflows.cancel(run.id)
+        assert cancelled.status == RunStatus.CANCELLED
+        with pytest.raises(ConflictError):
+            await workflows.resume(run.id, {})
+
+
+calls: list[int] = []
+
+
+@tool(side_effect=True)
+async def refund(order: str, amount: int, *, ctx: Context) -> str:
+    """Refund an order (counts its calls)."""
+    calls.append(amount)
+    if len(calls) == 1:
+        raise ConnectionError("the payment API hung up")
+    return f"{order}:{amount}:{ctx.idempotency_key()}"
+
+
+async def test_side_effect_is_journaled_and_not_repeated(db: Database) -> None:
+    calls.clear()
+    flow = Workflow("refund", state=S)
+
+    @flow.step(policy=Policy(attempts=2, backoff=Backoff(0.001, 0.001)))
+    async def pay(s: S, ctx: Context) -> dict[str, object]:
+        first = await refund(ctx, order="o1", amount=5)
+        # The same call again within the step (a retry of the caller's own loop): journaled.
+        again = await refund(ctx, order="o1", amount=5)
+        assert first == again
+        with pytest.raises(ConflictError):
+            await refund(ctx, order="o1", amount=6)
+        return {"receipt": first}
+
+    async with Workflows(db) as workflows:
+        run = await workflows.run(flow, {})
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    key = f"{run.id}:1:pay:refund"
+    assert run.state["receipt"] == f"o1:5:{run.id}:1:pay"
+    assert calls == [5, 5]  # the failed attempt, then the one that succeeded; never a third
+    async with db.engine.connect() as conn:
+        row = (
+            await conn.execute(select(workflow_effects).where(workflow_effects.c.key == key))
+        ).one()
+    assert row.status == "done" and row.attempts == 2 and row.result == run.state["receipt"]
+    assert await _count(db, workflow_effects, run.id) == 1
