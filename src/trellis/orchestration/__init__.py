@@ -8,6 +8,11 @@ from __future__ import annotations
 from trellis.orchestration.context import Context, StepError
 from trellis.orchestration.engine import Engine, LeaseLost
 from trellis.orchestration.human import HumanStep, human
+from trellis.orchestration.kinds.checks import Verdict, forbidden, grounded, judge, schema_valid
+from trellis.orchestration.kinds.gate import gate
+from trellis.orchestration.kinds.llm import OutputValidationError, llm
+from trellis.orchestration.kinds.retrieve import retrieve
+from trellis.orchestration.kinds.truncate import truncate
 from trellis.orchestration.parallel import ParallelStep, parallel
 from trellis.orchestration.policy import Backoff, Policy
 from trellis.orchestration.records import Lease, RunRecord, RunStatus, StepRecord
@@ -51,4 +56,15 @@ __all__ = [
     "human",
     "parallel",
     "tool",
+    # step kinds and gate checks (kinds/)
+    "OutputValidationError",
+    "Verdict",
+    "forbidden",
+    "gate",
+    "grounded",
+    "judge",
+    "llm",
+    "retrieve",
+    "schema_valid",
+    "truncate",
 ]
