@@ -39,6 +39,8 @@ __all__ = [
     "chunks",
     "alert_rules",
     "alerts",
+    "memory_sessions",
+    "memory_turns",
     "JSONType",
     "VERSION_TABLE",
     "include_name",
@@ -253,6 +255,43 @@ alerts = Table(
     # constraint keeps one open alert per rule and group even across replicas.
     Column("open_key", String(), nullable=True, unique=True),
     Index("ix_alerts_started_at", "started_at"),
+)
+
+# --- memory (revision 0008_memory) -------------------------------------------
+
+memory_sessions = Table(
+    "memory_sessions",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    # The API key that created the session ("" in-process without a key): its namespace.
+    Column("owner", String(64), nullable=False),
+    Column("session_id", String(200), nullable=False),
+    # The running summary of every turn up to ``summarized_through`` (a memory_turns id).
+    Column("summary", Text, nullable=True),
+    Column("summarized_through", BigInteger, nullable=False, server_default="0"),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("owner", "session_id"),
+)
+
+memory_turns = Table(
+    "memory_turns",
+    metadata,
+    # Ascending ids order the conversation; concurrent writers never collide on them.
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column(
+        "session_pk",
+        BigInteger().with_variant(Integer(), "sqlite"),
+        ForeignKey("memory_sessions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("role", String(16), nullable=False),
+    # The message as sent (ChatMessage without None fields).
+    Column("message", JSONType, nullable=False),
+    Column("tokens", Integer, nullable=False),
+    Column("trace_id", String(32), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Index("ix_memory_turns_session_pk_id", "session_pk", "id"),
 )
 
 #: The Postgres keyword index over chunks.fts_vector (GIN, revision 0006; SQLite's FTS5

@@ -1,0 +1,367 @@
+"""Stored conversations: turns per session, assembled into each request, compressed
+into a running summary when they outgrow the model's context budget.
+
+A session belongs to the API key that created it: the key id is part of its identity
+(``memory_sessions.owner``), so another key naming the same ``session_id`` starts its
+own, separate conversation and never sees the first one.
+
+Each exchange (the request's new user/tool messages and the answer) is stored in one
+transaction after the answer is complete, so a failed or interrupted call leaves no
+half turn. When the stored turns plus the new messages exceed the budget, the oldest
+turns are summarized (an LLM call through the gateway, on the same model; a plain
+extractive summary if that call fails), and the session's ``summary`` and
+``summarized_through`` are updated in one compare-and-set statement. Compressed turns
+stay in ``memory_turns``: the summary replaces them in prompts, not in storage.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from trellis.inference.call import Caller
+from trellis.inference.conversation import Compression, SessionHistory, SessionKey
+from trellis.inference.tokens import count_message_tokens
+from trellis.schema import ChatMessage, ChatRequest, TrellisOptions, message_text
+from trellis.store.db import Database
+from trellis.store.tables import memory_sessions, memory_turns
+
+if TYPE_CHECKING:
+    from trellis.inference.gateway import Gateway
+
+__all__ = ["SessionMemory", "Summarizer", "GatewaySummarizer", "SUMMARY_PREFIX"]
+
+#: How the running summary is introduced to the model (a system message).
+SUMMARY_PREFIX = "Summary of the earlier conversation (older turns, compressed):\n"
+_PINNED = ("system", "developer")
+_SENTENCE = re.compile(r"(?<=[.!?])\s")
+_EXTRACT_CHARS = 200
+
+
+class Summarizer(Protocol):
+    async def summarize(
+        self,
+        model: str,
+        previous: str | None,
+        messages: Sequence[ChatMessage],
+        max_tokens: int,
+        caller: Caller,
+    ) -> tuple[str, str | None]:
+        """The new running summary and the trace id of the call that wrote it."""
+        ...
+
+
+SUMMARY_INSTRUCTIONS = (
+    "You maintain the running summary of a conversation between a user and an assistant. "
+    "Rewrite the summary so far together with the new turns below into one concise summary "
+    "that keeps every fact, name, number, preference and open question. Write only the summary."
+)
+
+
+def transcript(previous: str | None, messages: Sequence[ChatMessage]) -> str:
+    """The compressed turns as plain text, after the summary so far."""
+    lines = [f"Summary so far: {previous}", ""] if previous else []
+    lines.append("New turns:")
+    lines.extend(f"{m.role}: {message_text(m)}" for m in messages)
+    return "\n".join(lines)
+
+
+class GatewaySummarizer:
+    """Summarizes through the gateway, on the session's own model, as the same caller,
+    so routing, access rules, cost and tracing apply to the summary call as well."""
+
+    def __init__(self, gateway: Callable[[], Gateway]) -> None:
+        self._gateway = gateway
+
+    async def summarize(
+        self,
+        model: str,
+        previous: str | None,
+        messages: Sequence[ChatMessage],
+        max_tokens: int,
+        caller: Caller,
+    ) -> tuple[str, str | None]:
+        request = ChatRequest(
+            model=model,
+            messages=[
+                ChatMessage(role="system", content=SUMMARY_INSTRUCTIONS),
+                ChatMessage(role="user", content=transcript(previous, messages)),
+            ],
+            max_tokens=max_tokens,
+            temperature=0.0,
+            trellis=TrellisOptions(cache=False, trim=False),
+        )
+        result = await self._gateway().chat(request, caller)
+        text = result.response.choices[0].message.content if result.response.choices else None
+        return (text if isinstance(text, str) else "").strip(), result.trace_id
+
+
+def extractive_summary(previous: str | None, messages: Sequence[ChatMessage]) -> str:
+    """The fallback when the summary call fails: the first sentence of each turn."""
+    lines = [previous] if previous else []
+    for message in messages:
+        text = " ".join(message_text(message).split())
+        first = _SENTENCE.split(text, maxsplit=1)[0][:_EXTRACT_CHARS]
+        if first:
+            lines.append(f"{message.role}: {first}")
+    return "\n".join(lines)
+
+
+@dataclass(slots=True)
+class _Turn:
+    id: int
+    message: ChatMessage
+    tokens: int
+
+
+@dataclass(slots=True)
+class _Session:
+    pk: int
+    summary: str | None
+    summarized_through: int
+
+
+def _summary_message(summary: str) -> ChatMessage:
+    return ChatMessage(role="system", content=SUMMARY_PREFIX + summary)
+
+
+def assemble(
+    summary: str | None, turns: Sequence[ChatMessage], messages: Sequence[ChatMessage]
+) -> list[ChatMessage]:
+    """The request's leading system messages, the summary, the stored turns, the rest."""
+    head = 0
+    while head < len(messages) and messages[head].role in _PINNED:
+        head += 1
+    middle = [_summary_message(summary)] if summary else []
+    return [*messages[:head], *middle, *turns, *messages[head:]]
+
+
+class SessionMemory:
+    """Implements ``trellis.inference.conversation.SessionStore`` over Trellis' database."""
+
+    def __init__(
+        self,
+        db: Database,
+        summarizer: Summarizer | None = None,
+        *,
+        count_message: Callable[[list[ChatMessage]], int] = count_message_tokens,
+        summary_share: float = 0.25,
+    ) -> None:
+        self.db = db
+        #: None: always the extractive summary (no model call).
+        self.summarizer = summarizer
+        self._count = count_message
+        #: The share of the budget the running summary may take.
+        self.summary_share = summary_share
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction. On SQLite it takes the write lock at BEGIN: a deferred
+        transaction that reads first fails at once ("database is locked") when another
+        writer got there in between, instead of waiting for the busy timeout."""
+        async with self.db.engine.connect() as conn:
+            if self.db.is_sqlite:
+                await conn.execution_options(trellis_sqlite_begin="BEGIN IMMEDIATE")
+            async with conn.begin():
+                yield conn
+
+    # --- reading ----------------------------------------------------------------
+
+    async def _load(self, key: SessionKey) -> tuple[_Session | None, list[_Turn]]:
+        async with self.db.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(
+                        memory_sessions.c.id,
+                        memory_sessions.c.summary,
+                        memory_sessions.c.summarized_through,
+                    ).where(
+                        memory_sessions.c.owner == key.owner,
+                        memory_sessions.c.session_id == key.session_id,
+                    )
+                )
+            ).first()
+            if row is None:
+                return None, []
+            session = _Session(row.id, row.summary, row.summarized_through)
+            rows = await conn.execute(
+                sa.select(memory_turns.c.id, memory_turns.c.message, memory_turns.c.tokens)
+                .where(
+                    memory_turns.c.session_pk == session.pk,
+                    memory_turns.c.id > session.summarized_through,
+                )
+                .order_by(memory_turns.c.id)
+            )
+            turns = [_Turn(r.id, ChatMessage.model_validate(r.message), r.tokens) for r in rows]
+        return session, turns
+
+    async def messages(self, key: SessionKey) -> tuple[str | None, list[ChatMessage]]:
+        """The running summary and the turns after it (what the next request gets)."""
+        session, turns = await self._load(key)
+        return (session.summary if session else None), [t.message for t in turns]
+
+    async def history(
+        self,
+        key: SessionKey,
+        messages: Sequence[ChatMessage],
+        *,
+        model: str,
+        budget: int,
+        count: Callable[[list[ChatMessage]], int],
+        caller: Caller,
+    ) -> SessionHistory:
+        for _ in range(3):  # a concurrent compression of the same session: load again
+            session, turns = await self._load(key)
+            if session is None:
+                return SessionHistory(list(messages), 0, False)
+            full = assemble(session.summary, [t.message for t in turns], messages)
+            tokens = count(full)
+            if tokens <= budget or not turns:
+                return SessionHistory(full, len(turns), bool(session.summary))
+            compressed = await self._compress(
+                session, turns, messages, model=model, budget=budget, count=count, caller=caller
+            )
+            if compressed is not None:
+                summary, kept, done = compressed
+                result = assemble(summary, [t.message for t in kept], messages)
+                after = count(result)
+                return SessionHistory(
+                    result,
+                    len(kept),
+                    True,
+                    Compression(
+                        compressed_messages=len(turns) - len(kept),
+                        tokens_before=tokens,
+                        tokens_after=after,
+                        summary_tokens=done[0],
+                        method=done[1],
+                        summary_trace_id=done[2],
+                    ),
+                )
+        raise RuntimeError(f"session {key.session_id!r} kept changing during compression")
+
+    async def _compress(
+        self,
+        session: _Session,
+        turns: list[_Turn],
+        messages: Sequence[ChatMessage],
+        *,
+        model: str,
+        budget: int,
+        count: Callable[[list[ChatMessage]], int],
+        caller: Caller,
+    ) -> tuple[str, list[_Turn], tuple[int, str, str | None]] | None:
+        """Summarize the oldest turns so the rest fits; None if another writer won."""
+        summary_budget = max(16, int(budget * self.summary_share))
+        fixed = count(assemble("x", [], messages)) + summary_budget
+        cut = 0
+        remaining = sum(t.tokens for t in turns)
+        # At least one turn, then whole exchanges only: the kept history starts with a
+        # user message, so no tool result loses the assistant message that asked for it.
+        while cut < len(turns) and (
+            cut == 0
+            or fixed + remaining > budget
+            or turns[cut].message.role in ("assistant", "tool")
+        ):
+            remaining -= turns[cut].tokens
+            cut += 1
+        old = [t.message for t in turns[:cut]]
+        method, trace_id, text = "llm", None, ""
+        if self.summarizer is not None:
+            try:
+                text, trace_id = await self.summarizer.summarize(
+                    model, session.summary, old, summary_budget, caller
+                )
+            except Exception:  # the summary call failed: compress without the model
+                text = ""
+        if not text:
+            method, text = "extractive", extractive_summary(session.summary, old)
+        text = self._fit_summary(text, summary_budget)
+        tokens = self._count([ChatMessage(role="system", content=text)])
+        async with self._write() as conn:
+            updated = await conn.execute(
+                sa.update(memory_sessions)
+                .where(
+                    memory_sessions.c.id == session.pk,
+                    memory_sessions.c.summarized_through == session.summarized_through,
+                )
+                .values(summary=text, summarized_through=turns[cut - 1].id, updated_at=time.time())
+            )
+        if updated.rowcount != 1:
+            return None
+        return text, turns[cut:], (tokens, method, trace_id)
+
+    def _fit_summary(self, text: str, budget: int) -> str:
+        """Cut a summary that overshoots its budget, keeping its newest lines."""
+        lines = text.splitlines()
+        while len(lines) > 1 and self._count([ChatMessage(role="system", content=text)]) > budget:
+            lines.pop(0)
+            text = "\n".join(lines)
+        return text
+
+    # --- writing ----------------------------------------------------------------
+
+    async def record(
+        self, key: SessionKey, messages: Sequence[ChatMessage], *, trace_id: str | None
+    ) -> None:
+        now = time.time()
+        rows: list[dict[str, Any]] = [
+            {
+                "role": m.role,
+                "message": m.model_dump(mode="json", exclude_none=True),
+                "tokens": self._count([m]),
+                "trace_id": trace_id,
+                "created_at": now,
+            }
+            for m in messages
+        ]
+        for attempt in range(2):
+            try:
+                async with self._write() as conn:
+                    pk = await self._session_pk(conn, key, now)
+                    if rows:
+                        await conn.execute(
+                            sa.insert(memory_turns), [{**r, "session_pk": pk} for r in rows]
+                        )
+                return
+            except IntegrityError:  # another request created the session at the same time
+                if attempt:
+                    raise
+
+    @staticmethod
+    async def _session_pk(conn: AsyncConnection, key: SessionKey, now: float) -> int:
+        where = (memory_sessions.c.owner == key.owner) & (
+            memory_sessions.c.session_id == key.session_id
+        )
+        pk = (await conn.execute(sa.select(memory_sessions.c.id).where(where))).scalar()
+        if pk is not None:
+            await conn.execute(sa.update(memory_sessions).where(where).values(updated_at=now))
+            return int(pk)
+        inserted = await conn.execute(
+            sa.insert(memory_sessions)
+            .values(owner=key.owner, session_id=key.session_id, created_at=now, updated_at=now)
+            .returning(memory_sessions.c.id)
+        )
+        return int(inserted.scalar_one())
+
+    async def delete(self, key: SessionKey) -> bool:
+        """Forget a session and all its turns; False if there was none."""
+        async with self._write() as conn:
+            where = (memory_sessions.c.owner == key.owner) & (
+                memory_sessions.c.session_id == key.session_id
+            )
+            pk = (await conn.execute(sa.select(memory_sessions.c.id).where(where))).scalar()
+            if pk is None:
+                return False
+            # Explicit: SQLite enforces ON DELETE CASCADE only with foreign keys on.
+            await conn.execute(sa.delete(memory_turns).where(memory_turns.c.session_pk == pk))
+            await conn.execute(sa.delete(memory_sessions).where(memory_sessions.c.id == pk))
+        return True
