@@ -168,15 +168,21 @@ async def test_over_budget_the_oldest_turns_become_a_running_summary(
     assert sent[0].role == "system" and sent[0].content == SUMMARY_PREFIX + summarizer.reply
     assert sent[1].role == "user"  # the kept history starts with a whole exchange
     assert sent[-1].content == "And now?"
-    model, previous, compressed, max_tokens = summarizer.calls[0]
-    assert (model, previous) == ("m", None)
+    # The turns went in batches that fit the model, oldest first, each folded into the
+    # summary so far.
+    assert len(summarizer.calls) == compression.summary_calls
+    assert [c[1] for c in summarizer.calls] == [None] + [summarizer.reply] * (
+        len(summarizer.calls) - 1
+    )
+    compressed = [m for c in summarizer.calls for m in c[2]]
     assert len(compressed) == compression.compressed_messages
-    assert compressed[0].content == _long(0)  # oldest first
-    assert max_tokens == budget // 4
+    assert compressed[0].content == _long(0)
+    assert {(c[0], c[3]) for c in summarizer.calls} == {("m", budget // 4)}
+    rounds = len(summarizer.calls)
 
     # The summary is stored: the next request starts from it without a model call.
     again = await history(memory, alice, new, budget)
-    assert again == sent and len(summarizer.calls) == 1
+    assert again == sent and len(summarizer.calls) == rounds
     # Nothing is deleted: the compressed turns are still in the table.
     assert await _turn_count(db, alice) == 12
 
@@ -185,7 +191,7 @@ async def test_over_budget_the_oldest_turns_become_a_running_summary(
     await memory.history(
         alice, new, model="m", budget=budget, count=count_message_tokens, caller=Caller()
     )
-    assert summarizer.calls[1][1] == summarizer.reply
+    assert summarizer.calls[rounds][1] == summarizer.reply
 
 
 async def test_a_failing_summary_call_falls_back_to_an_extractive_summary(

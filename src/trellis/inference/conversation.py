@@ -36,8 +36,11 @@ class Compression:
     tokens_before: int
     tokens_after: int
     summary_tokens: int
-    method: str  # "llm" or "extractive" (when the summary call failed)
+    method: str  # "llm" or "extractive" (when a summary call failed)
+    summary_calls: int = 0  # model calls it took (the turns go in batches that fit)
     summary_trace_id: str | None = None
+    #: Why the summary call failed, when ``method`` is "extractive" because of it.
+    summary_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

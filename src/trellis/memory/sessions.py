@@ -20,7 +20,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
@@ -74,6 +74,19 @@ def transcript(previous: str | None, messages: Sequence[ChatMessage]) -> str:
     return "\n".join(lines)
 
 
+def summary_prompt(previous: str | None, messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+    """The messages of one summary call (sized by ``SessionMemory`` to fit the model)."""
+    return [
+        ChatMessage(role="system", content=SUMMARY_INSTRUCTIONS),
+        ChatMessage(role="user", content=transcript(previous, messages)),
+    ]
+
+
+def _first_sentence(message: ChatMessage) -> str:
+    text = " ".join(message_text(message).split())
+    return _SENTENCE.split(text, maxsplit=1)[0][:_EXTRACT_CHARS]
+
+
 class GatewaySummarizer:
     """Summarizes through the gateway, on the session's own model, as the same caller,
     so routing, access rules, cost and tracing apply to the summary call as well."""
@@ -91,10 +104,7 @@ class GatewaySummarizer:
     ) -> tuple[str, str | None]:
         request = ChatRequest(
             model=model,
-            messages=[
-                ChatMessage(role="system", content=SUMMARY_INSTRUCTIONS),
-                ChatMessage(role="user", content=transcript(previous, messages)),
-            ],
+            messages=summary_prompt(previous, messages),
             max_tokens=max_tokens,
             temperature=0.0,
             trellis=TrellisOptions(cache=False, trim=False),
@@ -108,11 +118,19 @@ def extractive_summary(previous: str | None, messages: Sequence[ChatMessage]) ->
     """The fallback when the summary call fails: the first sentence of each turn."""
     lines = [previous] if previous else []
     for message in messages:
-        text = " ".join(message_text(message).split())
-        first = _SENTENCE.split(text, maxsplit=1)[0][:_EXTRACT_CHARS]
+        first = _first_sentence(message)
         if first:
             lines.append(f"{message.role}: {first}")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class _Summary:
+    text: str
+    method: str
+    calls: int
+    trace_id: str | None
+    error: str | None
 
 
 @dataclass(slots=True)
@@ -232,20 +250,8 @@ class SessionMemory:
             if compressed is not None:
                 summary, kept, done = compressed
                 result = assemble(summary, [t.message for t in kept], messages)
-                after = count(result)
-                return SessionHistory(
-                    result,
-                    len(kept),
-                    True,
-                    Compression(
-                        compressed_messages=len(turns) - len(kept),
-                        tokens_before=tokens,
-                        tokens_after=after,
-                        summary_tokens=done[0],
-                        method=done[1],
-                        summary_trace_id=done[2],
-                    ),
-                )
+                done = replace(done, tokens_before=tokens, tokens_after=count(result))
+                return SessionHistory(result, len(kept), True, done)
         raise RuntimeError(f"session {key.session_id!r} kept changing during compression")
 
     async def _compress(
@@ -258,7 +264,7 @@ class SessionMemory:
         budget: int,
         count: Callable[[list[ChatMessage]], int],
         caller: Caller,
-    ) -> tuple[str, list[_Turn], tuple[int, str, str | None]] | None:
+    ) -> tuple[str, list[_Turn], Compression] | None:
         """Summarize the oldest turns so the rest fits; None if another writer won."""
         summary_budget = max(16, int(budget * self.summary_share))
         fixed = count(assemble("x", [], messages)) + summary_budget
@@ -274,17 +280,16 @@ class SessionMemory:
             remaining -= turns[cut].tokens
             cut += 1
         old = [t.message for t in turns[:cut]]
-        method, trace_id, text = "llm", None, ""
-        if self.summarizer is not None:
-            try:
-                text, trace_id = await self.summarizer.summarize(
-                    model, session.summary, old, summary_budget, caller
-                )
-            except Exception:  # the summary call failed: compress without the model
-                text = ""
-        if not text:
-            method, text = "extractive", extractive_summary(session.summary, old)
-        text = self._fit_summary(text, summary_budget)
+        done = await self._summarize(
+            session.summary,
+            old,
+            model=model,
+            summary_budget=summary_budget,
+            limit=budget - summary_budget,
+            count=count,
+            caller=caller,
+        )
+        text = self._fit_summary(done.text, summary_budget)
         tokens = self._count([ChatMessage(role="system", content=text)])
         async with self._write() as conn:
             updated = await conn.execute(
@@ -297,7 +302,65 @@ class SessionMemory:
             )
         if updated.rowcount != 1:
             return None
-        return text, turns[cut:], (tokens, method, trace_id)
+        return (
+            text,
+            turns[cut:],
+            Compression(
+                compressed_messages=cut,
+                tokens_before=0,  # filled in by ``history``, which counted the whole request
+                tokens_after=0,
+                summary_tokens=tokens,
+                method=done.method,
+                summary_calls=done.calls,
+                summary_trace_id=done.trace_id,
+                summary_error=done.error,
+            ),
+        )
+
+    async def _summarize(
+        self,
+        previous: str | None,
+        old: list[ChatMessage],
+        *,
+        model: str,
+        summary_budget: int,
+        limit: int,
+        count: Callable[[list[ChatMessage]], int],
+        caller: Caller,
+    ) -> _Summary:
+        """Fold ``old`` into the summary, in as few model calls as fit ``limit`` tokens each.
+
+        The turns to compress rarely fit one call (they are what overflowed the window),
+        so they go in batches, each folded into the summary so far. A message too long
+        for any call goes in as its first sentence. If a call fails, what is left is
+        added extractively to what the model summarized until then.
+        """
+        summary, trace_id, calls, i = previous, None, 0, 0
+        if self.summarizer is None:
+            return _Summary(extractive_summary(previous, old), "extractive", 0, None, None)
+        try:
+            while i < len(old):
+                j = i + 1
+                while j < len(old) and count(summary_prompt(summary, old[i : j + 1])) <= limit:
+                    j += 1
+                batch = old[i:j]
+                if count(summary_prompt(summary, batch)) > limit:
+                    batch = [ChatMessage(role=old[i].role, content=_first_sentence(old[i]))]
+                    if count(summary_prompt(summary, batch)) > limit:
+                        raise ValueError("the context window is too small for a summary call")
+                text, trace_id = await self.summarizer.summarize(
+                    model, summary, batch, summary_budget, caller
+                )
+                calls += 1
+                if not text:
+                    raise ValueError("the summary call returned no text")
+                summary, i = self._fit_summary(text, summary_budget), j
+            return _Summary(summary or "", "llm", calls, trace_id, None)
+        except Exception as exc:  # the model failed: compress the rest without it
+            error = f"{type(exc).__name__}: {exc}"[:300]
+            return _Summary(
+                extractive_summary(summary, old[i:]), "extractive", calls, trace_id, error
+            )
 
     def _fit_summary(self, text: str, budget: int) -> str:
         """Cut a summary that overshoots its budget, keeping its newest lines."""
