@@ -19,6 +19,7 @@ from trellis.inference.pricing import PriceBook
 from trellis.inference.providers import Provider, build_provider
 from trellis.inference.router import Router
 from trellis.inference.semantic_cache import build_semantic_cache
+from trellis.memory.longterm import LongTermMemory
 from trellis.memory.sessions import GatewaySummarizer, SessionMemory
 from trellis.observe import api as observe_api
 from trellis.observe.alerts import AlertManager
@@ -61,6 +62,8 @@ class Trellis:
         self._minilm: MiniLMEmbedder | None = None
         #: Stored conversations (``trellis.session_id``), in the runtime's database.
         self.sessions: SessionMemory | None = None
+        #: Long-term memories per user (``/v1/memories``; recalled for ``trellis.user_id``).
+        self.memories: LongTermMemory | None = None
 
     @property
     def retrieval(self) -> Retrieval:
@@ -157,6 +160,9 @@ class Trellis:
         # Sessions compress old turns with a summary written by the session's own model.
         self.sessions = SessionMemory(self.db, GatewaySummarizer(lambda: self._gateway()))
         self.gateway.sessions = self.sessions
+        # Memories share the bundled embedder, which loads on the first memory written.
+        self.memories = LongTermMemory(self.db, lambda: self.minilm)  # type: ignore[arg-type,return-value]
+        self.gateway.memories = self.memories
         if settings.alerts.enabled:
             self.alerts.start()
         return self

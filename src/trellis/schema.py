@@ -189,6 +189,9 @@ class TrellisOptions(BaseModel):
     session_id: str | None = Field(
         default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@-]+$"
     )
+    # Recall this user's long-term memories into the prompt (else the body's ``user``).
+    user_id: str | None = Field(default=None, min_length=1, max_length=200)
+    memories: bool | None = None  # recall memories (default: when a user is named)
 
 
 class ChatRequest(_PassThrough):

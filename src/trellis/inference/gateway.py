@@ -1,6 +1,6 @@
 """The request path: one explicit chain of stages for every chat and embeddings call.
 
-authorize → session (stored conversation, ``trellis.session_id`` only) → cache lookup
+authorize → memory (stored conversation, recalled facts; on request) → cache lookup
 (exact, then semantic when enabled) → retrieve (grounded requests only) → context
 fitting → route (attempts, retries, fallbacks) → session store → cache store → record.
 Each stage is a span on the request's trace; the finished trace goes to a non-blocking
@@ -33,7 +33,7 @@ from trellis.inference.bookkeeping import Bookkeeper
 from trellis.inference.cache import ResponseCache
 from trellis.inference.call import Call, Caller
 from trellis.inference.context import ContextFitter
-from trellis.inference.conversation import SessionKey, SessionStore
+from trellis.inference.conversation import MemoryRecall, SessionKey, SessionStore, memory_message
 from trellis.inference.pricing import PriceBook
 from trellis.inference.router import Outcome, Route, Router
 from trellis.inference.semantic_cache import SemanticCache, SemanticMatch, semantic_prompt
@@ -105,6 +105,7 @@ class Gateway:
         semantic_cache: SemanticCache | None = None,
         defer_bookkeeping: bool = False,
         sessions: SessionStore | None = None,
+        memories: MemoryRecall | None = None,
     ) -> None:
         self.router = router
         #: Describes and records the traces. With ``defer_bookkeeping`` (the server sets
@@ -124,6 +125,8 @@ class Gateway:
         self.retriever = retriever
         #: Stores conversations for ``trellis.session_id``; None means sessions are unavailable.
         self.sessions = sessions
+        #: Recalls long-term memories for ``trellis.user_id``/``user``; None: no recall.
+        self.memories = memories
         self.cache = cache
         self.counter = counter or TokenCounter()
         self.fitter = ContextFitter(lambda messages: self.counter.messages(messages))
@@ -184,7 +187,7 @@ class Gateway:
         book = self.book
         call = self._begin(request, caller or Caller(), "chat")
         try:
-            await self._session(call)
+            await self._memory(call)
             cached = await self._cache_lookup(call)
             if cached is not None:
                 book.complete(call, cached, cache_hit=True)
@@ -217,7 +220,7 @@ class Gateway:
         book = self.book
         call = self._begin(request, caller or Caller(), "chat")
         try:
-            await self._session(call)
+            await self._memory(call)
             cached = await self._cache_lookup(call)
             if cached is not None:
                 book.complete(call, cached, cache_hit=True)
@@ -445,6 +448,34 @@ class Gateway:
                     update={"messages": grounding.with_context(call.request.messages, message)}
                 )
                 call.citations = grounding.citations(used)
+
+    async def _memory(self, call: Call) -> None:
+        """What Trellis remembers for this call: the stored conversation, then the user's
+        long-term memories."""
+        await self._session(call)
+        await self._recall(call)
+
+    async def _recall(self, call: Call) -> None:
+        """Put the user's memories most relevant to the last user message in a system
+        message. A recall that fails is a ``memory_recall_failure`` event, not an error."""
+        options = call.request.trellis
+        user = (options.user_id if options is not None else None) or call.request.user
+        wanted = options.memories if options is not None else None
+        if self.memories is None or not user or wanted is False:
+            return
+        query = grounding.retrieval_query(call.request.messages)
+        with call.trace.span("recall", attributes={"trellis.memory.user": user}) as span:
+            try:
+                found = await self.memories.recall(call.caller.key_id or "", user, query)
+            except Exception as exc:  # the embedder or the database broke: answer without
+                log.warning("memory recall failed: %r", exc)
+                span.add_event("memory_recall_failure", **{"error.type": type(exc).__name__})
+                return
+            span.set("trellis.memory.ids", [m.id for m in found])
+            span.set("trellis.memory.scores", [round(m.score, 4) for m in found])
+            if found:
+                messages = grounding.with_context(call.request.messages, memory_message(found))
+                call.request = call.request.model_copy(update={"messages": messages})
 
     async def _session(self, call: Call) -> None:
         """Continue a stored conversation: put its earlier turns (and the running summary

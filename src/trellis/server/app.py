@@ -22,6 +22,7 @@ from trellis.server.routes import (
     health,
     inference,
     keys,
+    memories,
     metrics,
     stats,
     traces,
@@ -172,7 +173,7 @@ def create_app(
     )
     app.state.trellis = runtime
     install_error_handlers(app)
-    for module in (health, inference, keys, traces, stats, metrics, collections, alerts):
+    for module in (health, inference, keys, traces, stats, metrics, collections, alerts, memories):
         app.include_router(module.router)
     app.direct_routes.update(
         {

@@ -41,6 +41,7 @@ __all__ = [
     "alerts",
     "memory_sessions",
     "memory_turns",
+    "memories",
     "JSONType",
     "VERSION_TABLE",
     "include_name",
@@ -292,6 +293,22 @@ memory_turns = Table(
     Column("trace_id", String(32), nullable=True),
     Column("created_at", Float, nullable=False),
     Index("ix_memory_turns_session_pk_id", "session_pk", "id"),
+)
+
+memories = Table(
+    "memories",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    # Namespace: the API key that wrote it, then the user it is about.
+    Column("owner", String(64), nullable=False),
+    Column("user_id", String(200), nullable=False),
+    Column("text", Text, nullable=False),
+    # float32 little-endian unit vector from ``embedder`` (the same encoding as chunks).
+    Column("embedding", LargeBinary, nullable=False),
+    Column("embedder", String(), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_memories_owner_user_id", "owner", "user_id"),
 )
 
 #: The Postgres keyword index over chunks.fts_vector (GIN, revision 0006; SQLite's FTS5

@@ -1,4 +1,4 @@
-"""Conversation memory: sessions and their turns.
+"""Memory: conversation sessions and their turns, and long-term memories per user.
 
 Revision ID: 0008_memory
 Revises: 0007_document_pages
@@ -6,7 +6,8 @@ Revises: 0007_document_pages
 ``memory_sessions`` is one conversation per (API key, session id) with its running
 summary; ``memory_turns`` the stored messages in order. Turns up to
 ``summarized_through`` are covered by the summary and no longer sent upstream; they
-stay in the table so nothing said is lost.
+stay in the table so nothing said is lost. ``memories`` holds facts about a user
+(per API key), each with its embedding encoded like ``chunks.embedding``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,19 @@ def upgrade() -> None:
         ),
     )
     op.create_index("ix_memory_turns_session_pk_id", "memory_turns", ["session_pk", "id"])
+    op.create_table(
+        "memories",
+        sa.Column("id", sa.String(32), nullable=False),
+        sa.Column("owner", sa.String(64), nullable=False),
+        sa.Column("user_id", sa.String(200), nullable=False),
+        sa.Column("text", sa.Text, nullable=False),
+        sa.Column("embedding", sa.LargeBinary, nullable=False),
+        sa.Column("embedder", sa.String(), nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("updated_at", sa.Float, nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_memories"),
+    )
+    op.create_index("ix_memories_owner_user_id", "memories", ["owner", "user_id"])
 
 
 def downgrade() -> None:
