@@ -111,8 +111,8 @@ async def test_sessions_belong_to_the_key_that_created_them(
     question = [user("What did I say?")]
     assert await history(memory, mallory, question) == question
     await memory.record(mallory, [*question, assistant("nothing yet")], trace_id=None)
-    _, alice_turns = await memory.messages(alice)
-    _, mallory_turns = await memory.messages(mallory)
+    _, alice_turns = await memory.messages(alice) or (None, [])
+    _, mallory_turns = await memory.messages(mallory) or (None, [])
     assert [m.content for m in alice_turns] == ["secret", "noted"]
     assert [m.content for m in mallory_turns] == ["What did I say?", "nothing yet"]
 
@@ -133,7 +133,7 @@ async def test_concurrent_first_turns_create_one_session(db: Database, alice: Se
         )
         assert sessions.scalar_one() == 1
     assert await _turn_count(db, alice) == 16
-    _, stored = await memory.messages(alice)
+    _, stored = await memory.messages(alice) or (None, [])
     # Each exchange stays together (one transaction each).
     for question, answer in zip(stored[::2], stored[1::2], strict=True):
         assert question.content[1:] == answer.content[1:]  # type: ignore[index]

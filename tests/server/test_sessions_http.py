@@ -273,3 +273,31 @@ def test_sessions_on_postgres(
         ("user", "My name is Ada."),
         ("assistant", "Noted."),
     ]
+
+
+def test_a_session_can_be_read_back_and_forgotten(
+    http: httpx.Client, upstream: FakeUpstream, session_server: ServerThread
+) -> None:
+    assert http.post("/v1/chat/completions", json=ask("My name is Ada.", "rb")).status_code == 200
+    stored = http.get("/v1/sessions/rb")
+    assert stored.status_code == 200, stored.text
+    assert stored.json() == {
+        "object": "session",
+        "id": "rb",
+        "summary": None,
+        "messages": [
+            {"role": "user", "content": "My name is Ada."},
+            {"role": "assistant", "content": "Noted."},
+        ],
+    }
+    created = http.post("/v1/keys", json={"name": "other", "scopes": ["inference"]})
+    with connect(session_server, created.json()["key"]) as other:
+        assert other.get("/v1/sessions/rb").status_code == 404
+        assert other.delete("/v1/sessions/rb").status_code == 404
+    assert http.delete("/v1/sessions/rb").json()["deleted"] is True
+    assert http.get("/v1/sessions/rb").status_code == 404
+    assert http.delete("/v1/sessions/rb").status_code == 404
+    assert http.get("/v1/sessions/a%20b").status_code == 400
+    # A forgotten session starts over.
+    assert http.post("/v1/chat/completions", json=ask("Hello", "rb")).status_code == 200
+    assert pairs(chat_requests(upstream)[-1]) == [("user", "Hello")]

@@ -221,10 +221,13 @@ class SessionMemory:
             turns = [_Turn(r.id, ChatMessage.model_validate(r.message), r.tokens) for r in rows]
         return session, turns
 
-    async def messages(self, key: SessionKey) -> tuple[str | None, list[ChatMessage]]:
-        """The running summary and the turns after it (what the next request gets)."""
+    async def messages(self, key: SessionKey) -> tuple[str | None, list[ChatMessage]] | None:
+        """The running summary and the turns after it (what the next request gets);
+        None when the key has no such session."""
         session, turns = await self._load(key)
-        return (session.summary if session else None), [t.message for t in turns]
+        if session is None:
+            return None
+        return session.summary, [t.message for t in turns]
 
     async def history(
         self,
