@@ -73,6 +73,10 @@ async def test_a_near_duplicate_updates_the_memory(
     assert [m.text for m in await memory.list_memories("key-a", user)] == [
         "I prefer answers in French!"
     ]
+    # A similar but different fact is a memory of its own, not an overwrite.
+    daughter, _ = await memory.add("key-a", user, "My daughter is allergic to peanuts.")
+    son, created = await memory.add("key-a", user, "My son is allergic to peanuts.")
+    assert created and son.id != daughter.id
     changed = await memory.update("key-a", first.id, "I prefer answers in German.")
     assert changed.text == "I prefer answers in German."
     found = await memory.recall("key-a", user, "Which language should answers be in?")

@@ -8,9 +8,13 @@ request's last user message with that user's memories in memory (numpy): a user 
 tens to hundreds of memories, so an exact scan of one user's rows is cheaper than
 keeping a per-user index, and it needs no collection visible in the collections API.
 
-Writing a memory that says nearly the same as an existing one (cosine at least
-``dedupe_threshold``) updates that memory instead of adding a second: "I live in
-Berlin" after "I live in Paris" replaces the old fact rather than contradicting it.
+Writing a memory that restates an existing one (cosine at least ``dedupe_threshold``,
+0.95) updates that memory instead of adding a second. The threshold is high on
+purpose: sentence embeddings cannot tell a changed fact from a different one ("My son
+is allergic to peanuts" is 0.93 from "My daughter is ...", "I live in Berlin" only 0.58
+from "I live in Paris"), so merging lower would overwrite true facts. A changed fact is
+updated with ``update`` (PATCH); deciding which fact a statement supersedes needs a
+model, which the planned extraction step will do.
 """
 
 from __future__ import annotations
@@ -79,7 +83,7 @@ class LongTermMemory:
         *,
         top_k: int = 3,
         min_score: float = 0.3,
-        dedupe_threshold: float = 0.9,
+        dedupe_threshold: float = 0.95,
     ) -> None:
         self.db = db
         #: A factory, so the embedder's model loads on the first memory, not at start-up.
