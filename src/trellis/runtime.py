@@ -19,6 +19,8 @@ from trellis.inference.pricing import PriceBook
 from trellis.inference.providers import Provider, build_provider
 from trellis.inference.router import Router
 from trellis.inference.semantic_cache import build_semantic_cache
+from trellis.memory.longterm import LongTermMemory
+from trellis.memory.sessions import GatewaySummarizer, SessionMemory
 from trellis.observe import api as observe_api
 from trellis.observe.alerts import AlertManager
 from trellis.observe.metrics import GatewayMetrics
@@ -60,6 +62,10 @@ class Trellis:
         self._retrieval: Retrieval | None = None
         #: The bundled embedder, shared by retrieval and the semantic cache (built lazily).
         self._minilm: MiniLMEmbedder | None = None
+        #: Stored conversations (``trellis.session_id``), in the runtime's database.
+        self.sessions: SessionMemory | None = None
+        #: Long-term memories per user (``/v1/memories``; recalled for ``trellis.user_id``).
+        self.memories: LongTermMemory | None = None
 
     @property
     def retrieval(self) -> Retrieval:
@@ -102,6 +108,11 @@ class Trellis:
             # The int8 rebuild of the bundled graph is kept in the data directory.
             self._minilm = MiniLMEmbedder(cache_dir=self.settings.data_dir / "models")
         return self._minilm
+
+    def _gateway(self) -> Gateway:
+        if self.gateway is None:
+            raise RuntimeError("the runtime is closed")
+        return self.gateway
 
     def _provider(self, deployment: Deployment) -> Provider:
         return build_provider(deployment, self.settings.local)
@@ -158,6 +169,12 @@ class Trellis:
         self.gateway.on_trace.append(self.metrics.observe)
         # Grounded chat (``trellis.collections``) searches lazily: no model load at start-up.
         self.gateway.retriever = CollectionRetriever(lambda: self.retrieval)
+        # Sessions compress old turns with a summary written by the session's own model.
+        self.sessions = SessionMemory(self.db, GatewaySummarizer(lambda: self._gateway()))
+        self.gateway.sessions = self.sessions
+        # Memories share the bundled embedder, which loads on the first memory written.
+        self.memories = LongTermMemory(self.db, lambda: self.minilm)  # type: ignore[arg-type,return-value]
+        self.gateway.memories = self.memories
         # Step kinds reach the gateway (LLM steps) and retrieval through these handles.
         self._workflows = Workflows(
             self.db,

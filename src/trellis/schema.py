@@ -185,6 +185,13 @@ class TrellisOptions(BaseModel):
     # Ground the answer in these retrieval collections ([] turns off the alias's retrieval).
     collections: list[str] | None = Field(default=None, max_length=16)
     top_k: int | None = Field(default=None, ge=1, le=50)  # passages to retrieve
+    # Keep this conversation in Trellis: earlier turns are stored and supplied by the server.
+    session_id: str | None = Field(
+        default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@-]+$"
+    )
+    # Recall this user's long-term memories into the prompt (else the body's ``user``).
+    user_id: str | None = Field(default=None, min_length=1, max_length=200)
+    memories: bool | None = None  # recall memories (default: when a user is named)
 
 
 class ChatRequest(_PassThrough):

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from trellis.inference import grounding
+from trellis.inference.conversation import SessionKey
 from trellis.inference.router import Outcome, Route
 from trellis.observe.tracing import Span, Trace
 from trellis.schema import ChatRequest
@@ -58,3 +59,5 @@ class Call:
     #: The request's attributes are on the trace (``Bookkeeper.describe``).
     described: bool = False
     authorize_span: Span | None = None
+    #: The stored conversation this call continues (``trellis.session_id``), if any.
+    session: SessionKey | None = None

@@ -1,9 +1,10 @@
 """The request path: one explicit chain of stages for every chat and embeddings call.
 
-authorize → cache lookup (exact, then semantic when enabled) → retrieve (grounded
-requests only) → context fitting → route (attempts, retries, fallbacks) → cache store →
-record. Each stage is a span on the request's trace; the finished trace goes to a
-non-blocking sink (the background writer), so nothing on this path waits for the database.
+authorize → memory (stored conversation, recalled facts; on request) → cache lookup
+(exact, then semantic when enabled) → retrieve (grounded requests only) → context
+fitting → route (attempts, retries, fallbacks) → session store → cache store → record.
+Each stage is a span on the request's trace; the finished trace goes to a non-blocking
+sink (the background writer), so nothing on this path waits for the database.
 
 This module is the sequence of stages. Streams are relayed and cached answers replayed
 by ``streaming``; what only the trace needs (attributes, cost, summary, recording) is
@@ -15,7 +16,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from trellis.inference.bookkeeping import Bookkeeper
 from trellis.inference.cache import ResponseCache
 from trellis.inference.call import Call, Caller
 from trellis.inference.context import ContextFitter
+from trellis.inference.conversation import MemoryRecall, SessionKey, SessionStore, memory_message
 from trellis.inference.pricing import PriceBook
 from trellis.inference.router import Outcome, Route, Router
 from trellis.inference.semantic_cache import SemanticCache, SemanticMatch, semantic_prompt
@@ -102,6 +104,8 @@ class Gateway:
         retriever: grounding.Retriever | None = None,
         semantic_cache: SemanticCache | None = None,
         defer_bookkeeping: bool = False,
+        sessions: SessionStore | None = None,
+        memories: MemoryRecall | None = None,
     ) -> None:
         self.router = router
         #: Describes and records the traces. With ``defer_bookkeeping`` (the server sets
@@ -119,6 +123,10 @@ class Gateway:
         self.semantic_cache = semantic_cache
         #: Searches collections for grounded requests; None means retrieval is unavailable.
         self.retriever = retriever
+        #: Stores conversations for ``trellis.session_id``; None means sessions are unavailable.
+        self.sessions = sessions
+        #: Recalls long-term memories for ``trellis.user_id``/``user``; None: no recall.
+        self.memories = memories
         self.cache = cache
         self.counter = counter or TokenCounter()
         self.fitter = ContextFitter(lambda messages: self.counter.messages(messages))
@@ -179,6 +187,7 @@ class Gateway:
         book = self.book
         call = self._begin(request, caller or Caller(), "chat")
         try:
+            await self._memory(call)
             cached = await self._cache_lookup(call)
             if cached is not None:
                 book.complete(call, cached, cache_hit=True)
@@ -197,6 +206,7 @@ class Gateway:
                 # An extra top-level field of the answer (the model keeps unknown fields).
                 response.citations = call.citations  # type: ignore[attr-defined]
             self._ensure_usage(call, response)
+            await self._remember(call, response)
             await self._cache_store(call, response)
             book.complete(call, response, cache_hit=False)
             return ChatResult(response, False, call.trace.trace_id)
@@ -210,6 +220,7 @@ class Gateway:
         book = self.book
         call = self._begin(request, caller or Caller(), "chat")
         try:
+            await self._memory(call)
             cached = await self._cache_lookup(call)
             if cached is not None:
                 book.complete(call, cached, cache_hit=True)
@@ -295,8 +306,14 @@ class Gateway:
             )
 
     async def _cache_lookup(self, call: Call) -> ChatResponse | None:
-        # Grounded answers are never cached: they must follow the collections as they change.
-        if self.cache is None or call.request.n not in (None, 1) or call.retrieval is not None:
+        # Grounded answers are never cached: they must follow the collections as they change;
+        # nor are session answers: they follow the stored conversation.
+        if (
+            self.cache is None
+            or call.request.n not in (None, 1)
+            or call.retrieval is not None
+            or call.session is not None
+        ):
             return None
         opted_in = bool(call.route.alias.cache) or bool(getattr(call.caller.key, "cache", False))
         if not ResponseCache.cacheable(call.request, opted_in=opted_in):
@@ -318,7 +335,7 @@ class Gateway:
         the exact cache's rule applies (deterministic, or opted in by alias, key or
         ``trellis.cache``), because reusing a sampled answer changes what the caller asked for.
         """
-        if self.semantic_cache is None or call.retrieval is not None:
+        if self.semantic_cache is None or call.retrieval is not None or call.session is not None:
             return False
         if call.caller.no_cache and call.caller.no_store:
             return False
@@ -431,6 +448,76 @@ class Gateway:
                     update={"messages": grounding.with_context(call.request.messages, message)}
                 )
                 call.citations = grounding.citations(used)
+
+    async def _memory(self, call: Call) -> None:
+        """What Trellis remembers for this call: the stored conversation, then the user's
+        long-term memories."""
+        await self._session(call)
+        await self._recall(call)
+
+    async def _recall(self, call: Call) -> None:
+        """Put the user's memories most relevant to the last user message in a system
+        message. A recall that fails is a ``memory_recall_failure`` event, not an error."""
+        options = call.request.trellis
+        user = (options.user_id if options is not None else None) or call.request.user
+        wanted = options.memories if options is not None else None
+        if self.memories is None or not user or wanted is False:
+            return
+        query = grounding.retrieval_query(call.request.messages)
+        with call.trace.span("recall", attributes={"trellis.memory.user": user}) as span:
+            try:
+                found = await self.memories.recall(call.caller.key_id or "", user, query)
+            except Exception as exc:  # the embedder or the database broke: answer without
+                log.warning("memory recall failed: %r", exc)
+                span.add_event("memory_recall_failure", **{"error.type": type(exc).__name__})
+                return
+            span.set("trellis.memory.ids", [m.id for m in found])
+            span.set("trellis.memory.scores", [round(m.score, 4) for m in found])
+            if found:
+                messages = grounding.with_context(call.request.messages, memory_message(found))
+                call.request = call.request.model_copy(update={"messages": messages})
+
+    async def _session(self, call: Call) -> None:
+        """Continue a stored conversation: put its earlier turns (and the running summary
+        of compressed ones) before the request's new messages. Compression is a traced
+        ``session_summary`` event, never a silent drop."""
+        options = call.request.trellis
+        if options is None or options.session_id is None:
+            return
+        if self.sessions is None:
+            raise UnsupportedFeatureError(
+                "sessions are not available in this gateway", param="trellis.session_id"
+            )
+        key = SessionKey(call.caller.key_id or "", options.session_id)
+        alias = call.route.alias
+        with call.trace.span("session", attributes={"trellis.session.id": key.session_id}) as span:
+            history = await self.sessions.history(
+                key,
+                call.request.messages,
+                model=alias.name,
+                budget=alias.context_window - (call.request.output_limit or 0),
+                count=self.counter.messages,
+                caller=call.caller,
+            )
+            call.session = key
+            span.set("trellis.session.stored_messages", history.stored_messages)
+            span.set("trellis.session.summarized", history.summarized)
+            if history.stored_messages or history.summarized:
+                call.request = call.request.model_copy(update={"messages": history.messages})
+            if history.compression is not None:
+                event = {k: v for k, v in asdict(history.compression).items() if v is not None}
+                span.add_event("session_summary", **event)
+                call.trace.root.add_event("session_summary", **event)  # type: ignore[union-attr]
+
+    async def _remember(self, call: Call, response: ChatResponse) -> None:
+        """Store the exchange (the request's new messages and the answer) in its session."""
+        if call.session is None or self.sessions is None or not response.choices:
+            return
+        new = [m for m in call.received.messages if m.role not in ("system", "developer")]
+        answer = response.choices[0].message
+        reply = ChatMessage(role="assistant", content=answer.content, tool_calls=answer.tool_calls)
+        with call.trace.span("session_store"):
+            await self.sessions.record(call.session, [*new, reply], trace_id=call.trace.trace_id)
 
     def _fit(self, call: Call) -> None:
         alias = call.route.alias

@@ -76,6 +76,7 @@ async def relay(
             usage=usage,
         )
         gateway._ensure_usage(call, response)
+        await gateway._remember(call, response)  # the whole answer, before the last chunk
         if include_usage or call.citations is not None:
             # One final chunk carries usage (when asked for) and citations (when grounded).
             final = ChatChunk(

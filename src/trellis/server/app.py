@@ -22,7 +22,9 @@ from trellis.server.routes import (
     health,
     inference,
     keys,
+    memories,
     metrics,
+    sessions,
     stats,
     traces,
 )
@@ -172,7 +174,18 @@ def create_app(
     )
     app.state.trellis = runtime
     install_error_handlers(app)
-    for module in (health, inference, keys, traces, stats, metrics, collections, alerts):
+    for module in (
+        health,
+        inference,
+        keys,
+        traces,
+        stats,
+        metrics,
+        collections,
+        alerts,
+        memories,
+        sessions,
+    ):
         app.include_router(module.router)
     app.direct_routes.update(
         {

@@ -43,6 +43,9 @@ __all__ = [
     "workflow_runs",
     "workflow_steps",
     "workflow_effects",
+    "memory_sessions",
+    "memory_turns",
+    "memories",
     "JSONType",
     "VERSION_TABLE",
     "include_name",
@@ -365,6 +368,59 @@ workflow_effects = Table(
     Column("started_at", Float, nullable=False),
     Column("finished_at", Float, nullable=True),
     Index("ix_workflow_effects_run_id", "run_id"),
+)
+
+# --- memory (revision 0009_memory) -------------------------------------------
+
+memory_sessions = Table(
+    "memory_sessions",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    # The API key that created the session ("" in-process without a key): its namespace.
+    Column("owner", String(64), nullable=False),
+    Column("session_id", String(200), nullable=False),
+    # The running summary of every turn up to ``summarized_through`` (a memory_turns id).
+    Column("summary", Text, nullable=True),
+    Column("summarized_through", BigInteger, nullable=False, server_default="0"),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("owner", "session_id"),
+)
+
+memory_turns = Table(
+    "memory_turns",
+    metadata,
+    # Ascending ids order the conversation; concurrent writers never collide on them.
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column(
+        "session_pk",
+        BigInteger().with_variant(Integer(), "sqlite"),
+        ForeignKey("memory_sessions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("role", String(16), nullable=False),
+    # The message as sent (ChatMessage without None fields).
+    Column("message", JSONType, nullable=False),
+    Column("tokens", Integer, nullable=False),
+    Column("trace_id", String(32), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Index("ix_memory_turns_session_pk_id", "session_pk", "id"),
+)
+
+memories = Table(
+    "memories",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    # Namespace: the API key that wrote it, then the user it is about.
+    Column("owner", String(64), nullable=False),
+    Column("user_id", String(200), nullable=False),
+    Column("text", Text, nullable=False),
+    # float32 little-endian unit vector from ``embedder`` (the same encoding as chunks).
+    Column("embedding", LargeBinary, nullable=False),
+    Column("embedder", String(), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_memories_owner_user_id", "owner", "user_id"),
 )
 
 #: The Postgres keyword index over chunks.fts_vector (GIN, revision 0006; SQLite's FTS5
