@@ -177,8 +177,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_serve_with_a_missing_ca_file_is_one_clear_line(tmp_path: Path) -> None:
+def test_serve_with_a_missing_ca_file_is_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = tmp_path / "trellis.yaml"
+    # serve exports the config path for its workers: restore the environment afterwards.
+    monkeypatch.setenv("TRELLIS_CONFIG", str(config))
     missing = tmp_path / "no-such-ca.pem"
     config.write_text(
         yaml.safe_dump(
