@@ -25,7 +25,7 @@ from trellis.orchestration import (
     agent,
     tool,
 )
-from trellis.orchestration.kinds.agent import turn_schema
+from trellis.orchestration.kinds.agent import final_schema, turn_schema
 from trellis.settings import Deployment, ModelAlias, RetrySettings
 from trellis.store import Database
 from trellis.testing.fake_upstream import FakeUpstream
@@ -126,7 +126,7 @@ async def test_a_tool_call_then_a_final_answer(upstream: FakeUpstream) -> None:
     assert "Add two integers" in first["messages"][0]["content"]
     # The second call sees the call and its result.
     assert [m["role"] for m in second["messages"]] == ["system", "user", "assistant", "user"]
-    assert second["messages"][3]["content"] == "Result of add: 5"
+    assert second["messages"][3]["content"].startswith("Result of add: 5\n")
     assert outcome.usage.input_tokens > 0 and outcome.usage.output_tokens > 0
     assert [e["name"] for e in span.events] == ["tool_call", "final"]
 
@@ -137,7 +137,24 @@ async def test_the_iteration_bound_fails_the_step(upstream: FakeUpstream) -> Non
         await step(max_iterations=3).execute(context(upstream), Task(question="loop"))
     assert len(upstream.requests) == 3
     assert caught.value.code == "agent_iteration_limit"
+    turns = caught.value.transcript
+    assert [t.get("tool") for t in turns] == ["add", "add", None]
+    assert "no more tool calls" in turns[2]["error"]
+    # The last call admits only a final answer, and says so.
+    last = upstream.requests[2].json
+    assert last["response_format"]["json_schema"]["schema"] == final_schema(None)
+    assert "No more tool calls" in last["messages"][-1]["content"]
+
+
+async def test_without_force_final_every_call_may_use_a_tool(upstream: FakeUpstream) -> None:
+    upstream.reply = Replies({"tool": "add", "arguments": {"a": 1, "b": 1}})
+    with pytest.raises(AgentLimitError) as caught:
+        await step(max_iterations=3, force_final=False).execute(
+            context(upstream), Task(question="loop")
+        )
     assert [t["tool"] for t in caught.value.transcript] == ["add", "add", "add"]
+    schemas = [r.json["response_format"]["json_schema"]["schema"] for r in upstream.requests]
+    assert schemas == [turn_schema([add], None)] * 3
 
 
 async def test_an_unknown_tool_is_refused_and_fed_back(upstream: FakeUpstream) -> None:

@@ -1,10 +1,11 @@
 """The ``agent`` step on the real bundled model (the ``local`` alias, no native tool calls).
 
 The 135M model follows the grammar-enforced turn schema, so every turn is a well-formed
-call of an allow-listed tool or a final answer; whether it calls ``add`` with the right
-numbers is beyond it, so the test asserts what the loop guarantees: it ends within the
-bound, with a final answer or a clear ``AgentLimitError``, and every tool call it made
-was a valid call of ``add``.
+call of an allow-listed tool or a final answer, and the last turn (``force_final``) can
+only be a final answer, so the loop always ends within its bound. The model does call
+``add`` with the numbers of the question (2 and 3) but then repeats the call, and its
+final answer is not reliably the sum; so the test asserts what the loop guarantees, not
+the arithmetic: valid tool calls with their true results, and a final answer at the bound.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from trellis.orchestration import AgentLimitError, Context, agent, tool
+from trellis.orchestration import Context, agent, tool
 from trellis.runtime import Trellis
 from trellis.settings import Settings
 
@@ -47,19 +48,16 @@ async def test_the_bundled_model_runs_the_loop_within_its_bound(tmp_path: Path) 
         ctx = Context(
             run_id="r", workflow="w", step="solve", seq=1, services={"gateway": trellis.gateway}
         )
-        try:
-            outcome = await step.execute(ctx, Task(question="Use the add tool: what is 2 + 3?"))
-        except AgentLimitError as exc:
-            turns = exc.transcript
-        else:
-            assert isinstance(outcome.update, dict)
-            assert isinstance(outcome.update["answer"], str)
-            assert outcome.output["iterations"] <= 3
-            turns = outcome.output["turns"]
-    assert 1 <= len(turns) <= 3
-    for turn in turns:
+        outcome = await step.execute(ctx, Task(question="Use the add tool: what is 2 + 3?"))
+    assert isinstance(outcome.update, dict)
+    final = outcome.update["answer"]
+    assert isinstance(final, str) and final  # minLength 1: the grammar forbids ""
+    turns = outcome.output["turns"]
+    assert 1 <= outcome.output["iterations"] == len(turns) <= 3
+    assert "final" in turns[-1]
+    calls = turns[:-1]
+    assert calls, "the model answered without calling the tool"
+    for turn in calls:
         # The grammar makes every turn valid: no unknown tool, no bad arguments.
-        assert "error" not in turn, turn
-        if "tool" in turn:
-            assert turn["tool"] == "add" and turn["ok"], turn
-            assert turn["result"] == str(turn["arguments"]["a"] + turn["arguments"]["b"])
+        assert turn.get("tool") == "add" and turn["ok"], turn
+        assert turn["result"] == str(turn["arguments"]["a"] + turn["arguments"]["b"])

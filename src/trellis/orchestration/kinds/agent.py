@@ -8,8 +8,11 @@ hints) or ``{"final": <the output>}``. The local provider enforces that schema w
 grammar; hosted models honour it loosely, so every turn is still parsed and checked here,
 and a bad turn (not JSON, an unknown tool, invalid arguments, an invalid final answer) is
 fed back to the model as the next message. Every model call counts toward
-``max_iterations``; when the bound is reached without a valid final answer the step fails
-with :class:`AgentLimitError` (the step's policy decides what then: retry, fallback, fail).
+``max_iterations``. The last call (with ``force_final``, the default) admits only the
+final shape and says so, so a model that enforces the schema always ends with an answer
+(the bundled model otherwise keeps calling a tool it has already called); when the bound
+is reached without a valid final answer the step fails with :class:`AgentLimitError` (the
+step's policy decides what then: retry, fallback, fail).
 
 Tools are called through their own machinery (``Tool.__call__``): arguments are validated
 by the tool, and a side-effecting tool goes through the effect journal under an idempotency
@@ -38,7 +41,7 @@ from trellis.orchestration.steps import Usage as StepUsage
 from trellis.orchestration.tools import Tool
 from trellis.schema import ChatMessage, ChatRequest
 
-__all__ = ["AgentStep", "AgentLimitError", "agent", "turn_schema"]
+__all__ = ["AgentStep", "AgentLimitError", "agent", "final_schema", "turn_schema"]
 
 #: Longest tool result (as JSON text) shown back to the model.
 MAX_RESULT_CHARS = 2000
@@ -65,6 +68,18 @@ def _inline(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+def final_schema(final: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The JSON Schema of a final answer: ``{"final": <output, a non-empty string by default>}``."""
+    return {
+        "type": "object",
+        "properties": {
+            "final": dict(final) if final is not None else {"type": "string", "minLength": 1}
+        },
+        "required": ["final"],
+        "additionalProperties": False,
+    }
+
+
 def turn_schema(tools: Sequence[Tool], final: Mapping[str, Any] | None) -> dict[str, Any]:
     """The JSON Schema of one agent turn: a call of one of ``tools`` or a final answer.
 
@@ -85,14 +100,7 @@ def turn_schema(tools: Sequence[Tool], final: Mapping[str, Any] | None) -> dict[
                 "additionalProperties": False,
             }
         )
-    branches.append(
-        {
-            "type": "object",
-            "properties": {"final": dict(final) if final is not None else {"type": "string"}},
-            "required": ["final"],
-            "additionalProperties": False,
-        }
-    )
+    branches.append(final_schema(final))
     return {"anyOf": branches}
 
 
@@ -140,6 +148,7 @@ class AgentStep(Step):
         model: str | Callable[[Any], str] = "local",
         output: OutputSpec = None,
         max_iterations: int = 6,
+        force_final: bool = True,
         temperature: float | None = None,
         max_tokens: int | None = None,
         params: Mapping[str, Any] | None = None,
@@ -163,16 +172,17 @@ class AgentStep(Step):
         self.model = model
         self.output = output_schema(output, name=None)
         self.max_iterations = max_iterations
-        self.schema = turn_schema(
-            list(self.tools.values()), self.output.schema if self.output else None
-        )
+        self.force_final = force_final
+        final = self.output.schema if self.output else None
+        self.schema = turn_schema(list(self.tools.values()), final)
+        self.final_schema = final_schema(final)
         self.params = dict(params or {})
         if temperature is not None:
             self.params["temperature"] = temperature
         if max_tokens is not None:
             self.params["max_tokens"] = max_tokens
 
-    def _check_turn(self, text: str) -> tuple[str, Any, Any]:
+    def _check_turn(self, text: str, tools_allowed: bool = True) -> tuple[str, Any, Any]:
         """``("final", value, None)`` or ``("tool", tool, arguments)``; ValueError says why not."""
         try:
             turn = json.loads(text)
@@ -187,6 +197,8 @@ class AgentStep(Step):
             return "final", value, None
         if "tool" not in turn:
             raise ValueError('the object needs a "tool" or a "final" key')
+        if not tools_allowed:
+            raise ValueError("no more tool calls: this turn must be the final answer")
         name = turn["tool"]
         item = self.tools.get(name) if isinstance(name, str) else None
         if item is None:
@@ -214,10 +226,13 @@ class AgentStep(Step):
             ChatMessage(role="system", content=system_prompt(list(self.tools.values()))),
             *as_messages(self.task(state)),
         ]
-        response_format = {
-            "type": "json_schema",
-            "json_schema": {"name": f"{self.name}_turn"[:64], "schema": self.schema},
-        }
+
+        def response_format(schema: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "type": "json_schema",
+                "json_schema": {"name": f"{self.name}_turn"[:64], "schema": schema},
+            }
+
         span = ctx.span
         if span is not None:
             span.update({GenAI.REQUEST_MODEL: model, "trellis.agent.tools": list(self.tools)})
@@ -225,12 +240,20 @@ class AgentStep(Step):
         input_tokens = output_tokens = calls = 0
         served: str | None = None
         for iteration in range(1, self.max_iterations + 1):
+            last = self.force_final and iteration == self.max_iterations and iteration > 1
+            if last:
+                messages.append(
+                    ChatMessage(
+                        role="user",
+                        content='No more tool calls. Reply now with {"final": <your answer>}.',
+                    )
+                )
             request = ChatRequest.model_validate(
                 {
                     **self.params,
                     "model": model,
                     "messages": messages,
-                    "response_format": response_format,
+                    "response_format": response_format(self.final_schema if last else self.schema),
                 }
             )
             answer = await gateway.chat(request, caller)
@@ -242,7 +265,7 @@ class AgentStep(Step):
             text = (response.choices[0].message.content or "") if response.choices else ""
             messages.append(ChatMessage(role="assistant", content=text))
             try:
-                kind, first, arguments = self._check_turn(text)
+                kind, first, arguments = self._check_turn(text, tools_allowed=not last)
             except ValueError as exc:
                 error = str(exc)
                 transcript.append({"iteration": iteration, "error": error, "text": text[:500]})
@@ -311,7 +334,11 @@ class AgentStep(Step):
                     key=call_ctx.idempotency_key(item.name),
                 )
             messages.append(
-                ChatMessage(role="user", content=f"Result of {item.name}: {result_text}")
+                ChatMessage(
+                    role="user",
+                    content=f"Result of {item.name}: {result_text}\n"
+                    'Call another tool, or reply {"final": <your answer>} if you have it.',
+                )
             )
         raise AgentLimitError(
             f"agent step {self.name!r} made {self.max_iterations} model call(s) without a "
@@ -333,6 +360,7 @@ def agent(
     model: str | Callable[[Any], str] = "local",
     output: OutputSpec = None,
     max_iterations: int = 6,
+    force_final: bool = True,
     temperature: float | None = None,
     max_tokens: int | None = None,
     params: Mapping[str, Any] | None = None,
@@ -342,7 +370,7 @@ def agent(
     """An agent step: ``task(state)`` (messages) → a loop of at most ``max_iterations``
     model calls, each answering a JSON tool call (one of ``tools``, called through its
     journal) or a final answer (typed by ``output``, a string without it) that goes into
-    the field ``into``."""
+    the field ``into``. ``force_final`` makes the last call admit only a final answer."""
     return AgentStep(
         name,
         task=task,
@@ -351,6 +379,7 @@ def agent(
         model=model,
         output=output,
         max_iterations=max_iterations,
+        force_final=force_final,
         temperature=temperature,
         max_tokens=max_tokens,
         params=params,
