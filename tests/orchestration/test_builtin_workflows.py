@@ -297,3 +297,39 @@ async def test_cascade_escalates_only_when_the_gate_fails(
     upstream.reply = ByModel(cheap=[""], strong=["Green."])
     run, steps, _ = await run_flow(database, upstream, cascade.workflow, CASCADE)
     assert steps[-1] == "strong" and run.output["answer"] == "Green."
+
+
+async def test_support_answer_a_citation_of_a_missing_passage_fails_the_gate(
+    upstream: FakeUpstream, database: Database
+) -> None:
+    bad = json.dumps({"text": "It was completed in 1889 for the World's Fair.", "citations": [4]})
+    upstream.reply = ByModel(cheap=[bad, GROUNDED])
+    run, steps, _ = await run_flow(database, upstream, support_answer.workflow, SUPPORT_MODELS)
+    assert steps[3] == "widen"
+    async with Workflows(database) as workflows:
+        records = await workflows.store.steps(run.id)
+    first_check = next(r for r in records if r.step == "check").output
+    assert first_check["checks"][1] == {
+        "name": "citations:answer",
+        "passed": False,
+        "score": None,
+        "detail": "no passage 4 (of 1)",
+    }
+    assert run.output["answer"] == json.loads(GROUNDED)
+
+
+async def test_cascade_with_a_judge_escalates_on_its_fail_verdict(
+    upstream: FakeUpstream, database: Database
+) -> None:
+    fail = json.dumps({"verdict": "fail", "reason": "Not a colour."})
+    models = ByModel(cheap=["Bananas are yellow fruit."], strong=[fail, "Red is a colour."])
+    upstream.reply = models
+    run, steps, _ = await run_flow(
+        database, upstream, cascade.workflow, {**CASCADE, "judge_model": "strong"}
+    )
+    assert steps == ["cheap", "check", "escalate", "strong"]
+    assert models.seen == ["cheap", "strong", "strong"]  # answer, judge, escalated answer
+    checks = run.state["verdict"]["checks"]
+    assert [c["name"] for c in checks] == ["min_words:answer", "forbidden:answer", "judge:answer"]
+    assert checks[-1]["passed"] is False
+    assert run.output["answer"] == "Red is a colour."

@@ -1,5 +1,6 @@
-"""``support-answer``: retrieve → answer with citations → groundedness gate → retry with
-more context, fall back to another model, or refuse.
+"""``support-answer``: retrieve → answer with citations → gate (a valid answer, citations
+of passages it was given, grounded in them) → retry with more context, fall back to
+another model, or refuse.
 
 The route after the gate is plain code (:func:`after_gate`): a grounded answer ends the
 run; the first failure searches again with ``more_top_k`` passages; the next one, when
@@ -13,11 +14,19 @@ Run it: ``await trellis.workflows.run(workflow, {"question": "...", "collections
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from trellis.orchestration.kinds.checks import DEFAULT_GROUNDED_MIN, Verdict, grounded, schema_valid
+from trellis.orchestration.kinds.checks import (
+    DEFAULT_GROUNDED_MIN,
+    Check,
+    CheckResult,
+    Verdict,
+    grounded,
+    schema_valid,
+)
 from trellis.orchestration.kinds.gate import gate
 from trellis.orchestration.kinds.llm import llm
 from trellis.orchestration.kinds.retrieve import retrieve
@@ -67,6 +76,25 @@ def _prompt(s: SupportState) -> list[Any]:
         },
         f"Passages:\n{numbered or '(none)'}\n\nQuestion: {s.question}",
     ]
+
+
+class CitationsInRange(Check):
+    """Every citation names a passage the answer was given (1..len(passages)).
+
+    No citation at all passes: whether the text is supported is the ``grounded`` check's
+    question; this one catches citations of passages that do not exist."""
+
+    kind = "citations"
+
+    def __init__(self) -> None:
+        super().__init__("citations:answer")
+
+    async def run(self, state: Any, services: Mapping[str, Any]) -> CheckResult:
+        answer: Answer | None = state.answer
+        count = len(state.passages)
+        wrong = [n for n in (answer.citations if answer else []) if not 1 <= n <= count]
+        detail = f"no passage {', '.join(map(str, wrong))} (of {count})" if wrong else ""
+        return CheckResult(name=self.name, passed=not wrong, detail=detail)
 
 
 def after_gate(s: SupportState, verdict: Verdict) -> str:
@@ -126,7 +154,11 @@ def build(
     flow.add(
         gate(
             "check",
-            [schema_valid("answer"), grounded("answer", "passages", min=min_grounded)],
+            [
+                schema_valid("answer"),
+                CitationsInRange(),
+                grounded("answer", "passages", min=min_grounded),
+            ],
             into="verdict",
             route=after_gate,
         )
