@@ -5,6 +5,7 @@ cascade (escalation only when the gate fails, with the cost saved)."""
 from __future__ import annotations
 
 import json
+import pkgutil
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from trellis.errors import InvalidRequestError
 from trellis.inference.gateway import Gateway
 from trellis.inference.grounding import Passage
 from trellis.inference.router import Router
-from trellis.orchestration import RunStatus, Workflows
+from trellis.orchestration import RunStatus, Workflow, Workflows
 from trellis.orchestration.builtin import cascade, extract, support_answer
 from trellis.settings import Deployment, ModelAlias, Prices, RetrySettings
 from trellis.store import Database
@@ -333,3 +334,21 @@ async def test_cascade_with_a_judge_escalates_on_its_fail_verdict(
     assert [c["name"] for c in checks] == ["min_words:answer", "forbidden:answer", "judge:answer"]
     assert checks[-1]["passed"] is False
     assert run.output["answer"] == "Red is a colour."
+
+
+@pytest.mark.parametrize(
+    ("path", "name", "aliases"),
+    [
+        ("support_answer", "support-answer", {"model", "fallback_model"}),
+        ("extract", "extract", {"model"}),
+        ("cascade", "cascade", {"cheap_model", "strong_model"}),
+    ],
+)
+def test_each_is_a_workflow_importable_by_path_with_local_aliases(
+    path: str, name: str, aliases: set[str]
+) -> None:
+    flow = pkgutil.resolve_name(f"trellis.orchestration.builtin.{path}:workflow")
+    assert isinstance(flow, Workflow) and flow.name == name
+    flow.check()
+    fields = flow.state.model_fields
+    assert {field: fields[field].default for field in aliases} == dict.fromkeys(aliases, "local")

@@ -236,3 +236,23 @@ async def test_side_effects_are_journaled_per_call_and_not_repeated_on_retry(
     assert SENT == ["ann:hi", "bob:hi"]  # not four
     assert steps[0].kind == "agent" and steps[0].attempts == 2
     assert steps[0].output["turns"][1]["result"] == '"sent #2"'
+
+
+async def test_a_retry_that_changes_a_journaled_call_fails_instead_of_sending_again(
+    upstream: FakeUpstream, database: Database
+) -> None:
+    """The effect at position 1 was sent to ann; a retry that wants bob there instead is a
+    conflict, not a second effect (the journal's ConflictError ends the attempt)."""
+    SENT.clear()
+    upstream.reply = Replies(
+        {"tool": "send", "arguments": {"to": "ann", "text": "hi"}},
+        "oops",
+        {"tool": "send", "arguments": {"to": "bob", "text": "hi"}},
+    )
+    flow = Workflow("agent-conflict", state=Task, output=lambda s: s.answer)
+    flow.add(step(tools=[send], max_iterations=2, policy=Policy(attempts=2, backoff=Backoff(0, 0))))
+    async with Workflows(database, services={"gateway": make_gateway(upstream)}) as workflows:
+        run = await workflows.run(flow, {"question": "greet someone"})
+    assert run.status == RunStatus.FAILED
+    assert run.error is not None and run.error["type"] == "ConflictError"
+    assert SENT == ["ann:hi"]
