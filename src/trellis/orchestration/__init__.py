@@ -8,6 +8,7 @@ from __future__ import annotations
 from trellis.orchestration.context import Context, StepError
 from trellis.orchestration.engine import Engine, LeaseLost
 from trellis.orchestration.human import HumanStep, human
+from trellis.orchestration.kinds.agent import AgentLimitError, agent
 from trellis.orchestration.kinds.checks import Verdict, forbidden, grounded, judge, schema_valid
 from trellis.orchestration.kinds.gate import gate
 from trellis.orchestration.kinds.llm import OutputValidationError, llm
@@ -57,6 +58,8 @@ __all__ = [
     "parallel",
     "tool",
     # step kinds and gate checks (kinds/)
+    "AgentLimitError",
+    "agent",
     "OutputValidationError",
     "Verdict",
     "forbidden",
