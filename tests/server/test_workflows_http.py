@@ -221,3 +221,25 @@ async def test_python_code_registers_workflows_on_the_runtime(
         assert run.status == "succeeded"
         assert (await runtime.workflows.list(key_id="nobody")) == []
         assert [r.id for r in await runtime.workflows.list(workflow="slow")] == [run.id]
+
+
+@pytest.mark.postgres
+def test_the_scenarios_on_postgres(
+    flows_path: None,
+    make_server: Callable[[Settings], ServerThread],
+    make_settings: Callable[..., Settings],
+    new_postgres_database: Callable[[], str],
+) -> None:
+    """Resume, streaming, cancel and per-key listing again, on a fresh Postgres database."""
+    settings = make_settings(
+        workflows=["api_flows:review", "api_flows:slow"], database_url=new_postgres_database()
+    )
+    server = make_server(settings)
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    with httpx.Client(base_url=server.url, headers=headers, timeout=30) as client:
+        with key_client(server, client, "inference") as inference:
+            test_keys_read_their_own_runs_and_observers_read_all(server, client, inference)
+        with key_client(server, client, "inference") as inference:
+            test_a_waiting_run_is_resumed_with_validated_human_input(inference)
+            test_a_streamed_run_sends_an_event_per_step_then_the_run(inference)
+            test_a_run_is_cancelled(inference, server)
