@@ -29,6 +29,7 @@ from trellis.observe.retention import RetentionJob
 from trellis.observe.store import TraceStore
 from trellis.observe.tracing import NullSink, TraceSink
 from trellis.observe.writer import TraceWriter
+from trellis.orchestration.registry import load_workflows
 from trellis.orchestration.service import Workflows
 from trellis.retrieval import Retrieval, index_for
 from trellis.settings import Deployment, Settings
@@ -119,6 +120,8 @@ class Trellis:
 
     async def start(self) -> Trellis:
         settings = self.settings
+        # Workflows named in the settings load first: a wrong path fails before anything opens.
+        flows = load_workflows(settings.workflows)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(settings.resolved_database_url)
         await self.db.connect()
@@ -183,6 +186,7 @@ class Trellis:
             heartbeat_seconds=settings.orchestration.heartbeat_seconds,
             keep_step_states=settings.orchestration.keep_step_states,
             services={"gateway": self.gateway, "retriever": self.gateway.retriever},
+            flows=flows,
         )
         if settings.alerts.enabled:
             self.alerts.start()

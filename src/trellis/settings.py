@@ -439,6 +439,11 @@ class Settings(BaseSettings):
     local: LocalModelSettings = Field(default_factory=LocalModelSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
+    workflows: list[str] = Field(
+        default_factory=list,
+        description="Workflows to serve, by import path ('package.module:name' of a "
+        "trellis Workflow), loaded at start",
+    )
     key_cache_seconds: float = Field(
         default=10.0, ge=0, description="How long a verified API key is trusted without a DB read"
     )
@@ -461,6 +466,15 @@ class Settings(BaseSettings):
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_path))
         sources.append(file_secret_settings)
         return tuple(sources)
+
+    @field_validator("workflows")
+    @classmethod
+    def _workflow_paths(cls, paths: list[str]) -> list[str]:
+        for path in paths:
+            module, sep, attribute = path.partition(":")
+            if not (sep and module.strip() and attribute.strip()):
+                raise ValueError(f"{path!r} is not an import path like 'package.module:name'")
+        return paths
 
     @field_validator("admin_key")
     @classmethod

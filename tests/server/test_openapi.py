@@ -8,6 +8,7 @@ loopback (in front of a fake upstream), checking every answer against the schema
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,6 +34,18 @@ from trellis.testing.server import ServerThread, wait_for_trace
 from .conftest import ADMIN_KEY
 
 OPEN_PATHS = {"/healthz", "/readyz", "/metrics"}
+FLOWS = Path(__file__).resolve().parent.parent / "flows"
+
+
+@pytest.fixture
+def server(
+    monkeypatch: pytest.MonkeyPatch,
+    make_server: Callable[[Settings], ServerThread],
+    make_settings: Callable[..., Settings],
+) -> ServerThread:
+    """The gateway with the test workflows registered, so their routes answer with success."""
+    monkeypatch.syspath_prepend(str(FLOWS))
+    return make_server(make_settings(workflows=["api_flows:review", "api_flows:slow"]))
 
 
 @pytest.fixture
@@ -69,9 +82,9 @@ def test_request_bodies_are_published(openapi: dict[str, Any]) -> None:
     }
     for (path, method), field in expected.items():
         assert field in _body_schema(openapi, path, method)["required"], path
-    # Every operation that reads a body says so.
+    # Every operation that reads a body says so (re-indexing and cancelling read none).
     for path, method, operation in _operations(openapi):
-        if method == "post" and not path.endswith("/reindex"):
+        if method == "post" and not path.endswith(("/reindex", "/cancel")):
             assert "requestBody" in operation, (method, path)
 
 
@@ -167,7 +180,24 @@ def _succeeding_cases(schema: Any, client: httpx.Client) -> list[Any]:
     answer = client.post("/v1/chat/completions", json=hello)
     trace = {"trace_id": answer.headers["x-trellis-trace-id"]}
     wait_for_trace(client, trace["trace_id"])
+    review = {"input": {"text": "a draft long enough to wait"}}
+    waiting = client.post("/v1/workflows/review/runs", json=review).json()
+    done = client.post("/v1/workflows/slow/runs", json={"input": {}}).json()
+    runs = "/v1/runs/{run_id}"
     return [
+        schema["/v1/workflows"]["GET"].Case(),
+        schema["/v1/workflows/{name}/runs"]["POST"].Case(
+            path_parameters={"name": "review"}, body=review
+        ),
+        schema["/v1/workflows/{name}/runs"]["POST"].Case(
+            path_parameters={"name": "slow"}, body={"input": {}, "stream": True}
+        ),
+        schema["/v1/runs"]["GET"].Case(query={"workflow": "review", "status": "waiting"}),
+        schema[runs]["GET"].Case(path_parameters={"run_id": done["id"]}),
+        schema[runs + "/resume"]["POST"].Case(
+            path_parameters={"run_id": waiting["id"]}, body={"input": True}
+        ),
+        schema[runs + "/cancel"]["POST"].Case(path_parameters={"run_id": done["id"]}),
         schema["/v1/chat/completions"]["POST"].Case(body=hello),
         schema["/v1/chat/completions"]["POST"].Case(body={**hello, "stream": True}),
         schema["/v1/embeddings"]["POST"].Case(body={"model": "embed-test", "input": ["a", "b"]}),

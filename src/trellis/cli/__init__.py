@@ -1,4 +1,5 @@
-"""The ``trellis`` command: serve, chat, models, keys, doctor, traces, stats, retrieval.
+"""The ``trellis`` command: serve, chat, models, keys, doctor, traces, stats, retrieval,
+workflows and runs.
 
 One module per command group; this package only assembles them into ``app``, the
 console-script entry point (``trellis.cli:app``).
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from trellis.cli import chat, doctor, keys, models, observe, retrieval, serve
+from trellis.cli import chat, doctor, keys, models, observe, retrieval, serve, workflows
 
 __all__ = ["app"]
 
@@ -26,3 +27,6 @@ app.command("stats")(observe.stats)
 app.add_typer(retrieval.collections_app, name="collections")
 app.command()(retrieval.ingest)
 app.command()(retrieval.search)
+app.add_typer(workflows.workflows_app, name="workflows")
+app.command("run")(workflows.run_workflow)
+app.add_typer(workflows.runs_app, name="runs")

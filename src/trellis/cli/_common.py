@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from trellis.errors import TrellisError
+from trellis.errors import ConfigurationError, TrellisError
 from trellis.settings import Settings
 
 T = TypeVar("T")
@@ -37,9 +37,13 @@ def load_settings(config: str | None, **overrides: Any) -> Settings:
 
 
 def run(make: Callable[[], Awaitable[T]]) -> T:
-    """Run async work to completion; a Trellis error is a red line and exit status 1."""
+    """Run async work to completion; a Trellis error is a red line and exit status 1, settings
+    that cannot work (a workflow path that does not import) exit 2 as a bad file does."""
     try:
         return asyncio.run(make())  # type: ignore[arg-type]
+    except ConfigurationError as exc:
+        err_console.print(f"[red]invalid settings:[/red] {escape(exc.message)}")
+        raise typer.Exit(2) from None
     except TrellisError as exc:
         err_console.print(f"[red]error:[/red] {escape(exc.message)}")
         raise typer.Exit(1) from None

@@ -36,7 +36,10 @@ def serve(
         # create the admin key once, before any worker starts.
         from trellis.access.keys import KeyStore
         from trellis.inference.providers import build_provider
+        from trellis.orchestration.registry import load_workflows
         from trellis.store.db import Database
+
+        load_workflows(settings.workflows)  # a wrong import path: "invalid settings", exit 2
 
         for alias in settings.all_models():
             for deployment in alias.deployments:

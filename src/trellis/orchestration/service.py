@@ -8,6 +8,7 @@ orphaned by a crash: expired leases, or leases of dead processes on this host.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import os
@@ -227,7 +228,12 @@ class Workflows:
         """The run once this process stops driving it (finished, waiting, or taken over)."""
         task = self._tasks.get(run_id)
         if task is not None:
-            return await asyncio.shield(task)
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not task.cancelled():  # this waiter was cancelled, not the run
+                    raise
+                # cancel() (from another request) or aclose() stopped the run: as it is now.
         return await self.get(run_id)
 
     async def run(
@@ -355,6 +361,19 @@ class Workflows:
         return await self.store.steps(run_id)
 
     async def list(
-        self, *, workflow: str | None = None, status: str | None = None, limit: int = 100
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        key_id: str | None = None,
+        limit: int = 100,
     ) -> list[RunRecord]:
-        return await self.store.list_runs(workflow=workflow, status=status, limit=limit)
+        """Runs, newest first; ``key_id`` keeps those one API key started."""
+        return await self.store.list_runs(
+            workflow=workflow, status=status, key_id=key_id, limit=limit
+        )
+
+    @property
+    def flows(self) -> builtins.list[Workflow[Any]]:
+        """The registered workflows, in registration order."""
+        return list(self._flows.values())

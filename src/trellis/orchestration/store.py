@@ -103,7 +103,12 @@ class RunStore(Protocol):
     async def get(self, run_id: str) -> RunRecord | None: ...
 
     async def list_runs(
-        self, *, workflow: str | None = None, status: str | None = None, limit: int = 100
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        key_id: str | None = None,
+        limit: int = 100,
     ) -> list[RunRecord]: ...
 
     async def steps(self, run_id: str) -> list[StepRecord]: ...
@@ -279,13 +284,19 @@ class MemoryRunStore:
         return copy.deepcopy(run) if run is not None else None
 
     async def list_runs(
-        self, *, workflow: str | None = None, status: str | None = None, limit: int = 100
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        key_id: str | None = None,
+        limit: int = 100,
     ) -> list[RunRecord]:
         runs = [
             r
             for r in self.runs.values()
             if (workflow is None or r.workflow == workflow)
             and (status is None or r.status == status)
+            and (key_id is None or r.key_id == key_id)
         ]
         runs.sort(key=lambda r: r.created_at, reverse=True)
         return copy.deepcopy(runs[:limit])
@@ -549,13 +560,20 @@ class SqlRunStore:
         return _run(row) if row is not None else None
 
     async def list_runs(
-        self, *, workflow: str | None = None, status: str | None = None, limit: int = 100
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        key_id: str | None = None,
+        limit: int = 100,
     ) -> list[RunRecord]:
         query = select(workflow_runs).order_by(workflow_runs.c.created_at.desc()).limit(limit)
         if workflow is not None:
             query = query.where(workflow_runs.c.workflow == workflow)
         if status is not None:
             query = query.where(workflow_runs.c.status == status)
+        if key_id is not None:
+            query = query.where(workflow_runs.c.key_id == key_id)
         async with self.db.engine.connect() as conn:
             return [_run(row) for row in (await conn.execute(query)).mappings()]
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import typing
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
 
@@ -127,5 +128,68 @@ class Workflow(Generic[S]):
         table = ";".join(parts)
         return hashlib.sha256(table.encode()).hexdigest()[:16]
 
+    def input_schema(self) -> dict[str, Any]:
+        """The JSON schema of a run's input (the state model's fields)."""
+        return self.state.model_json_schema()
+
+    def output_schema(self) -> dict[str, Any] | None:
+        """The JSON schema of a run's output: the state's, the ``output`` function's return
+        annotation when it is a model, else None (any JSON)."""
+        if self.output is None:
+            return self.state.model_json_schema()
+        returned = _hints(self.output).get("return")
+        if isinstance(returned, type) and issubclass(returned, BaseModel):
+            return returned.model_json_schema()
+        return None
+
+    def mermaid(self) -> str:
+        """The step graph as a Mermaid flowchart (``flowchart TD``).
+
+        Fixed routes are solid edges. A routing function's targets are drawn when its return
+        annotation is a ``Literal`` of step names, else as one dashed edge to a "routed in
+        code" node; fallback and ``goto`` error routes are dashed and labelled.
+        """
+        ids = {name: f"s{i}" for i, name in enumerate(self._order)}
+        ids[END] = "end_"
+        lines = ["flowchart TD", '    start_(["start"])', '    end_(["end"])']
+        for name in self._order:
+            label = f"{name}<br/><i>{self.steps[name].kind}</i>".replace('"', "#quot;")
+            lines.append(f'    {ids[name]}["{label}"]')
+        if self._order:
+            lines.append(f"    start_ --> {ids[self.first]}")
+        for index, name in enumerate(self._order):
+            step, here = self.steps[name], ids[name]
+            if step.next is None:
+                after = self._order[index + 1] if index + 1 < len(self._order) else END
+                lines.append(f"    {here} --> {ids[after]}")
+            elif isinstance(step.next, str):
+                lines.append(f"    {here} --> {ids.get(step.next, 'end_')}")
+            else:
+                targets = _literal_targets(step.next)
+                if targets:
+                    lines.extend(f"    {here} --> {ids[t]}" for t in targets if t in ids)
+                else:
+                    lines.append(f'    {here} -.-> {here}_routes{{{{"routed in code"}}}}')
+            if step.policy.fallback in ids:
+                lines.append(f"    {here} -. fallback .-> {ids[step.policy.fallback]}")
+            if step.policy.goto in ids:
+                lines.append(f"    {here} -. on error .-> {ids[step.policy.goto]}")
+        return "\n".join(lines)
+
     def __repr__(self) -> str:
         return f"<Workflow {self.name!r} steps={self._order}>"
+
+
+def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # unresolvable annotations: nothing to show
+        return {}
+
+
+def _literal_targets(router: Callable[..., Any]) -> list[str]:
+    """The step names a router may return, when it says so: ``-> Literal["a", "b"]``."""
+    returned = _hints(router).get("return")
+    if typing.get_origin(returned) is Literal:
+        return [str(arg) for arg in typing.get_args(returned)]
+    return []

@@ -27,6 +27,7 @@ from trellis.server.routes import (
     sessions,
     stats,
     traces,
+    workflows,
 )
 from trellis.settings import Settings
 
@@ -185,6 +186,7 @@ def create_app(
         alerts,
         memories,
         sessions,
+        workflows,
     ):
         app.include_router(module.router)
     app.direct_routes.update(
