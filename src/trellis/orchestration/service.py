@@ -86,6 +86,7 @@ class Workflows:
         self._flows: dict[str, Workflow[Any]] = {}
         self._tasks: dict[str, asyncio.Task[RunRecord]] = {}
         self._heartbeat: asyncio.Task[None] | None = None
+        self._recovery: asyncio.Task[None] | None = None
         self._registered = False
         for flow in flows:
             self.register(flow)
@@ -135,8 +136,31 @@ class Workflows:
             except Exception:  # a database hiccup must not end the loop
                 log.exception("workflow lease renewal failed")
 
+    def start_recovery(self) -> None:
+        """Continue orphaned runs now and then once per lease period: those of this host's
+        dead processes at once (a server restarted after ``kill -9``), and other replicas'
+        when their leases expire. A server calls this; a CLI or a script runs only what it
+        started, unless it calls ``recover()`` itself."""
+        if self._recovery is None:
+            self._recovery = asyncio.create_task(self._recovery_loop(), name="workflow-recovery")
+
+    async def _recovery_loop(self) -> None:
+        while True:
+            try:
+                recovered = await self.recover()
+                if recovered:
+                    log.info("continuing %d orphaned workflow run(s)", len(recovered))
+            except Exception:  # a database hiccup must not end the loop
+                log.exception("workflow recovery failed")
+            await asyncio.sleep(self.lease_seconds)
+
     async def aclose(self) -> None:
         """Stop driving runs: their leases are released so another worker continues them."""
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery
+            self._recovery = None
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):

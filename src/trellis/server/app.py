@@ -149,6 +149,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if owned:
             await runtime.start()
+            # A serving process continues runs its previous life (or a dead replica) left.
+            runtime.workflows.start_recovery()
         if runtime.new_admin_key:
             announce_admin_key(runtime.new_admin_key)
         if freeze_gc:
