@@ -3,6 +3,7 @@ completed step by itself; no completed step runs again and no recorded effect re
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -72,15 +73,13 @@ def test_a_server_killed_mid_run_continues_it_after_a_restart(tmp_path: Path) ->
     try:
 
         def start_run() -> None:  # waits for a result that never comes: the server dies
-            try:
+            with contextlib.suppress(httpx.TransportError):
                 httpx.post(
                     f"{url}/workflows/crash/runs",
                     json={"input": {"dir": str(work)}},
                     headers=headers,
                     timeout=60,
                 )
-            except httpx.TransportError:
-                pass
 
         caller = threading.Thread(target=start_run, daemon=True)
         caller.start()
