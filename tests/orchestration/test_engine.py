@@ -20,8 +20,11 @@ from trellis.orchestration import (
     RunStatus,
     Workflow,
     Workflows,
+    forbidden,
+    gate,
     parallel,
 )
+from trellis.store import Database
 
 FAST = Backoff(initial=0.001, maximum=0.002)
 
@@ -488,3 +491,30 @@ async def test_a_router_naming_an_unknown_step_fails_the_run() -> None:
         run = await workflows.run(flow, {})
     assert run.status == RunStatus.FAILED and run.error is not None
     assert "unknown step 'bb'" in run.error["message"]
+
+
+class Said(BaseModel):
+    text: str = "a plain answer"
+
+
+async def test_what_a_step_puts_on_its_span_reaches_the_run_trace(db: Database) -> None:
+    """Kinds record their work on the step's span (a gate's verdict, retrieval ids); the
+    run trace is rebuilt from the step log, so the log keeps those attributes too."""
+    flow = Workflow("spans", state=Said)
+
+    @flow.step
+    async def note(s: Said, ctx: Context) -> None:
+        ctx.span.set("app.checked_by", "note")
+
+    flow.add(gate("check", [forbidden("text", terms=["secret"])]))
+    flow.check()
+    sink = Sink()
+    async with Workflows(db, sink=sink) as workflows:
+        run = await workflows.run(flow, {})
+        steps = await workflows.steps(run.id)
+    assert [s.attributes for s in steps][0] == {"app.checked_by": "note"}
+    (trace,) = sink.traces
+    _, first, second = trace.spans
+    assert first.attributes["app.checked_by"] == "note"
+    assert first.attributes["trellis.step"] == "note"  # the log's own fields stay
+    assert second.attributes["trellis.gate.passed"] is True

@@ -190,6 +190,7 @@ class Engine:
             output_tokens=usage.output_tokens if usage else None,
             cost=usage.cost if usage else None,
             events=span.events or None,
+            attributes=_dump(span.attributes) or None,
         )
         dumped = new_state.model_dump(mode="json")
         if self.keep_step_states:
@@ -339,6 +340,11 @@ def run_trace(run: RunRecord, steps: list[StepRecord]) -> Trace:
                 "cost": record.cost,
             }
         )
+        # What the step's kind recorded (a gate's verdict, retrieval ids...), where the
+        # step log's own fields above say nothing.
+        for key, value in (record.attributes or {}).items():
+            if span.attributes.get(key) is None:
+                span.set(key, value)
         if record.error:
             span.set("error.type", record.error.get("type"))
             span.set("error.message", record.error.get("message"))

@@ -77,6 +77,8 @@ class StepRecord:
     error: dict[str, Any] | None = None
     #: Span events recorded during the step (failed attempts, branches, kinds' own events).
     events: list[dict[str, Any]] | None = None
+    #: Span attributes the step's kind recorded (a gate's verdict, retrieval ids, models).
+    attributes: dict[str, Any] | None = None
     branch: str = ""
     model: str | None = None
     input_tokens: int | None = None

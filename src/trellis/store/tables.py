@@ -336,6 +336,7 @@ workflow_steps = Table(
     Column("next_step", String(), nullable=True),
     Column("error", JSONType, nullable=True),
     Column("events", JSONType, nullable=True),
+    Column("attributes", JSONType, nullable=True),
     Column("span_id", String(16), nullable=False),
     Column("start_ns", BigInteger, nullable=False),
     Column("end_ns", BigInteger, nullable=False),

@@ -84,6 +84,7 @@ def upgrade() -> None:
         sa.Column("next_step", sa.String(), nullable=True),
         sa.Column("error", _JSON, nullable=True),
         sa.Column("events", _JSON, nullable=True),
+        sa.Column("attributes", _JSON, nullable=True),
         sa.Column("span_id", sa.String(16), nullable=False),
         sa.Column("start_ns", sa.BigInteger(), nullable=False),
         sa.Column("end_ns", sa.BigInteger(), nullable=False),
