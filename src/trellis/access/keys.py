@@ -469,7 +469,7 @@ class KeyStore:
                     )
                 )
                 logger.info("installed the configured admin API key")
-            elif row["revoked_at"] is not None or ADMIN not in (row["scopes"] or ()):
+            elif not _usable_admin(row):
                 await self._reenable_configured(conn, row)
         self.invalidate_cache()
 
@@ -505,3 +505,8 @@ class KeyStore:
                         .values(prefix=display_prefix(prefix))
                     )
                     logger.warning("hid the stored prefix of key %s (it was the whole key)", key_id)
+
+
+def _usable_admin(row: Mapping[Any, Any]) -> bool:
+    """Whether a key row lets its holder in as an admin (not revoked, admin scope)."""
+    return row["revoked_at"] is None and ADMIN in (row["scopes"] or ())

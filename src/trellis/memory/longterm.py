@@ -28,6 +28,8 @@ from typing import Any, Protocol
 
 import numpy as np
 import sqlalchemy as sa
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from trellis.errors import NotFoundError
 from trellis.inference.conversation import Recalled
@@ -151,13 +153,7 @@ class LongTermMemory:
         vector, embedder = await self._embed(text)
         now = time.time()
         async with self.db.engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(memories).where(memories.c.id == memory_id, memories.c.owner == owner)
-                )
-            ).first()
-            if row is None:
-                raise NotFoundError(f"No memory `{memory_id}`.", param="id")
+            row = await _owned(conn, owner, memory_id)
             await conn.execute(
                 sa.update(memories)
                 .where(memories.c.id == memory_id)
@@ -176,14 +172,7 @@ class LongTermMemory:
 
     async def get(self, owner: str, memory_id: str) -> Memory:
         async with self.db.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(memories).where(memories.c.id == memory_id, memories.c.owner == owner)
-                )
-            ).first()
-        if row is None:
-            raise NotFoundError(f"No memory `{memory_id}`.", param="id")
-        return _memory(row)
+            return _memory(await _owned(conn, owner, memory_id))
 
     async def delete(self, owner: str, memory_id: str) -> None:
         async with self.db.engine.begin() as conn:
@@ -223,3 +212,15 @@ class LongTermMemory:
         scored = [m for m in scored if m.score >= self.min_score]
         scored.sort(key=lambda m: m.score, reverse=True)
         return scored[: self.top_k]
+
+
+async def _owned(conn: AsyncConnection, owner: str, memory_id: str) -> Row[Any]:
+    """The key's memory ``memory_id``; a 404 when it has none by that id."""
+    row = (
+        await conn.execute(
+            sa.select(memories).where(memories.c.id == memory_id, memories.c.owner == owner)
+        )
+    ).first()
+    if row is None:
+        raise NotFoundError(f"No memory `{memory_id}`.", param="id")
+    return row
