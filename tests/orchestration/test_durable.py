@@ -1,5 +1,6 @@
 """Durability on SQLite and Postgres: a checkpoint per step, lease fencing, claims, effects,
-human pause/resume, recovery of expired leases."""
+human pause/resume, recovery of expired leases. Every test runs on each store: SqlRunStore on
+SQLite and on Postgres, and SqliteRunStore (the direct writer, SQLite's default)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from trellis.orchestration import (
     Policy,
     RunRecord,
     RunStatus,
+    SqliteRunStore,
     SqlRunStore,
     StepRecord,
     Workflow,
@@ -32,6 +34,22 @@ from trellis.orchestration import (
 from trellis.orchestration.records import Checkpoint
 from trellis.store import Database
 from trellis.store.tables import workflow_effects, workflow_runs, workflow_steps
+
+
+@pytest.fixture(
+    params=["sqlite", "sqlite-direct", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def store(request: pytest.FixtureRequest) -> SqlRunStore:
+    """The store under test, on a fresh database (``db`` below is its database)."""
+    database = request.getfixturevalue(
+        "postgres_db" if request.param == "postgres" else "sqlite_db"
+    )
+    return SqliteRunStore(database) if request.param == "sqlite-direct" else SqlRunStore(database)
+
+
+@pytest.fixture
+def db(store: SqlRunStore) -> Database:
+    return store.db
 
 
 class S(BaseModel):
@@ -52,7 +70,7 @@ async def _count(db: Database, table: Any, run_id: str) -> int:
         )
 
 
-async def test_a_checkpoint_is_committed_after_every_step(db: Database) -> None:
+async def test_a_checkpoint_is_committed_after_every_step(db: Database, store: SqlRunStore) -> None:
     flow = Workflow("per-step", state=S)
     seen: list[tuple[int, int, int]] = []
 
@@ -71,7 +89,7 @@ async def test_a_checkpoint_is_committed_after_every_step(db: Database) -> None:
 
     for name in ("a", "b", "c"):
         flow.add(FunctionStep(observe, name=name))
-    async with Workflows(db) as workflows:
+    async with Workflows(db, store=store) as workflows:
         run = await workflows.run(flow, {})
         steps = await workflows.steps(run.id)
     assert seen == [(1, 0, 0), (2, 1, 1), (3, 2, 2)]
@@ -127,8 +145,7 @@ def _checkpoint(run_id: str, seq: int, x: int) -> Checkpoint:
     return Checkpoint(step=step, state={"x": x}, status="running", next_step="a")
 
 
-async def test_lease_fencing_refuses_a_stale_owner(db: Database) -> None:
-    store = SqlRunStore(db)
+async def test_lease_fencing_refuses_a_stale_owner(db: Database, store: SqlRunStore) -> None:
     now = time.time()
     await store.create(_record("r1", "old", 1, now - 1))  # the old owner's lease ran out
     assert await store.checkpoint(Lease("r1", "old", 1), _checkpoint("r1", 1, 1), now)
@@ -147,8 +164,7 @@ async def test_lease_fencing_refuses_a_stale_owner(db: Database) -> None:
     assert await store.claim("third", now, now + 30) == []
 
 
-async def test_two_claimers_never_both_win(db: Database) -> None:
-    store = SqlRunStore(db)
+async def test_two_claimers_never_both_win(db: Database, store: SqlRunStore) -> None:
     now = time.time()
     for i in range(6):
         await store.create(_record(f"run{i}", "dead", 1, now - 5))
@@ -159,7 +175,9 @@ async def test_two_claimers_never_both_win(db: Database) -> None:
     assert sorted(ids) == [f"run{i}" for i in range(6)]
 
 
-async def test_expired_lease_is_recovered_from_the_last_completed_step(db: Database) -> None:
+async def test_expired_lease_is_recovered_from_the_last_completed_step(
+    db: Database, store: SqlRunStore
+) -> None:
     flow = Workflow("resume-after-expiry", state=S)
     ran: list[str] = []
 
@@ -173,13 +191,12 @@ async def test_expired_lease_is_recovered_from_the_last_completed_step(db: Datab
         ran.append("b")
         return {"x": s.x + 10}
 
-    store = SqlRunStore(db)
     now = time.time()
     record = _record("orphan", "gone", 3, now - 1)
     record.workflow, record.next_step = flow.name, "b"
     record.state, record.seq = {"x": 1}, 1
     await store.create(record)
-    async with Workflows(db, flows=[flow]) as workflows:
+    async with Workflows(db, store=store, flows=[flow]) as workflows:
         assert await workflows.recover() == ["orphan"]
         run = await workflows.wait("orphan")
     assert ran == ["b"]
@@ -187,7 +204,7 @@ async def test_expired_lease_is_recovered_from_the_last_completed_step(db: Datab
     assert run.lease_epoch == 4 and run.recoveries == 1
 
 
-async def test_human_step_pauses_durably_and_resumes(db: Database) -> None:
+async def test_human_step_pauses_durably_and_resumes(db: Database, store: SqlRunStore) -> None:
     flow = Workflow("approve", state=S)
 
     @flow.step
@@ -201,7 +218,7 @@ async def test_human_step_pauses_durably_and_resumes(db: Database) -> None:
     async def pay(s: S) -> dict[str, int]:
         return {"x": s.x + 100}
 
-    async with Workflows(db, flows=[flow]) as workflows:
+    async with Workflows(db, store=store, flows=[flow]) as workflows:
         run = await workflows.run(flow, {})
         assert run.status == RunStatus.WAITING and run.lease_owner is None
         assert run.waiting_for is not None
@@ -210,7 +227,7 @@ async def test_human_step_pauses_durably_and_resumes(db: Database) -> None:
         with pytest.raises(InvalidRequestError):
             await workflows.resume(run.id, {"approved": "maybe?"})
     # A new process (no memory of the run) resumes it from the database.
-    async with Workflows(db, flows=[flow]) as workflows:
+    async with Workflows(db, store=store, flows=[flow]) as workflows:
         done = await workflows.resume(run.id, {"approved": True, "by": "ana"})
         with pytest.raises(ConflictError):
             await workflows.resume(run.id, {"approved": True, "by": "ana"})
@@ -225,10 +242,10 @@ async def test_human_step_pauses_durably_and_resumes(db: Database) -> None:
     ]
 
 
-async def test_cancel_a_waiting_run(db: Database) -> None:
+async def test_cancel_a_waiting_run(db: Database, store: SqlRunStore) -> None:
     flow = Workflow("wait-cancel", state=S)
     flow.add(human("ask", into="approval"))
-    async with Workflows(db, flows=[flow]) as workflows:
+    async with Workflows(db, store=store, flows=[flow]) as workflows:
         run = await workflows.run(flow, {})
         cancelled = await workflows.cancel(run.id)
         assert cancelled.status == RunStatus.CANCELLED
@@ -248,7 +265,7 @@ async def refund(order: str, amount: int, *, ctx: Context) -> str:
     return f"{order}:{amount}:{ctx.idempotency_key()}"
 
 
-async def test_side_effect_is_journaled_and_not_repeated(db: Database) -> None:
+async def test_side_effect_is_journaled_and_not_repeated(db: Database, store: SqlRunStore) -> None:
     calls.clear()
     flow = Workflow("refund", state=S)
 
@@ -262,7 +279,7 @@ async def test_side_effect_is_journaled_and_not_repeated(db: Database) -> None:
             await refund(ctx, order="o1", amount=6)
         return {"receipt": first}
 
-    async with Workflows(db) as workflows:
+    async with Workflows(db, store=store) as workflows:
         run = await workflows.run(flow, {})
     assert run.status == RunStatus.SUCCEEDED, run.error
     key = f"{run.id}:1:pay:refund"
@@ -276,18 +293,19 @@ async def test_side_effect_is_journaled_and_not_repeated(db: Database) -> None:
     assert await _count(db, workflow_effects, run.id) == 1
 
 
-async def test_workers_register_and_unregister_on_a_clean_shutdown(db: Database) -> None:
+async def test_workers_register_and_unregister_on_a_clean_shutdown(
+    db: Database, store: SqlRunStore
+) -> None:
     flow = Workflow("workers", state=S)
     flow.add(human("ask", into="approval"))
-    store = SqlRunStore(db)
-    async with Workflows(db, flows=[flow]) as workflows:
+    async with Workflows(db, store=store, flows=[flow]) as workflows:
         await workflows.run(flow, {})
         (worker,) = await store.workers(workflows.hostname)
         assert worker.id == workflows.worker_id and worker.pid == os.getpid()
     assert await store.workers(workflows.hostname) == []
 
 
-async def test_heartbeat_keeps_a_long_step_owned(db: Database) -> None:
+async def test_heartbeat_keeps_a_long_step_owned(db: Database, store: SqlRunStore) -> None:
     flow = Workflow("long-step", state=S)
 
     @flow.step
@@ -297,8 +315,8 @@ async def test_heartbeat_keeps_a_long_step_owned(db: Database) -> None:
 
     options: dict[str, Any] = {"lease_seconds": 0.3, "heartbeat_seconds": 0.05}
     async with (
-        Workflows(db, flows=[flow], **options) as owner,
-        Workflows(db, flows=[flow], **options) as other,
+        Workflows(db, store=store, flows=[flow], **options) as owner,
+        Workflows(db, store=store, flows=[flow], **options) as other,
     ):
         run_id = await owner.start(flow, {})
         claimed: list[str] = []

@@ -18,6 +18,7 @@ from trellis.orchestration.parallel import ParallelStep, parallel
 from trellis.orchestration.policy import Backoff, Policy
 from trellis.orchestration.records import Lease, RunRecord, RunStatus, StepRecord
 from trellis.orchestration.service import Workflows
+from trellis.orchestration.sqlite_store import SqliteRunStore
 from trellis.orchestration.steps import END, FunctionStep, Outcome, Pause, Step, Usage
 from trellis.orchestration.store import MemoryRunStore, RunStore, SqlRunStore
 from trellis.orchestration.tools import EffectOutcomeUnknown, Tool, ToolStep, tool
@@ -46,6 +47,7 @@ __all__ = [
     "RunStatus",
     "RunStore",
     "SqlRunStore",
+    "SqliteRunStore",
     "Step",
     "StepError",
     "StepRecord",

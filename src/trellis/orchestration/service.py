@@ -32,8 +32,9 @@ from trellis.orchestration.records import (
     RunStatus,
     StepRecord,
 )
+from trellis.orchestration.sqlite_store import default_store
 from trellis.orchestration.steps import END
-from trellis.orchestration.store import MemoryRunStore, RunStore, SqlRunStore, Worker
+from trellis.orchestration.store import MemoryRunStore, RunStore, Worker
 from trellis.orchestration.workflow import Workflow
 from trellis.store.db import Database
 
@@ -75,7 +76,8 @@ class Workflows:
         keep_step_states: bool = True,
     ) -> None:
         if store is None:
-            store = SqlRunStore(db) if db is not None else MemoryRunStore()
+            # A SQLite file gets the direct writer thread; Postgres and :memory: SQLAlchemy.
+            store = default_store(db) if db is not None else MemoryRunStore()
         self.store = store
         self.sink: TraceSink = sink or NullSink()
         self.engine = Engine(store, services=services, keep_step_states=keep_step_states)
@@ -88,6 +90,7 @@ class Workflows:
         self._heartbeat: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
         self._registered = False
+        self._registering = asyncio.Lock()
         for flow in flows:
             self.register(flow)
 
@@ -120,11 +123,14 @@ class Workflows:
     async def _ensure_worker(self) -> None:
         if self._registered:
             return
-        now = time.time()
-        await self.store.register_worker(
-            Worker(self.worker_id, self.hostname, os.getpid(), now, now)
-        )
-        self._registered = True
+        async with self._registering:  # runs started at once register the worker once
+            if self._registered:
+                return
+            now = time.time()
+            await self.store.register_worker(
+                Worker(self.worker_id, self.hostname, os.getpid(), now, now)
+            )
+            self._registered = True
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="workflow-heartbeat")
 
     async def _heartbeat_loop(self) -> None:

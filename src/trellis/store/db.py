@@ -15,7 +15,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +34,14 @@ if TYPE_CHECKING:
 
     from trellis.settings import Settings
 
-__all__ = ["Database", "normalize_url", "alembic_config", "MIGRATIONS_DIR"]
+__all__ = [
+    "Database",
+    "normalize_url",
+    "alembic_config",
+    "json_dumps",
+    "MIGRATIONS_DIR",
+    "SQLITE_BUSY_TIMEOUT_MS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +88,8 @@ def lock_id(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
-def _json_dumps(value: Any) -> str:
+def json_dumps(value: Any) -> str:
+    """JSON text as the engine writes it for JSON columns (other writers must match it)."""
     # Attributes come from user code: never let an odd value (a datetime, a set) fail a write.
     try:
         return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
@@ -97,6 +105,7 @@ class Database:
         self.url = normalize_url(url)
         self.echo = echo
         self._engine: AsyncEngine | None = None
+        self._closers: list[Callable[[], Awaitable[None]]] = []
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -113,7 +122,7 @@ class Database:
         return self.dialect == "sqlite"
 
     @property
-    def _sqlite_file(self) -> str | None:
+    def sqlite_file(self) -> str | None:
         """The SQLite file (or ``file:`` URI); None for in-memory databases and Postgres."""
         if not self.is_sqlite:
             return None
@@ -133,9 +142,9 @@ class Database:
         if self._engine is not None:
             return
         engine = self._create_engine()
-        if self._sqlite_file is not None:
+        if self.sqlite_file is not None:
             try:
-                await asyncio.to_thread(_enable_wal, self._sqlite_file)
+                await asyncio.to_thread(_enable_wal, self.sqlite_file)
             except BaseException:
                 await engine.dispose()
                 raise
@@ -147,7 +156,18 @@ class Database:
                 await self.close()
                 raise
 
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Call ``closer`` when the database closes, before the engine goes (a component
+        holding its own connection to the same database, such as a writer thread)."""
+        self._closers.append(closer)
+
     async def close(self) -> None:
+        closers, self._closers = self._closers, []
+        for closer in reversed(closers):
+            try:
+                await closer()
+            except Exception:  # one failing closer must not keep the engine open
+                logger.exception("closing a database companion failed")
         if self._engine is not None:
             engine, self._engine = self._engine, None
             await engine.dispose()
@@ -201,9 +221,9 @@ class Database:
                 yield conn
 
     def _create_engine(self) -> AsyncEngine:
-        options: dict[str, Any] = {"echo": self.echo, "json_serializer": _json_dumps}
+        options: dict[str, Any] = {"echo": self.echo, "json_serializer": json_dumps}
         if self.is_sqlite:
-            database = self._sqlite_file
+            database = self.sqlite_file
             if database is None:
                 # One connection shared by everyone, or each would see its own empty database.
                 options["poolclass"] = StaticPool
