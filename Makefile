@@ -42,7 +42,8 @@ test: install-dev pgvector
 # Benchmarks: gateway overhead (LiteLLM row after `bash benchmarks/setup_litellm.sh`),
 # trace statistics over 1M spans, retrieval quality and speed, ingestion throughput (int8 vs
 # fp32 embedder), semantic-cache false hits, long queries, and the bundled model's default
-# decoding (~15 min).
+# decoding (~15 min), and the workflow engine's overhead per step next to LangGraph (LangGraph
+# rows after `bash benchmarks/setup_langgraph.sh`).
 # Results in benchmarks/results/.
 bench: install-dev
 	$(PY) benchmarks/gateway_overhead.py
@@ -54,6 +55,7 @@ bench: install-dev
 	$(PY) benchmarks/semantic_cache_eval.py --json benchmarks/results/semantic_cache.json
 	$(PY) benchmarks/long_queries.py
 	$(PY) benchmarks/local_decoding.py --json benchmarks/results/local_decoding.json
+	$(PY) benchmarks/workflow_overhead.py --json benchmarks/results/workflow_overhead.json
 
 lint: install-dev
 	$(VENV)/bin/ruff check src tests benchmarks
