@@ -22,7 +22,7 @@ Both sides are measured in interleaved rounds, alternating which goes first, so 
 the machine hits them alike. With ``--concurrency C`` the async rows also run C runs at a
 time (per-step figure: wall time / steps). Usage::
 
-    .venv/bin/python benchmarks/workflow_overhead.py            # about a minute
+    .venv/bin/python benchmarks/workflow_overhead.py            # 1-3 minutes
     .venv/bin/python benchmarks/workflow_overhead.py --quick    # a few seconds
 """
 

@@ -335,9 +335,7 @@ async def test_the_writer_thread_ends_with_the_database(tmp_path: Path) -> None:
     assert len(_writer_threads()) == before
 
 
-async def test_workflows_picks_the_store_by_database(
-    tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
+async def test_workflows_picks_the_store_by_database(tmp_path: Path) -> None:
     async with Database(f"sqlite:///{tmp_path / 'f.db'}") as file_db:
         assert type(Workflows(file_db).store) is SqliteRunStore
     # In-memory SQLite is one shared connection a second one could not see: SQLAlchemy.
