@@ -5,10 +5,13 @@ LangGraph is not a Trellis dependency, so this script runs in its own interprete
 whole benchmark so both sides are measured warm and interleaved: it reads one command per
 line on stdin and answers one JSON line on stdout.
 
-Commands (JSON): ``{"variant": "sqlite" | "sqlite-normal" | "async-sqlite" | "none",
-"runs": N, "concurrency": C}`` -> ``{"variant": ..., "seconds": [per-run wall time],
-"wall": total seconds}``; ``{"quit": true}`` ends it. Every run is the same graph: five
-nodes that each add one to a counter, from START to END, on a new thread id.
+Commands (JSON): ``{"variant": "sqlite" | "sqlite-normal" | "sqlite-normal-sync" |
+"async-sqlite" | "none", "runs": N, "concurrency": C}`` -> ``{"variant": ..., "seconds":
+[per-run wall time], "wall": total seconds}``; ``{"quit": true}`` ends it. Every run is the
+same graph: five nodes that each add one to a counter, from START to END, on a new thread id.
+LangGraph's default durability is "async" (a step's checkpoint is written while the next step
+runs); ``sqlite-normal-sync`` runs with ``durability="sync"``, Trellis' guarantee (a step's
+checkpoint is committed before the next step starts).
 """
 
 from __future__ import annotations
@@ -84,6 +87,10 @@ class Side:
         self.graphs["none"] = _builder(_anode).compile()
 
     async def measure(self, variant: str, runs: int, concurrency: int) -> dict[str, Any]:
+        command_variant = variant
+        durability: dict[str, Any] = {}
+        if variant == "sqlite-normal-sync":
+            variant, durability = "sqlite-normal", {"durability": "sync"}
         graph = self.graphs[variant]
         seconds: list[float] = []
         sync = variant in ("sqlite", "sqlite-normal")
@@ -91,9 +98,9 @@ class Side:
         async def one() -> None:
             start = time.perf_counter()
             if sync:
-                out = graph.invoke({"x": 0}, _config())
+                out = graph.invoke({"x": 0}, _config(), **durability)
             else:
-                out = await graph.ainvoke({"x": 0}, _config())
+                out = await graph.ainvoke({"x": 0}, _config(), **durability)
             seconds.append(time.perf_counter() - start)
             assert out["x"] == STEPS, out
 
@@ -112,7 +119,7 @@ class Side:
                     await one()
 
             await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return {"variant": variant, "seconds": seconds, "wall": time.perf_counter() - began}
+        return {"variant": command_variant, "seconds": seconds, "wall": time.perf_counter() - began}
 
 
 async def serve(data: Path) -> None:

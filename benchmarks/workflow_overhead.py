@@ -12,7 +12,10 @@ Rows:
 * ``langgraph-sqlite``: a ``StateGraph`` of five nodes with ``SqliteSaver`` on a file
   (LangGraph's defaults: WAL, ``synchronous=FULL``).
 * ``langgraph-sqlite-normal``: the same saver on a connection with ``synchronous=NORMAL``,
-  the durability setting Trellis uses (a like-for-like row).
+  the setting Trellis uses.
+* ``langgraph-sqlite-normal-sync``: that, run with ``durability="sync"``: each step's
+  checkpoint committed before the next step starts, as Trellis does (LangGraph's default,
+  "async", writes it while the next step runs). The like-for-like row.
 * ``langgraph-async-sqlite``: ``AsyncSqliteSaver``.
 * ``langgraph-none``: no checkpointer (LangGraph's engine alone).
 
@@ -71,6 +74,7 @@ TRELLIS_ROWS = ("trellis", "trellis-sqlalchemy", "trellis-memory")
 LANGGRAPH_ROWS = {
     "langgraph-sqlite": "sqlite",
     "langgraph-sqlite-normal": "sqlite-normal",
+    "langgraph-sqlite-normal-sync": "sqlite-normal-sync",
     "langgraph-async-sqlite": "async-sqlite",
     "langgraph-none": "none",
 }

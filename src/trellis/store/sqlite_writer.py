@@ -166,7 +166,16 @@ class SqliteWriter:
                         except sqlite3.Error as exc:  # tried again with the next batch
                             outcomes = [(job, False, exc) for job in jobs]
                     if conn is not None:
-                        outcomes = self._process(conn, jobs)
+                        try:
+                            outcomes = self._process(conn, jobs)
+                        except Exception as exc:
+                            # A bug or a broken connection: this batch's callers hear of
+                            # it, and the thread lives on for the next batch.
+                            log.exception("SQLite writer batch failed")
+                            with contextlib.suppress(sqlite3.Error):
+                                if conn.in_transaction:
+                                    conn.execute("ROLLBACK")
+                            outcomes = [(job, False, exc) for job in jobs]
                 if stop is not None:
                     if conn is not None:
                         conn.close()
