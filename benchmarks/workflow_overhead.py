@@ -364,14 +364,14 @@ def report(config: BenchConfig, rows: dict[str, Row], info: dict[str, Any]) -> d
 
 
 def print_table(result: dict[str, Any]) -> None:
-    print(f"{'row':<26}{'p50 ms/step':>12}{'mean':>9}{'p95':>9}{'conc.':>9}  runs")
+    print(f"{'row':<30}{'p50 ms/step':>12}{'mean':>9}{'p95':>9}{'conc.':>9}  runs")
     for name, row in result["rows"].items():
         if "ms_per_step_p50" not in row:
-            print(f"{name:<26}  {row.get('note', '')}")
+            print(f"{name:<30}  {row.get('note', '')}")
             continue
         conc = row.get("concurrent_ms_per_step")
         print(
-            f"{name:<26}{row['ms_per_step_p50']:>12.3f}{row['ms_per_step_mean']:>9.3f}"
+            f"{name:<30}{row['ms_per_step_p50']:>12.3f}{row['ms_per_step_mean']:>9.3f}"
             f"{row['ms_per_step_p95']:>9.3f}{conc if conc is not None else '':>9}  {row['runs']}"
         )
     for name, ratio in result["ratios"].items():
