@@ -19,14 +19,17 @@ from trellis.orchestration import (
     Context,
     FunctionStep,
     Lease,
+    Outcome,
     Policy,
     RunRecord,
     RunStatus,
     SqlRunStore,
     StepRecord,
+    Usage,
     Workflow,
     Workflows,
     human,
+    parallel,
     tool,
 )
 from trellis.orchestration.records import Checkpoint
@@ -308,3 +311,81 @@ async def test_heartbeat_keeps_a_long_step_owned(db: Database) -> None:
         run = await owner.wait(run_id)
     assert claimed == []
     assert run.status == RunStatus.SUCCEEDED and run.lease_epoch == 1 and run.recoveries == 0
+
+
+class Part(BaseModel):
+    name: str
+    qty: int
+
+
+class Fan(BaseModel):
+    part: Part | None = None
+    total: int = 0
+    note: str = ""
+
+
+async def test_a_recovered_parallel_step_reruns_only_unfinished_branches(db: Database) -> None:
+    """The owner stops while one branch finished and the other is still running; another
+    worker claims the run: the finished branch's outcome comes from the journal (its
+    function ran once in all), the unfinished one runs again, and the join sees both."""
+    ran: list[str] = []
+    quick_done, slow_started, unblock = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def quick(s: Fan) -> Outcome:
+        ran.append("quick")
+        quick_done.set()
+        return Outcome(
+            update={"part": Part(name="bolt", qty=3)},
+            output={"found": "bolt"},
+            usage=Usage(input_tokens=11, output_tokens=7, cost=0.5, model="m"),
+            events=[{"name": "looked_up", "attributes": {"table": "parts"}}],
+        )
+
+    async def slow(s: Fan) -> dict[str, str]:
+        ran.append("slow")
+        slow_started.set()
+        await unblock.wait()
+        return {"note": "checked"}
+
+    def join(state: Fan, updates: dict[str, Any]) -> dict[str, Any]:
+        part = updates["quick"]["part"]
+        assert isinstance(part, Part)  # typed again when read back from the journal
+        return {**updates["quick"], **updates["slow"], "total": part.qty * 10}
+
+    flow = Workflow("fan-recover", state=Fan)
+    flow.add(
+        parallel(
+            "fan",
+            {"quick": FunctionStep(quick), "slow": FunctionStep(slow)},
+            reduce=join,
+            next=END,
+        )
+    )
+    first = Workflows(db, flows=[flow])
+    run_id = await first.start(flow, {})
+    await asyncio.wait_for(asyncio.gather(quick_done.wait(), slow_started.wait()), 10)
+    # The quick branch's outcome is committed as soon as it ends (one journal row).
+    for _ in range(200):
+        if await _count(db, workflow_effects, run_id) == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert await _count(db, workflow_effects, run_id) == 1
+    await first.aclose()  # the owner stops mid-step: the lease is given up, nothing checkpointed
+    assert (await SqlRunStore(db).get(run_id)).seq == 0  # type: ignore[union-attr]
+    unblock.set()
+    async with Workflows(db, flows=[flow]) as second:
+        assert await second.recover() == [run_id]
+        run = await second.wait(run_id)
+        (record,) = await second.steps(run_id)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert ran == ["quick", "slow", "slow"]
+    assert run.state == {"part": {"name": "bolt", "qty": 3}, "total": 30, "note": "checked"}
+    assert run.recoveries == 1
+    # The restored branch's usage, output and events round-tripped into the step.
+    assert (run.input_tokens, run.output_tokens, run.cost) == (11, 7, 0.5)
+    assert record.output["branches"] == {"quick": {"found": "bolt"}, "slow": {"note": "checked"}}
+    names = [(e["name"], e["attributes"].get("branch")) for e in record.events or []]
+    assert ("branch_restored", "quick") in names and ("branch_done", "slow") in names
+    looked_up = [e for e in record.events or [] if e["name"] == "looked_up"]
+    assert looked_up[0]["attributes"] == {"table": "parts", "trellis.branch": "quick"}
+    assert await _count(db, workflow_effects, run_id) == 2
