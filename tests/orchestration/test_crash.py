@@ -79,10 +79,11 @@ async def test_kill_9_mid_run_then_recover_without_rerunning_steps(tmp_path: Pat
 
 
 def _branch_rows(db_path: Path, run_id: str) -> int:
-    """Branch outcomes committed for the run (read with the stdlib, as a bystander)."""
+    """Branch outcomes recorded done for the run (read with the stdlib, as a bystander)."""
     with contextlib.closing(sqlite3.connect(db_path)) as conn:
         (count,) = conn.execute(
-            "SELECT count(*) FROM workflow_effects WHERE run_id = ? AND key LIKE '%:@branch:%'",
+            "SELECT count(*) FROM workflow_effects WHERE run_id = ? AND key LIKE '%:@branch:%' "
+            "AND status = 'done'",
             (run_id,),
         ).fetchone()
     return int(count)

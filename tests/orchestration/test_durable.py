@@ -32,7 +32,8 @@ from trellis.orchestration import (
     parallel,
     tool,
 )
-from trellis.orchestration.records import Checkpoint
+from trellis.orchestration.parallel import branch_key, dump_outcome, state_hash
+from trellis.orchestration.records import Checkpoint, Effect
 from trellis.store import Database
 from trellis.store.tables import workflow_effects, workflow_runs, workflow_steps
 
@@ -313,6 +314,14 @@ async def test_heartbeat_keeps_a_long_step_owned(db: Database) -> None:
     assert run.status == RunStatus.SUCCEEDED and run.lease_epoch == 1 and run.recoveries == 0
 
 
+async def _done_effects(db: Database, run_id: str) -> list[Any]:
+    query = select(workflow_effects).where(
+        workflow_effects.c.run_id == run_id, workflow_effects.c.status == "done"
+    )
+    async with db.engine.connect() as conn:
+        return list((await conn.execute(query)).all())
+
+
 class Part(BaseModel):
     name: str
     qty: int
@@ -364,14 +373,16 @@ async def test_a_recovered_parallel_step_reruns_only_unfinished_branches(db: Dat
     first = Workflows(db, flows=[flow])
     run_id = await first.start(flow, {})
     await asyncio.wait_for(asyncio.gather(quick_done.wait(), slow_started.wait()), 10)
-    # The quick branch's outcome is committed as soon as it ends (one journal row).
-    for _ in range(200):
-        if await _count(db, workflow_effects, run_id) == 1:
+    # The quick branch's outcome is committed as soon as it ends (one journal row, done).
+    store = SqlRunStore(db)
+    for _ in range(500):
+        rows = await _done_effects(db, run_id)
+        if rows:
             break
         await asyncio.sleep(0.01)
-    assert await _count(db, workflow_effects, run_id) == 1
+    assert [row.step for row in rows] == ["fan/quick"]
     await first.aclose()  # the owner stops mid-step: the lease is given up, nothing checkpointed
-    assert (await SqlRunStore(db).get(run_id)).seq == 0  # type: ignore[union-attr]
+    assert (await store.get(run_id)).seq == 0  # type: ignore[union-attr]
     unblock.set()
     async with Workflows(db, flows=[flow]) as second:
         assert await second.recover() == [run_id]
@@ -389,3 +400,45 @@ async def test_a_recovered_parallel_step_reruns_only_unfinished_branches(db: Dat
     looked_up = [e for e in record.events or [] if e["name"] == "looked_up"]
     assert looked_up[0]["attributes"] == {"table": "parts", "trellis.branch": "quick"}
     assert await _count(db, workflow_effects, run_id) == 2
+
+
+async def test_a_branch_journaled_meanwhile_by_a_stale_owner_is_overwritten_whole(
+    db: Database,
+) -> None:
+    """A worker whose lease expired may still finish a branch and journal it between this
+    owner's lookup and its own record: the row ends ``done`` with this owner's outcome,
+    the one its join used, never half-written."""
+
+    async def contested(s: Fan, ctx: Context) -> dict[str, str]:
+        assert ctx.store is not None
+        now = time.time()
+        await ctx.store.begin_effect(
+            Effect(
+                key=branch_key(ctx, state_hash(s)),
+                run_id=ctx.run_id,
+                step=ctx.step,
+                seq=ctx.seq,
+                args_hash=state_hash(s),
+                status="done",
+                started_at=now,
+                result=dump_outcome(Outcome(update={"note": "stale owner"})),
+                finished_at=now,
+            )
+        )
+        return {"note": "this owner"}
+
+    async def other(s: Fan) -> dict[str, int]:
+        return {"total": 1}
+
+    flow = Workflow("fan-race", state=Fan)
+    flow.add(parallel("fan", {"a": FunctionStep(contested), "b": FunctionStep(other)}, next=END))
+    async with Workflows(db) as workflows:
+        run = await workflows.run(flow, {})
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert run.state["note"] == "this owner" and run.state["total"] == 1
+    key = branch_key(
+        Context(run_id=run.id, workflow=flow.name, step="fan/a", seq=1), state_hash(Fan())
+    )
+    found = await SqlRunStore(db).effect(key)
+    assert found is not None and found.status == "done" and found.attempts == 2
+    assert found.result["update"] == {"fields": {"note": "this owner"}}

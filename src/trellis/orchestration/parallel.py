@@ -19,7 +19,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -31,11 +31,15 @@ from trellis.orchestration.policy import Policy, attempt_loop
 from trellis.orchestration.records import Effect
 from trellis.orchestration.steps import Next, Outcome, Step, Update, Usage
 
+if TYPE_CHECKING:
+    from trellis.orchestration.store import RunStore
+
 __all__ = [
     "ParallelStep",
     "parallel",
     "merge_updates",
     "branch_key",
+    "state_hash",
     "dump_outcome",
     "load_outcome",
 ]
@@ -66,18 +70,19 @@ def merge_updates(state: Any, updates: dict[str, Update]) -> dict[str, Any]:
     return merged
 
 
-def _state_hash(state: Any) -> str:
+def state_hash(state: Any) -> str:
+    """A short hash of the state a fan-out ran on (part of its branches' journal keys)."""
     dumped = state.model_dump(mode="json") if isinstance(state, BaseModel) else state
     canonical = orjson.dumps(to_jsonable_python(dumped), option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()[:16]
 
 
-def branch_key(branch_ctx: Context, state_hash: str) -> str:
+def branch_key(branch_ctx: Context, hashed: str) -> str:
     """The journal key of a branch's outcome: ``"{run}:{seq}:{parallel}/{branch}:@branch:{h}"``.
 
     ``h`` hashes the state the branch ran on, so an outcome is only ever reused for the same
     input. Tool keys end in a tool name, which cannot start with ``@``: they never collide."""
-    key = branch_ctx.idempotency_key(f"@branch:{state_hash}")
+    key = branch_ctx.idempotency_key(f"@branch:{hashed}")
     if len(key) <= _MAX_KEY:
         return key
     digest = hashlib.sha256(key.encode()).hexdigest()[:32]
@@ -169,7 +174,7 @@ class ParallelStep(Step):
         self.reduce = reduce or merge_updates
 
     async def _branch(
-        self, ctx: Context, label: str, step: Step, state: Any, state_hash: str
+        self, ctx: Context, label: str, step: Step, state: Any, hashed: str
     ) -> Outcome:
         branch_ctx = Context(
             run_id=ctx.run_id,
@@ -182,7 +187,7 @@ class ParallelStep(Step):
             services=ctx.services,
         )
         store = ctx.store
-        key = branch_key(branch_ctx, state_hash)
+        key = branch_key(branch_ctx, hashed)
         found = await store.effect(key) if store is not None else None
         if found is not None and found.status == "done":
             if ctx.span is not None:
@@ -193,21 +198,21 @@ class ParallelStep(Step):
             raise tried.error
         assert tried.outcome is not None
         if store is not None:
-            await self._record(store, branch_ctx, key, state_hash, tried.outcome, found)
+            await self._record(store, branch_ctx, key, hashed, tried.outcome)
         if ctx.span is not None:
             ctx.span.add_event("branch_done", branch=label, attempts=tried.attempts)
         return tried.outcome
 
     @staticmethod
     async def _record(
-        store: Any,
-        branch_ctx: Context,
-        key: str,
-        state_hash: str,
-        outcome: Outcome,
-        found: Effect | None,
+        store: RunStore, branch_ctx: Context, key: str, hashed: str, outcome: Outcome
     ) -> None:
-        """Journal a finished branch: one insert, committed before the fan-out goes on."""
+        """Journal a finished branch, committed before the fan-out goes on.
+
+        ``begin_effect`` inserts the row, or re-marks one that is there already (a worker
+        whose lease expired while it still ran this branch may have written it); the
+        ``finish_effect`` that follows leaves it ``done`` with this outcome either way, so
+        the row is always whole and matches what this owner's join uses."""
         payload = dump_outcome(outcome)
         now = time.time()
         await store.begin_effect(
@@ -216,22 +221,19 @@ class ParallelStep(Step):
                 run_id=branch_ctx.run_id,
                 step=branch_ctx.step,
                 seq=branch_ctx.seq,
-                args_hash=state_hash,
-                status="done",
+                args_hash=hashed,
+                status="started",
                 started_at=now,
-                result=payload,
-                finished_at=now,
             )
         )
-        if found is not None:  # an existing row is re-marked "started" by begin_effect
-            await store.finish_effect(key, "done", payload, None, now)
+        await store.finish_effect(key, "done", payload, None, now)
 
     async def execute(self, ctx: Context, state: Any) -> Outcome:
-        state_hash = _state_hash(state)
+        hashed = state_hash(state)
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = {
-                    label: group.create_task(self._branch(ctx, label, step, state, state_hash))
+                    label: group.create_task(self._branch(ctx, label, step, state, hashed))
                     for label, step in self.branches.items()
                 }
         except* Exception as failed:
