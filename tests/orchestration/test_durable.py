@@ -402,12 +402,12 @@ async def test_a_recovered_parallel_step_reruns_only_unfinished_branches(db: Dat
     assert await _count(db, workflow_effects, run_id) == 2
 
 
-async def test_a_branch_journaled_meanwhile_by_a_stale_owner_is_overwritten_whole(
+async def test_a_branch_journaled_meanwhile_by_a_stale_owner_is_not_reused(
     db: Database,
 ) -> None:
     """A worker whose lease expired may still finish a branch and journal it between this
-    owner's lookup and its own record: the row ends ``done`` with this owner's outcome,
-    the one its join used, never half-written."""
+    owner's lookup and its own record: this owner's join uses its own outcome, and the row
+    is left ``started`` (not reused: the branch would run again), never a mix."""
 
     async def contested(s: Fan, ctx: Context) -> dict[str, str]:
         assert ctx.store is not None
@@ -440,5 +440,16 @@ async def test_a_branch_journaled_meanwhile_by_a_stale_owner_is_overwritten_whol
         Context(run_id=run.id, workflow=flow.name, step="fan/a", seq=1), state_hash(Fan())
     )
     found = await SqlRunStore(db).effect(key)
-    assert found is not None and found.status == "done" and found.attempts == 2
-    assert found.result["update"] == {"fields": {"note": "this owner"}}
+    assert found is not None and found.status == "started" and found.attempts == 2
+
+
+async def test_branch_checkpoints_can_be_turned_off(db: Database) -> None:
+    async def one(s: Fan) -> dict[str, int]:
+        return {"total": 1}
+
+    flow = Workflow("fan-light", state=Fan)
+    flow.add(parallel("fan", {"a": FunctionStep(one)}, next=END, checkpoint_branches=False))
+    async with Workflows(db) as workflows:
+        run = await workflows.run(flow, {})
+    assert run.status == RunStatus.SUCCEEDED and run.state["total"] == 1
+    assert await _count(db, workflow_effects, run.id) == 0

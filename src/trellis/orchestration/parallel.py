@@ -11,6 +11,7 @@ in the effect journal (``workflow_effects``) under the branch's key
 (:func:`branch_key`), as soon as the branch ends. After a crash, or when the parallel step
 is tried again by its policy, branches with a recorded outcome do not run again: their
 outcome is read back and the reducer sees every branch, whether it ran now or before.
+That costs a read and a commit per branch; ``checkpoint_branches=False`` turns it off.
 """
 
 from __future__ import annotations
@@ -166,12 +167,16 @@ class ParallelStep(Step):
         reduce: Reducer | None = None,
         next: Next | None = None,
         policy: Policy | None = None,
+        checkpoint_branches: bool = True,
     ) -> None:
         super().__init__(name, next=next, policy=policy)
         if not branches:
             raise ConfigurationError(f"parallel step {name!r} has no branches")
         self.branches = dict(branches)
         self.reduce = reduce or merge_updates
+        #: Journal each finished branch (a read and a commit per branch). Off, the fan-out
+        #: costs no more than one step, and runs again whole after a crash.
+        self.checkpoint_branches = checkpoint_branches
 
     async def _branch(
         self, ctx: Context, label: str, step: Step, state: Any, hashed: str
@@ -186,7 +191,7 @@ class ParallelStep(Step):
             store=ctx.store,
             services=ctx.services,
         )
-        store = ctx.store
+        store = ctx.store if self.checkpoint_branches else None
         key = branch_key(branch_ctx, hashed)
         found = await store.effect(key) if store is not None else None
         if found is not None and found.status == "done":
@@ -198,21 +203,27 @@ class ParallelStep(Step):
             raise tried.error
         assert tried.outcome is not None
         if store is not None:
-            await self._record(store, branch_ctx, key, hashed, tried.outcome)
+            await self._record(store, branch_ctx, key, hashed, tried.outcome, found)
         if ctx.span is not None:
             ctx.span.add_event("branch_done", branch=label, attempts=tried.attempts)
         return tried.outcome
 
     @staticmethod
     async def _record(
-        store: RunStore, branch_ctx: Context, key: str, hashed: str, outcome: Outcome
+        store: RunStore,
+        branch_ctx: Context,
+        key: str,
+        hashed: str,
+        outcome: Outcome,
+        found: Effect | None,
     ) -> None:
-        """Journal a finished branch, committed before the fan-out goes on.
+        """Journal a finished branch, committed before the fan-out goes on: one insert of
+        the finished row, as a rule.
 
-        ``begin_effect`` inserts the row, or re-marks one that is there already (a worker
-        whose lease expired while it still ran this branch may have written it); the
-        ``finish_effect`` that follows leaves it ``done`` with this outcome either way, so
-        the row is always whole and matches what this owner's join uses."""
+        A row that was there at the lookup (its record was cut short) is finished here too.
+        One written in between, by a worker whose lease expired while it still ran this
+        branch, is only re-marked ``started`` by ``begin_effect``: not reused, so the branch
+        runs again if the step does. A ``done`` row always holds one whole outcome."""
         payload = dump_outcome(outcome)
         now = time.time()
         await store.begin_effect(
@@ -222,11 +233,14 @@ class ParallelStep(Step):
                 step=branch_ctx.step,
                 seq=branch_ctx.seq,
                 args_hash=hashed,
-                status="started",
+                status="done",
                 started_at=now,
+                result=payload,
+                finished_at=now,
             )
         )
-        await store.finish_effect(key, "done", payload, None, now)
+        if found is not None:
+            await store.finish_effect(key, "done", payload, None, now)
 
     async def execute(self, ctx: Context, state: Any) -> Outcome:
         hashed = state_hash(state)
@@ -272,9 +286,18 @@ def parallel(
     reduce: Reducer | None = None,
     next: Next | None = None,
     policy: Policy | None = None,
+    checkpoint_branches: bool = True,
 ) -> ParallelStep:
     """Branches run concurrently on the state; ``reduce(state, {branch: update})`` joins them.
 
     Each branch's outcome is journaled when it ends, so after a crash only the branches
-    that had not finished run again."""
-    return ParallelStep(name, branches, reduce=reduce, next=next, policy=policy)
+    that had not finished run again; ``checkpoint_branches=False`` saves those commits for
+    cheap branches that may as well all run again."""
+    return ParallelStep(
+        name,
+        branches,
+        reduce=reduce,
+        next=next,
+        policy=policy,
+        checkpoint_branches=checkpoint_branches,
+    )
