@@ -309,3 +309,13 @@ async def test_parallel_side_effects_are_journaled_and_not_repeated_on_retry(
     first = sorted(m["content"] for m in seen[1]["messages"] if m["role"] == "tool")
     replayed = sorted(m["content"] for m in seen[3]["messages"] if m["role"] == "tool")
     assert first == replayed == ['"sent #1"', '"sent #2"']
+
+
+async def test_native_without_tools_sends_no_empty_tool_list(upstream: FakeUpstream) -> None:
+    upstream.reply = Script("nothing to call")
+    outcome = await step(tools=[], tool_calling="native").execute(
+        context(upstream), Task(question="?")
+    )
+    assert outcome.update == {"answer": "nothing to call"}
+    body = upstream.requests[0].json
+    assert "tools" not in body and "tool_choice" not in body

@@ -380,15 +380,11 @@ class AgentStep(Step):
                         content="No more tool calls. Reply now with your final answer.",
                     )
                 )
-            request = ChatRequest.model_validate(
-                {
-                    **self.params,
-                    "model": model,
-                    "messages": messages,
-                    "tools": self.tool_definitions,
-                    "tool_choice": "none" if last else self.params.get("tool_choice", "auto"),
-                }
-            )
+            body: dict[str, Any] = {**self.params, "model": model, "messages": messages}
+            if self.tool_definitions:  # OpenAI refuses an empty list of tools
+                body["tools"] = self.tool_definitions
+                body["tool_choice"] = "none" if last else self.params.get("tool_choice", "auto")
+            request = ChatRequest.model_validate(body)
             message = await run.ask(request)
             text = message.content or ""
             if not message.tool_calls:
