@@ -1,7 +1,10 @@
-"""Workflows shared by the tests and the crash subprocess (``python orch_flows.py DB DIR``).
+"""Workflows shared by the tests and the crash subprocess (``python orch_flows.py DB DIR
+[FLOW]``, FLOW ``crash`` by default or ``fanout``).
 
 The crash flow appends to counter files so a test can tell which steps ran in which process;
 step ``three`` blocks while ``DIR/block`` exists, which is where the test kills the process.
+The fanout flow's parallel step has a branch that finishes at once and one that blocks
+the same way.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from trellis.orchestration import Context, Workflow, Workflows, tool
+from trellis.orchestration import END, Context, FunctionStep, Workflow, Workflows, parallel, tool
 from trellis.store import Database
 
 
@@ -66,12 +69,36 @@ async def four(s: Count) -> dict[str, int]:
     return {"n": s.n + 1}
 
 
-async def _main(url: str, directory: str) -> None:
+class Fan(BaseModel):
+    dir: str
+    quick: int = 0
+    slow: int = 0
+
+
+async def quick(s: Fan) -> dict[str, int]:
+    _append(s.dir, "ran", "quick")
+    return {"quick": 1}
+
+
+async def slow(s: Fan) -> dict[str, int]:
+    _append(s.dir, "ran", "slow")
+    while (Path(s.dir) / "block").exists():
+        await asyncio.sleep(0.02)
+    return {"slow": 2}
+
+
+fanout = Workflow("fanout", state=Fan)
+fanout.add(parallel("fan", {"quick": FunctionStep(quick), "slow": FunctionStep(slow)}, next=END))
+
+FLOWS = {"crash": crash, "fanout": fanout}
+
+
+async def _main(url: str, directory: str, name: str = "crash") -> None:
     async with Database(url) as db, Workflows(db) as workflows:
-        run_id = await workflows.start(crash, {"dir": directory})
+        run_id = await workflows.start(FLOWS[name], {"dir": directory})
         _append(directory, "run_id", run_id)
         await workflows.wait(run_id)
 
 
 if __name__ == "__main__":
-    asyncio.run(_main(sys.argv[1], sys.argv[2]))
+    asyncio.run(_main(*sys.argv[1:4]))

@@ -20,18 +20,22 @@ from trellis.orchestration import (
     Context,
     FunctionStep,
     Lease,
+    Outcome,
     Policy,
     RunRecord,
     RunStatus,
     SqliteRunStore,
     SqlRunStore,
     StepRecord,
+    Usage,
     Workflow,
     Workflows,
     human,
+    parallel,
     tool,
 )
-from trellis.orchestration.records import Checkpoint
+from trellis.orchestration.parallel import branch_key, dump_outcome, state_hash
+from trellis.orchestration.records import Checkpoint, Effect
 from trellis.store import Database
 from trellis.store.tables import workflow_effects, workflow_runs, workflow_steps
 
@@ -326,3 +330,144 @@ async def test_heartbeat_keeps_a_long_step_owned(db: Database, store: SqlRunStor
         run = await owner.wait(run_id)
     assert claimed == []
     assert run.status == RunStatus.SUCCEEDED and run.lease_epoch == 1 and run.recoveries == 0
+
+
+async def _done_effects(db: Database, run_id: str) -> list[Any]:
+    query = select(workflow_effects).where(
+        workflow_effects.c.run_id == run_id, workflow_effects.c.status == "done"
+    )
+    async with db.engine.connect() as conn:
+        return list((await conn.execute(query)).all())
+
+
+class Part(BaseModel):
+    name: str
+    qty: int
+
+
+class Fan(BaseModel):
+    part: Part | None = None
+    total: int = 0
+    note: str = ""
+
+
+async def test_a_recovered_parallel_step_reruns_only_unfinished_branches(db: Database) -> None:
+    """The owner stops while one branch finished and the other is still running; another
+    worker claims the run: the finished branch's outcome comes from the journal (its
+    function ran once in all), the unfinished one runs again, and the join sees both."""
+    ran: list[str] = []
+    quick_done, slow_started, unblock = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def quick(s: Fan) -> Outcome:
+        ran.append("quick")
+        quick_done.set()
+        return Outcome(
+            update={"part": Part(name="bolt", qty=3)},
+            output={"found": "bolt"},
+            usage=Usage(input_tokens=11, output_tokens=7, cost=0.5, model="m"),
+            events=[{"name": "looked_up", "attributes": {"table": "parts"}}],
+        )
+
+    async def slow(s: Fan) -> dict[str, str]:
+        ran.append("slow")
+        slow_started.set()
+        await unblock.wait()
+        return {"note": "checked"}
+
+    def join(state: Fan, updates: dict[str, Any]) -> dict[str, Any]:
+        part = updates["quick"]["part"]
+        assert isinstance(part, Part)  # typed again when read back from the journal
+        return {**updates["quick"], **updates["slow"], "total": part.qty * 10}
+
+    flow = Workflow("fan-recover", state=Fan)
+    flow.add(
+        parallel(
+            "fan",
+            {"quick": FunctionStep(quick), "slow": FunctionStep(slow)},
+            reduce=join,
+            next=END,
+        )
+    )
+    first = Workflows(db, flows=[flow])
+    run_id = await first.start(flow, {})
+    await asyncio.wait_for(asyncio.gather(quick_done.wait(), slow_started.wait()), 10)
+    # The quick branch's outcome is committed as soon as it ends (one journal row, done).
+    store = SqlRunStore(db)
+    for _ in range(500):
+        rows = await _done_effects(db, run_id)
+        if rows:
+            break
+        await asyncio.sleep(0.01)
+    assert [row.step for row in rows] == ["fan/quick"]
+    await first.aclose()  # the owner stops mid-step: the lease is given up, nothing checkpointed
+    assert (await store.get(run_id)).seq == 0  # type: ignore[union-attr]
+    unblock.set()
+    async with Workflows(db, flows=[flow]) as second:
+        assert await second.recover() == [run_id]
+        run = await second.wait(run_id)
+        (record,) = await second.steps(run_id)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert ran == ["quick", "slow", "slow"]
+    assert run.state == {"part": {"name": "bolt", "qty": 3}, "total": 30, "note": "checked"}
+    assert run.recoveries == 1
+    # The restored branch's usage, output and events round-tripped into the step.
+    assert (run.input_tokens, run.output_tokens, run.cost) == (11, 7, 0.5)
+    assert record.output["branches"] == {"quick": {"found": "bolt"}, "slow": {"note": "checked"}}
+    names = [(e["name"], e["attributes"].get("branch")) for e in record.events or []]
+    assert ("branch_restored", "quick") in names and ("branch_done", "slow") in names
+    looked_up = [e for e in record.events or [] if e["name"] == "looked_up"]
+    assert looked_up[0]["attributes"] == {"table": "parts", "trellis.branch": "quick"}
+    assert await _count(db, workflow_effects, run_id) == 2
+
+
+async def test_a_branch_journaled_meanwhile_by_a_stale_owner_is_not_reused(
+    db: Database,
+) -> None:
+    """A worker whose lease expired may still finish a branch and journal it between this
+    owner's lookup and its own record: this owner's join uses its own outcome, and the row
+    is left ``started`` (not reused: the branch would run again), never a mix."""
+
+    async def contested(s: Fan, ctx: Context) -> dict[str, str]:
+        assert ctx.store is not None
+        now = time.time()
+        await ctx.store.begin_effect(
+            Effect(
+                key=branch_key(ctx, state_hash(s)),
+                run_id=ctx.run_id,
+                step=ctx.step,
+                seq=ctx.seq,
+                args_hash=state_hash(s),
+                status="done",
+                started_at=now,
+                result=dump_outcome(Outcome(update={"note": "stale owner"})),
+                finished_at=now,
+            )
+        )
+        return {"note": "this owner"}
+
+    async def other(s: Fan) -> dict[str, int]:
+        return {"total": 1}
+
+    flow = Workflow("fan-race", state=Fan)
+    flow.add(parallel("fan", {"a": FunctionStep(contested), "b": FunctionStep(other)}, next=END))
+    async with Workflows(db) as workflows:
+        run = await workflows.run(flow, {})
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert run.state["note"] == "this owner" and run.state["total"] == 1
+    key = branch_key(
+        Context(run_id=run.id, workflow=flow.name, step="fan/a", seq=1), state_hash(Fan())
+    )
+    found = await SqlRunStore(db).effect(key)
+    assert found is not None and found.status == "started" and found.attempts == 2
+
+
+async def test_branch_checkpoints_can_be_turned_off(db: Database) -> None:
+    async def one(s: Fan) -> dict[str, int]:
+        return {"total": 1}
+
+    flow = Workflow("fan-light", state=Fan)
+    flow.add(parallel("fan", {"a": FunctionStep(one)}, next=END, checkpoint_branches=False))
+    async with Workflows(db) as workflows:
+        run = await workflows.run(flow, {})
+    assert run.status == RunStatus.SUCCEEDED and run.state["total"] == 1
+    assert await _count(db, workflow_effects, run.id) == 0

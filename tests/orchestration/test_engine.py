@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import orjson
 import pytest
 from pydantic import BaseModel
 
@@ -16,14 +17,17 @@ from trellis.orchestration import (
     Context,
     FunctionStep,
     MemoryRunStore,
+    Outcome,
     Policy,
     RunStatus,
+    Usage,
     Workflow,
     Workflows,
     forbidden,
     gate,
     parallel,
 )
+from trellis.orchestration.parallel import dump_outcome, load_outcome
 from trellis.store import Database
 
 FAST = Backoff(initial=0.001, maximum=0.002)
@@ -388,6 +392,68 @@ async def test_a_failing_branch_fails_the_parallel_step_into_its_fallback() -> N
     async with Workflows() as workflows:
         run = await workflows.run(flow, {})
     assert run.status == RunStatus.SUCCEEDED and run.state["path"] == ["plan_b"]
+
+
+async def test_a_retried_parallel_step_reruns_only_the_branches_that_failed() -> None:
+    """The parallel step's own policy retries it; the branch that finished is read back from
+    the journal instead of running again."""
+    flow = Workflow("retry-fanout", state=S)
+    ran: list[str] = []
+
+    async def ok(s: S) -> dict[str, int]:
+        ran.append("ok")
+        return {"x": 1}
+
+    async def flaky(s: S) -> dict[str, str]:
+        ran.append("flaky")
+        if ran.count("flaky") == 1:
+            raise UpstreamError("flaky branch")
+        return {"note": "fine"}
+
+    flow.add(
+        parallel(
+            "both",
+            {"ok": FunctionStep(ok), "flaky": FunctionStep(flaky)},
+            next=END,
+            policy=Policy(attempts=2, backoff=FAST),
+        )
+    )
+    store = MemoryRunStore()
+    async with Workflows(store=store) as workflows:
+        run = await workflows.run(flow, {})
+        (record,) = await workflows.steps(run.id)
+    assert run.status == RunStatus.SUCCEEDED and run.state["x"] == 1 and run.state["note"] == "fine"
+    assert sorted(ran) == ["flaky", "flaky", "ok"]
+    assert record.attempts == 2
+    keys = sorted(store.effects)
+    assert [k.split(":")[2] for k in keys] == ["both/flaky", "both/ok"]
+    assert all(store.effects[k].status == "done" for k in keys)
+
+
+def test_a_branch_outcome_round_trips_through_json() -> None:
+    class Item(BaseModel):
+        name: str
+
+    class Held(BaseModel):
+        item: Item | None = None
+        n: int = 0
+
+    state = Held()
+    fields = Outcome(
+        update={"item": Item(name="a"), "n": 2},
+        output={"why": ("tuple", 1)},
+        usage=Usage(input_tokens=3, output_tokens=4, cost=0.25, model="m"),
+        events=[{"name": "e", "attributes": {"k": 1}}],
+        route="next",
+    )
+    back = load_outcome(orjson.loads(orjson.dumps(dump_outcome(fields))), state)
+    assert back.update == {"item": Item(name="a"), "n": 2}
+    assert isinstance(back.update["item"], Item)  # type: ignore[index]
+    assert back.output == {"why": ["tuple", 1]}
+    assert back.usage == fields.usage and back.events == fields.events and back.route == "next"
+    whole = Outcome(update=Held(n=5))
+    assert load_outcome(dump_outcome(whole), state).update == Held(n=5)
+    assert load_outcome(dump_outcome(Outcome()), state).update is None
 
 
 async def test_a_stale_owner_cannot_overwrite_the_new_owners_run() -> None:

@@ -1,4 +1,6 @@
-"""The ``agent`` step kind: a bounded loop of constrained-JSON tool calls (FakeUpstream)."""
+"""The ``agent`` step kind: a bounded loop of constrained-JSON tool calls (FakeUpstream).
+
+Native tool calls are in test_kinds_agent_native.py."""
 
 from __future__ import annotations
 
@@ -96,6 +98,8 @@ def step(**kwargs: Any) -> Any:
         "tools": [add],
         "into": "answer",
         "model": "m",
+        # The fake is a hosted provider, where "auto" would pick native calls.
+        "tool_calling": "json",
     }
     return agent("solve", **{**defaults, **kwargs})
 

@@ -38,6 +38,9 @@ class Provider(ABC):
     #: each attempt in a timeout scope of its own; providers that leave this False are
     #: called with ``deadline=None`` and bounded by the router.
     honours_deadline: ClassVar[bool] = False
+    #: Whether ``chat`` takes OpenAI ``tools`` and answers with ``tool_calls`` (an agent
+    #: step's ``tool_calling="auto"`` uses native calls only where every deployment does).
+    tool_calling: ClassVar[bool] = True
 
     def __init__(self, deployment: Deployment) -> None:
         self.deployment = deployment

@@ -70,10 +70,19 @@ class Answer:
     prompt_tokens: int
     completion_tokens: int
     truncated: bool  # the output cap cut the reply short
+    #: Every tool call of the answer as (name, arguments text), when it makes several or
+    #: scripted ones (vendors without parallel calls show the first, from ``tool_name``).
+    calls: list[tuple[str, str]] | None = None
 
     @property
     def arguments(self) -> str:
         return json.dumps(self.tool_args or {})
+
+    def call_list(self) -> list[tuple[str, str]]:
+        """The tool calls as (name, arguments text): the scripted ones, or the single one."""
+        if self.calls is not None:
+            return self.calls
+        return [(self.tool_name, self.arguments)] if self.tool_name else []
 
 
 @dataclass(slots=True)
@@ -238,12 +247,14 @@ class OpenAIVendor(Vendor):
     def chat_body(self, answer: Answer, body: dict[str, Any]) -> Any:
         message: dict[str, Any] = {"role": "assistant", "content": answer.text, "refusal": None}
         if answer.tool_name:
+            call_id = answer.id.replace("chatcmpl-", "call_")
             message["tool_calls"] = [
                 {
-                    "id": answer.id.replace("chatcmpl-", "call_"),
+                    "id": call_id if i == 0 else f"{call_id}_{i}",
                     "type": "function",
-                    "function": {"name": answer.tool_name, "arguments": answer.arguments},
+                    "function": {"name": name, "arguments": arguments},
                 }
+                for i, (name, arguments) in enumerate(answer.call_list())
             ]
         return {
             "id": answer.id,
@@ -281,12 +292,14 @@ class OpenAIVendor(Vendor):
         frames: list[Frame] = [(chunk({"role": "assistant", "content": ""}), False)]
         if answer.tool_name:
             call_id = answer.id.replace("chatcmpl-", "call_")
-            start = {"index": 0, "id": call_id, "type": "function"}
-            start["function"] = {"name": answer.tool_name, "arguments": ""}
-            frames.append((chunk({"tool_calls": [start]}), True))
-            for piece in answer.pieces:
-                delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
-                frames.append((chunk(delta), True))
+            for i, (name, arguments) in enumerate(answer.call_list()):
+                start = {"index": i, "id": call_id if i == 0 else f"{call_id}_{i}"}
+                start.update(type="function", function={"name": name, "arguments": ""})
+                frames.append((chunk({"tool_calls": [start]}), True))
+                pieces = answer.pieces if i == 0 else [arguments]
+                for piece in pieces:
+                    delta = {"tool_calls": [{"index": i, "function": {"arguments": piece}}]}
+                    frames.append((chunk(delta), True))
         else:
             frames.extend((chunk({"content": piece}), True) for piece in answer.pieces)
         frames.append((chunk({}, self._finish(answer)), False))

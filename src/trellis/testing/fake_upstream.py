@@ -37,7 +37,7 @@ from urllib.parse import parse_qsl, urlsplit
 from trellis.testing._fake_vendors import VENDORS, Answer, Frame, Vendor, count_words, dumps
 from trellis.testing._fake_vendors import split_pieces as _split_pieces
 
-__all__ = ["FakeUpstream", "Fault", "FaultQueue", "ReceivedRequest", "main"]
+__all__ = ["FakeUpstream", "Fault", "FaultQueue", "ReceivedRequest", "ToolCallReply", "main"]
 
 _MAX_HEAD = 64 * 1024
 
@@ -150,6 +150,25 @@ class FaultQueue:
         return len(self._queue)
 
 
+@dataclass(frozen=True, slots=True)
+class ToolCallReply:
+    """A tool call the fake model answers with, when ``reply`` returns a list of them.
+
+    ``arguments`` is an object, or the exact arguments text (to script invalid JSON)."""
+
+    name: str
+    arguments: dict[str, Any] | str = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return self.arguments if isinstance(self.arguments, str) else json.dumps(self.arguments)
+
+
+#: What ``FakeUpstream.reply`` may be: fixed text, or a function of the request body giving
+#: text or the tool calls of the answer (several make parallel calls in one message).
+Reply = str | Callable[[dict[str, Any]], "str | list[ToolCallReply]"]
+
+
 @dataclass(slots=True)
 class ReceivedRequest:
     method: str
@@ -183,7 +202,7 @@ class FakeUpstream:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        reply: str | Callable[[dict[str, Any]], str] = "Hello from fake",
+        reply: Reply = "Hello from fake",
         tls: ssl.SSLContext | None = None,
     ) -> None:
         if vendor not in VENDORS:
@@ -193,7 +212,7 @@ class FakeUpstream:
         self.port = port
         #: Serve HTTPS with this server context (its certificate, any client-cert demand).
         self.tls = tls
-        self.reply: str | Callable[[dict[str, Any]], str] = reply
+        self.reply: Reply = reply
         self.tool_call: dict[str, Any] | None = None
         self.served_model: str | None = None
         self.delay = 0.0
@@ -378,7 +397,10 @@ class FakeUpstream:
             pieces = [arguments[i : i + third] for i in range(0, len(arguments), third)]
             tokens = count_words(name) + count_words(arguments)
             return Answer(answer_id, model, None, name, args, pieces, prompt_tokens, tokens, False)
-        text = self.reply(body) if callable(self.reply) else self.reply
+        reply = self.reply(body) if callable(self.reply) else self.reply
+        if isinstance(reply, list):
+            return self._tool_answer(answer_id, model, prompt_tokens, reply)
+        text = reply
         pieces = _split_pieces(text)
         truncated = limit is not None and len(pieces) > limit
         if truncated:
@@ -386,6 +408,32 @@ class FakeUpstream:
             text = "".join(pieces)
         tokens = len(pieces)
         return Answer(answer_id, model, text, None, None, pieces, prompt_tokens, tokens, truncated)
+
+    @staticmethod
+    def _tool_answer(
+        answer_id: str, model: str, prompt_tokens: int, calls: list[ToolCallReply]
+    ) -> Answer:
+        if not calls:
+            raise ValueError("a scripted tool-call answer needs at least one ToolCallReply")
+        first = calls[0]
+        try:
+            args = json.loads(first.text)
+        except ValueError:
+            args = {}
+        pieces = [first.text[i : i + 16] for i in range(0, len(first.text), 16)] or [""]
+        tokens = sum(count_words(c.name) + count_words(c.text) for c in calls)
+        return Answer(
+            answer_id,
+            model,
+            None,
+            first.name,
+            args if isinstance(args, dict) else {},
+            pieces,
+            prompt_tokens,
+            tokens,
+            False,
+            calls=[(c.name, c.text) for c in calls],
+        )
 
     def _json(self, payload: Any, delay: float, status: int = 200) -> _Plan:
         return _Plan(delay, status=status, headers=_JSON, body=dumps(payload))

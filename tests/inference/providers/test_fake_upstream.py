@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from trellis.testing.fake_upstream import FakeUpstream, Fault
+from trellis.testing.fake_upstream import FakeUpstream, Fault, ToolCallReply
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi there"}]}
 ANTHROPIC_HEADERS = {"x-api-key": "k", "anthropic-version": "2023-06-01"}
@@ -316,6 +316,38 @@ def test_cohere_tool_call_stream_event_order(make_upstream: Callable[[str], Fake
     assert types[:3] == ["message-start", "tool-plan-delta", "tool-call-start"]
     assert types[-2:] == ["tool-call-end", "message-end"]
     assert set(types[3:-2]) == {"tool-call-delta"}
+
+
+def test_scripted_parallel_tool_calls_in_a_body_and_a_stream(
+    make_upstream: Callable[[str], FakeUpstream],
+) -> None:
+    """``reply`` may answer with several tool calls (raw argument text kept as given)."""
+    upstream = make_upstream("openai")
+    upstream.reply = lambda body: [
+        ToolCallReply("add", {"a": 1}),
+        ToolCallReply("add", '{"a": 2,'),
+    ]
+    message = httpx.post(upstream.base_url + "/chat/completions", json=CHAT).json()["choices"][0]
+    calls = message["message"]["tool_calls"]
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == [
+        ("add", '{"a": 1}'),
+        ("add", '{"a": 2,'),
+    ]
+    assert len({c["id"] for c in calls}) == 2 and message["finish_reason"] == "tool_calls"
+    text = httpx.post(upstream.base_url + "/chat/completions", json={**CHAT, "stream": True}).text
+    deltas = [
+        call
+        for line in text.split("\n")
+        if line.startswith("data: {")
+        for choice in json.loads(line[6:])["choices"]
+        for call in choice["delta"].get("tool_calls") or []
+    ]
+    arguments: dict[int, str] = {}
+    for delta in deltas:
+        arguments[delta["index"]] = arguments.get(delta["index"], "") + delta["function"].get(
+            "arguments", ""
+        )
+    assert arguments == {0: '{"a": 1}', 1: '{"a": 2,'}
 
 
 def test_gemini_stream_without_sse_is_a_json_array(

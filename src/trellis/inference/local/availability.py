@@ -50,6 +50,7 @@ class NotInstalledProvider(Provider):
     """Stands in for the bundled chat model when its extra is missing."""
 
     system = "trellis.local"
+    tool_calling = False
 
     def __init__(self, deployment: Deployment, missing: str) -> None:
         super().__init__(deployment)

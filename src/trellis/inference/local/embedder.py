@@ -350,6 +350,7 @@ class LocalEmbedderProvider(Provider):
     """Embeddings from the bundled MiniLM, computed in this process."""
 
     system: ClassVar[str] = "trellis.local"
+    tool_calling: ClassVar[bool] = False
 
     def __init__(self, deployment: Deployment, embedder: MiniLMEmbedder | None = None) -> None:
         super().__init__(deployment)

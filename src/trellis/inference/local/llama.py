@@ -357,6 +357,7 @@ class LocalLlamaProvider(Provider):
     """Chat completions from a GGUF model in this process (the bundled SmolLM2 by default)."""
 
     system: ClassVar[str] = "trellis.local"
+    tool_calling: ClassVar[bool] = False
 
     def __init__(self, deployment: Deployment, settings: LocalModelSettings | None = None) -> None:
         super().__init__(deployment)
