@@ -101,7 +101,10 @@ class Answer(Step):
         gateway = gateway_of(ctx)
         request = ChatRequest(model=alias, messages=_messages(s), max_tokens=self.max_tokens)
         result: LLMResult = await complete(gateway, request, caller=ctx.services.get("caller"))
-        cost, priced = price(gateway, alias, result.usage, result.model)
+        # The cost the gateway recorded on the calls' traces (0 for a cached answer);
+        # ``priced`` says whether the deployment has prices at all.
+        cost = result.cost
+        _, priced = price(gateway, alias, result.usage, result.model)
         usage = {
             "model": result.model,
             "input_tokens": result.usage.prompt_tokens,

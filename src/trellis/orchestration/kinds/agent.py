@@ -238,6 +238,7 @@ class AgentStep(Step):
             span.update({GenAI.REQUEST_MODEL: model, "trellis.agent.tools": list(self.tools)})
         transcript: list[dict[str, Any]] = []
         input_tokens = output_tokens = calls = 0
+        cost = 0.0
         served: str | None = None
         for iteration in range(1, self.max_iterations + 1):
             last = self.force_final and iteration == self.max_iterations and iteration > 1
@@ -259,6 +260,7 @@ class AgentStep(Step):
             answer = await gateway.chat(request, caller)
             response = answer.response
             served = response.model
+            cost += answer.cost
             if response.usage is not None:
                 input_tokens += response.usage.prompt_tokens
                 output_tokens += response.usage.completion_tokens
@@ -299,7 +301,10 @@ class AgentStep(Step):
                         "turns": transcript,
                     },
                     usage=StepUsage(
-                        input_tokens=input_tokens, output_tokens=output_tokens, model=served
+                        input_tokens=input_tokens,
+                        output_tokens=output_tokens,
+                        cost=cost,
+                        model=served,
                     ),
                 )
             calls += 1
