@@ -266,7 +266,8 @@ async def test_runs_in_one_session_see_the_earlier_turns_per_key(
     # The session holds one turn per run, not the steps' own exchanges.
     stored = await sessions.messages(SessionKey(mine.id, "s1"))
     assert stored is not None
-    assert [m.content for m in stored[1]] == ["Ada, 36", "Ada is 36 years old.", "Bob, 7", "Bob is 7."]
+    turns = ["Ada, 36", "Ada is 36 years old.", "Bob, 7", "Bob is 7."]
+    assert [m.content for m in stored[1]] == turns
 
 
 async def test_a_session_needs_a_session_store(upstream: FakeUpstream, database: Database) -> None:

@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
 from trellis.orchestration import Policy, RunStatus, Workflow, Workflows, human
 from trellis.orchestration.engine import run_trace
+from trellis.orchestration.privacy import BodiesMode
 from trellis.store import Database
 
 EMAIL = "ada@example.com"
@@ -53,10 +55,12 @@ async def database(tmp_path: Path) -> AsyncIterator[Database]:
     await db.close()
 
 
-async def run_note(database: Database, bodies: str) -> tuple[list[str], str, str, dict]:  # type: ignore[type-arg]
+async def run_note(
+    database: Database, bodies: BodiesMode
+) -> tuple[list[str], str, str, dict[str, Any]]:
     """Run to the human step and on: the step log, the trace and the final state as JSON,
     and the state the waiting run kept."""
-    async with Workflows(database, bodies=bodies) as workflows:  # type: ignore[arg-type]
+    async with Workflows(database, bodies=bodies) as workflows:
         waiting = await workflows.run(note_flow(), {"text": f"write to {EMAIL}"})
         assert waiting.status == RunStatus.WAITING
         done = await workflows.resume(waiting.id, True)
@@ -64,9 +68,7 @@ async def run_note(database: Database, bodies: str) -> tuple[list[str], str, str
         steps = await workflows.steps(done.id)
     log = [json.dumps([s.output, s.state, s.error, s.events, s.attributes]) for s in steps]
     trace = run_trace(done, steps)
-    dumped = json.dumps(
-        [[s.attributes, s.events] for s in trace.spans], default=str
-    )
+    dumped = json.dumps([[s.attributes, s.events] for s in trace.spans], default=str)
     return log, dumped, json.dumps(done.state), waiting.state
 
 

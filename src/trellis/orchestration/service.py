@@ -317,9 +317,7 @@ class Workflows:
         session_id: str | None = None,
     ) -> RunRecord:
         """Start a run and wait until it finishes or waits for input."""
-        return await self.wait(
-            await self.start(flow, input, key_id=key_id, session_id=session_id)
-        )
+        return await self.wait(await self.start(flow, input, key_id=key_id, session_id=session_id))
 
     async def resume(self, run_id: str, input: Any) -> RunRecord:
         """Give a waiting run its input and continue it (waits as :meth:`run` does)."""
