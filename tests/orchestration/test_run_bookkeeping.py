@@ -19,7 +19,7 @@ from trellis.inference.conversation import SessionKey
 from trellis.inference.gateway import Gateway
 from trellis.inference.router import Router
 from trellis.memory.sessions import SessionMemory
-from trellis.orchestration import RunStatus, Workflow, Workflows, agent, llm
+from trellis.orchestration import RunStatus, Workflow, Workflows, agent, llm, parallel
 from trellis.orchestration.builtin import cascade
 from trellis.settings import Deployment, ModelAlias, Prices, RetrySettings
 from trellis.store import Database
@@ -275,3 +275,31 @@ async def test_a_session_needs_a_session_store(upstream: FakeUpstream, database:
     async with Workflows(database, services=services) as wf:
         with pytest.raises(UnsupportedFeatureError):
             await wf.start(two_llm_steps(), {"question": "x"}, session_id="s1")
+
+
+async def test_a_parallel_branch_reads_the_session_too(
+    upstream: FakeUpstream, database: Database
+) -> None:
+    replies = Replies("First answer.")
+    upstream.reply = replies
+    gateway = make_gateway(upstream, ListSink())
+    gateway.sessions = SessionMemory(database)
+
+    def session_flow(name: str, *, branched: bool) -> Workflow[Ask]:
+        flow = Workflow(name, state=Ask, output=lambda s: s.summary)
+        step = llm(
+            "say", model="priced", messages=lambda s: s.question, into="summary", session=True
+        )
+        flow.add(parallel("both", {"say": step}) if branched else step)
+        return flow
+
+    async with Workflows(database, services={"gateway": gateway}) as wf:
+        await wf.run(session_flow("plain", branched=False), {"question": "Hi."}, session_id="p")
+        await wf.run(
+            session_flow("branched", branched=True), {"question": "Again."}, session_id="p"
+        )
+    assert [m["content"] for m in replies.bodies[1]["messages"]] == [
+        "Hi.",
+        "First answer.",
+        "Again.",
+    ]
