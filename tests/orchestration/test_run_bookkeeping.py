@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from trellis.access.keys import KeyStore
 from trellis.errors import InvalidRequestError, UnsupportedFeatureError
+from trellis.inference.cache import MemoryBackend, ResponseCache
 from trellis.inference.conversation import SessionKey
 from trellis.inference.gateway import Gateway
 from trellis.inference.router import Router
@@ -303,3 +304,23 @@ async def test_a_parallel_branch_reads_the_session_too(
         "First answer.",
         "Again.",
     ]
+
+
+async def test_a_cascade_answered_from_the_cache_spent_nothing(
+    upstream: FakeUpstream, database: Database
+) -> None:
+    upstream.reply = "Blue is a colour."
+    sink = ListSink()
+    gateway = make_gateway(upstream, sink)
+    gateway.cache = ResponseCache(MemoryBackend(), ttl_seconds=60)
+    for alias in gateway.router.aliases.values():
+        alias.cache = True
+    cascade_input = {"prompt": "Name a colour.", "cheap_model": "cheap", "strong_model": "strong"}
+    async with Workflows(database, services={"gateway": gateway}) as wf:
+        paid = await wf.run(cascade.workflow, cascade_input)
+        cached = await wf.run(cascade.workflow, cascade_input)
+    assert paid.output["savings"]["cheap_cost"] > 0
+    assert [t.summary["cache_hit"] for t in sink.traces if t.kind == "chat"] == [False, True]
+    saved = cached.output["savings"]
+    assert saved["cheap_cost"] == 0 and cached.cost == 0
+    assert saved["cost_saved"] == pytest.approx(saved["strong_cost_estimate"])
