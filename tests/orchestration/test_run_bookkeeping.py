@@ -249,8 +249,9 @@ async def test_runs_in_one_session_see_the_earlier_turns_per_key(
         await wf.run(flow, {"question": "Bob, 7"}, key_id=mine.id, session_id="s1")
         replies.texts = ['{"name": "Cy", "age": 9}', "Cy is 9."]
         await wf.run(flow, {"question": "Cy, 9"}, key_id=other.id, session_id="s1")
-        with pytest.raises(InvalidRequestError):
-            await wf.start(flow, {"question": "x"}, session_id="not valid!")
+        for invalid in ("not valid!", "s1\n", "", "x" * 201):
+            with pytest.raises(InvalidRequestError):
+                await wf.start(flow, {"question": "x"}, session_id=invalid)
     bodies = replies.bodies
     # Per run: extract (no session), summarize (session=True).
     first_summary, second_extract, second_summary, other_summary = (

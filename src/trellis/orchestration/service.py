@@ -63,7 +63,7 @@ def _alive(pid: int) -> bool:
 
 
 #: A session id as chat completions accept it (``trellis.session_id``).
-SESSION_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,200}$")
+SESSION_ID = re.compile(r"[A-Za-z0-9._:@-]{1,200}")
 
 
 def _json(value: Any) -> Any:
@@ -216,7 +216,7 @@ class Workflows:
         run a turn of that conversation (``orchestration.turns``)."""
         flow = self._resolve(flow)
         if session_id is not None:
-            if not SESSION_ID.match(session_id):
+            if not SESSION_ID.fullmatch(session_id):
                 raise InvalidRequestError(
                     "session_id must be 1-200 characters of letters, digits and . _ : @ -",
                     param="session_id",
