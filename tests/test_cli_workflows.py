@@ -158,3 +158,10 @@ def test_serve_refuses_a_bad_workflow_path(
     monkeypatch.setenv("TRELLIS_CONFIG", str(bad))  # serve sets it; restored after the test
     code, out = invoke(bad, "serve")
     assert code == 2 and "invalid settings" in out and "has no 'missing'" in out
+
+
+def test_run_in_a_session(config: Path) -> None:
+    code, out = invoke(config, "run", "review", "--input", '{"text": "a b"}', "--session", "x y")
+    assert code == 1 and "session_id" in out
+    row = invoke_json(config, "run", "review", "--input", '{"text": "a b"}', "--session", "cli-1")
+    assert row["status"] == "succeeded" and row["session_id"] == "cli-1"

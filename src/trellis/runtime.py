@@ -34,6 +34,7 @@ from trellis.orchestration.service import Workflows
 from trellis.retrieval import Retrieval, index_for
 from trellis.settings import Deployment, Settings
 from trellis.store.db import Database
+from trellis.store.retention import DataRetentionJob
 
 if TYPE_CHECKING:
     from trellis.inference.local.embedder import MiniLMEmbedder
@@ -50,6 +51,8 @@ class Trellis:
         self.keys: KeyStore | None = None
         self.writer: TraceWriter | None = None
         self.retention: RetentionJob | None = None
+        #: Retention of finished runs, idle sessions and old memories (by their settings).
+        self.data_retention: DataRetentionJob | None = None
         #: The sink start() attached to ``trellis.observe.api``; aclose() detaches it.
         self._api_sink: TraceSink | None = None
         self.traces: TraceStore | None = None
@@ -135,6 +138,14 @@ class Trellis:
             sink = self.writer
             self.retention = RetentionJob(self.db, settings.tracing)
             await self.retention.start()
+        self.data_retention = DataRetentionJob(
+            self.db,
+            settings.orchestration,
+            settings.memory,
+            interval=settings.tracing.retention_interval,
+            batch_size=settings.tracing.retention_batch_size,
+        )
+        await self.data_retention.start()
         if settings.tracing.enabled and settings.tracing.otlp_endpoint:
             self.exporter = OtlpExporter(settings.tracing)
             await self.exporter.start()
@@ -185,7 +196,16 @@ class Trellis:
             lease_seconds=settings.orchestration.lease_seconds,
             heartbeat_seconds=settings.orchestration.heartbeat_seconds,
             keep_step_states=settings.orchestration.keep_step_states,
-            services={"gateway": self.gateway, "retriever": self.gateway.retriever},
+            # Step records keep what traces keep of bodies: as is, redacted, or nothing.
+            bodies=settings.tracing.bodies,
+            # A run's model calls go out as the key that started it (looked up by id), and
+            # a run with a session_id records its turn in the sessions store.
+            services={
+                "gateway": self.gateway,
+                "retriever": self.gateway.retriever,
+                "keys": self.keys,
+                "sessions": self.sessions,
+            },
             flows=flows,
         )
         if settings.alerts.enabled:
@@ -207,6 +227,9 @@ class Trellis:
             self._api_sink = None
         if self.retention is not None:
             await self.retention.close()
+        if self.data_retention is not None:
+            await self.data_retention.close()
+            self.data_retention = None
         if self.exporter is not None:
             await self.exporter.close()
         if self.writer is not None:

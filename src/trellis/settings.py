@@ -352,12 +352,33 @@ class OrchestrationSettings(_Strict):
     keep_step_states: bool = Field(
         default=True, description="Store the full state after every step (for inspection)"
     )
+    retention_days: float = Field(
+        default=0,
+        ge=0,
+        description="Delete finished runs (succeeded, failed, cancelled), with their steps "
+        "and effect records, this many days after they finished; 0 keeps them. Queued, "
+        "running and waiting runs are never deleted",
+    )
 
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> OrchestrationSettings:
         if self.heartbeat_seconds >= self.lease_seconds:
             raise ValueError("orchestration.heartbeat_seconds must be below lease_seconds")
         return self
+
+
+class MemorySettings(_Strict):
+    session_retention_days: float = Field(
+        default=0,
+        ge=0,
+        description="Delete sessions (with their turns and summary) idle for this many "
+        "days; 0 keeps them",
+    )
+    memory_retention_days: float = Field(
+        default=0,
+        ge=0,
+        description="Delete long-term memories not written for this many days; 0 keeps them",
+    )
 
 
 class LocalModelSettings(_Strict):
@@ -439,6 +460,7 @@ class Settings(BaseSettings):
     local: LocalModelSettings = Field(default_factory=LocalModelSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
     workflows: list[str] = Field(
         default_factory=list,
         description="Workflows to serve, by import path ('package.module:name' of a "

@@ -162,6 +162,13 @@ def workflows_graph(
 def run_workflow(
     name: Annotated[str, typer.Argument(help="The workflow's name (see `trellis workflows list`)")],
     input: InputOption = "{}",
+    session: Annotated[
+        str | None,
+        typer.Option(
+            "--session",
+            help="Make the run a turn of this session (the in-process namespace, no key)",
+        ),
+    ] = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -172,7 +179,7 @@ def run_workflow(
     value = _parse_input(input, object_only=True)
 
     async def start(workflows: Any) -> dict[str, Any]:
-        return run_dict(await workflows.run(name, value))
+        return run_dict(await workflows.run(name, value, session_id=session))
 
     _finish(run(lambda: _with_runtime(settings, start)), as_json)
 

@@ -100,6 +100,13 @@ class Bookkeeper:
         call.trace.finish()
         self.later(self.finish_chat, call, response, cache_hit, match)
 
+    def cost(self, call: Call, response: ChatResponse) -> float:
+        """What the answer cost (USD): the figure ``finish_chat`` puts on the trace."""
+        target = call.outcome.target
+        if target is None:
+            return 0.0
+        return self.prices.cost(target.deployment, response.usage or Usage(), response.model).total
+
     def finish_chat(
         self,
         call: Call,

@@ -31,6 +31,9 @@ class Caller:
     auth_end_ns: int | None = None
     no_cache: bool = False  # Cache-Control: no-cache — skip the lookup
     no_store: bool = False  # Cache-Control: no-store — do not store the answer
+    #: Append the exchange to its ``trellis.session_id`` session. Workflow runs turn it
+    #: off: their steps read the session, and the run records one turn when it finishes.
+    session_record: bool = True
 
     @property
     def key_id(self) -> str | None:

@@ -79,6 +79,9 @@ class ChatResult:
     trace_id: str
     #: Set on a semantic-cache hit: how close the cached prompt was (exact hits: None).
     similarity: float | None = None
+    #: What the call cost in USD: the figure its trace records (0 for a cache hit or an
+    #: unpriced model), so callers that add up costs (workflow steps) need no price book.
+    cost: float = 0.0
 
 
 @dataclass(slots=True)
@@ -209,7 +212,7 @@ class Gateway:
             await self._remember(call, response)
             await self._cache_store(call, response)
             book.complete(call, response, cache_hit=False)
-            return ChatResult(response, False, call.trace.trace_id)
+            return ChatResult(response, False, call.trace.trace_id, cost=book.cost(call, response))
         except BaseException as exc:
             book.fail(call, exc)
             raise
@@ -511,7 +514,12 @@ class Gateway:
 
     async def _remember(self, call: Call, response: ChatResponse) -> None:
         """Store the exchange (the request's new messages and the answer) in its session."""
-        if call.session is None or self.sessions is None or not response.choices:
+        if (
+            call.session is None
+            or self.sessions is None
+            or not response.choices
+            or not call.caller.session_record
+        ):
             return
         new = [m for m in call.received.messages if m.role not in ("system", "developer")]
         answer = response.choices[0].message

@@ -49,8 +49,11 @@ class Context:
     error: StepError | None = None
     #: The run store (tools use it for their idempotency records).
     store: RunStore | None = None
-    #: Service handles wired by the runtime (``"gateway"``, ``"retriever"``...), for step kinds.
+    #: Service handles wired by the runtime (``"gateway"``, ``"retriever"``...), for step kinds;
+    #: ``"caller"`` is the run's own: the API key that started it.
     services: dict[str, Any] = field(default_factory=dict)
+    #: The conversation the run belongs to (``session_id`` at start), for ``llm(session=True)``.
+    session_id: str | None = None
 
     def idempotency_key(self, name: str = "") -> str:
         """``"{run_id}:{seq}:{step}[:{name}]"``: the same on every retry and resume of the step."""

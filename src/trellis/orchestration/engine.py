@@ -18,7 +18,9 @@ from pydantic import BaseModel
 from trellis.errors import TrellisError
 from trellis.observe.tracing import Span, Trace, TraceSink, new_span_id
 from trellis.orchestration.context import Context, StepError
+from trellis.orchestration.identity import RunKeyRevoked, run_caller
 from trellis.orchestration.policy import attempt_loop
+from trellis.orchestration.privacy import BodiesMode, StepPrivacy
 from trellis.orchestration.records import Checkpoint, Lease, RunRecord, RunStatus, StepRecord
 from trellis.orchestration.steps import END, Outcome, Step
 from trellis.orchestration.store import RunStore
@@ -77,10 +79,13 @@ class Engine:
         *,
         services: dict[str, Any] | None = None,
         keep_step_states: bool = True,
+        bodies: BodiesMode = "full",
     ) -> None:
         self.store = store
         self.services = services if services is not None else {}
         self.keep_step_states = keep_step_states
+        #: What step records keep of outputs and states (``tracing.bodies``).
+        self.privacy = StepPrivacy(bodies)
         #: Run ids whose local task is being cancelled on the user's request (not a shutdown).
         self.cancelling: set[str] = set()
 
@@ -92,6 +97,14 @@ class Engine:
         state = flow.state.model_validate(record.state)
         cursor, seq = record.next_step, record.seq
         handoff = StepError(**record.error) if record.error else None
+        try:
+            services = await self._run_services(record)
+        except RunKeyRevoked as exc:
+            error = StepError.from_exception(exc, cursor or "").to_dict()
+            await self._finish(lease, RunStatus.FAILED, error)
+            final = await self.store.get(lease.run_id)
+            assert final is not None
+            return final
         try:
             while True:
                 if record.cancel_requested:
@@ -107,7 +120,12 @@ class Engine:
                     break
                 step = flow.steps[cursor]
                 seq += 1
-                cp, state, handoff = await self._step(flow, record, step, seq, state, handoff)
+                cp, state, handoff = await self._step(
+                    flow, record, step, seq, state, handoff, services
+                )
+                self.privacy.apply(cp.step)
+                if cp.finished:
+                    cp.state = self.privacy.final_state(cp.state)
                 committed = await self.store.checkpoint(lease, cp, time.time())
                 if committed is None:
                     raise LeaseLost(f"run {lease.run_id} is owned by another worker now")
@@ -128,6 +146,14 @@ class Engine:
         final = await self.store.get(lease.run_id)
         assert final is not None
         return final
+
+    async def _run_services(self, record: RunRecord) -> dict[str, Any]:
+        """The services of this run's steps: the shared ones, with the run's own caller
+        (the key that started it, looked up again now: it may have been revoked)."""
+        if "caller" in self.services:  # a library user wired one caller for every run
+            return self.services
+        caller = await run_caller(record.key_id, self.services.get("keys"))
+        return {**self.services, "caller": caller}
 
     async def _finish(self, lease: Lease, status: RunStatus, error: dict[str, Any] | None) -> None:
         if not await self.store.finish(lease, status.value, error, time.time()):
@@ -151,6 +177,7 @@ class Engine:
         seq: int,
         state: BaseModel,
         handoff: StepError | None,
+        services: dict[str, Any] | None = None,
     ) -> tuple[Checkpoint, BaseModel, StepError | None]:
         """Execute one step under its policy; the checkpoint to commit, the new state, the
         error handed to the next step (fallback or goto)."""
@@ -163,7 +190,8 @@ class Engine:
             span=span,
             error=handoff,
             store=self.store,
-            services=self.services,
+            services=self.services if services is None else services,
+            session_id=record.session_id,
         )
         result = await self._attempts(step, ctx, flow, state)
         span.end()

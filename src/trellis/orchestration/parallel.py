@@ -190,6 +190,7 @@ class ParallelStep(Step):
             error=ctx.error,
             store=ctx.store,
             services=ctx.services,
+            session_id=ctx.session_id,
         )
         store = ctx.store if self.checkpoint_branches else None
         key = branch_key(branch_ctx, hashed)

@@ -46,6 +46,8 @@ class RunRecord:
     output: Any = None
     error: dict[str, Any] | None = None
     key_id: str | None = None
+    #: The conversation (``memory_sessions``, in the key's namespace) the run belongs to.
+    session_id: str | None = None
     waiting_for: dict[str, Any] | None = None
     cancel_requested: bool = False
     lease_owner: str | None = None

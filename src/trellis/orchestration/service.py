@@ -12,6 +12,7 @@ import builtins
 import contextlib
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -20,10 +21,18 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from trellis.errors import ConfigurationError, ConflictError, InvalidRequestError, NotFoundError
+from trellis.errors import (
+    ConfigurationError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    UnsupportedFeatureError,
+)
+from trellis.inference.conversation import SessionStore
 from trellis.observe.tracing import NullSink, TraceSink, new_span_id, new_trace_id
 from trellis.orchestration.engine import Engine, LeaseLost, merge_state, run_trace
 from trellis.orchestration.human import HumanStep
+from trellis.orchestration.privacy import BodiesMode
 from trellis.orchestration.records import (
     FINISHED,
     Checkpoint,
@@ -35,6 +44,7 @@ from trellis.orchestration.records import (
 from trellis.orchestration.sqlite_store import default_store
 from trellis.orchestration.steps import END
 from trellis.orchestration.store import MemoryRunStore, RunStore, Worker
+from trellis.orchestration.turns import record_turn
 from trellis.orchestration.workflow import Workflow
 from trellis.store.db import Database
 
@@ -51,6 +61,10 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+#: A session id as chat completions accept it (``trellis.session_id``).
+SESSION_ID = re.compile(r"[A-Za-z0-9._:@-]{1,200}")
 
 
 def _json(value: Any) -> Any:
@@ -74,13 +88,16 @@ class Workflows:
         heartbeat_seconds: float = 5.0,
         services: dict[str, Any] | None = None,
         keep_step_states: bool = True,
+        bodies: BodiesMode = "full",
     ) -> None:
         if store is None:
             # A SQLite file gets the direct writer thread; Postgres and :memory: SQLAlchemy.
             store = default_store(db) if db is not None else MemoryRunStore()
         self.store = store
         self.sink: TraceSink = sink or NullSink()
-        self.engine = Engine(store, services=services, keep_step_states=keep_step_states)
+        self.engine = Engine(
+            store, services=services, keep_step_states=keep_step_states, bodies=bodies
+        )
         self.lease_seconds = lease_seconds
         self.heartbeat_seconds = heartbeat_seconds
         self.worker_id = uuid.uuid4().hex
@@ -197,9 +214,23 @@ class Workflows:
         input: dict[str, Any] | BaseModel,
         *,
         key_id: str | None = None,
+        session_id: str | None = None,
     ) -> str:
-        """Create a run leased to this process and start it; returns the run id at once."""
+        """Create a run leased to this process and start it; returns the run id at once.
+
+        ``key_id`` is the API key the run's model calls go out as; ``session_id`` makes the
+        run a turn of that conversation (``orchestration.turns``)."""
         flow = self._resolve(flow)
+        if session_id is not None:
+            if not SESSION_ID.fullmatch(session_id):
+                raise InvalidRequestError(
+                    "session_id must be 1-200 characters of letters, digits and . _ : @ -",
+                    param="session_id",
+                )
+            if self.sessions is None:
+                raise UnsupportedFeatureError(
+                    "sessions are not available to these workflows", param="session_id"
+                )
         try:
             state = flow.state.model_validate(_json(input))
         except ValidationError as exc:
@@ -221,6 +252,7 @@ class Workflows:
                 updated_at=now,
                 next_step=flow.first,
                 key_id=key_id,
+                session_id=session_id,
                 lease_owner=self.worker_id,
                 lease_epoch=1,
                 lease_until=now + self.lease_seconds,
@@ -245,8 +277,24 @@ class Workflows:
             log.exception("workflow run %s stopped", lease.run_id)
             raise
         if run.status in FINISHED:
-            await self._record_trace(run)
+            await self._finished(flow, run)
         return run
+
+    @property
+    def sessions(self) -> SessionStore | None:
+        """Where runs with a ``session_id`` record their turn: the ``sessions`` service,
+        else the gateway's (the store its session stage reads)."""
+        services = self.engine.services
+        sessions = services.get("sessions")
+        if sessions is None:
+            sessions = getattr(services.get("gateway"), "sessions", None)
+        return sessions  # type: ignore[no-any-return]
+
+    async def _finished(self, flow: Workflow[Any], run: RunRecord) -> None:
+        """What follows a run's end: its trace, and its turn in its session."""
+        await self._record_trace(run)
+        if run.session_id is not None:
+            await record_turn(self.sessions, flow, run)
 
     async def _record_trace(self, run: RunRecord) -> None:
         try:
@@ -272,9 +320,10 @@ class Workflows:
         input: dict[str, Any] | BaseModel,
         *,
         key_id: str | None = None,
+        session_id: str | None = None,
     ) -> RunRecord:
         """Start a run and wait until it finishes or waits for input."""
-        return await self.wait(await self.start(flow, input, key_id=key_id))
+        return await self.wait(await self.start(flow, input, key_id=key_id, session_id=session_id))
 
     async def resume(self, run_id: str, input: Any) -> RunRecord:
         """Give a waiting run its input and continue it (waits as :meth:`run` does)."""
@@ -304,13 +353,14 @@ class Workflows:
             start_ns=int(run.updated_at * 1e9),
             end_ns=time.time_ns(),
             output=_json(value),
-            state=dumped,
+            state=dumped if self.engine.keep_step_states else None,
             next_step=target,
         )
+        self.engine.privacy.apply(record)
         done = target == END
         cp = Checkpoint(
             step=record,
-            state=dumped,
+            state=self.engine.privacy.final_state(dumped) if done else dumped,
             status=RunStatus.SUCCEEDED.value if done else RunStatus.QUEUED.value,
             next_step=None if done else target,
             output=(_json(flow.output(state)) if flow.output else dumped) if done else None,
@@ -320,7 +370,7 @@ class Workflows:
             raise ConflictError(f"run {run_id} was resumed already")
         if done:
             finished = await self.get(run_id)
-            await self._record_trace(finished)
+            await self._finished(flow, finished)
             return finished
         await self._ensure_worker()
         leases = await self.store.claim(

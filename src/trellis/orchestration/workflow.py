@@ -27,13 +27,23 @@ class Workflow(Generic[S]):
     """
 
     def __init__(
-        self, name: str, *, state: type[S], output: Callable[[S], Any] | None = None
+        self,
+        name: str,
+        *,
+        state: type[S],
+        output: Callable[[S], Any] | None = None,
+        question: Callable[[dict[str, Any]], str | None] | None = None,
+        answer: Callable[[Any], str | None] | None = None,
     ) -> None:
         if not name:
             raise ConfigurationError("a workflow needs a name")
         self.name = name
         self.state = state
         self.output = output
+        #: A run's question (its input → text) and answer (its output → text): the turn a
+        #: run started with a ``session_id`` adds to its session (``orchestration.turns``).
+        self.question = question
+        self.answer = answer
         self.steps: dict[str, Step] = {}
         self._order: list[str] = []
 

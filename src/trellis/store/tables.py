@@ -295,6 +295,8 @@ workflow_runs = Table(
     Column("seq", Integer, nullable=False, server_default="0"),
     Column("trace_id", String(32), nullable=False),
     Column("key_id", String(32), nullable=True),
+    # The conversation the run belongs to (revision 0010_run_sessions).
+    Column("session_id", String(200), nullable=True),
     Column("waiting_for", JSONType, nullable=True),
     Column("cancel_requested", Boolean, nullable=False, server_default=false()),
     Column("lease_owner", String(32), nullable=True),
@@ -311,6 +313,7 @@ workflow_runs = Table(
     Index("ix_workflow_runs_status_lease_until", "status", "lease_until"),
     Index("ix_workflow_runs_workflow_created_at", "workflow", "created_at"),
     Index("ix_workflow_runs_lease_owner", "lease_owner"),
+    Index("ix_workflow_runs_finished_at", "finished_at"),
 )
 
 #: The checkpoint log: one row per completed step execution, append-only.
@@ -386,6 +389,7 @@ memory_sessions = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     UniqueConstraint("owner", "session_id"),
+    Index("ix_memory_sessions_updated_at", "updated_at"),
 )
 
 memory_turns = Table(

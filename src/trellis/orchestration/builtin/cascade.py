@@ -1,7 +1,8 @@
 """``cascade``: a cheap model first, a gate, and a stronger model only when the gate fails.
 
 Each run records what the cascade saved (``savings`` in the state and the output): the
-cheap path's tokens and cost, what the strong model would have cost for the same tokens
+cheap path's tokens and cost (what the gateway recorded on its calls' traces: 0 when it
+was answered from the cache), what the strong model would have cost for the same tokens
 (its deployment's prices from the gateway's price book), and whether it escalated. A run
 that did not escalate saved ``strong_cost_estimate - cheap_cost``; one that escalated
 saved nothing and spent the cheap call on top (``cost_saved`` is minus the cheap cost).
@@ -101,7 +102,10 @@ class Answer(Step):
         gateway = gateway_of(ctx)
         request = ChatRequest(model=alias, messages=_messages(s), max_tokens=self.max_tokens)
         result: LLMResult = await complete(gateway, request, caller=ctx.services.get("caller"))
-        cost, priced = price(gateway, alias, result.usage, result.model)
+        # The cost the gateway recorded on the calls' traces (0 for a cached answer);
+        # ``priced`` says whether the deployment has prices at all.
+        cost = result.cost
+        _, priced = price(gateway, alias, result.usage, result.model)
         usage = {
             "model": result.model,
             "input_tokens": result.usage.prompt_tokens,

@@ -145,6 +145,7 @@ class ExtractStep(Step):
             usage=Usage(
                 input_tokens=result.usage.prompt_tokens,
                 output_tokens=result.usage.completion_tokens,
+                cost=result.cost,
                 model=result.model,
             ),
         )

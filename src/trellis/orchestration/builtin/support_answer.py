@@ -148,6 +148,8 @@ def build(
             repair=1,
             temperature=0.0,
             max_tokens=max_tokens,
+            # A run started with a session_id answers follow-ups in context.
+            session=True,
             policy=Policy(attempts=2, backoff=Backoff(0.0, 0.0), fallback="refuse"),
         )
     )

@@ -105,6 +105,8 @@ class AgentRun:
     transcript: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     input_tokens: int = 0
     output_tokens: int = 0
+    #: What the gateway charged for the step's model calls, summed over iterations.
+    cost: float = 0.0
     #: Tool calls made so far; call n is journaled under ``"<step>#<n>"``.
     calls: int = 0
     served: str | None = None
@@ -114,6 +116,7 @@ class AgentRun:
         answer = await self.gateway.chat(request, self.caller)
         response = answer.response
         self.served = response.model
+        self.cost += answer.cost
         if response.usage is not None:
             self.input_tokens += response.usage.prompt_tokens
             self.output_tokens += response.usage.completion_tokens
@@ -183,6 +186,7 @@ class AgentRun:
             usage=StepUsage(
                 input_tokens=self.input_tokens,
                 output_tokens=self.output_tokens,
+                cost=self.cost,
                 model=self.served,
             ),
         )

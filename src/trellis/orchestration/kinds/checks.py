@@ -74,6 +74,8 @@ class CheckResult(BaseModel):
     score: float | None = None
     detail: str = ""
     _usage: Usage | None = PrivateAttr(default=None)
+    #: USD the check's model calls cost (the judge's, repairs included).
+    _cost: float = PrivateAttr(default=0.0)
 
 
 class Verdict(BaseModel):
@@ -338,6 +340,7 @@ class Judge(Check):
             detail=f"{self.model}: {answer.reason}"[:600],
         )
         check._usage = result.usage
+        check._cost = result.cost
         return check
 
 

@@ -32,17 +32,19 @@ async def evaluate(
     """Run ``checks`` on ``state``; the verdict and the model usage the checks spent."""
     results: list[CheckResult] = []
     input_tokens = output_tokens = 0
+    cost = 0.0
     for check in checks:
         result = await check.run(state, services)
         results.append(result)
         usage = result._usage
+        cost += result._cost
         if usage is not None:
             input_tokens += usage.prompt_tokens
             output_tokens += usage.completion_tokens
         if not result.passed and not run_all:
             break
     verdict = Verdict(passed=all(r.passed for r in results), checks=results)
-    return verdict, Usage(input_tokens=input_tokens, output_tokens=output_tokens)
+    return verdict, Usage(input_tokens=input_tokens, output_tokens=output_tokens, cost=cost)
 
 
 class GateStep(Step):

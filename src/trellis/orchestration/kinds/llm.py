@@ -26,7 +26,7 @@ from trellis.orchestration.kinds.structured import OutputSchema, OutputSpec, out
 from trellis.orchestration.policy import Policy
 from trellis.orchestration.steps import Next, Outcome, Step
 from trellis.orchestration.steps import Usage as StepUsage
-from trellis.schema import ChatMessage, ChatRequest, Usage
+from trellis.schema import ChatMessage, ChatRequest, TrellisOptions, Usage
 
 __all__ = [
     "LLMStep",
@@ -72,6 +72,8 @@ class LLMResult:
     errors: list[str] = field(default_factory=list)
     model: str | None = None
     cache_hits: int = 0
+    #: USD over every call, repairs included: the sum of the calls' trace costs.
+    cost: float = 0.0
 
     @property
     def repairs(self) -> int:
@@ -141,6 +143,7 @@ async def complete(
         result.calls += 1
         result.trace_ids.append(answer.trace_id)
         result.cache_hits += int(answer.cache_hit)
+        result.cost += answer.cost
         response = answer.response
         result.model = response.model
         _add_usage(result.usage, response.usage)
@@ -201,6 +204,7 @@ class LLMStep(Step):
         temperature: float | None = None,
         max_tokens: int | None = None,
         params: Mapping[str, Any] | None = None,
+        session: bool = False,
         next: Next | None = None,
         policy: Policy | None = None,
     ) -> None:
@@ -214,6 +218,8 @@ class LLMStep(Step):
         self.model = model
         self.schema = output_schema(output, name=None)
         self.repair = repair if self.schema is not None else 0
+        #: Continue the run's session: its earlier turns and summary go before the messages.
+        self.session = session
         #: Any other ChatRequest fields (seed, stop, top_p, trellis options...).
         self.params = dict(params or {})
         if temperature is not None:
@@ -228,8 +234,17 @@ class LLMStep(Step):
             {**self.params, "model": model, "messages": as_messages(self.messages(state))}
         )
 
+    def with_session(self, request: ChatRequest, session_id: str | None) -> ChatRequest:
+        """``request`` continuing ``session_id`` (as ``trellis.session_id``) when this step
+        reads the run's session and the run has one."""
+        if not self.session or session_id is None:
+            return request
+        options = request.trellis or TrellisOptions()
+        options = options.model_copy(update={"session_id": session_id})
+        return request.model_copy(update={"trellis": options})
+
     async def execute(self, ctx: Context, state: Any) -> Outcome:
-        request = self.request(state)
+        request = self.with_session(self.request(state), ctx.session_id)
         span = ctx.span
         if span is not None:
             span.update({GenAI.REQUEST_MODEL: request.model, "trellis.llm.into": self.into})
@@ -263,6 +278,7 @@ class LLMStep(Step):
                     "trellis.llm.repairs": result.repairs,
                     "trellis.llm.trace_ids": result.trace_ids,
                     "trellis.cache.hits": result.cache_hits,
+                    "trellis.cost_usd": result.cost,
                 }
             )
         return Outcome(
@@ -270,6 +286,7 @@ class LLMStep(Step):
             usage=StepUsage(
                 input_tokens=result.usage.prompt_tokens,
                 output_tokens=result.usage.completion_tokens,
+                cost=result.cost,
                 model=result.model,
             ),
         )
@@ -286,6 +303,7 @@ def llm(
     temperature: float | None = None,
     max_tokens: int | None = None,
     params: Mapping[str, Any] | None = None,
+    session: bool = False,
     next: Next | None = None,
     policy: Policy | None = None,
 ) -> LLMStep:
@@ -295,6 +313,8 @@ def llm(
     ``output`` (a pydantic model or a JSON Schema) makes the answer typed: sent as
     ``response_format`` json_schema, validated, and repaired up to ``repair`` times with
     the validation error fed back. Without it the field gets the answer's text.
+    ``session=True`` puts the earlier turns (and summary) of the run's session, when it was
+    started with a ``session_id``, before the messages.
     """
     return LLMStep(
         name,
@@ -306,6 +326,7 @@ def llm(
         temperature=temperature,
         max_tokens=max_tokens,
         params=params,
+        session=session,
         next=next,
         policy=policy,
     )

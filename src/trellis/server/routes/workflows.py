@@ -47,6 +47,15 @@ class StartRun(BaseModel):
     stream: bool = Field(
         default=False, description="Send each completed step as a server-sent event"
     )
+    session_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9._:@-]+$",
+        description="Make the run a turn of this conversation (the key's own, as "
+        "`trellis.session_id` on chat completions): `llm(session=True)` steps see its "
+        "earlier turns, and the run's question and answer are added to it",
+    )
 
 
 class ResumeRun(BaseModel):
@@ -93,6 +102,7 @@ class RunReply(BaseModel):
     next_step: str | None = None
     trace_id: str
     key_id: str | None = None
+    session_id: str | None = None
     created_at: float
     updated_at: float
     finished_at: float | None = None
@@ -188,7 +198,9 @@ async def start_run(request: Request, name: str = WorkflowName) -> Any:
     caller = await authenticate(request, INFERENCE)
     body = parse_body(StartRun, await read_json(request))
     workflows = _workflows(request)
-    run_id = await workflows.start(name, body.input, key_id=caller.key_id)
+    run_id = await workflows.start(
+        name, body.input, key_id=caller.key_id, session_id=body.session_id
+    )
     if body.stream:
         return StreamingResponse(
             _events(workflows, run_id),
