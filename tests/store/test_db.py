@@ -12,7 +12,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, inspect
+from sqlalchemy import Connection, inspect, text
 
 from trellis.errors import ConfigurationError
 from trellis.store import Database, metadata, normalize_url
@@ -201,3 +201,43 @@ async def test_concurrent_start_from_separate_processes(tmp_path: Path) -> None:
     for proc, (out, err) in zip(procs, results, strict=True):
         assert proc.returncode == 0, err.decode()
         assert out.decode().strip() == _head()
+
+
+async def _read_then_write_while_another_writes(db: Database, other: Database, write: bool) -> None:
+    """A transaction reads, another connection writes and commits, the first then writes."""
+    async with other.engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE IF NOT EXISTS counter (n INTEGER)"))
+        await conn.execute(text("INSERT INTO counter VALUES (0)"))
+    read_done = asyncio.Event()
+
+    async def interloper() -> None:
+        await read_done.wait()
+        async with other.write() as conn:
+            await conn.execute(text("UPDATE counter SET n = n + 10"))
+
+    async def reader_writer() -> None:
+        opened = db.write() if write else db.engine.begin()
+        async with opened as conn:
+            (n,) = (await conn.execute(text("SELECT n FROM counter"))).one()
+            read_done.set()
+            await asyncio.sleep(0.2)  # the interloper commits now, unless it must wait
+            await conn.execute(text("UPDATE counter SET n = :n"), {"n": n + 1})
+
+    await asyncio.gather(reader_writer(), interloper())
+
+
+async def test_a_write_transaction_that_reads_first_waits_instead_of_failing_locked(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'w.db'}"
+    async with Database(url) as db, Database(url) as other:
+        # A deferred transaction cannot upgrade its stale read snapshot: SQLite says
+        # "database is locked" at once, whatever the busy timeout.
+        with pytest.raises(Exception, match="locked"):
+            await _read_then_write_while_another_writes(db, other, write=False)
+    url = f"sqlite+aiosqlite:///{tmp_path / 'w2.db'}"
+    async with Database(url) as db, Database(url) as other:
+        await _read_then_write_while_another_writes(db, other, write=True)
+        async with db.engine.connect() as conn:
+            (n,) = (await conn.execute(text("SELECT n FROM counter"))).one()
+        assert n == 11  # both updates applied, in order

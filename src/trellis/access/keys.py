@@ -265,7 +265,7 @@ class KeyStore:
         revoked: the first revocation time is kept). The configured admin key is refused
         with a 409 ``configured_admin_key``: remove it from the settings instead."""
         self._generation += 1
-        async with self.db.engine.begin() as conn:
+        async with self.db.write() as conn:
             if self._configured_hash is not None:
                 digest = (
                     await conn.execute(select(api_keys.c.key_hash).where(api_keys.c.id == key_id))
@@ -350,7 +350,7 @@ class KeyStore:
         if not self._last_used:
             return 0
         pending, self._last_used = self._last_used, {}
-        async with self.db.engine.begin() as conn:
+        async with self.db.write() as conn:
             for key_id, used_at in pending.items():
                 await conn.execute(
                     update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=used_at)
@@ -403,7 +403,7 @@ class KeyStore:
         ):
             # Revoked by a process that did not know it is this server's configured key
             # (a CLI run without TRELLIS_ADMIN_KEY): the server keeps its admins in.
-            async with self.db.engine.begin() as conn:
+            async with self.db.write() as conn:
                 return ApiKeyRecord.from_row(await self._reenable_configured(conn, row))
         if row is None or row["revoked_at"] is not None:
             return None
@@ -443,7 +443,7 @@ class KeyStore:
         cache: bool = False,
     ) -> ApiKeyRecord:
         row = self._row(name, scopes, allowed_models, secret, cache)
-        async with self.db.engine.begin() as conn:
+        async with self.db.write() as conn:
             await conn.execute(api_keys.insert().values(row))
         return ApiKeyRecord.from_row(row)
 
@@ -493,7 +493,7 @@ class KeyStore:
         as its own prefix and listed by ``GET /v1/keys``. Such a prefix hashes to the
         key's own hash, which is how it is found (and only such prefixes are changed).
         """
-        async with self.db.engine.begin() as conn:
+        async with self.db.write() as conn:
             rows = (
                 await conn.execute(select(api_keys.c.id, api_keys.c.prefix, api_keys.c.key_hash))
             ).all()

@@ -125,7 +125,7 @@ class LongTermMemory:
             score = float(np.dot(vector, other))
             if score > best_score:
                 best, best_score = row, score
-        async with self.db.engine.begin() as conn:
+        async with self.db.write() as conn:
             if best is not None and best_score >= self.dedupe_threshold:
                 await conn.execute(
                     sa.update(memories)
@@ -152,7 +152,7 @@ class LongTermMemory:
         text = text.strip()
         vector, embedder = await self._embed(text)
         now = time.time()
-        async with self.db.engine.begin() as conn:
+        async with self.db.write() as conn:
             row = await _owned(conn, owner, memory_id)
             await conn.execute(
                 sa.update(memories)
@@ -175,7 +175,7 @@ class LongTermMemory:
             return _memory(await _owned(conn, owner, memory_id))
 
     async def delete(self, owner: str, memory_id: str) -> None:
-        async with self.db.engine.begin() as conn:
+        async with self.db.write() as conn:
             deleted = await conn.execute(
                 sa.delete(memories).where(memories.c.id == memory_id, memories.c.owner == owner)
             )
@@ -184,7 +184,7 @@ class LongTermMemory:
 
     async def forget_user(self, owner: str, user_id: str) -> int:
         """Delete every memory the key holds about ``user_id``; how many there were."""
-        async with self.db.engine.begin() as conn:
+        async with self.db.write() as conn:
             deleted = await conn.execute(
                 sa.delete(memories).where(memories.c.owner == owner, memories.c.user_id == user_id)
             )

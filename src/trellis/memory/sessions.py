@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -180,17 +179,6 @@ class SessionMemory:
         #: The share of the budget the running summary may take.
         self.summary_share = summary_share
 
-    @asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction. On SQLite it takes the write lock at BEGIN: a deferred
-        transaction that reads first fails at once ("database is locked") when another
-        writer got there in between, instead of waiting for the busy timeout."""
-        async with self.db.engine.connect() as conn:
-            if self.db.is_sqlite:
-                await conn.execution_options(trellis_sqlite_begin="BEGIN IMMEDIATE")
-            async with conn.begin():
-                yield conn
-
     # --- reading ----------------------------------------------------------------
 
     async def _load(self, key: SessionKey) -> tuple[_Session | None, list[_Turn]]:
@@ -294,7 +282,7 @@ class SessionMemory:
         )
         text = self._fit_summary(done.text, summary_budget)
         tokens = self._count([ChatMessage(role="system", content=text)])
-        async with self._write() as conn:
+        async with self.db.write() as conn:
             updated = await conn.execute(
                 sa.update(memory_sessions)
                 .where(
@@ -391,7 +379,7 @@ class SessionMemory:
         ]
         for attempt in range(2):
             try:
-                async with self._write() as conn:
+                async with self.db.write() as conn:
                     pk = await self._session_pk(conn, key, now)
                     if rows:
                         await conn.execute(
@@ -420,7 +408,7 @@ class SessionMemory:
 
     async def delete(self, key: SessionKey) -> bool:
         """Forget a session and all its turns; False if there was none."""
-        async with self._write() as conn:
+        async with self.db.write() as conn:
             where = (memory_sessions.c.owner == key.owner) & (
                 memory_sessions.c.session_id == key.session_id
             )

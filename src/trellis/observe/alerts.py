@@ -320,7 +320,7 @@ class AlertManager:
             "created_at": rule.created_at,
         }
         try:
-            async with self.db.engine.begin() as conn:
+            async with self.db.write() as conn:
                 await conn.execute(alert_rules.insert().values(**values))
         except IntegrityError:
             raise InvalidRequestError(
@@ -335,7 +335,7 @@ class AlertManager:
                 "This rule is defined in settings; remove it from the configuration instead.",
                 code="read_only_rule",
             )
-        async with self.db.engine.begin() as conn:
+        async with self.db.write() as conn:
             deleted = await conn.execute(delete(alert_rules).where(alert_rules.c.id == rule_id))
         if deleted.rowcount == 0:
             raise NotFoundError(f"No alert rule with id `{rule_id}`.")
@@ -436,7 +436,7 @@ class AlertManager:
             "open_key": _open_key(rule.id, group),
         }
         try:
-            async with self.db.engine.begin() as conn:
+            async with self.db.write() as conn:
                 await conn.execute(alerts.insert().values(**values))
         except IntegrityError:
             return  # another replica opened it first and notifies
@@ -459,7 +459,7 @@ class AlertManager:
             changes["fired_at"] = now
         if new == "resolved":
             changes.update(resolved_at=now, open_key=None)
-        async with self.db.engine.begin() as conn:
+        async with self.db.write() as conn:
             result = await conn.execute(
                 update(alerts)
                 .where(alerts.c.id == row["id"], alerts.c.state == old)
@@ -469,7 +469,7 @@ class AlertManager:
             self._notify(self._payload({**row, **changes}, spec))
 
     async def _touch(self, alert_id: str, reading: Reading, now: float) -> None:
-        async with self.db.engine.begin() as conn:
+        async with self.db.write() as conn:
             await conn.execute(
                 update(alerts)
                 .where(alerts.c.id == alert_id, alerts.c.open_key.is_not(None))
@@ -479,7 +479,7 @@ class AlertManager:
     async def _close(self, row: dict[str, Any], now: float, spec: AlertRule | None = None) -> None:
         if row["state"] == "pending":
             # Never fired, so nobody was told: it just goes away.
-            async with self.db.engine.begin() as conn:
+            async with self.db.write() as conn:
                 await conn.execute(
                     delete(alerts).where(alerts.c.id == row["id"], alerts.c.state == "pending")
                 )

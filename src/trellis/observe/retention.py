@@ -101,7 +101,7 @@ class RetentionJob:
         chosen = select(traces.c.id).order_by(traces.c.start_ns, traces.c.id).limit(limit)
         if condition is not None:
             chosen = chosen.where(condition)
-        async with self.db.engine.begin() as conn:
+        async with self.db.write() as conn:
             ids = list((await conn.execute(chosen)).scalars())
             if not ids:
                 return 0

@@ -99,7 +99,7 @@ class TraceStore:
             "source": source,
             "created_at": time.time(),
         }
-        async with self.db.engine.begin() as conn:
+        async with self.db.write() as conn:
             await conn.execute(scores.insert(), [row])
         return row
 

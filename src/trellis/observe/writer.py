@@ -406,7 +406,7 @@ class TraceWriter:
             if trace.scores:
                 score_rows_.extend(score_rows(trace, bodies=bodies))
         inserts = self._inserts()
-        async with self.db.engine.begin() as conn:
+        async with self.db.write() as conn:
             for insert, rows in zip(inserts, (trace_rows_, span_rows, score_rows_), strict=True):
                 await insert.run(conn, rows)
         self.batches += 1

@@ -349,7 +349,7 @@ class SqlRunStore:
         self.db = db
 
     async def register_worker(self, worker: Worker) -> None:
-        async with self.db.engine.begin() as conn:
+        async with self.db.write() as conn:
             await conn.execute(insert(workflow_workers).values(**dataclasses.asdict(worker)))
 
     async def workers(self, hostname: str) -> list[Worker]:
@@ -361,13 +361,13 @@ class SqlRunStore:
 
     async def remove_workers(self, ids: Sequence[str]) -> None:
         if ids:
-            async with self.db.engine.begin() as conn:
+            async with self.db.write() as conn:
                 await conn.execute(
                     workflow_workers.delete().where(workflow_workers.c.id.in_(list(ids)))
                 )
 
     async def heartbeat(self, owner: str, now: float, lease_until: float) -> int:
-        async with self.db.engine.begin() as conn:
+        async with self.db.write() as conn:
             await conn.execute(
                 update(workflow_workers)
                 .where(workflow_workers.c.id == owner)
@@ -384,7 +384,7 @@ class SqlRunStore:
             return int(result.rowcount)
 
     async def create(self, run: RunRecord) -> None:
-        async with self.db.engine.begin() as conn:
+        async with self.db.write() as conn:
             await conn.execute(insert(workflow_runs).values(**dataclasses.asdict(run)))
 
     def _fence(self, lease: Lease) -> Any:
@@ -422,7 +422,7 @@ class SqlRunStore:
     async def finish(
         self, lease: Lease, status: str, error: dict[str, Any] | None, now: float
     ) -> bool:
-        async with self.db.engine.begin() as conn:
+        async with self.db.write() as conn:
             result = await conn.execute(
                 update(workflow_runs)
                 .where(self._fence(lease))
@@ -492,7 +492,7 @@ class SqlRunStore:
         return leases
 
     async def release(self, lease: Lease) -> None:
-        async with self.db.engine.begin() as conn:
+        async with self.db.write() as conn:
             await conn.execute(
                 update(workflow_runs)
                 .where(
@@ -524,7 +524,7 @@ class SqlRunStore:
 
     async def request_cancel(self, run_id: str, now: float) -> bool:
         runs = workflow_runs.c
-        async with self.db.engine.begin() as conn:
+        async with self.db.write() as conn:
             result = await conn.execute(
                 update(workflow_runs).where(runs.id == run_id).values(cancel_requested=True)
             )
@@ -596,7 +596,7 @@ class SqlRunStore:
         return _effect(row) if row is not None else None
 
     async def begin_effect(self, effect: Effect) -> None:
-        async with self.db.engine.begin() as conn:
+        async with self.db.write() as conn:
             result = await conn.execute(
                 update(workflow_effects)
                 .where(workflow_effects.c.key == effect.key)
@@ -612,7 +612,7 @@ class SqlRunStore:
     async def finish_effect(
         self, key: str, status: str, result: Any, error: dict[str, Any] | None, now: float
     ) -> None:
-        async with self.db.engine.begin() as conn:
+        async with self.db.write() as conn:
             await conn.execute(
                 update(workflow_effects)
                 .where(workflow_effects.c.key == key)

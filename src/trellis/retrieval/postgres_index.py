@@ -272,7 +272,7 @@ class PgIndex(TableIndex):
         if not re.fullmatch(r"\d+\s*[kMG]?B", maintenance_work_mem):
             raise InvalidRequestError("maintenance_work_mem: a size such as '512MB'")
         await self._ensure()
-        async with self.db.engine.begin() as conn:
+        async with self.db.write() as conn:
             await conn.execute(text(f"SET LOCAL maintenance_work_mem = '{maintenance_work_mem}'"))
             await conn.execute(text(_drop_index_ddl(collection.id)))
             await conn.execute(text(_index_ddl(collection.id, collection.dimension)))

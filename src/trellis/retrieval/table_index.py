@@ -162,7 +162,7 @@ class TableIndex:
             metadata=dict(metadata or {}),
         )
         try:
-            async with self.db.engine.begin() as conn:
+            async with self.db.write() as conn:
                 await conn.execute(
                     insert(collections).values(
                         id=info.id,

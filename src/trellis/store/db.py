@@ -204,6 +204,18 @@ class Database:
             return await conn.run_sync(read)
 
     @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction. On SQLite it takes the file's write lock at BEGIN
+        (``BEGIN IMMEDIATE``): a deferred transaction that reads before it writes fails at
+        once with "database is locked" when another connection wrote in between (WAL cannot
+        upgrade a stale read snapshot), where this one waits for the busy timeout instead."""
+        async with self.engine.connect() as conn:
+            if self.is_sqlite:
+                await conn.execution_options(trellis_sqlite_begin="BEGIN IMMEDIATE")
+            async with conn.begin():
+                yield conn
+
+    @asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[AsyncConnection]:
         """A transaction that holds a lock named ``name`` across every process using the database.
 

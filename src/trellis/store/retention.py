@@ -138,7 +138,7 @@ class DataRetentionJob:
             .order_by(runs.finished_at, runs.id)
             .limit(self.batch_size)
         )
-        async with self.db.engine.begin() as conn:
+        async with self.db.write() as conn:
             ids = list((await conn.execute(chosen)).scalars())
             if not ids:
                 return 0
@@ -165,7 +165,7 @@ class DataRetentionJob:
             .order_by(sessions.updated_at, sessions.id)
             .limit(self.batch_size)
         )
-        async with self.db.engine.begin() as conn:
+        async with self.db.write() as conn:
             ids = list((await conn.execute(chosen)).scalars())
             if not ids:
                 return 0
@@ -187,7 +187,7 @@ class DataRetentionJob:
             .order_by(memories.c.updated_at, memories.c.id)
             .limit(self.batch_size)
         )
-        async with self.db.engine.begin() as conn:
+        async with self.db.write() as conn:
             ids = list((await conn.execute(chosen)).scalars())
             if not ids:
                 return 0
