@@ -31,6 +31,9 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "TRELLIS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 _TABLES = (
+    "eval_results",
+    "eval_runs",
+    "eval_datasets",
     "workflow_effects",
     "workflow_steps",
     "workflow_runs",
