@@ -111,6 +111,10 @@ def test_checks() -> None:
     assert build_metric("contains")("It is Paris.", case) == 1.0
     assert build_metric("contains", {"ignore_case": True})("it is PARIS", case) == 1.0
     assert build_metric("contains", {"value": "is"})("It is", Case(id="y", input="q")) == 1.0
+    with_city = Case(id="z", input="q", metadata={"city": "Rome"})
+    assert build_metric("contains", {"field": "city"})("Rome it is", with_city) == 1.0
+    assert build_metric("contains", {"field": "city"})("Paris", with_city) == 0.0
+    assert build_metric("contains", {"field": "town"})("Rome", with_city) is None
     assert build_metric("regex", {"pattern": r"^\d+$"})("42", case) == 1.0
     assert build_metric("regex", {"pattern": r"^\d+$"})("4 2", case) == 0.0
     assert build_metric("json_valid")('{"a": 1}', case) == 1.0

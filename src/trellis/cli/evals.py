@@ -108,6 +108,24 @@ def _print_summary(report: dict[str, Any]) -> None:
     console.print(table)
 
 
+@eval_app.command("init")
+def eval_init(
+    directory: Annotated[Path, typer.Argument(help="Where to put the example suite")] = Path("."),
+) -> None:
+    """Copy the example suite (the bundled model on capital cities, offline) into DIRECTORY."""
+    from importlib.resources import files
+
+    directory.mkdir(parents=True, exist_ok=True)
+    examples = files("trellis.evals") / "examples"
+    for name in ("capitals.yaml", "capitals.jsonl"):
+        target = directory / name
+        if target.exists():
+            err_console.print(f"[yellow]{escape(str(target))} exists; left as it is[/yellow]")
+            continue
+        target.write_text((examples / name).read_text(encoding="utf-8"), encoding="utf-8")
+        console.print(f"wrote {escape(str(target))}")
+
+
 @eval_app.command("compare")
 def eval_compare(
     baseline: Annotated[Path, typer.Argument(metavar="BASELINE.json")],

@@ -184,17 +184,28 @@ class Exact(Metric):
 
 
 class Contains(Metric):
-    """1 when the output contains ``value`` (default: the case's ``expected``)."""
+    """1 when the output contains ``value``, else the case's metadata ``field``, else the
+    case's ``expected``."""
 
     name = "contains"
 
-    def __init__(self, value: str | None = None, ignore_case: bool = False) -> None:
+    def __init__(
+        self, value: str | None = None, field: str | None = None, ignore_case: bool = False
+    ) -> None:
         self.value = value
+        self.field = field
         self.ignore_case = bool(ignore_case)
-        self.needs_expected = value is None  # type: ignore[misc]
+        self.needs_expected = value is None and field is None  # type: ignore[misc]
 
-    def score(self, output: str, case: Case) -> float:
-        needle = self.value if self.value is not None else _expected(case)
+    def score(self, output: str, case: Case) -> float | None:
+        if self.value is not None:
+            needle = self.value
+        elif self.field is not None:
+            if self.field not in case.metadata:
+                return None
+            needle = str(case.metadata[self.field])
+        else:
+            needle = _expected(case)
         if self.ignore_case:
             return float(needle.casefold() in output.casefold())
         return float(needle in output)
