@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: run test bench lint install install-dev pgvector clean
+.PHONY: run test bench lint install install-dev pgvector wordnet clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,18 @@ pgvector:
 		echo "make: pgvector not installed (needs root on Debian with PostgreSQL); the pgvector tests will skip"; \
 	fi
 
-test: install-dev pgvector
+# METEOR (trellis.evals) reads the WordNet 3.0 database from /usr/share/wordnet: as root on
+# Debian this installs it (wordnet-base); elsewhere the METEOR tests skip and say why, except
+# under CI=true, where they fail.
+wordnet:
+	@if [ -f /usr/share/wordnet/data.noun ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		bash scripts/install-wordnet.sh || echo "make: wordnet-base could not be installed; the METEOR tests will skip"; \
+	else \
+		echo "make: WordNet not installed (apt-get install wordnet-base, as root); the METEOR tests will skip"; \
+	fi
+
+test: install-dev pgvector wordnet
 	$(PY) -m pytest
 
 # Benchmarks: gateway overhead (LiteLLM row after `bash benchmarks/setup_litellm.sh`),

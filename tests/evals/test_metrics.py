@@ -76,14 +76,14 @@ def test_rouge_equals_rouge_score_with_stemming(kind: str) -> None:
     assert metric.aggregate(HYPOTHESES, cases(), values) == pytest.approx(sum(values) / 4)
 
 
-def test_meteor_equals_nltk_with_the_local_wordnet() -> None:
+def test_meteor_equals_nltk_with_the_local_wordnet(wordnet_installed: None) -> None:
     metric = build_metric("meteor")
     for hyp, case in zip(HYPOTHESES, cases(), strict=True):
         expected = meteor_score([(case.expected or "").split()], hyp.split(), wordnet=wordnet())
         assert metric(hyp, case) == pytest.approx(expected, abs=1e-12)
 
 
-def test_meteor_reproduces_nltks_published_value() -> None:
+def test_meteor_reproduces_nltks_published_value(wordnet_installed: None) -> None:
     """nltk's meteor_score docstring: 0.6944 for this pair (needs WordNet synonyms)."""
     hypothesis = (
         "It is a guide to action which ensures that the military always obeys the commands "
@@ -96,7 +96,7 @@ def test_meteor_reproduces_nltks_published_value() -> None:
     assert wordnet().synsets("dog")[0].lexname() == "noun.animal"
 
 
-def test_reference_metrics_skip_cases_without_expected() -> None:
+def test_reference_metrics_skip_cases_without_expected(wordnet_installed: None) -> None:
     case = Case(id="x", input="q")
     for name in ("bleu", "chrf", "rougeL", "meteor", "exact", "contains"):
         assert build_metric(name)("anything", case) is None
@@ -139,6 +139,19 @@ def test_checks() -> None:
 def test_bad_metric_specs_are_value_errors(name: str, options: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         build_metric(name, options)
+
+
+def test_meteor_without_wordnet_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    from trellis.evals import wordnet as module
+
+    monkeypatch.setattr(module, "SEARCH", ())
+    monkeypatch.setenv("TRELLIS_WORDNET_DIR", str(tmp_path))
+    module.wordnet.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="apt-get install wordnet-base"):
+            build_metric("meteor")
+    finally:
+        module.wordnet.cache_clear()
 
 
 def test_cosine_is_the_bundled_embedders_cosine() -> None:

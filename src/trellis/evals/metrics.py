@@ -284,9 +284,13 @@ def build_metric(name: str, options: dict[str, Any] | None = None) -> Metric:
     factory = METRICS.get(name)
     if factory is None:
         raise ValueError(f"unknown metric {name!r}; choose from {', '.join(sorted(METRICS))}")
+    from trellis.evals.wordnet import WordNetMissingError
+
     try:
         return factory(**(options or {}))
     except TypeError as exc:
+        raise ValueError(f"metric {name!r}: {exc}") from None
+    except WordNetMissingError as exc:
         raise ValueError(f"metric {name!r}: {exc}") from None
 
 
