@@ -122,7 +122,14 @@ class EvalRunner:
                 metric.embedder = self.embedder  # type: ignore[attr-defined]
         return metrics
 
-    async def start(self, suite: Suite, dataset: Dataset, run_id: str | None = None) -> str:
+    async def start(
+        self,
+        suite: Suite,
+        dataset: Dataset,
+        run_id: str | None = None,
+        *,
+        key_id: str | None = None,
+    ) -> str:
         """Register a run (or find the existing ``run_id``) and return its id."""
         for candidate in suite.candidates:
             if candidate.workflow is not None:
@@ -139,7 +146,9 @@ class EvalRunner:
                 pass
         run_id = run_id or uuid.uuid4().hex
         await self.store.save_dataset(dataset)
-        await self.store.create_run(run_id, suite.model_dump(mode="json"), dataset.ref, total)
+        await self.store.create_run(
+            run_id, suite.model_dump(mode="json"), dataset.ref, total, key_id=key_id
+        )
         return run_id
 
     async def run(

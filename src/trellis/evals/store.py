@@ -37,8 +37,24 @@ class RunRecord:
     total: int
     done: int
     error: str | None
+    key_id: str | None
     created_at: float
     updated_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "object": "eval.run",
+            "id": self.id,
+            "suite": self.suite,
+            "dataset": self.dataset,
+            "status": self.status,
+            "total": self.total,
+            "done": self.done,
+            "error": self.error,
+            "key_id": self.key_id,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
 
 
 class EvalStore:
@@ -90,7 +106,14 @@ class EvalStore:
 
     # --- runs -------------------------------------------------------------------
 
-    async def create_run(self, run_id: str, suite: dict[str, Any], dataset: str, total: int) -> None:
+    async def create_run(
+        self,
+        run_id: str,
+        suite: dict[str, Any],
+        dataset: str,
+        total: int,
+        key_id: str | None = None,
+    ) -> None:
         now = time.time()
         async with self.db.engine.begin() as conn:
             await conn.execute(
@@ -102,6 +125,7 @@ class EvalStore:
                         "dataset": dataset,
                         "status": "running",
                         "total": total,
+                        "key_id": key_id,
                         "created_at": now,
                         "updated_at": now,
                     }
@@ -130,10 +154,15 @@ class EvalStore:
             raise NotFoundError(f"no eval run {run_id!r}", param="run_id")
         return RunRecord(**{k: row[k] for k in RunRecord.__slots__})  # type: ignore[attr-defined]
 
-    async def runs(self, status: str | None = None, limit: int = 100) -> list[RunRecord]:
+    async def runs(
+        self, status: str | None = None, key_id: str | None = None, limit: int = 100
+    ) -> list[RunRecord]:
+        """Runs, newest first (``key_id``: only those that key started)."""
         query = sa.select(eval_runs.c.id).order_by(eval_runs.c.created_at.desc()).limit(limit)
         if status is not None:
             query = query.where(eval_runs.c.status == status)
+        if key_id is not None:
+            query = query.where(eval_runs.c.key_id == key_id)
         async with self.db.engine.connect() as conn:
             ids = [r.id for r in (await conn.execute(query)).all()]
         return [await self.run(run_id) for run_id in ids]

@@ -453,6 +453,8 @@ eval_runs = Table(
     # cases x candidates x repeats
     Column("total", Integer, nullable=False),
     Column("error", Text, nullable=True),
+    # The API key that started the run over HTTP (None in process).
+    Column("key_id", String(64), nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
 )

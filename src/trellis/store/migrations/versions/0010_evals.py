@@ -40,6 +40,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("total", sa.Integer, nullable=False),
         sa.Column("error", sa.Text, nullable=True),
+        sa.Column("key_id", sa.String(64), nullable=True),
         sa.Column("created_at", sa.Float, nullable=False),
         sa.Column("updated_at", sa.Float, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_eval_runs"),
