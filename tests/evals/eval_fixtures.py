@@ -58,7 +58,12 @@ def suite_of(**extra: Any) -> Suite:
             "dataset": "sums.jsonl",
             "candidates": [
                 {"name": "good", "model": "good", "prompt": "What is {input}?"},
-                {"name": "bad", "model": "bad", "prompt": "What is {input}?", "params": {"temperature": 0}},
+                {
+                    "name": "bad",
+                    "model": "bad",
+                    "prompt": "What is {input}?",
+                    "params": {"temperature": 0},
+                },
             ],
             "metrics": ["exact", "chrf", {"name": "regex", "pattern": "^[0-9]+$"}],
             **extra,

@@ -36,7 +36,11 @@ def config(tmp_path: Path, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPat
         {
             "name": name,
             "deployments": [
-                {"provider": "openai-compatible", "model": f"{name}-model", "base_url": upstream.base_url}
+                {
+                    "provider": "openai-compatible",
+                    "model": f"{name}-model",
+                    "base_url": upstream.base_url,
+                }
             ],
         }
         for name in ("good", "bad")
@@ -53,7 +57,8 @@ def config(tmp_path: Path, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPat
         )
     )
     (tmp_path / "sums.jsonl").write_text(
-        "\n".join(f'{{"id": "c{i}", "input": "{i}+1", "expected": "{i + 1}"}}' for i in range(4)) + "\n"
+        "\n".join(f'{{"id": "c{i}", "input": "{i}+1", "expected": "{i + 1}"}}' for i in range(4))
+        + "\n"
     )
     (tmp_path / "suite.yaml").write_text(
         yaml.safe_dump(
@@ -90,7 +95,15 @@ def test_eval_run_writes_the_report_and_resumes_by_run_id(config: Path, tmp_path
     assert "good" in output and "1.0000" in output
     # The same run id again: nothing left to do, the same results.
     code, output = invoke(
-        config, "eval", "run", str(tmp_path / "suite.yaml"), "--run-id", report["run_id"], "--json", "-", "-q"
+        config,
+        "eval",
+        "run",
+        str(tmp_path / "suite.yaml"),
+        "--run-id",
+        report["run_id"],
+        "--json",
+        "-",
+        "-q",
     )
     assert code == 0, output
     again = json.loads(output)

@@ -16,7 +16,9 @@ from trellis.errors import InvalidRequestError
 from trellis.evals import compare_reports, parse_threshold
 
 
-def report(run_id: str, rows: list[tuple[str, float, float, float]], metrics: tuple[str, ...] = ("rougeL",)) -> dict[str, Any]:
+def report(
+    run_id: str, rows: list[tuple[str, float, float, float]], metrics: tuple[str, ...] = ("rougeL",)
+) -> dict[str, Any]:
     """A report with one candidate; rows are (case id, rougeL, latency ms, cost)."""
     return {
         "format": 1,
@@ -48,7 +50,9 @@ def test_deltas_pair_cases_by_id_and_the_bootstrap_is_reproducible() -> None:
     rows = [(f"c{i}", 0.45 + 0.01 * i, 130.0 + i, 0.0012) for i in reversed(range(1, 20))]
     cand = report("cand", [*rows, ("extra", 1.0, 1.0, 0.0)])
     comparison = compare_reports(BASE, cand)
-    assert comparison.paired == 19 and comparison.only_baseline == 1 and comparison.only_candidate == 1
+    assert (
+        comparison.paired == 19 and comparison.only_baseline == 1 and comparison.only_candidate == 1
+    )
     deltas = {d.name: d for d in comparison.deltas}
     rouge = deltas["rougeL"]
     assert rouge.delta == pytest.approx(-0.05)
@@ -57,7 +61,9 @@ def test_deltas_pair_cases_by_id_and_the_bootstrap_is_reproducible() -> None:
     base_latency = np.array([100.0 + i for i in range(1, 20)])
     assert deltas["latency_p95"].baseline == pytest.approx(np.percentile(base_latency, 95))
     assert deltas["latency_p95"].delta == pytest.approx(30.0)
-    assert deltas["cost"].baseline == pytest.approx(0.019) and deltas["cost"].delta == pytest.approx(19 * 0.0002)
+    assert deltas["cost"].baseline == pytest.approx(0.019) and deltas[
+        "cost"
+    ].delta == pytest.approx(19 * 0.0002)
     assert deltas["tokens"].delta == 0
     again = compare_reports(BASE, cand)
     assert again.to_dict() == comparison.to_dict()
@@ -68,10 +74,16 @@ def test_the_interval_covers_noise_and_narrows_with_more_cases() -> None:
     rng = np.random.default_rng(1)
 
     def noisy(n: int, shift: float, run: str) -> dict[str, Any]:
-        return report(run, [(f"c{i}", float(0.5 + shift + rng.normal(0, 0.1)), 100.0, 0.0) for i in range(n)])
+        return report(
+            run, [(f"c{i}", float(0.5 + shift + rng.normal(0, 0.1)), 100.0, 0.0) for i in range(n)]
+        )
 
-    small = {d.name: d for d in compare_reports(noisy(20, 0, "a"), noisy(20, 0.05, "b")).deltas}["rougeL"]
-    large = {d.name: d for d in compare_reports(noisy(400, 0, "a"), noisy(400, 0.05, "b")).deltas}["rougeL"]
+    small = {d.name: d for d in compare_reports(noisy(20, 0, "a"), noisy(20, 0.05, "b")).deltas}[
+        "rougeL"
+    ]
+    large = {d.name: d for d in compare_reports(noisy(400, 0, "a"), noisy(400, 0.05, "b")).deltas}[
+        "rougeL"
+    ]
     assert small.low < small.delta < small.high
     assert (large.high - large.low) < (small.high - small.low) / 2
     assert large.low > 0  # a real improvement of 0.05 is resolved with 400 cases
@@ -130,5 +142,7 @@ def test_cli_compare_exits_1_on_a_regression_and_writes_markdown(tmp_path: Path)
     assert json.loads(as_json.stdout)["deltas"][0]["name"] == "rougeL"
     bad = runner.invoke(app, [*args, "--fail-on", "rougeL"])
     assert bad.exit_code == 2 and "bad threshold" in bad.output
-    missing = runner.invoke(app, ["eval", "compare", str(tmp_path / "nope.json"), str(tmp_path / "cand.json")])
+    missing = runner.invoke(
+        app, ["eval", "compare", str(tmp_path / "nope.json"), str(tmp_path / "cand.json")]
+    )
     assert missing.exit_code == 2 and "no such file" in missing.output

@@ -44,7 +44,7 @@ def test_jsonl_cases_load_with_every_field(tmp_path: Path) -> None:
 def test_csv_gives_the_same_cases_and_version_as_jsonl(tmp_path: Path) -> None:
     csv_text = (
         "id,input,expected,context,relevant_ids,metadata\n"
-        'a,What is 2+2?,4,,,\n'
+        "a,What is 2+2?,4,,,\n"
         'b,"[{""role"": ""user"", ""content"": ""Say hi""}]",hi,'
         '"[""Greetings are short.""]","[""doc-1""]","{""topic"": ""greeting""}"\n'
     )
@@ -69,7 +69,10 @@ def test_the_version_follows_the_content() -> None:
         ('{"id": "a", "input": "x"}\n{"id": "b"\n', "data.jsonl:2: not valid JSON"),
         ('{"id": "a", "input": "x"}\n\n{"id": "b"}\n', "data.jsonl:3: missing field 'input'"),
         ('{"id": "a", "input": "x", "answer": "y"}\n', "data.jsonl:1: unknown field 'answer'"),
-        ('{"id": "a", "input": "x"}\n{"id": "a", "input": "y"}\n', "data.jsonl:2: duplicate id 'a' (first on line 1)"),
+        (
+            '{"id": "a", "input": "x"}\n{"id": "a", "input": "y"}\n',
+            "data.jsonl:2: duplicate id 'a' (first on line 1)",
+        ),
         ('{"id": "a", "input": []}\n', "data.jsonl:1: field 'input'"),
         ('{"id": "a", "input": [{"content": "x"}]}\n', "message 1 needs a 'role'"),
         ("[1, 2]\n", "data.jsonl:1: a case must be a JSON object"),

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.model
 runner = CliRunner()
 
 
-def test_the_example_suite_runs_on_the_bundled_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_example_suite_runs_on_the_bundled_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("TRELLIS_CONFIG", raising=False)
     config = tmp_path / "trellis.yaml"
     config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data")}))
@@ -32,7 +34,15 @@ def test_the_example_suite_runs_on_the_bundled_model(tmp_path: Path, monkeypatch
     out = tmp_path / "report.json"
     result = runner.invoke(
         app,
-        ["eval", "run", str(tmp_path / "suite" / "capitals.yaml"), "--json", str(out), "-c", str(config)],
+        [
+            "eval",
+            "run",
+            str(tmp_path / "suite" / "capitals.yaml"),
+            "--json",
+            str(out),
+            "-c",
+            str(config),
+        ],
     )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
@@ -49,8 +59,18 @@ def test_the_example_suite_runs_on_the_bundled_model(tmp_path: Path, monkeypatch
     # temperature 0, so comparing a candidate with itself shows no change.
     result = runner.invoke(
         app,
-        ["eval", "compare", str(out), str(out), "--baseline-candidate", "bare", "--candidate", "bare",
-         "--fail-on", "chrf:-0.01"],
+        [
+            "eval",
+            "compare",
+            str(out),
+            str(out),
+            "--baseline-candidate",
+            "bare",
+            "--candidate",
+            "bare",
+            "--fail-on",
+            "chrf:-0.01",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "no regression" in result.output

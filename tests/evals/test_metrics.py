@@ -89,7 +89,9 @@ def test_meteor_reproduces_nltks_published_value(wordnet_installed: None) -> Non
         "It is a guide to action which ensures that the military always obeys the commands "
         "of the party"
     )
-    reference = "It is a guide to action that ensures that the military will forever heed Party commands"
+    reference = (
+        "It is a guide to action that ensures that the military will forever heed Party commands"
+    )
     value = build_metric("meteor")(hypothesis, Case(id="x", input="q", expected=reference))
     assert value is not None and round(value, 4) == 0.6944
     assert (wordnet_dir() / "data.noun").is_file()
@@ -136,12 +138,16 @@ def test_checks() -> None:
         ("bleu", {"tokenize": "zh"}, "metric 'bleu'"),
     ],
 )
-def test_bad_metric_specs_are_value_errors(name: str, options: dict[str, object], message: str) -> None:
+def test_bad_metric_specs_are_value_errors(
+    name: str, options: dict[str, object], message: str
+) -> None:
     with pytest.raises(ValueError, match=message):
         build_metric(name, options)
 
 
-def test_meteor_without_wordnet_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+def test_meteor_without_wordnet_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
     from trellis.evals import wordnet as module
 
     monkeypatch.setattr(module, "SEARCH", ())

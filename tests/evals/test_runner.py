@@ -85,7 +85,9 @@ async def test_concurrency_is_bounded(upstream: FakeUpstream, sqlite_db: Databas
     assert time.monotonic() - started >= 0.4
 
 
-async def test_a_rerun_redoes_only_the_failed_units(upstream: FakeUpstream, sqlite_db: Database) -> None:
+async def test_a_rerun_redoes_only_the_failed_units(
+    upstream: FakeUpstream, sqlite_db: Database
+) -> None:
     gateway = make_gateway(upstream.base_url)
     store = EvalStore(sqlite_db)
     runner = EvalRunner(gateway, store)
@@ -153,7 +155,9 @@ async def test_workflow_candidates_are_refused_for_now(
         {"dataset": "x", "candidates": [{"name": "w", "model": "good", "workflow": "review"}]}
     )
     with pytest.raises(InvalidRequestError, match="not supported yet"):
-        await EvalRunner(make_gateway(upstream.base_url), EvalStore(sqlite_db)).run(suite, dataset_of(1))
+        await EvalRunner(make_gateway(upstream.base_url), EvalStore(sqlite_db)).run(
+            suite, dataset_of(1)
+        )
 
 
 async def test_kill_9_mid_run_then_resume_without_redoing_finished_cases(

@@ -21,7 +21,8 @@ from trellis.testing.server import ServerThread
 from .conftest import ADMIN_KEY
 
 CONTENT = "\n".join(
-    f'{{"id": "c{i}", "input": "case {i}", "expected": "Hello from the fake upstream"}}' for i in range(6)
+    f'{{"id": "c{i}", "input": "case {i}", "expected": "Hello from the fake upstream"}}'
+    for i in range(6)
 )
 
 
@@ -52,7 +53,9 @@ def key_client(server: ServerThread, client: httpx.Client, *scopes: str) -> http
     created = client.post("/v1/keys", json={"name": "-".join(scopes), "scopes": list(scopes)})
     assert created.status_code == 201, created.text
     return httpx.Client(
-        base_url=server.url, headers={"Authorization": f"Bearer {created.json()['key']}"}, timeout=30
+        base_url=server.url,
+        headers={"Authorization": f"Bearer {created.json()['key']}"},
+        timeout=30,
     )
 
 
@@ -98,7 +101,9 @@ def test_upload_run_poll_and_compare(
     assert all(row["trace_id"] for row in done.report["cases"])
     # A second run whose model answers otherwise: compared, it fails the exact threshold.
     upstream.reply = "Something else"
-    second = finished(inference, inference.post("/v1/evals/runs", json={"suite": suite(ref)}).json()["id"])
+    second = finished(
+        inference, inference.post("/v1/evals/runs", json={"suite": suite(ref)}).json()["id"]
+    )
     compared = inference.post(
         "/v1/evals/compare",
         json={"baseline": run.id, "candidate": second.id, "fail_on": ["exact:-0.1"]},
@@ -118,16 +123,25 @@ def test_mistakes_are_4xx_with_openai_error_bodies(inference: httpx.Client) -> N
     bad = inference.post("/v1/evals/datasets", json={"name": "x", "content": '{"id": "a"}\n'})
     assert "x:1: missing field 'input'" in error(bad, 400)["message"]
     error(inference.post("/v1/evals/datasets", json={"name": "../x", "content": "{}"}), 400)
-    assert "stored dataset" in error(
-        inference.post("/v1/evals/runs", json={"suite": suite("cases.jsonl")}), 400
-    )["message"]
+    assert (
+        "stored dataset"
+        in error(inference.post("/v1/evals/runs", json={"suite": suite("cases.jsonl")}), 400)[
+            "message"
+        ]
+    )
     error(inference.post("/v1/evals/runs", json={"suite": suite("nope@123456789012")}), 404)
     bad_metric = suite("nope", metrics=["blue"])
-    assert "unknown metric 'blue'" in error(
-        inference.post("/v1/evals/runs", json={"suite": bad_metric}), 400
-    )["message"]
+    assert (
+        "unknown metric 'blue'"
+        in error(inference.post("/v1/evals/runs", json={"suite": bad_metric}), 400)["message"]
+    )
     error(inference.get("/v1/evals/runs/doesnotexist"), 404)
-    error(inference.post("/v1/evals/compare", json={"baseline": "a", "candidate": "b", "fail_on": ["x"]}), 400)
+    error(
+        inference.post(
+            "/v1/evals/compare", json={"baseline": "a", "candidate": "b", "fail_on": ["x"]}
+        ),
+        400,
+    )
 
 
 def test_scopes(server: ServerThread, client: httpx.Client, inference: httpx.Client) -> None:

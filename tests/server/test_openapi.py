@@ -7,11 +7,11 @@ loopback (in front of a fake upstream), checking every answer against the schema
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import time
 import httpx
 import hypothesis
 import hypothesis.errors
@@ -206,7 +206,11 @@ def _succeeding_cases(schema: Any, client: httpx.Client) -> list[Any]:
         schema[eval_runs]["GET"].Case(path_parameters={"run_id": eval_run["id"]}),
         schema[eval_runs + "/resume"]["POST"].Case(path_parameters={"run_id": eval_run["id"]}),
         schema["/v1/evals/compare"]["POST"].Case(
-            body={"baseline": eval_run["id"], "candidate": eval_run["id"], "fail_on": ["exact:-0.1"]}
+            body={
+                "baseline": eval_run["id"],
+                "candidate": eval_run["id"],
+                "fail_on": ["exact:-0.1"],
+            }
         ),
         schema["/v1/workflows"]["GET"].Case(),
         schema["/v1/workflows/{name}/runs"]["POST"].Case(

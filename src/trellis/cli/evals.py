@@ -17,10 +17,20 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from trellis.cli._common import ConfigOption, JsonOption, console, err_console, load_settings, run, with_db
+from trellis.cli._common import (
+    ConfigOption,
+    JsonOption,
+    console,
+    err_console,
+    load_settings,
+    run,
+    with_db,
+)
 from trellis.errors import TrellisError
 
-eval_app = typer.Typer(help="Evaluate models and prompts on datasets; compare runs.", no_args_is_help=True)
+eval_app = typer.Typer(
+    help="Evaluate models and prompts on datasets; compare runs.", no_args_is_help=True
+)
 dataset_app = typer.Typer(help="Store and list eval datasets.", no_args_is_help=True)
 eval_app.add_typer(dataset_app, name="dataset")
 
@@ -138,7 +148,8 @@ def eval_compare(
         str | None, typer.Option("--markdown", help="Write the Markdown summary to this file")
     ] = None,
     baseline_name: Annotated[
-        str | None, typer.Option("--baseline-candidate", help="Candidate in BASELINE (default: first)")
+        str | None,
+        typer.Option("--baseline-candidate", help="Candidate in BASELINE (default: first)"),
     ] = None,
     candidate_name: Annotated[
         str | None, typer.Option("--candidate", help="Candidate in CANDIDATE (default: first)")
@@ -213,7 +224,12 @@ def dataset_add(
         return await EvalStore(db).save_dataset(dataset)
 
     created = run(lambda: with_db(settings, save))
-    info = {"name": dataset.name, "version": dataset.version, "cases": len(dataset.cases), "created": created}
+    info = {
+        "name": dataset.name,
+        "version": dataset.version,
+        "cases": len(dataset.cases),
+        "created": created,
+    }
     if as_json:
         _write_json(info, None)
     else:
@@ -234,7 +250,10 @@ def dataset_list(config: ConfigOption = None, as_json: JsonOption = False) -> No
     infos = run(lambda: with_db(settings, read))
     if as_json:
         _write_json(
-            [{"name": i.name, "version": i.version, "cases": i.cases, "created_at": i.created_at} for i in infos],
+            [
+                {"name": i.name, "version": i.version, "cases": i.cases, "created_at": i.created_at}
+                for i in infos
+            ],
             None,
         )
         return

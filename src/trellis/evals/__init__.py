@@ -9,7 +9,8 @@
     async with Trellis() as trellis:
         store = EvalStore(trellis.db)
         dataset = await resolve_dataset(suite.dataset, base, store)
-        report = await EvalRunner(trellis.gateway, store, embedder=trellis.minilm).run(suite, dataset)
+        runner = EvalRunner(trellis.gateway, store, embedder=trellis.minilm)
+        report = await runner.run(suite, dataset)
 """
 
 from trellis.evals.compare import Comparison, Threshold, compare_reports, parse_threshold

@@ -37,7 +37,9 @@ _RUN_STATS: dict[str, tuple[str, str]] = {
     "tokens": ("tokens", "sum"),
 }
 
-_THRESHOLD = re.compile(r"^(?P<name>[A-Za-z0-9_]+):(?P<sign>[+-])(?P<value>\d+(?:\.\d+)?)(?P<pct>%?)$")
+_THRESHOLD = re.compile(
+    r"^(?P<name>[A-Za-z0-9_]+):(?P<sign>[+-])(?P<value>\d+(?:\.\d+)?)(?P<pct>%?)$"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +188,9 @@ def _per_case(report: dict[str, Any], candidate: str) -> dict[str, dict[str, flo
                 values[name].append(float(value))
         values["latency_ms"].append(float(row.get("latency_ms") or 0.0))
         values["cost"].append(float(row.get("cost") or 0.0))
-        values["tokens"].append(float((row.get("input_tokens") or 0) + (row.get("output_tokens") or 0)))
+        values["tokens"].append(
+            float((row.get("input_tokens") or 0) + (row.get("output_tokens") or 0))
+        )
     return {cid: {k: sum(v) / len(v) for k, v in q.items()} for cid, q in sums.items()}
 
 
@@ -217,8 +221,12 @@ def compare_reports(
     cand_cases = _per_case(candidate, cand_name)
     ids = [cid for cid in base_cases if cid in cand_cases]
     if not ids:
-        raise InvalidRequestError("the two reports have no scored case in common", param="candidate")
-    metric_names = [m for m in baseline.get("metrics", []) if m in set(candidate.get("metrics", []))]
+        raise InvalidRequestError(
+            "the two reports have no scored case in common", param="candidate"
+        )
+    metric_names = [
+        m for m in baseline.get("metrics", []) if m in set(candidate.get("metrics", []))
+    ]
     quantities: list[tuple[str, str, str]] = [(m, m, "mean") for m in metric_names]
     quantities += [(name, fld, stat) for name, (fld, stat) in _RUN_STATS.items()]
     known = {q[0] for q in quantities}
@@ -244,10 +252,21 @@ def compare_reports(
         cand = np.array([p[1] for p in pairs])
         statistic = _statistic(stat)
         b, c = float(statistic(base)), float(statistic(cand))
-        index = draws if len(pairs) == len(ids) else rng.integers(0, len(pairs), size=(resamples, len(pairs)))
+        index = (
+            draws
+            if len(pairs) == len(ids)
+            else rng.integers(0, len(pairs), size=(resamples, len(pairs)))
+        )
         boot = statistic(cand[index]) - statistic(base[index])
         low, high = np.percentile(boot, [2.5, 97.5])
-        delta = Delta(name, round(b, 6), round(c, 6), round(c - b, 6), round(float(low), 6), round(float(high), 6))
+        delta = Delta(
+            name,
+            round(b, 6),
+            round(c, 6),
+            round(c - b, 6),
+            round(float(low), 6),
+            round(float(high), 6),
+        )
         delta.failed = [str(t) for t in thresholds if t.name == name and t.breached(b, c - b)]
         deltas.append(delta)
     return Comparison(

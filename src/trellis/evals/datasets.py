@@ -15,6 +15,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,8 +111,6 @@ def parse_dataset(
     text: str, *, fmt: str = "jsonl", name: str = "dataset", source: str = "dataset"
 ) -> Dataset:
     """Parse dataset text (``jsonl`` or ``csv``); errors say ``source:line``."""
-    import re
-
     if not re.match(NAME_PATTERN, name):
         raise DatasetError(
             f"dataset name {name!r} must be 1-100 letters, digits, '.', '_' or '-'", param="name"

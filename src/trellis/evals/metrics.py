@@ -34,7 +34,9 @@ class Metric:
     def score(self, output: str, case: Case) -> float | None:
         raise NotImplementedError
 
-    def aggregate(self, outputs: Sequence[str], cases: Sequence[Case], scores: Sequence[float | None]) -> float | None:
+    def aggregate(
+        self, outputs: Sequence[str], cases: Sequence[Case], scores: Sequence[float | None]
+    ) -> float | None:
         """The candidate's value: the mean of the case scores (corpus metrics override)."""
         values = [s for s in scores if s is not None]
         return sum(values) / len(values) if values else None
@@ -66,11 +68,18 @@ class Bleu(Metric):
     def score(self, output: str, case: Case) -> float:
         return float(self._sentence.sentence_score(output, [_expected(case)]).score) / 100
 
-    def aggregate(self, outputs: Sequence[str], cases: Sequence[Case], scores: Sequence[float | None]) -> float | None:
-        pairs = [(o, c.expected) for o, c in zip(outputs, cases, strict=True) if c.expected is not None]
+    def aggregate(
+        self, outputs: Sequence[str], cases: Sequence[Case], scores: Sequence[float | None]
+    ) -> float | None:
+        pairs = [
+            (o, c.expected) for o, c in zip(outputs, cases, strict=True) if c.expected is not None
+        ]
         if not pairs:
             return None
-        return float(self._corpus.corpus_score([o for o, _ in pairs], [[e for _, e in pairs]]).score) / 100
+        return (
+            float(self._corpus.corpus_score([o for o, _ in pairs], [[e for _, e in pairs]]).score)
+            / 100
+        )
 
 
 class Chrf(Metric):
@@ -86,11 +95,18 @@ class Chrf(Metric):
     def score(self, output: str, case: Case) -> float:
         return float(self._chrf.sentence_score(output, [_expected(case)]).score) / 100
 
-    def aggregate(self, outputs: Sequence[str], cases: Sequence[Case], scores: Sequence[float | None]) -> float | None:
-        pairs = [(o, c.expected) for o, c in zip(outputs, cases, strict=True) if c.expected is not None]
+    def aggregate(
+        self, outputs: Sequence[str], cases: Sequence[Case], scores: Sequence[float | None]
+    ) -> float | None:
+        pairs = [
+            (o, c.expected) for o, c in zip(outputs, cases, strict=True) if c.expected is not None
+        ]
         if not pairs:
             return None
-        return float(self._chrf.corpus_score([o for o, _ in pairs], [[e for _, e in pairs]]).score) / 100
+        return (
+            float(self._chrf.corpus_score([o for o, _ in pairs], [[e for _, e in pairs]]).score)
+            / 100
+        )
 
 
 class _Rouge(Metric):

@@ -53,7 +53,9 @@ def build_report(
                 result = results.get((case.id, candidate.name, repeat))
                 if result is None:
                     continue
-                rows.append({"id": case.id, "candidate": candidate.name, "repeat": repeat, **result})
+                rows.append(
+                    {"id": case.id, "candidate": candidate.name, "repeat": repeat, **result}
+                )
                 if result.get("error") is None:
                     done.append((case, result))
         outputs = [r["output"] for _, r in done]
@@ -70,7 +72,9 @@ def build_report(
             "model": candidate.model,
             "cases": len(done),
             "errors": sum(
-                1 for (cid, name, _), r in results.items() if name == candidate.name and r.get("error")
+                1
+                for (cid, name, _), r in results.items()
+                if name == candidate.name and r.get("error")
             ),
             "metrics": aggregates,
             "latency_ms": percentiles([float(r["latency_ms"]) for _, r in done]),

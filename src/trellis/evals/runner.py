@@ -246,7 +246,9 @@ class EvalRunner:
         """The report of a stored run, finished or not."""
         record = await self.store.run(run_id)
         results = await self.store.results(run_id)
-        return build_report(run_id, suite, dataset, self.metrics(suite), results, status=record.status)
+        return build_report(
+            run_id, suite, dataset, self.metrics(suite), results, status=record.status
+        )
 
 
 def _score(metrics: list[Metric], output: str, case: Case) -> dict[str, float | None]:

@@ -195,5 +195,3 @@ class EvalStore:
         async with self.db.engine.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return {(r["case_id"], r["candidate"], r["repeat"]): r["result"] for r in rows}
-
-

@@ -54,7 +54,9 @@ def template_fields(template: str) -> list[str]:
                 "(no attributes, indexes or positional fields)"
             )
         if conversion or (spec and "{" in spec):
-            raise ValueError(f"template field {{{field}}}: conversions and nested fields are not allowed")
+            raise ValueError(
+                f"template field {{{field}}}: conversions and nested fields are not allowed"
+            )
         names.append(field)
     return names
 

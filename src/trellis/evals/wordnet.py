@@ -45,7 +45,9 @@ class WordNetMissingError(RuntimeError):
 
 def wordnet_dir() -> Path:
     """The folder holding the WordNet database files; raises if there is none."""
-    candidates = [os.environ["TRELLIS_WORDNET_DIR"]] if os.environ.get("TRELLIS_WORDNET_DIR") else []
+    candidates = (
+        [os.environ["TRELLIS_WORDNET_DIR"]] if os.environ.get("TRELLIS_WORDNET_DIR") else []
+    )
     for folder in (*candidates, *SEARCH):
         if (Path(folder) / "data.noun").is_file() and (Path(folder) / "index.noun").is_file():
             return Path(folder)

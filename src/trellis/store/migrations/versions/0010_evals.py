@@ -55,7 +55,10 @@ def upgrade() -> None:
         sa.Column("created_at", sa.Float, nullable=False),
         sa.PrimaryKeyConstraint("run_id", "case_id", "candidate", "repeat", name="pk_eval_results"),
         sa.ForeignKeyConstraint(
-            ["run_id"], ["eval_runs.id"], name="fk_eval_results_run_id_eval_runs", ondelete="CASCADE"
+            ["run_id"],
+            ["eval_runs.id"],
+            name="fk_eval_results_run_id_eval_runs",
+            ondelete="CASCADE",
         ),
     )
 
