@@ -53,7 +53,7 @@ test: install-dev pgvector wordnet
 # Benchmarks: gateway overhead (LiteLLM row after `bash benchmarks/setup_litellm.sh`),
 # trace statistics over 1M spans, retrieval quality and speed, ingestion throughput (int8 vs
 # fp32 embedder), semantic-cache false hits, long queries, and the bundled model's default
-# decoding (~15 min).
+# decoding (~15 min), the eval runner's overhead and seconds per eval metric.
 # Results in benchmarks/results/.
 bench: install-dev
 	$(PY) benchmarks/gateway_overhead.py
@@ -65,6 +65,7 @@ bench: install-dev
 	$(PY) benchmarks/semantic_cache_eval.py --json benchmarks/results/semantic_cache.json
 	$(PY) benchmarks/long_queries.py
 	$(PY) benchmarks/local_decoding.py --json benchmarks/results/local_decoding.json
+	$(PY) benchmarks/eval_runner.py --metrics --json benchmarks/results/eval_runner.json
 
 lint: install-dev
 	$(VENV)/bin/ruff check src tests benchmarks

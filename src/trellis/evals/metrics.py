@@ -26,6 +26,8 @@ class Metric:
     needs_expected: ClassVar[bool] = True
     #: Needs the embedder (``embedder`` is set by whoever runs the metric).
     needs_embedder: ClassVar[bool] = False
+    #: Costs microseconds: scored on the event loop, not in a worker thread.
+    cheap: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         if options:
@@ -187,6 +189,7 @@ class Exact(Metric):
     """1 when the output equals ``expected`` (surrounding whitespace ignored)."""
 
     name = "exact"
+    cheap = True
 
     def __init__(self, ignore_case: bool = False) -> None:
         self.ignore_case = bool(ignore_case)
@@ -204,6 +207,7 @@ class Contains(Metric):
     case's ``expected``."""
 
     name = "contains"
+    cheap = True
 
     def __init__(
         self, value: str | None = None, field: str | None = None, ignore_case: bool = False
@@ -231,6 +235,7 @@ class Regex(Metric):
     """1 when ``pattern`` matches somewhere in the output (``re.search``)."""
 
     name = "regex"
+    cheap = True
     needs_expected = False
 
     def __init__(self, pattern: str | None = None, ignore_case: bool = False) -> None:
@@ -256,6 +261,7 @@ class JsonValid(Metric):
     """1 when the output is one JSON value."""
 
     name = "json_valid"
+    cheap = True
     needs_expected = False
 
     def score(self, output: str, case: Case) -> float:
@@ -266,6 +272,7 @@ class JsonSchemaValid(Metric):
     """1 when the output is JSON valid against ``schema`` (jsonschema, the schema's draft)."""
 
     name = "json_schema_valid"
+    cheap = True
     needs_expected = False
 
     def __init__(self, schema: dict[str, Any] | None = None) -> None:

@@ -64,6 +64,42 @@ async def resolve_dataset(ref: str, base: Path, store: EvalStore) -> Dataset:
     return await store.dataset(ref)
 
 
+class _ResultWriter:
+    """Stores finished units in batches: what finishes while one write is in flight goes
+    into the next, so a run makes one transaction per batch, not per case. A kill loses
+    at most the units of the batch being gathered (they are redone on resume)."""
+
+    def __init__(self, store: EvalStore, run_id: str, replace: set[ResultKey]) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.replace = replace
+        self.pending: list[tuple[ResultKey, dict[str, Any]]] = []
+        self.wake = asyncio.Event()
+        self.closing = False
+        self.task = asyncio.create_task(self._loop())
+
+    def add(self, key: ResultKey, result: dict[str, Any]) -> None:
+        if self.task.done():
+            self.task.result()  # a failed write fails the run now
+        self.pending.append((key, result))
+        self.wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            batch, self.pending = self.pending, []
+            await self.store.add_results(self.run_id, batch, replace=self.replace)
+            if self.closing and not self.pending:
+                return
+
+    async def close(self) -> None:
+        """Write what is pending and stop."""
+        self.closing = True
+        self.wake.set()
+        await self.task
+
+
 class _Costs:
     """Cost and tokens of recent traces, from the gateway's ``on_trace`` hook."""
 
@@ -177,13 +213,14 @@ class EvalRunner:
         costs = _Costs()
         self.gateway.on_trace.append(costs)
         limit = asyncio.Semaphore(suite.concurrency)
+        writer = _ResultWriter(self.store, run_id, {key for key in results})
 
         async def one(case: Case, candidate: Candidate, repeat: int) -> None:
             nonlocal done
             async with limit:
                 result = await self._unit(case, candidate, metrics, costs)
             key: ResultKey = (case.id, candidate.name, repeat)
-            await self.store.add_result(run_id, key, result)
+            writer.add(key, result)
             results[key] = result
             done += 1
             if progress is not None:
@@ -191,7 +228,9 @@ class EvalRunner:
 
         try:
             await asyncio.gather(*(one(*unit) for unit in todo))
+            await writer.close()
         except BaseException as exc:
+            writer.task.cancel()
             if not isinstance(exc, asyncio.CancelledError):
                 await self.store.set_status(run_id, "failed", f"{type(exc).__name__}: {exc}")
             raise
@@ -239,7 +278,10 @@ class EvalRunner:
             output_tokens=usage.completion_tokens if usage else 0,
             cost=float(summary.get("cost") or 0.0),
         )
-        result["metrics"] = await asyncio.to_thread(_score, metrics, output, case)
+        if all(metric.cheap for metric in metrics):
+            result["metrics"] = _score(metrics, output, case)
+        else:  # reference metrics and embeddings take milliseconds: off the event loop
+            result["metrics"] = await asyncio.to_thread(_score, metrics, output, case)
         return result
 
     async def report(self, run_id: str, suite: Suite, dataset: Dataset) -> dict[str, Any]:

@@ -167,28 +167,44 @@ class EvalStore:
             ids = [r.id for r in (await conn.execute(query)).all()]
         return [await self.run(run_id) for run_id in ids]
 
-    async def add_result(self, run_id: str, key: ResultKey, result: dict[str, Any]) -> None:
-        """Store one finished unit of work (replacing an earlier failed try of it)."""
-        case_id, candidate, repeat = key
-        row = {
-            "run_id": run_id,
-            "case_id": case_id,
-            "candidate": candidate,
-            "repeat": repeat,
-            "result": result,
-            "created_at": time.time(),
-        }
+    async def add_results(
+        self,
+        run_id: str,
+        items: list[tuple[ResultKey, dict[str, Any]]],
+        *,
+        replace: set[ResultKey] | frozenset[ResultKey] = frozenset(),
+    ) -> None:
+        """Store finished units in one transaction; keys in ``replace`` (failed units
+        tried again) replace their earlier row."""
+        if not items:
+            return
+        now = time.time()
+        rows = [
+            {
+                "run_id": run_id,
+                "case_id": case_id,
+                "candidate": candidate,
+                "repeat": repeat,
+                "result": result,
+                "created_at": now,
+            }
+            for (case_id, candidate, repeat), result in items
+        ]
         async with self.db.engine.begin() as conn:
-            # A failed unit that is tried again replaces its row.
-            await conn.execute(
-                sa.delete(eval_results).where(
-                    eval_results.c.run_id == run_id,
-                    eval_results.c.case_id == case_id,
-                    eval_results.c.candidate == candidate,
-                    eval_results.c.repeat == repeat,
+            for case_id, candidate, repeat in (key for key, _ in items if key in replace):
+                await conn.execute(
+                    sa.delete(eval_results).where(
+                        eval_results.c.run_id == run_id,
+                        eval_results.c.case_id == case_id,
+                        eval_results.c.candidate == candidate,
+                        eval_results.c.repeat == repeat,
+                    )
                 )
-            )
-            await conn.execute(sa.insert(eval_results), [row])
+            await conn.execute(sa.insert(eval_results), rows)
+
+    async def add_result(self, run_id: str, key: ResultKey, result: dict[str, Any]) -> None:
+        """Store one finished unit (replacing an earlier failed try of it)."""
+        await self.add_results(run_id, [(key, result)], replace={key})
 
     async def results(self, run_id: str) -> dict[ResultKey, dict[str, Any]]:
         query = sa.select(eval_results).where(eval_results.c.run_id == run_id)
