@@ -9,6 +9,7 @@ None when the case cannot be scored (no ``expected`` for a reference metric).
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -43,10 +44,22 @@ class Metric:
         values = [s for s in scores if s is not None]
         return sum(values) / len(values) if values else None
 
-    def __call__(self, output: str, case: Case) -> float | None:
+    #: Scores what retrieval found (``retrieved``: document ids in rank order), not the text.
+    needs_retrieval: ClassVar[bool] = False
+
+    def __call__(
+        self, output: str, case: Case, retrieved: Sequence[str] | None = None
+    ) -> float | None:
+        if self.needs_retrieval:
+            if case.relevant_ids is None or retrieved is None:
+                return None
+            return self.score_retrieval(_unique(retrieved), set(case.relevant_ids))
         if self.needs_expected and case.expected is None:
             return None
         return self.score(output, case)
+
+    def score_retrieval(self, retrieved: list[str], relevant: set[str]) -> float | None:
+        raise NotImplementedError
 
 
 def _expected(case: Case) -> str:
@@ -292,12 +305,80 @@ class JsonSchemaValid(Metric):
         return float(ok and self._validator.is_valid(value))
 
 
+# --- retrieval (RAG) --------------------------------------------------------------------
+# Binary relevance against the case's ``relevant_ids``; ``retrieved`` is the grounded
+# answer's citations' document ids in rank order, each document counted at its first rank.
+
+
+def _unique(ids: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(ids))
+
+
+class _AtK(Metric):
+    needs_expected = False
+    needs_retrieval = True
+    cheap = True
+    default_k: ClassVar[int] = 10
+
+    def __init__(self, k: int | None = None) -> None:
+        k = self.default_k if k is None else k
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"metric {self.name!r}: k must be a positive integer")
+        self.k = k
+
+    def score(self, output: str, case: Case) -> float | None:
+        return None
+
+
+class Ndcg(_AtK):
+    """nDCG@k (default 10): sum of 1/log2(rank+1) over relevant hits, over the ideal."""
+
+    name = "ndcg"
+
+    def score_retrieval(self, retrieved: list[str], relevant: set[str]) -> float | None:
+        if not relevant:
+            return None
+        dcg = sum(
+            1 / math.log2(rank + 1)
+            for rank, doc in enumerate(retrieved[: self.k], 1)
+            if doc in relevant
+        )
+        ideal = sum(1 / math.log2(rank + 1) for rank in range(1, min(len(relevant), self.k) + 1))
+        return dcg / ideal
+
+
+class Recall(_AtK):
+    """recall@k (default 10): the share of the relevant documents in the top k."""
+
+    name = "recall"
+
+    def score_retrieval(self, retrieved: list[str], relevant: set[str]) -> float | None:
+        if not relevant:
+            return None
+        return len(relevant.intersection(retrieved[: self.k])) / len(relevant)
+
+
+class Mrr(_AtK):
+    """Reciprocal rank of the first relevant document (0 when none is retrieved)."""
+
+    name = "mrr"
+    default_k = 1000
+
+    def score_retrieval(self, retrieved: list[str], relevant: set[str]) -> float | None:
+        if not relevant:
+            return None
+        for rank, doc in enumerate(retrieved[: self.k], 1):
+            if doc in relevant:
+                return 1 / rank
+        return 0.0
+
+
 #: Every metric by name (what a suite's ``metrics:`` list may name).
 METRICS: dict[str, Callable[..., Metric]] = {
     cls.name: cls
     for cls in (
         Bleu, Chrf, Rouge1, Rouge2, RougeL, Meteor, Cosine,
-        Exact, Contains, Regex, JsonValid, JsonSchemaValid,
+        Exact, Contains, Regex, JsonValid, JsonSchemaValid, Ndcg, Recall, Mrr,
     )
 }  # fmt: skip
 

@@ -268,6 +268,15 @@ class EvalRunner:
         result["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
         response = answer.response
         output = (response.choices[0].message.content or "") if response.choices else ""
+        # A grounded answer's sources, in rank order (what the RAG metrics score).
+        citations = getattr(response, "citations", None)
+        retrieved = (
+            [str(c.get("document_id")) for c in citations if isinstance(c, dict)]
+            if isinstance(citations, list)
+            else None
+        )
+        if retrieved is not None:
+            result["retrieved_ids"] = retrieved
         summary = await costs.get(answer.trace_id)
         usage = response.usage
         result.update(
@@ -279,9 +288,9 @@ class EvalRunner:
             cost=float(summary.get("cost") or 0.0),
         )
         if all(metric.cheap for metric in metrics):
-            result["metrics"] = _score(metrics, output, case)
+            result["metrics"] = _score(metrics, output, case, retrieved)
         else:  # reference metrics and embeddings take milliseconds: off the event loop
-            result["metrics"] = await asyncio.to_thread(_score, metrics, output, case)
+            result["metrics"] = await asyncio.to_thread(_score, metrics, output, case, retrieved)
         return result
 
     async def report(self, run_id: str, suite: Suite, dataset: Dataset) -> dict[str, Any]:
@@ -293,9 +302,11 @@ class EvalRunner:
         )
 
 
-def _score(metrics: list[Metric], output: str, case: Case) -> dict[str, float | None]:
+def _score(
+    metrics: list[Metric], output: str, case: Case, retrieved: list[str] | None = None
+) -> dict[str, float | None]:
     values: dict[str, float | None] = {}
     for metric in metrics:
-        value = metric(output, case)
+        value = metric(output, case, retrieved)
         values[metric.name] = None if value is None else round(value, 6)
     return values
