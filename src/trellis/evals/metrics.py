@@ -385,9 +385,15 @@ METRICS: dict[str, Callable[..., Metric]] = {
 
 def build_metric(name: str, options: dict[str, Any] | None = None) -> Metric:
     """The metric ``name`` with ``options``; a ValueError names what is wrong."""
-    factory = METRICS.get(name)
+    if name == "judge":  # calls a model: lives with the gateway-facing code
+        from trellis.evals.judge import RubricJudge
+
+        factory: Callable[..., Metric] | None = RubricJudge
+    else:
+        factory = METRICS.get(name)
     if factory is None:
-        raise ValueError(f"unknown metric {name!r}; choose from {', '.join(sorted(METRICS))}")
+        names = ", ".join(sorted([*METRICS, "judge"]))
+        raise ValueError(f"unknown metric {name!r}; choose from {names}")
     from trellis.evals.wordnet import WordNetMissingError
 
     try:

@@ -287,10 +287,16 @@ class EvalRunner:
             output_tokens=usage.completion_tokens if usage else 0,
             cost=float(summary.get("cost") or 0.0),
         )
-        if all(metric.cheap for metric in metrics):
-            result["metrics"] = _score(metrics, output, case, retrieved)
+        local = [m for m in metrics if not getattr(m, "needs_gateway", False)]
+        if all(metric.cheap for metric in local):
+            result["metrics"] = _score(local, output, case, retrieved)
         else:  # reference metrics and embeddings take milliseconds: off the event loop
-            result["metrics"] = await asyncio.to_thread(_score, metrics, output, case, retrieved)
+            result["metrics"] = await asyncio.to_thread(_score, local, output, case, retrieved)
+        for metric in metrics:
+            if getattr(metric, "needs_gateway", False):  # LLM judges: a call of their own
+                value, verdict = await metric.judge(self.gateway, output, case, self.caller)  # type: ignore[attr-defined]
+                result["metrics"][metric.name] = None if value is None else round(value, 6)
+                result.setdefault("judgements", {})[metric.name] = verdict
         return result
 
     async def report(self, run_id: str, suite: Suite, dataset: Dataset) -> dict[str, Any]:
