@@ -209,3 +209,26 @@ async def test_kill_9_mid_run_then_resume_without_redoing_finished_cases(
             if key in stored:
                 assert row["trace_id"] == stored[key]["trace_id"]  # kept, not redone
         assert (await store.run(run_id)).status == "succeeded"
+
+
+async def test_repeats_report_agreement(upstream: FakeUpstream, sqlite_db: Database) -> None:
+    calls: dict[str, int] = {}
+
+    def flaky(body: dict[str, object]) -> str:
+        text = str(body["messages"][-1]["content"])  # type: ignore[index]
+        calls[text] = calls.get(text, 0) + 1
+        if text == "What is 0+1?" and body["model"] == "good-model":
+            return str(calls[text])  # a different answer each repeat
+        return answer(body)  # type: ignore[arg-type]
+
+    upstream.reply = flaky
+    report = await EvalRunner(make_gateway(upstream.base_url), EvalStore(sqlite_db)).run(
+        suite_of(repeats=3), dataset_of(4)
+    )
+    assert len(report["cases"]) == 24 and report["repeats"] == 3
+    assert report["candidates"]["good"]["agreement"] == 0.75
+    assert report["candidates"]["bad"]["agreement"] == 1.0
+    single = await EvalRunner(make_gateway(upstream.base_url), EvalStore(sqlite_db)).run(
+        suite_of(), dataset_of(1)
+    )
+    assert single["candidates"]["good"]["agreement"] is None

@@ -66,6 +66,15 @@ def build_report(
             )
             for metric in metrics
         }
+        # Reliability: the share of cases whose repeats all gave the same output.
+        by_case: dict[str, set[str]] = {}
+        for case, result in done:
+            by_case.setdefault(case.id, set()).add(result["output"])
+        agreement = (
+            round(sum(len(outputs) == 1 for outputs in by_case.values()) / len(by_case), 6)
+            if suite.repeats > 1 and by_case
+            else None
+        )
         input_tokens = sum(int(r.get("input_tokens") or 0) for _, r in done)
         output_tokens = sum(int(r.get("output_tokens") or 0) for _, r in done)
         candidates[candidate.name] = {
@@ -77,6 +86,7 @@ def build_report(
                 if name == candidate.name and r.get("error")
             ),
             "metrics": aggregates,
+            "agreement": agreement,
             "latency_ms": percentiles([float(r["latency_ms"]) for _, r in done]),
             "tokens": {
                 "input": input_tokens,
