@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from trellis.errors import InvalidRequestError
+from trellis.errors import ConflictError, InvalidRequestError
 from trellis.evals import EvalRunner, EvalStore, build_request, parse_suite
 from trellis.evals.datasets import Case
 from trellis.store import Database
@@ -100,6 +100,8 @@ async def test_a_rerun_redoes_only_the_failed_units(
     assert len(upstream.requests) - before == 2
     assert all(r["error"] is None for r in second["cases"]) and len(second["cases"]) == 6
     assert (await store.run(first["run_id"])).status == "succeeded"
+    with pytest.raises(ConflictError, match="keeps its dataset"):
+        await runner.run(suite_of(), dataset_of(4), run_id=first["run_id"])
 
 
 def test_requests_follow_the_candidate() -> None:

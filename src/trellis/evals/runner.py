@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trellis.errors import InvalidRequestError, TrellisError
+from trellis.errors import ConflictError, InvalidRequestError, NotFoundError, TrellisError
 from trellis.evals.datasets import Case, Dataset, load_dataset
 from trellis.evals.metrics import Metric, build_metrics
 from trellis.evals.report import build_report
@@ -176,10 +176,17 @@ class EvalRunner:
         total = len(dataset.cases) * len(suite.candidates) * suite.repeats
         if run_id is not None:
             try:
-                await self.store.run(run_id)
-                return run_id
-            except TrellisError:
+                record = await self.store.run(run_id)
+            except NotFoundError:
                 pass
+            else:
+                if record.dataset != dataset.ref:
+                    raise ConflictError(
+                        f"run {run_id} evaluates {record.dataset}, not {dataset.ref}: "
+                        "a resumed run keeps its dataset",
+                        param="run_id",
+                    )
+                return run_id
         run_id = run_id or uuid.uuid4().hex
         await self.store.save_dataset(dataset)
         await self.store.create_run(
