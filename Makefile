@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: run test bench lint install install-dev pgvector clean
+.PHONY: run test bench lint install install-dev pgvector wordnet clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,15 +36,26 @@ pgvector:
 		echo "make: pgvector not installed (needs root on Debian with PostgreSQL); the pgvector tests will skip"; \
 	fi
 
-test: install-dev pgvector
+# METEOR (trellis.evals) reads the WordNet 3.0 database from /usr/share/wordnet: as root on
+# Debian this installs it (wordnet-base); elsewhere the METEOR tests skip and say why, except
+# under CI=true, where they fail.
+wordnet:
+	@if [ -f /usr/share/wordnet/data.noun ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		bash scripts/install-wordnet.sh || echo "make: wordnet-base could not be installed; the METEOR tests will skip"; \
+	else \
+		echo "make: WordNet not installed (apt-get install wordnet-base, as root); the METEOR tests will skip"; \
+	fi
+
+test: install-dev pgvector wordnet
 	$(PY) -m pytest
 
-# Benchmarks: gateway overhead (LiteLLM row after `bash benchmarks/setup_litellm.sh`),
-# trace statistics over 1M spans, retrieval quality and speed, ingestion throughput (int8 vs
-# fp32 embedder), semantic-cache false hits, long queries, and the bundled model's default
-# decoding (~15 min), and the workflow engine's overhead per step next to LangGraph (LangGraph
-# rows after `bash benchmarks/setup_langgraph.sh`).
-# Results in benchmarks/results/.
+# Benchmarks (results in benchmarks/results/): gateway overhead (LiteLLM row after
+# `bash benchmarks/setup_litellm.sh`), trace statistics over 1M spans, retrieval quality and
+# speed, ingestion throughput (int8 vs fp32 embedder), semantic-cache false hits, long queries,
+# the bundled model's default decoding (~15 min), the workflow engine's overhead per step next
+# to LangGraph (LangGraph rows after `bash benchmarks/setup_langgraph.sh`), the eval runner's
+# overhead and seconds per eval metric.
 bench: install-dev
 	$(PY) benchmarks/gateway_overhead.py
 	$(PY) benchmarks/trace_writer.py
@@ -56,6 +67,7 @@ bench: install-dev
 	$(PY) benchmarks/long_queries.py
 	$(PY) benchmarks/local_decoding.py --json benchmarks/results/local_decoding.json
 	$(PY) benchmarks/workflow_overhead.py --json benchmarks/results/workflow_overhead.json
+	$(PY) benchmarks/eval_runner.py --metrics --json benchmarks/results/eval_runner.json
 
 lint: install-dev
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -1,7 +1,7 @@
 """Dependencies point downward: a layer never imports a layer above it.
 
-The layers (docs/architecture.md): server → runtime → (orchestration, retrieval,
-evals) → inference → observe/access → store/guard → schema/settings → shared rules
+The layers (docs/architecture.md): server → (runtime, evals) → (orchestration, retrieval,
+memory) → inference → observe/access → store/guard → schema/settings → shared rules
 (http_headers, http_proxies, durations, nesting) → errors.
 Units of one layer do not import each other either. Every import
 counts, also those inside functions and under ``TYPE_CHECKING``: a lazy or
@@ -35,7 +35,7 @@ LAYERS: dict[str, int] = {
     "retrieval": 6,
     "orchestration": 6,
     "memory": 6,
-    "evals": 6,
+    "evals": 7,
     "runtime": 7,
     "server": 8,
     "web": 8,

@@ -7,6 +7,7 @@ loopback (in front of a fake upstream), checking every answer against the schema
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -82,9 +83,11 @@ def test_request_bodies_are_published(openapi: dict[str, Any]) -> None:
     }
     for (path, method), field in expected.items():
         assert field in _body_schema(openapi, path, method)["required"], path
-    # Every operation that reads a body says so (re-indexing and cancelling read none).
+    # Every operation that reads a body says so (re-indexing, cancelling and resuming an
+    # eval run read none).
+    bodiless = ("/reindex", "/cancel", "/v1/evals/runs/{run_id}/resume")
     for path, method, operation in _operations(openapi):
-        if method == "post" and not path.endswith(("/reindex", "/cancel")):
+        if method == "post" and not path.endswith(bodiless):
             assert "requestBody" in operation, (method, path)
 
 
@@ -184,7 +187,31 @@ def _succeeding_cases(schema: Any, client: httpx.Client) -> list[Any]:
     waiting = client.post("/v1/workflows/review/runs", json=review).json()
     done = client.post("/v1/workflows/slow/runs", json={"input": {}}).json()
     runs = "/v1/runs/{run_id}"
+    cases = '{"id": "a", "input": "Hi", "expected": "Hello"}'
+    dataset = client.post("/v1/evals/datasets", json={"name": "hi", "content": cases}).json()
+    suite = {
+        "dataset": f"hi@{dataset['version']}",
+        "candidates": [{"name": "a", "model": "gpt-test"}],
+        "metrics": ["exact"],
+    }
+    eval_run = client.post("/v1/evals/runs", json={"suite": suite}).json()
+    while client.get(f"/v1/evals/runs/{eval_run['id']}").json()["status"] == "running":
+        time.sleep(0.02)
+    eval_runs = "/v1/evals/runs/{run_id}"
     return [
+        schema["/v1/evals/datasets"]["POST"].Case(body={"name": "hi", "content": cases}),
+        schema["/v1/evals/datasets"]["GET"].Case(),
+        schema["/v1/evals/runs"]["POST"].Case(body={"suite": suite}),
+        schema["/v1/evals/runs"]["GET"].Case(),
+        schema[eval_runs]["GET"].Case(path_parameters={"run_id": eval_run["id"]}),
+        schema[eval_runs + "/resume"]["POST"].Case(path_parameters={"run_id": eval_run["id"]}),
+        schema["/v1/evals/compare"]["POST"].Case(
+            body={
+                "baseline": eval_run["id"],
+                "candidate": eval_run["id"],
+                "fail_on": ["exact:-0.1"],
+            }
+        ),
         schema["/v1/workflows"]["GET"].Case(),
         schema["/v1/workflows/{name}/runs"]["POST"].Case(
             path_parameters={"name": "review"}, body=review

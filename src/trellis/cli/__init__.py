@@ -1,5 +1,5 @@
 """The ``trellis`` command: serve, chat, models, keys, doctor, traces, stats, retrieval,
-workflows and runs.
+workflows, runs and eval.
 
 One module per command group; this package only assembles them into ``app``, the
 console-script entry point (``trellis.cli:app``).
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from trellis.cli import chat, doctor, keys, models, observe, retrieval, serve, workflows
+from trellis.cli import chat, doctor, evals, keys, models, observe, retrieval, serve, workflows
 
 __all__ = ["app"]
 
@@ -30,3 +30,4 @@ app.command()(retrieval.search)
 app.add_typer(workflows.workflows_app, name="workflows")
 app.command("run")(workflows.run_workflow)
 app.add_typer(workflows.runs_app, name="runs")
+app.add_typer(evals.eval_app, name="eval")

@@ -19,6 +19,7 @@ from trellis.server.openapi import publish
 from trellis.server.routes import (
     alerts,
     collections,
+    evals,
     health,
     inference,
     keys,
@@ -151,6 +152,10 @@ def create_app(
             await runtime.start()
             # A serving process continues runs its previous life (or a dead replica) left.
             runtime.workflows.start_recovery()
+            if runtime.db is not None and runtime.db.is_sqlite:
+                # One process owns a SQLite database: eval runs it left unfinished go on.
+                # (With Postgres and several replicas: POST /v1/evals/runs/{id}/resume.)
+                await evals.service_of(app, runtime).resume_unfinished()
         if runtime.new_admin_key:
             announce_admin_key(runtime.new_admin_key)
         if freeze_gc:
@@ -164,6 +169,9 @@ def create_app(
         try:
             yield
         finally:
+            service = getattr(app.state, "evals", None)
+            if service is not None:
+                await service.aclose()
             if owned:
                 await runtime.aclose()
 
@@ -189,6 +197,7 @@ def create_app(
         memories,
         sessions,
         workflows,
+        evals,
     ):
         app.include_router(module.router)
     app.direct_routes.update(

@@ -46,6 +46,9 @@ __all__ = [
     "memory_sessions",
     "memory_turns",
     "memories",
+    "eval_datasets",
+    "eval_runs",
+    "eval_results",
     "JSONType",
     "VERSION_TABLE",
     "include_name",
@@ -426,6 +429,50 @@ memories = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Index("ix_memories_owner_user_id", "owner", "user_id"),
+)
+
+# --- evals (revision 0011_evals) ----------------------------------------------
+
+eval_datasets = Table(
+    "eval_datasets",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    # Content hash of the cases (trellis.evals.datasets.content_hash).
+    Column("version", String(12), primary_key=True),
+    Column("cases", JSONType, nullable=False),
+    Column("case_count", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+eval_runs = Table(
+    "eval_runs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    # The suite as validated (candidates, metrics, repeats, concurrency).
+    Column("suite", JSONType, nullable=False),
+    # ``name@version`` of the dataset the run evaluates.
+    Column("dataset", String(120), nullable=False),
+    # running | succeeded | failed
+    Column("status", String(16), nullable=False),
+    # cases x candidates x repeats
+    Column("total", Integer, nullable=False),
+    Column("error", Text, nullable=True),
+    # The API key that started the run over HTTP (None in process).
+    Column("key_id", String(64), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+eval_results = Table(
+    "eval_results",
+    metadata,
+    Column("run_id", String(32), ForeignKey("eval_runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("case_id", String(200), primary_key=True),
+    Column("candidate", String(100), primary_key=True),
+    Column("repeat", Integer, primary_key=True),
+    # output, metrics, latency_ms, tokens, cost, trace_id, error
+    Column("result", JSONType, nullable=False),
+    Column("created_at", Float, nullable=False),
 )
 
 #: The Postgres keyword index over chunks.fts_vector (GIN, revision 0006; SQLite's FTS5

@@ -1,0 +1,263 @@
+"""``trellis eval run|compare`` and ``trellis eval dataset add|list``.
+
+``run`` starts a Trellis runtime in process (its gateway answers, its database keeps the
+results) and shows a progress bar on stderr; ``--run-id`` of an interrupted run resumes it.
+``compare`` reads two JSON reports and exits 1 on a ``--fail-on`` regression, for CI.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from trellis.cli._common import (
+    ConfigOption,
+    JsonOption,
+    console,
+    err_console,
+    load_settings,
+    run,
+    with_db,
+)
+from trellis.errors import TrellisError
+
+eval_app = typer.Typer(
+    help="Evaluate models and prompts on datasets; compare runs.", no_args_is_help=True
+)
+dataset_app = typer.Typer(help="Store and list eval datasets.", no_args_is_help=True)
+eval_app.add_typer(dataset_app, name="dataset")
+
+
+def _write_json(data: Any, path: str | None) -> None:
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    if path is None or path == "-":
+        sys.stdout.write(text + "\n")
+    else:
+        Path(path).write_text(text + "\n", encoding="utf-8")
+
+
+@eval_app.command("run")
+def eval_run(
+    suite_path: Annotated[Path, typer.Argument(metavar="SUITE.yaml", help="The suite to run")],
+    json_out: Annotated[
+        str | None, typer.Option("--json", help="Write the JSON report here ('-': stdout)")
+    ] = None,
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="Resume this run (or start one with this id)")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Run a suite: every case through every candidate, scored, stored as it finishes."""
+    from trellis.evals import EvalRunner, EvalStore, load_suite, resolve_dataset
+    from trellis.runtime import Trellis
+
+    settings = load_settings(config)
+    try:
+        suite, base = load_suite(suite_path)
+    except TrellisError as exc:
+        err_console.print(f"[red]error:[/red] {escape(exc.message)}")
+        raise typer.Exit(2) from None
+
+    async def go() -> dict[str, Any]:
+        async with Trellis(settings) as trellis:
+            assert trellis.db is not None and trellis.gateway is not None
+            store = EvalStore(trellis.db)
+            dataset = await resolve_dataset(suite.dataset, base, store)
+            runner = EvalRunner(trellis.gateway, store, embedder=trellis.minilm)
+            if quiet:
+                return await runner.run(suite, dataset, run_id=run_id)
+            with Progress(
+                TextColumn(f"[bold]{escape(suite.name)}[/bold]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err_console,
+                transient=False,
+            ) as bar:
+                task = bar.add_task("eval", total=None)
+
+                def progress(done: int, total: int) -> None:
+                    bar.update(task, completed=done, total=total)
+
+                return await runner.run(suite, dataset, run_id=run_id, progress=progress)
+
+    report = run(go)
+    if json_out is not None:
+        _write_json(report, json_out)
+    if json_out != "-":
+        _print_summary(report)
+
+
+def _print_summary(report: dict[str, Any]) -> None:
+    table = Table(title=f"{report['suite']} on {report['dataset']} (run {report['run_id']})")
+    table.add_column("candidate")
+    for name in report["metrics"]:
+        table.add_column(name, justify="right")
+    for column in ("p50 ms", "p95 ms", "tokens", "cost $", "errors"):
+        table.add_column(column, justify="right")
+    for name, summary in report["candidates"].items():
+        values = [summary["metrics"].get(m) for m in report["metrics"]]
+        latency = summary["latency_ms"]
+        table.add_row(
+            escape(name),
+            *("-" if v is None else f"{v:.4f}" for v in values),
+            "-" if latency["p50"] is None else f"{latency['p50']:.0f}",
+            "-" if latency["p95"] is None else f"{latency['p95']:.0f}",
+            str(summary["tokens"]["total"]),
+            f"{summary['cost']:.6f}",
+            str(summary["errors"]),
+        )
+    console.print(table)
+
+
+@eval_app.command("init")
+def eval_init(
+    directory: Annotated[Path, typer.Argument(help="Where to put the example suite")] = Path("."),
+) -> None:
+    """Copy the example suite (the bundled model on capital cities, offline) into DIRECTORY."""
+    from importlib.resources import files
+
+    directory.mkdir(parents=True, exist_ok=True)
+    examples = files("trellis.evals") / "examples"
+    for name in ("capitals.yaml", "capitals.jsonl"):
+        target = directory / name
+        if target.exists():
+            err_console.print(f"[yellow]{escape(str(target))} exists; left as it is[/yellow]")
+            continue
+        target.write_text((examples / name).read_text(encoding="utf-8"), encoding="utf-8")
+        console.print(f"wrote {escape(str(target))}")
+
+
+@eval_app.command("compare")
+def eval_compare(
+    baseline: Annotated[Path, typer.Argument(metavar="BASELINE.json")],
+    candidate: Annotated[Path, typer.Argument(metavar="CANDIDATE.json")],
+    fail_on: Annotated[
+        list[str] | None,
+        typer.Option("--fail-on", help="NAME:+X or NAME:-X (X or X%), e.g. rougeL:-0.02"),
+    ] = None,
+    markdown: Annotated[
+        str | None, typer.Option("--markdown", help="Write the Markdown summary to this file")
+    ] = None,
+    baseline_name: Annotated[
+        str | None,
+        typer.Option("--baseline-candidate", help="Candidate in BASELINE (default: first)"),
+    ] = None,
+    candidate_name: Annotated[
+        str | None, typer.Option("--candidate", help="Candidate in CANDIDATE (default: first)")
+    ] = None,
+    resamples: Annotated[int, typer.Option(min=100, help="Bootstrap resamples")] = 2000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed")] = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Per-metric deltas with bootstrap CIs; exit 1 when a --fail-on threshold is passed."""
+    from trellis.evals import compare_reports, parse_threshold
+
+    try:
+        reports = [_read_report(path) for path in (baseline, candidate)]
+        thresholds = [parse_threshold(text) for text in fail_on or []]
+        comparison = compare_reports(
+            reports[0],
+            reports[1],
+            thresholds=thresholds,
+            baseline_candidate=baseline_name,
+            candidate_candidate=candidate_name,
+            resamples=resamples,
+            seed=seed,
+        )
+    except TrellisError as exc:
+        err_console.print(f"[red]error:[/red] {escape(exc.message)}")
+        raise typer.Exit(2) from None
+    text = comparison.markdown()
+    if markdown is not None:
+        Path(markdown).write_text(text, encoding="utf-8")
+    if as_json:
+        _write_json(comparison.to_dict(), None)
+    elif markdown is None:
+        sys.stdout.write(text)
+    if comparison.failed:
+        failed = [f"{d.name} ({', '.join(d.failed)})" for d in comparison.deltas if d.failed]
+        err_console.print(f"[red]regression:[/red] {escape('; '.join(failed))}")
+        raise typer.Exit(1)
+
+
+def _read_report(path: Path) -> dict[str, Any]:
+    from trellis.errors import InvalidRequestError
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidRequestError(f"{path}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise InvalidRequestError(f"{path}: not a JSON report ({exc})") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError(f"{path}: not a Trellis eval report")
+    return data
+
+
+@dataset_app.command("add")
+def dataset_add(
+    path: Annotated[Path, typer.Argument(metavar="FILE", help="A .jsonl or .csv dataset")],
+    name: Annotated[str | None, typer.Option("--name", help="Default: the file's stem")] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Validate a dataset and store it, versioned by its content hash."""
+    from trellis.evals import EvalStore, load_dataset
+
+    settings = load_settings(config)
+    try:
+        dataset = load_dataset(path, name)
+    except TrellisError as exc:
+        err_console.print(f"[red]error:[/red] {escape(exc.message)}")
+        raise typer.Exit(2) from None
+
+    async def save(db: Any) -> bool:
+        return await EvalStore(db).save_dataset(dataset)
+
+    created = run(lambda: with_db(settings, save))
+    info = {
+        "name": dataset.name,
+        "version": dataset.version,
+        "cases": len(dataset.cases),
+        "created": created,
+    }
+    if as_json:
+        _write_json(info, None)
+    else:
+        state = "stored" if created else "already stored"
+        console.print(f"{escape(dataset.ref)}: {len(dataset.cases)} cases, {state}")
+
+
+@dataset_app.command("list")
+def dataset_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Stored datasets and their versions."""
+    from trellis.evals import EvalStore
+
+    settings = load_settings(config)
+
+    async def read(db: Any) -> list[Any]:
+        return await EvalStore(db).datasets()
+
+    infos = run(lambda: with_db(settings, read))
+    if as_json:
+        _write_json(
+            [
+                {"name": i.name, "version": i.version, "cases": i.cases, "created_at": i.created_at}
+                for i in infos
+            ],
+            None,
+        )
+        return
+    table = Table("name", "version", "cases")
+    for info in infos:
+        table.add_row(escape(info.name), info.version, str(info.cases))
+    console.print(table)

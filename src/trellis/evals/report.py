@@ -1,0 +1,112 @@
+"""The JSON report of a run: per case and candidate the output, metric values, latency,
+tokens, cost and trace; per candidate the metric aggregates, latency percentiles, total
+tokens and cost. ``trellis eval compare`` reads two of these."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from trellis.evals.datasets import Case, Dataset
+from trellis.evals.metrics import Metric
+from trellis.evals.store import ResultKey
+from trellis.evals.suite import Suite
+
+__all__ = ["build_report", "percentiles"]
+
+#: Report format version (bumped when a field changes meaning).
+FORMAT = 1
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float | None]:
+    """Mean and P50/P95/P99 (numpy's linear interpolation); None for no values."""
+    if not values:
+        return {"mean": None, "p50": None, "p95": None, "p99": None}
+    array = np.asarray(values, dtype=float)
+    p50, p95, p99 = np.percentile(array, [50, 95, 99])
+    return {
+        "mean": round(float(array.mean()), 3),
+        "p50": round(float(p50), 3),
+        "p95": round(float(p95), 3),
+        "p99": round(float(p99), 3),
+    }
+
+
+def build_report(
+    run_id: str,
+    suite: Suite,
+    dataset: Dataset,
+    metrics: Sequence[Metric],
+    results: dict[ResultKey, dict[str, Any]],
+    *,
+    status: str = "succeeded",
+) -> dict[str, Any]:
+    """The report from stored results, in dataset order (cases, then repeats)."""
+    rows: list[dict[str, Any]] = []
+    candidates: dict[str, Any] = {}
+    for candidate in suite.candidates:
+        done: list[tuple[Case, dict[str, Any]]] = []
+        for case in dataset.cases:
+            for repeat in range(suite.repeats):
+                result = results.get((case.id, candidate.name, repeat))
+                if result is None:
+                    continue
+                rows.append(
+                    {"id": case.id, "candidate": candidate.name, "repeat": repeat, **result}
+                )
+                if result.get("error") is None:
+                    done.append((case, result))
+        outputs = [r["output"] for _, r in done]
+        cases = [c for c, _ in done]
+        aggregates = {
+            metric.name: _round(
+                metric.aggregate(outputs, cases, [r["metrics"].get(metric.name) for _, r in done])
+            )
+            for metric in metrics
+        }
+        # Reliability: the share of cases whose repeats all gave the same output.
+        by_case: dict[str, set[str]] = {}
+        for case, result in done:
+            by_case.setdefault(case.id, set()).add(result["output"])
+        agreement = (
+            round(sum(len(outputs) == 1 for outputs in by_case.values()) / len(by_case), 6)
+            if suite.repeats > 1 and by_case
+            else None
+        )
+        input_tokens = sum(int(r.get("input_tokens") or 0) for _, r in done)
+        output_tokens = sum(int(r.get("output_tokens") or 0) for _, r in done)
+        candidates[candidate.name] = {
+            "model": candidate.model,
+            "cases": len(done),
+            "errors": sum(
+                1
+                for (cid, name, _), r in results.items()
+                if name == candidate.name and r.get("error")
+            ),
+            "metrics": aggregates,
+            "agreement": agreement,
+            "latency_ms": percentiles([float(r["latency_ms"]) for _, r in done]),
+            "tokens": {
+                "input": input_tokens,
+                "output": output_tokens,
+                "total": input_tokens + output_tokens,
+            },
+            "cost": round(sum(float(r.get("cost") or 0.0) for _, r in done), 10),
+        }
+    return {
+        "format": FORMAT,
+        "run_id": run_id,
+        "status": status,
+        "suite": suite.name,
+        "dataset": dataset.ref,
+        "repeats": suite.repeats,
+        "metrics": [m.name for m in metrics],
+        "candidates": candidates,
+        "cases": rows,
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 6)

@@ -1,0 +1,278 @@
+"""Evals over HTTP: upload datasets, start runs in the background, read their status and
+reports, resume them, and compare two runs.
+
+Scopes follow the workflow routes: uploading a dataset and starting, resuming or comparing
+runs needs ``inference`` (a run calls models on the caller's behalf); a key reads the runs
+it started, and reading every key's runs and datasets needs ``observer`` (``admin`` may do
+anything). The service behind these routes is ``trellis.evals.service.EvalService``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from trellis.access.keys import ADMIN, INFERENCE, OBSERVER
+from trellis.errors import PermissionDeniedError
+from trellis.evals.compare import compare_reports, parse_threshold
+from trellis.evals.datasets import NAME_PATTERN, parse_dataset
+from trellis.evals.service import EvalService
+from trellis.evals.store import RunRecord
+from trellis.inference.call import Caller
+from trellis.runtime import Trellis
+from trellis.server.edge import authenticate, parse_body, read_json, runtime
+from trellis.server.openapi import operation
+from trellis.server.responses import JSONBytes
+
+router = APIRouter(prefix="/v1/evals", tags=["evals"])
+
+RunId = Path(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")
+
+
+class UploadDataset(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN, description="The dataset's name")
+    format: Literal["jsonl", "csv"] = "jsonl"
+    content: str = Field(min_length=1, description="The file's text: one case per line")
+
+
+class DatasetReply(BaseModel):
+    object: Literal["eval.dataset"] = "eval.dataset"
+    name: str
+    version: str
+    cases: int
+    created: bool | None = None
+    created_at: float | None = None
+
+
+class DatasetList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[DatasetReply]
+
+
+class StartEvalRun(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    suite: dict[str, Any] = Field(
+        description="The suite as in SUITE.yaml; `dataset` names a stored dataset (name@version)"
+    )
+
+
+class EvalRunReply(BaseModel):
+    object: Literal["eval.run"] = "eval.run"
+    id: str
+    suite: dict[str, Any]
+    dataset: str
+    status: Literal["running", "succeeded", "failed"]
+    total: int
+    done: int
+    error: str | None = None
+    key_id: str | None = None
+    created_at: float
+    updated_at: float
+    report: dict[str, Any] | None = Field(
+        default=None, description="The JSON report (on `GET /v1/evals/runs/{id}`)"
+    )
+
+
+class EvalRunList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EvalRunReply]
+
+
+class CompareRuns(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    baseline: str = Field(min_length=1, max_length=32, description="The baseline run's id")
+    candidate: str = Field(min_length=1, max_length=32, description="The candidate run's id")
+    baseline_candidate: str | None = None
+    candidate_candidate: str | None = None
+    fail_on: list[str] = Field(default_factory=list, max_length=50)
+    resamples: int = Field(default=2000, ge=100, le=20000)
+    seed: int = 0
+
+
+class ComparisonReply(BaseModel):
+    object: Literal["eval.comparison"] = "eval.comparison"
+    baseline: str
+    candidate: str
+    paired_cases: int
+    only_baseline: int
+    only_candidate: int
+    bootstrap: dict[str, Any]
+    failed: bool
+    deltas: list[dict[str, Any]]
+    markdown: str
+
+
+# --- access ------------------------------------------------------------------------
+
+
+def service_of(app: Any, trellis: Trellis) -> EvalService:
+    """The app's eval service, built on first use over the runtime's gateway and database
+    (the app's lifespan closes it)."""
+    service = getattr(app.state, "evals", None)
+    if service is None:
+        assert trellis.gateway is not None and trellis.db is not None
+        service = EvalService(trellis.gateway, trellis.db, embedder=trellis.minilm)
+        app.state.evals = service
+    return service  # type: ignore[no-any-return]
+
+
+def _service(request: Request) -> EvalService:
+    return service_of(request.app, runtime(request))
+
+
+async def _reader(request: Request) -> tuple[Caller, bool]:
+    """The caller, and whether it reads every key's runs (``observer`` or ``admin``)."""
+    try:
+        return await authenticate(request, OBSERVER), True
+    except PermissionDeniedError:
+        return await authenticate(request, INFERENCE), False
+
+
+def _check_owner(run: RunRecord, caller: Caller, allowed: bool, doing: str) -> None:
+    if not allowed and run.key_id != caller.key_id:
+        raise PermissionDeniedError(
+            f"Eval run {run.id} was started by another API key; {doing} it needs the "
+            f"'{OBSERVER if doing == 'reading' else ADMIN}' scope.",
+            code="insufficient_scope",
+        )
+
+
+# --- datasets ------------------------------------------------------------------------
+
+
+@router.post(
+    "/datasets", **operation(scope=INFERENCE, body=UploadDataset, reply=DatasetReply, errors=[400])
+)
+async def upload_dataset(request: Request) -> JSONBytes:
+    """Validate and store a dataset version (its content hash); storing the same content
+    again answers ``created: false``. A bad line is a 400 naming it."""
+    await authenticate(request, INFERENCE)
+    body = parse_body(UploadDataset, await read_json(request))
+    dataset = parse_dataset(body.content, fmt=body.format, name=body.name, source=body.name)
+    created = await _service(request).store.save_dataset(dataset)
+    return JSONBytes(
+        {
+            "object": "eval.dataset",
+            "name": dataset.name,
+            "version": dataset.version,
+            "cases": len(dataset.cases),
+            "created": created,
+        }
+    )
+
+
+@router.get("/datasets", **operation(scope=(INFERENCE, OBSERVER), reply=DatasetList))
+async def list_datasets(request: Request) -> JSONBytes:
+    """Stored datasets, every version."""
+    await _reader(request)
+    infos = await _service(request).store.datasets()
+    return JSONBytes(
+        {
+            "object": "list",
+            "data": [
+                {
+                    "object": "eval.dataset",
+                    "name": i.name,
+                    "version": i.version,
+                    "cases": i.cases,
+                    "created_at": i.created_at,
+                }
+                for i in infos
+            ],
+        }
+    )
+
+
+# --- runs ------------------------------------------------------------------------------
+
+
+@router.post(
+    "/runs",
+    **operation(scope=INFERENCE, body=StartEvalRun, reply=EvalRunReply, errors=[400, 404]),
+)
+async def start_eval_run(request: Request) -> JSONBytes:
+    """Start a run in the background; poll ``GET /v1/evals/runs/{id}`` for its progress
+    and report. A suite that does not validate is a 400; an unknown dataset a 404."""
+    caller = await authenticate(request, INFERENCE)
+    body = parse_body(StartEvalRun, await read_json(request))
+    record = await _service(request).start(body.suite, key_id=caller.key_id)
+    return JSONBytes(record.to_dict())
+
+
+@router.get("/runs", **operation(scope=(INFERENCE, OBSERVER), reply=EvalRunList))
+async def list_eval_runs(
+    request: Request,
+    status: Literal["running", "succeeded", "failed"] | None = None,
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> JSONBytes:
+    """Runs, newest first: the caller's own, or every key's with ``observer``."""
+    caller, everyone = await _reader(request)
+    runs = await _service(request).store.runs(
+        status=status, key_id=None if everyone else (caller.key_id or ""), limit=limit
+    )
+    return JSONBytes({"object": "list", "data": [r.to_dict() for r in runs]})
+
+
+@router.get(
+    "/runs/{run_id}",
+    **operation(scope=(INFERENCE, OBSERVER), reply=EvalRunReply, errors=[400, 404]),
+)
+async def get_eval_run(request: Request, run_id: str = RunId) -> JSONBytes:
+    """The run's status and progress, and its report so far (``report``)."""
+    caller, everyone = await _reader(request)
+    service = _service(request)
+    record = await service.store.run(run_id)
+    _check_owner(record, caller, everyone, "reading")
+    return JSONBytes({**record.to_dict(), "report": await service.report(run_id)})
+
+
+@router.post(
+    "/runs/{run_id}/resume",
+    **operation(scope=INFERENCE, reply=EvalRunReply, errors=[400, 404, 409]),
+)
+async def resume_eval_run(request: Request, run_id: str = RunId) -> JSONBytes:
+    """Continue a run that stopped (a server restart, a failure): finished cases are kept.
+    409 while this server is running it."""
+    caller = await authenticate(request, INFERENCE)
+    service = _service(request)
+    record = await service.store.run(run_id)
+    admin = caller.key is not None and caller.key.has_scope(ADMIN)
+    _check_owner(record, caller, admin, "resuming")
+    return JSONBytes((await service.resume(run_id)).to_dict())
+
+
+@router.post(
+    "/compare",
+    **operation(
+        scope=(INFERENCE, OBSERVER), body=CompareRuns, reply=ComparisonReply, errors=[400, 404]
+    ),
+)
+async def compare_eval_runs(request: Request) -> JSONBytes:
+    """Baseline vs candidate run: paired deltas with bootstrap CIs, ``failed`` when a
+    ``fail_on`` threshold (``rougeL:-0.02``, ``latency_p95:+20%``) is passed."""
+    caller, everyone = await _reader(request)
+    body = parse_body(CompareRuns, await read_json(request))
+    thresholds = [parse_threshold(text) for text in body.fail_on]
+    service = _service(request)
+    reports = []
+    for run_id in (body.baseline, body.candidate):
+        _check_owner(await service.store.run(run_id), caller, everyone, "reading")
+        reports.append(await service.report(run_id))
+    comparison = compare_reports(
+        reports[0],
+        reports[1],
+        thresholds=thresholds,
+        baseline_candidate=body.baseline_candidate,
+        candidate_candidate=body.candidate_candidate,
+        resamples=body.resamples,
+        seed=body.seed,
+    )
+    return JSONBytes(
+        {"object": "eval.comparison", **comparison.to_dict(), "markdown": comparison.markdown()}
+    )
