@@ -185,6 +185,9 @@ class Trellis:
             lease_seconds=settings.orchestration.lease_seconds,
             heartbeat_seconds=settings.orchestration.heartbeat_seconds,
             keep_step_states=settings.orchestration.keep_step_states,
+            max_concurrent_runs=settings.orchestration.max_concurrent_runs,
+            max_queued_runs=settings.orchestration.max_queued_runs,
+            max_recoveries=settings.orchestration.max_recoveries,
             services={"gateway": self.gateway, "retriever": self.gateway.retriever},
             flows=flows,
         )
