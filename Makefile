@@ -41,8 +41,8 @@ test: install-dev pgvector
 
 # Benchmarks: gateway overhead (LiteLLM row after `bash benchmarks/setup_litellm.sh`),
 # trace statistics over 1M spans, retrieval quality and speed, ingestion throughput (int8 vs
-# fp32 embedder), semantic-cache false hits, long queries, and the bundled model's default
-# decoding (~15 min).
+# fp32 embedder), semantic-cache false hits, long queries, the bundled model's default
+# decoding, and 1,000 concurrent workflow runs on SQLite and Postgres (~20 min).
 # Results in benchmarks/results/.
 bench: install-dev
 	$(PY) benchmarks/gateway_overhead.py
@@ -54,6 +54,7 @@ bench: install-dev
 	$(PY) benchmarks/semantic_cache_eval.py --json benchmarks/results/semantic_cache.json
 	$(PY) benchmarks/long_queries.py
 	$(PY) benchmarks/local_decoding.py --json benchmarks/results/local_decoding.json
+	$(PY) benchmarks/workflow_concurrency.py --postgres
 
 lint: install-dev
 	$(VENV)/bin/ruff check src tests benchmarks

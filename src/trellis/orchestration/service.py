@@ -53,9 +53,9 @@ __all__ = ["Workflows"]
 
 log = logging.getLogger("trellis.orchestration")
 
-#: How often (at most) a waiter re-reads a queued run another replica may have claimed;
-#: a claim by this process wakes it at once.
-QUEUED_POLL_SECONDS = 2.0
+#: How often one query checks whether runs waited for here, queued or driven elsewhere,
+#: finished on another replica (a claim by this process wakes its waiters at once).
+WATCH_SECONDS = 1.0
 
 
 def _alive(pid: int) -> bool:
@@ -122,6 +122,7 @@ class Workflows:
         #: Queued runs may wait for a slot here: new runs queue behind them.
         self._backlog = False
         self._filler: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._refill = False
         #: Waiters of queued runs, woken when this process spawns the run.
         self._ready: dict[str, asyncio.Event] = {}
@@ -203,11 +204,12 @@ class Workflows:
         self._closing = True
         for event in self._ready.values():
             event.set()
-        if self._filler is not None:
-            self._filler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._filler
-            self._filler = None
+        for helper in (self._filler, self._watcher):
+            if helper is not None:
+                helper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await helper
+        self._filler = self._watcher = None
         if self._recovery is not None:
             self._recovery.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -404,7 +406,7 @@ class Workflows:
     async def wait(self, run_id: str) -> RunRecord:
         """The run once this process stops driving it (finished, waiting, or taken over).
         A queued run is waited for until it finishes (or waits), whoever claims it."""
-        delay, was_queued = 0.1, False
+        was_queued = False
         while True:
             # Taken before looking, so a spawn between the look and the sleep wakes us.
             ready = self._ready.setdefault(run_id, asyncio.Event())
@@ -426,12 +428,36 @@ class Workflows:
                 )
                 if not pending or self._closing:
                     return run
+                self._watch()
+                # Woken by a spawn here or by the watcher; the timeout is only a backstop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ready.wait(), delay)
-                delay = min(delay * 2, QUEUED_POLL_SECONDS)
+                    await asyncio.wait_for(ready.wait(), 30 * WATCH_SECONDS)
             finally:
                 if self._ready.get(run_id) is ready and not ready.is_set():
                     del self._ready[run_id]
+
+    def _watch(self) -> None:
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.create_task(self._watch_loop(), name="workflow-watch")
+
+    async def _watch_loop(self) -> None:
+        """While runs are waited for but not driven here, wake the waiters of those that
+        left ``queued``/``running`` (finished, waiting or cancelled, wherever): one query a
+        period for all of them, however many."""
+        while self._ready and not self._closing:
+            await asyncio.sleep(WATCH_SECONDS)
+            ids = [run_id for run_id in self._ready if run_id not in self._tasks]
+            try:
+                found = await self.store.statuses(ids) if ids else {}
+            except Exception:  # a database hiccup: look again next period
+                log.exception("could not read the status of waited-for workflow runs")
+                continue
+            for run_id in ids:
+                status = found.get(run_id)
+                if status not in (RunStatus.QUEUED, RunStatus.RUNNING):
+                    event = self._ready.pop(run_id, None)
+                    if event is not None:
+                        event.set()
 
     async def run(
         self,

@@ -104,6 +104,10 @@ class RunStore(Protocol):
         """How many runs have ``status`` (every workflow, every replica)."""
         ...
 
+    async def statuses(self, run_ids: Sequence[str]) -> dict[str, str]:
+        """The status of each of these runs that exists (one query for many waiters)."""
+        ...
+
     async def release(self, lease: Lease) -> None: ...
 
     async def apply_input(self, run_id: str, seq: int, cp: Checkpoint, now: float) -> bool:
@@ -313,6 +317,9 @@ class MemoryRunStore:
 
     async def count_runs(self, status: str) -> int:
         return sum(1 for run in self.runs.values() if run.status == status)
+
+    async def statuses(self, run_ids: Sequence[str]) -> dict[str, str]:
+        return {i: self.runs[i].status for i in run_ids if i in self.runs}
 
     async def release(self, lease: Lease) -> None:
         run = self.runs.get(lease.run_id)
@@ -619,6 +626,17 @@ class SqlRunStore:
         )
         async with self.db.engine.connect() as conn:
             return int((await conn.execute(query)).scalar_one())
+
+    async def statuses(self, run_ids: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        ids = list(run_ids)
+        async with self.db.engine.connect() as conn:
+            for start in range(0, len(ids), 500):  # within every backend's parameter limit
+                query = select(workflow_runs.c.id, workflow_runs.c.status).where(
+                    workflow_runs.c.id.in_(ids[start : start + 500])
+                )
+                found.update({row[0]: row[1] for row in await conn.execute(query)})
+        return found
 
     async def release(self, lease: Lease) -> None:
         async with self.db.engine.begin() as conn:
