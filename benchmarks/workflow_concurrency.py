@@ -23,6 +23,7 @@ Usage::
     .venv/bin/python benchmarks/workflow_concurrency.py                 # 1,000 runs x 3 limits
     .venv/bin/python benchmarks/workflow_concurrency.py --quick         # 100 runs, seconds
     .venv/bin/python benchmarks/workflow_concurrency.py --postgres      # also on Postgres
+    .venv/bin/python benchmarks/workflow_concurrency.py --http          # also over HTTP
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import math
 import os
 import platform
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
@@ -54,6 +57,7 @@ from trellis.orchestration import Context, RunRecord, Workflow, tool
 from trellis.orchestration.kinds.llm import llm
 from trellis.runtime import Trellis
 from trellis.settings import Settings
+from trellis.store import Database
 from trellis.store.tables import traces, workflow_runs, workflow_steps
 
 HERE = Path(__file__).resolve().parent
@@ -106,6 +110,10 @@ def build_flow() -> Workflow[Job]:
     flow.add(llm("review", model=ALIAS, messages=_prompt("review", "Review"), into="review"))
     flow.add(llm("summary", model=ALIAS, messages=_prompt("summary", "Sum up"), into="summary"))
     return flow
+
+
+#: The workflow, importable by a ``trellis serve`` child (``workflow_concurrency:FLOW``).
+FLOW = build_flow()
 
 
 # --- the fake upstream, in its own process --------------------------------------------
@@ -186,11 +194,14 @@ class Config:
     latency_ms: float = 20.0
     limits: tuple[int, ...] = (256, 64, 0)
     postgres: str | None = None
+    #: Also start the runs over HTTP against a ``trellis serve`` child, per pass.
+    http: bool = False
     json_path: Path | None = DEFAULT_JSON
 
 
 @dataclass
 class Pass:
+    surface: str  # python | http
     backend: str
     max_concurrent_runs: int
     runs: int
@@ -246,37 +257,30 @@ async def _sample(trellis: Trellis, peak: list[int]) -> None:
         await asyncio.sleep(0.002)
 
 
-async def _verify(trellis: Trellis, ids: list[str], upstream: Upstream) -> list[str]:
-    """Every way a run could be lost or done twice, as messages (empty: all good)."""
+async def _verify(db: Database, ids: list[str], upstream: Upstream, warm_up: int = 0) -> list[str]:
+    """Every way a run could be lost or done twice, as messages (empty: all good).
+    ``warm_up``: finished runs (and their traces) in the database besides ``ids``."""
     problems: list[str] = []
     if len(set(ids)) != len(ids):
         problems.append("duplicate run ids")
-    assert trellis.db is not None and trellis.writer is not None
-    await trellis.writer.flush()
-    s = workflow_steps.c
-    async with trellis.db.engine.connect() as conn:
-        statuses = Counter(
-            dict(
-                (
-                    await conn.execute(
-                        select(workflow_runs.c.status, func.count()).group_by(
-                            workflow_runs.c.status
-                        )
-                    )
-                ).all()
+    s, r = workflow_steps.c, workflow_runs.c
+    async with db.engine.connect() as conn:
+        statuses: Counter[str] = Counter()
+        per_run: list[Any] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            query = select(r.status, func.count()).where(r.id.in_(chunk)).group_by(r.status)
+            statuses.update(dict((await conn.execute(query)).all()))  # type: ignore[arg-type]
+            steps = select(
+                s.run_id,
+                func.count(),
+                func.count(func.distinct(s.seq)),
+                func.min(s.seq),
+                func.max(s.seq),
             )
-        )
-        per_run = (
-            await conn.execute(
-                select(
-                    s.run_id,
-                    func.count(),
-                    func.count(func.distinct(s.seq)),
-                    func.min(s.seq),
-                    func.max(s.seq),
-                ).group_by(s.run_id)
-            )
-        ).all()
+            per_run += (
+                await conn.execute(steps.where(s.run_id.in_(chunk)).group_by(s.run_id))
+            ).all()
         kinds = Counter(
             dict(
                 (
@@ -301,17 +305,18 @@ async def _verify(trellis: Trellis, ids: list[str], upstream: Upstream) -> list[
         problems.append(f"{len(twice)} (run, step) pairs requested more than once: {twice[:3]}")
     if set(tally["tags"]) != expected:
         problems.append("upstream requests do not match the runs' llm steps")
-    if kinds.get("workflow", 0) != len(ids):
-        problems.append(f"{kinds.get('workflow', 0)} workflow traces for {len(ids)} runs")
-    if kinds.get("chat", 0) != len(expected):
-        problems.append(f"{kinds.get('chat', 0)} chat traces for {len(expected)} llm calls")
+    runs = len(ids) + warm_up
+    if kinds.get("workflow", 0) != runs:
+        problems.append(f"{kinds.get('workflow', 0)} workflow traces for {runs} runs")
+    if kinds.get("chat", 0) != runs * len(LLM_STEPS):
+        problems.append(f"{kinds.get('chat', 0)} chat traces for {runs * len(LLM_STEPS)} llm calls")
     return problems
 
 
 async def one_pass(
     backend: str, database_url: str, data_dir: Path, upstream: Upstream, runs: int, limit: int
 ) -> Pass:
-    flow = build_flow()
+    flow = FLOW
     settings = settings_for(database_url, data_dir, upstream.base_url, limit)
     async with Trellis(settings) as trellis:
         workflows = trellis.workflows
@@ -340,12 +345,14 @@ async def one_pass(
             await sampler
         finals = [r for r in waited if isinstance(r, RunRecord)]
         times = [((r.finished_at or math.nan) - r.created_at) * 1000 for r in finals]
-        problems = await _verify(trellis, ids, upstream)
+        await trellis.writer.flush()
+        problems = await _verify(trellis.db, ids, upstream)
         raised = [r for r in waited if isinstance(r, BaseException)]
         if raised:  # a run's driver stopped on an error (its lease runs out, then recovery)
             problems.insert(0, f"{len(raised)} runs stopped on an error, e.g. {raised[0]!r:.300}")
         requests = upstream.tally()["requests"]
     return Pass(
+        surface="python",
         backend=backend,
         max_concurrent_runs=limit,
         runs=runs,
@@ -357,6 +364,122 @@ async def one_pass(
         p99_ms=round(percentile(times, 99), 1),
         peak_driving=peak[0],
         upstream_requests=requests,
+        problems=problems,
+    )
+
+
+ADMIN_KEY = "tr-bench-" + "w" * 32  # a fixed key for a throwaway data dir, never a real secret
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(
+    database_url: str, data_dir: Path, base_url: str, limit: int
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``trellis serve`` with this benchmark's workflow registered by import path."""
+    settings = settings_for(database_url, data_dir, base_url, limit)
+    config = settings.model_dump(mode="json", include={"models", "orchestration", "database_url"})
+    config.update(include_local_models=False, workflows=["workflow_concurrency:FLOW"])
+    path = data_dir / "trellis.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    port = _free_port()
+    env = {
+        **os.environ,
+        "TRELLIS_CONFIG": str(path),
+        "TRELLIS_ADMIN_KEY": ADMIN_KEY,
+        "TRELLIS_DATA_DIR": str(data_dir),
+        "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path]),
+    }
+    argv = [sys.executable, "-m", "trellis.cli", "serve", "--port", str(port)]
+    proc = subprocess.Popen([*argv, "--log-level", "warning"], env=env, stdin=subprocess.DEVNULL)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+async def _ready(client: httpx.AsyncClient, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"trellis serve exited with {proc.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if (await client.get("/v1/workflows")).status_code == 200:
+                return
+        await asyncio.sleep(0.2)
+    raise RuntimeError("trellis serve was not ready in time")
+
+
+async def _sample_http(client: httpx.AsyncClient, peak: list[int]) -> None:
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            running = await client.get("/v1/runs", params={"status": "running", "limit": 1000})
+            peak[0] = max(peak[0], len(running.json()["data"]))
+        await asyncio.sleep(0.25)
+
+
+async def http_pass(
+    backend: str, database_url: str, data_dir: Path, upstream: Upstream, runs: int, limit: int
+) -> Pass:
+    """The same runs, each started by its own waiting ``POST /v1/workflows/{name}/runs``."""
+    proc, url = start_server(database_url, data_dir, upstream.base_url, limit)
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    limits = httpx.Limits(max_connections=runs + 2, max_keepalive_connections=runs + 2)
+    replies: list[Any] = []
+    try:
+        async with httpx.AsyncClient(
+            base_url=url, headers=headers, timeout=900, limits=limits
+        ) as client:
+            await _ready(client, proc)
+            path = f"/v1/workflows/{FLOW.name}/runs"
+            warm = await client.post(path, json={"input": {"topic": "warm-up"}})
+            assert warm.status_code == 200, warm.text
+            upstream.reset()
+            peak = [0]
+            sampler = asyncio.create_task(_sample_http(client, peak))
+            began = time.perf_counter()
+            replies = await asyncio.gather(
+                *(client.post(path, json={"input": {"topic": f"t{i}"}}) for i in range(runs)),
+                return_exceptions=True,
+            )
+            seconds = time.perf_counter() - began
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+    finally:
+        proc.terminate()  # a clean stop: the trace writer writes what it holds
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    answered = [r.json() for r in replies if isinstance(r, httpx.Response) and r.status_code == 200]
+    problems = []
+    if len(answered) != runs:
+        failed = [r for r in replies if not isinstance(r, httpx.Response) or r.status_code != 200]
+        problems.append(f"{len(failed)} starts failed, e.g. {failed[0]!r:.300}")
+    ids = [run["id"] for run in answered]
+    times = [(run["finished_at"] - run["created_at"]) * 1000 for run in answered]
+    db = Database(database_url)
+    await db.connect()
+    try:
+        problems += await _verify(db, ids, upstream, warm_up=1)
+    finally:
+        await db.close()
+    return Pass(
+        surface="http",
+        backend=backend,
+        max_concurrent_runs=limit,
+        runs=runs,
+        seconds=round(seconds, 3),
+        start_seconds=math.nan,
+        runs_per_s=round(runs / seconds, 1),
+        steps_per_s=round(runs * STEPS / seconds, 1),
+        p50_ms=round(percentile(times, 50), 1),
+        p99_ms=round(percentile(times, 99), 1),
+        peak_driving=peak[0],
+        upstream_requests=upstream.tally()["requests"],
         problems=problems,
     )
 
@@ -375,21 +498,23 @@ async def _postgres(admin_url: str) -> AsyncIterator[str]:
 async def _passes(config: Config, upstream: Upstream, log: Callable[[str], None]) -> list[Pass]:
     results: list[Pass] = []
     backends = ["sqlite"] + (["postgres"] if config.postgres else [])
-    for backend in backends:
-        for limit in config.limits:
-            with tempfile.TemporaryDirectory(prefix="trellis-wf-bench-") as tmp:
-                data_dir = Path(tmp)
-                if backend == "sqlite":
-                    url = f"sqlite+aiosqlite:///{data_dir / 'trellis.db'}"
-                    result = await one_pass(backend, url, data_dir, upstream, config.runs, limit)
-                else:
-                    assert config.postgres is not None
-                    async with _postgres(config.postgres) as url:
-                        result = await one_pass(
-                            backend, url, data_dir, upstream, config.runs, limit
-                        )
-            log(render_row(result))
-            results.append(result)
+    surfaces = [one_pass] + ([http_pass] if config.http else [])
+    for surface in surfaces:
+        for backend in backends:
+            for limit in config.limits:
+                with tempfile.TemporaryDirectory(prefix="trellis-wf-bench-") as tmp:
+                    data_dir = Path(tmp)
+                    if backend == "sqlite":
+                        url = f"sqlite+aiosqlite:///{data_dir / 'trellis.db'}"
+                        result = await surface(backend, url, data_dir, upstream, config.runs, limit)
+                    else:
+                        assert config.postgres is not None
+                        async with _postgres(config.postgres) as url:
+                            result = await surface(
+                                backend, url, data_dir, upstream, config.runs, limit
+                            )
+                log(render_row(result))
+                results.append(result)
     return results
 
 
@@ -412,6 +537,7 @@ def run(config: Config, log: Callable[[str], None] = print) -> list[Pass]:
                 "steps": STEPS,
                 "llm_steps": list(LLM_STEPS),
                 "postgres": config.postgres is not None,
+                "http": config.http,
             },
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
             "passes": [{**asdict(p), "ok": p.ok} for p in results],
@@ -420,19 +546,39 @@ def run(config: Config, log: Callable[[str], None] = print) -> list[Pass]:
     return results
 
 
-HEADER = (
-    "| backend | max_concurrent_runs | runs | seconds | runs/s | steps/s | p50 ms | p99 ms "
-    "| peak driving | upstream requests | verified |\n|---|---|---|---|---|---|---|---|---|---|---|"
+COLUMNS = (
+    "surface",
+    "backend",
+    "max_concurrent_runs",
+    "runs",
+    "seconds",
+    "runs/s",
+    "steps/s",
+    "p50 ms",
+    "p99 ms",
+    "peak driving",
+    "upstream requests",
+    "verified",
 )
+HEADER = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS)
 
 
 def render_row(p: Pass) -> str:
-    limit = p.max_concurrent_runs or "none"
-    verdict = "ok" if p.ok else "; ".join(p.problems)
-    return (
-        f"| {p.backend} | {limit} | {p.runs} | {p.seconds} | {p.runs_per_s} | {p.steps_per_s} "
-        f"| {p.p50_ms} | {p.p99_ms} | {p.peak_driving} | {p.upstream_requests} | {verdict} |"
-    )
+    cells = [
+        p.surface,
+        p.backend,
+        p.max_concurrent_runs or "none",
+        p.runs,
+        p.seconds,
+        p.runs_per_s,
+        p.steps_per_s,
+        p.p50_ms,
+        p.p99_ms,
+        p.peak_driving,
+        p.upstream_requests,
+        "ok" if p.ok else "; ".join(p.problems),
+    ]
+    return "| " + " | ".join(str(cell) for cell in cells) + " |"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -451,6 +597,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="also run every pass on a scratch Postgres database (admin URL)",
     )
+    parser.add_argument(
+        "--http",
+        action="store_true",
+        help="also start the runs over HTTP against a `trellis serve` child (a pass per limit)",
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where results go")
     parser.add_argument("--quick", action="store_true", help="100 runs: a smoke run")
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
@@ -462,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         latency_ms=args.latency_ms,
         limits=tuple(int(x) for x in args.limits.split(",") if x.strip()),
         postgres=args.postgres,
+        http=args.http,
         json_path=args.json,
     )
     results = run(config)

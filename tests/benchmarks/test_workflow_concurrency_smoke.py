@@ -1,7 +1,8 @@
 """A tiny run of ``benchmarks/workflow_concurrency.py``, so a broken benchmark fails CI.
 
 It starts the fake upstream process and runs a few dozen workflow runs through the real
-gateway on SQLite, with and without a concurrency limit. It checks the plumbing and the
+gateway on SQLite, with and without a concurrency limit, and a few over HTTP against a
+``trellis serve`` child. It checks the plumbing and the
 no-loss verification, not the speed.
 """
 
@@ -48,7 +49,10 @@ def test_tiny_run_verifies_every_run(bench: ModuleType, tmp_path: Path) -> None:
     results = bench.run(config, log=lines.append)
     assert time.monotonic() - started < 60
 
-    assert [(p.backend, p.max_concurrent_runs) for p in results] == [("sqlite", 4), ("sqlite", 0)]
+    assert [(p.surface, p.backend, p.max_concurrent_runs) for p in results] == [
+        ("python", "sqlite", 4),
+        ("python", "sqlite", 0),
+    ]
     for result in results:
         assert result.problems == [], result.problems
         assert result.upstream_requests == 24 * len(bench.LLM_STEPS)
@@ -58,4 +62,14 @@ def test_tiny_run_verifies_every_run(bench: ModuleType, tmp_path: Path) -> None:
     assert unlimited.peak_driving > 4
     data = json.loads(out.read_text())
     assert [p["ok"] for p in data["passes"]] == [True, True]
-    assert lines[0].startswith("| backend |") and len(lines) == 3
+    assert lines[0].startswith("| surface | backend |") and len(lines) == 3
+
+
+@pytest.mark.timeout(180)
+def test_tiny_run_over_http_against_trellis_serve(bench: ModuleType, tmp_path: Path) -> None:
+    config = bench.Config(runs=12, latency_ms=5, limits=(3,), http=True, json_path=None)
+    python, http = bench.run(config, log=lambda line: None)
+    assert (python.surface, http.surface) == ("python", "http")
+    assert http.problems == [], http.problems
+    assert http.upstream_requests == 12 * len(bench.LLM_STEPS)
+    assert 0 < http.peak_driving <= 3
