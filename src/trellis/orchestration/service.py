@@ -246,7 +246,9 @@ class Workflows:
         *,
         key_id: str | None = None,
     ) -> str:
-        """Create a run leased to this process and start it; returns the run id at once."""
+        """Create a run leased to this process and start it, or, at ``max_concurrent_runs``,
+        store it ``queued`` (refused with :class:`OverloadedError` when ``max_queued_runs``
+        are queued already); returns the run id at once."""
         flow = self._resolve(flow)
         try:
             state = flow.state.model_validate(_json(input))
