@@ -55,7 +55,8 @@ test: install-dev pgvector wordnet
 # speed, ingestion throughput (int8 vs fp32 embedder), semantic-cache false hits, long queries,
 # the bundled model's default decoding (~15 min), the workflow engine's overhead per step next
 # to LangGraph (LangGraph rows after `bash benchmarks/setup_langgraph.sh`), the eval runner's
-# overhead and seconds per eval metric.
+# overhead and seconds per eval metric, and 1,000 concurrent workflow runs on SQLite and
+# Postgres (~25 min in all).
 bench: install-dev
 	$(PY) benchmarks/gateway_overhead.py
 	$(PY) benchmarks/trace_writer.py
@@ -68,6 +69,7 @@ bench: install-dev
 	$(PY) benchmarks/local_decoding.py --json benchmarks/results/local_decoding.json
 	$(PY) benchmarks/workflow_overhead.py --json benchmarks/results/workflow_overhead.json
 	$(PY) benchmarks/eval_runner.py --metrics --json benchmarks/results/eval_runner.json
+	$(PY) benchmarks/workflow_concurrency.py --postgres
 
 lint: install-dev
 	$(VENV)/bin/ruff check src tests benchmarks

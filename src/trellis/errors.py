@@ -22,6 +22,7 @@ __all__ = [
     "ContextLengthExceededError",
     "UnsupportedFeatureError",
     "ModelNotInstalledError",
+    "OverloadedError",
     "UpstreamError",
     "ProviderHTTPError",
     "UpstreamTimeoutError",
@@ -148,6 +149,21 @@ class ModelNotInstalledError(RequestError):
     status_code = 503
     error_type = "server_error"
     code = "model_not_installed"
+
+
+class OverloadedError(TrellisError):
+    """Trellis itself has no room for the request now (a full queue): 429 with
+    ``Retry-After``; the same request later may well go through."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float, code: str | None = None) -> None:
+        super().__init__(
+            message, code=code, headers={"retry-after": str(max(1, round(retry_after)))}
+        )
+        self.retry_after = retry_after
 
 
 # --- runtime failures of upstream providers --------------------------------

@@ -196,6 +196,9 @@ class Trellis:
             lease_seconds=settings.orchestration.lease_seconds,
             heartbeat_seconds=settings.orchestration.heartbeat_seconds,
             keep_step_states=settings.orchestration.keep_step_states,
+            max_concurrent_runs=settings.orchestration.max_concurrent_runs,
+            max_queued_runs=settings.orchestration.max_queued_runs,
+            max_recoveries=settings.orchestration.max_recoveries,
             # Step records keep what traces keep of bodies: as is, redacted, or nothing.
             bodies=settings.tracing.bodies,
             # A run's model calls go out as the key that started it (looked up by id), and

@@ -359,6 +359,24 @@ class OrchestrationSettings(_Strict):
         "and effect records, this many days after they finished; 0 keeps them. Queued, "
         "running and waiting runs are never deleted",
     )
+    max_concurrent_runs: int = Field(
+        default=256,
+        ge=0,
+        description="Runs one process drives at once (started, resumed and recovered ones); "
+        "more are stored `queued` and start, oldest first, as slots free. 0: no limit",
+    )
+    max_queued_runs: int = Field(
+        default=0,
+        ge=0,
+        description="Refuse a start with 429 (Retry-After) while this many runs are queued "
+        "(across replicas). 0: no bound",
+    )
+    max_recoveries: int = Field(
+        default=5,
+        ge=0,
+        description="A run whose process stopped (crash, kill) more often than this is "
+        "failed with `too_many_recoveries` instead of continued again",
+    )
 
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> OrchestrationSettings:

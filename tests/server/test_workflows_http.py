@@ -164,6 +164,45 @@ def test_a_run_is_cancelled(inference: httpx.Client, server: ServerThread) -> No
     assert [r["id"] for r in listed["data"]] == [run_id]
 
 
+def test_runs_beyond_the_limit_queue_and_a_full_queue_answers_429(
+    flows_path: None,
+    make_server: Callable[[Settings], ServerThread],
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(
+        workflows=["api_flows:slow"],
+        orchestration={"max_concurrent_runs": 1, "max_queued_runs": 1},
+    )
+    server = make_server(settings)
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    with (
+        httpx.Client(base_url=server.url, headers=headers, timeout=30) as first,
+        httpx.Client(base_url=server.url, headers=headers, timeout=30) as second,
+        httpx.Client(base_url=server.url, headers=headers, timeout=30) as client,
+    ):
+        slow = {"input": {"seconds": 0.3}, "stream": True}
+        quick = {"input": {"seconds": 0}, "stream": True}
+        with (
+            first.stream("POST", "/v1/workflows/slow/runs", json=slow) as running,
+            second.stream("POST", "/v1/workflows/slow/runs", json=quick) as waiting,
+        ):
+            queued_id = waiting.headers["x-trellis-run-id"]
+            listed = client.get("/v1/runs", params={"status": "queued"}).json()["data"]
+            assert [r["id"] for r in listed] == [queued_id]
+            refused = client.post("/v1/workflows/slow/runs", json={"input": {}})
+            body = error(refused, 429)
+            assert body["type"] == "rate_limit_error" and body["code"] == "too_many_runs"
+            assert refused.headers["retry-after"] == "1"
+            # The queued run's stream waits through the queue, then runs to the end.
+            events = _events(waiting)
+            first_events = _events(running)
+    finals = [e["run"] for e in (events[-2], first_events[-2])]
+    assert [r["status"] for r in finals] == ["succeeded", "succeeded"]
+    assert finals[0]["created_at"] > finals[1]["created_at"]
+    assert finals[0]["finished_at"] > finals[1]["finished_at"]
+    assert [e["step"]["step"] for e in events[:-2]] == ["first", "second", "third"]
+
+
 def test_keys_read_their_own_runs_and_observers_read_all(
     server: ServerThread, client: httpx.Client, inference: httpx.Client
 ) -> None:

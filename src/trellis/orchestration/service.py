@@ -1,8 +1,14 @@
-"""Workflows: the service every surface calls (Python API now; HTTP routes and CLI later).
+"""Workflows: the service every surface calls (Python API, HTTP routes and CLI).
 
 It registers workflows, starts runs (already leased to this process, so they start without
 polling), waits for them, resumes waiting runs with input, cancels, lists, and recovers runs
 orphaned by a crash: expired leases, or leases of dead processes on this host.
+
+One process drives at most ``max_concurrent_runs`` runs at once. A run started beyond that
+is stored ``queued`` (unleased) and claimed, oldest first, when a slot frees: by this
+process at once, or by any replica's recovery. A run that keeps crashing its process is
+failed (``too_many_recoveries``) after ``max_recoveries`` recoveries instead of claimed
+again.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -26,6 +32,7 @@ from trellis.errors import (
     ConflictError,
     InvalidRequestError,
     NotFoundError,
+    OverloadedError,
     UnsupportedFeatureError,
 )
 from trellis.inference.conversation import SessionStore
@@ -51,6 +58,10 @@ from trellis.store.db import Database
 __all__ = ["Workflows"]
 
 log = logging.getLogger("trellis.orchestration")
+
+#: How often one query checks whether runs waited for here, queued or driven elsewhere,
+#: finished on another replica (a claim by this process wakes its waiters at once).
+WATCH_SECONDS = 1.0
 
 
 def _alive(pid: int) -> bool:
@@ -89,6 +100,9 @@ class Workflows:
         services: dict[str, Any] | None = None,
         keep_step_states: bool = True,
         bodies: BodiesMode = "full",
+        max_concurrent_runs: int = 256,
+        max_queued_runs: int = 0,
+        max_recoveries: int | None = 5,
     ) -> None:
         if store is None:
             # A SQLite file gets the direct writer thread; Postgres and :memory: SQLAlchemy.
@@ -107,7 +121,25 @@ class Workflows:
         self._heartbeat: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
         self._registered = False
-        self._registering = asyncio.Lock()
+        self._registering: asyncio.Future[None] | None = None
+        self._closing = False
+        #: 0: no limit. Runs driven here count (started, resumed, recovered).
+        self.max_concurrent_runs = max_concurrent_runs
+        #: 0: no bound; else a start that would queue beyond it is refused (429).
+        self.max_queued_runs = max_queued_runs
+        #: None: recover a crashed run however often it crashed.
+        self.max_recoveries = max_recoveries
+        #: Slots promised to runs being created or claimed (not yet in ``_tasks``).
+        self._reserved = 0
+        #: Claims in flight: a run may be leased to us already but not spawned yet.
+        self._claiming = 0
+        #: Queued runs may wait for a slot here: new runs queue behind them.
+        self._backlog = False
+        self._filler: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._refill = False
+        #: Waiters of queued runs, woken when this process spawns the run.
+        self._ready: dict[str, asyncio.Event] = {}
         for flow in flows:
             self.register(flow)
 
@@ -140,14 +172,17 @@ class Workflows:
     async def _ensure_worker(self) -> None:
         if self._registered:
             return
-        async with self._registering:  # runs started at once register the worker once
-            if self._registered:
-                return
-            now = time.time()
-            await self.store.register_worker(
-                Worker(self.worker_id, self.hostname, os.getpid(), now, now)
-            )
-            self._registered = True
+        # One registration, however many runs start at once before it is done.
+        if self._registering is None or self._registering.done():
+            self._registering = asyncio.ensure_future(self._register())
+        await asyncio.shield(self._registering)
+
+    async def _register(self) -> None:
+        now = time.time()
+        await self.store.register_worker(
+            Worker(self.worker_id, self.hostname, os.getpid(), now, now)
+        )
+        self._registered = True
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="workflow-heartbeat")
 
     async def _heartbeat_loop(self) -> None:
@@ -178,7 +213,17 @@ class Workflows:
             await asyncio.sleep(self.lease_seconds)
 
     async def aclose(self) -> None:
-        """Stop driving runs: their leases are released so another worker continues them."""
+        """Stop driving runs: their leases are released so another worker continues them
+        (and queued runs stay queued for whoever claims them next)."""
+        self._closing = True
+        for event in self._ready.values():
+            event.set()
+        for helper in (self._filler, self._watcher):
+            if helper is not None:
+                helper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await helper
+        self._filler = self._watcher = None
         if self._recovery is not None:
             self._recovery.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -216,7 +261,9 @@ class Workflows:
         key_id: str | None = None,
         session_id: str | None = None,
     ) -> str:
-        """Create a run leased to this process and start it; returns the run id at once.
+        """Create a run leased to this process and start it, or, at ``max_concurrent_runs``,
+        store it ``queued`` (refused with :class:`OverloadedError` when ``max_queued_runs``
+        are queued already); returns the run id at once.
 
         ``key_id`` is the API key the run's model calls go out as; ``session_id`` makes the
         run a turn of that conversation (``orchestration.turns``)."""
@@ -236,35 +283,136 @@ class Workflows:
         except ValidationError as exc:
             raise InvalidRequestError(f"invalid input for workflow {flow.name!r}: {exc}") from None
         await self._ensure_worker()
+        direct = self._take_slot()
+        if not direct:
+            await self._check_queue_room()
         now = time.time()
         run_id = uuid.uuid4().hex
-        dumped = state.model_dump(mode="json")
-        await self.store.create(
-            RunRecord(
-                id=run_id,
-                workflow=flow.name,
-                workflow_version=flow.version,
-                status=RunStatus.RUNNING.value,
-                input=_json(input),
-                state=dumped,
-                trace_id=new_trace_id(),
-                created_at=now,
-                updated_at=now,
-                next_step=flow.first,
-                key_id=key_id,
-                session_id=session_id,
-                lease_owner=self.worker_id,
-                lease_epoch=1,
-                lease_until=now + self.lease_seconds,
-            )
+        record = RunRecord(
+            id=run_id,
+            workflow=flow.name,
+            workflow_version=flow.version,
+            status=RunStatus.RUNNING.value if direct else RunStatus.QUEUED.value,
+            input=_json(input),
+            state=state.model_dump(mode="json"),
+            trace_id=new_trace_id(),
+            created_at=now,
+            updated_at=now,
+            next_step=flow.first,
+            key_id=key_id,
+            session_id=session_id,
         )
-        self._spawn(flow, Lease(run_id, self.worker_id, 1))
+        if direct:
+            record.lease_owner, record.lease_epoch = self.worker_id, 1
+            record.lease_until = now + self.lease_seconds
+        try:
+            await self.store.create(record)
+        finally:
+            if direct:
+                self._reserved -= 1
+        if direct:
+            self._spawn(flow, Lease(run_id, self.worker_id, 1))
+        else:
+            self._backlog = True
+            self._kick()
         return run_id
+
+    # --- the concurrency limit ------------------------------------------------------------
+
+    @property
+    def driving(self) -> int:
+        """How many runs this process drives now."""
+        return len(self._tasks)
+
+    def _free(self) -> int:
+        """Slots free for more runs (a large number without a limit)."""
+        if not self.max_concurrent_runs:
+            return 1_000_000
+        return self.max_concurrent_runs - len(self._tasks) - self._reserved
+
+    def _take_slot(self) -> bool:
+        """Reserve a slot for a new run, unless full or older queued runs come first."""
+        if self._free() <= 0 or (self._backlog and self.max_concurrent_runs):
+            return False
+        self._reserved += 1
+        return True
+
+    async def _check_queue_room(self) -> None:
+        if not self.max_queued_runs:
+            return
+        queued = await self.store.count_runs(RunStatus.QUEUED.value)
+        if queued >= self.max_queued_runs:
+            raise OverloadedError(
+                f"Too many workflow runs are queued ({queued}, at most "
+                f"{self.max_queued_runs}); retry later.",
+                retry_after=1.0,
+                code="too_many_runs",
+            )
+
+    def _kick(self) -> None:
+        """Fill free slots with queued runs (one filler at a time; a kick while it works
+        makes it look again)."""
+        if self._closing or not self._registered:
+            return
+        if self._filler is not None and not self._filler.done():
+            self._refill = True
+            return
+        self._filler = asyncio.create_task(self._fill(), name="workflow-queue")
+
+    async def _fill(self) -> None:
+        while True:
+            self._refill = False
+            free = self._free()
+            if free > 0:
+                try:
+                    leases = await self._claim(min(free, 1000))
+                except Exception:  # a database hiccup: the recovery loop claims them later
+                    log.exception("could not claim queued workflow runs")
+                    return
+                self._backlog = len(leases) >= free
+            if not self._refill:
+                return
+
+    async def _claim(
+        self, limit: int, *, run_id: str | None = None, dead_owners: Sequence[str] = ()
+    ) -> builtins.list[Lease]:
+        """Claim up to ``limit`` runs (their slots reserved meanwhile) and drive them."""
+        now = time.time()
+        self._reserved += limit
+        self._claiming += 1
+        try:
+            leases = await self.store.claim(
+                self.worker_id,
+                now,
+                now + self.lease_seconds,
+                limit=limit,
+                run_id=run_id,
+                dead_owners=dead_owners,
+                workflows=list(self._flows),
+                max_recoveries=self.max_recoveries,
+            )
+            runs = [await self.store.get(lease.run_id) for lease in leases]
+        finally:
+            # Still no await between here and the spawns: the slots pass to the tasks.
+            self._reserved -= limit
+            self._claiming -= 1
+        for lease, run in zip(leases, runs, strict=True):
+            if run is not None:
+                self._spawn(self._flows[run.workflow], lease)
+        return leases
 
     def _spawn(self, flow: Workflow[Any], lease: Lease) -> None:
         task = asyncio.create_task(self._drive(flow, lease), name=f"workflow-run-{lease.run_id}")
         self._tasks[lease.run_id] = task
-        task.add_done_callback(lambda _t: self._tasks.pop(lease.run_id, None))
+        task.add_done_callback(lambda _t: self._done(lease.run_id))
+        ready = self._ready.pop(lease.run_id, None)
+        if ready is not None:
+            ready.set()
+
+    def _done(self, run_id: str) -> None:
+        self._tasks.pop(run_id, None)
+        if self._backlog:
+            self._kick()
 
     async def _drive(self, flow: Workflow[Any], lease: Lease) -> RunRecord:
         try:
@@ -303,16 +451,60 @@ class Workflows:
             log.exception("could not record the trace of workflow run %s", run.id)
 
     async def wait(self, run_id: str) -> RunRecord:
-        """The run once this process stops driving it (finished, waiting, or taken over)."""
-        task = self._tasks.get(run_id)
-        if task is not None:
+        """The run once this process stops driving it (finished, waiting, or taken over).
+        A queued run is waited for until it finishes (or waits), whoever claims it."""
+        was_queued = False
+        while True:
+            # Taken before looking, so a spawn between the look and the sleep wakes us.
+            ready = self._ready.setdefault(run_id, asyncio.Event())
             try:
-                return await asyncio.shield(task)
-            except asyncio.CancelledError:
-                if not task.cancelled():  # this waiter was cancelled, not the run
-                    raise
-                # cancel() (from another request) or aclose() stopped the run: as it is now.
-        return await self.get(run_id)
+                task = self._tasks.get(run_id)
+                if task is not None:
+                    try:
+                        return await asyncio.shield(task)
+                    except asyncio.CancelledError:
+                        if not task.cancelled():  # this waiter was cancelled, not the run
+                            raise
+                        # cancel() (another request) or aclose() stopped the run: as it is.
+                        return await self.get(run_id)
+                run = await self.get(run_id)
+                was_queued = was_queued or run.status == RunStatus.QUEUED
+                claimed_here = run.lease_owner == self.worker_id and self._claiming > 0
+                pending = run.status == RunStatus.QUEUED or (
+                    run.status == RunStatus.RUNNING and (was_queued or claimed_here)
+                )
+                if not pending or self._closing:
+                    return run
+                self._watch()
+                # Woken by a spawn here or by the watcher; the timeout is only a backstop.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ready.wait(), 30 * WATCH_SECONDS)
+            finally:
+                if self._ready.get(run_id) is ready and not ready.is_set():
+                    del self._ready[run_id]
+
+    def _watch(self) -> None:
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.create_task(self._watch_loop(), name="workflow-watch")
+
+    async def _watch_loop(self) -> None:
+        """While runs are waited for but not driven here, wake the waiters of those that
+        left ``queued``/``running`` (finished, waiting or cancelled, wherever): one query a
+        period for all of them, however many."""
+        while self._ready and not self._closing:
+            await asyncio.sleep(WATCH_SECONDS)
+            ids = [run_id for run_id in self._ready if run_id not in self._tasks]
+            try:
+                found = await self.store.statuses(ids) if ids else {}
+            except Exception:  # a database hiccup: look again next period
+                log.exception("could not read the status of waited-for workflow runs")
+                continue
+            for run_id in ids:
+                status = found.get(run_id)
+                if status not in (RunStatus.QUEUED, RunStatus.RUNNING):
+                    event = self._ready.pop(run_id, None)
+                    if event is not None:
+                        event.set()
 
     async def run(
         self,
@@ -373,11 +565,11 @@ class Workflows:
             await self._finished(flow, finished)
             return finished
         await self._ensure_worker()
-        leases = await self.store.claim(
-            self.worker_id, now, now + self.lease_seconds, run_id=run_id, limit=1
-        )
-        if leases:
-            self._spawn(flow, leases[0])
+        if self._free() > 0:
+            await self._claim(1, run_id=run_id)
+        else:  # queued (in creation order, so ahead of younger runs) until a slot frees
+            self._backlog = True
+            self._kick()
         return await self.wait(run_id)
 
     async def cancel(self, run_id: str) -> RunRecord:
@@ -405,8 +597,10 @@ class Workflows:
         return not _alive(worker.pid)
 
     async def recover(self) -> list[str]:
-        """Claim (up to 1,000) orphaned runs of the registered workflows and continue each
-        from its last completed step; returns their ids (``wait`` gives their results)."""
+        """Claim (up to 1,000, within the concurrency limit) orphaned and queued runs of the
+        registered workflows and continue each from its last completed step; returns their
+        ids (``wait`` gives their results). Runs recovered ``max_recoveries`` times already
+        are failed instead (``too_many_recoveries``)."""
         await self._ensure_worker()
         now = time.time()
         dead = [
@@ -414,18 +608,35 @@ class Workflows:
             for worker in await self.store.workers(self.hostname)
             if worker.id != self.worker_id and self._dead(worker, now)
         ]
-        leases = await self.store.claim(
-            self.worker_id,
+        if self.max_recoveries is not None:
+            await self._abandon(now, dead)
+        free = self._free()
+        if free <= 0:
+            return []
+        limit = min(free, 1000)
+        leases = await self._claim(limit, dead_owners=dead)
+        if len(leases) >= limit:  # more may be queued: each slot that frees claims one
+            self._backlog = True
+        return [lease.run_id for lease in leases]
+
+    async def _abandon(self, now: float, dead: builtins.list[str]) -> None:
+        assert self.max_recoveries is not None
+        error = {
+            "type": "too_many_recoveries",
+            "message": f"the run was recovered {self.max_recoveries} times after its "
+            "process stopped, and stopped it again; it is not continued any more",
+        }
+        failed = await self.store.abandon(
             now,
-            now + self.lease_seconds,
-            limit=1000,
+            error,
+            max_recoveries=self.max_recoveries,
             dead_owners=dead,
             workflows=list(self._flows),
+            limit=1000,
         )
-        for lease in leases:
-            run = await self.get(lease.run_id)
-            self._spawn(self._flows[run.workflow], lease)
-        return [lease.run_id for lease in leases]
+        for run_id in failed:
+            log.warning("workflow run %s failed: too many recoveries", run_id)
+            await self._record_trace(await self.get(run_id))
 
     # --- reading -------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import and_, case, insert, or_, select, update
+from sqlalchemy import and_, case, func, insert, or_, select, update
 from sqlalchemy.engine import RowMapping
 
 from trellis.orchestration.records import (
@@ -79,8 +79,33 @@ class RunStore(Protocol):
         run_id: str | None = None,
         dead_owners: Sequence[str] = (),
         workflows: Sequence[str] | None = None,
+        max_recoveries: int | None = None,
     ) -> list[Lease]:
-        """Take queued runs and runs whose lease expired (or whose owner is dead)."""
+        """Take queued runs and runs whose lease expired (or whose owner is dead), oldest
+        first; an orphaned run recovered ``max_recoveries`` times already is left for
+        :meth:`abandon`."""
+        ...
+
+    async def abandon(
+        self,
+        now: float,
+        error: dict[str, Any],
+        *,
+        max_recoveries: int,
+        dead_owners: Sequence[str] = (),
+        workflows: Sequence[str] | None = None,
+        limit: int = 100,
+    ) -> list[str]:
+        """Fail orphaned runs recovered ``max_recoveries`` times already (a run that keeps
+        crashing its process) with ``error`` instead of claiming them again; their ids."""
+        ...
+
+    async def count_runs(self, status: str) -> int:
+        """How many runs have ``status`` (every workflow, every replica)."""
+        ...
+
+    async def statuses(self, run_ids: Sequence[str]) -> dict[str, str]:
+        """The status of each of these runs that exists (one query for many waiters)."""
         ...
 
     async def release(self, lease: Lease) -> None: ...
@@ -141,6 +166,20 @@ def _run_values(cp: Checkpoint, now: float) -> dict[str, Any]:
     if cp.release:
         values.update(lease_owner=None, lease_until=None)
     return values
+
+
+def _orphaned(run: RunRecord, now: float, dead_owners: Sequence[str]) -> bool:
+    """Nobody holds the run: never leased (queued), lease ran out, or its owner is dead."""
+    return run.lease_until is None or run.lease_until < now or run.lease_owner in dead_owners
+
+
+def _spent(run: RunRecord, max_recoveries: int | None) -> bool:
+    """An orphaned running run whose next claim would exceed ``max_recoveries``."""
+    return (
+        max_recoveries is not None
+        and run.status == RunStatus.RUNNING
+        and run.recoveries >= max_recoveries
+    )
 
 
 # --- in memory ---------------------------------------------------------------------------
@@ -226,21 +265,19 @@ class MemoryRunStore:
         run_id: str | None = None,
         dead_owners: Sequence[str] = (),
         workflows: Sequence[str] | None = None,
+        max_recoveries: int | None = None,
     ) -> list[Lease]:
         leases: list[Lease] = []
-        for run in sorted(self.runs.values(), key=lambda r: r.created_at):
+        for run in sorted(self.runs.values(), key=lambda r: (r.created_at, r.id)):
             if len(leases) >= limit:
                 break
             if run_id is not None and run.id != run_id:
                 continue
             if workflows is not None and run.workflow not in workflows:
                 continue
-            if run.status not in _CLAIMABLE:
+            if run.status not in _CLAIMABLE or not _orphaned(run, now, dead_owners):
                 continue
-            expired = (
-                run.lease_until is None or run.lease_until < now or run.lease_owner in dead_owners
-            )
-            if not expired:
+            if _spent(run, max_recoveries):
                 continue
             if run.status == RunStatus.RUNNING:
                 run.recoveries += 1
@@ -252,6 +289,37 @@ class MemoryRunStore:
             )
             leases.append(Lease(run.id, owner, run.lease_epoch))
         return leases
+
+    async def abandon(
+        self,
+        now: float,
+        error: dict[str, Any],
+        *,
+        max_recoveries: int,
+        dead_owners: Sequence[str] = (),
+        workflows: Sequence[str] | None = None,
+        limit: int = 100,
+    ) -> list[str]:
+        failed: list[str] = []
+        for run in sorted(self.runs.values(), key=lambda r: (r.created_at, r.id)):
+            if len(failed) >= limit:
+                break
+            if workflows is not None and run.workflow not in workflows:
+                continue
+            if run.status != RunStatus.RUNNING or not _orphaned(run, now, dead_owners):
+                continue
+            if _spent(run, max_recoveries):
+                run.status, run.error = RunStatus.FAILED.value, copy.deepcopy(error)
+                run.next_step, run.finished_at, run.updated_at = None, now, now
+                run.lease_owner = run.lease_until = None
+                failed.append(run.id)
+        return failed
+
+    async def count_runs(self, status: str) -> int:
+        return sum(1 for run in self.runs.values() if run.status == status)
+
+    async def statuses(self, run_ids: Sequence[str]) -> dict[str, str]:
+        return {i: self.runs[i].status for i in run_ids if i in self.runs}
 
     async def release(self, lease: Lease) -> None:
         run = self.runs.get(lease.run_id)
@@ -448,17 +516,19 @@ class SqlRunStore:
         run_id: str | None = None,
         dead_owners: Sequence[str] = (),
         workflows: Sequence[str] | None = None,
+        max_recoveries: int | None = None,
     ) -> list[Lease]:
         runs = workflow_runs.c
-        expired = or_(runs.lease_until.is_(None), runs.lease_until < now)
-        if dead_owners:
-            expired = or_(expired, runs.lease_owner.in_(list(dead_owners)))
         query = (
             select(runs.id, runs.lease_epoch)
-            .where(runs.status.in_(_CLAIMABLE), expired)
-            .order_by(runs.created_at)
+            .where(runs.status.in_(_CLAIMABLE), self._orphaned(now, dead_owners))
+            .order_by(runs.created_at, runs.id)
             .limit(limit)
         )
+        if max_recoveries is not None:
+            query = query.where(
+                or_(runs.status != RunStatus.RUNNING.value, runs.recoveries < max_recoveries)
+            )
         if run_id is not None:
             query = query.where(runs.id == run_id)
         if workflows is not None:
@@ -490,6 +560,83 @@ class SqlRunStore:
                 if result.rowcount == 1:
                     leases.append(Lease(candidate_id, owner, epoch + 1))
         return leases
+
+    @staticmethod
+    def _orphaned(now: float, dead_owners: Sequence[str]) -> Any:
+        runs = workflow_runs.c
+        expired = or_(runs.lease_until.is_(None), runs.lease_until < now)
+        if dead_owners:
+            expired = or_(expired, runs.lease_owner.in_(list(dead_owners)))
+        return expired
+
+    async def abandon(
+        self,
+        now: float,
+        error: dict[str, Any],
+        *,
+        max_recoveries: int,
+        dead_owners: Sequence[str] = (),
+        workflows: Sequence[str] | None = None,
+        limit: int = 100,
+    ) -> list[str]:
+        runs = workflow_runs.c
+        query = (
+            select(runs.id, runs.lease_epoch)
+            .where(
+                runs.status == RunStatus.RUNNING.value,
+                runs.recoveries >= max_recoveries,
+                self._orphaned(now, dead_owners),
+            )
+            .order_by(runs.created_at, runs.id)
+            .limit(limit)
+        )
+        if workflows is not None:
+            query = query.where(runs.workflow.in_(list(workflows)))
+        failed: list[str] = []
+        async with self.db.engine.connect() as conn:
+            candidates = (await conn.execute(query)).all()
+            await conn.commit()
+            for candidate_id, epoch in candidates:
+                # The same compare-and-set as a claim: a run claimed meanwhile is left alone.
+                async with conn.begin():
+                    result = await conn.execute(
+                        update(workflow_runs)
+                        .where(
+                            runs.id == candidate_id,
+                            runs.lease_epoch == epoch,
+                            runs.status == RunStatus.RUNNING.value,
+                        )
+                        .values(
+                            status=RunStatus.FAILED.value,
+                            error=error,
+                            next_step=None,
+                            finished_at=now,
+                            updated_at=now,
+                            lease_owner=None,
+                            lease_until=None,
+                        )
+                    )
+                if result.rowcount == 1:
+                    failed.append(candidate_id)
+        return failed
+
+    async def count_runs(self, status: str) -> int:
+        query = (
+            select(func.count()).select_from(workflow_runs).where(workflow_runs.c.status == status)
+        )
+        async with self.db.engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def statuses(self, run_ids: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        ids = list(run_ids)
+        async with self.db.engine.connect() as conn:
+            for start in range(0, len(ids), 500):  # within every backend's parameter limit
+                query = select(workflow_runs.c.id, workflow_runs.c.status).where(
+                    workflow_runs.c.id.in_(ids[start : start + 500])
+                )
+                found.update({row[0]: row[1] for row in await conn.execute(query)})
+        return found
 
     async def release(self, lease: Lease) -> None:
         async with self.db.write() as conn:

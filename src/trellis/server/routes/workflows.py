@@ -189,12 +189,14 @@ async def list_workflows(request: Request) -> JSONBytes:
 
 @router.post(
     "/workflows/{name}/runs",
-    **operation(scope=INFERENCE, body=StartRun, reply=RunReply, errors=[404], events=RunEvent),
+    **operation(scope=INFERENCE, body=StartRun, reply=RunReply, errors=[404, 429], events=RunEvent),
 )
 async def start_run(request: Request, name: str = WorkflowName) -> Any:
     """Start a run and wait until it finishes or waits for input; with ``"stream": true``
     each completed step is an event, then the run. A client that goes away does not stop
-    the run: read it with ``GET /v1/runs/{id}``."""
+    the run: read it with ``GET /v1/runs/{id}``. Beyond the replica's
+    ``max_concurrent_runs`` the run is ``queued`` first (the wait includes the queue);
+    429 with ``Retry-After`` when ``max_queued_runs`` are queued already."""
     caller = await authenticate(request, INFERENCE)
     body = parse_body(StartRun, await read_json(request))
     workflows = _workflows(request)
