@@ -37,6 +37,7 @@ __all__ = [
     "SemanticCacheSettings",
     "TracingSettings",
     "LocalModelSettings",
+    "MemorySettings",
     "AliasRetrieval",
     "AlertRule",
     "AlertSettings",
@@ -360,6 +361,38 @@ class OrchestrationSettings(_Strict):
         return self
 
 
+class MemorySettings(_Strict):
+    top_k: int = Field(default=3, ge=1, le=50, description="Memories recalled into a prompt")
+    min_score: float = Field(
+        default=0.3, ge=-1, le=1, description="Least cosine for a memory to be recalled"
+    )
+    dedupe_threshold: float = Field(
+        default=0.95,
+        gt=0,
+        le=1,
+        description="A new memory this close (cosine) to an existing one updates it instead",
+    )
+    extract: Literal["off", "request", "always"] = Field(
+        default="request",
+        description="Extract facts from chat turns naming a user: 'request' when the "
+        "request asks (trellis.memories.extract), 'always' unless it refuses, 'off' never",
+    )
+    extract_model: str | None = Field(
+        default=None, description="Model alias of the extraction call (default: the request's)"
+    )
+    extract_queue_size: int = Field(
+        default=256, ge=1, description="Extractions waiting; more are dropped (and traced)"
+    )
+    extract_workers: int = Field(default=1, ge=1, le=16, description="Extractions at a time")
+    extract_candidates: int = Field(
+        default=8,
+        ge=0,
+        le=50,
+        description="Existing memories (most relevant) shown to the extractor to update",
+    )
+    extract_max_tokens: int = Field(default=256, ge=16, description="Output cap of one extraction")
+
+
 class LocalModelSettings(_Strict):
     n_ctx: int = Field(default=2048, ge=256)
     n_threads: int | None = None
@@ -439,6 +472,7 @@ class Settings(BaseSettings):
     local: LocalModelSettings = Field(default_factory=LocalModelSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
     workflows: list[str] = Field(
         default_factory=list,
         description="Workflows to serve, by import path ('package.module:name' of a "
