@@ -264,3 +264,16 @@ async def test_who_asks_for_extraction_and_when_it_runs(
             pass
         await trellis.extractor.drain()
         assert len(script.shown) == 2
+
+
+async def test_a_fact_the_turn_does_not_mention_is_not_stored(
+    tmp_path: Path, upstream: FakeUpstream, script: Script
+) -> None:
+    # Small models asked for JSON about a question tend to invent a fact.
+    script.replies.append(ops(("add", 0, "I work as a pilot."), ("add", 0, "I like jokes.")))
+    async with Trellis(settings(tmp_path, alias("m", upstream))) as trellis:
+        assert trellis.extractor is not None
+        turn = (ChatMessage(role="user", content="Tell me a short joke."),)
+        report = await trellis.extractor.extract(ExtractionJob("", "ada", turn, "m"))
+        assert [a["text"] for a in report.applied] == ["I like jokes."]
+        assert report.ignored == 1

@@ -47,11 +47,21 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Longest text of one fact the extractor may write.
-MAX_FACT_CHARS = 300
+MAX_FACT_CHARS = 160
 #: Most operations one extraction may propose (the grammar of a local model enforces it).
-MAX_OPERATIONS = 8
+MAX_OPERATIONS = 4
 #: Longest user turn given to the extractor (characters; the rest is cut).
 MAX_TURN_CHARS = 4000
+_WORD = re.compile(r"[^\W\d_]{3,}|\d+")
+#: Words too common to show that a fact came from the turn (``_grounded``).
+_COMMON = frozenset(
+    """the and for are was were been being have has had not but you your yours our ours
+    they them their this that these those with from into about over just very really
+    like live lives living work works working am is i me my mine myself now then than
+    what when where which who whom why how can could would should will shall may might
+    must also still some any all one two new old got get gets getting make made do does
+    did done say says said see know think want wants user assistant""".split()
+)
 _FENCE = re.compile(r"^\s*```(?:json)?\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
 
 
@@ -84,7 +94,7 @@ OPERATIONS_SCHEMA: dict[str, object] = {
                 "properties": {
                     "op": {"type": "string", "enum": ["add", "update", "delete", "none"]},
                     "id": {"type": "integer"},
-                    "text": {"type": "string"},
+                    "text": {"type": "string", "maxLength": MAX_FACT_CHARS},
                 },
                 "required": ["op", "id", "text"],
                 "additionalProperties": False,
@@ -143,9 +153,26 @@ def parse_operations(text: str) -> Operations:
         raise ValueError(problems[:500]) from None
 
 
-def to_ops(proposed: Operations, candidates: Sequence[Recalled]) -> tuple[list[MemoryOp], int]:
+def _words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if w not in _COMMON}
+
+
+def grounded(fact: str, turn: str) -> bool:
+    """Whether ``fact`` repeats a distinctive word of ``turn`` (a name, a place, a noun).
+
+    A cheap guard against facts a model made up: small models asked for JSON about a
+    question ("How many moons does Jupiter have?") tend to invent a fact rather than
+    answer ``[]``. A fact the user stated shares at least its key word with the turn.
+    """
+    return bool(_words(fact) & _words(turn))
+
+
+def to_ops(
+    proposed: Operations, candidates: Sequence[Recalled], turn: str | None = None
+) -> tuple[list[MemoryOp], int]:
     """Operations on memory ids; how many proposals were dropped (a number that is no
-    candidate's, an empty text, a second change of the same memory)."""
+    candidate's, an empty text, a second change of the same memory, and, given the
+    ``turn`` text, a new text that is not ``grounded`` in it)."""
     ops: list[MemoryOp] = []
     dropped = 0
     touched: set[str] = set()
@@ -153,6 +180,9 @@ def to_ops(proposed: Operations, candidates: Sequence[Recalled]) -> tuple[list[M
         if item.op == "none":
             continue
         text = " ".join(item.text.split())
+        if text and turn is not None and not grounded(text, turn):
+            dropped += 1
+            continue
         if item.op == "add":
             if text:
                 ops.append(MemoryOp("add", text))
@@ -309,7 +339,8 @@ class Extractor:
                         span.add_event("invalid_output", error=str(exc), output=text[:500])
                         raise
                     span.set("trellis.memory.proposed", len(proposed.operations))
-                ops, ignored = to_ops(proposed, candidates)
+                said = " ".join(message_text(m) for m in turn if m.role == "user")
+                ops, ignored = to_ops(proposed, candidates, said)
                 with trace.span("apply") as span:
                     if ops:
                         done, skipped = await self.memories.apply(job.owner, job.user_id, ops)
