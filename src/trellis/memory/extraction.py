@@ -154,7 +154,10 @@ def parse_operations(text: str) -> Operations:
 
 
 def _words(text: str) -> set[str]:
-    return {w for w in _WORD.findall(text.lower()) if w not in _COMMON}
+    """Distinctive words, crudely stemmed (a plural ``s`` off, the first five letters),
+    so "jokes" meets "joke" and "allergic" meets "allergy"."""
+    found = (w for w in _WORD.findall(text.lower()) if w not in _COMMON)
+    return {(w[:-1] if len(w) > 3 and w.endswith("s") else w)[:5] for w in found}
 
 
 def grounded(fact: str, turn: str) -> bool:
