@@ -67,20 +67,52 @@ class Kind:
 KINDS: tuple[Kind, ...] = (
     Kind(
         "city",
-        ("Berlin", "Lisbon", "Toronto", "Osaka", "Nairobi", "Melbourne", "Krakow", "Denver",
-         "Seville", "Helsinki", "Montreal", "Porto"),
-        ("I live in {v}.", "These days I'm based in {v}, it's a lovely place.",
-         "My home is in {v}, been there a few years now.", "I rent a small flat in {v}."),
-        ("Which city is my home?", "Remind me where I'm living these days?",
-         "What town do I call home right now?"),
-        ("Big news: I just moved to {v}!", "We relocated to {v} last month, still unpacking.",
-         "I don't live in the old place any more, I'm in {v} now."),
+        (
+            "Berlin",
+            "Lisbon",
+            "Toronto",
+            "Osaka",
+            "Nairobi",
+            "Melbourne",
+            "Krakow",
+            "Denver",
+            "Seville",
+            "Helsinki",
+            "Montreal",
+            "Porto",
+        ),
+        (
+            "I live in {v}.",
+            "These days I'm based in {v}, it's a lovely place.",
+            "My home is in {v}, been there a few years now.",
+            "I rent a small flat in {v}.",
+        ),
+        (
+            "Which city is my home?",
+            "Remind me where I'm living these days?",
+            "What town do I call home right now?",
+        ),
+        (
+            "Big news: I just moved to {v}!",
+            "We relocated to {v} last month, still unpacking.",
+            "I don't live in the old place any more, I'm in {v} now.",
+        ),
         ("My sister lives in {v}.", "A friend of mine just got back from {v}."),
     ),
     Kind(
         "job",
-        ("nurse", "software engineer", "carpenter", "teacher", "accountant", "pilot",
-         "pharmacist", "architect", "chef", "librarian"),
+        (
+            "nurse",
+            "software engineer",
+            "carpenter",
+            "teacher",
+            "accountant",
+            "pilot",
+            "pharmacist",
+            "architect",
+            "chef",
+            "librarian",
+        ),
         ("I work as a {v}.", "I'm a {v} by profession.", "By day I'm a {v}, it pays the bills."),
         ("What do I do for a living?", "What's my profession?", "Which occupation do I have?"),
         ("I quit my old job and started as a {v} this week.", "New job: I'm now a {v}!"),
@@ -89,8 +121,11 @@ KINDS: tuple[Kind, ...] = (
     Kind(
         "pet",
         ("Biscuit", "Luna", "Pepper", "Mochi", "Rex", "Ziggy", "Olive", "Noodle"),
-        ("I have a dog named {v}.", "My cat {v} keeps me company at home.",
-         "Our rabbit is called {v}."),
+        (
+            "I have a dog named {v}.",
+            "My cat {v} keeps me company at home.",
+            "Our rabbit is called {v}.",
+        ),
         ("What's the name of my pet?", "What do I call my animal at home?"),
         (),
         ("My cousin's dog is called {v}.",),
@@ -98,16 +133,24 @@ KINDS: tuple[Kind, ...] = (
     Kind(
         "allergy",
         ("peanuts", "shellfish", "penicillin", "cats", "pollen", "gluten", "sesame"),
-        ("I'm allergic to {v}.", "I get a bad reaction from {v}, so I avoid it.",
-         "Doctor confirmed my allergy: {v}."),
-        ("Is there something I have to stay away from for health reasons?",
-         "What gives me an allergic reaction?"),
+        (
+            "I'm allergic to {v}.",
+            "I get a bad reaction from {v}, so I avoid it.",
+            "Doctor confirmed my allergy: {v}.",
+        ),
+        (
+            "Is there something I have to stay away from for health reasons?",
+            "What gives me an allergic reaction?",
+        ),
     ),
     Kind(
         "food",
         ("ramen", "lasagne", "tacos", "paella", "sushi", "curry", "pancakes", "falafel"),
-        ("My favourite food is {v}.", "I could eat {v} every single day.",
-         "Nothing beats a plate of {v} for me."),
+        (
+            "My favourite food is {v}.",
+            "I could eat {v} every single day.",
+            "Nothing beats a plate of {v} for me.",
+        ),
         ("Which dish do I love most?", "If you cooked for me, what should it be?"),
         ("My tastes changed: these days my favourite food is {v}.",),
         ("My boss is obsessed with {v}.",),
@@ -115,7 +158,11 @@ KINDS: tuple[Kind, ...] = (
     Kind(
         "partner",
         ("Maria", "Jonas", "Aiko", "Priya", "Tomasz", "Chloe", "Samuel", "Fatima"),
-        ("My partner's name is {v}.", "I'm married to {v}.", "{v} and I have been together for ten years."),
+        (
+            "My partner's name is {v}.",
+            "I'm married to {v}.",
+            "{v} and I have been together for ten years.",
+        ),
         ("Who is my spouse?", "What is my other half called?"),
     ),
     Kind(
@@ -278,7 +325,9 @@ async def extraction_recall(trellis: Trellis, users: list[User], model: str) -> 
         for session in user.sessions:
             for text in session:
                 turns += 1
-                job = ExtractionJob(owner, user.id, (ChatMessage(role="user", content=text),), model)
+                job = ExtractionJob(
+                    owner, user.id, (ChatMessage(role="user", content=text),), model
+                )
                 report = await extractor.extract(job)
                 failures += report.error is not None
         kept = await memories.list_memories(owner, user.id)
@@ -341,9 +390,7 @@ async def answer_accuracy(trellis: Trellis, users: list[User], model: str) -> di
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    users = generate(
-        args.users, args.seed, facts_per_user=args.facts, distractors=args.distractors
-    )
+    users = generate(args.users, args.seed, facts_per_user=args.facts, distractors=args.distractors)
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(
             data_dir=Path(tmp),
@@ -357,9 +404,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             api["seconds"] = round(time.perf_counter() - started, 2)
             print(f"(a) api-written memories: {api}", flush=True)
             started = time.perf_counter()
-            extraction = await extraction_recall(
-                trellis, users[: args.extract_users], args.model
-            )
+            extraction = await extraction_recall(trellis, users[: args.extract_users], args.model)
             extraction["seconds"] = round(time.perf_counter() - started, 2)
             print(f"(b) extraction: {extraction}", flush=True)
             started = time.perf_counter()

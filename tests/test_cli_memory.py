@@ -53,7 +53,10 @@ def test_memories_add_list_recall_delete_and_forget(config: Path) -> None:
     other = invoke_json(config, "memories", "add", "-u", "ada", "-k", "key-1", "I like tea.")
 
     listed = invoke_json(config, "memories", "list", "--user", "ada")
-    assert [m["text"] for m in listed] == ["I prefer answers in French!", "I am allergic to peanuts."]
+    assert [m["text"] for m in listed] == [
+        "I prefer answers in French!",
+        "I am allergic to peanuts.",
+    ]
     assert len(invoke_json(config, "memories", "list")) == 3  # the keyless namespace
     assert [m["id"] for m in invoke_json(config, "memories", "list", "--key", "key-1")] == [
         other["id"]

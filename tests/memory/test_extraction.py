@@ -20,7 +20,7 @@ from trellis.memory.extraction import INSTRUCTIONS
 from trellis.runtime import Trellis
 from trellis.schema import ChatMessage, ChatRequest, MemoryOptions, TrellisOptions
 from trellis.settings import Settings
-from trellis.testing.fake_upstream import Fault, FakeUpstream
+from trellis.testing.fake_upstream import FakeUpstream, Fault
 
 ANSWER = "Noted."
 
@@ -188,7 +188,9 @@ async def test_extraction_sees_and_changes_only_its_key_and_user(
         assert trellis.memories and trellis.extractor
         await trellis.memories.add("key-b", "ada", "I live in Berlin.")
         await trellis.memories.add("key-a", "bob", "I live in Berlin.")
-        script.replies.append(ops(("update", 1, "I live in Paris."), ("add", 0, "I live in Paris.")))
+        script.replies.append(
+            ops(("update", 1, "I live in Paris."), ("add", 0, "I live in Paris."))
+        )
         turn = (ChatMessage(role="user", content="I moved to Paris."),)
         report = await trellis.extractor.extract(ExtractionJob("key-a", "ada", turn, "m"))
         assert script.shown == ["Known facts: none."]  # nobody else's memories are shown
@@ -229,7 +231,11 @@ async def test_a_full_queue_drops_the_turn_not_the_answer(
     with FakeUpstream(vendor="openai", reply=ops(("none", 0, ""))) as slow:
         slow.delay = 0.5
         config = settings(
-            tmp_path, alias("m", upstream), alias("x", slow), extract_model="x", extract_queue_size=1
+            tmp_path,
+            alias("m", upstream),
+            alias("x", slow),
+            extract_model="x",
+            extract_queue_size=1,
         )
         async with Trellis(config) as trellis:
             assert trellis.gateway and trellis.extractor

@@ -16,7 +16,7 @@ from trellis.memory.extraction import INSTRUCTIONS
 from trellis.orchestration import Context, RunStatus, Workflow, recall, remember
 from trellis.runtime import Trellis
 from trellis.settings import Settings
-from trellis.testing.fake_upstream import Fault, FakeUpstream
+from trellis.testing.fake_upstream import FakeUpstream, Fault
 
 
 class Chat(BaseModel):

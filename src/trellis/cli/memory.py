@@ -133,9 +133,7 @@ def memories_recall(
 ) -> None:
     """The memories a chat request about QUERY would recall, best first."""
     settings = load_settings(config)
-    found = run(
-        lambda: _with_memories(settings, lambda m: m.recall(key, user, query, top_k=top_k))
-    )
+    found = run(lambda: _with_memories(settings, lambda m: m.recall(key, user, query, top_k=top_k)))
     rows = [{"id": m.id, "text": m.text, "score": round(m.score, 4)} for m in found]
     if as_json:
         _print(rows)
@@ -210,7 +208,9 @@ def sessions_show(
     from trellis.schema import message_text
 
     settings = load_settings(config)
-    found = run(lambda: _with_sessions(settings, lambda s: s.messages(_session_key(key, session_id))))
+    found = run(
+        lambda: _with_sessions(settings, lambda s: s.messages(_session_key(key, session_id)))
+    )
     if found is None:
         err_console.print(f"[red]error:[/red] no session {escape(session_id)!r}")
         raise typer.Exit(1)
@@ -228,7 +228,9 @@ def sessions_show(
     if summary:
         console.print(f"  summary: {escape(summary)}", soft_wrap=True)
     for message in messages:
-        console.print(f"  [bold]{message.role}[/bold]: {escape(message_text(message))}", soft_wrap=True)
+        console.print(
+            f"  [bold]{message.role}[/bold]: {escape(message_text(message))}", soft_wrap=True
+        )
 
 
 @sessions_app.command("delete")
@@ -240,7 +242,9 @@ def sessions_delete(
 ) -> None:
     """Forget a conversation: its turns and summary."""
     settings = load_settings(config)
-    deleted = run(lambda: _with_sessions(settings, lambda s: s.delete(_session_key(key, session_id))))
+    deleted = run(
+        lambda: _with_sessions(settings, lambda s: s.delete(_session_key(key, session_id)))
+    )
     if not deleted:
         err_console.print(f"[red]error:[/red] no session {escape(session_id)!r}")
         raise typer.Exit(1)

@@ -55,12 +55,104 @@ MAX_TURN_CHARS = 4000
 _WORD = re.compile(r"[^\W\d_]{3,}|\d+")
 #: Words too common to show that a fact came from the turn (``_grounded``).
 _COMMON = frozenset(
-    """the and for are was were been being have has had not but you your yours our ours
-    they them their this that these those with from into about over just very really
-    like live lives living work works working am is i me my mine myself now then than
-    what when where which who whom why how can could would should will shall may might
-    must also still some any all one two new old got get gets getting make made do does
-    did done say says said see know think want wants user assistant""".split()
+    (
+        "the",
+        "and",
+        "for",
+        "are",
+        "was",
+        "were",
+        "been",
+        "being",
+        "have",
+        "has",
+        "had",
+        "not",
+        "but",
+        "you",
+        "your",
+        "yours",
+        "our",
+        "ours",
+        "they",
+        "them",
+        "their",
+        "this",
+        "that",
+        "these",
+        "those",
+        "with",
+        "from",
+        "into",
+        "about",
+        "over",
+        "just",
+        "very",
+        "really",
+        "like",
+        "live",
+        "lives",
+        "living",
+        "work",
+        "works",
+        "working",
+        "am",
+        "is",
+        "i",
+        "me",
+        "my",
+        "mine",
+        "myself",
+        "now",
+        "then",
+        "than",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "whom",
+        "why",
+        "how",
+        "can",
+        "could",
+        "would",
+        "should",
+        "will",
+        "shall",
+        "may",
+        "might",
+        "must",
+        "also",
+        "still",
+        "some",
+        "any",
+        "all",
+        "one",
+        "two",
+        "new",
+        "old",
+        "got",
+        "get",
+        "gets",
+        "getting",
+        "make",
+        "made",
+        "do",
+        "does",
+        "did",
+        "done",
+        "say",
+        "says",
+        "said",
+        "see",
+        "know",
+        "think",
+        "want",
+        "wants",
+        "user",
+        "assistant",
+    )
 )
 _FENCE = re.compile(r"^\s*```(?:json)?\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
 
@@ -244,7 +336,9 @@ class Extractor:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
             self.dropped += 1
-            log.warning("memory extraction queue is full: a turn of user %r was dropped", job.user_id)
+            log.warning(
+                "memory extraction queue is full: a turn of user %r was dropped", job.user_id
+            )
             return False
         if not self._tasks:
             self._tasks = [
@@ -307,9 +401,7 @@ class Extractor:
         error: str | None = None
         try:
             turn = [m for m in job.messages if message_text(m).strip()]
-            query = next(
-                (message_text(m) for m in reversed(turn) if m.role == "user"), ""
-            ).strip()
+            query = next((message_text(m) for m in reversed(turn) if m.role == "user"), "").strip()
             with trace.span("recall") as span:
                 candidates = (
                     await self.memories.recall(job.owner, job.user_id, query, top_k=self.candidates)
@@ -326,7 +418,10 @@ class Extractor:
                         max_tokens=self.max_tokens,
                         response_format={
                             "type": "json_schema",
-                            "json_schema": {"name": "memory_operations", "schema": OPERATIONS_SCHEMA},
+                            "json_schema": {
+                                "name": "memory_operations",
+                                "schema": OPERATIONS_SCHEMA,
+                            },
                         },
                         trellis=TrellisOptions(
                             cache=False, memories=MemoryOptions(recall=False, extract=False)
@@ -368,4 +463,3 @@ class Extractor:
             root.set(f"trellis.memory.{op}", sum(1 for a in applied if a["op"] == op))
         gateway.book.record(trace, status="error" if error else None)
         return ExtractionReport(trace.trace_id, applied, ignored, error)
-

@@ -159,7 +159,9 @@ class LongTermMemory:
             embedder = self._embedder()
             found = await asyncio.to_thread(embedder.embed, wanted)
             embedder_name = embedder.name
-            vectors = {t: np.asarray(v, dtype=np.float32) for t, v in zip(wanted, found, strict=True)}
+            vectors = {
+                t: np.asarray(v, dtype=np.float32) for t, v in zip(wanted, found, strict=True)
+            }
         applied: list[Applied] = []
         ignored = 0
         async with self.db.exclusive(f"memories:{owner}:{user_id}") as conn:
@@ -173,12 +175,16 @@ class LongTermMemory:
             live: dict[str, tuple[Memory, np.ndarray | None]] = {
                 row.id: (
                     _memory(row),
-                    np.frombuffer(row.embedding, dtype="<f4") if row.embedder == embedder_name else None,
+                    np.frombuffer(row.embedding, dtype="<f4")
+                    if row.embedder == embedder_name
+                    else None,
                 )
                 for row in rows
             }
             for op, text in zip(ops, texts, strict=True):
-                done = await self._apply_one(conn, owner, user_id, op, text, vectors, embedder_name, live)
+                done = await self._apply_one(
+                    conn, owner, user_id, op, text, vectors, embedder_name, live
+                )
                 if done is None:
                     ignored += 1
                 else:
