@@ -48,6 +48,8 @@ from trellis.runtime import Trellis
 from trellis.schema import ChatMessage, ChatRequest, TrellisOptions
 from trellis.settings import Settings
 
+#: The recall thresholds (cosine) part (a) also scores.
+THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4)
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "memory_recall.json"
 
 
@@ -275,9 +277,10 @@ def contains(text: str, value: str) -> bool:
 async def api_recall(trellis: Trellis, users: list[User]) -> dict[str, Any]:
     memories = trellis.memories
     assert memories is not None
-    hits1 = hits5 = ranked5 = total = 0
+    hits1 = hits5 = total = 0
     reciprocal = 0.0
     threshold = memories.min_score
+    sweep = {t: {"hits": 0, "wrong_in_top_3": 0} for t in THRESHOLDS}
     for user in users:
         ids: dict[str, str] = {}
         for fact in user.facts:  # the first sessions: every original statement
@@ -288,26 +291,36 @@ async def api_recall(trellis: Trellis, users: list[User]) -> dict[str, Any]:
                 await memories.update("", ids[fact.kind], fact.statement)
         for fact in user.facts:
             found = [m.id for m in await memories.recall("", user.id, fact.question, top_k=5)]
-            memories.min_score = -1.0  # the ranking alone, without the recall threshold
-            try:
-                ranked = await memories.recall("", user.id, fact.question, top_k=5)
-            finally:
-                memories.min_score = threshold
-            ranked5 += ids[fact.kind] in [m.id for m in ranked]
             total += 1
             if ids[fact.kind] in found:
                 rank = found.index(ids[fact.kind]) + 1
                 hits5 += 1
                 hits1 += rank == 1
                 reciprocal += 1 / rank
+            memories.min_score = -1.0  # the ranking alone, scored against each threshold
+            try:
+                ranked = await memories.recall("", user.id, fact.question, top_k=5)
+            finally:
+                memories.min_score = threshold
+            for t, row in sweep.items():
+                kept = [m for m in ranked if m.score >= t]
+                row["hits"] += ids[fact.kind] in [m.id for m in kept]
+                row["wrong_in_top_3"] += sum(m.id != ids[fact.kind] for m in kept[:3])
     return {
         "users": len(users),
         "questions": total,
+        "min_score": threshold,
         "recall_at_1": round(hits1 / total, 4),
         "recall_at_5": round(hits5 / total, 4),
         "mrr_at_5": round(reciprocal / total, 4),
-        "min_score": threshold,
-        "recall_at_5_without_min_score": round(ranked5 / total, 4),
+        # Recall@5 and the other memories a top-3 prompt would carry, per min_score.
+        "by_min_score": {
+            str(t): {
+                "recall_at_5": round(row["hits"] / total, 4),
+                "wrong_memories_in_top_3": round(row["wrong_in_top_3"] / total, 3),
+            }
+            for t, row in sweep.items()
+        },
     }
 
 
@@ -317,8 +330,9 @@ async def api_recall(trellis: Trellis, users: list[User]) -> dict[str, Any]:
 async def extraction_recall(trellis: Trellis, users: list[User], model: str) -> dict[str, Any]:
     extractor, memories = trellis.extractor, trellis.memories
     assert extractor is not None and memories is not None
-    hits5 = total = changed = stale = updated = failures = turns = 0
+    hits5 = total = changed = stale = updated = failures = turns = extracted = 0
     stored = 0
+    examples: list[dict[str, Any]] = []
     started = time.perf_counter()
     for user in users:
         owner = "extracted"
@@ -332,10 +346,20 @@ async def extraction_recall(trellis: Trellis, users: list[User], model: str) -> 
                 failures += report.error is not None
         kept = await memories.list_memories(owner, user.id)
         stored += len(kept)
+        if not examples:  # what the model made of one user, to read next to the figures
+            examples.append(
+                {
+                    "user": user.id,
+                    "facts": [f.statement for f in user.facts],
+                    "memories": [m.text for m in kept],
+                }
+            )
         for fact in user.facts:
             found = await memories.recall(owner, user.id, fact.question, top_k=5)
             total += 1
             hits5 += any(contains(m.text, fact.value) for m in found)
+            # Whether the value was extracted at all (any memory of the user has it).
+            extracted += any(contains(m.text, fact.value) for m in kept)
             if fact.old_value is not None:
                 changed += 1
                 old = any(contains(m.text, fact.old_value) for m in kept)
@@ -348,6 +372,7 @@ async def extraction_recall(trellis: Trellis, users: list[User], model: str) -> 
         "turns": turns,
         "questions": total,
         "recall_at_5": round(hits5 / total, 4) if total else None,
+        "facts_in_any_memory": round(extracted / total, 4) if total else None,
         "changed_facts": changed,
         "stale_memory_rate": round(stale / changed, 4) if changed else None,
         "updated_rate": round(updated / changed, 4) if changed else None,
@@ -355,6 +380,7 @@ async def extraction_recall(trellis: Trellis, users: list[User], model: str) -> 
         "facts_per_user": round(total / len(users), 2) if users else None,
         "failed_extractions": failures,
         "seconds_per_turn": round(seconds / turns, 3) if turns else None,
+        "example": examples[0] if examples else None,
     }
 
 

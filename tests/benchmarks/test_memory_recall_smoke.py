@@ -57,6 +57,7 @@ def test_retrieval_part_runs_and_writes_json(bench: ModuleType, tmp_path: Path) 
     result = json.loads(out.read_text())
     assert result["api"]["questions"] == 32
     assert 0.5 <= result["api"]["recall_at_5"] <= 1.0
+    assert set(result["api"]["by_min_score"]) == {"0.0", "0.1", "0.2", "0.3", "0.4"}
     assert result["extraction"]["users"] == 0 and result["answers"]["users"] == 0
 
 
