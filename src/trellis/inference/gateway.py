@@ -478,8 +478,9 @@ class Gateway:
         asked = options.extract_wanted if options is not None else None
         if asked:
             if self.extractor is None or self.extract == "off":
+                why = "turned off (memory.extract)" if self.extractor else "not available"
                 raise UnsupportedFeatureError(
-                    "memory extraction is turned off on this server (memory.extract)",
+                    f"memory extraction is {why} on this server",
                     param="trellis.memories.extract",
                 )
             if not user:
