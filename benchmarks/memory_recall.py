@@ -21,11 +21,12 @@ Measured, in one run:
     with ``user`` set (recalled memories in its prompt), against the same model without
     memory; scored by a normalized contains-match against the true value.
 
-    .venv/bin/python benchmarks/memory_recall.py [--users 100] [--extract-users 2]
-        [--answer-users 5] [--seed 7] [--json benchmarks/results/memory_recall.json]
+    .venv/bin/python benchmarks/memory_recall.py [--users 100] [--extract-users 1]
+        [--answer-users 4] [--seed 7] [--json benchmarks/results/memory_recall.json]
 
-The defaults take about 5-6 minutes on 2 cores, most of it the bundled model: (b) costs
-~3-8 s per turn (about 20 turns per user) and (c) ~1 s per answer.
+The defaults take about 5 minutes on 2 cores, most of it the bundled model: (b) costs
+~6 s per turn (about 21 turns per user) and (c) ~1.5 s per answer (16 per user). Raise
+--extract-users and --answer-users for tighter figures when there is time.
 """
 
 from __future__ import annotations
@@ -458,8 +459,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--users", type=int, default=100, help="Users for (a)")
-    parser.add_argument("--extract-users", type=int, default=2, help="Users for (b)")
-    parser.add_argument("--answer-users", type=int, default=5, help="Users for (c)")
+    parser.add_argument("--extract-users", type=int, default=1, help="Users for (b)")
+    parser.add_argument("--answer-users", type=int, default=4, help="Users for (c)")
     parser.add_argument(
         "--extract-max-tokens", type=int, default=128, help="Output cap of one extraction"
     )
