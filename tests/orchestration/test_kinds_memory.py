@@ -117,3 +117,21 @@ async def test_memory_steps_need_the_runtime_services() -> None:
         await step.execute(ctx, None)
     with pytest.raises(ConfigurationError, match="top_k"):
         recall("recall", user="ada", query=lambda s: "q", into="found", top_k=0)
+
+
+async def test_a_run_started_by_a_key_uses_that_keys_memories(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    async with Trellis(settings(tmp_path, upstream)) as trellis:
+        assert trellis.memories is not None
+        await trellis.memories.add("", "ada", "I live in Rome.")  # the keyless namespace
+        state = {"user": "ada", "said": "We just moved to Paris!", "question": "Where is my home?"}
+        run = await trellis.workflows.run(flow("memory-keyed"), state, key_id="key-1")
+        assert run.status == RunStatus.SUCCEEDED, run.error
+        assert [m["text"] for m in run.output] == ["I live in Paris."]
+        assert [m.text for m in await trellis.memories.list_memories("key-1", "ada")] == [
+            "I live in Paris."
+        ]
+        assert [m.text for m in await trellis.memories.list_memories("", "ada")] == [
+            "I live in Rome."
+        ]

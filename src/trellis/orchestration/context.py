@@ -51,6 +51,8 @@ class Context:
     store: RunStore | None = None
     #: Service handles wired by the runtime (``"gateway"``, ``"retriever"``...), for step kinds.
     services: dict[str, Any] = field(default_factory=dict)
+    #: The API key that started the run (None: in process): whose memories steps use.
+    key_id: str | None = None
 
     def idempotency_key(self, name: str = "") -> str:
         """``"{run_id}:{seq}:{step}[:{name}]"``: the same on every retry and resume of the step."""

@@ -164,6 +164,7 @@ class Engine:
             error=handoff,
             store=self.store,
             services=self.services,
+            key_id=record.key_id,
         )
         result = await self._attempts(step, ctx, flow, state)
         span.end()

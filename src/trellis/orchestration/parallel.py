@@ -72,6 +72,7 @@ class ParallelStep(Step):
             error=ctx.error,
             store=ctx.store,
             services=ctx.services,
+            key_id=ctx.key_id,
         )
         tried = await attempt_loop(step, branch_ctx, state)
         if tried.error is not None:

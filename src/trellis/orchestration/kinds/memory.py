@@ -7,8 +7,9 @@ into a state field. Orchestration sits on the memory layer's level and may not i
 it, so both go through protocols of ``inference.conversation`` and the context services
 ``"extractor"`` and ``"memories"`` the runtime wires in, as ``retrieve`` does.
 
-Memories belong to an API key (``owner``): by default the run's caller's key (the
-``"caller"`` service), or ``""``, the namespace of in-process use without a key.
+Memories belong to an API key (``owner``): by default the key that started the run
+(``Context.key_id``: a run started over HTTP), else ``""``, the namespace of in-process
+use without a key.
 """
 
 from __future__ import annotations
@@ -50,8 +51,12 @@ def _service(ctx: Context, name: str, step: str) -> Any:
 
 
 def _owner(ctx: Context, owner: str | None) -> str:
+    """Whose memories: ``owner`` if given, else the key that started the run, else the
+    ``"caller"`` service's key, else ``""`` (in-process use without a key)."""
     if owner is not None:
         return owner
+    if ctx.key_id:
+        return ctx.key_id
     caller = ctx.services.get("caller")
     return (getattr(caller, "key_id", None) or "") if caller is not None else ""
 
