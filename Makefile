@@ -66,6 +66,7 @@ bench: install-dev
 	$(PY) benchmarks/retrieval_latency.py
 	$(PY) benchmarks/semantic_cache_eval.py --json benchmarks/results/semantic_cache.json
 	$(PY) benchmarks/long_queries.py
+	$(PY) benchmarks/memory_recall.py --json benchmarks/results/memory_recall.json
 	$(PY) benchmarks/local_decoding.py --json benchmarks/results/local_decoding.json
 	$(PY) benchmarks/workflow_overhead.py --json benchmarks/results/workflow_overhead.json
 	$(PY) benchmarks/eval_runner.py --metrics --json benchmarks/results/eval_runner.json

@@ -19,6 +19,7 @@ from trellis.inference.pricing import PriceBook
 from trellis.inference.providers import Provider, build_provider
 from trellis.inference.router import Router
 from trellis.inference.semantic_cache import build_semantic_cache
+from trellis.memory.extraction import Extractor
 from trellis.memory.longterm import LongTermMemory
 from trellis.memory.sessions import GatewaySummarizer, SessionMemory
 from trellis.observe import api as observe_api
@@ -70,6 +71,8 @@ class Trellis:
         self.sessions: SessionMemory | None = None
         #: Long-term memories per user (``/v1/memories``; recalled for ``trellis.user_id``).
         self.memories: LongTermMemory | None = None
+        #: Extracts memories from chat turns in the background (``memory.extract``).
+        self.extractor: Extractor | None = None
 
     @property
     def retrieval(self) -> Retrieval:
@@ -187,8 +190,27 @@ class Trellis:
         self.sessions = SessionMemory(self.db, GatewaySummarizer(lambda: self._gateway()))
         self.gateway.sessions = self.sessions
         # Memories share the bundled embedder, which loads on the first memory written.
-        self.memories = LongTermMemory(self.db, lambda: self.minilm)  # type: ignore[arg-type,return-value]
+        memory = settings.memory
+        self.memories = LongTermMemory(
+            self.db,
+            lambda: self.minilm,  # type: ignore[arg-type,return-value]
+            top_k=memory.top_k,
+            min_score=memory.min_score,
+            dedupe_threshold=memory.dedupe_threshold,
+        )
         self.gateway.memories = self.memories
+        # Extraction calls go through the gateway as the requesting key, after the answer.
+        self.extractor = Extractor(
+            self.memories,
+            self._gateway,
+            model=memory.extract_model,
+            queue_size=memory.extract_queue_size,
+            workers=memory.extract_workers,
+            candidates=memory.extract_candidates,
+            max_tokens=memory.extract_max_tokens,
+        )
+        self.gateway.extractor = self.extractor
+        self.gateway.extract = memory.extract
         # Step kinds reach the gateway (LLM steps) and retrieval through these handles.
         self._workflows = Workflows(
             self.db,
@@ -208,6 +230,8 @@ class Trellis:
                 "retriever": self.gateway.retriever,
                 "keys": self.keys,
                 "sessions": self.sessions,
+                "memories": self.memories,
+                "extractor": self.extractor,
             },
             flows=flows,
         )
@@ -223,6 +247,9 @@ class Trellis:
             # Runs still in flight give their leases up: another worker continues them.
             await self._workflows.aclose()
             self._workflows = None
+        if self.extractor is not None:
+            # Queued extractions finish (for a while) while the gateway still runs.
+            await self.extractor.aclose()
         if self.gateway is not None:
             await self.gateway.aclose()
         if self._api_sink is not None:

@@ -38,6 +38,7 @@ __all__ = [
     "ModelCard",
     "ModelList",
     "TrellisOptions",
+    "MemoryOptions",
     "new_completion_id",
     "message_text",
 ]
@@ -169,6 +170,17 @@ class StreamOptions(_Open):
     include_usage: StrictBool = False
 
 
+class MemoryOptions(BaseModel):
+    """``"trellis": {"memories": {...}}``: recall and extraction of long-term memories."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    recall: bool | None = None  # recall memories into the prompt (default: when a user is named)
+    # Extract facts from this turn into the user's memories, after the answer (in the
+    # background). Default: the server's ``memory.extract`` ("always" extracts unasked).
+    extract: bool | None = None
+
+
 class TrellisOptions(BaseModel):
     """Trellis-specific request options, sent as ``"trellis": {...}`` in the body.
 
@@ -191,7 +203,23 @@ class TrellisOptions(BaseModel):
     )
     # Recall this user's long-term memories into the prompt (else the body's ``user``).
     user_id: str | None = Field(default=None, min_length=1, max_length=200)
-    memories: bool | None = None  # recall memories (default: when a user is named)
+    # True/False: recall memories or not (default: when a user is named); an object
+    # also says whether to extract new facts from this turn (``MemoryOptions``).
+    memories: bool | MemoryOptions | None = None
+
+    @property
+    def recall_wanted(self) -> bool | None:
+        """Recall asked for (True), refused (False) or left to the default (None)."""
+        memories = self.memories
+        return memories.recall if isinstance(memories, MemoryOptions) else memories
+
+    @property
+    def extract_wanted(self) -> bool | None:
+        """Extraction asked for (True), refused (False: also ``"memories": false``) or None."""
+        memories = self.memories
+        if isinstance(memories, MemoryOptions):
+            return memories.extract
+        return False if memories is False else None
 
 
 class ChatRequest(_PassThrough):

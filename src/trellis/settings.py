@@ -37,6 +37,7 @@ __all__ = [
     "SemanticCacheSettings",
     "TracingSettings",
     "LocalModelSettings",
+    "MemorySettings",
     "AliasRetrieval",
     "AlertRule",
     "AlertSettings",
@@ -397,6 +398,35 @@ class MemorySettings(_Strict):
         ge=0,
         description="Delete long-term memories not written for this many days; 0 keeps them",
     )
+    top_k: int = Field(default=3, ge=1, le=50, description="Memories recalled into a prompt")
+    min_score: float = Field(
+        default=0.3, ge=-1, le=1, description="Least cosine for a memory to be recalled"
+    )
+    dedupe_threshold: float = Field(
+        default=0.95,
+        gt=0,
+        le=1,
+        description="A new memory this close (cosine) to an existing one updates it instead",
+    )
+    extract: Literal["off", "request", "always"] = Field(
+        default="request",
+        description="Extract facts from chat turns naming a user: 'request' when the "
+        "request asks (trellis.memories.extract), 'always' unless it refuses, 'off' never",
+    )
+    extract_model: str | None = Field(
+        default=None, description="Model alias of the extraction call (default: the request's)"
+    )
+    extract_queue_size: int = Field(
+        default=256, ge=1, description="Extractions waiting; more are dropped (and traced)"
+    )
+    extract_workers: int = Field(default=1, ge=1, le=16, description="Extractions at a time")
+    extract_candidates: int = Field(
+        default=8,
+        ge=0,
+        le=50,
+        description="Existing memories (most relevant) shown to the extractor to update",
+    )
+    extract_max_tokens: int = Field(default=256, ge=16, description="Output cap of one extraction")
 
 
 class LocalModelSettings(_Strict):

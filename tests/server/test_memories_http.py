@@ -131,3 +131,50 @@ def test_bad_memory_requests_are_400(
 def test_memories_need_a_key(server: ServerThread) -> None:
     with httpx.Client(base_url=server.url, timeout=30) as anonymous:
         assert anonymous.get("/v1/memories").status_code == 401
+
+
+def test_extraction_over_http_writes_the_keys_own_memories(
+    client: httpx.Client, other: httpx.Client, upstream: FakeUpstream
+) -> None:
+    import json
+    import time
+
+    from trellis.memory.extraction import INSTRUCTIONS
+
+    def reply(body: dict[str, Any]) -> str:
+        if body["messages"][0]["content"].startswith(INSTRUCTIONS[:40]):
+            op = {"op": "add", "id": 0, "text": "I live in Paris."}
+            return json.dumps({"operations": [op]})
+        return "Noted."
+
+    upstream.reply = reply
+    asked = chat("We moved to Paris.", user_id="ada", memories={"extract": True})
+    answered = client.post("/v1/chat/completions", json=asked)
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["choices"][0]["message"]["content"] == "Noted."
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        found = client.get("/v1/memories", params={"user": "ada"}).json()["data"]
+        if found:
+            break
+        time.sleep(0.05)
+    assert [m["text"] for m in found] == ["I live in Paris."]
+    assert other.get("/v1/memories", params={"user": "ada"}).json()["data"] == []
+
+
+@pytest.mark.parametrize(
+    ("options", "param"),
+    [
+        ({"memories": {"extract": True}}, "trellis.memories.extract"),  # no user
+        ({"user_id": "ada", "memories": {"extract": True, "extrakt": 1}}, None),
+    ],
+    ids=["extract-without-user", "unknown-memory-option"],
+)
+def test_bad_extraction_requests_are_400(
+    client: httpx.Client, options: dict[str, Any], param: str | None
+) -> None:
+    response = client.post("/v1/chat/completions", json=chat("I live in Paris.", **options))
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert param is None or error["param"] == param

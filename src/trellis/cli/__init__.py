@@ -1,5 +1,5 @@
 """The ``trellis`` command: serve, chat, models, keys, doctor, traces, stats, retrieval,
-workflows, runs and eval.
+workflows and runs, memories and sessions, and eval.
 
 One module per command group; this package only assembles them into ``app``, the
 console-script entry point (``trellis.cli:app``).
@@ -9,7 +9,18 @@ from __future__ import annotations
 
 import typer
 
-from trellis.cli import chat, doctor, evals, keys, models, observe, retrieval, serve, workflows
+from trellis.cli import (
+    chat,
+    doctor,
+    evals,
+    keys,
+    memory,
+    models,
+    observe,
+    retrieval,
+    serve,
+    workflows,
+)
 
 __all__ = ["app"]
 
@@ -31,3 +42,5 @@ app.add_typer(workflows.workflows_app, name="workflows")
 app.command("run")(workflows.run_workflow)
 app.add_typer(workflows.runs_app, name="runs")
 app.add_typer(evals.eval_app, name="eval")
+app.add_typer(memory.memories_app, name="memories")
+app.add_typer(memory.sessions_app, name="sessions")

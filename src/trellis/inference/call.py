@@ -64,3 +64,7 @@ class Call:
     authorize_span: Span | None = None
     #: The stored conversation this call continues (``trellis.session_id``), if any.
     session: SessionKey | None = None
+    #: The user whose memories this call recalls and may extract into (None: nobody).
+    memory_user: str | None = None
+    #: Extract memories from this turn after the answer (``trellis.memories.extract``).
+    extract: bool = False

@@ -25,6 +25,9 @@ __all__ = [
     "MemoryRecall",
     "Recalled",
     "memory_message",
+    "ExtractionJob",
+    "ExtractionReport",
+    "MemoryExtractor",
 ]
 
 
@@ -92,8 +95,50 @@ class Recalled:
 
 
 class MemoryRecall(Protocol):
-    async def recall(self, owner: str, user_id: str, query: str) -> list[Recalled]:
+    async def recall(
+        self, owner: str, user_id: str, query: str, *, top_k: int | None = None
+    ) -> list[Recalled]:
         """The user's memories most relevant to ``query``, best first (may be empty)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractionJob:
+    """One turn to extract memories from: whose, what was said, with which model."""
+
+    owner: str  # the API key id ("" in-process)
+    user_id: str
+    #: The user's turn (and what it answers, if anything): the text facts come from.
+    messages: tuple[ChatMessage, ...]
+    model: str  # the alias that extracts (the request's own unless configured)
+    caller: Caller | None = None
+    #: The trace of the request the turn came from, linked from the extraction's trace.
+    request_trace_id: str | None = None
+    #: The extraction's own trace id, chosen at submission so the request can name it.
+    trace_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractionReport:
+    """What one extraction did (the memories layer's ``Applied`` rows, as dicts)."""
+
+    trace_id: str
+    #: ``{"op": "added"|"updated"|"merged"|"deleted", "id", "text"}`` per applied change.
+    applied: list[dict[str, str]]
+    #: Operations the model proposed that were not applied (unknown id, empty text...).
+    ignored: int = 0
+    #: Why nothing was applied, when the model call or its output failed.
+    error: str | None = None
+
+
+class MemoryExtractor(Protocol):
+    def submit(self, job: ExtractionJob) -> bool:
+        """Queue ``job`` for the background workers; False (dropped) when the queue is full.
+        Never blocks, never raises."""
+        ...
+
+    async def extract(self, job: ExtractionJob) -> ExtractionReport:
+        """Extract and apply now (workflow steps wait for it). Errors are in the report."""
         ...
 
 

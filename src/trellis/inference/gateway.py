@@ -33,12 +33,19 @@ from trellis.inference.bookkeeping import Bookkeeper
 from trellis.inference.cache import ResponseCache
 from trellis.inference.call import Call, Caller
 from trellis.inference.context import ContextFitter
-from trellis.inference.conversation import MemoryRecall, SessionKey, SessionStore, memory_message
+from trellis.inference.conversation import (
+    ExtractionJob,
+    MemoryExtractor,
+    MemoryRecall,
+    SessionKey,
+    SessionStore,
+    memory_message,
+)
 from trellis.inference.pricing import PriceBook
 from trellis.inference.router import Outcome, Route, Router
 from trellis.inference.semantic_cache import SemanticCache, SemanticMatch, semantic_prompt
 from trellis.inference.streaming import relay, replay
-from trellis.observe.tracing import GenAI, NullSink, Trace, TraceSink
+from trellis.observe.tracing import GenAI, NullSink, Trace, TraceSink, new_trace_id
 from trellis.schema import (
     ChatChunk,
     ChatMessage,
@@ -109,6 +116,8 @@ class Gateway:
         defer_bookkeeping: bool = False,
         sessions: SessionStore | None = None,
         memories: MemoryRecall | None = None,
+        extractor: MemoryExtractor | None = None,
+        extract: str = "request",
     ) -> None:
         self.router = router
         #: Describes and records the traces. With ``defer_bookkeeping`` (the server sets
@@ -130,6 +139,10 @@ class Gateway:
         self.sessions = sessions
         #: Recalls long-term memories for ``trellis.user_id``/``user``; None: no recall.
         self.memories = memories
+        #: Extracts memories from turns in the background; None: extraction unavailable.
+        self.extractor = extractor
+        #: When to extract (``memory.extract``): "off", "request" (when asked), "always".
+        self.extract = extract
         self.cache = cache
         self.counter = counter or TokenCounter()
         self.fitter = ContextFitter(lambda messages: self.counter.messages(messages))
@@ -456,14 +469,40 @@ class Gateway:
         """What Trellis remembers for this call: the stored conversation, then the user's
         long-term memories."""
         await self._session(call)
+        self._memory_options(call)
         await self._recall(call)
+
+    def _memory_options(self, call: Call) -> None:
+        """Whose memories this call uses and whether it extracts new ones; a request that
+        asks for extraction the server cannot do is refused before any model call."""
+        options = call.request.trellis
+        user = (options.user_id if options is not None else None) or call.request.user
+        call.memory_user = user or None
+        asked = options.extract_wanted if options is not None else None
+        if asked:
+            if self.extractor is None or self.extract == "off":
+                why = "turned off (memory.extract)" if self.extractor else "not available"
+                raise UnsupportedFeatureError(
+                    f"memory extraction is {why} on this server",
+                    param="trellis.memories.extract",
+                )
+            if not user:
+                raise InvalidRequestError(
+                    "memory extraction needs a user: set `user` or `trellis.user_id`",
+                    param="trellis.memories.extract",
+                )
+        call.extract = bool(
+            user
+            and self.extractor is not None
+            and (asked if asked is not None else self.extract == "always")
+        )
 
     async def _recall(self, call: Call) -> None:
         """Put the user's memories most relevant to the last user message in a system
         message. A recall that fails is a ``memory_recall_failure`` event, not an error."""
         options = call.request.trellis
-        user = (options.user_id if options is not None else None) or call.request.user
-        wanted = options.memories if options is not None else None
+        user = call.memory_user
+        wanted = options.recall_wanted if options is not None else None
         if self.memories is None or not user or wanted is False:
             return
         query = grounding.retrieval_query(call.request.messages)
@@ -513,7 +552,10 @@ class Gateway:
                 call.trace.root.add_event("session_summary", **event)  # type: ignore[union-attr]
 
     async def _remember(self, call: Call, response: ChatResponse) -> None:
-        """Store the exchange (the request's new messages and the answer) in its session."""
+        """Store the exchange (the request's new messages and the answer) in its session,
+        and queue the turn for memory extraction when the call asked for it."""
+        if call.extract and response.choices:
+            self._queue_extraction(call)
         if (
             call.session is None
             or self.sessions is None
@@ -526,6 +568,32 @@ class Gateway:
         reply = ChatMessage(role="assistant", content=answer.content, tool_calls=answer.tool_calls)
         with call.trace.span("session_store"):
             await self.sessions.record(call.session, [*new, reply], trace_id=call.trace.trace_id)
+
+    def _queue_extraction(self, call: Call) -> None:
+        """Hand the user's turn to the background extractor: the answer does not wait for
+        it. The request's trace names the extraction's trace, or says it was dropped."""
+        extractor, user = self.extractor, call.memory_user
+        assert extractor is not None and user is not None
+        messages = call.received.messages
+        last = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
+        if last is None:
+            return
+        # The user's message, after the assistant message it answers (if any): "yes, I
+        # did" is a fact only with its question.
+        turn = [m for m in messages[max(0, last - 1) : last + 1] if m.role in ("user", "assistant")]
+        job = ExtractionJob(
+            owner=call.caller.key_id or "",
+            user_id=user,
+            messages=tuple(turn),
+            model=call.route.alias.name,
+            caller=Caller(key=call.caller.key),
+            request_trace_id=call.trace.trace_id,
+            trace_id=new_trace_id(),
+        )
+        queued = extractor.submit(job)
+        root = call.trace.root
+        assert root is not None
+        root.add_event("memory_extraction", trace_id=job.trace_id, queued=queued)
 
     def _fit(self, call: Call) -> None:
         alias = call.route.alias

@@ -13,8 +13,9 @@ Writing a memory that restates an existing one (cosine at least ``dedupe_thresho
 purpose: sentence embeddings cannot tell a changed fact from a different one ("My son
 is allergic to peanuts" is 0.93 from "My daughter is ...", "I live in Berlin" only 0.58
 from "I live in Paris"), so merging lower would overwrite true facts. A changed fact is
-updated with ``update`` (PATCH); deciding which fact a statement supersedes needs a
-model, which the planned extraction step will do.
+updated with ``update`` (PATCH), or by extraction (``trellis.memory.extraction``), whose
+model says which fact a statement supersedes; its operations go through ``apply``, one
+transaction with the same dedupe.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import sqlalchemy as sa
@@ -36,7 +37,7 @@ from trellis.inference.conversation import Recalled
 from trellis.store.db import Database
 from trellis.store.tables import memories
 
-__all__ = ["LongTermMemory", "Memory", "Embedder"]
+__all__ = ["LongTermMemory", "Memory", "Embedder", "MemoryOp", "Applied"]
 
 
 class Embedder(Protocol):
@@ -65,6 +66,27 @@ class Memory:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryOp:
+    """One change to a user's memories: add a fact, replace a memory's text, delete one."""
+
+    kind: Literal["add", "update", "delete"]
+    text: str = ""
+    memory_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """A change ``apply`` made: ``added``, ``merged`` (an add that updated its near-
+    duplicate), ``updated`` or ``deleted``, and the memory as it is now (or was)."""
+
+    op: Literal["added", "merged", "updated", "deleted"]
+    memory: Memory
+
+    def to_dict(self) -> dict[str, str]:
+        return {"op": self.op, "id": self.memory.id, "text": self.memory.text}
 
 
 def _encode(vector: np.ndarray) -> bytes:
@@ -116,27 +138,108 @@ class LongTermMemory:
 
     async def add(self, owner: str, user_id: str, text: str) -> tuple[Memory, bool]:
         """Store a fact; (the memory, True) if new, (the updated near-duplicate, False)."""
-        text = text.strip()
-        vector, embedder = await self._embed(text)
-        now = time.time()
-        existing = await self._vectors(owner, user_id, embedder)
-        best, best_score = None, -1.0
-        for row, other in existing:
-            score = float(np.dot(vector, other))
-            if score > best_score:
-                best, best_score = row, score
-        async with self.db.write() as conn:
-            if best is not None and best_score >= self.dedupe_threshold:
+        applied, _ = await self.apply(owner, user_id, [MemoryOp("add", text)])
+        return applied[0].memory, applied[0].op == "added"
+
+    async def apply(
+        self, owner: str, user_id: str, ops: Sequence[MemoryOp]
+    ) -> tuple[list[Applied], int]:
+        """Apply ``ops`` in order, in one transaction that holds the user's lock; the changes
+        made and how many ops were skipped (an id that is not this user's, an empty text).
+
+        An add that restates a memory (cosine >= ``dedupe_threshold``, also one added
+        earlier in ``ops``) updates it. The lock keeps two writers for one user (the
+        HTTP API and a background extraction) from adding the same fact twice.
+        """
+        texts = [op.text.strip() for op in ops]
+        wanted = [t for op, t in zip(ops, texts, strict=True) if op.kind != "delete" and t]
+        vectors: dict[str, np.ndarray] = {}
+        embedder_name = ""
+        if wanted:
+            embedder = self._embedder()
+            found = await asyncio.to_thread(embedder.embed, wanted)
+            embedder_name = embedder.name
+            vectors = {
+                t: np.asarray(v, dtype=np.float32) for t, v in zip(wanted, found, strict=True)
+            }
+        applied: list[Applied] = []
+        ignored = 0
+        async with self.db.exclusive(f"memories:{owner}:{user_id}") as conn:
+            rows = (
                 await conn.execute(
-                    sa.update(memories)
-                    .where(memories.c.id == best.id)
-                    .values(text=text, embedding=_encode(vector), updated_at=now)
+                    sa.select(memories).where(
+                        memories.c.owner == owner, memories.c.user_id == user_id
+                    )
                 )
-                return Memory(best.id, user_id, text, best.created_at, now), False
-            memory_id = f"mem_{secrets.token_hex(12)}"
+            ).all()
+            live: dict[str, tuple[Memory, np.ndarray | None]] = {
+                row.id: (
+                    _memory(row),
+                    np.frombuffer(row.embedding, dtype="<f4")
+                    if row.embedder == embedder_name
+                    else None,
+                )
+                for row in rows
+            }
+            for op, text in zip(ops, texts, strict=True):
+                done = await self._apply_one(
+                    conn, owner, user_id, op, text, vectors, embedder_name, live
+                )
+                if done is None:
+                    ignored += 1
+                else:
+                    applied.append(done)
+        return applied, ignored
+
+    async def _apply_one(
+        self,
+        conn: AsyncConnection,
+        owner: str,
+        user_id: str,
+        op: MemoryOp,
+        text: str,
+        vectors: dict[str, np.ndarray],
+        embedder: str,
+        live: dict[str, tuple[Memory, np.ndarray | None]],
+    ) -> Applied | None:
+        now = time.time()
+        if op.kind == "delete":
+            if op.memory_id not in live:
+                return None
+            await conn.execute(sa.delete(memories).where(memories.c.id == op.memory_id))
+            gone, _ = live.pop(op.memory_id)
+            return Applied("deleted", gone)
+        if not text:
+            return None
+        vector = vectors[text]
+        target: str | None = None
+        kind: Literal["added", "merged", "updated"] = "added"
+        if op.kind == "update":
+            if op.memory_id not in live:
+                return None
+            target, kind = op.memory_id, "updated"
+        else:
+            best, best_score = None, -1.0
+            for memory_id, (_, other) in live.items():
+                if other is not None:
+                    score = float(np.dot(vector, other))
+                    if score > best_score:
+                        best, best_score = memory_id, score
+            if best is not None and best_score >= self.dedupe_threshold:
+                target, kind = best, "merged"
+        if target is not None:
+            await conn.execute(
+                sa.update(memories)
+                .where(memories.c.id == target)
+                .values(text=text, embedding=_encode(vector), embedder=embedder, updated_at=now)
+            )
+            old, _ = live[target]
+            memory = Memory(target, user_id, text, old.created_at, now)
+        else:
+            memory = Memory(f"mem_{secrets.token_hex(12)}", user_id, text, now, now)
             await conn.execute(
                 sa.insert(memories).values(
-                    id=memory_id,
+                    id=memory.id,
                     owner=owner,
                     user_id=user_id,
                     text=text,
@@ -146,7 +249,8 @@ class LongTermMemory:
                     updated_at=now,
                 )
             )
-        return Memory(memory_id, user_id, text, now, now), True
+        live[memory.id] = (memory, vector)
+        return Applied(kind, memory)
 
     async def update(self, owner: str, memory_id: str, text: str) -> Memory:
         text = text.strip()
@@ -190,7 +294,9 @@ class LongTermMemory:
             )
         return int(deleted.rowcount)
 
-    async def recall(self, owner: str, user_id: str, query: str) -> list[Recalled]:
+    async def recall(
+        self, owner: str, user_id: str, query: str, *, top_k: int | None = None
+    ) -> list[Recalled]:
         """The ``top_k`` memories closest to ``query`` with cosine at least ``min_score``."""
         if not query.strip():
             return []
@@ -211,7 +317,7 @@ class LongTermMemory:
         ]
         scored = [m for m in scored if m.score >= self.min_score]
         scored.sort(key=lambda m: m.score, reverse=True)
-        return scored[: self.top_k]
+        return scored[: self.top_k if top_k is None else top_k]
 
 
 async def _owned(conn: AsyncConnection, owner: str, memory_id: str) -> Row[Any]:

@@ -12,6 +12,7 @@ from trellis.orchestration.kinds.agent import AgentLimitError, agent
 from trellis.orchestration.kinds.checks import Verdict, forbidden, grounded, judge, schema_valid
 from trellis.orchestration.kinds.gate import gate
 from trellis.orchestration.kinds.llm import OutputValidationError, llm
+from trellis.orchestration.kinds.memory import recall, remember
 from trellis.orchestration.kinds.retrieve import retrieve
 from trellis.orchestration.kinds.truncate import truncate
 from trellis.orchestration.parallel import ParallelStep, parallel
@@ -69,6 +70,8 @@ __all__ = [
     "grounded",
     "judge",
     "llm",
+    "recall",
+    "remember",
     "retrieve",
     "schema_valid",
     "truncate",

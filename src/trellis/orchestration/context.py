@@ -54,6 +54,8 @@ class Context:
     services: dict[str, Any] = field(default_factory=dict)
     #: The conversation the run belongs to (``session_id`` at start), for ``llm(session=True)``.
     session_id: str | None = None
+    #: The API key that started the run (None: in process): whose memories steps use.
+    key_id: str | None = None
 
     def idempotency_key(self, name: str = "") -> str:
         """``"{run_id}:{seq}:{step}[:{name}]"``: the same on every retry and resume of the step."""

@@ -192,6 +192,7 @@ class Engine:
             store=self.store,
             services=self.services if services is None else services,
             session_id=record.session_id,
+            key_id=record.key_id,
         )
         result = await self._attempts(step, ctx, flow, state)
         span.end()

@@ -191,6 +191,7 @@ class ParallelStep(Step):
             store=ctx.store,
             services=ctx.services,
             session_id=ctx.session_id,
+            key_id=ctx.key_id,
         )
         store = ctx.store if self.checkpoint_branches else None
         key = branch_key(branch_ctx, hashed)
