@@ -209,7 +209,11 @@ def bench_trellis(levels: list[int], tokens: int, threads: int) -> dict[str, Any
             except subprocess.TimeoutExpired:
                 proc.kill()
             log.close()
-    return {"name": "trellis (HTTP, streaming, local alias)", "threads": threads, "levels": levels_out}
+    return {
+        "name": "trellis (HTTP, streaming, local alias)",
+        "threads": threads,
+        "levels": levels_out,
+    }
 
 
 # --- llama-cpp-python (the previous engine), in its own environment ------------------
@@ -217,7 +221,8 @@ def bench_trellis(levels: list[int], tokens: int, threads: int) -> dict[str, Any
 _LEGACY_SCRIPT = r"""
 import json, sys, time
 import llama_cpp
-model, levels, tokens, threads = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+model, levels = sys.argv[1], json.loads(sys.argv[2])
+tokens, threads = int(sys.argv[3]), int(sys.argv[4])
 llm = llama_cpp.Llama(model, n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
 bias = {0: -100.0, 2: -100.0, 4: -100.0}
 def one(seed, t0):

@@ -216,7 +216,9 @@ def test_a_second_local_alias_serves_its_own_model_and_settings(tmp_path: Path) 
     body = {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 8}
     with ServerThread(create_app(settings)) as server, httpx.Client(timeout=60) as client:
         url = f"{server.base_url}/chat/completions"
-        listed = {m["id"] for m in client.get(f"{server.base_url}/models", headers=headers).json()["data"]}
+        listed = {
+            m["id"] for m in client.get(f"{server.base_url}/models", headers=headers).json()["data"]
+        }
         assert {"local", "smol-greedy"} <= listed
         replies = [
             client.post(url, json={**body, "model": "smol-greedy", "seed": seed}, headers=headers)

@@ -113,7 +113,11 @@ class EngineServer:
         self._closed = False
         self._lock = threading.Lock()
         log.info(
-            "loaded %s in %.2fs (%d slots, %d threads)", path.name, self.load_seconds, slots, threads
+            "loaded %s in %.2fs (%d slots, %d threads)",
+            path.name,
+            self.load_seconds,
+            slots,
+            threads,
         )
 
     # --- generation -----------------------------------------------------------

@@ -182,9 +182,7 @@ class LocalEngineProvider(Provider):
                 kind, payload = await queue.get()
                 if kind == "chunk":
                     choice = payload["choices"][0]
-                    delta = {
-                        k: v for k, v in (choice.get("delta") or {}).items() if v is not None
-                    }
+                    delta = {k: v for k, v in (choice.get("delta") or {}).items() if v is not None}
                     yield ChatChunk(
                         id=completion_id,
                         created=created,
@@ -261,7 +259,9 @@ class LocalEngineProvider(Provider):
 
     # --- request mapping ----------------------------------------------------------
 
-    def _completion_kwargs(self, request: ChatRequest) -> tuple[dict[str, Any], StructuredOutput | None]:
+    def _completion_kwargs(
+        self, request: ChatRequest
+    ) -> tuple[dict[str, Any], StructuredOutput | None]:
         """The engine's request body for an OpenAI request; refuses what we cannot do."""
         label = self.deployment.label
         if request.tools and request.tool_choice != "none":
@@ -473,7 +473,8 @@ class LocalEngineProvider(Provider):
 
     def _engine_error(self, reply: dict[str, Any]) -> TrellisError:
         """The engine's error reply as our error: the request's fault is a 400."""
-        error = reply.get("error") if isinstance(reply.get("error"), dict) else reply
+        nested = reply.get("error")
+        error: dict[str, Any] = nested if isinstance(nested, dict) else reply
         message = str(error.get("message") or error)
         code = error.get("code")
         label = self.deployment.label
