@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import subprocess
@@ -34,6 +35,7 @@ import httpx
 
 from trellis.inference.local.engine import EngineServer, default_threads
 from trellis.inference.tokens import bundled_chat_model_path
+from trellis.settings import LocalModelSettings
 
 HERE = Path(__file__).resolve().parent
 LEGACY_VENV = HERE / ".venv-llamacpp-python"
@@ -41,6 +43,20 @@ ADMIN_KEY = "tr-bench-" + "k" * 32  # a fixed key for a throwaway data dir, neve
 PROMPT = "Write a long story about a lighthouse keeper and a storm."
 #: SmolLM2's end-of-generation tokens: banned so every request generates --tokens.
 NO_EOS = {"0": -100.0, "2": -100.0, "4": -100.0}
+_DEFAULTS = LocalModelSettings()
+#: What Trellis sends the engine for the benchmark's requests (its local.* defaults, the
+#: request's temperature), so every row decodes the same prompt the same way.
+MESSAGES = [
+    {"role": "system", "content": _DEFAULTS.system_prompt},
+    {"role": "user", "content": PROMPT},
+]
+DECODING = {
+    "temperature": 0.7,
+    "top_p": _DEFAULTS.top_p,
+    "top_k": _DEFAULTS.top_k,
+    "min_p": _DEFAULTS.min_p,
+    "repeat_penalty": _DEFAULTS.repeat_penalty,
+}
 
 
 def summarise(level: int, runs: list[dict[str, float]], wall: float) -> dict[str, Any]:
@@ -68,12 +84,7 @@ def summarise(level: int, runs: list[dict[str, float]], wall: float) -> dict[str
 
 def bench_engine(model: Path, levels: list[int], tokens: int, threads: int) -> dict[str, Any]:
     engine = EngineServer(model, n_ctx=2048, slots=max(levels), threads=threads)
-    body = {
-        "messages": [{"role": "user", "content": PROMPT}],
-        "max_tokens": tokens,
-        "logit_bias": NO_EOS,
-        "temperature": 0.7,
-    }
+    body = {"messages": MESSAGES, "max_tokens": tokens, "logit_bias": NO_EOS, **DECODING}
 
     def one(seed: int, record: dict[str, float], t0: float) -> None:
         record.update(start=t0, first=0.0, end=0.0, tokens=0)
@@ -228,8 +239,8 @@ bias = {0: -100.0, 2: -100.0, 4: -100.0}
 def one(seed, t0):
     rec = {"start": t0, "first": 0.0, "end": 0.0, "tokens": 0}
     for chunk in llm.create_chat_completion(
-        messages=[{"role": "user", "content": PROMPT}], max_tokens=tokens, logit_bias=bias,
-        temperature=0.7, seed=seed, stream=True,
+        messages=MESSAGES, max_tokens=tokens, logit_bias=bias, seed=seed, stream=True,
+        **DECODING,
     ):
         if chunk["choices"][0]["delta"].get("content"):
             rec["tokens"] += 1
@@ -249,13 +260,15 @@ print(json.dumps(out))
 def bench_legacy(model: Path, levels: list[int], tokens: int, threads: int) -> dict[str, Any]:
     name = "llama-cpp-python (previous engine, one request at a time)"
     python = LEGACY_VENV / "bin" / "python"
+    if not python.exists() and importlib.util.find_spec("llama_cpp") is not None:
+        python = Path(sys.executable)  # an environment that still has it compiled
     if not python.exists():
         return {
             "name": name,
             "skipped": "not installed: run `bash benchmarks/setup_llamacpp_python.sh` "
             "(compiles llama.cpp, ~5-13 min)",
         }
-    script = f"PROMPT = {PROMPT!r}\n" + _LEGACY_SCRIPT
+    script = f"MESSAGES = {MESSAGES!r}\nDECODING = {DECODING!r}\n" + _LEGACY_SCRIPT
     done = subprocess.run(
         [str(python), "-c", script, str(model), json.dumps(levels), str(tokens), str(threads)],
         capture_output=True,

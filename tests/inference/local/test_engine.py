@@ -230,3 +230,20 @@ def test_a_second_local_alias_serves_its_own_model_and_settings(tmp_path: Path) 
         default = client.post(url, json={**body, "model": "local"}, headers=headers)
         assert default.status_code == 200
         assert default.json()["model"] == "smollm2-135m-instruct"
+
+
+@pytest.mark.model
+def test_token_counting_uses_the_engine_without_llama_cpp_python(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The `local` extra no longer brings llama-cpp-python: counts still come from the
+    # model's own vocabulary (through the engine), not the len/4 heuristic.
+    import sys
+
+    from trellis.inference.tokens import GGUFTokenCounter
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    counter = GGUFTokenCounter(bundled_chat_model_path())
+    assert counter.method == "gguf"
+    assert counter.count("Hello world, how are you?") == 7
+    assert counter.count("lone \ud800 surrogate") > 0
