@@ -3,8 +3,8 @@
 Runs every prompt of ``benchmarks/data/local_decoding_prompts.jsonl`` (short
 factual questions and one-line instructions, each with the words a right answer
 contains) through :class:`LocalEngineProvider` (the shipped engine) under a few
-decoding configurations (the ``local.*`` settings), with fixed seeds and ``max_tokens`` 64, and reports per
-configuration:
+decoding configurations (the ``local.*`` settings), with fixed seeds and
+``max_tokens`` 64, and reports per configuration:
 
 - loops: share of answers with a repeated n-gram loop (some word 4-gram three
   times or more: "la Femme, la Femme, la Femme");
