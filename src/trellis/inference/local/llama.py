@@ -296,17 +296,32 @@ class StructuredOutput:
         return None if error is None else f"{error.message} at {error.json_path}"
 
 
+#: llguidance's JSON layout options: no free whitespace, the usual separators.
+_COMPACT_JSON = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
+
+
 def _grammar_converter() -> Callable[[str], str]:
     """llama.cpp's JSON-schema-to-grammar converter: the C++ one of the engine
     (``xllamacpp``) when installed, else llama-cpp-python's port of it."""
     try:
         from xllamacpp import json_schema_to_grammar
-
-        return json_schema_to_grammar  # type: ignore[no-any-return]
     except ImportError:
-        from llama_cpp.llama_grammar import json_schema_to_gbnf
+        pass
+    else:
 
-        return json_schema_to_gbnf  # type: ignore[no-any-return]
+        def compact(schema_json: str) -> str:
+            # Its build emits llguidance grammars, which by default let the model put
+            # newlines and indentation between tokens: a small model then spends its
+            # max_tokens on pretty-printing. One line, as llama-cpp-python's grammars were.
+            schema = json.loads(schema_json)
+            if isinstance(schema, dict):
+                schema = {**schema, "x-guidance": _COMPACT_JSON}
+            return str(json_schema_to_grammar(schema))
+
+        return compact
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    return json_schema_to_gbnf  # type: ignore[no-any-return]
 
 
 #: Keywords whose value maps names to schemas (the mapping itself is not a schema).
