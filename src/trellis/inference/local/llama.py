@@ -296,6 +296,62 @@ class StructuredOutput:
         return None if error is None else f"{error.message} at {error.json_path}"
 
 
+#: llguidance's JSON layout options: no free whitespace, the usual separators.
+_COMPACT_JSON = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
+
+
+def _grammar_converter() -> Callable[[str], str]:
+    """llama.cpp's JSON-schema-to-grammar converter: the C++ one of the engine
+    (``xllamacpp``) when installed, else llama-cpp-python's port of it."""
+    try:
+        from xllamacpp import json_schema_to_grammar
+    except ImportError:
+        pass
+    else:
+
+        def compact(schema_json: str) -> str:
+            # Its build emits llguidance grammars, which by default let the model put
+            # newlines and indentation between tokens: a small model then spends its
+            # max_tokens on pretty-printing. One line, as llama-cpp-python's grammars were.
+            schema = json.loads(schema_json)
+            if isinstance(schema, dict):
+                schema = {**schema, "x-guidance": _COMPACT_JSON}
+            return str(json_schema_to_grammar(schema))
+
+        return compact
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    return json_schema_to_gbnf  # type: ignore[no-any-return]
+
+
+#: Keywords whose value maps names to schemas (the mapping itself is not a schema).
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+
+
+def _closed_objects(node: Any) -> Any:
+    """The schema with ``additionalProperties: false`` wherever an object leaves it unset.
+
+    For the grammar only (the validator keeps the schema as written): a small model asked
+    for ``{"city": ...}`` otherwise pads the answer with keys nobody asked for. The
+    Python converter of llama-cpp-python closed objects this way; llama.cpp's own does not.
+    """
+    if isinstance(node, list):
+        return [_closed_objects(child) for child in node]
+    if not isinstance(node, dict):
+        return node
+    closed = {
+        key: (
+            {name: _closed_objects(child) for name, child in value.items()}
+            if key in _SCHEMA_MAPS and isinstance(value, dict)
+            else _closed_objects(value)
+        )
+        for key, value in node.items()
+    }
+    if "properties" in node and "additionalProperties" not in node:
+        closed["additionalProperties"] = False
+    return closed
+
+
 def compile_json_schema(schema: dict[str, Any]) -> StructuredOutput:
     """Grammar and validator for a request's schema; a 400 for one that cannot be enforced.
 
@@ -305,7 +361,8 @@ def compile_json_schema(schema: dict[str, Any]) -> StructuredOutput:
     try:
         from jsonschema import validators
         from jsonschema.exceptions import SchemaError
-        from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+        json_schema_to_gbnf = _grammar_converter()
     except ImportError as exc:  # part of the `local` extra is missing
         raise ModelNotInstalledError(
             f"json_schema answers of the bundled chat model need {exc.name}: "
@@ -322,7 +379,7 @@ def compile_json_schema(schema: dict[str, Any]) -> StructuredOutput:
             code="invalid_json_schema",
         ) from exc
     try:
-        grammar = json_schema_to_gbnf(json.dumps(schema))
+        grammar = json_schema_to_gbnf(json.dumps(_closed_objects(schema)))
     except _CONVERTER_ERRORS as exc:
         raise _refuse_schema(
             "response_format json_schema cannot be enforced by the local model's grammar "

@@ -29,7 +29,7 @@ BUILTIN_PROVIDERS: dict[str, str] = {
     "anthropic": "trellis.inference.providers.anthropic:AnthropicProvider",
     "gemini": "trellis.inference.providers.gemini:GeminiProvider",
     "cohere": "trellis.inference.providers.cohere:CohereProvider",
-    "local": "trellis.inference.local.llama:LocalLlamaProvider",
+    "local": "trellis.inference.local.provider:LocalEngineProvider",
     "local-embedder": "trellis.inference.local.embedder:LocalEmbedderProvider",
 }
 
