@@ -90,6 +90,8 @@ class LocalEngineProvider(Provider):
     """A GGUF chat model served in this process (the bundled SmolLM2 by default)."""
 
     system: ClassVar[str] = "trellis.local"
+    #: No native tool calls: agent steps on it use constrained JSON turns.
+    tool_calling: ClassVar[bool] = False
 
     def __init__(self, deployment: Deployment, settings: LocalModelSettings | None = None) -> None:
         super().__init__(deployment)
