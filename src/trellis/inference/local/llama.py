@@ -410,6 +410,67 @@ def _check_grammar(llama: Any, grammar: str) -> None:
 _Emit = Callable[[tuple[str, Any]], None]
 
 
+def local_request(request: ChatRequest, label: str, settings: LocalModelSettings) -> dict[str, Any]:
+    """The engine-neutral part of a local model's request: refuses what a local GGUF model
+    cannot do (tools, n > 1, non-text parts, logprobs), then the messages (the configured
+    system prompt where the request has none) and the decoding: ``local.*`` defaults, which
+    the request's own values override. Both local engines build on it."""
+    if request.tools and request.tool_choice != "none":
+        raise UnsupportedFeatureError(
+            f"{label} cannot call tools: the local model was not set up for function "
+            "calling. Route tool requests to a larger model.",
+            code="tools_unsupported",
+            param="tools",
+        )
+    if request.n is not None and request.n > 1:
+        raise UnsupportedFeatureError(
+            f"{label} returns one choice per request (n={request.n} asked)", param="n"
+        )
+    for message in request.messages:
+        if isinstance(message.content, list) and any(
+            part.get("type") != "text" for part in message.content
+        ):
+            raise UnsupportedFeatureError(
+                f"{label} reads text only; remove image, audio and file parts",
+                param="messages",
+            )
+    extra = request.model_extra or {}
+    if extra.get("logprobs") or extra.get("top_logprobs"):
+        raise UnsupportedFeatureError(f"{label} does not return logprobs", param="logprobs")
+    messages = [
+        {
+            "role": "system" if message.role == "developer" else message.role,
+            "content": message_text(message),
+        }
+        for message in request.messages
+    ]
+    if settings.system_prompt and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": settings.system_prompt})
+    kwargs: dict[str, Any] = {
+        "messages": messages,
+        "max_tokens": request.output_limit or settings.max_tokens_default,
+        # llama-cpp derives the seed of unseeded calls from a fixed value, which would
+        # make every "random" sample identical; draw a fresh one instead.
+        "seed": request.seed if request.seed is not None else random.getrandbits(32),
+        # The configured decoding; the request's own values below win.
+        "temperature": settings.temperature,
+        "top_p": settings.top_p,
+        "top_k": settings.top_k,
+        "min_p": settings.min_p,
+        "repeat_penalty": settings.repeat_penalty,
+    }
+    if request.stop:
+        kwargs["stop"] = request.stop_list()
+    for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
+        value = getattr(request, name)
+        if value is not None:
+            kwargs[name] = value
+    for name in _PASSTHROUGH_SAMPLING:
+        if extra.get(name) is not None:
+            kwargs[name] = _sampling_extra(name, extra[name])
+    return kwargs
+
+
 class LocalLlamaProvider(Provider):
     """Chat completions from a GGUF model in this process (the bundled SmolLM2 by default)."""
 
@@ -562,62 +623,7 @@ class LocalLlamaProvider(Provider):
         measured on this model rather than OpenAI's temperature 1, which a 135M model
         cannot bear.
         """
-        label = self.deployment.label
-        if request.tools and request.tool_choice != "none":
-            raise UnsupportedFeatureError(
-                f"{label} cannot call tools: SmolLM2-135M was not trained for function "
-                "calling. Route tool requests to a larger model.",
-                code="tools_unsupported",
-                param="tools",
-            )
-        if request.n is not None and request.n > 1:
-            raise UnsupportedFeatureError(
-                f"{label} returns one choice per request (n={request.n} asked)", param="n"
-            )
-        for message in request.messages:
-            if isinstance(message.content, list) and any(
-                part.get("type") != "text" for part in message.content
-            ):
-                raise UnsupportedFeatureError(
-                    f"{label} reads text only; remove image, audio and file parts",
-                    param="messages",
-                )
-        extra = request.model_extra or {}
-        if extra.get("logprobs") or extra.get("top_logprobs"):
-            raise UnsupportedFeatureError(f"{label} does not return logprobs", param="logprobs")
-
-        settings = self.settings
-        messages = [
-            {
-                "role": "system" if message.role == "developer" else message.role,
-                "content": message_text(message),
-            }
-            for message in request.messages
-        ]
-        if settings.system_prompt and not any(m["role"] == "system" for m in messages):
-            messages.insert(0, {"role": "system", "content": settings.system_prompt})
-        kwargs: dict[str, Any] = {
-            "messages": messages,
-            "max_tokens": request.output_limit or settings.max_tokens_default,
-            # llama-cpp derives the seed of unseeded calls from a fixed value, which would
-            # make every "random" sample identical; draw a fresh one instead.
-            "seed": request.seed if request.seed is not None else random.getrandbits(32),
-            # The configured decoding; the request's own values below win.
-            "temperature": settings.temperature,
-            "top_p": settings.top_p,
-            "top_k": settings.top_k,
-            "min_p": settings.min_p,
-            "repeat_penalty": settings.repeat_penalty,
-        }
-        if request.stop:
-            kwargs["stop"] = request.stop_list()
-        for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
-            value = getattr(request, name)
-            if value is not None:
-                kwargs[name] = value
-        for name in _PASSTHROUGH_SAMPLING:
-            if extra.get(name) is not None:
-                kwargs[name] = _sampling_extra(name, extra[name])
+        kwargs = local_request(request, self.deployment.label, self.settings)
         if request.logit_bias:
             kwargs["logit_bias"] = _logit_bias(request.logit_bias)
         structured: StructuredOutput | None = None

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -33,12 +32,11 @@ from trellis.errors import (
 from trellis.inference.contract import Provider
 from trellis.inference.local.engine import EngineServer, EngineUnavailable, default_threads
 from trellis.inference.local.llama import (
-    _PASSTHROUGH_SAMPLING,
     GenerationStats,
     StructuredOutput,
     _logit_bias,
-    _sampling_extra,
     compile_json_schema,
+    local_request,
 )
 from trellis.inference.tokens import GGUFTokenCounter, bundled_chat_model_path, default_counter
 from trellis.schema import (
@@ -50,7 +48,6 @@ from trellis.schema import (
     ChunkDelta,
     ResponseMessage,
     Usage,
-    message_text,
     new_completion_id,
 )
 from trellis.settings import Deployment, LocalModelSettings
@@ -265,58 +262,7 @@ class LocalEngineProvider(Provider):
         self, request: ChatRequest
     ) -> tuple[dict[str, Any], StructuredOutput | None]:
         """The engine's request body for an OpenAI request; refuses what we cannot do."""
-        label = self.deployment.label
-        if request.tools and request.tool_choice != "none":
-            raise UnsupportedFeatureError(
-                f"{label} cannot call tools: the local model was not set up for function "
-                "calling. Route tool requests to a larger model.",
-                code="tools_unsupported",
-                param="tools",
-            )
-        if request.n is not None and request.n > 1:
-            raise UnsupportedFeatureError(
-                f"{label} returns one choice per request (n={request.n} asked)", param="n"
-            )
-        for message in request.messages:
-            if isinstance(message.content, list) and any(
-                part.get("type") != "text" for part in message.content
-            ):
-                raise UnsupportedFeatureError(
-                    f"{label} reads text only; remove image, audio and file parts",
-                    param="messages",
-                )
-        extra = request.model_extra or {}
-        if extra.get("logprobs") or extra.get("top_logprobs"):
-            raise UnsupportedFeatureError(f"{label} does not return logprobs", param="logprobs")
-        settings = self.settings
-        messages = [
-            {
-                "role": "system" if message.role == "developer" else message.role,
-                "content": message_text(message),
-            }
-            for message in request.messages
-        ]
-        if settings.system_prompt and not any(m["role"] == "system" for m in messages):
-            messages.insert(0, {"role": "system", "content": settings.system_prompt})
-        body: dict[str, Any] = {
-            "messages": messages,
-            "max_tokens": request.output_limit or settings.max_tokens_default,
-            "seed": request.seed if request.seed is not None else random.getrandbits(32),
-            "temperature": settings.temperature,
-            "top_p": settings.top_p,
-            "top_k": settings.top_k,
-            "min_p": settings.min_p,
-            "repeat_penalty": settings.repeat_penalty,
-        }
-        if request.stop:
-            body["stop"] = request.stop_list()
-        for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
-            value = getattr(request, name)
-            if value is not None:
-                body[name] = value
-        for name in _PASSTHROUGH_SAMPLING:
-            if extra.get(name) is not None:
-                body[name] = _sampling_extra(name, extra[name])
+        body = local_request(request, self.deployment.label, self.settings)
         if request.logit_bias:
             body["logit_bias"] = {str(k): v for k, v in _logit_bias(request.logit_bias).items()}
         structured = self._response_format(request.response_format, body)
