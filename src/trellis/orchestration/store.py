@@ -533,33 +533,42 @@ class SqlRunStore:
             query = query.where(runs.id == run_id)
         if workflows is not None:
             query = query.where(runs.workflow.in_(list(workflows)))
-        leases: list[Lease] = []
+        won = await self._compare_and_set(
+            query,
+            runs.status.in_(_CLAIMABLE),
+            {
+                "lease_owner": owner,
+                "lease_epoch": runs.lease_epoch + 1,
+                "lease_until": lease_until,
+                "recoveries": runs.recoveries
+                + case((runs.status == RunStatus.RUNNING.value, 1), else_=0),
+                "status": RunStatus.RUNNING.value,
+                "updated_at": now,
+            },
+        )
+        return [Lease(run_id, owner, epoch + 1) for run_id, epoch in won]
+
+    async def _compare_and_set(
+        self, candidates: Any, still: Any, values: dict[str, Any]
+    ) -> list[tuple[str, int]]:
+        """Update each candidate run (``candidates`` selects id and epoch) to ``values`` if its
+        epoch is unchanged and ``still`` holds: of two processes doing this at once, exactly
+        one wins each run. The (id, epoch) pairs this one won."""
+        runs = workflow_runs.c
+        won: list[tuple[str, int]] = []
         async with self.db.engine.connect() as conn:
-            candidates = (await conn.execute(query)).all()
+            found = (await conn.execute(candidates)).all()
             await conn.commit()
-            for candidate_id, epoch in candidates:
-                # Compare-and-set on the epoch: of two claimers, exactly one wins each run.
+            for run_id, epoch in found:
                 async with conn.begin():
                     result = await conn.execute(
                         update(workflow_runs)
-                        .where(
-                            runs.id == candidate_id,
-                            runs.lease_epoch == epoch,
-                            runs.status.in_(_CLAIMABLE),
-                        )
-                        .values(
-                            lease_owner=owner,
-                            lease_epoch=runs.lease_epoch + 1,
-                            lease_until=lease_until,
-                            recoveries=runs.recoveries
-                            + case((runs.status == RunStatus.RUNNING.value, 1), else_=0),
-                            status=RunStatus.RUNNING.value,
-                            updated_at=now,
-                        )
+                        .where(runs.id == run_id, runs.lease_epoch == epoch, still)
+                        .values(**values)
                     )
                 if result.rowcount == 1:
-                    leases.append(Lease(candidate_id, owner, epoch + 1))
-        return leases
+                    won.append((run_id, epoch))
+        return won
 
     @staticmethod
     def _orphaned(now: float, dead_owners: Sequence[str]) -> Any:
@@ -592,33 +601,20 @@ class SqlRunStore:
         )
         if workflows is not None:
             query = query.where(runs.workflow.in_(list(workflows)))
-        failed: list[str] = []
-        async with self.db.engine.connect() as conn:
-            candidates = (await conn.execute(query)).all()
-            await conn.commit()
-            for candidate_id, epoch in candidates:
-                # The same compare-and-set as a claim: a run claimed meanwhile is left alone.
-                async with conn.begin():
-                    result = await conn.execute(
-                        update(workflow_runs)
-                        .where(
-                            runs.id == candidate_id,
-                            runs.lease_epoch == epoch,
-                            runs.status == RunStatus.RUNNING.value,
-                        )
-                        .values(
-                            status=RunStatus.FAILED.value,
-                            error=error,
-                            next_step=None,
-                            finished_at=now,
-                            updated_at=now,
-                            lease_owner=None,
-                            lease_until=None,
-                        )
-                    )
-                if result.rowcount == 1:
-                    failed.append(candidate_id)
-        return failed
+        won = await self._compare_and_set(
+            query,
+            runs.status == RunStatus.RUNNING.value,
+            {
+                "status": RunStatus.FAILED.value,
+                "error": error,
+                "next_step": None,
+                "finished_at": now,
+                "updated_at": now,
+                "lease_owner": None,
+                "lease_until": None,
+            },
+        )
+        return [run_id for run_id, _ in won]
 
     async def count_runs(self, status: str) -> int:
         query = (
