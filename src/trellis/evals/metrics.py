@@ -69,6 +69,14 @@ def _expected(case: Case) -> str:
 # --- reference metrics ---------------------------------------------------------
 
 
+def _corpus_score(metric: Any, outputs: Sequence[str], cases: Sequence[Case]) -> float | None:
+    """A sacrebleu metric's corpus-level score (0-1) over the cases that have a reference."""
+    pairs = [(o, c.expected) for o, c in zip(outputs, cases, strict=True) if c.expected is not None]
+    if not pairs:
+        return None
+    return float(metric.corpus_score([o for o, _ in pairs], [[e for _, e in pairs]]).score) / 100
+
+
 class Bleu(Metric):
     """sacrebleu's BLEU, default settings: sentence BLEU per case, corpus BLEU per candidate."""
 
@@ -86,15 +94,7 @@ class Bleu(Metric):
     def aggregate(
         self, outputs: Sequence[str], cases: Sequence[Case], scores: Sequence[float | None]
     ) -> float | None:
-        pairs = [
-            (o, c.expected) for o, c in zip(outputs, cases, strict=True) if c.expected is not None
-        ]
-        if not pairs:
-            return None
-        return (
-            float(self._corpus.corpus_score([o for o, _ in pairs], [[e for _, e in pairs]]).score)
-            / 100
-        )
+        return _corpus_score(self._corpus, outputs, cases)
 
 
 class Chrf(Metric):
@@ -113,15 +113,7 @@ class Chrf(Metric):
     def aggregate(
         self, outputs: Sequence[str], cases: Sequence[Case], scores: Sequence[float | None]
     ) -> float | None:
-        pairs = [
-            (o, c.expected) for o, c in zip(outputs, cases, strict=True) if c.expected is not None
-        ]
-        if not pairs:
-            return None
-        return (
-            float(self._chrf.corpus_score([o for o, _ in pairs], [[e for _, e in pairs]]).score)
-            / 100
-        )
+        return _corpus_score(self._chrf, outputs, cases)
 
 
 class _Rouge(Metric):
