@@ -110,6 +110,22 @@ def test_eval_run_writes_the_report_and_resumes_by_run_id(config: Path, tmp_path
     assert [r["trace_id"] for r in again["cases"]] == [r["trace_id"] for r in report["cases"]]
 
 
+def test_eval_run_writes_the_html_report(config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    code, output = invoke(
+        config, "eval", "run", str(tmp_path / "suite.yaml"), "--html", str(out), "-q"
+    )
+    assert code == 0, output
+    page = out.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and '<section id="cases">' in page
+    assert 'aria-label="Distribution of exact per case, per candidate"' in page
+    # A row per case, with the dataset's input beside the candidates' outputs.
+    assert (
+        page.split('id="case-table"')[1].count('<th scope="row">') == 4 and "<pre>3+1</pre>" in page
+    )
+    assert "http://" not in page and "https://" not in page
+
+
 def test_eval_run_a_stored_dataset_by_reference(config: Path, tmp_path: Path) -> None:
     code, output = invoke(config, "eval", "dataset", "add", str(tmp_path / "sums.jsonl"), "--json")
     assert code == 0, output

@@ -4,6 +4,7 @@ codes for CI."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,15 @@ def test_cli_compare_exits_1_on_a_regression_and_writes_markdown(tmp_path: Path)
     assert failed.exit_code == 1
     assert "regression" in failed.output and "rougeL" in failed.output
     assert "**REGRESSION**" in (tmp_path / "summary.md").read_text()
+    html = runner.invoke(
+        app, [*args, "--fail-on", "rougeL:-0.02", "--html", str(tmp_path / "r.html")]
+    )
+    assert html.exit_code == 1
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "REGRESSION" in page and "FAIL rougeL:-0.02" in page
+    assert page.split('id="case-table"')[1].count('<th scope="row">') == 20 and not re.search(
+        r"https?://", page
+    )
     as_json = runner.invoke(app, [*args, "--json"])
     assert json.loads(as_json.stdout)["deltas"][0]["name"] == "rougeL"
     bad = runner.invoke(app, [*args, "--fail-on", "rougeL"])

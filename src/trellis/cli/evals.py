@@ -49,6 +49,10 @@ def eval_run(
     json_out: Annotated[
         str | None, typer.Option("--json", help="Write the JSON report here ('-': stdout)")
     ] = None,
+    html_out: Annotated[
+        Path | None,
+        typer.Option("--html", help="Write the self-contained HTML report (charts, cases) here"),
+    ] = None,
     run_id: Annotated[
         str | None, typer.Option("--run-id", help="Resume this run (or start one with this id)")
     ] = None,
@@ -66,11 +70,14 @@ def eval_run(
         err_console.print(f"[red]error:[/red] {escape(exc.message)}")
         raise typer.Exit(2) from None
 
+    cases: list[Any] = []
+
     async def go() -> dict[str, Any]:
         async with Trellis(settings) as trellis:
             assert trellis.db is not None and trellis.gateway is not None
             store = EvalStore(trellis.db)
             dataset = await resolve_dataset(suite.dataset, base, store)
+            cases.extend(dataset.cases)
             runner = EvalRunner(trellis.gateway, store, embedder=trellis.minilm)
             if quiet:
                 return await runner.run(suite, dataset, run_id=run_id)
@@ -92,6 +99,10 @@ def eval_run(
     report = run(go)
     if json_out is not None:
         _write_json(report, json_out)
+    if html_out is not None:
+        from trellis.evals.html import render_run
+
+        html_out.write_text(render_run(report, cases), encoding="utf-8")
     if json_out != "-":
         _print_summary(report)
 
@@ -147,6 +158,10 @@ def eval_compare(
     markdown: Annotated[
         str | None, typer.Option("--markdown", help="Write the Markdown summary to this file")
     ] = None,
+    html_out: Annotated[
+        Path | None,
+        typer.Option("--html", help="Write the self-contained HTML report (diffs, charts) here"),
+    ] = None,
     baseline_name: Annotated[
         str | None,
         typer.Option("--baseline-candidate", help="Candidate in BASELINE (default: first)"),
@@ -179,6 +194,10 @@ def eval_compare(
     text = comparison.markdown()
     if markdown is not None:
         Path(markdown).write_text(text, encoding="utf-8")
+    if html_out is not None:
+        from trellis.evals.html import render_compare
+
+        html_out.write_text(render_compare(reports[0], reports[1], comparison), encoding="utf-8")
     if as_json:
         _write_json(comparison.to_dict(), None)
     elif markdown is None:

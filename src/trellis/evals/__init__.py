@@ -15,6 +15,7 @@
 
 from trellis.evals.compare import Comparison, Threshold, compare_reports, parse_threshold
 from trellis.evals.datasets import Case, Dataset, DatasetError, load_dataset, parse_dataset
+from trellis.evals.html import render_compare, render_run
 from trellis.evals.metrics import METRICS, Metric, build_metric
 from trellis.evals.runner import EvalRunner, build_request, resolve_dataset
 from trellis.evals.store import EvalStore
@@ -41,5 +42,7 @@ __all__ = [
     "parse_dataset",
     "parse_suite",
     "parse_threshold",
+    "render_compare",
+    "render_run",
     "resolve_dataset",
 ]
