@@ -99,6 +99,12 @@ def test_upload_run_poll_and_compare(
     assert done.report is not None
     assert done.report["candidates"]["a"]["metrics"]["exact"] == 1.0
     assert all(row["trace_id"] for row in done.report["cases"])
+    page = inference.get(f"/v1/evals/runs/{run.id}/report.html")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "script-src" not in page.headers["content-security-policy"]
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert page.text.split('id="case-table"')[1].count('<th scope="row">') == 6
+    assert "<pre>case 3</pre>" in page.text  # the dataset's input beside the output
     # A second run whose model answers otherwise: compared, it fails the exact threshold.
     upstream.reply = "Something else"
     second = finished(
@@ -136,6 +142,8 @@ def test_mistakes_are_4xx_with_openai_error_bodies(inference: httpx.Client) -> N
         in error(inference.post("/v1/evals/runs", json={"suite": bad_metric}), 400)["message"]
     )
     error(inference.get("/v1/evals/runs/doesnotexist"), 404)
+    error(inference.get("/v1/evals/runs/doesnotexist/report.html"), 404)
+    error(inference.get("/v1/evals/runs/bad%20id/report.html"), 400)
     error(
         inference.post(
             "/v1/evals/compare", json={"baseline": "a", "candidate": "b", "fail_on": ["x"]}
@@ -150,10 +158,12 @@ def test_scopes(server: ServerThread, client: httpx.Client, inference: httpx.Cli
     finished(inference, run_id)
     with key_client(server, client, "observer") as observer:
         assert observer.get(f"/v1/evals/runs/{run_id}").status_code == 200
+        assert observer.get(f"/v1/evals/runs/{run_id}/report.html").status_code == 200
         error(observer.post("/v1/evals/runs", json={"suite": suite(ref)}), 403)
         error(observer.post("/v1/evals/datasets", json={"name": "x", "content": CONTENT}), 403)
     with key_client(server, client, "inference") as other:
         assert error(other.get(f"/v1/evals/runs/{run_id}"), 403)["code"] == "insufficient_scope"
+        error(other.get(f"/v1/evals/runs/{run_id}/report.html"), 403)
         assert other.get("/v1/evals/runs").json()["data"] == []
     error(httpx.get(f"{server.url}/v1/evals/runs"), 401)
 

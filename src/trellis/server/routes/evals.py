@@ -12,12 +12,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from trellis.access.keys import ADMIN, INFERENCE, OBSERVER
 from trellis.errors import PermissionDeniedError
 from trellis.evals.compare import compare_reports, parse_threshold
 from trellis.evals.datasets import NAME_PATTERN, parse_dataset
+from trellis.evals.html import render_run
 from trellis.evals.service import EvalService
 from trellis.evals.store import RunRecord
 from trellis.inference.call import Caller
@@ -230,6 +232,30 @@ async def get_eval_run(request: Request, run_id: str = RunId) -> JSONBytes:
     record = await service.store.run(run_id)
     _check_owner(record, caller, everyone, "reading")
     return JSONBytes({**record.to_dict(), "report": await service.report(run_id)})
+
+
+#: The report is model text shown in a browser: no script, no fetch, only its inline CSS.
+_REPORT_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'"
+
+
+@router.get(
+    "/runs/{run_id}/report.html",
+    response_class=HTMLResponse,
+    **operation(scope=(INFERENCE, OBSERVER), errors=[400, 404]),
+)
+async def get_eval_run_html(request: Request, run_id: str = RunId) -> HTMLResponse:
+    """The run's self-contained HTML report (as ``trellis eval run --html``): charts,
+    summary and cases side by side; readable by whoever may read the run."""
+    caller, everyone = await _reader(request)
+    service = _service(request)
+    record = await service.store.run(run_id)
+    _check_owner(record, caller, everyone, "reading")
+    report = await service.report(run_id)
+    dataset = await service.store.dataset(record.dataset)
+    return HTMLResponse(
+        render_run(report, dataset.cases),
+        headers={"Content-Security-Policy": _REPORT_POLICY, "X-Content-Type-Options": "nosniff"},
+    )
 
 
 @router.post(
