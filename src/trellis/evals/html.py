@@ -388,8 +388,9 @@ def render_compare(
                 b, c = before["metrics"].get(m), after["metrics"].get(m)
                 if b is None or c is None:
                     continue
-                worse = worse or c < b
-                mark = ' class="fail"' if c < b else ""
+                lower = c < b - 1e-9  # not float noise of equal means
+                worse = worse or lower
+                mark = ' class="fail"' if lower else ""
                 changes.append(f"<span{mark}>{escape(m)} {_num(c - b, signed=True)}</span>")
         label = escape(cid) + (' <span class="fail">(worse)</span>' if worse else "")
         rows.append(
