@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from trellis.errors import ConflictError, InvalidRequestError
+from trellis.errors import ConflictError
 from trellis.evals import EvalRunner, EvalStore, build_request, parse_suite
 from trellis.evals.datasets import Case
 from trellis.store import Database
@@ -148,18 +148,6 @@ def test_unsafe_templates_and_reserved_params_are_refused(
 
     with pytest.raises(SuiteError, match=message):
         parse_suite({"dataset": "x.jsonl", "candidates": [candidate]})
-
-
-async def test_workflow_candidates_are_refused_for_now(
-    upstream: FakeUpstream, sqlite_db: Database
-) -> None:
-    suite = parse_suite(
-        {"dataset": "x", "candidates": [{"name": "w", "model": "good", "workflow": "review"}]}
-    )
-    with pytest.raises(InvalidRequestError, match="not supported yet"):
-        await EvalRunner(make_gateway(upstream.base_url), EvalStore(sqlite_db)).run(
-            suite, dataset_of(1)
-        )
 
 
 async def test_kill_9_mid_run_then_resume_without_redoing_finished_cases(

@@ -78,7 +78,9 @@ def eval_run(
             store = EvalStore(trellis.db)
             dataset = await resolve_dataset(suite.dataset, base, store)
             cases.extend(dataset.cases)
-            runner = EvalRunner(trellis.gateway, store, embedder=trellis.minilm)
+            runner = EvalRunner(
+                trellis.gateway, store, embedder=trellis.minilm, workflows=trellis.workflows
+            )
             if quiet:
                 return await runner.run(suite, dataset, run_id=run_id)
             with Progress(

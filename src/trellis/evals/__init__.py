@@ -9,7 +9,9 @@
     async with Trellis() as trellis:
         store = EvalStore(trellis.db)
         dataset = await resolve_dataset(suite.dataset, base, store)
-        runner = EvalRunner(trellis.gateway, store, embedder=trellis.minilm)
+        runner = EvalRunner(
+            trellis.gateway, store, embedder=trellis.minilm, workflows=trellis.workflows
+        )
         report = await runner.run(suite, dataset)
 """
 

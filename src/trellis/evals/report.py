@@ -78,7 +78,7 @@ def build_report(
         input_tokens = sum(int(r.get("input_tokens") or 0) for _, r in done)
         output_tokens = sum(int(r.get("output_tokens") or 0) for _, r in done)
         candidates[candidate.name] = {
-            "model": candidate.model,
+            "model": candidate.model or f"workflow:{candidate.workflow}",
             "cases": len(done),
             "errors": sum(
                 1

@@ -11,12 +11,13 @@ computed for that trace (its price table).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trellis.errors import ConflictError, InvalidRequestError, NotFoundError, TrellisError
 from trellis.evals.datasets import Case, Dataset, load_dataset
@@ -27,6 +28,9 @@ from trellis.evals.suite import Candidate, Suite, render
 from trellis.inference.gateway import Caller, Gateway
 from trellis.observe.tracing import Trace
 from trellis.schema import ChatRequest
+
+if TYPE_CHECKING:
+    from trellis.orchestration.service import Workflows
 
 __all__ = ["EvalRunner", "Progress", "build_request", "resolve_dataset"]
 
@@ -51,6 +55,8 @@ def build_request(candidate: Candidate, case: Case) -> ChatRequest:
     options: dict[str, Any] = {"cache": False, "semantic_cache": False}
     if candidate.collections is not None:
         options["collections"] = candidate.collections
+    if candidate.model is None:
+        raise ValueError(f"candidate {candidate.name!r} runs a workflow, not a model")
     body = {**candidate.params, "model": candidate.model, "messages": messages}
     body["trellis"] = {**options, **dict(body.get("trellis") or {})}
     return ChatRequest.model_validate(body)
@@ -142,9 +148,12 @@ class EvalRunner:
         *,
         embedder: Any = None,
         caller: Caller | None = None,
+        workflows: Workflows | None = None,
     ) -> None:
         self.gateway = gateway
         self.store = store
+        #: Where workflow candidates run (a runtime's ``Workflows``).
+        self.workflows = workflows
         #: For the cosine metric (the bundled MiniLM); loaded only if a suite asks for it.
         self.embedder = embedder
         self.caller = caller
@@ -168,9 +177,18 @@ class EvalRunner:
     ) -> str:
         """Register a run (or find the existing ``run_id``) and return its id."""
         for candidate in suite.candidates:
-            if candidate.workflow is not None:
+            if candidate.workflow is None:
+                continue
+            if self.workflows is None:
                 raise InvalidRequestError(
-                    f"candidate {candidate.name!r}: workflow candidates are not supported yet",
+                    f"candidate {candidate.name!r} runs a workflow: this runner has none "
+                    "(give EvalRunner the runtime's workflows)",
+                    param="candidates",
+                )
+            if candidate.workflow not in self.workflows.names:
+                raise InvalidRequestError(
+                    f"candidate {candidate.name!r}: no workflow named {candidate.workflow!r} "
+                    f"is registered (registered: {sorted(self.workflows.names)})",
                     param="candidates",
                 )
         total = len(dataset.cases) * len(suite.candidates) * suite.repeats
@@ -260,6 +278,8 @@ class EvalRunner:
             "model": None,
             "error": None,
         }
+        if candidate.workflow is not None:
+            return await self._workflow_unit(case, candidate, metrics, result)
         try:
             request = build_request(candidate, case)
         except (KeyError, ValueError) as exc:
@@ -294,6 +314,18 @@ class EvalRunner:
             output_tokens=usage.completion_tokens if usage else 0,
             cost=float(summary.get("cost") or 0.0),
         )
+        await self._measure(result, metrics, output, case, retrieved)
+        return result
+
+    async def _measure(
+        self,
+        result: dict[str, Any],
+        metrics: list[Metric],
+        output: str,
+        case: Case,
+        retrieved: list[str] | None,
+    ) -> None:
+        """Score ``output`` with every metric into ``result["metrics"]``."""
         local = [m for m in metrics if not getattr(m, "needs_gateway", False)]
         if all(metric.cheap for metric in local):
             result["metrics"] = _score(local, output, case, retrieved)
@@ -304,6 +336,53 @@ class EvalRunner:
                 value, verdict = await metric.judge(self.gateway, output, case, self.caller)  # type: ignore[attr-defined]
                 result["metrics"][metric.name] = None if value is None else round(value, 6)
                 result.setdefault("judgements", {})[metric.name] = verdict
+
+    async def _workflow_unit(
+        self, case: Case, candidate: Candidate, metrics: list[Metric], result: dict[str, Any]
+    ) -> dict[str, Any]:
+        """One case through a workflow run: its output, latency, tokens and cost are the
+        run's (every step's model calls summed), its trace the run's trace."""
+        assert self.workflows is not None and candidate.workflow is not None
+        values = case.fields()
+        try:
+            run_input = {
+                name: render(value, values) if isinstance(value, str) else value
+                for name, value in (candidate.workflow_input or {}).items()
+            }
+        except (KeyError, ValueError) as exc:
+            result["error"] = f"input: {exc}"
+            return result
+        started = time.perf_counter()
+        try:
+            run = await self.workflows.run(
+                candidate.workflow, run_input, key_id=self.caller.key_id if self.caller else None
+            )
+        except TrellisError as exc:
+            result["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
+            result["error"] = f"{type(exc).__name__}: {exc.message}"
+            return result
+        result.update(
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            trace_id=run.trace_id,
+            run_id=run.id,
+            model=f"workflow:{run.workflow}",
+            input_tokens=run.input_tokens,
+            output_tokens=run.output_tokens,
+            cost=float(run.cost),
+        )
+        if run.status != "succeeded":
+            detail = (run.error or {}).get("message") or run.status
+            result["error"] = f"workflow run {run.id} {run.status}: {detail}"
+            return result
+        output: Any = run.output
+        if candidate.workflow_output is not None:
+            if not isinstance(output, dict) or candidate.workflow_output not in output:
+                result["error"] = f"the run's output has no field {candidate.workflow_output!r}"
+                return result
+            output = output[candidate.workflow_output]
+        text = output if isinstance(output, str) else json.dumps(output, sort_keys=True)
+        result["output"] = text
+        await self._measure(result, metrics, text, case, None)
         return result
 
     async def report(self, run_id: str, suite: Suite, dataset: Dataset) -> dict[str, Any]:

@@ -25,9 +25,11 @@ log = logging.getLogger(__name__)
 
 
 class EvalService:
-    def __init__(self, gateway: Gateway, db: Database, *, embedder: Any = None) -> None:
+    def __init__(
+        self, gateway: Gateway, db: Database, *, embedder: Any = None, workflows: Any = None
+    ) -> None:
         self.store = EvalStore(db)
-        self.runner = EvalRunner(gateway, self.store, embedder=embedder)
+        self.runner = EvalRunner(gateway, self.store, embedder=embedder, workflows=workflows)
         self._tasks: dict[str, asyncio.Task[Any]] = {}
 
     async def _dataset(self, suite: Suite) -> Dataset:

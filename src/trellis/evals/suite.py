@@ -75,13 +75,36 @@ class Candidate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=100)
-    model: str = Field(min_length=1)
+    #: The model alias; a workflow candidate names ``workflow`` instead.
+    model: str | None = Field(default=None, min_length=1)
     params: dict[str, Any] = Field(default_factory=dict)
     #: The user message; default: the case's input as it is.
     prompt: str = "{input}"
     system: str | None = None
     collections: list[str] | None = None
+    #: A registered workflow run once per case instead of a model call: its input is
+    #: ``workflow_input`` (string values are templates over the case's fields, others are
+    #: passed as they are), its answer the run's output, or the field ``workflow_output``
+    #: of it.
     workflow: str | None = None
+    workflow_input: dict[str, Any] | None = None
+    workflow_output: str | None = None
+
+    @model_validator(mode="after")
+    def _model_or_workflow(self) -> Candidate:
+        if (self.model is None) == (self.workflow is None):
+            raise ValueError("a candidate names either a model or a workflow")
+        if self.workflow is not None and self.workflow_input is None:
+            raise ValueError(
+                "a workflow candidate needs workflow_input: the run's input, e.g. "
+                '{"question": "{input}"}'
+            )
+        if self.workflow is None and (self.workflow_input or self.workflow_output):
+            raise ValueError("workflow_input and workflow_output belong to workflow candidates")
+        for value in (self.workflow_input or {}).values():
+            if isinstance(value, str):
+                template_fields(value)
+        return self
 
     @field_validator("prompt", "system")
     @classmethod

@@ -119,7 +119,9 @@ def service_of(app: Any, trellis: Trellis) -> EvalService:
     service = getattr(app.state, "evals", None)
     if service is None:
         assert trellis.gateway is not None and trellis.db is not None
-        service = EvalService(trellis.gateway, trellis.db, embedder=trellis.minilm)
+        service = EvalService(
+            trellis.gateway, trellis.db, embedder=trellis.minilm, workflows=trellis.workflows
+        )
         app.state.evals = service
     return service  # type: ignore[no-any-return]
 
