@@ -258,6 +258,98 @@ def dataset_add(
         console.print(f"{escape(dataset.ref)}: {len(dataset.cases)} cases, {state}")
 
 
+@dataset_app.command("from-traces")
+def dataset_from_traces_command(
+    name: Annotated[str, typer.Option("--name", help="The dataset's name")],
+    since: Annotated[str | None, typer.Option(help="1h (ago), Unix seconds or ISO 8601")] = None,
+    until: Annotated[str | None, typer.Option(help="Same forms as --since")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Requested model")] = None,
+    status: Annotated[str | None, typer.Option(help="ok or error")] = None,
+    key_id: Annotated[str | None, typer.Option("--key", help="API key id")] = None,
+    text: Annotated[str | None, typer.Option("--q", help="Text in prompt or response")] = None,
+    score: Annotated[
+        str | None, typer.Option(help="Keep traces with a score of this name below --below")
+    ] = None,
+    below: Annotated[float | None, typer.Option(help="The score threshold (with --score)")] = None,
+    expected: Annotated[
+        str, typer.Option(help="label (a score's comment), output (the answer then) or none")
+    ] = "label",
+    label: Annotated[str, typer.Option(help="The score name whose comment is the label")] = (
+        "label"
+    ),
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=100_000)] = 500,
+    out: Annotated[Path | None, typer.Option("--out", help="Also write it as JSONL here")] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Build a dataset from stored chat traces (newest first) and store it, versioned."""
+    from trellis.evals import EvalStore
+    from trellis.evals.from_traces import TraceSelection, dataset_from_traces
+    from trellis.observe.query import TraceQuery, parse_time
+    from trellis.observe.store import TraceStore
+
+    settings = load_settings(config)
+    if expected not in ("label", "output", "none"):
+        err_console.print("[red]error:[/red] --expected is label, output or none")
+        raise typer.Exit(2)
+    try:
+        selection = TraceSelection(
+            query=TraceQuery(
+                since_ns=None if since is None else parse_time(since, "since"),
+                until_ns=None if until is None else parse_time(until, "until"),
+                model=model,
+                status=status,
+                key_id=key_id,
+                kind="chat",
+                text=text,
+            ),
+            limit=limit,
+            score=score,
+            below=below,
+            expected=expected,  # type: ignore[arg-type]
+            label=label,
+        )
+    except TrellisError as exc:
+        err_console.print(f"[red]error:[/red] {escape(exc.message)}")
+        raise typer.Exit(2) from None
+
+    async def build(db: Any) -> Any:
+        built = await dataset_from_traces(TraceStore(db), name, selection)
+        await EvalStore(db).save_dataset(built.dataset)
+        return built
+
+    try:
+        built = run(lambda: with_db(settings, build))
+    except TrellisError as exc:
+        err_console.print(f"[red]error:[/red] {escape(exc.message)}")
+        raise typer.Exit(2) from None
+    dataset = built.dataset
+    if out is not None:
+        out.write_text(
+            "".join(
+                json.dumps(case.model_dump(exclude_defaults=True), ensure_ascii=False) + "\n"
+                for case in dataset.cases
+            ),
+            encoding="utf-8",
+        )
+    info = {
+        "name": dataset.name,
+        "version": dataset.version,
+        "cases": len(dataset.cases),
+        "unlabelled": built.unlabelled,
+        "skipped_without_prompt": built.skipped_without_prompt,
+        "skipped_by_score": built.skipped_by_score,
+    }
+    if as_json:
+        _write_json(info, None)
+        return
+    console.print(
+        f"stored {escape(dataset.ref)}: {len(dataset.cases)} cases "
+        f"({built.unlabelled} without a label; skipped {built.skipped_without_prompt} "
+        f"without a stored prompt, {built.skipped_by_score} by score)"
+    )
+
+
 @dataset_app.command("list")
 def dataset_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Stored datasets and their versions."""
