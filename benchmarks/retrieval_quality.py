@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import statistics
 import sys
@@ -30,6 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from trellis.evals.retrieval import ndcg_at, read_qrels, recall_at
 from trellis.inference.local.embedder import MiniLMEmbedder
 from trellis.retrieval import FusionConfig, PgIndex, Retrieval, SQLiteIndex
 from trellis.retrieval.index import Index
@@ -41,35 +41,9 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ir"
 MODES: tuple[SearchMode, ...] = ("keyword", "vector", "hybrid")
 
 
-def ndcg_at(ranked: Sequence[str], qrels: Mapping[str, int], k: int = 10) -> float:
-    """trec_eval ``ndcg_cut``: linear gain, log2 discount, ideal from every judged document."""
-    dcg = sum(
-        qrels.get(doc, 0) / math.log2(rank + 1) for rank, doc in enumerate(ranked[:k], start=1)
-    )
-    ideal = sorted((g for g in qrels.values() if g > 0), reverse=True)[:k]
-    idcg = sum(g / math.log2(rank + 1) for rank, g in enumerate(ideal, start=1))
-    return dcg / idcg if idcg > 0 else 0.0
-
-
-def recall_at(ranked: Sequence[str], qrels: Mapping[str, int], k: int = 100) -> float:
-    relevant = {doc for doc, g in qrels.items() if g > 0}
-    return len(relevant & set(ranked[:k])) / len(relevant) if relevant else 0.0
-
-
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
-
-
-def read_qrels(path: Path) -> dict[str, dict[str, int]]:
-    qrels: dict[str, dict[str, int]] = {}
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            parts = line.split()
-            if len(parts) != 3 or parts[0] == "query-id":
-                continue
-            qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
-    return qrels
 
 
 def documents_by_best_chunk(document_ids: Iterable[str]) -> list[str]:

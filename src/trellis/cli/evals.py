@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -258,6 +259,106 @@ def dataset_add(
         console.print(f"{escape(dataset.ref)}: {len(dataset.cases)} cases, {state}")
 
 
+@eval_app.command("retrieval")
+def eval_retrieval(
+    collection: Annotated[
+        str | None,
+        typer.Argument(help="The collection to search (or --corpus to ingest into scratch)"),
+    ] = None,
+    queries: Annotated[
+        Path | None, typer.Option(help="BEIR queries.jsonl: {_id, text} per line")
+    ] = None,
+    qrels: Annotated[
+        Path | None, typer.Option(help="BEIR qrels TSV: query-id corpus-id score")
+    ] = None,
+    corpus: Annotated[
+        Path | None,
+        typer.Option(help="BEIR corpus.jsonl: ingested once per --chunking into scratch"),
+    ] = None,
+    chunking: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--chunking", help="TARGET/OVERLAP word pieces, with --corpus; repeat for each"
+        ),
+    ] = None,
+    setting: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--setting",
+            "-s",
+            help="keyword, vector, hybrid, hybrid:rrf[:K], hybrid:weighted[:WK,WV]; repeat "
+            "for each (default: keyword, vector, hybrid:rrf, hybrid:weighted)",
+        ),
+    ] = None,
+    json_out: Annotated[str | None, typer.Option("--json", help="Write the results here")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Search a collection with judged queries under several settings, side by side."""
+    from trellis.cli.retrieval import _with_retrieval
+    from trellis.evals.retrieval import (
+        evaluate_chunkings,
+        evaluate_retrieval,
+        parse_chunking,
+        parse_setting,
+        read_qrels,
+        read_queries,
+    )
+
+    settings = load_settings(config)
+    names = setting or ["keyword", "vector", "hybrid:rrf", "hybrid:weighted"]
+    if queries is None or qrels is None or (collection is None) == (corpus is None):
+        err_console.print(
+            "[red]error:[/red] give --queries and --qrels, and a COLLECTION or a --corpus"
+        )
+        raise typer.Exit(2)
+    try:
+        chosen = [parse_setting(name) for name in names]
+        for text in chunking or []:
+            parse_chunking(text)
+        asked = read_queries(queries)
+        judged = read_qrels(qrels)
+    except (TrellisError, OSError) as exc:
+        message = exc.message if isinstance(exc, TrellisError) else str(exc)
+        err_console.print(f"[red]error:[/red] {escape(message)}")
+        raise typer.Exit(2) from None
+
+    if corpus is not None:
+        from trellis.inference.local.embedder import MiniLMEmbedder
+
+        async def scratch() -> dict[str, Any]:
+            embedder = MiniLMEmbedder(cache_dir=settings.data_dir / "models")
+            with tempfile.TemporaryDirectory(prefix="trellis-eval-retrieval-") as tmp:
+                return await evaluate_chunkings(
+                    embedder, corpus, chunking or ["256/32"], asked, judged, chosen, Path(tmp)
+                )
+
+        result = run(scratch)
+        sections = list(result["chunkings"].items())
+    else:
+        assert collection is not None
+
+        async def go(retrieval: Any) -> dict[str, Any]:
+            return await evaluate_retrieval(retrieval, collection, asked, judged, chosen)
+
+        result = run(lambda: _with_retrieval(settings, go))  # an unknown collection: exit 1
+        sections = [("", result)]
+    if json_out is not None:
+        _write_json(result, json_out)
+    table = Table("chunking", "setting", "nDCG@10", "recall@100", "p50 ms", "p95 ms")
+    for label, section in sections:
+        for name, row in section["settings"].items():
+            table.add_row(
+                escape(label or "as stored"),
+                escape(name),
+                f"{row['ndcg@10']:.4f}",
+                f"{row['recall@100']:.4f}",
+                f"{row['latency_p50_ms']:.1f}",
+                f"{row['latency_p95_ms']:.1f}",
+            )
+    console.print(table)
+    console.print(f"{sections[0][1]['queries']} judged queries")
+
+
 @dataset_app.command("from-traces")
 def dataset_from_traces_command(
     name: Annotated[str, typer.Option("--name", help="The dataset's name")],
@@ -318,11 +419,7 @@ def dataset_from_traces_command(
         await EvalStore(db).save_dataset(built.dataset)
         return built
 
-    try:
-        built = run(lambda: with_db(settings, build))
-    except TrellisError as exc:
-        err_console.print(f"[red]error:[/red] {escape(exc.message)}")
-        raise typer.Exit(2) from None
+    built = run(lambda: with_db(settings, build))  # no matching trace: exit 1
     dataset = built.dataset
     if out is not None:
         out.write_text(
