@@ -21,6 +21,7 @@ from typing import Any
 from trellis.errors import ConflictError, InvalidRequestError, NotFoundError, TrellisError
 from trellis.evals.datasets import Case, Dataset, load_dataset
 from trellis.evals.metrics import Metric, build_metrics
+from trellis.evals.pairwise import judge_pair, pair_key
 from trellis.evals.report import build_report
 from trellis.evals.store import EvalStore, ResultKey
 from trellis.evals.suite import Candidate, Suite, render
@@ -233,8 +234,34 @@ class EvalRunner:
             if progress is not None:
                 progress(done, total)
 
+        async def compare(index: int, case: Case, repeat: int) -> None:
+            spec = suite.pairwise[index]
+            a = results.get((case.id, spec.a, repeat)) or {}
+            b = results.get((case.id, spec.b, repeat)) or {}
+            if a.get("error") is not None or b.get("error") is not None or not a or not b:
+                return  # a candidate failed: nothing to compare
+            async with limit:
+                verdict = await judge_pair(
+                    self.gateway, spec, case, a["output"], b["output"], self.caller
+                )
+            key: ResultKey = (case.id, pair_key(index), repeat)
+            writer.add(key, verdict)
+            results[key] = verdict
+
         try:
             await asyncio.gather(*(one(*unit) for unit in todo))
+            # Pairwise judging needs both candidates' outputs: after the runs.
+            await asyncio.gather(
+                *(
+                    compare(index, case, repeat)
+                    for index in range(len(suite.pairwise))
+                    for case in dataset.cases
+                    for repeat in range(suite.repeats)
+                    if (results.get((case.id, pair_key(index), repeat)) or {"error": True}).get(
+                        "error"
+                    )
+                )
+            )
             await writer.close()
         except BaseException as exc:
             writer.task.cancel()

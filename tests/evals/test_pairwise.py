@@ -1,0 +1,122 @@
+"""Pairwise preference judging with position swapping: each case is judged in both orders;
+agreeing orders give the preference, disagreeing ones count as position disagreement."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trellis.evals import EvalRunner, EvalStore, parse_suite
+from trellis.evals.suite import SuiteError
+from trellis.store import Database
+from trellis.testing.fake_upstream import FakeUpstream
+
+sys.path.insert(0, str(Path(__file__).parent))
+from eval_fixtures import answer, dataset_of, make_gateway  # noqa: E402
+
+
+def field(prompt: str, name: str) -> str:
+    return prompt.split(f"{name}: ", 1)[1].split("\n", 1)[0]
+
+
+def reply(body: dict[str, Any]) -> str:
+    prompt = str(body["messages"][-1]["content"])
+    if "Answer 1:" not in prompt:
+        return answer(body)
+    if body["model"] == "bad-model":  # a judge that always prefers the first position
+        return json.dumps({"preference": "1", "reason": "the first one"})
+    if field(prompt, "Question") == "0+1":  # an unusable verdict
+        return "both are fine"
+    expected = field(prompt, "Reference answer (may be empty)")
+    first, second = field(prompt, "Answer 1"), field(prompt, "Answer 2")
+    preference = "tie" if first == second else ("1" if first == expected else "2")
+    return json.dumps({"preference": preference, "reason": f"{expected} is right"})
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakeUpstream]:
+    server = FakeUpstream(vendor="openai", reply=reply).start()
+    yield server
+    server.stop()
+
+
+def suite(judge: str, **extra: Any) -> Any:
+    return parse_suite(
+        {
+            "dataset": "sums",
+            "candidates": [
+                {"name": "good", "model": "good", "prompt": "What is {input}?"},
+                {"name": "bad", "model": "bad", "prompt": "What is {input}?"},
+            ],
+            "pairwise": [{"judge": judge, "a": "good", "b": "bad", **extra}],
+        }
+    )
+
+
+async def test_a_fair_judge_prefers_the_right_answer_in_both_orders(
+    upstream: FakeUpstream, sqlite_db: Database
+) -> None:
+    runner = EvalRunner(make_gateway(upstream.base_url), EvalStore(sqlite_db))
+    report = await runner.run(suite("good"), dataset_of(4))
+    [pair] = report["pairwise"]
+    assert (pair["a"], pair["b"], pair["judge"]) == ("good", "bad", "good")
+    # c0's verdict is unusable: not counted; c1..c3 prefer "good" in both orders.
+    assert pair["judged"] == 3
+    assert (pair["win"], pair["tie"], pair["loss"]) == (1.0, 0.0, 0.0)
+    assert pair["position_disagreement"] == 0.0
+    rows = {row["id"]: row for row in pair["cases"]}
+    assert rows["c0"]["outcome"] is None and rows["c0"]["error"]
+    assert rows["c1"]["outcome"] == "a"
+    assert rows["c1"]["ab"]["preference"] == "1" and rows["c1"]["ba"]["preference"] == "2"
+    assert rows["c1"]["ab"]["reason"] == "3 is right"
+    # Both orders were asked: A first, then B first.
+    judged = [r.json for r in upstream.requests if "Answer 1:" in str(r.json["messages"][-1])]
+    assert len(judged) == 8
+    firsts = {field(str(j["messages"][-1]["content"]), "Answer 1") for j in judged}
+    assert {"3", "4"} <= firsts
+    assert all(j["temperature"] == 0 for j in judged)
+    # Case rows stay the candidates' (compare and other readers are unchanged).
+    assert {row["candidate"] for row in report["cases"]} == {"good", "bad"}
+    # The stored run's report shows the same verdicts, and a resume judges nothing again.
+    before = len(upstream.requests)
+    again = await runner.run(suite("good"), dataset_of(4), run_id=report["run_id"])
+    assert again["pairwise"][0]["win"] == 1.0
+    resumed = [r for r in upstream.requests[before:] if "Answer 1:" in str(r.json["messages"][-1])]
+    assert len(resumed) == 2  # only the unusable c0 is asked again (both orders)
+
+
+async def test_a_judge_biased_to_the_first_position_is_reported(
+    upstream: FakeUpstream, sqlite_db: Database
+) -> None:
+    report = await EvalRunner(make_gateway(upstream.base_url), EvalStore(sqlite_db)).run(
+        suite("bad"), dataset_of(3)
+    )
+    [pair] = report["pairwise"]
+    assert pair["judged"] == 3
+    assert pair["position_disagreement"] == 1.0
+    assert (pair["win"], pair["tie"], pair["loss"]) == (0.0, 0.0, 0.0)
+    assert {row["outcome"] for row in pair["cases"]} == {"inconsistent"}
+
+
+@pytest.mark.parametrize(
+    ("pairwise", "message"),
+    [
+        ({"judge": "good", "a": "good", "b": "nobody"}, "no candidate is named 'nobody'"),
+        ({"judge": "good", "a": "good", "b": "good"}, "two different candidates"),
+        ({"judge": "good", "a": "good", "b": "bad", "prompt": "{x.y}"}, "plain field names"),
+    ],
+)
+def test_pairwise_options_are_checked(pairwise: dict[str, Any], message: str) -> None:
+    with pytest.raises(SuiteError, match=message):
+        parse_suite(
+            {
+                "dataset": "x",
+                "candidates": [{"name": "good", "model": "m"}, {"name": "bad", "model": "m"}],
+                "pairwise": [pairwise],
+            }
+        )
