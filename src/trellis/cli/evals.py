@@ -122,12 +122,12 @@ def _print_summary(report: dict[str, Any]) -> None:
 def eval_init(
     directory: Annotated[Path, typer.Argument(help="Where to put the example suite")] = Path("."),
 ) -> None:
-    """Copy the example suite (the bundled model on capital cities, offline) into DIRECTORY."""
+    """Copy the example suites (bundled model, offline: capitals, red team) into DIRECTORY."""
     from importlib.resources import files
 
     directory.mkdir(parents=True, exist_ok=True)
     examples = files("trellis.evals") / "examples"
-    for name in ("capitals.yaml", "capitals.jsonl"):
+    for name in ("capitals.yaml", "capitals.jsonl", "redteam.yaml", "redteam.jsonl"):
         target = directory / name
         if target.exists():
             err_console.print(f"[yellow]{escape(str(target))} exists; left as it is[/yellow]")
