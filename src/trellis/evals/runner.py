@@ -309,6 +309,11 @@ class EvalRunner:
             if isinstance(citations, list)
             else None
         )
+        passages = (
+            [str(c.get("snippet") or "") for c in citations if isinstance(c, dict)]
+            if isinstance(citations, list)
+            else None
+        )
         if retrieved is not None:
             result["retrieved_ids"] = retrieved
         summary = await costs.get(answer.trace_id)
@@ -323,12 +328,25 @@ class EvalRunner:
         )
         local = [m for m in metrics if not getattr(m, "needs_gateway", False)]
         if all(metric.cheap for metric in local):
-            result["metrics"] = _score(local, output, case, retrieved)
+            result["metrics"] = _score(local, output, case, retrieved, passages)
         else:  # reference metrics and embeddings take milliseconds: off the event loop
-            result["metrics"] = await asyncio.to_thread(_score, local, output, case, retrieved)
+            result["metrics"] = await asyncio.to_thread(
+                _score, local, output, case, retrieved, passages
+            )
         for metric in metrics:
             if getattr(metric, "needs_gateway", False):  # LLM judges: a call of their own
-                value, verdict = await metric.judge(self.gateway, output, case, self.caller)  # type: ignore[attr-defined]
+                judge = metric.judge  # type: ignore[attr-defined]
+                if getattr(metric, "needs_passages", False):  # RAG judges see what was found
+                    value, verdict = await judge(
+                        self.gateway,
+                        output,
+                        case,
+                        self.caller,
+                        retrieved=retrieved,
+                        passages=passages,
+                    )
+                else:
+                    value, verdict = await judge(self.gateway, output, case, self.caller)
                 result["metrics"][metric.name] = None if value is None else round(value, 6)
                 result.setdefault("judgements", {})[metric.name] = verdict
         return result
@@ -343,10 +361,14 @@ class EvalRunner:
 
 
 def _score(
-    metrics: list[Metric], output: str, case: Case, retrieved: list[str] | None = None
+    metrics: list[Metric],
+    output: str,
+    case: Case,
+    retrieved: list[str] | None = None,
+    passages: list[str] | None = None,
 ) -> dict[str, float | None]:
     values: dict[str, float | None] = {}
     for metric in metrics:
-        value = metric(output, case, retrieved)
+        value = metric(output, case, retrieved, passages)
         values[metric.name] = None if value is None else round(value, 6)
     return values
