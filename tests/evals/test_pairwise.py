@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from typer.testing import CliRunner
 
+from trellis.cli import app
 from trellis.evals import EvalRunner, EvalStore, parse_suite
 from trellis.evals.suite import SuiteError
 from trellis.store import Database
@@ -18,6 +21,7 @@ from trellis.testing.fake_upstream import FakeUpstream
 
 sys.path.insert(0, str(Path(__file__).parent))
 from eval_fixtures import answer, dataset_of, make_gateway  # noqa: E402
+from test_cli_evals import config  # noqa: E402, F401  (a fixture, on this module's upstream)
 
 
 def field(prompt: str, name: str) -> str:
@@ -120,3 +124,21 @@ def test_pairwise_options_are_checked(pairwise: dict[str, Any], message: str) ->
                 "pairwise": [pairwise],
             }
         )
+
+
+def test_the_cli_prints_the_pairwise_table(config: Path, tmp_path: Path) -> None:  # noqa: F811
+    # ``config`` (test_cli_evals) points the aliases at this module's ``upstream``.
+    suite_file = tmp_path / "suite.yaml"
+    data = yaml.safe_load(suite_file.read_text())
+    data["pairwise"] = [{"judge": "bad", "a": "good", "b": "bad"}]
+    suite_file.write_text(yaml.safe_dump(data))
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(
+        app,
+        ["eval", "run", str(suite_file), "--json", str(out), "--config", str(config)],
+        env={"COLUMNS": "200"},
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["pairwise"][0]["position_disagreement"] == 1.0
+    assert "pairwise preference" in result.output
+    assert "inconsistent" in result.output and "1.0000" in result.output
