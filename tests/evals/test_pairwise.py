@@ -66,7 +66,14 @@ async def test_a_fair_judge_prefers_the_right_answer_in_both_orders(
     upstream: FakeUpstream, sqlite_db: Database
 ) -> None:
     runner = EvalRunner(make_gateway(upstream.base_url), EvalStore(sqlite_db))
-    report = await runner.run(suite("good"), dataset_of(4))
+    seen: list[tuple[int, int]] = []
+    report = await runner.run(
+        suite("good"), dataset_of(4), progress=lambda d, t: seen.append((d, t))
+    )
+    # Units: 4 cases x 2 candidates, then 4 pairwise judgements; all counted as done.
+    assert seen[0] == (0, 12) and seen[-1] == (12, 12)
+    record = await runner.store.run(report["run_id"])
+    assert (record.total, record.done) == (12, 12)
     [pair] = report["pairwise"]
     assert (pair["a"], pair["b"], pair["judge"]) == ("good", "bad", "good")
     # c0's verdict is unusable: not counted; c1..c3 prefer "good" in both orders.
@@ -142,3 +149,26 @@ def test_the_cli_prints_the_pairwise_table(config: Path, tmp_path: Path) -> None
     assert json.loads(out.read_text())["pairwise"][0]["position_disagreement"] == 1.0
     assert "pairwise preference" in result.output
     assert "inconsistent" in result.output and "1.0000" in result.output
+
+
+async def test_a_failed_candidate_leaves_its_cases_unjudged(
+    upstream: FakeUpstream, sqlite_db: Database
+) -> None:
+    broken = parse_suite(
+        {
+            "dataset": "sums",
+            "candidates": [
+                {"name": "good", "model": "good", "prompt": "What is {input}?"},
+                {"name": "gone", "model": "no-such-alias", "prompt": "What is {input}?"},
+            ],
+            "pairwise": [{"judge": "good", "a": "good", "b": "gone"}],
+        }
+    )
+    runner = EvalRunner(make_gateway(upstream.base_url), EvalStore(sqlite_db))
+    report = await runner.run(broken, dataset_of(2))
+    [pair] = report["pairwise"]
+    assert pair["judged"] == 0 and pair["win"] is None
+    assert all(row["outcome"] is None and row["error"] for row in pair["cases"])
+    assert not any("Answer 1:" in str(r.json["messages"][-1]) for r in upstream.requests)
+    record = await runner.store.run(report["run_id"])
+    assert (record.total, record.done) == (6, 6)

@@ -174,7 +174,7 @@ class EvalRunner:
                     f"candidate {candidate.name!r}: workflow candidates are not supported yet",
                     param="candidates",
                 )
-        total = len(dataset.cases) * len(suite.candidates) * suite.repeats
+        total = _units(suite, dataset)
         if run_id is not None:
             try:
                 record = await self.store.run(run_id)
@@ -214,8 +214,15 @@ class EvalRunner:
             for repeat in range(suite.repeats)
             if (results.get((case.id, candidate.name, repeat)) or {"error": True}).get("error")
         ]
-        total = len(dataset.cases) * len(suite.candidates) * suite.repeats
-        done = total - len(todo)
+        pairs = [
+            (index, case, repeat)
+            for index in range(len(suite.pairwise))
+            for case in dataset.cases
+            for repeat in range(suite.repeats)
+            if (results.get((case.id, pair_key(index), repeat)) or {"error": True}).get("error")
+        ]
+        total = _units(suite, dataset)
+        done = total - len(todo) - len(pairs)
         if progress is not None:
             progress(done, total)
         costs = _Costs()
@@ -235,33 +242,30 @@ class EvalRunner:
                 progress(done, total)
 
         async def compare(index: int, case: Case, repeat: int) -> None:
+            nonlocal done
             spec = suite.pairwise[index]
             a = results.get((case.id, spec.a, repeat)) or {}
             b = results.get((case.id, spec.b, repeat)) or {}
-            if a.get("error") is not None or b.get("error") is not None or not a or not b:
-                return  # a candidate failed: nothing to compare
-            async with limit:
-                verdict = await judge_pair(
-                    self.gateway, spec, case, a["output"], b["output"], self.caller
-                )
+            verdict: dict[str, Any]
+            if not a or not b or a.get("error") is not None or b.get("error") is not None:
+                # Nothing to compare; stored as failed, so a resume tries again.
+                verdict = {"outcome": None, "error": "a candidate has no output for this case"}
+            else:
+                async with limit:
+                    verdict = await judge_pair(
+                        self.gateway, spec, case, a["output"], b["output"], self.caller
+                    )
             key: ResultKey = (case.id, pair_key(index), repeat)
             writer.add(key, verdict)
             results[key] = verdict
+            done += 1
+            if progress is not None:
+                progress(done, total)
 
         try:
             await asyncio.gather(*(one(*unit) for unit in todo))
             # Pairwise judging needs both candidates' outputs: after the runs.
-            await asyncio.gather(
-                *(
-                    compare(index, case, repeat)
-                    for index in range(len(suite.pairwise))
-                    for case in dataset.cases
-                    for repeat in range(suite.repeats)
-                    if (results.get((case.id, pair_key(index), repeat)) or {"error": True}).get(
-                        "error"
-                    )
-                )
-            )
+            await asyncio.gather(*(compare(*pair) for pair in pairs))
             await writer.close()
         except BaseException as exc:
             writer.task.cancel()
@@ -358,6 +362,12 @@ class EvalRunner:
         return build_report(
             run_id, suite, dataset, self.metrics(suite), results, status=record.status
         )
+
+
+def _units(suite: Suite, dataset: Dataset) -> int:
+    """A run's units: one per (case, candidate, repeat) and per (case, pair, repeat)."""
+    per_repeat = len(suite.candidates) + len(suite.pairwise)
+    return len(dataset.cases) * per_repeat * suite.repeats
 
 
 def _score(
