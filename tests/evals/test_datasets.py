@@ -115,3 +115,11 @@ async def test_versions_are_stored_once_and_read_back(db: Database) -> None:
     )
     with pytest.raises(NotFoundError):
         await store.dataset("qa@000000000000")
+
+
+def test_unescaped_line_separators_inside_json_strings_stay_in_the_case() -> None:
+    # JSON allows U+2028, U+2029 and U+0085 raw inside strings; only "\n" ends a line.
+    text = '{"id": "a", "input": "one\u2028two\u0085three"}\r\n{"id": "b", "input": "x"}\n'
+    dataset = parse_dataset(text, name="seps")
+    assert [case.id for case in dataset.cases] == ["a", "b"]
+    assert dataset.cases[0].input == "one\u2028two\u0085three"

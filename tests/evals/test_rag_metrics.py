@@ -89,12 +89,32 @@ async def test_a_grounded_candidate_is_scored_on_its_citations(
                         "params": {"trellis": {"top_k": 2}},
                     }
                 ],
-                "metrics": ["ndcg", {"name": "recall", "k": 1}, "mrr"],
+                "metrics": [
+                    "ndcg",
+                    {"name": "recall", "k": 1},
+                    "mrr",
+                    "context_precision",
+                    "context_recall",
+                    "faithfulness",
+                ],
             }
         )
         report = await EvalRunner(gateway, EvalStore(db)).run(suite, dataset)
     for row in report["cases"]:
         assert row["error"] is None, row["error"]
         assert row["retrieved_ids"][0] == row["id"]  # the right document ranked first
-        assert row["metrics"] == {"ndcg": 1.0, "recall": 1.0, "mrr": 1.0}
-    assert report["candidates"]["rag"]["metrics"] == {"ndcg": 1.0, "recall": 1.0, "mrr": 1.0}
+        metrics = row["metrics"]
+        assert {k: metrics[k] for k in ("ndcg", "recall", "mrr")} == {
+            "ndcg": 1.0,
+            "recall": 1.0,
+            "mrr": 1.0,
+        }
+        # Two documents retrieved (top_k 2), one of them relevant; the relevant one found.
+        assert len(set(row["retrieved_ids"])) == 2
+        assert metrics["context_precision"] == 0.5
+        assert metrics["context_recall"] == 1.0
+    # "It opened in 1937.": every content word is in the bridge passage's snippet.
+    rows = {row["id"]: row for row in report["cases"]}
+    assert rows["bridge"]["metrics"]["faithfulness"] == 1.0
+    summary = report["candidates"]["rag"]["metrics"]
+    assert summary["context_precision"] == 0.5 and summary["context_recall"] == 1.0

@@ -130,18 +130,37 @@ def _print_summary(report: dict[str, Any]) -> None:
             str(summary["errors"]),
         )
     console.print(table)
+    if report.get("pairwise"):
+        _print_pairwise(report["pairwise"])
+
+
+def _print_pairwise(pairs: list[dict[str, Any]]) -> None:
+    """Win/tie/loss of a against b, and how often the two orders disagreed."""
+    table = Table(title="pairwise preference (both orders)")
+    for column in ("a", "b", "judge", "judged", "win", "tie", "loss", "inconsistent"):
+        table.add_column(column, justify="left" if column in ("a", "b", "judge") else "right")
+    for pair in pairs:
+        rates = [pair[k] for k in ("win", "tie", "loss", "position_disagreement")]
+        table.add_row(
+            escape(pair["a"]),
+            escape(pair["b"]),
+            escape(pair["judge"]),
+            str(pair["judged"]),
+            *("-" if v is None else f"{v:.4f}" for v in rates),
+        )
+    console.print(table)
 
 
 @eval_app.command("init")
 def eval_init(
     directory: Annotated[Path, typer.Argument(help="Where to put the example suite")] = Path("."),
 ) -> None:
-    """Copy the example suite (the bundled model on capital cities, offline) into DIRECTORY."""
+    """Copy the example suites (bundled model, offline: capitals, red team) into DIRECTORY."""
     from importlib.resources import files
 
     directory.mkdir(parents=True, exist_ok=True)
     examples = files("trellis.evals") / "examples"
-    for name in ("capitals.yaml", "capitals.jsonl"):
+    for name in ("capitals.yaml", "capitals.jsonl", "redteam.yaml", "redteam.jsonl"):
         target = directory / name
         if target.exists():
             err_console.print(f"[yellow]{escape(str(target))} exists; left as it is[/yellow]")

@@ -11,6 +11,7 @@ import numpy as np
 
 from trellis.evals.datasets import Case, Dataset
 from trellis.evals.metrics import Metric
+from trellis.evals.pairwise import summarize
 from trellis.evals.store import ResultKey
 from trellis.evals.suite import Suite
 
@@ -95,7 +96,7 @@ def build_report(
             },
             "cost": round(sum(float(r.get("cost") or 0.0) for _, r in done), 10),
         }
-    return {
+    report: dict[str, Any] = {
         "format": FORMAT,
         "run_id": run_id,
         "status": status,
@@ -106,6 +107,11 @@ def build_report(
         "candidates": candidates,
         "cases": rows,
     }
+    if suite.pairwise:
+        report["pairwise"] = summarize(
+            suite.pairwise, [c.id for c in dataset.cases], suite.repeats, results
+        )
+    return report
 
 
 def _round(value: float | None) -> float | None:

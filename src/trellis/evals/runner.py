@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from trellis.errors import ConflictError, InvalidRequestError, NotFoundError, TrellisError
 from trellis.evals.datasets import Case, Dataset, load_dataset
 from trellis.evals.metrics import Metric, build_metrics
+from trellis.evals.pairwise import judge_pair, pair_key
 from trellis.evals.report import build_report
 from trellis.evals.store import EvalStore, ResultKey
 from trellis.evals.suite import Candidate, Suite, render
@@ -191,7 +192,7 @@ class EvalRunner:
                     f"is registered (registered: {sorted(self.workflows.names)})",
                     param="candidates",
                 )
-        total = len(dataset.cases) * len(suite.candidates) * suite.repeats
+        total = _units(suite, dataset)
         if run_id is not None:
             try:
                 record = await self.store.run(run_id)
@@ -231,8 +232,15 @@ class EvalRunner:
             for repeat in range(suite.repeats)
             if (results.get((case.id, candidate.name, repeat)) or {"error": True}).get("error")
         ]
-        total = len(dataset.cases) * len(suite.candidates) * suite.repeats
-        done = total - len(todo)
+        pairs = [
+            (index, case, repeat)
+            for index in range(len(suite.pairwise))
+            for case in dataset.cases
+            for repeat in range(suite.repeats)
+            if (results.get((case.id, pair_key(index), repeat)) or {"error": True}).get("error")
+        ]
+        total = _units(suite, dataset)
+        done = total - len(todo) - len(pairs)
         if progress is not None:
             progress(done, total)
         costs = _Costs()
@@ -251,8 +259,31 @@ class EvalRunner:
             if progress is not None:
                 progress(done, total)
 
+        async def compare(index: int, case: Case, repeat: int) -> None:
+            nonlocal done
+            spec = suite.pairwise[index]
+            a = results.get((case.id, spec.a, repeat)) or {}
+            b = results.get((case.id, spec.b, repeat)) or {}
+            verdict: dict[str, Any]
+            if not a or not b or a.get("error") is not None or b.get("error") is not None:
+                # Nothing to compare; stored as failed, so a resume tries again.
+                verdict = {"outcome": None, "error": "a candidate has no output for this case"}
+            else:
+                async with limit:
+                    verdict = await judge_pair(
+                        self.gateway, spec, case, a["output"], b["output"], self.caller
+                    )
+            key: ResultKey = (case.id, pair_key(index), repeat)
+            writer.add(key, verdict)
+            results[key] = verdict
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
         try:
             await asyncio.gather(*(one(*unit) for unit in todo))
+            # Pairwise judging needs both candidates' outputs: after the runs.
+            await asyncio.gather(*(compare(*pair) for pair in pairs))
             await writer.close()
         except BaseException as exc:
             writer.task.cancel()
@@ -302,6 +333,11 @@ class EvalRunner:
             if isinstance(citations, list)
             else None
         )
+        passages = (
+            [str(c.get("snippet") or "") for c in citations if isinstance(c, dict)]
+            if isinstance(citations, list)
+            else None
+        )
         if retrieved is not None:
             result["retrieved_ids"] = retrieved
         summary = await costs.get(answer.trace_id)
@@ -314,7 +350,7 @@ class EvalRunner:
             output_tokens=usage.completion_tokens if usage else 0,
             cost=float(summary.get("cost") or 0.0),
         )
-        await self._measure(result, metrics, output, case, retrieved)
+        await self._measure(result, metrics, output, case, retrieved, passages)
         return result
 
     async def _measure(
@@ -324,16 +360,31 @@ class EvalRunner:
         output: str,
         case: Case,
         retrieved: list[str] | None,
+        passages: list[str] | None,
     ) -> None:
-        """Score ``output`` with every metric into ``result["metrics"]``."""
+        """Score ``output`` with every metric into ``result["metrics"]``; ``retrieved`` and
+        ``passages`` are a grounded answer's cited documents and their text (RAG metrics)."""
         local = [m for m in metrics if not getattr(m, "needs_gateway", False)]
         if all(metric.cheap for metric in local):
-            result["metrics"] = _score(local, output, case, retrieved)
+            result["metrics"] = _score(local, output, case, retrieved, passages)
         else:  # reference metrics and embeddings take milliseconds: off the event loop
-            result["metrics"] = await asyncio.to_thread(_score, local, output, case, retrieved)
+            result["metrics"] = await asyncio.to_thread(
+                _score, local, output, case, retrieved, passages
+            )
         for metric in metrics:
             if getattr(metric, "needs_gateway", False):  # LLM judges: a call of their own
-                value, verdict = await metric.judge(self.gateway, output, case, self.caller)  # type: ignore[attr-defined]
+                judge = metric.judge  # type: ignore[attr-defined]
+                if getattr(metric, "needs_passages", False):  # RAG judges see what was found
+                    value, verdict = await judge(
+                        self.gateway,
+                        output,
+                        case,
+                        self.caller,
+                        retrieved=retrieved,
+                        passages=passages,
+                    )
+                else:
+                    value, verdict = await judge(self.gateway, output, case, self.caller)
                 result["metrics"][metric.name] = None if value is None else round(value, 6)
                 result.setdefault("judgements", {})[metric.name] = verdict
 
@@ -382,7 +433,7 @@ class EvalRunner:
             output = output[candidate.workflow_output]
         text = output if isinstance(output, str) else json.dumps(output, sort_keys=True)
         result["output"] = text
-        await self._measure(result, metrics, text, case, None)
+        await self._measure(result, metrics, text, case, None, None)
         return result
 
     async def report(self, run_id: str, suite: Suite, dataset: Dataset) -> dict[str, Any]:
@@ -394,11 +445,21 @@ class EvalRunner:
         )
 
 
+def _units(suite: Suite, dataset: Dataset) -> int:
+    """A run's units: one per (case, candidate, repeat) and per (case, pair, repeat)."""
+    per_repeat = len(suite.candidates) + len(suite.pairwise)
+    return len(dataset.cases) * per_repeat * suite.repeats
+
+
 def _score(
-    metrics: list[Metric], output: str, case: Case, retrieved: list[str] | None = None
+    metrics: list[Metric],
+    output: str,
+    case: Case,
+    retrieved: list[str] | None = None,
+    passages: list[str] | None = None,
 ) -> dict[str, float | None]:
     values: dict[str, float | None] = {}
     for metric in metrics:
-        value = metric(output, case, retrieved)
+        value = metric(output, case, retrieved, passages)
         values[metric.name] = None if value is None else round(value, 6)
     return values

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from trellis.errors import InvalidRequestError
 
-__all__ = ["Candidate", "MetricSpec", "Suite", "SuiteError", "load_suite", "render"]
+__all__ = ["Candidate", "MetricSpec", "PairwiseSpec", "Suite", "SuiteError", "load_suite", "render"]
 
 
 class SuiteError(InvalidRequestError):
@@ -134,6 +134,40 @@ class MetricSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
+DEFAULT_PAIRWISE_PROMPT = (
+    "You are comparing two answers to the same question.\n"
+    "Criteria: {criteria}\n\n"
+    "Question: {input}\n"
+    "Reference answer (may be empty): {expected}\n"
+    "Answer 1: {first}\n"
+    "Answer 2: {second}\n\n"
+    "Which answer is better? Reply as JSON: "
+    '{{"preference": "1" or "2" or "tie", "reason": "<one sentence>"}}'
+)
+
+#: The key prefix of stored pairwise verdicts (no candidate may be named so).
+PAIRWISE_PREFIX = "pairwise#"
+
+
+class PairwiseSpec(BaseModel):
+    """``{judge: ALIAS, a: CANDIDATE, b: CANDIDATE, criteria: "..."}`` in a suite."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    judge: str = Field(min_length=1)
+    a: str = Field(min_length=1)
+    b: str = Field(min_length=1)
+    criteria: str = "Which answer is more correct, helpful and concise?"
+    prompt: str = DEFAULT_PAIRWISE_PROMPT
+    max_tokens: int = Field(default=128, ge=1, le=4096)
+
+    @field_validator("prompt")
+    @classmethod
+    def _safe_template(cls, value: str) -> str:
+        template_fields(value)
+        return value
+
+
 class Suite(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -144,6 +178,8 @@ class Suite(BaseModel):
     metrics: list[MetricSpec] = Field(default_factory=list)
     repeats: int = Field(default=1, ge=1, le=100)
     concurrency: int = Field(default=4, ge=1, le=256)
+    #: Pairwise preference judging between two candidates (evals/pairwise.py).
+    pairwise: list[PairwiseSpec] = Field(default_factory=list)
 
     @field_validator("metrics", mode="before")
     @classmethod
@@ -158,6 +194,17 @@ class Suite(BaseModel):
         duplicate = next((n for n in names if names.count(n) > 1), None)
         if duplicate is not None:
             raise ValueError(f"two candidates are named {duplicate!r}")
+        reserved = next((n for n in names if n.startswith(PAIRWISE_PREFIX)), None)
+        if reserved is not None:
+            raise ValueError(
+                f"candidate {reserved!r}: names starting {PAIRWISE_PREFIX!r} are reserved"
+            )
+        for spec in self.pairwise:
+            for side in (spec.a, spec.b):
+                if side not in names:
+                    raise ValueError(f"pairwise: no candidate is named {side!r}")
+            if spec.a == spec.b:
+                raise ValueError("pairwise: a and b must be two different candidates")
         return self
 
 
