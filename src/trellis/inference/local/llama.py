@@ -410,6 +410,43 @@ def _check_grammar(llama: Any, grammar: str) -> None:
 _Emit = Callable[[tuple[str, Any]], None]
 
 
+def complete_structured(
+    label: str,
+    body: dict[str, Any],
+    structured: StructuredOutput,
+    schema_attempts: int,
+    complete: Callable[[dict[str, Any]], dict[str, Any]],
+    cancel: threading.Event,
+) -> dict[str, Any]:
+    """Generate until the answer satisfies the whole schema, ``schema_attempts`` at most
+    (once when greedy: it would be the same answer). Shared by both local engines.
+
+    The grammar cannot express every keyword (minimum/maximum, multipleOf, ...), so a
+    finished answer is validated, and one that does not match is a failed attempt, sampled
+    again with the next seed. An answer cut by ``max_tokens`` (or cancelled) is returned
+    as it is.
+    """
+    attempts = 1 if body.get("temperature") == 0 else schema_attempts
+    problem = None
+    for attempt in range(attempts):
+        result = complete({**body, "seed": (body["seed"] + attempt) % 2**32})
+        choice = result["choices"][0]
+        if choice.get("finish_reason") != "stop" or cancel.is_set():
+            return result
+        problem = structured.violation(choice["message"].get("content") or "")
+        if problem is None:
+            return result
+        log.info("json_schema attempt %d failed validation: %s", attempt + 1, problem)
+    raise InvalidRequestError(
+        f"{label} gave no answer matching response_format's schema in "
+        f"{attempts} attempt(s) (last: {problem}). Its grammar enforces structure and "
+        "types but not every keyword (minimum, maximum, multipleOf...): relax the "
+        "schema or use a larger model.",
+        param="response_format",
+        code="json_schema_unsatisfied",
+    )
+
+
 def local_request(request: ChatRequest, label: str, settings: LocalModelSettings) -> dict[str, Any]:
     """The engine-neutral part of a local model's request: refuses what a local GGUF model
     cannot do (tools, n > 1, non-text parts, logprobs), then the messages (the configured
@@ -748,26 +785,13 @@ class LocalLlamaProvider(Provider):
         sampled again with the next seed. Only the returned attempt is counted in usage.
         An answer cut by ``max_tokens`` is returned as it is, with finish_reason "length".
         """
-        greedy = kwargs.get("temperature") == 0  # the same answer every time
-        attempts = 1 if greedy else self.settings.schema_attempts
-        problem = None
-        for attempt in range(attempts):
-            seeded = {**kwargs, "seed": (kwargs["seed"] + attempt) % 2**32}
-            result = self._complete(llama, seeded, cancel)
-            choice = result["choices"][0]
-            if choice.get("finish_reason") != "stop" or cancel.is_set():
-                return result
-            problem = structured.violation(choice["message"].get("content") or "")
-            if problem is None:
-                return result
-            log.info("json_schema attempt %d failed validation: %s", attempt + 1, problem)
-        raise InvalidRequestError(
-            f"{self.deployment.label} gave no answer matching response_format's schema in "
-            f"{attempts} attempt(s) (last: {problem}). Its grammar enforces structure and "
-            "types but not every keyword (minimum, maximum, multipleOf...): relax the "
-            "schema or use a larger model.",
-            param="response_format",
-            code="json_schema_unsatisfied",
+        return complete_structured(
+            self.deployment.label,
+            kwargs,
+            structured,
+            self.settings.schema_attempts,
+            lambda attempt: self._complete(llama, attempt, cancel),
+            cancel,
         )
 
     def _chat_job(

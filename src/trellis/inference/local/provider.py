@@ -36,6 +36,7 @@ from trellis.inference.local.llama import (
     StructuredOutput,
     _logit_bias,
     compile_json_schema,
+    complete_structured,
     local_request,
 )
 from trellis.inference.tokens import GGUFTokenCounter, bundled_chat_model_path, default_counter
@@ -342,27 +343,14 @@ class LocalEngineProvider(Provider):
         structured: StructuredOutput,
         cancel: threading.Event,
     ) -> Any:
-        """Generate until the answer satisfies the whole schema, ``schema_attempts`` at most."""
-        greedy = body.get("temperature") == 0
-        attempts = 1 if greedy else self.settings.schema_attempts
-        problem = None
-        for attempt in range(attempts):
-            seeded = {**body, "seed": (body["seed"] + attempt) % 2**32}
-            result = self._complete(engine, seeded, cancel)
-            choice = result["choices"][0]
-            if choice.get("finish_reason") != "stop" or cancel.is_set():
-                return result
-            problem = structured.violation(choice["message"].get("content") or "")
-            if problem is None:
-                return result
-            log.info("json_schema attempt %d failed validation: %s", attempt + 1, problem)
-        raise InvalidRequestError(
-            f"{self.deployment.label} gave no answer matching response_format's schema in "
-            f"{attempts} attempt(s) (last: {problem}). Its grammar enforces structure and "
-            "types but not every keyword (minimum, maximum, multipleOf...): relax the "
-            "schema or use a larger model.",
-            param="response_format",
-            code="json_schema_unsatisfied",
+        """Generate until the answer satisfies the whole schema (``complete_structured``)."""
+        return complete_structured(
+            self.deployment.label,
+            body,
+            structured,
+            self.settings.schema_attempts,
+            lambda attempt: self._complete(engine, attempt, cancel),
+            cancel,
         )
 
     def _chat_job(
