@@ -300,10 +300,13 @@ class StructuredOutput:
 _COMPACT_JSON = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
 
 
-def _grammar_converter() -> Callable[[str], str]:
-    """llama.cpp's JSON-schema-to-grammar converter: the C++ one of the engine
-    (``xllamacpp``) when installed, else llama-cpp-python's port of it."""
+def _grammar_converter(engine: str = "llama-server") -> Callable[[str], str]:
+    """llama.cpp's JSON-schema-to-grammar converter for ``engine``: the C++ one of the
+    server engine (``xllamacpp``), else llama-cpp-python's port of it, whose GBNF the
+    llama-cpp-python engine reads (it cannot read the server engine's llguidance grammars)."""
     try:
+        if engine != "llama-server":
+            raise ImportError("llama-cpp-python reads GBNF")
         from xllamacpp import json_schema_to_grammar
     except ImportError:
         pass
@@ -352,7 +355,7 @@ def _closed_objects(node: Any) -> Any:
     return closed
 
 
-def compile_json_schema(schema: dict[str, Any]) -> StructuredOutput:
+def compile_json_schema(schema: dict[str, Any], engine: str = "llama-server") -> StructuredOutput:
     """Grammar and validator for a request's schema; a 400 for one that cannot be enforced.
 
     llama-cpp-python falls back to plain JSON when its converter fails (recursive
@@ -362,7 +365,7 @@ def compile_json_schema(schema: dict[str, Any]) -> StructuredOutput:
         from jsonschema import validators
         from jsonschema.exceptions import SchemaError
 
-        json_schema_to_gbnf = _grammar_converter()
+        json_schema_to_gbnf = _grammar_converter(engine)
     except ImportError as exc:  # part of the `local` extra is missing
         raise ModelNotInstalledError(
             f"json_schema answers of the bundled chat model need {exc.name}: "
@@ -684,7 +687,7 @@ class LocalLlamaProvider(Provider):
                 raise InvalidRequestError(
                     "response_format json_schema needs json_schema.schema", param="response_format"
                 )
-            return compile_json_schema(schema)
+            return compile_json_schema(schema, engine="llama-cpp-python")
         raise UnsupportedFeatureError(
             f"{self.deployment.label} does not support response_format {kind!r}",
             param="response_format",
