@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ from trellis.orchestration import (
     MemoryRunStore,
     RunRecord,
     RunStatus,
+    SqliteRunStore,
     SqlRunStore,
     Workflow,
     Workflows,
@@ -65,15 +65,23 @@ def _function(fn: Any, name: str) -> FunctionStep:
     return FunctionStep(fn, name=name)
 
 
-@pytest.fixture(params=["sql", "memory"])
-async def store(request: pytest.FixtureRequest, db: Database) -> AsyncIterator[RunStore]:
-    """SqlRunStore on SQLite and Postgres (the ``db`` fixture), and the memory store."""
+@pytest.fixture(
+    params=[
+        "sqlite",
+        "sqlite-direct",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        "memory",
+    ]
+)
+def store(request: pytest.FixtureRequest) -> RunStore:
+    """SqlRunStore on SQLite and Postgres, the direct SQLite store (the default on a file),
+    and the memory store, each on a fresh database."""
     if request.param == "memory":
-        if not db.is_sqlite:
-            pytest.skip("the memory store once is enough")
-        yield MemoryRunStore()
-    else:
-        yield SqlRunStore(db)
+        return MemoryRunStore()
+    database = request.getfixturevalue(
+        "postgres_db" if request.param == "postgres" else "sqlite_db"
+    )
+    return SqliteRunStore(database) if request.param == "sqlite-direct" else SqlRunStore(database)
 
 
 async def test_a_limit_of_two_runs_five_runs_two_at_a_time_in_order(store: RunStore) -> None:
