@@ -511,25 +511,25 @@ def local_request(request: ChatRequest, label: str, settings: LocalModelSettings
     return kwargs
 
 
-class LocalLlamaProvider(Provider):
-    """Chat completions from a GGUF model in this process (the bundled SmolLM2 by default)."""
+def usage_of(usage: dict[str, Any]) -> Usage:
+    """OpenAI usage from an engine's usage dict (missing counts are 0)."""
+    return Usage(
+        prompt_tokens=int(usage.get("prompt_tokens", 0)),
+        completion_tokens=int(usage.get("completion_tokens", 0)),
+        total_tokens=int(usage.get("total_tokens", 0)),
+    )
+
+
+class GGUFChatProvider(Provider):
+    """What both local engines share: the GGUF file they serve, token counting by its
+    vocabulary, and the OpenAI response of a finished completion. Subclasses set
+    ``settings`` and ``_counter`` (None) in their constructor."""
 
     system: ClassVar[str] = "trellis.local"
+    #: No native tool calls: agent steps on it use constrained JSON turns.
     tool_calling: ClassVar[bool] = False
-
-    def __init__(self, deployment: Deployment, settings: LocalModelSettings | None = None) -> None:
-        super().__init__(deployment)
-        self.settings = settings or LocalModelSettings()
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="trellis-llama"
-        )
-        self._llama: Any = None  # touched only on the worker thread
-        self._closed = False
-        self._counter: GGUFTokenCounter | None = None
-        #: Seconds the last model load took (None until loaded): for `trellis doctor`.
-        self.load_seconds: float | None = None
-
-    # --- public API -----------------------------------------------------------
+    settings: LocalModelSettings
+    _counter: GGUFTokenCounter | None
 
     @property
     def model_path(self) -> Path:
@@ -545,6 +545,51 @@ class LocalLlamaProvider(Provider):
             )
         return bundled
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text`` by this model's own vocabulary (loaded vocab-only, cached).
+
+        Independent of the loaded model, so counting never waits behind a generation.
+        """
+        if self._counter is None:
+            self._counter = (
+                GGUFTokenCounter(self.settings.model_path)
+                if self.settings.model_path
+                else default_counter()
+            )
+        return self._counter.count(text)
+
+    def _response(self, result: dict[str, Any]) -> ChatResponse:
+        """The OpenAI response of an engine's finished (non-streamed) completion."""
+        choice = result["choices"][0]
+        return ChatResponse(
+            model=self.deployment.model,
+            choices=[
+                ChatChoice(
+                    message=ResponseMessage(content=choice["message"].get("content") or ""),
+                    finish_reason=choice.get("finish_reason") or "stop",
+                )
+            ],
+            usage=usage_of(result.get("usage") or {}),
+        )
+
+
+class LocalLlamaProvider(GGUFChatProvider):
+    """Chat completions from a GGUF model in this process (the bundled SmolLM2 by default)."""
+
+    def __init__(self, deployment: Deployment, settings: LocalModelSettings | None = None) -> None:
+        super().__init__(deployment)
+        self.settings = settings or LocalModelSettings()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="trellis-llama"
+        )
+        self._llama: Any = None  # touched only on the worker thread
+        self._closed = False
+        self._counter: GGUFTokenCounter | None = None
+        #: Seconds the last model load took (None until loaded): for `trellis doctor`.
+        self.load_seconds: float | None = None
+
+    # --- public API -----------------------------------------------------------
+
     async def load(self) -> None:
         """Load the model now instead of on the first request (warm-up at start-up)."""
         await self._run(self._ensure_loaded)
@@ -557,22 +602,7 @@ class LocalLlamaProvider(Provider):
         except asyncio.CancelledError:
             cancel.set()  # a timed-out request must not keep the model busy
             raise
-        choice = result["choices"][0]
-        usage = result.get("usage") or {}
-        return ChatResponse(
-            model=self.deployment.model,
-            choices=[
-                ChatChoice(
-                    message=ResponseMessage(content=choice["message"].get("content") or ""),
-                    finish_reason=choice.get("finish_reason") or "stop",
-                )
-            ],
-            usage=Usage(
-                prompt_tokens=usage.get("prompt_tokens", 0),
-                completion_tokens=usage.get("completion_tokens", 0),
-                total_tokens=usage.get("total_tokens", 0),
-            ),
-        )
+        return self._response(result)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         kwargs, structured = self._completion_kwargs(request)
@@ -630,19 +660,6 @@ class LocalLlamaProvider(Provider):
         """Prompt and sampled tokens of the latest generation (for metrics and tests)."""
         llama = self._llama
         return None if llama is None else llama.generation
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens in ``text`` by this model's own vocabulary (loaded vocab-only, cached).
-
-        Independent of the loaded model, so counting never waits behind a generation.
-        """
-        if self._counter is None:
-            self._counter = (
-                GGUFTokenCounter(self.settings.model_path)
-                if self.settings.model_path
-                else default_counter()
-            )
-        return self._counter.count(text)
 
     async def aclose(self) -> None:
         if self._closed:

