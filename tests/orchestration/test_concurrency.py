@@ -132,7 +132,10 @@ async def test_queued_runs_survive_a_restart(db: Database) -> None:
         assert claimed == ids[:2]  # oldest first, within the limit
         runs = [await second.wait(i) for i in ids]
     assert [r.status for r in runs] == [RunStatus.SUCCEEDED] * 4
-    assert sorted(gauge.entered[1:3]) == [0, 1] and gauge.entered[3:] == [2, 3]
+    # 0 and 1 first (claimed oldest first, above); 2 and 3 only once those freed their
+    # slots. When both slots free at once, 2 and 3 are claimed in one batch and start
+    # together, so which enters the step first is up to the database round trips.
+    assert sorted(gauge.entered[1:3]) == [0, 1] and sorted(gauge.entered[3:]) == [2, 3]
     assert gauge.peak <= 2
     assert [r.recoveries for r in runs] == [1, 0, 0, 0]  # queued runs were never recovered
 
