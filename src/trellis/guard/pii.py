@@ -80,16 +80,20 @@ def _card(text: str) -> bool:
         return False
     # Issuer prefixes (Visa, Mastercard, Amex, Discover, JCB, Diners, UnionPay, Maestro):
     # a Luhn-valid order number passes one time in ten, an issuer prefix seldom.
-    two, four = int(digits[:2]), int(digits[:4])
-    return (
-        digits[0] == "4"
-        or 51 <= two <= 55
-        or 2221 <= four <= 2720
-        or two in (34, 37, 35, 36, 38, 30, 62, 65)
-        or four == 6011
-        or 644 <= int(digits[:3]) <= 649
-        or two in (50, 56, 57, 58, 63, 67)
-    )
+    two, four, n = int(digits[:2]), int(digits[:4]), len(digits)
+    if two in (34, 37):  # American Express
+        return n == 15
+    if digits[0] == "4":  # Visa
+        return n in (13, 16, 19)
+    if 51 <= two <= 55 or 2221 <= four <= 2720:  # Mastercard
+        return n == 16
+    if four == 6011 or two == 65 or 644 <= int(digits[:3]) <= 649:  # Discover
+        return 16 <= n <= 19
+    if two in (35, 62):  # JCB, UnionPay
+        return 16 <= n <= 19
+    if two in (36, 38, 30):  # Diners Club
+        return 14 <= n <= 19
+    return two in (50, 56, 57, 58, 63, 67) and 12 <= n <= 19  # Maestro
 
 
 def _jwt(text: str) -> bool:
@@ -186,7 +190,7 @@ _RULES: dict[str, tuple[re.Pattern[str], _Validator]] = {
     ),
     "credit_card": (
         re.compile(
-            r"(?<![\d-])(?:\d{13,19}|\d{4}(?P<cs>[ -])\d{4}(?:(?P=cs)\d{4}){1,2}"
+            r"(?<![\d-])(?<![A-Z]{2}\d{2} )(?:\d{13,19}|\d{4}(?P<cs>[ -])\d{4}(?:(?P=cs)\d{4}){1,2}"
             r"(?:(?P=cs)\d{1,4})?|\d{4}[ -]\d{6}[ -]\d{5})(?![\d-])"
         ),
         _prefix_at_spaces(_card),
