@@ -1,0 +1,79 @@
+"""Privacy and output guard errors as an HTTP client sees them: OpenAI-style bodies
+with their status, and a blocked stream that ends with an error event."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import orjson
+
+from trellis.settings import Settings
+from trellis.testing.fake_upstream import FakeUpstream
+from trellis.testing.server import ServerThread, wait_for_trace
+
+from .conftest import ADMIN_KEY, gateway_settings
+
+KEY = "AKIAIOSFODNN7EXAMPLE"
+
+
+def settings(tmp_path: Path, upstream: FakeUpstream) -> Settings:
+    hosted = {
+        "provider": "openai-compatible",
+        "model": "m",
+        "base_url": upstream.base_url,
+        "in_house": False,
+    }
+    models = [
+        {"name": "private", "deployments": [hosted], "privacy": {"pii": "block"}},
+        {
+            "name": "guarded",
+            "deployments": [hosted],
+            "guard": {"canary": True, "output": {"pii": "block", "hold_back": 16}},
+        },
+    ]
+    return gateway_settings(tmp_path, upstream, models=models)
+
+
+def test_errors_over_http(
+    make_server: Callable[[Settings], ServerThread], tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    server = make_server(settings(tmp_path, upstream))
+    with httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30
+    ) as client:
+        refused = client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "private",
+                "messages": [{"role": "user", "content": "me@corp.example.com"}],
+            },
+        )
+        assert refused.status_code == 400
+        error = refused.json()["error"]
+        assert error["code"] == "pii_detected" and "email" in error["message"]
+        assert "corp.example" not in refused.text
+
+        upstream.reply = f"The key you wanted is {KEY} and nothing else follows here."
+        upstream.piece_chars = 4
+        body = {"model": "guarded", "messages": [{"role": "user", "content": "key?"}]}
+        blocked = client.post("/v1/chat/completions", json=body)
+        assert blocked.status_code == 422
+        assert blocked.json()["error"]["code"] == "output_blocked"
+        assert KEY not in blocked.text
+
+        with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as sse:
+            assert sse.status_code == 200
+            trace_id = sse.headers["x-trellis-trace-id"]
+            events = [line[6:] for line in sse.iter_lines() if line.startswith("data: ")]
+        assert events[-1] != "[DONE]"
+        last = orjson.loads(events[-1])
+        assert last["error"]["code"] == "output_blocked"
+        sent = "".join(
+            c["delta"].get("content") or "" for e in events[:-1] for c in orjson.loads(e)["choices"]
+        )
+        assert sent and len(sent) <= upstream.reply.index(KEY)  # nothing of the key
+        trace = wait_for_trace(client, trace_id)
+        assert trace["status"] == "error"
+        assert KEY not in orjson.dumps(trace).decode()
