@@ -105,17 +105,41 @@ def _jwt(text: str) -> bool:
     return b'"alg"' in decoded or b'"typ"' in decoded
 
 
+_KEY_PREFIX = re.compile(
+    r"^(?:(?:sk|pk|rk)[-_](?:proj-|ant-(?:api\d\d-)?|live_|test_|live-|test-)?|xox[abposr]-|AIza)"
+)
+
+
 def _key_body(text: str) -> bool:
-    """An API key's random part: digits and letters mixed, not hyphenated words."""
-    body = text.split("-", 1)[1] if "-" in text else text
-    digits = sum(c.isdigit() for c in body)
-    letters = sum(c.isalpha() for c in body)
-    return digits >= 2 and letters >= 4
+    """An API key's random part: letters with digits or with mixed case, not words."""
+    body = _KEY_PREFIX.sub("", text).replace("-", "").replace("_", "")
+    has_digit = any(c.isdigit() for c in body)
+    has_lower = any(c.islower() for c in body)
+    has_upper = any(c.isupper() for c in body)
+    return len(body) >= 16 and (has_lower or has_upper) and (has_digit or (has_lower and has_upper))
+
+
+#: IBAN lengths by country (ISO 13616 registry, the countries most often seen); others
+#: need only the general 15-34.
+_IBAN_LENGTHS = {
+    "AD": 24, "AT": 20, "BE": 16, "BG": 22, "CH": 21, "CY": 28, "CZ": 24, "DE": 22, "DK": 18,
+    "EE": 20, "ES": 24, "FI": 18, "FR": 27, "GB": 22, "GR": 27, "HR": 21, "HU": 28, "IE": 22,
+    "IS": 26, "IT": 27, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MT": 31, "NL": 18,
+    "NO": 15, "PL": 28, "PT": 25, "RO": 24, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "TR": 26,
+}  # fmt: skip
+
+
+def _iban(text: str) -> bool:
+    compact = text.replace(" ", "")
+    expected = _IBAN_LENGTHS.get(compact[:2])
+    return (expected is None or len(compact) == expected) and iban_valid(compact)
 
 
 def _secret_value(text: str) -> bool:
     if text[0] in "<$%{[(*" or set(text) <= set("*xX.-_#"):
         return False  # a template, a variable or a mask, not a value
+    if "(" in text or "[" in text:
+        return False  # code that reads the value (os.environ[...]), not the value
     return text.lower() not in {"password", "changeme", "required", "optional", "none", "null"}
 
 
@@ -174,7 +198,7 @@ _RULES: dict[str, tuple[re.Pattern[str], _Validator]] = {
     ),
     "secret": (
         re.compile(
-            r"(?i:\b(?:password|passwd|pwd|secret|client[_-]?secret|api[_-]?key|"
+            r"(?i:(?<![a-z])(?:password|passwd|pwd|secret|client[_-]?secret|api[_-]?key|"
             r"access[_-]?token|auth[_-]?token|private[_-]?token)\b)"
             r"[\"']?\s*(?:[:=]|\bis\b)\s*[\"']?(?P<value>[^\s\"',;]{6,})"
         ),
@@ -186,7 +210,7 @@ _RULES: dict[str, tuple[re.Pattern[str], _Validator]] = {
     ),
     "iban": (
         re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"),
-        _prefix_at_spaces(iban_valid),
+        _prefix_at_spaces(_iban),
     ),
     "credit_card": (
         re.compile(
@@ -211,7 +235,7 @@ _RULES: dict[str, tuple[re.Pattern[str], _Validator]] = {
     ),
     "ip_address": (
         re.compile(
-            r"(?<![\d.\w])(?<!version )(?<!Version )"
+            r"(?<![\d.\w])(?<!version )(?<!Version )(?<!build )(?<!Build )(?<!release )"
             rf"(?:{_IPV4_OCTET}\.){{3}}{_IPV4_OCTET}(?![\d\w]|\.\d)"
             r"|(?<![\w:.])(?=[0-9A-Fa-f:]*[0-9A-Fa-f])(?=(?:[0-9A-Fa-f]{0,4}:){2})"
             r"(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])"
@@ -220,7 +244,8 @@ _RULES: dict[str, tuple[re.Pattern[str], _Validator]] = {
     ),
     "phone": (
         re.compile(
-            r"(?:(?<![\w+])\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{1,4}){1,4}"
+            r"(?:(?<![\w+])\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,5}(?:[ .-]\d{1,8}){1,4}"
+            r"|(?<![\w+])\+\d{8,15}"
             r"|(?<![\w(])(?:\(\d{3}\)\s?|\b\d{3}[ .-])\d{3}[ .-]\d{4})\b"
         ),
         _prefix_at_spaces(_phone),
