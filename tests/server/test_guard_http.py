@@ -3,6 +3,7 @@ with their status, and a blocked stream that ends with an error event."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +28,7 @@ def settings(tmp_path: Path, upstream: FakeUpstream) -> Settings:
     }
     models = [
         {"name": "private", "deployments": [hosted], "privacy": {"pii": "block"}},
+        {"name": "redacting", "deployments": [hosted], "privacy": {"pii": "redact"}},
         {
             "name": "guarded",
             "deployments": [hosted],
@@ -54,6 +56,31 @@ def test_errors_over_http(
         error = refused.json()["error"]
         assert error["code"] == "pii_detected" and "email" in error["message"]
         assert "corp.example" not in refused.text
+        listed: list[dict[str, object]] = []
+        for _ in range(100):  # the writer batches: wait for the refused request's trace
+            listed = client.get("/v1/traces", params={"model": "private"}).json()["data"]
+            if listed:
+                break
+            time.sleep(0.05)
+        (summary,) = listed
+        refused_trace = wait_for_trace(client, str(summary["id"]))
+        assert refused_trace["status"] == "error"
+        assert "corp.example" not in orjson.dumps(refused_trace).decode()
+
+        # Redacted: the provider and the stored trace see placeholders, the caller the value.
+        upstream.reply = lambda body: "Will write to " + body["messages"][-1]["content"]
+        ok = client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "redacting",
+                "messages": [{"role": "user", "content": "me@corp.example.com"}],
+            },
+        )
+        assert ok.status_code == 200
+        assert ok.json()["choices"][0]["message"]["content"] == "Will write to me@corp.example.com"
+        assert upstream.requests[-1].json["messages"][-1]["content"] == "<EMAIL_1>"
+        stored = orjson.dumps(wait_for_trace(client, ok.headers["x-trellis-trace-id"])).decode()
+        assert "corp.example" not in stored and "<EMAIL_1>" in stored
 
         upstream.reply = f"The key you wanted is {KEY} and nothing else follows here."
         upstream.piece_chars = 4
