@@ -104,3 +104,42 @@ def test_errors_over_http(
         trace = wait_for_trace(client, trace_id)
         assert trace["status"] == "error"
         assert KEY not in orjson.dumps(trace).decode()
+
+
+def test_grounded_passages_and_query_are_redacted(
+    make_server: Callable[[Settings], ServerThread], tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    hosted = {
+        "provider": "openai-compatible",
+        "model": "m",
+        "base_url": upstream.base_url,
+        "in_house": False,
+    }
+    models = [{"name": "redacting", "deployments": [hosted], "privacy": {"pii": "redact"}}]
+    server = make_server(gateway_settings(tmp_path, upstream, models=models))
+    upstream.reply = "Ask billing."
+    with httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30
+    ) as client:
+        assert client.post("/v1/collections", json={"name": "kb"}).status_code == 201
+        doc = {"id": "billing", "text": "Billing questions go to billing.desk@corp.example.com."}
+        added = client.post("/v1/collections/kb/documents", json={"documents": [doc]})
+        assert added.status_code == 200, added.text
+        question = "Where do billing questions go? I am jo.bloggs@home.example.org"
+        answer = client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "redacting",
+                "messages": [{"role": "user", "content": question}],
+                "trellis": {"collections": ["kb"]},
+            },
+        )
+        assert answer.status_code == 200, answer.text
+        sent = orjson.dumps(upstream.requests[-1].json).decode()
+        assert "corp.example.com" not in sent and "home.example.org" not in sent
+        assert "<EMAIL_1>" in sent and "<EMAIL_2>" in sent
+        trace = wait_for_trace(client, answer.headers["x-trellis-trace-id"])
+        stored = orjson.dumps(trace).decode()
+        assert "home.example.org" not in stored and "corp.example.com" not in stored
+        retrieve = next(s for s in trace["spans"] if s["name"] == "retrieve")
+        assert "<EMAIL_" in retrieve["attributes"]["trellis.retrieval.query"]
