@@ -74,8 +74,10 @@ def test_placeholders_are_stable_and_reversible() -> None:
 
 def test_a_placeholder_in_the_text_itself_is_not_reused() -> None:
     ph = Placeholders()
-    ph._by_token["<EMAIL_1>"] = "kept"  # as if an earlier message had used it
+    earlier = "you wrote <EMAIL_1> last time"  # an earlier turn's text, as stored
+    ph.reserve([earlier, "mail c@z.io"])
     assert ph.redact("mail c@z.io") == "mail <EMAIL_2>"
+    assert ph.restore("<EMAIL_1> and <EMAIL_2>") == "<EMAIL_1> and c@z.io"
 
 
 ANSWER = (

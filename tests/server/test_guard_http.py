@@ -143,3 +143,42 @@ def test_grounded_passages_and_query_are_redacted(
         assert "home.example.org" not in stored and "corp.example.com" not in stored
         retrieve = next(s for s in trace["spans"] if s["name"] == "retrieve")
         assert "<EMAIL_" in retrieve["attributes"]["trellis.retrieval.query"]
+
+
+def test_a_session_keeps_the_callers_values_and_the_next_turn_is_redacted_again(
+    make_server: Callable[[Settings], ServerThread], tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    hosted = {
+        "provider": "openai-compatible",
+        "model": "m",
+        "base_url": upstream.base_url,
+        "in_house": False,
+    }
+    models = [{"name": "redacting", "deployments": [hosted], "privacy": {"pii": "redact"}}]
+    server = make_server(gateway_settings(tmp_path, upstream, models=models))
+    upstream.reply = lambda body: "Saved " + body["messages"][-1]["content"]
+    upstream.piece_chars = 3
+
+    def ask(text: str, **extra: object) -> dict[str, object]:
+        return {
+            "model": "redacting",
+            "messages": [{"role": "user", "content": text}],
+            "trellis": {"session_id": "s1"},
+            **extra,
+        }
+
+    with httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30
+    ) as client:
+        with client.stream("POST", "/v1/chat/completions", json=ask("a@x.io", stream=True)) as sse:
+            assert sse.status_code == 200
+            list(sse.iter_lines())
+        answer = client.post("/v1/chat/completions", json=ask("and b@y.io"))
+        assert answer.json()["choices"][0]["message"]["content"] == "Saved and b@y.io"
+        # The second turn's request: the stored turn's values and the new one, each
+        # with its own placeholder; none of them in clear.
+        assert [m["content"] for m in upstream.requests[-1].json["messages"]] == [
+            "<EMAIL_1>",
+            "Saved <EMAIL_1>",
+            "and <EMAIL_2>",
+        ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from trellis.guard.pii import detect
@@ -33,6 +33,8 @@ class Placeholders:
         self._by_value: dict[str, str] = {}
         self._by_token: dict[str, str] = {}
         self._numbers: Counter[str] = Counter()
+        #: Placeholder-shaped text the request itself holds: never handed out, never restored.
+        self._reserved: set[str] = set()
         #: How many values of each kind were replaced (occurrences, not distinct values).
         self.counts: Counter[str] = Counter()
 
@@ -46,11 +48,18 @@ class Placeholders:
             while True:  # never reuse a placeholder the text itself already holds
                 self._numbers[label] += 1
                 token = f"<{label}_{self._numbers[label]}>"
-                if token not in self._by_token:
+                if token not in self._by_token and token not in self._reserved:
                     break
             self._by_value[value] = token
             self._by_token[token] = value
         return token
+
+    def reserve(self, texts: Iterable[str]) -> None:
+        """Keep the placeholder-shaped strings of ``texts`` (an earlier turn that held
+        ``<EMAIL_1>`` as text) out of this request's mapping."""
+        for text in texts:
+            if "<" in text:
+                self._reserved.update(m.group() for m in PLACEHOLDER.finditer(text))
 
     def redact(self, text: str) -> str:
         """``text`` with every detected value replaced by its placeholder."""

@@ -343,9 +343,13 @@ class Gateway:
             for kind in kinds:
                 span.set(f"trellis.privacy.count.{kind}", found[kind])
             call.trace.summary["pii_kinds"] = kinds
-            view = Placeholders()
+            view = Placeholders(decision.redact_kinds if decision.action == "redact" else None)
+            view.reserve(privacy.message_texts(call.request.messages))
             if decision.action == "redact":
-                view = Placeholders(decision.redact_kinds)
+                messages = privacy.redact_messages(call.request.messages, view)
+                call.request = call.request.model_copy(update={"messages": messages})
+                call.placeholders = view
+                span.set("trellis.privacy.placeholders", sum(view.counts.values()))
             self._scrub_trace(call, view)
             named = ", ".join(kinds)
             if decision.action == "block":
@@ -366,11 +370,6 @@ class Gateway:
                 call.route = Route(alias=route.alias, plan=[route.plan[i] for i in decision.keep])
             if decision.action == "route":
                 call.uncacheable = True  # the values stay out of the caches too
-            if decision.action == "redact":
-                messages = privacy.redact_messages(call.request.messages, view)
-                call.request = call.request.model_copy(update={"messages": messages})
-                call.placeholders = view
-                span.set("trellis.privacy.placeholders", sum(view.counts.values()))
 
     def _scrub_trace(self, call: Call, view: Placeholders) -> None:
         """From now on the trace records messages through ``view``; what it holds

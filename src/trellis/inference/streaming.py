@@ -92,7 +92,8 @@ async def relay(
             usage=usage,
         )
         gateway._ensure_usage(call, response)
-        await gateway._remember(call, response)  # the whole answer, before the last chunk
+        # The whole answer, before the last chunk; a session keeps the caller's values.
+        await gateway._remember(call, gateway._restore(call, response))
         if include_usage or call.citations is not None:
             # One final chunk carries usage (when asked for) and citations (when grounded).
             final = ChatChunk(
