@@ -19,7 +19,7 @@ from trellis.observe.tracing import GenAI, Trace
 from trellis.observe.writer import trace_rows
 from trellis.schema import ChatRequest
 from trellis.settings import Deployment, ModelAlias, RetrySettings
-from trellis.testing.fake_upstream import FakeUpstream
+from trellis.testing.fake_upstream import FakeUpstream, ToolCallReply
 from trellis.testing.sinks import ListSink
 
 EMAIL = "alice.martin@example.com"
@@ -399,4 +399,30 @@ async def test_redact_and_output_checks_together_on_a_stream(hosted: FakeUpstrea
     text, error, _ = await stream_text(rig.gateway, request())
     assert error is None
     assert text == "Noted: " + PROMPT + " More at [LINK REMOVED] now."
+    await rig.router.aclose()
+
+
+async def test_tool_call_arguments_get_the_values_back(hosted: FakeUpstream) -> None:
+    def call_tool(body: dict[str, Any]) -> list[ToolCallReply]:
+        to = body["messages"][-1]["content"].split()[-1]  # the placeholder the model saw
+        return [ToolCallReply(name="send_mail", arguments={"to": to, "subject": "hi"})]
+
+    hosted.reply = call_tool
+    rig = Rig(redacting_alias(hosted))
+    req = request(f"Mail {EMAIL}")
+    answer = await rig.gateway.chat(req)
+    (tool_call,) = answer.response.choices[0].message.tool_calls or []
+    assert json.loads(tool_call.function.arguments) == {"to": EMAIL, "subject": "hi"}
+    assert hosted.requests[-1].json["messages"][-1]["content"] == "Mail <EMAIL_1>"
+
+    result = await rig.gateway.chat_stream(req.model_copy(update={"stream": True, "seed": 5}))
+    pieces = [
+        call["function"].get("arguments") or ""
+        async for chunk in result.chunks
+        for choice in chunk.choices
+        for call in choice.delta.tool_calls or []
+        if "function" in call
+    ]
+    assert len(pieces) > 1  # the arguments came in several chunks
+    assert json.loads("".join(pieces)) == {"to": EMAIL, "subject": "hi"}
     await rig.router.aclose()
