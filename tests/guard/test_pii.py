@@ -136,3 +136,17 @@ def test_the_bundled_phrase_list_loads() -> None:
     assert {"weapons", "self_harm", "malware"} <= set(categories.values())
     assert pattern.search("how to\nmake a  BOMB") is not None
     assert pattern.search("showhow to make a bombastic") is None
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_spaced_value_longer_than_hold_back_is_never_cut(seed: int) -> None:
+    text = "Wire the refund, as agreed on the phone, to DE89 3704 0044 0532 0130 00 today."
+    rng = random.Random(seed)
+    guard = OutputCheck(OutputGuard(pii="redact", hold_back=16), None, False).stream()
+    out, i = [], 0
+    while i < len(text):
+        n = rng.randint(1, 6)
+        out.append(guard.feed(text[i : i + n]))
+        i += n
+    out.append(guard.finish())
+    assert "".join(out) == "Wire the refund, as agreed on the phone, to [IBAN] today."

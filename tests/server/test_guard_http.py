@@ -82,7 +82,10 @@ def test_errors_over_http(
         stored = orjson.dumps(wait_for_trace(client, ok.headers["x-trellis-trace-id"])).decode()
         assert "corp.example" not in stored and "<EMAIL_1>" in stored
 
-        upstream.reply = f"The key you wanted is {KEY} and nothing else follows here."
+        upstream.reply = (
+            "Here is the answer you asked for, with a few words of preamble before the "
+            f"key you wanted: {KEY} and nothing else follows here."
+        )
         upstream.piece_chars = 4
         body = {"model": "guarded", "messages": [{"role": "user", "content": "key?"}]}
         blocked = client.post("/v1/chat/completions", json=body)

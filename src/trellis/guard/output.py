@@ -41,6 +41,8 @@ __all__ = [
 #: A stream never holds more than this many characters waiting for whitespace (a
 #: run without any is sent, less the hold-back, past it).
 MAX_HOLD = 8192
+#: The longest PII value with spaces inside (an IBAN of 34 characters in groups of four).
+_SPACED_PII = 48
 #: Characters of already-sent text a stream check looks back over (a keyword before
 #: a secret, a word boundary).
 _CONTEXT = 32
@@ -237,7 +239,15 @@ class StreamGuard:
 
     def __init__(self, check: OutputCheck) -> None:
         self.check = check
-        self.hold_back = check.settings.hold_back
+        # Never less than the longest value with spaces inside (an IBAN in groups of
+        # four), nor than the longest phrase: either could otherwise be cut and its
+        # beginning sent before the rest arrives.
+        floor = [check.settings.hold_back]
+        if check.settings.pii != "off":
+            floor.append(_SPACED_PII)
+        if check._phrases is not None:
+            floor.append(max((len(p) for p in check._phrases[1]), default=0) + 8)
+        self.hold_back = max(floor)
         #: The whole answer is held when a blocking JSON check needs all of it.
         self.hold_all = check.json == "block"
         self._pending = ""
