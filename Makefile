@@ -63,7 +63,8 @@ test: install-dev pgvector wordnet
 # to LangGraph (LangGraph rows after `bash benchmarks/setup_langgraph.sh`), the eval runner's
 # overhead and seconds per eval metric, 1,000 concurrent workflow runs on SQLite and
 # Postgres, and the local engine against llama-cpp-python (its row after
-# `bash benchmarks/setup_llamacpp_python.sh`) (~30 min in all).
+# `bash benchmarks/setup_llamacpp_python.sh`), and the PII detectors' precision/recall on
+# labelled sets (~30 min in all).
 bench: install-dev
 	$(PY) benchmarks/gateway_overhead.py
 	$(PY) benchmarks/trace_writer.py
@@ -79,6 +80,7 @@ bench: install-dev
 	$(PY) benchmarks/eval_runner.py --metrics --json benchmarks/results/eval_runner.json
 	$(PY) benchmarks/workflow_concurrency.py --postgres
 	$(PY) benchmarks/local_engine.py --json benchmarks/results/local_engine.json
+	$(PY) benchmarks/pii_detectors.py --json benchmarks/results/pii_detectors.json
 
 lint: install-dev
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -39,6 +39,11 @@ __all__ = [
     "LocalModelSettings",
     "MemorySettings",
     "AliasRetrieval",
+    "PrivacyPolicy",
+    "AliasGuard",
+    "OutputGuard",
+    "UrlGuard",
+    "PII_KINDS",
     "AlertRule",
     "AlertSettings",
     "LOCAL_CHAT_ALIAS",
@@ -68,6 +73,95 @@ class Prices(_Strict):
     input: float = Field(default=0.0, ge=0)
     output: float = Field(default=0.0, ge=0)
     cached_input: float | None = Field(default=None, ge=0)
+
+
+#: The PII kinds ``trellis.guard.pii`` detects (a test keeps the two lists equal).
+PiiKind = Literal[
+    "private_key",
+    "jwt",
+    "github_token",
+    "aws_key",
+    "api_key",
+    "secret",
+    "email",
+    "iban",
+    "credit_card",
+    "us_ssn",
+    "uk_nino",
+    "ip_address",
+    "phone",
+]
+PII_KINDS: tuple[str, ...] = PiiKind.__args__  # type: ignore[attr-defined]
+
+
+class PrivacyPolicy(_Strict):
+    """What happens to PII in a request before it leaves for a deployment
+    (docs/configuration.md)."""
+
+    pii: Literal["allow", "redact", "block", "route"] = Field(
+        default="allow",
+        description="allow: send as is; redact: reversible placeholders, restored in the "
+        "answer; block: 400 pii_detected; route: only in-house deployments may serve it",
+    )
+    detectors: list[PiiKind] | None = Field(
+        default=None, description="The kinds that count; default: all of them"
+    )
+
+
+OutputAction = Literal["off", "flag", "redact", "block"]
+
+
+class UrlGuard(_Strict):
+    """Links in answers: only to these domains (and their subdomains)."""
+
+    allow: list[str] = Field(default_factory=list)
+    action: Literal["flag", "redact", "block"] = "redact"
+
+    @field_validator("allow")
+    @classmethod
+    def _domains(cls, domains: list[str]) -> list[str]:
+        return [d.strip().lower().lstrip(".") for d in domains if d.strip()]
+
+
+class OutputGuard(_Strict):
+    """Checks on an alias's answers; each one off, or flag (trace), redact or block."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    pii: OutputAction = "off"
+    detectors: list[PiiKind] | None = Field(
+        default=None, description="PII kinds the pii check looks for; default: all"
+    )
+    canary: OutputAction = Field(
+        default="block", description="The request's canary token in the answer (guard.canary)"
+    )
+    harmful: OutputAction = Field(default="off", description="Phrases of the harmful-content list")
+    harmful_phrases: Path | None = Field(
+        default=None,
+        description="A phrase list (`category: phrase` lines) instead of the bundled one",
+    )
+    urls: UrlGuard | None = None
+    json_: Literal["off", "flag", "block"] = Field(
+        default="off",
+        alias="json",
+        description="An answer to a response_format json request that does not parse",
+    )
+    hold_back: int = Field(
+        default=64,
+        ge=16,
+        le=4096,
+        description="Characters a stream holds back so a blocked span is never sent",
+    )
+
+
+class AliasGuard(_Strict):
+    """Guards of one alias: the canary token and the output checks."""
+
+    canary: bool = Field(
+        default=False,
+        description="Put a random canary token in the system prompt of every request",
+    )
+    output: OutputGuard | None = None
 
 
 class Deployment(_Strict):
@@ -117,6 +211,14 @@ class Deployment(_Strict):
         ge=0,
         description="Seconds an idle upstream connection is kept for reuse; keep it under the "
         "server's own keep-alive (uvicorn, hence vLLM: 5 s). 0: a connection per request",
+    )
+    in_house: bool | None = Field(
+        default=None,
+        description="Data sent here stays in-house; default: provider local or a "
+        "loopback base_url (decides where privacy policies apply and where `route` goes)",
+    )
+    privacy: PrivacyPolicy | None = Field(
+        default=None, description="Overrides the alias's privacy policy for this deployment"
     )
     max_response_bytes: int = Field(
         default=64 * 1024 * 1024,
@@ -177,6 +279,10 @@ class ModelAlias(_Strict):
     routing: Literal["ordered", "weighted", "latency"] = "weighted"
     cache: bool | None = Field(default=None, description="Cache even non-deterministic requests")
     retrieval: AliasRetrieval | None = Field(default=None, description="Ground answers in these")
+    privacy: PrivacyPolicy | None = Field(
+        default=None, description="PII in requests to its hosted deployments"
+    )
+    guard: AliasGuard | None = Field(default=None, description="Canary token, output checks")
 
 
 class RetrySettings(_Strict):

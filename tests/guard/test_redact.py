@@ -161,3 +161,13 @@ HARMLESS = ["hello", "World", "order 12", "2024-01-15", "at 10:30", "v3.11", "An
 def test_every_value_in_mixed_text_is_replaced(pieces: list[str], separator: str) -> None:
     expected = separator.join(SECRET_PIECES.get(p, p) for p in pieces)
     assert redact(separator.join(pieces)) == expected
+
+
+def test_private_keys_jwts_and_github_tokens() -> None:
+    block = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7\n-----END RSA PRIVATE KEY-----"
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N"
+    token = "ghp_" + "a1B2" * 9
+    text = f"key {block} and {jwt}, then {token}."
+    assert redact(text) == "key [PRIVATE_KEY] and [TOKEN], then [API_KEY]."
+    # A block cut off before its END line is redacted to the end of the text.
+    assert redact("cut: -----BEGIN PRIVATE KEY-----\nMIIEvQ") == "cut: [PRIVATE_KEY]"

@@ -2,8 +2,9 @@
 
 Used by the trace writer when ``tracing.bodies`` is ``redacted``: prompts, responses
 and error messages are kept (so traces stay readable and searchable) but emails,
-phone numbers, card numbers, IBANs, SSNs, IP addresses, API keys and bearer tokens
-become ``[EMAIL]``, ``[PHONE]``, ``[CREDIT_CARD]``... Patterns with a checksum (cards:
+phone numbers, card numbers, IBANs, SSNs, IP addresses, API keys (GitHub tokens too),
+bearer tokens and JWTs, and private key blocks become ``[EMAIL]``, ``[PHONE]``,
+``[CREDIT_CARD]``, ``[PRIVATE_KEY]``... Patterns with a checksum (cards:
 Luhn, IBANs: mod 97) are validated, so order numbers and other digit runs survive.
 
 Precision over recall where the two conflict on *structure* (only dashed SSNs,
@@ -37,6 +38,7 @@ PLACEHOLDERS = {
     "ssn": "[SSN]",
     "ip": "[IP_ADDRESS]",
     "phone": "[PHONE]",
+    "private_key": "[PRIVATE_KEY]",
 }
 
 
@@ -312,6 +314,30 @@ def _numbers(text: str) -> str:
     return "".join(out)
 
 
+#: Values with an unmistakable opening, each run only when its hint occurs in the text:
+#: private key blocks (their base64 body would otherwise survive), JWTs and GitHub tokens.
+_MARKED: tuple[tuple[tuple[str, ...], re.Pattern[str], str], ...] = (
+    (
+        ("PRIVATE KEY",),
+        re.compile(
+            r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
+            r"(?:[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|[\s\S]*)"
+        ),
+        PLACEHOLDERS["private_key"],
+    ),
+    (
+        ("eyJ",),
+        re.compile(r"(?<![\w-])eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
+        PLACEHOLDERS["token"],
+    ),
+    (
+        ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+        re.compile(r"(?<![\w])(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})"),
+        PLACEHOLDERS["api_key"],
+    ),
+)
+
+
 def redact(text: str) -> str:
     """``text`` with every recognised PII value or secret replaced by its placeholder.
 
@@ -322,6 +348,9 @@ def redact(text: str) -> str:
     """
     if not text:
         return text
+    for hints, pattern, placeholder in _MARKED:
+        if any(hint in text for hint in hints):
+            text = pattern.sub(placeholder, text)
     lowered = text.lower()
     if any(hint in lowered for hint in _SECRET_HINTS):
         text = _SECRETS.sub(_dispatch, text)

@@ -86,7 +86,10 @@ class Bookkeeper:
         trace.summary.update(model=request.model, key_id=caller.key_id)
         if self.store_bodies:
             # Kept as models; the trace writer dumps them to JSON, off the request path.
-            root.attributes[GenAI.INPUT_MESSAGES] = list(request.messages)
+            messages = list(request.messages)
+            if call.trace_view is not None:  # PII under a privacy policy: placeholders
+                messages = call.trace_view(messages)
+            root.attributes[GenAI.INPUT_MESSAGES] = messages
 
     def complete(
         self,
@@ -171,7 +174,10 @@ class Bookkeeper:
             )
             summary["semantic_cache_hit"] = True
         if self.store_bodies:
-            root.attributes[GenAI.OUTPUT_MESSAGES] = [c.message for c in response.choices]
+            output = [c.message for c in response.choices]
+            if call.trace_view is not None:
+                output = call.trace_view(output)
+            root.attributes[GenAI.OUTPUT_MESSAGES] = output
         self.record(trace)
 
     def fail(self, call: Call, exc: BaseException) -> None:

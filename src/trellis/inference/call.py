@@ -7,11 +7,14 @@ relay (``streaming``) and the trace bookkeeping (``bookkeeping``).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from trellis.guard.output import OutputCheck
+from trellis.guard.placeholders import Placeholders
 from trellis.inference import grounding
 from trellis.inference.conversation import SessionKey
 from trellis.inference.router import Outcome, Route
@@ -68,3 +71,15 @@ class Call:
     memory_user: str | None = None
     #: Extract memories from this turn after the answer (``trellis.memories.extract``).
     extract: bool = False
+    # --- privacy and output guard (``Gateway._privacy``, ``Gateway._guard_setup``) ---
+    #: The request's reversible placeholders (privacy ``redact``); None: none were put in.
+    placeholders: Placeholders | None = None
+    #: Rewrites messages before the trace gets them (set when the request held PII its
+    #: policy acts on): the trace records placeholders, never the values.
+    trace_view: Callable[[list[Any]], list[Any]] | None = None
+    #: Neither look up nor store this call in the caches (PII routed in-house).
+    uncacheable: bool = False
+    #: The canary token put in this request's system prompt (``guard.canary``).
+    canary: str | None = None
+    #: The output checks of this call (``guard.output``); None: none.
+    output: OutputCheck | None = None

@@ -1,8 +1,11 @@
 """The request path: one explicit chain of stages for every chat and embeddings call.
 
-authorize → memory (stored conversation, recalled facts; on request) → cache lookup
-(exact, then semantic when enabled) → retrieve (grounded requests only) → context
-fitting → route (attempts, retries, fallbacks) → session store → cache store → record.
+authorize → memory (stored conversation, recalled facts; on request) → privacy (PII:
+placeholders, in-house routing or refusal) → cache lookup (exact, then semantic when
+enabled) → retrieve (grounded requests only; privacy runs after it for them) → guard
+setup (canary token, output checks) → context fitting → route (attempts, retries,
+fallbacks) → output checks and placeholder restoring → session store → cache store →
+record.
 Each stage is a span on the request's trace; the finished trace goes to a non-blocking
 sink (the background writer), so nothing on this path waits for the database.
 
@@ -28,6 +31,11 @@ from trellis.errors import (
     TrellisError,
     UnsupportedFeatureError,
 )
+from trellis.guard import privacy
+from trellis.guard.canary import new_canary, with_canary
+from trellis.guard.output import OutputCheck, wants_json
+from trellis.guard.placeholders import Placeholders
+from trellis.guard.privacy import PiiDetectedError
 from trellis.inference import grounding
 from trellis.inference.bookkeeping import Bookkeeper
 from trellis.inference.cache import ResponseCache
@@ -59,6 +67,7 @@ from trellis.schema import (
     ModelList,
     Usage,
 )
+from trellis.settings import OutputGuard
 
 __all__ = ["Gateway", "Caller", "ChatResult", "StreamResult", "TokenCounter"]
 
@@ -204,15 +213,21 @@ class Gateway:
         call = self._begin(request, caller or Caller(), "chat")
         try:
             await self._memory(call)
+            if call.retrieval is None:
+                self._privacy(call)
             cached = await self._cache_lookup(call)
             if cached is not None:
                 book.complete(call, cached, cache_hit=True)
-                return ChatResult(cached, True, call.trace.trace_id)
+                return ChatResult(self._restore(call, cached), True, call.trace.trace_id)
             match = await self._semantic_lookup(call)
             if match is not None:
                 book.complete(call, match.response, cache_hit=True, match=match)
-                return ChatResult(match.response, True, call.trace.trace_id, match.similarity)
+                answer = self._restore(call, match.response)
+                return ChatResult(answer, True, call.trace.trace_id, match.similarity)
             await self._retrieve(call)
+            if call.retrieval is not None:
+                self._privacy(call)
+            self._guard_setup(call)
             self._fit(call)
             with call.trace.span("route", attributes={GenAI.REQUEST_MODEL: request.model}) as span:
                 response = await self.router.chat(
@@ -222,10 +237,14 @@ class Gateway:
                 # An extra top-level field of the answer (the model keeps unknown fields).
                 response.citations = call.citations  # type: ignore[attr-defined]
             self._ensure_usage(call, response)
-            await self._remember(call, response)
+            # What the checks let through, placeholders kept, is cached and traced; the
+            # caller gets it with the placeholders restored.
+            response = self._check_output(call, response)
+            answer = self._restore(call, response)
+            await self._remember(call, answer)
             await self._cache_store(call, response)
             book.complete(call, response, cache_hit=False)
-            return ChatResult(response, False, call.trace.trace_id, cost=book.cost(call, response))
+            return ChatResult(answer, False, call.trace.trace_id, cost=book.cost(call, response))
         except BaseException as exc:
             book.fail(call, exc)
             raise
@@ -237,20 +256,26 @@ class Gateway:
         call = self._begin(request, caller or Caller(), "chat")
         try:
             await self._memory(call)
+            if call.retrieval is None:
+                self._privacy(call)
             cached = await self._cache_lookup(call)
             if cached is not None:
                 book.complete(call, cached, cache_hit=True)
-                return StreamResult(replay(cached, request), True, call.trace.trace_id)
+                answer = self._restore(call, cached)
+                return StreamResult(replay(answer, request), True, call.trace.trace_id)
             match = await self._semantic_lookup(call)
             if match is not None:
                 book.complete(call, match.response, cache_hit=True, match=match)
                 return StreamResult(
-                    replay(match.response, request),
+                    replay(self._restore(call, match.response), request),
                     True,
                     call.trace.trace_id,
                     match.similarity,
                 )
             await self._retrieve(call)
+            if call.retrieval is not None:
+                self._privacy(call)
+            self._guard_setup(call)
             self._fit(call)
             route_span = call.trace.start_span(
                 "route", attributes={GenAI.REQUEST_MODEL: request.model}
@@ -296,6 +321,137 @@ class Gateway:
         self.book.later(self.book.describe, call)
         return call
 
+    # --- privacy and output guard (trellis.guard) ----------------------------------
+
+    def _privacy(self, call: Call) -> None:
+        """The privacy policies of the plan's deployments on the request's PII: pass it,
+        put placeholders in (``redact``), keep only in-house deployments (``route``) or
+        refuse it (``block``, 400 ``pii_detected``). The trace gets the kinds and counts;
+        its copy of the messages gets placeholders, never the values."""
+        route = call.route
+        decision = privacy.decide(
+            call.request.messages, [(t.alias, t.deployment) for t in route.plan]
+        )
+        if not decision.found:
+            return
+        found = decision.found
+        kinds = sorted(found)
+        with call.trace.span("privacy") as span:
+            span.set("trellis.privacy.action", decision.action)
+            span.set("trellis.privacy.kinds", kinds)
+            span.set("trellis.privacy.values", sum(found.values()))
+            for kind in kinds:
+                span.set(f"trellis.privacy.count.{kind}", found[kind])
+            call.trace.summary["pii_kinds"] = kinds
+            view = Placeholders(decision.redact_kinds if decision.action == "redact" else None)
+            view.reserve(privacy.message_texts(call.request.messages))
+            if decision.action == "redact":
+                messages = privacy.redact_messages(call.request.messages, view)
+                call.request = call.request.model_copy(update={"messages": messages})
+                call.placeholders = view
+                span.set("trellis.privacy.placeholders", sum(view.counts.values()))
+            self._scrub_trace(call, view)
+            named = ", ".join(kinds)
+            if decision.action == "block":
+                raise PiiDetectedError(
+                    f"The request holds personal data or secrets ({named}) that the privacy "
+                    f"policy of `{route.alias.name}` does not let leave.",
+                    param="messages",
+                )
+            if len(decision.keep) < len(route.plan):
+                skipped = [t.label for i, t in enumerate(route.plan) if i not in decision.keep]
+                span.add_event("privacy_route", skipped=skipped)
+                if not decision.keep:
+                    raise PiiDetectedError(
+                        f"The request holds personal data or secrets ({named}) that may only "
+                        f"go to an in-house deployment, and `{route.alias.name}` has none.",
+                        param="messages",
+                    )
+                call.route = Route(alias=route.alias, plan=[route.plan[i] for i in decision.keep])
+            if decision.action == "route":
+                call.uncacheable = True  # the values stay out of the caches too
+
+    def _scrub_trace(self, call: Call, view: Placeholders) -> None:
+        """From now on the trace records messages through ``view``; what it holds
+        already (the request's messages, a retrieval query) is rewritten."""
+        call.trace_view = lambda messages: privacy.redact_messages(messages, view)
+        root = call.trace.root
+        assert root is not None
+        if call.described and GenAI.INPUT_MESSAGES in root.attributes:
+            root.attributes[GenAI.INPUT_MESSAGES] = call.trace_view(list(call.received.messages))
+        for span in call.trace.spans:
+            query = span.attributes.get("trellis.retrieval.query")
+            if isinstance(query, str):
+                span.attributes["trellis.retrieval.query"] = view.redact(query)
+
+    def _guard_setup(self, call: Call) -> None:
+        """The alias's guards: a canary token in the system prompt (after the cache
+        lookup: it is new on every request) and the output checks of this call."""
+        guard = call.route.alias.guard
+        if guard is None:
+            return
+        if guard.canary:
+            call.canary = new_canary()
+            messages = with_canary(call.request.messages, call.canary)
+            call.request = call.request.model_copy(update={"messages": messages})
+            call.trace.root.set("trellis.guard.canary", True)  # type: ignore[union-attr]
+        settings = guard.output or (OutputGuard() if guard.canary else None)
+        if settings is None:
+            return
+        check = OutputCheck(settings, call.canary, wants_json(call.request.response_format))
+        if check.active:
+            call.output = check
+
+    def _check_output(self, call: Call, response: ChatResponse) -> ChatResponse:
+        """A whole answer through the output checks: the same one when they change
+        nothing, a redacted copy, or ``OutputBlockedError``."""
+        check = call.output
+        if check is None:
+            return response
+        try:
+            changed: dict[int, str] = {}
+            for i, choice in enumerate(response.choices):
+                content = choice.message.content
+                if isinstance(content, str):
+                    guarded = check.text(content)
+                    if guarded != content:
+                        changed[i] = guarded
+        finally:
+            self._output_record(call)
+        if not changed:
+            return response
+        copy = response.model_copy(deep=True)
+        for i, guarded in changed.items():
+            copy.choices[i].message.content = guarded
+        return copy
+
+    def _output_record(self, call: Call) -> None:
+        """What the output checks found, on the trace: ``check:kind`` and action counts."""
+        check = call.output
+        if check is None or not check.hits:
+            return
+        root = call.trace.root
+        assert root is not None
+        root.set("trellis.guard.output.hits", sorted(check.hits))
+        for action, count in check.actions.items():
+            root.set(f"trellis.guard.output.{action}", count)
+        call.trace.summary["guard_output"] = dict(check.actions)
+
+    @staticmethod
+    def _restore(call: Call, response: ChatResponse) -> ChatResponse:
+        """The answer the caller gets: this request's placeholders back to the values."""
+        placeholders = call.placeholders
+        if not placeholders:
+            return response
+        copy = response.model_copy(deep=True)
+        for choice in copy.choices:
+            message = choice.message
+            if isinstance(message.content, str):
+                message.content = placeholders.restore(message.content)
+            for tool_call in message.tool_calls or ():
+                tool_call.function.arguments = placeholders.restore(tool_call.function.arguments)
+        return copy
+
     _OTHER_ENDPOINT = {"chat": "/v1/embeddings", "embedding": "/v1/chat/completions"}
 
     def _authorize(self, caller: Caller, model: str, kind: str) -> Route:
@@ -329,6 +485,7 @@ class Gateway:
             or call.request.n not in (None, 1)
             or call.retrieval is not None
             or call.session is not None
+            or call.uncacheable
         ):
             return None
         opted_in = bool(call.route.alias.cache) or bool(getattr(call.caller.key, "cache", False))
@@ -351,7 +508,12 @@ class Gateway:
         the exact cache's rule applies (deterministic, or opted in by alias, key or
         ``trellis.cache``), because reusing a sampled answer changes what the caller asked for.
         """
-        if self.semantic_cache is None or call.retrieval is not None or call.session is not None:
+        if (
+            self.semantic_cache is None
+            or call.retrieval is not None
+            or call.session is not None
+            or call.uncacheable
+        ):
             return False
         if call.caller.no_cache and call.caller.no_store:
             return False
@@ -630,7 +792,7 @@ class Gateway:
         call.trace.summary["usage_counted_locally"] = True
 
     async def _cache_store(self, call: Call, response: ChatResponse) -> None:
-        if call.caller.no_store:
+        if call.caller.no_store or call.uncacheable:
             return
         if self.cache is not None and call.cache_key is not None:
             with call.trace.span("cache_store"):

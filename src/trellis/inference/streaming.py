@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from trellis.guard.stream import GuardedStream
 from trellis.inference.call import Call
 from trellis.observe.tracing import Span
 from trellis.schema import (
@@ -43,13 +44,20 @@ async def relay(
     saw_tools = False
     usage: Usage | None = None
     last: ChatChunk | None = None
+    # The output checks and the placeholder restorer, when the call has either: the
+    # caller gets their chunks, the cache and the trace what the checks let through.
+    shaper = (
+        GuardedStream(call.output, call.placeholders)
+        if call.output is not None or call.placeholders
+        else None
+    )
     try:
         async for chunk in upstream:
             last = chunk
             if chunk.usage is not None:
                 usage = chunk.usage
             for choice in chunk.choices:
-                if choice.delta.content:
+                if choice.delta.content and shaper is None:
                     texts.setdefault(choice.index, []).append(choice.delta.content)
                 if choice.delta.tool_calls:
                     saw_tools = True
@@ -59,7 +67,15 @@ async def relay(
                 continue  # the usage chunk is re-emitted at the end, if asked for
             if chunk.usage is not None:
                 chunk = chunk.model_copy(update={"usage": None})
+            if shaper is not None:
+                chunk = shaper.chunk(chunk)
             yield chunk
+        if shaper is not None:
+            rest = shaper.finish(last)
+            if rest is not None:
+                yield rest
+            texts = shaper.guarded
+            gateway._output_record(call)
         route_span.end()
         response = ChatResponse(
             id=last.id if last else call.trace.trace_id,
@@ -76,7 +92,8 @@ async def relay(
             usage=usage,
         )
         gateway._ensure_usage(call, response)
-        await gateway._remember(call, response)  # the whole answer, before the last chunk
+        # The whole answer, before the last chunk; a session keeps the caller's values.
+        await gateway._remember(call, gateway._restore(call, response))
         if include_usage or call.citations is not None:
             # One final chunk carries usage (when asked for) and citations (when grounded).
             final = ChatChunk(
@@ -92,6 +109,8 @@ async def relay(
             await gateway._cache_store(call, response)
         gateway.book.complete(call, response, cache_hit=False)
     except BaseException as exc:
+        if shaper is not None:
+            gateway._output_record(call)
         route_span.record_error(exc)
         route_span.end()
         gateway.book.fail(call, exc)

@@ -50,6 +50,8 @@ _ERRORS: dict[int, str] = {
     409: "The change conflicts with the current state: a write during a re-index, or "
     "revoking the admin key set in the configuration.",
     413: "The request body is larger than the server's `max_body_bytes`.",
+    422: "The answer was refused by the model alias's output guard (`output_blocked`); "
+    "request validation errors are 400s.",
     429: "Rate limited: every attempt at the upstream provider was, or (starting a "
     "workflow run) the run queue is full (`orchestration.max_queued_runs`); `Retry-After` "
     "says when to try again.",

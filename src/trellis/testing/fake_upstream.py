@@ -217,6 +217,9 @@ class FakeUpstream:
         self.served_model: str | None = None
         self.delay = 0.0
         self.chunk_delay = 0.0  # seconds between stream frames
+        #: Stream text in slices of this many characters instead of word by word (a
+        #: value split across chunks, as real tokenizers split them).
+        self.piece_chars: int | None = None
         self.require_auth = VENDORS[vendor].default_auth
         self.record = True  # keep ReceivedRequests (a long benchmark may turn this off)
         self.faults = FaultQueue()
@@ -401,7 +404,8 @@ class FakeUpstream:
         if isinstance(reply, list):
             return self._tool_answer(answer_id, model, prompt_tokens, reply)
         text = reply
-        pieces = _split_pieces(text)
+        n = self.piece_chars
+        pieces = [text[i : i + n] for i in range(0, len(text), n)] if n else _split_pieces(text)
         truncated = limit is not None and len(pieces) > limit
         if truncated:
             pieces = pieces[:limit]

@@ -68,7 +68,7 @@ async def _accept(
         scope=INFERENCE,
         body=ChatRequest,
         reply=ChatResponse,
-        errors=(404, *UPSTREAM_ERRORS),
+        errors=(404, 422, *UPSTREAM_ERRORS),
         events=ChatChunk,
     ),
 )
