@@ -94,6 +94,7 @@ def test_limits_crud_and_validation(
             f"{server.url}/v1/usage/key:someone", headers={"Authorization": f"Bearer {secret}"}
         )
         assert other.status_code == 403
+        assert client.get("/v1/usage/key:key_nope").status_code == 404
         assert client.get("/v1/usage/project:default").json()["tokens"]["limit"] == 1000
         # Only admins manage limits.
         refused = httpx.put(

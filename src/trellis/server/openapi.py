@@ -50,7 +50,9 @@ _ERRORS: dict[int, str] = {
     409: "The change conflicts with the current state: a write during a re-index, or "
     "revoking the admin key set in the configuration.",
     413: "The request body is larger than the server's `max_body_bytes`.",
-    429: "Rate limited: every attempt at the upstream provider was, or (starting a "
+    429: "Rate limited: a limit of the key or its project is reached (code "
+    "`rate_limit_exceeded`, with OpenAI's `x-ratelimit-*` headers) or a budget is spent "
+    "(code `budget_exceeded`), every attempt at the upstream provider was, or (starting a "
     "workflow run) the run queue is full (`orchestration.max_queued_runs`); `Retry-After` "
     "says when to try again.",
     502: "The upstream provider failed or answered malformed data.",

@@ -23,6 +23,15 @@ def _limiter(request: Request) -> Limiter:
     return limiter
 
 
+async def _known_key(request: Request, kind: str, ident: str) -> None:
+    """404 for a key subject naming no key (projects are not checked: any name may be
+    limited before its first key)."""
+    keys = runtime(request).keys
+    assert keys is not None
+    if kind == "key" and await keys.get(ident) is None:
+        raise NotFoundError(f"No API key with id `{ident}`.", param="subject")
+
+
 def limit_json(subject: str, values: LimitValues) -> dict[str, Any]:
     return {"object": "limit", "subject": subject, **values.model_dump()}
 
@@ -40,11 +49,7 @@ async def put_limits(subject: str, request: Request) -> JSONBytes:
     await authenticate(request, ADMIN)
     kind, ident = parse_subject(subject)
     values = parse_body(LimitValues, await read_json(request))
-    trellis = runtime(request)
-    if kind == "key":
-        assert trellis.keys is not None
-        if await trellis.keys.get(ident) is None:
-            raise NotFoundError(f"No API key with id `{ident}`.", param="subject")
+    await _known_key(request, kind, ident)
     await _limiter(request).store.put(subject, values)
     return JSONBytes(limit_json(subject, values))
 
@@ -71,7 +76,7 @@ async def delete_limits(subject: str, request: Request) -> JSONBytes:
     return JSONBytes({"object": "limit", "subject": subject, "deleted": True})
 
 
-@router.get("/usage/{subject}", **operation(scope=INFERENCE, errors=[400, 403]))
+@router.get("/usage/{subject}", **operation(scope=INFERENCE, errors=[400, 403, 404]))
 async def get_usage(subject: str, request: Request) -> JSONBytes:
     """Current usage against the limits. Admins read any subject; a key reads its own
     (``key:<its id>``) and its project's."""
@@ -85,4 +90,5 @@ async def get_usage(subject: str, request: Request) -> JSONBytes:
                 "Only admins read the usage of other keys and projects.",
                 code="insufficient_scope",
             )
+    await _known_key(request, kind, ident)
     return JSONBytes(await _limiter(request).usage(subject))
