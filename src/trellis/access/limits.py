@@ -81,6 +81,12 @@ def parse_subject(subject: str) -> tuple[str, str]:
     return match.group(1), match.group(2)
 
 
+def _usd(amount: float | None) -> str:
+    """Dollars as people write them; amounts under a cent keep their digits."""
+    amount = amount or 0.0
+    return f"${amount:,.2f}" if amount == 0 or amount >= 0.01 else f"${amount:.6g}"
+
+
 def format_reset(seconds: float) -> str:
     """A duration as OpenAI's ``x-ratelimit-reset-*`` headers write it: ``12ms``, ``1s``,
     ``1.5s``, ``6m0s``."""
@@ -649,7 +655,7 @@ class Limiter:
             limit = v.daily_usd if kind == "daily" else v.monthly_usd
             period = "day" if kind == "daily" else "month"
             return BudgetExceededError(
-                f"{subject.label} {kind} budget of ${limit:,.2f} is spent; it renews in "
+                f"{subject.label} {kind} budget of {_usd(limit)} is spent; it renews in "
                 f"{format_reset(verdict.retry_after_ms / 1000)} (next UTC {period}).",
                 headers=all_headers,
             )
@@ -709,8 +715,8 @@ class Limiter:
         spent = crossing.spent_micro / MICRO
         percent = f"{crossing.threshold * 100:g}%"
         message = (
-            f"{subject.label} has spent ${spent:,.2f} of its {crossing.budget} budget of "
-            f"${crossing.limit_usd:,.2f} ({percent} reached) for {crossing.period}"
+            f"{subject.label} has spent {_usd(spent)} of its {crossing.budget} budget of "
+            f"{_usd(crossing.limit_usd)} ({percent} reached) for {crossing.period}"
         )
         now = time.time()
         payload = {
