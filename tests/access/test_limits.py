@@ -276,3 +276,17 @@ def test_limit_values_validation() -> None:
         LimitValues(alert_thresholds=[1.5])
     assert LimitValues(alert_thresholds=[1.0, 0.8, 0.8]).alert_thresholds == [0.8, 1.0]
     assert LimitValues().empty and not LimitValues(daily_usd=0).empty
+
+
+async def test_a_backend_that_fails_lets_calls_through_and_counts_it(db: Database) -> None:
+    from trellis.access.limits_redis import RedisBackend
+
+    backend = RedisBackend("redis://127.0.0.1:1/0")  # nothing listens there
+    limiter = Limiter(LimitStore(db), backend, LimitSettings(backend="redis"))
+    await limiter.store.put("key:k", LimitValues(rpm=1))
+    try:
+        assert await limiter.admit("k", "default", _tokens(1)) is None
+        assert await limiter.admit("k", "default", _tokens(1)) is None
+        assert limiter.backend_errors == 2
+    finally:
+        await backend.aclose()

@@ -586,6 +586,15 @@ class Limiter:
         self.alert = alert
         self._clock = clock
         self.backend_errors = 0
+        self._periods: tuple[int, Periods] | None = None
+
+    def _now_periods(self) -> Periods:
+        """The current day and month, worked out once per second (not per call)."""
+        now = self._clock()
+        second = int(now)
+        if self._periods is None or self._periods[0] != second:
+            self._periods = (second, Periods.at(second))
+        return self._periods[1]
 
     async def limits_of(self, subject: str) -> LimitValues | None:
         """The limits that apply to ``subject``: its stored row, else the default of its kind."""
@@ -624,7 +633,7 @@ class Limiter:
         if not subjects:
             return None
         estimate = tokens() if any(s.values.tpm is not None for s in subjects) else 0
-        periods = Periods.at(self._clock())
+        periods = self._now_periods()
         lease = secrets.token_hex(8)
         try:
             verdict = await self.backend.admit(
