@@ -21,29 +21,39 @@ settled once its answer (or failure) is known:
 
 Cached answers count as requests (rpm, concurrency) but use no tokens and cost nothing:
 their estimate is refunded. Failed calls are refunded their tokens and cost nothing.
-Backends: :class:`MemoryBackend` (this process) and ``limits_redis.RedisBackend`` (Lua
-scripts, exact across replicas). A backend that fails lets the call through (logged):
-a Redis outage must not become a gateway outage.
+Backends (``limit_backend.LimitBackend``): ``limits_memory.MemoryBackend`` (this process)
+and ``limits_redis.RedisBackend`` (Lua scripts, exact across replicas); the stored limits
+are ``limit_store.LimitStore``. This module is the limiter that uses them. A backend that
+fails lets the call through (logged): a Redis outage must not become a gateway outage.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import re
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
-from sqlalchemy import delete, select, update
-
-from trellis.errors import InvalidRequestError, RequestError
+from trellis.access.limit_backend import (
+    MICRO,
+    SUBJECT_PATTERN,
+    Crossing,
+    Level,
+    LimitBackend,
+    Periods,
+    Subject,
+    Verdict,
+    format_reset,
+    parse_subject,
+)
+from trellis.access.limit_store import LimitStore
+from trellis.access.limits_memory import MemoryBackend
+from trellis.errors import RequestError
 from trellis.settings import LimitSettings, LimitValues
 from trellis.store.db import Database
-from trellis.store.tables import limits as limits_table
 
 __all__ = [
     "Admission",
@@ -63,43 +73,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_SUBJECT = re.compile(r"^(key|project):([A-Za-z0-9_.\-]{1,128})$")
-MICRO = 1_000_000
-_BUDGET_LABEL = {"daily": "daily", "monthly": "monthly"}
-
-
-def parse_subject(subject: str) -> tuple[str, str]:
-    """``("key", id)`` or ``("project", id)``; anything else is the caller's mistake."""
-    match = _SUBJECT.match(subject or "")
-    if match is None:
-        raise InvalidRequestError(
-            f"{subject!r} is not a limit subject; use key:<key id> or project:<project id> "
-            "(ids of 1 to 128 letters, digits, '_', '.', '-')",
-            param="subject",
-            code="invalid_subject",
-        )
-    return match.group(1), match.group(2)
-
 
 def _usd(amount: float | None) -> str:
     """Dollars as people write them; amounts under a cent keep their digits."""
     amount = amount or 0.0
     return f"${amount:,.2f}" if amount == 0 or amount >= 0.01 else f"${amount:.6g}"
-
-
-def format_reset(seconds: float) -> str:
-    """A duration as OpenAI's ``x-ratelimit-reset-*`` headers write it: ``12ms``, ``1s``,
-    ``1.5s``, ``6m0s``."""
-    seconds = max(0.0, seconds)
-    if seconds < 1:
-        return f"{math.ceil(seconds * 1000)}ms"
-    if seconds < 60:
-        return f"{round(seconds, 3):g}s"
-    minutes, rest = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{int(minutes)}m{round(rest):d}s"
-    hours, minutes = divmod(int(minutes), 60)
-    return f"{hours}h{minutes}m{round(rest):d}s"
 
 
 # --- errors --------------------------------------------------------------------------
@@ -120,404 +98,6 @@ class BudgetExceededError(RequestError):
     status_code = 429
     error_type = "insufficient_quota"
     code = "budget_exceeded"
-
-
-# --- subjects, periods, verdicts -----------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Subject:
-    """A subject and the limits that apply to it now."""
-
-    name: str
-    values: LimitValues
-
-    @property
-    def label(self) -> str:
-        kind, ident = self.name.split(":", 1)
-        return f"{'API key' if kind == 'key' else 'project'} '{ident}'"
-
-
-@dataclass(frozen=True, slots=True)
-class Periods:
-    """The UTC day and month a call's spend counts toward, and when each ends."""
-
-    day: str
-    month: str
-    day_ends_in: float  # seconds
-    month_ends_in: float
-
-    @classmethod
-    def at(cls, now: float) -> Periods:
-        moment = datetime.fromtimestamp(now, tz=UTC)
-        day_end = (moment + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-        first = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        month_end = (first + timedelta(days=32)).replace(day=1)
-        return cls(
-            day=moment.strftime("%Y-%m-%d"),
-            month=moment.strftime("%Y-%m"),
-            day_ends_in=(day_end - moment).total_seconds(),
-            month_ends_in=(month_end - moment).total_seconds(),
-        )
-
-
-@dataclass(slots=True)
-class Level:
-    """One subject's buckets after (or, when refused, before) this call: whole requests
-    and tokens left (-1: no such limit) and milliseconds until each bucket is full."""
-
-    requests: int = -1
-    requests_reset_ms: int = 0
-    tokens: int = -1
-    tokens_reset_ms: int = 0
-
-
-@dataclass(slots=True)
-class Verdict:
-    """What a backend answers to an admission: admitted, or the first limit refused
-    (index of the subject, the kind, how long to wait), and every subject's levels."""
-
-    admitted: bool
-    levels: list[Level]
-    refused_index: int = -1
-    refused_kind: str = ""
-    retry_after_ms: int = 0
-
-
-@dataclass(slots=True)
-class Crossing:
-    """Spend that reached a fraction of a budget (sent as an alert once per period)."""
-
-    subject: Subject
-    budget: str  # "daily" | "monthly"
-    period: str
-    threshold: float
-    spent_micro: int
-    limit_usd: float
-
-
-class LimitBackend(Protocol):
-    """Where the counters live. Both calls are atomic over every subject given."""
-
-    async def admit(
-        self,
-        subjects: Sequence[Subject],
-        tokens: int,
-        lease: str,
-        lease_seconds: float,
-        periods: Periods,
-    ) -> Verdict: ...
-
-    async def settle(
-        self,
-        subjects: Sequence[Subject],
-        lease: str,
-        token_delta: int,
-        spend_micro: int,
-        periods: Periods,
-    ) -> list[tuple[int, int]]:
-        """Add ``token_delta`` to the token buckets (a refund when negative), add the spend,
-        release the lease; the day and month totals (micro-USD) of each subject after."""
-        ...
-
-    async def claim_alert(self, key: str, ttl_seconds: float) -> bool:
-        """True for the first claim of ``key`` (across replicas), False after."""
-        ...
-
-    async def usage(self, subject: Subject, periods: Periods) -> dict[str, Any]: ...
-
-    async def aclose(self) -> None: ...
-
-
-def _micro(usd: float | None) -> int:
-    return -1 if usd is None else int(round(usd * MICRO))
-
-
-# --- the in-process backend ------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Bucket:
-    level: float
-    at_ms: float
-
-
-def _refill(bucket: _Bucket | None, capacity: int, now_ms: float) -> float:
-    if bucket is None:
-        return float(capacity)
-    return min(float(capacity), bucket.level + (now_ms - bucket.at_ms) * capacity / 60_000)
-
-
-def _reset_ms(level: float, capacity: int) -> int:
-    return max(0, math.ceil((capacity - level) * 60_000 / capacity))
-
-
-class MemoryBackend:
-    """The counters in this process. Each call runs without an ``await`` inside, so it is
-    atomic on the event loop; nothing is shared with other processes."""
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
-        self._requests: dict[str, _Bucket] = {}
-        self._tokens: dict[str, _Bucket] = {}
-        self._leases: dict[str, dict[str, float]] = {}
-        self._spend: dict[str, int] = {}
-        self._alerts: dict[str, float] = {}
-
-    def _now_ms(self) -> float:
-        return self._clock() * 1000
-
-    def _live_leases(self, name: str, now_ms: float) -> dict[str, float]:
-        leases = self._leases.setdefault(name, {})
-        for lease in [lease for lease, expires in leases.items() if expires <= now_ms]:
-            del leases[lease]
-        return leases
-
-    async def admit(
-        self,
-        subjects: Sequence[Subject],
-        tokens: int,
-        lease: str,
-        lease_seconds: float,
-        periods: Periods,
-    ) -> Verdict:
-        now = self._now_ms()
-        levels: list[Level] = []
-        found: tuple[int, str, int] | None = None
-        raw: list[tuple[float, float]] = []
-        for index, subject in enumerate(subjects):
-            v = subject.values
-            level = Level()
-            rq = tk = -1.0
-            if v.rpm is not None:
-                rq = _refill(self._requests.get(subject.name), v.rpm, now)
-                level.requests, level.requests_reset_ms = math.floor(rq), _reset_ms(rq, v.rpm)
-                if found is None and rq < 1:
-                    found = (index, "rpm", math.ceil((1 - rq) * 60_000 / v.rpm))
-            if v.tpm is not None:
-                tk = _refill(self._tokens.get(subject.name), v.tpm, now)
-                level.tokens, level.tokens_reset_ms = math.floor(tk), _reset_ms(tk, v.tpm)
-                need = min(tokens, v.tpm)
-                if found is None and tk < need:
-                    found = (index, "tpm", math.ceil((need - tk) * 60_000 / v.tpm))
-            busy = len(self._live_leases(subject.name, now))
-            day_spent = self._spend.get(f"{subject.name}:d:{periods.day}", 0)
-            if found is None and v.max_concurrent is not None and busy >= v.max_concurrent:
-                found = (index, "concurrent", 1000)
-            if found is None and v.daily_usd is not None and day_spent >= _micro(v.daily_usd):
-                found = (index, "daily", math.ceil(periods.day_ends_in * 1000))
-            if found is None and v.monthly_usd is not None:
-                spent = self._spend.get(f"{subject.name}:m:{periods.month}", 0)
-                if spent >= _micro(v.monthly_usd):
-                    found = (index, "monthly", math.ceil(periods.month_ends_in * 1000))
-            levels.append(level)
-            raw.append((rq, tk))
-        if found is not None:
-            return Verdict(False, levels, found[0], found[1], found[2])
-        for subject, level, (rq, tk) in zip(subjects, levels, raw, strict=True):
-            v = subject.values
-            if v.rpm is not None:
-                self._requests[subject.name] = _Bucket(rq - 1, now)
-                level.requests, level.requests_reset_ms = (
-                    math.floor(rq - 1),
-                    _reset_ms(rq - 1, v.rpm),
-                )
-            if v.tpm is not None:
-                self._tokens[subject.name] = _Bucket(tk - tokens, now)
-                level.tokens, level.tokens_reset_ms = (
-                    math.floor(tk - tokens),
-                    _reset_ms(tk - tokens, v.tpm),
-                )
-            if v.max_concurrent is not None:
-                self._live_leases(subject.name, now)[lease] = now + lease_seconds * 1000
-        return Verdict(True, levels)
-
-    async def settle(
-        self,
-        subjects: Sequence[Subject],
-        lease: str,
-        token_delta: int,
-        spend_micro: int,
-        periods: Periods,
-    ) -> list[tuple[int, int]]:
-        now = self._now_ms()
-        totals: list[tuple[int, int]] = []
-        for subject in subjects:
-            v = subject.values
-            if v.tpm is not None and token_delta:
-                level = _refill(self._tokens.get(subject.name), v.tpm, now)
-                self._tokens[subject.name] = _Bucket(level - token_delta, now)
-            self._leases.get(subject.name, {}).pop(lease, None)
-            day_key = f"{subject.name}:d:{periods.day}"
-            month_key = f"{subject.name}:m:{periods.month}"
-            if spend_micro:
-                self._spend[day_key] = self._spend.get(day_key, 0) + spend_micro
-                self._spend[month_key] = self._spend.get(month_key, 0) + spend_micro
-            totals.append((self._spend.get(day_key, 0), self._spend.get(month_key, 0)))
-        return totals
-
-    async def claim_alert(self, key: str, ttl_seconds: float) -> bool:
-        now = self._clock()
-        for stale in [k for k, expires in self._alerts.items() if expires <= now]:
-            del self._alerts[stale]
-        if key in self._alerts:
-            return False
-        self._alerts[key] = now + ttl_seconds
-        return True
-
-    async def usage(self, subject: Subject, periods: Periods) -> dict[str, Any]:
-        now = self._now_ms()
-        v = subject.values
-        rq = _refill(self._requests.get(subject.name), v.rpm, now) if v.rpm else None
-        tk = _refill(self._tokens.get(subject.name), v.tpm, now) if v.tpm else None
-        return _usage_view(
-            subject,
-            requests=rq,
-            tokens=tk,
-            concurrent=len(self._live_leases(subject.name, now)),
-            day_micro=self._spend.get(f"{subject.name}:d:{periods.day}", 0),
-            month_micro=self._spend.get(f"{subject.name}:m:{periods.month}", 0),
-            periods=periods,
-        )
-
-    async def aclose(self) -> None:
-        return None
-
-
-def _usage_view(
-    subject: Subject,
-    *,
-    requests: float | None,
-    tokens: float | None,
-    concurrent: int,
-    day_micro: int,
-    month_micro: int,
-    periods: Periods,
-) -> dict[str, Any]:
-    """What ``GET /v1/usage/{subject}`` shows: each limit, what is used and what is left."""
-    v = subject.values
-
-    def bucket(level: float | None, capacity: int | None) -> dict[str, Any] | None:
-        if level is None or capacity is None:
-            return None
-        return {
-            "limit": capacity,
-            "remaining": max(0, math.floor(level)),
-            "reset": format_reset(_reset_ms(level, capacity) / 1000),
-        }
-
-    def budget(spent: int, limit: float | None, period: str, ends_in: float) -> dict[str, Any]:
-        return {
-            "period": period,
-            "spent_usd": spent / MICRO,
-            "limit_usd": limit,
-            "remaining_usd": None if limit is None else max(0.0, limit - spent / MICRO),
-            "resets_in": format_reset(ends_in),
-        }
-
-    return {
-        "object": "usage",
-        "subject": subject.name,
-        "requests": bucket(requests, v.rpm),
-        "tokens": bucket(tokens, v.tpm),
-        "concurrent": {"limit": v.max_concurrent, "in_flight": concurrent},
-        "daily": budget(day_micro, v.daily_usd, periods.day, periods.day_ends_in),
-        "monthly": budget(month_micro, v.monthly_usd, periods.month, periods.month_ends_in),
-        "alert_thresholds": list(v.alert_thresholds),
-    }
-
-
-# --- stored limits ----------------------------------------------------------------------
-
-
-def _values(row: Mapping[Any, Any]) -> LimitValues:
-    thresholds = row["alert_thresholds"]
-    data = {
-        name: row[name] for name in ("rpm", "tpm", "max_concurrent", "daily_usd", "monthly_usd")
-    }
-    if thresholds is not None:
-        data["alert_thresholds"] = thresholds
-    return LimitValues.model_validate(data)
-
-
-class LimitStore:
-    """The ``limits`` table, read through a short cache (``limits.cache_seconds``): a
-    change made here applies at once in this process, elsewhere within the cache time."""
-
-    def __init__(
-        self, db: Database, cache_seconds: float = 5.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.db = db
-        self.cache_seconds = cache_seconds
-        self._clock = clock
-        self._cache: dict[str, tuple[float, LimitValues | None]] = {}
-        self.db_lookups = 0
-
-    async def get(self, subject: str) -> LimitValues | None:
-        parse_subject(subject)
-        self.db_lookups += 1
-        async with self.db.engine.connect() as conn:
-            row = (
-                (await conn.execute(select(limits_table).where(limits_table.c.subject == subject)))
-                .mappings()
-                .first()
-            )
-        return None if row is None else _values(row)
-
-    async def cached(self, subject: str) -> LimitValues | None:
-        """The stored limits of ``subject``, usually without a query."""
-        now = self._clock()
-        hit = self._cache.get(subject)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        values = await self.get(subject)
-        if self.cache_seconds > 0:
-            if len(self._cache) > 50_000:
-                self._cache.clear()
-            self._cache[subject] = (now + self.cache_seconds, values)
-        return values
-
-    async def list(self) -> list[tuple[str, LimitValues]]:
-        async with self.db.engine.connect() as conn:
-            rows = (
-                (await conn.execute(select(limits_table).order_by(limits_table.c.subject)))
-                .mappings()
-                .all()
-            )
-        return [(row["subject"], _values(row)) for row in rows]
-
-    async def put(self, subject: str, values: LimitValues) -> LimitValues:
-        """Set ``subject``'s limits (replacing any before)."""
-        parse_subject(subject)
-        now = time.time()
-        data = {
-            "rpm": values.rpm,
-            "tpm": values.tpm,
-            "max_concurrent": values.max_concurrent,
-            "daily_usd": values.daily_usd,
-            "monthly_usd": values.monthly_usd,
-            "alert_thresholds": list(values.alert_thresholds),
-            "updated_at": now,
-        }
-        async with self.db.write() as conn:
-            result = await conn.execute(
-                update(limits_table).where(limits_table.c.subject == subject).values(**data)
-            )
-            if result.rowcount == 0:
-                await conn.execute(
-                    limits_table.insert().values(subject=subject, created_at=now, **data)
-                )
-        self._cache.pop(subject, None)
-        return values
-
-    async def delete(self, subject: str) -> bool:
-        parse_subject(subject)
-        async with self.db.write() as conn:
-            result = await conn.execute(
-                delete(limits_table).where(limits_table.c.subject == subject)
-            )
-        self._cache.pop(subject, None)
-        return result.rowcount > 0
 
 
 # --- the limiter -------------------------------------------------------------------------
@@ -612,7 +192,7 @@ class Limiter:
             f"key:{key_id}" if key_id else None,
             f"project:{project_id}" if project_id else None,
         ):
-            if name is None or not _SUBJECT.match(name):
+            if name is None or not SUBJECT_PATTERN.match(name):
                 continue
             values = await self.limits_of(name)
             if values is not None and not values.empty:

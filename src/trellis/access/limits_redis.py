@@ -20,13 +20,13 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from trellis.access.limits import (
+from trellis.access.limit_backend import (
     Level,
     Periods,
     Subject,
     Verdict,
-    _micro,
-    _usage_view,
+    micro_usd,
+    usage_view,
 )
 
 __all__ = ["RedisBackend"]
@@ -264,8 +264,8 @@ class RedisBackend:
                 v.rpm or 0,
                 v.tpm or 0,
                 v.max_concurrent or 0,
-                _micro(v.daily_usd),
-                _micro(v.monthly_usd),
+                micro_usd(v.daily_usd),
+                micro_usd(v.monthly_usd),
             ]
         raw = await self._admit(keys=keys, args=args)
         levels = []
@@ -313,7 +313,7 @@ class RedisBackend:
         v = subject.values
         raw = await self._usage(keys=self._keys(subject, periods), args=[v.rpm or 0, v.tpm or 0])
         rq, tk, cc, day, month = (int(x) for x in raw)
-        return _usage_view(
+        return usage_view(
             subject,
             requests=rq / 1000 if v.rpm else None,
             tokens=tk / 1000 if v.tpm else None,
