@@ -47,6 +47,7 @@ _TABLES = (
     "spans",
     "traces",
     "api_keys",
+    "limits",
 )
 
 

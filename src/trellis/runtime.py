@@ -12,6 +12,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from trellis.access.keys import KeyStore
+from trellis.access.limits import Limiter, build_limiter
 from trellis.inference.cache import build_cache
 from trellis.inference.gateway import Gateway
 from trellis.inference.grounding import CollectionRetriever
@@ -50,6 +51,8 @@ class Trellis:
         self.settings = settings or Settings()
         self.db: Database | None = None
         self.keys: KeyStore | None = None
+        #: Rate limits and budgets per key and project (``limits``), shared with the gateway.
+        self.limiter: Limiter | None = None
         self.writer: TraceWriter | None = None
         self.retention: RetentionJob | None = None
         #: Retention of finished runs, idle sessions and old memories (by their settings).
@@ -179,6 +182,11 @@ class Trellis:
             ),
         )
         self.alerts = AlertManager(self.db, settings.alerts)
+        # Budget thresholds alert through the alert manager's webhook path.
+        self.limiter = build_limiter(
+            self.db, settings.limits, redis_url=settings.cache.redis_url, alert=self.alerts.send
+        )
+        self.gateway.limiter = self.limiter
         jobs = [job for job in (self.retention, self.exporter) if job is not None]
         self.metrics = GatewayMetrics(
             router=router, writer=self.writer, background=[*jobs, self.alerts.notifier]

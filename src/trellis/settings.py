@@ -46,6 +46,8 @@ __all__ = [
     "PII_KINDS",
     "AlertRule",
     "AlertSettings",
+    "LimitValues",
+    "LimitSettings",
     "LOCAL_CHAT_ALIAS",
     "LOCAL_EMBEDDING_ALIAS",
     "ADMIN_KEY_MIN_LENGTH",
@@ -460,6 +462,73 @@ class AlertSettings(_Strict):
         return rules
 
 
+class LimitValues(_Strict):
+    """The limits of one subject (an API key or a project); a field left out (None) is
+    no limit of that kind. The same shape in settings (defaults) and in
+    ``PUT /v1/limits/{subject}``."""
+
+    rpm: int | None = Field(default=None, ge=1, description="Requests per minute")
+    tpm: int | None = Field(
+        default=None, ge=1, description="Tokens per minute (prompt + completion)"
+    )
+    max_concurrent: int | None = Field(default=None, ge=1, description="Requests in flight")
+    daily_usd: float | None = Field(default=None, ge=0, description="Spend per UTC day (USD)")
+    monthly_usd: float | None = Field(
+        default=None, ge=0, description="Spend per UTC calendar month (USD)"
+    )
+    alert_thresholds: list[float] = Field(
+        default_factory=lambda: [0.8, 1.0],
+        max_length=10,
+        description="Fractions of a budget whose crossing sends one alert per period",
+    )
+
+    @field_validator("alert_thresholds")
+    @classmethod
+    def _fractions(cls, values: list[float]) -> list[float]:
+        if any(not 0 < v <= 1 for v in values):
+            raise ValueError("alert thresholds are fractions of a budget, above 0 and at most 1")
+        return sorted(set(values))
+
+    @property
+    def empty(self) -> bool:
+        """No limit of any kind: admission has nothing to check."""
+        return all(
+            v is None
+            for v in (self.rpm, self.tpm, self.max_concurrent, self.daily_usd, self.monthly_usd)
+        )
+
+
+class LimitSettings(_Strict):
+    """Rate limits and budgets per API key and per project (``limits``)."""
+
+    enabled: bool = Field(default=True, description="Enforce the stored and default limits")
+    backend: Literal["memory", "redis"] = Field(
+        default="memory",
+        description="memory: this process only; redis: exact across every replica",
+    )
+    redis_url: str | None = Field(default=None, description="Defaults to cache.redis_url")
+    key_prefix: str = Field(default="trellis:limits:", min_length=1)
+    default_key: LimitValues | None = Field(
+        default=None, description="Limits of every key without its own stored limits"
+    )
+    default_project: LimitValues | None = Field(
+        default=None, description="Limits of every project without its own stored limits"
+    )
+    cache_seconds: float = Field(
+        default=5.0, ge=0, description="How long stored limits are trusted without a DB read"
+    )
+    lease_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        description="A concurrency slot a replica never released (it crashed) frees after this",
+    )
+    output_tokens_estimate: int = Field(
+        default=256,
+        ge=0,
+        description="Completion tokens assumed at admission when a request sets no max_tokens",
+    )
+
+
 class RetrievalSettings(_Strict):
     postgres_keyword_rank: Literal["bm25", "ts_rank", "ts_rank_cd"] = Field(
         default="bm25",
@@ -649,6 +718,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
     local: LocalModelSettings = Field(default_factory=LocalModelSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)

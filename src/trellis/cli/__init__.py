@@ -14,6 +14,7 @@ from trellis.cli import (
     doctor,
     evals,
     keys,
+    limits,
     memory,
     models,
     observe,
@@ -29,6 +30,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(keys.app, name="keys")
+app.add_typer(limits.app, name="limits")
 app.command()(serve.serve)
 app.command()(chat.chat)
 app.command()(models.models)

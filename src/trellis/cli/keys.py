@@ -19,6 +19,15 @@ from trellis.cli._common import (
     run,
     with_db,
 )
+from trellis.cli.limits import (
+    AlertOption,
+    ConcurrentOption,
+    DailyOption,
+    MonthlyOption,
+    RpmOption,
+    TpmOption,
+    limit_values,
+)
 from trellis.settings import Settings
 
 app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -46,21 +55,34 @@ def keys_create(
     cache: Annotated[
         bool, typer.Option("--cache", help="Cache answers even when not deterministic")
     ] = False,
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
+    concurrent: ConcurrentOption = None,
+    daily_usd: DailyOption = None,
+    monthly_usd: MonthlyOption = None,
+    alert_at: AlertOption = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Create a key; its secret is shown once."""
+    """Create a key; its secret is shown once. Limit options store the key's own limits
+    (as ``trellis limits set key:<id>`` would)."""
     settings = load_settings(config)
-    record, secret = run(
-        lambda: _with_keys(
-            settings,
-            lambda ks: ks.create(
-                name, scopes=scope or ["inference"], allowed_models=model, cache=cache
-            ),
+    limits = limit_values(rpm, tpm, concurrent, daily_usd, monthly_usd, alert_at)
+
+    async def create(ks: Any) -> tuple[Any, str]:
+        from trellis.access.limits import LimitStore
+
+        record, secret = await ks.create(
+            name, scopes=scope or ["inference"], allowed_models=model, cache=cache
         )
-    )
+        if not limits.empty:
+            await LimitStore(ks.db).put(f"key:{record.id}", limits)
+        return record, secret
+
+    record, secret = run(lambda: _with_keys(settings, create))
     if as_json:
-        console.print_json(json.dumps({**_key_dict(record), "key": secret}))
+        extra = {} if limits.empty else {"limits": limits.model_dump()}
+        console.print_json(json.dumps({**_key_dict(record), "key": secret, **extra}))
         return
     console.print(f"Created key [bold]{record.id}[/bold] ({', '.join(record.scopes)}):")
     console.print(f"  {secret}", style="bold yellow", soft_wrap=True)

@@ -37,10 +37,20 @@ class Caller:
     #: Append the exchange to its ``trellis.session_id`` session. Workflow runs turn it
     #: off: their steps read the session, and the run records one turn when it finishes.
     session_record: bool = True
+    #: The project the key belongs to: its limits and budgets apply with the key's.
+    project_id: str = "default"
+    #: OpenAI's ``x-ratelimit-*`` headers of the last call admitted under a limit (the
+    #: HTTP edge adds them to the answer); empty when no limit applies.
+    rate_limit_headers: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def key_id(self) -> str | None:
         return getattr(self.key, "id", None)
+
+    @property
+    def project(self) -> str:
+        """The project whose limits apply: the key's own, else the one given."""
+        return getattr(self.key, "project_id", None) or self.project_id
 
 
 @dataclass(slots=True)
@@ -83,3 +93,5 @@ class Call:
     canary: str | None = None
     #: The output checks of this call (``guard.output``); None: none.
     output: OutputCheck | None = None
+    #: What the limiter admitted (``access.limits.Admission``), settled once at the end.
+    admission: Any = None

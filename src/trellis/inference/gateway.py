@@ -1,11 +1,11 @@
 """The request path: one explicit chain of stages for every chat and embeddings call.
 
-authorize → memory (stored conversation, recalled facts; on request) → privacy (PII:
-placeholders, in-house routing or refusal) → cache lookup (exact, then semantic when
-enabled) → retrieve (grounded requests only; privacy runs after it for them) → guard
-setup (canary token, output checks) → context fitting → route (attempts, retries,
-fallbacks) → output checks and placeholder restoring → session store → cache store →
-record.
+authorize → admit (the key's and its project's rate limits and budgets) → memory (stored
+conversation, recalled facts; on request) → privacy (PII: placeholders, in-house routing or
+refusal) → cache lookup (exact, then semantic when enabled) → retrieve (grounded requests
+only; privacy runs after it for them) → guard setup (canary token, output checks) → context
+fitting → route (attempts, retries, fallbacks) → output checks and placeholder restoring →
+session store → cache store → record.
 Each stage is a span on the request's trace; the finished trace goes to a non-blocking
 sink (the background writer), so nothing on this path waits for the database.
 
@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from trellis.access.limits import Limiter
 from trellis.errors import (
     InvalidRequestError,
     PermissionDeniedError,
@@ -127,8 +128,11 @@ class Gateway:
         memories: MemoryRecall | None = None,
         extractor: MemoryExtractor | None = None,
         extract: str = "request",
+        limiter: Limiter | None = None,
     ) -> None:
         self.router = router
+        #: Rate limits and budgets per key and project; None: nothing is limited.
+        self.limiter = limiter
         #: Describes and records the traces. With ``defer_bookkeeping`` (the server sets
         #: it) that happens on later turns of the event loop instead of inline: describing
         #: a request while its upstream call is in flight, and recording it after its
@@ -212,16 +216,19 @@ class Gateway:
         book = self.book
         call = self._begin(request, caller or Caller(), "chat")
         try:
+            await self._admit(call)
             await self._memory(call)
             if call.retrieval is None:
                 self._privacy(call)
             cached = await self._cache_lookup(call)
             if cached is not None:
                 book.complete(call, cached, cache_hit=True)
+                await self._settle(call)
                 return ChatResult(self._restore(call, cached), True, call.trace.trace_id)
             match = await self._semantic_lookup(call)
             if match is not None:
                 book.complete(call, match.response, cache_hit=True, match=match)
+                await self._settle(call)
                 answer = self._restore(call, match.response)
                 return ChatResult(answer, True, call.trace.trace_id, match.similarity)
             await self._retrieve(call)
@@ -244,9 +251,12 @@ class Gateway:
             await self._remember(call, answer)
             await self._cache_store(call, response)
             book.complete(call, response, cache_hit=False)
-            return ChatResult(answer, False, call.trace.trace_id, cost=book.cost(call, response))
+            cost = book.cost(call, response)
+            await self._settle(call, response, cost)
+            return ChatResult(answer, False, call.trace.trace_id, cost=cost)
         except BaseException as exc:
             book.fail(call, exc)
+            await self._settle(call)
             raise
 
     async def chat_stream(self, request: ChatRequest, caller: Caller | None = None) -> StreamResult:
@@ -255,17 +265,20 @@ class Gateway:
         book = self.book
         call = self._begin(request, caller or Caller(), "chat")
         try:
+            await self._admit(call)
             await self._memory(call)
             if call.retrieval is None:
                 self._privacy(call)
             cached = await self._cache_lookup(call)
             if cached is not None:
                 book.complete(call, cached, cache_hit=True)
+                await self._settle(call)
                 answer = self._restore(call, cached)
                 return StreamResult(replay(answer, request), True, call.trace.trace_id)
             match = await self._semantic_lookup(call)
             if match is not None:
                 book.complete(call, match.response, cache_hit=True, match=match)
+                await self._settle(call)
                 return StreamResult(
                     replay(self._restore(call, match.response), request),
                     True,
@@ -290,6 +303,7 @@ class Gateway:
                 raise
         except BaseException as exc:
             book.fail(call, exc)
+            await self._settle(call)
             raise
         return StreamResult(relay(self, call, upstream, route_span), False, call.trace.trace_id)
 
@@ -451,6 +465,36 @@ class Gateway:
             for tool_call in message.tool_calls or ():
                 tool_call.function.arguments = placeholders.restore(tool_call.function.arguments)
         return copy
+    async def _admit(self, call: Call) -> None:
+        """Admit the call under its key's and project's limits, or refuse it (429) before
+        anything is spent. Tokens are estimated only when a tokens-per-minute limit applies."""
+        limiter = self.limiter
+        if limiter is None:
+            return
+        request = call.request
+        caller = call.caller
+
+        def estimate() -> int:
+            output = request.output_limit or limiter.settings.output_tokens_estimate
+            return self.counter.messages(request.messages) + output
+
+        with call.trace.span("admit") as span:
+            call.admission = await limiter.admit(caller.key_id, caller.project, estimate)
+            if call.admission is not None:
+                span.set("trellis.limits.subjects", [s.name for s in call.admission.subjects])
+                span.set("trellis.limits.estimated_tokens", call.admission.tokens)
+                caller.rate_limit_headers = call.admission.headers
+
+    async def _settle(
+        self, call: Call, response: ChatResponse | None = None, cost: float = 0.0
+    ) -> None:
+        """Reconcile the admission with what the call used: the provider's tokens and the
+        cost of an answer; nothing for a cached answer or a failure. Releases its slot."""
+        if call.admission is None or self.limiter is None:
+            return
+        usage = response.usage if response is not None else None
+        tokens = (usage.prompt_tokens + usage.completion_tokens) if usage is not None else 0
+        await self.limiter.settle(call.admission, tokens, cost)
 
     _OTHER_ENDPOINT = {"chat": "/v1/embeddings", "embedding": "/v1/chat/completions"}
 
@@ -819,6 +863,7 @@ class Gateway:
         root.set(GenAI.REQUEST_MODEL, request.model)
         trace.summary.update(model=request.model, key_id=caller.key_id)
         outcome = Outcome()
+        admission = None
         try:
             with trace.span("authorize"):
                 route = self._authorize(caller, request.model, "embedding")
@@ -826,6 +871,15 @@ class Gateway:
                     texts = request.texts()
                 except ValueError as exc:
                     raise InvalidRequestError(str(exc), param="input") from None
+            if self.limiter is not None:
+                with trace.span("admit"):
+                    admission = await self.limiter.admit(
+                        caller.key_id,
+                        caller.project,
+                        lambda: sum(self.counter.text(t) for t in texts),
+                    )
+                if admission is not None:
+                    caller.rate_limit_headers = admission.headers
             with trace.span("route") as span:
                 result = await self.router.embed(
                     route, texts, request.dimensions, trace, span, outcome
@@ -836,6 +890,11 @@ class Gateway:
                 for i, vector in enumerate(result.vectors)
             ]
             self.book.finish_embeddings(trace, outcome, result.model, prompt_tokens, len(texts))
+            if admission is not None and self.limiter is not None and outcome.target is not None:
+                cost = self.book.prices.cost(
+                    outcome.target.deployment, Usage(prompt_tokens=prompt_tokens), result.model
+                )
+                await self.limiter.settle(admission, prompt_tokens, cost.total)
             return EmbeddingResponse(
                 data=data,
                 model=result.model,
@@ -843,10 +902,14 @@ class Gateway:
             )
         except BaseException as exc:
             self.book.fail_embeddings(trace, outcome, exc)
+            if self.limiter is not None:
+                await self.limiter.settle(admission, 0, 0.0)
             raise
 
     async def aclose(self) -> None:
         await self.router.aclose()
+        if self.limiter is not None:
+            await self.limiter.aclose()
         if self.cache is not None:
             await self.cache.aclose()
 

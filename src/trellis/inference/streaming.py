@@ -3,7 +3,8 @@ cached answer as chunks.
 
 The relay is the last stage of a stream: it passes each chunk on as it comes and
 collects the answer, which, once the upstream has ended its stream, gets its usage,
-is cached and recorded like a non-streamed answer. A stream that fails (the provider
+is cached, recorded and settled with the limiter like a non-streamed answer. A stream
+that fails (the provider
 raises, including when the upstream ended before its end marker) is recorded as a
 failure and never cached; the caller's iteration raises, and the HTTP edge turns that
 into a last error event.
@@ -108,12 +109,15 @@ async def relay(
         if not saw_tools:
             await gateway._cache_store(call, response)
         gateway.book.complete(call, response, cache_hit=False)
+        # The stream's limits are settled at its end: its real tokens and cost, its slot.
+        await gateway._settle(call, response, gateway.book.cost(call, response))
     except BaseException as exc:
         if shaper is not None:
             gateway._output_record(call)
         route_span.record_error(exc)
         route_span.end()
         gateway.book.fail(call, exc)
+        await gateway._settle(call)  # an error or a dropped stream frees its slot too
         raise
 
 

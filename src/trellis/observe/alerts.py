@@ -505,6 +505,11 @@ class AlertManager:
 
     # --- notification delivery ------------------------------------------------------
 
+    def send(self, payload: dict[str, Any]) -> None:
+        """Deliver an alert raised outside the rules (a budget threshold, by the limiter)
+        through the same log line and webhook, in order with the rules' notifications."""
+        self._notify(payload)
+
     def _notify(self, payload: dict[str, Any]) -> None:
         self._outbox.put_nowait(payload)
         if self._courier is None or self._courier.done():

@@ -91,6 +91,7 @@ async def authenticate_scope(trellis: Trellis, asgi_scope: Scope, scope: str) ->
         auth_end_ns=time.time_ns(),
         no_cache="no-cache" in cache_control,
         no_store="no-store" in cache_control,
+        project_id=getattr(record, "project_id", "default"),
     )
 
 

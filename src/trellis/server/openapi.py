@@ -52,7 +52,9 @@ _ERRORS: dict[int, str] = {
     413: "The request body is larger than the server's `max_body_bytes`.",
     422: "The answer was refused by the model alias's output guard (`output_blocked`); "
     "request validation errors are 400s.",
-    429: "Rate limited: every attempt at the upstream provider was, or (starting a "
+    429: "Rate limited: a limit of the key or its project is reached (code "
+    "`rate_limit_exceeded`, with OpenAI's `x-ratelimit-*` headers) or a budget is spent "
+    "(code `budget_exceeded`), every attempt at the upstream provider was, or (starting a "
     "workflow run) the run queue is full (`orchestration.max_queued_runs`); `Retry-After` "
     "says when to try again.",
     502: "The upstream provider failed or answered malformed data.",

@@ -50,6 +50,7 @@ __all__ = [
     "eval_runs",
     "eval_results",
     "JSONType",
+    "limits",
     "VERSION_TABLE",
     "include_name",
 ]
@@ -83,6 +84,22 @@ api_keys = Table(
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float, nullable=True),
     Column("last_used_at", Float, nullable=True),
+)
+
+#: Rate limits and budgets of one subject: ``key:<key id>`` or ``project:<project id>``
+#: (access/limits.py). A NULL column is no limit of that kind.
+limits = Table(
+    "limits",
+    metadata,
+    Column("subject", String(200), primary_key=True),
+    Column("rpm", Integer, nullable=True),
+    Column("tpm", Integer, nullable=True),
+    Column("max_concurrent", Integer, nullable=True),
+    Column("daily_usd", Float, nullable=True),
+    Column("monthly_usd", Float, nullable=True),
+    Column("alert_thresholds", JSONType, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
 )
 
 #: Columns of the covering index statistics read (start_ns first: queries are by window).

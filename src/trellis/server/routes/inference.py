@@ -89,6 +89,7 @@ async def chat_completions_direct(trellis: Trellis, scope: Scope, receive: Recei
                 **_cache_headers(result.cache_hit, result.similarity),
                 "x-trellis-trace-id": result.trace_id,
                 "cache-control": "no-cache",
+                **dict(caller.rate_limit_headers),
             },
         )
     chat = await gateway.chat(body, caller)
@@ -97,6 +98,7 @@ async def chat_completions_direct(trellis: Trellis, scope: Scope, receive: Recei
         [
             *_raw_cache_headers(chat.cache_hit, chat.similarity),
             (b"x-trellis-trace-id", chat.trace_id.encode()),
+            *[(name.encode(), value.encode()) for name, value in caller.rate_limit_headers],
         ],
     )
 
@@ -151,7 +153,7 @@ async def embeddings_direct(trellis: Trellis, scope: Scope, receive: Receive) ->
     """``POST /v1/embeddings`` on a raw ASGI request (``TrellisApp`` calls it directly)."""
     caller, body, gateway = await _accept(trellis, scope, receive, EmbeddingRequest)
     response = await gateway.embed(body, caller)
-    return JSONBytes(response.model_dump())
+    return JSONBytes(response.model_dump(), headers=dict(caller.rate_limit_headers) or None)
 
 
 @router.get("/models", **operation(scope=INFERENCE, reply=ModelList))

@@ -12,6 +12,7 @@ from trellis.errors import NotFoundError
 from trellis.server.edge import authenticate, parse_body, read_json, runtime
 from trellis.server.openapi import operation
 from trellis.server.responses import JSONBytes
+from trellis.settings import LimitValues
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
@@ -23,6 +24,9 @@ class CreateKey(BaseModel):
     scopes: list[str] = Field(default_factory=lambda: [INFERENCE], min_length=1)
     allowed_models: list[str] | None = None
     cache: bool = Field(default=False, description="Cache answers even when not deterministic")
+    limits: LimitValues | None = Field(
+        default=None, description="Rate limits and budgets of the new key (/v1/limits/key:<id>)"
+    )
 
 
 def key_json(record: ApiKeyRecord) -> dict[str, Any]:
@@ -46,7 +50,13 @@ async def create_key(request: Request) -> JSONBytes:
     record, secret = await keys.create(
         body.name, scopes=body.scopes, allowed_models=body.allowed_models, cache=body.cache
     )
-    return JSONBytes({**key_json(record), "key": secret}, status_code=201)
+    answer = {**key_json(record), "key": secret}
+    if body.limits is not None:
+        limiter = runtime(request).limiter
+        assert limiter is not None
+        await limiter.store.put(f"key:{record.id}", body.limits)
+        answer["limits"] = body.limits.model_dump()
+    return JSONBytes(answer, status_code=201)
 
 
 @router.delete("/{key_id}", **operation(scope=ADMIN, errors=[404, 409]))
