@@ -51,6 +51,16 @@ class EvalService:
         self._spawn(run_id, suite, dataset)
         return await self.store.run(run_id)
 
+    async def start_suite(
+        self, suite: Suite, dataset: Dataset, *, schedule: str | None = None
+    ) -> str:
+        """Register a run of an already loaded suite and dataset (a schedule's, read from
+        the files its settings name) and run it in the background; its id."""
+        self.runner.metrics(suite)
+        run_id = await self.runner.start(suite, dataset, schedule=schedule)
+        self._spawn(run_id, suite, dataset)
+        return run_id
+
     async def resume(self, run_id: str) -> RunRecord:
         """Continue a run whose process stopped (finished units are not redone)."""
         record = await self.store.run(run_id)
