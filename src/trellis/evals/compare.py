@@ -46,6 +46,7 @@ _RUN_STATS: dict[str, tuple[str, str]] = {
 #: The names a threshold may use besides the suite's metrics.
 RUN_STATISTICS = tuple(_RUN_STATS)
 
+
 @dataclass(slots=True)
 class Delta:
     name: str

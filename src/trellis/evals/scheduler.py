@@ -26,11 +26,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from trellis.cron import CronSchedule
-from trellis.errors import InvalidRequestError, NotFoundError, TrellisError
+from trellis.errors import ConflictError, InvalidRequestError, NotFoundError, TrellisError
 from trellis.evals.compare import RUN_STATISTICS, compare_reports
 from trellis.evals.runner import resolve_dataset
 from trellis.evals.schedule_store import ScheduleRun, ScheduleStore
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from trellis.evals.service import EvalService
     from trellis.observe.alerts import AlertManager
 
-__all__ = ["Clock", "EvalScheduler"]
+__all__ = ["Clock", "EvalScheduler", "describe_schedules"]
 
 log = logging.getLogger("trellis.evals.scheduler")
 
@@ -109,28 +109,7 @@ class EvalScheduler:
 
     async def describe(self) -> list[dict[str, Any]]:
         """Each schedule: its settings, next due time, last outcome and baseline run."""
-        now = self.clock()
-        described = []
-        for name, schedule in self.schedules.items():
-            last = await self.store.last_finished(name)
-            baseline = await self.store.baseline(name)
-            described.append(
-                {
-                    "object": "eval.schedule",
-                    "name": name,
-                    "suite": str(schedule.suite),
-                    "cron": schedule.cron,
-                    "timezone": schedule.timezone,
-                    "fail_on": list(schedule.fail_on),
-                    "enabled": schedule.enabled,
-                    "next_due_at": (
-                        self.crons[name].next_after(now) if schedule.enabled else None
-                    ),
-                    "last": None if last is None else last.to_dict(),
-                    "baseline_run_id": None if baseline is None else baseline.run_id,
-                }
-            )
-        return described
+        return await describe_schedules(self.store, self.schedules.values(), self.clock())
 
     async def history(self, name: str, limit: int = 50) -> list[ScheduleRun]:
         """The schedule's runs, latest first."""
@@ -153,7 +132,7 @@ class EvalScheduler:
             last_due = cron.last_at_or_before(now)
             latest = await self.store.latest_due(name)
             if latest is not None and latest < last_due:
-                log.info("eval schedule %s missed its run due at %s: running it now", name, last_due)
+                log.info("eval schedule %s missed its run due at %s: running it", name, last_due)
                 await self._claim_and_spawn(name, last_due, "missed")
         if background and self._loop_task is None:
             self._loop_task = asyncio.create_task(self._loop(), name="trellis-eval-schedules")
@@ -182,9 +161,9 @@ class EvalScheduler:
         self.schedule(name)
         claim = await self._claim_and_spawn(name, self.clock(), "manual")
         if claim is None:  # two runs by hand in the same instant
-            raise InvalidRequestError(
+            raise ConflictError(
                 f"eval schedule {name!r} was started at this very moment already; try again",
-                code="conflict",
+                param="name",
             )
         if wait:
             return await self._tasks[claim.id] if claim.id in self._tasks else claim
@@ -383,6 +362,33 @@ class EvalScheduler:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def describe_schedules(
+    store: ScheduleStore, schedules: Iterable[EvalSchedule], now: float
+) -> list[dict[str, Any]]:
+    """Each schedule's settings, next due time after ``now``, last outcome and baseline run
+    (what ``GET /v1/evals/schedules`` and ``trellis eval schedules`` show)."""
+    described = []
+    for schedule in schedules:
+        last = await store.last_finished(schedule.name)
+        baseline = await store.baseline(schedule.name)
+        cron = CronSchedule(schedule.cron, schedule.timezone)
+        described.append(
+            {
+                "object": "eval.schedule",
+                "name": schedule.name,
+                "suite": str(schedule.suite),
+                "cron": schedule.cron,
+                "timezone": schedule.timezone,
+                "fail_on": list(schedule.fail_on),
+                "enabled": schedule.enabled,
+                "next_due_at": cron.next_after(now) if schedule.enabled else None,
+                "last": None if last is None else last.to_dict(),
+                "baseline_run_id": None if baseline is None else baseline.run_id,
+            }
+        )
+    return described
 
 
 def _why(exc: BaseException) -> str:
