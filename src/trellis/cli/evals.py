@@ -559,6 +559,13 @@ def schedules_run(
     from trellis.runtime import Trellis
 
     settings = load_settings(config)
+    names = [schedule.name for schedule in settings.evals.schedules]
+    if name not in names:
+        known = ", ".join(names) or "none are configured under evals.schedules"
+        err_console.print(
+            f"[red]error:[/red] no eval schedule named {escape(repr(name))} ({escape(known)})"
+        )
+        raise typer.Exit(2)
 
     async def go() -> dict[str, Any]:
         async with Trellis(settings) as trellis:
@@ -568,18 +575,13 @@ def schedules_run(
             )
             scheduler = EvalScheduler(service, settings.evals.schedules, alerts=trellis.alerts)
             try:
-                scheduler.schedule(name)
                 scheduler.check()
                 outcome = await scheduler.run_now(name, wait=True)
             finally:
                 await service.aclose()
             return outcome.to_dict()
 
-    try:
-        outcome = run(go)
-    except TrellisError as exc:
-        err_console.print(f"[red]error:[/red] {escape(exc.message)}")
-        raise typer.Exit(2) from None
+    outcome = run(go)
     if as_json:
         _write_json(outcome, None)
     else:
