@@ -362,3 +362,53 @@ def test_cron_times_in_a_zone() -> None:
     due = berlin.next_after(T0)  # 02:00 in Berlin is 01:00 UTC in December
     assert due == T0 + DAY - 3600
     assert berlin.last_at_or_before(due) == due and berlin.last_at_or_before(due - 1) == due - DAY
+
+
+async def test_the_background_loop_runs_a_due_schedule(
+    sqlite_db: Database, upstream: FakeUpstream, suite_file: Path
+) -> None:
+    clock = Clock(T0 - 30)
+    service = EvalService(gateway(upstream), sqlite_db)
+    nightly = EvalScheduler(service, [schedule(suite_file)], clock=clock, poll_seconds=0.05)
+    service.scheduler = nightly
+    try:
+        await nightly.start()
+        await asyncio.sleep(0.2)
+        assert await nightly.history("nightly") == []  # not due yet
+        clock.now = T0 + 5
+        for _ in range(200):
+            runs = await nightly.history("nightly")
+            if runs and runs[0].status != "running":
+                break
+            await asyncio.sleep(0.05)
+        (run,) = runs
+        assert run.due_at == T0 and run.trigger == "cron" and run.status == "passed"
+    finally:
+        await close(nightly)
+
+
+async def test_a_claim_left_running_is_judged_at_the_next_start(
+    db: Database, upstream: FakeUpstream, model: Model, suite_file: Path
+) -> None:
+    """The process stopped after its eval run ended but before the outcome was recorded."""
+    clock = Clock(T0)
+    first = scheduler(db, upstream, suite_file, clock)
+    baseline = await first.run_now("nightly", wait=True)
+    model.error = 1
+    clock.now = T0 + 60
+    regressed = await first.run_now("nightly", wait=True)
+    assert regressed.status == "regressed"
+    await close(first)
+    async with db.write() as conn:  # as if the outcome had never been written
+        await conn.execute(
+            sa.update(eval_schedule_runs)
+            .where(eval_schedule_runs.c.id == regressed.id)
+            .values(status="running", regressions=None, finished_at=None)
+        )
+    restarted = scheduler(db, upstream, suite_file, clock)
+    await restarted.start(background=False)
+    (judged,) = await restarted.wait()
+    assert judged.id == regressed.id and judged.status == "regressed"
+    assert judged.baseline_run_id == baseline.run_id and judged.regressions
+    assert len(upstream.requests) == 2 * CASES  # judged from the stored run: nothing re-run
+    await close(restarted)

@@ -110,11 +110,15 @@ class ScheduleStore:
         comparison: dict[str, Any] | None = None,
         regressions: list[dict[str, Any]] | None = None,
     ) -> ScheduleRun:
+        """Record the outcome once: a claim already finished (judged by another process
+        that adopted it at the same time) keeps its first outcome."""
         assert status in FINISHED, status
         async with self.db.write() as conn:
             await conn.execute(
                 sa.update(eval_schedule_runs)
-                .where(eval_schedule_runs.c.id == claim_id)
+                .where(
+                    eval_schedule_runs.c.id == claim_id, eval_schedule_runs.c.status == "running"
+                )
                 .values(
                     status=status,
                     reason=reason,

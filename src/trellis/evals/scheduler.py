@@ -323,7 +323,9 @@ class EvalScheduler:
 
     async def _adopt_unfinished(self) -> None:
         """Claims left ``running`` whose eval run this process is running (resumed at
-        start-up) or that has ended: judged when it ends. Others may be another replica's."""
+        start-up or by hand) or that has ended: judged when it ends (an outcome is recorded
+        once, should another replica judge it at the same time). Claims whose eval run is
+        running elsewhere are that replica's."""
         for claim in await self.store.unfinished():
             if claim.schedule not in self.schedules or claim.id in self._tasks:
                 continue
@@ -345,6 +347,9 @@ class EvalScheduler:
         while True:
             try:
                 await self.run_due()
+                # A claim whose eval run was resumed here meanwhile (POST .../resume after
+                # a replica died) is judged when that run ends.
+                await self._adopt_unfinished()
             except Exception:  # logged: the scheduler must outlive a database outage
                 log.exception("eval scheduler: looking for due schedules failed")
             now = self.clock()
