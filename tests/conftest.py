@@ -34,6 +34,7 @@ _TABLES = (
     "memory_turns",
     "memory_sessions",
     "memories",
+    "eval_schedule_runs",
     "eval_results",
     "eval_runs",
     "eval_datasets",

@@ -2,7 +2,7 @@
 
 The layers (docs/architecture.md): server → (runtime, evals) → (orchestration, retrieval,
 memory) → inference → observe/access → store/guard → schema/settings → shared rules
-(http_headers, http_proxies, durations, nesting) → errors.
+(http_headers, http_proxies, durations, nesting, cron, thresholds) → errors.
 Units of one layer do not import each other either. Every import
 counts, also those inside functions and under ``TYPE_CHECKING``: a lazy or
 type-only import is still a dependency someone has to keep working.
@@ -20,11 +20,14 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "trellis"
 #: Top-level unit of ``trellis`` -> layer; a unit may import its own unit and lower layers.
 LAYERS: dict[str, int] = {
     "errors": 0,
-    # Small shared rules below every layer: header checks, proxies, durations, nesting.
+    # Small shared rules below every layer: header checks, proxies, durations, nesting,
+    # cron expressions and --fail-on thresholds.
     "http_headers": 1,
     "http_proxies": 1,
     "durations": 1,
     "nesting": 1,
+    "cron": 1,
+    "thresholds": 1,
     "settings": 2,
     "schema": 2,
     "store": 3,

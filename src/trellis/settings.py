@@ -22,9 +22,12 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from trellis.cron import check_cron, check_timezone
 from trellis.durations import DURATION_PATTERN, duration_seconds
+from trellis.errors import InvalidRequestError
 from trellis.http_headers import check_header
 from trellis.nesting import DEFAULT_MAX_DEPTH, MAX_DEPTH_CEILING
+from trellis.thresholds import parse_threshold
 
 __all__ = [
     "Settings",
@@ -48,6 +51,8 @@ __all__ = [
     "AlertSettings",
     "LimitValues",
     "LimitSettings",
+    "EvalSchedule",
+    "EvalSettings",
     "LOCAL_CHAT_ALIAS",
     "LOCAL_EMBEDDING_ALIAS",
     "ADMIN_KEY_MIN_LENGTH",
@@ -397,10 +402,21 @@ class AlertRule(_Strict):
     (latency P95 in ms, cost in USD, error rate as a fraction, or a trace count), or for
     ``latency`` with a ``baseline_window``, the P95 of the window before it times ``factor``.
     A ``score`` rule fires the other way: when the average of ``score_name`` falls below.
+    An ``eval_regression`` rule fires for a schedule (``evals.schedules``) while its latest
+    finished run regressed or failed, and resolves when a later run passes (no threshold:
+    the schedule's ``fail_on`` decides; ``window`` does not apply).
     """
 
     name: str = Field(min_length=1, max_length=200)
-    kind: Literal["latency", "cost", "error_rate", "retrieval_failures", "model_mismatch", "score"]
+    kind: Literal[
+        "latency",
+        "cost",
+        "error_rate",
+        "retrieval_failures",
+        "model_mismatch",
+        "score",
+        "eval_regression",
+    ]
     window: str = Field(default="5m", pattern=_DURATION_PATTERN)
     threshold: float | None = Field(default=None, ge=0)
     baseline_window: str | None = Field(default=None, pattern=_DURATION_PATTERN)
@@ -413,6 +429,10 @@ class AlertRule(_Strict):
     key_id: str | None = None
     trace_kind: str | None = Field(default=None, description="Only traces of this kind")
     score_name: str | None = Field(default=None, description="The score a score rule averages")
+    schedule: str | None = Field(
+        default=None,
+        description="eval_regression: only this schedule (default: every schedule)",
+    )
     for_seconds: float = Field(
         default=0.0, ge=0, description="How long the condition must hold before firing"
     )
@@ -429,6 +449,15 @@ class AlertRule(_Strict):
 
     @model_validator(mode="after")
     def _bound_given(self) -> AlertRule:
+        if self.schedule is not None and self.kind != "eval_regression":
+            raise ValueError("schedule applies to eval_regression rules only")
+        if self.kind == "eval_regression":
+            if self.threshold is not None or self.baseline_window is not None:
+                raise ValueError(
+                    "an eval_regression rule takes no threshold or baseline_window: the "
+                    "schedule's fail_on decides what a regression is"
+                )
+            return self
         if self.kind in ("retrieval_failures", "model_mismatch"):
             if self.threshold is None:
                 self.threshold = 0.0  # any occurrence
@@ -527,6 +556,78 @@ class LimitSettings(_Strict):
         ge=0,
         description="Completion tokens assumed at admission when a request sets no max_tokens",
     )
+
+#: A schedule's name: it appears in URLs (``/v1/evals/schedules/{name}``) and alert groups.
+SCHEDULE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+
+
+class EvalSchedule(_Strict):
+    """A suite run by the server on a cron schedule and compared with its last passing run
+    (see ``trellis.evals.scheduler``)."""
+
+    name: str = Field(pattern=SCHEDULE_NAME_PATTERN)
+    suite: Path = Field(
+        description="The suite's YAML file (relative paths: from the working directory); "
+        "its dataset may be a file beside it or a stored name@version"
+    )
+    cron: str = Field(description="Five cron fields, e.g. '0 2 * * *' (02:00 every day)")
+    timezone: str = Field(default="UTC", description="IANA zone the cron times are read in")
+    fail_on: list[str] = Field(
+        default_factory=list,
+        description="Regression thresholds, as `trellis eval compare --fail-on` "
+        "(rougeL:-0.02, latency_p95:+20%)",
+    )
+    enabled: bool = True
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        return check_cron(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_zone(cls, value: str) -> str:
+        return check_timezone(value)
+
+    @field_validator("fail_on")
+    @classmethod
+    def _valid_thresholds(cls, values: list[str]) -> list[str]:
+        for text in values:
+            try:
+                parse_threshold(text)
+            except InvalidRequestError as exc:
+                raise ValueError(exc.message) from None
+        return values
+
+    @field_validator("suite")
+    @classmethod
+    def _suite_exists(cls, path: Path) -> Path:
+        if not path.is_file():
+            raise ValueError(f"suite file {str(path)!r} does not exist")
+        return path
+
+
+class EvalSettings(_Strict):
+    schedules: list[EvalSchedule] = Field(default_factory=list)
+    scheduler: bool = Field(
+        default=True,
+        description="Run due schedules in this server (false: only `run` by hand or API)",
+    )
+    poll_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Longest sleep of the scheduler between looks at the clock",
+    )
+
+    @field_validator("schedules")
+    @classmethod
+    def _unique_names(cls, schedules: list[EvalSchedule]) -> list[EvalSchedule]:
+        names = [schedule.name for schedule in schedules]
+        duplicate = next((n for n in names if names.count(n) > 1), None)
+        if duplicate is not None:
+            raise ValueError(f"two eval schedules are named {duplicate!r}")
+        return schedules
 
 
 class RetrievalSettings(_Strict):
@@ -723,6 +824,7 @@ class Settings(BaseSettings):
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
+    evals: EvalSettings = Field(default_factory=EvalSettings)
     workflows: list[str] = Field(
         default_factory=list,
         description="Workflows to serve, by import path ('package.module:name' of a "

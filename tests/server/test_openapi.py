@@ -84,8 +84,13 @@ def test_request_bodies_are_published(openapi: dict[str, Any]) -> None:
     for (path, method), field in expected.items():
         assert field in _body_schema(openapi, path, method)["required"], path
     # Every operation that reads a body says so (re-indexing, cancelling and resuming an
-    # eval run read none).
-    bodiless = ("/reindex", "/cancel", "/v1/evals/runs/{run_id}/resume")
+    # eval run, running a schedule now read none).
+    bodiless = (
+        "/reindex",
+        "/cancel",
+        "/v1/evals/runs/{run_id}/resume",
+        "/v1/evals/schedules/{name}/run",
+    )
     for path, method, operation in _operations(openapi):
         if method == "post" and not path.endswith(bodiless):
             assert "requestBody" in operation, (method, path)

@@ -1,4 +1,5 @@
-"""``trellis eval run|compare`` and ``trellis eval dataset add|list``.
+"""``trellis eval run|compare``, ``trellis eval dataset add|list`` and
+``trellis eval schedules [run NAME]``.
 
 ``run`` starts a Trellis runtime in process (its gateway answers, its database keeps the
 results) and shows a progress bar on stderr; ``--run-id`` of an interrupted run resumes it.
@@ -34,6 +35,11 @@ eval_app = typer.Typer(
 )
 dataset_app = typer.Typer(help="Store and list eval datasets.", no_args_is_help=True)
 eval_app.add_typer(dataset_app, name="dataset")
+schedules_app = typer.Typer(
+    help="Scheduled eval runs (evals.schedules): list them, or run one now.",
+    invoke_without_command=True,
+)
+eval_app.add_typer(schedules_app, name="schedules")
 
 
 def _write_json(data: Any, path: str | None) -> None:
@@ -490,3 +496,99 @@ def dataset_list(config: ConfigOption = None, as_json: JsonOption = False) -> No
     for info in infos:
         table.add_row(escape(info.name), info.version, str(info.cases))
     console.print(table)
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@schedules_app.callback()
+def schedules_list(
+    ctx: typer.Context, config: ConfigOption = None, as_json: JsonOption = False
+) -> None:
+    """The schedules in the settings: next due time, last outcome, baseline run."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import time
+
+    from trellis.evals.schedule_store import ScheduleStore
+    from trellis.evals.scheduler import describe_schedules
+
+    settings = load_settings(config)
+
+    async def read(db: Any) -> list[dict[str, Any]]:
+        schedules = settings.evals.schedules
+        return await describe_schedules(ScheduleStore(db), schedules, time.time())
+
+    described = run(lambda: with_db(settings, read))
+    if as_json:
+        _write_json(described, None)
+        return
+    if not described:
+        console.print("No eval schedules: add them under evals.schedules in trellis.yaml.")
+        return
+    table = Table("name", "cron", "next due", "last outcome", "last run", "baseline run")
+    for item in described:
+        last = item["last"] or {}
+        cron = f"{item['cron']} ({item['timezone']})" + ("" if item["enabled"] else " off")
+        table.add_row(
+            escape(item["name"]),
+            escape(cron),
+            _when(item["next_due_at"]),
+            escape(str(last.get("status", "-"))),
+            str(last.get("run_id") or "-"),
+            str(item["baseline_run_id"] or "-"),
+        )
+    console.print(table)
+
+
+@schedules_app.command("run")
+def schedules_run(
+    name: Annotated[str, typer.Argument(help="The schedule's name")],
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a schedule now in this process, as at a due time: compared with its last passing
+    run, recorded, alert rules evaluated (the webhook told). Exits 1 unless it passed."""
+    from trellis.evals.scheduler import EvalScheduler
+    from trellis.evals.service import EvalService
+    from trellis.runtime import Trellis
+
+    settings = load_settings(config)
+    names = [schedule.name for schedule in settings.evals.schedules]
+    if name not in names:
+        known = ", ".join(names) or "none are configured under evals.schedules"
+        err_console.print(
+            f"[red]error:[/red] no eval schedule named {escape(repr(name))} ({escape(known)})"
+        )
+        raise typer.Exit(2)
+
+    async def go() -> dict[str, Any]:
+        async with Trellis(settings) as trellis:
+            assert trellis.db is not None and trellis.gateway is not None
+            service = EvalService(
+                trellis.gateway, trellis.db, embedder=trellis.minilm, workflows=trellis.workflows
+            )
+            scheduler = EvalScheduler(service, settings.evals.schedules, alerts=trellis.alerts)
+            try:
+                scheduler.check()
+                outcome = await scheduler.run_now(name, wait=True)
+            finally:
+                await service.aclose()
+            return outcome.to_dict()
+
+    outcome = run(go)
+    if as_json:
+        _write_json(outcome, None)
+    else:
+        colour = {"passed": "green", "regressed": "red", "failed": "red"}[outcome["status"]]
+        console.print(
+            f"[{colour}]{outcome['status']}[/{colour}] {escape(name)}: run {outcome['run_id']}"
+            f", baseline {outcome['baseline_run_id'] or '-'}: {escape(outcome['reason'] or '')}"
+        )
+    if outcome["status"] != "passed":
+        raise typer.Exit(1)

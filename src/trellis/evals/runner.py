@@ -175,8 +175,10 @@ class EvalRunner:
         run_id: str | None = None,
         *,
         key_id: str | None = None,
+        schedule: str | None = None,
     ) -> str:
-        """Register a run (or find the existing ``run_id``) and return its id."""
+        """Register a run (or find the existing ``run_id``) and return its id; ``schedule``
+        tags a run a schedule made."""
         for candidate in suite.candidates:
             if candidate.workflow is None:
                 continue
@@ -209,7 +211,12 @@ class EvalRunner:
         run_id = run_id or uuid.uuid4().hex
         await self.store.save_dataset(dataset)
         await self.store.create_run(
-            run_id, suite.model_dump(mode="json"), dataset.ref, total, key_id=key_id
+            run_id,
+            suite.model_dump(mode="json"),
+            dataset.ref,
+            total,
+            key_id=key_id,
+            schedule=schedule,
         )
         return run_id
 

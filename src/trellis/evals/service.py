@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trellis.errors import ConflictError, InvalidRequestError
 from trellis.evals.datasets import Dataset
@@ -18,6 +18,9 @@ from trellis.evals.store import EvalStore, RunRecord
 from trellis.evals.suite import Suite, parse_suite
 from trellis.inference.gateway import Gateway
 from trellis.store.db import Database
+
+if TYPE_CHECKING:
+    from trellis.evals.scheduler import EvalScheduler
 
 __all__ = ["EvalService"]
 
@@ -31,6 +34,8 @@ class EvalService:
         self.store = EvalStore(db)
         self.runner = EvalRunner(gateway, self.store, embedder=embedder, workflows=workflows)
         self._tasks: dict[str, asyncio.Task[Any]] = {}
+        #: Scheduled runs (``evals.schedules``), when the server attached a scheduler.
+        self.scheduler: EvalScheduler | None = None
 
     async def _dataset(self, suite: Suite) -> Dataset:
         ref = suite.dataset
@@ -50,6 +55,16 @@ class EvalService:
         run_id = await self.runner.start(suite, dataset, key_id=key_id)
         self._spawn(run_id, suite, dataset)
         return await self.store.run(run_id)
+
+    async def start_suite(
+        self, suite: Suite, dataset: Dataset, *, schedule: str | None = None
+    ) -> str:
+        """Register a run of an already loaded suite and dataset (a schedule's, read from
+        the files its settings name) and run it in the background; its id."""
+        self.runner.metrics(suite)
+        run_id = await self.runner.start(suite, dataset, schedule=schedule)
+        self._spawn(run_id, suite, dataset)
+        return run_id
 
     async def resume(self, run_id: str) -> RunRecord:
         """Continue a run whose process stopped (finished units are not redone)."""
@@ -107,6 +122,8 @@ class EvalService:
 
     async def aclose(self) -> None:
         """Stop the background runs; they stay ``running`` and resume at the next start."""
+        if self.scheduler is not None:
+            await self.scheduler.aclose()
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()

@@ -40,6 +40,8 @@ class RunRecord:
     key_id: str | None
     created_at: float
     updated_at: float
+    #: The schedule (``evals.schedules``) that ran it; None for runs started by hand.
+    schedule: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +56,7 @@ class RunRecord:
             "key_id": self.key_id,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "schedule": self.schedule,
         }
 
 
@@ -113,6 +116,7 @@ class EvalStore:
         dataset: str,
         total: int,
         key_id: str | None = None,
+        schedule: str | None = None,
     ) -> None:
         now = time.time()
         async with self.db.write() as conn:
@@ -126,6 +130,7 @@ class EvalStore:
                         "status": "running",
                         "total": total,
                         "key_id": key_id,
+                        "schedule": schedule,
                         "created_at": now,
                         "updated_at": now,
                     }
@@ -155,14 +160,21 @@ class EvalStore:
         return RunRecord(**{k: row[k] for k in RunRecord.__slots__})  # type: ignore[attr-defined]
 
     async def runs(
-        self, status: str | None = None, key_id: str | None = None, limit: int = 100
+        self,
+        status: str | None = None,
+        key_id: str | None = None,
+        limit: int = 100,
+        schedule: str | None = None,
     ) -> list[RunRecord]:
-        """Runs, newest first (``key_id``: only those that key started)."""
+        """Runs, newest first (``key_id``: only those that key started; ``schedule``: only
+        those that schedule ran)."""
         query = sa.select(eval_runs.c.id).order_by(eval_runs.c.created_at.desc()).limit(limit)
         if status is not None:
             query = query.where(eval_runs.c.status == status)
         if key_id is not None:
             query = query.where(eval_runs.c.key_id == key_id)
+        if schedule is not None:
+            query = query.where(eval_runs.c.schedule == schedule)
         async with self.db.engine.connect() as conn:
             ids = [r.id for r in (await conn.execute(query)).all()]
         return [await self.run(run_id) for run_id in ids]

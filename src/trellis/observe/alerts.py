@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from trellis.errors import InvalidRequestError, NotFoundError
@@ -33,7 +33,7 @@ from trellis.observe.query import parse_duration
 from trellis.observe.stats import GROUP_COLUMNS, StatsQuery, TraceStats
 from trellis.settings import AlertRule, AlertSettings
 from trellis.store.db import Database
-from trellis.store.tables import alert_rules, alerts
+from trellis.store.tables import alert_rules, alerts, eval_schedule_runs
 
 __all__ = [
     "AlertManager",
@@ -55,6 +55,7 @@ _UNITS = {
     "retrieval_failures": "traces with retrieval failures",
     "model_mismatch": "traces with a model mismatch",
     "score": "average score",
+    "eval_regression": "regressed quantities",
 }
 
 
@@ -89,6 +90,10 @@ class Reading:
 
     value: float
     bound: float
+    #: A message of its own (else one is made from the rule, value and bound).
+    message: str | None = None
+    #: What the notification carries besides the alert (``eval``: the scheduled run).
+    details: Mapping[str, Any] | None = None
 
 
 def settings_rule_id(name: str) -> str:
@@ -178,8 +183,60 @@ async def average_scores(
     return {g: (float(avg), int(n)) for g, avg, n in rows}
 
 
+async def eval_regressions(db: Database, spec: AlertRule) -> dict[Any, Reading]:
+    """Schedules (the groups) whose latest finished scheduled eval run regressed or failed.
+
+    Reads ``eval_schedule_runs``, which ``trellis.evals.scheduler`` writes; the reading's
+    value is the number of quantities past a ``fail_on`` threshold (0 for a failed run).
+    """
+    finished = ("passed", "regressed", "failed")
+    latest = (
+        select(
+            eval_schedule_runs.c.schedule.label("schedule"),
+            func.max(eval_schedule_runs.c.finished_at).label("finished_at"),
+        )
+        .where(eval_schedule_runs.c.status.in_(finished))
+        .group_by(eval_schedule_runs.c.schedule)
+    )
+    if spec.schedule is not None:
+        latest = latest.where(eval_schedule_runs.c.schedule == spec.schedule)
+    sub = latest.subquery()
+    query = select(eval_schedule_runs).join(
+        sub,
+        (eval_schedule_runs.c.schedule == sub.c.schedule)
+        & (eval_schedule_runs.c.finished_at == sub.c.finished_at),
+    )
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(query)).mappings().all()
+    breaching: dict[Any, Reading] = {}
+    for row in rows:
+        if row["status"] == "passed":
+            continue
+        regressions = list(row["regressions"] or [])
+        message = (
+            f"eval_regression: schedule {row['schedule']} regressed against baseline run "
+            f"{row['baseline_run_id']}: {row['reason']}"
+            if row["status"] == "regressed"
+            else f"eval_regression: schedule {row['schedule']} failed: {row['reason']}"
+        )
+        details = {
+            "schedule": row["schedule"],
+            "outcome": row["status"],
+            "run_id": row["run_id"],
+            "baseline_run_id": row["baseline_run_id"],
+            "due_at": row["due_at"],
+            "finished_at": row["finished_at"],
+            "reason": row["reason"],
+            "regressions": regressions,
+        }
+        breaching[row["schedule"]] = Reading(float(len(regressions)), 0.0, message, details)
+    return breaching
+
+
 async def evaluate_rule(db: Database, spec: AlertRule, now_ns: int) -> dict[Any, Reading]:
     """The groups (None when ungrouped) that breach ``spec`` over the window ending at now."""
+    if spec.kind == "eval_regression":
+        return await eval_regressions(db, spec)
     window = _window_ns(spec.window, "window")
     since = now_ns - window
     breaching: dict[Any, Reading] = {}
@@ -410,6 +467,8 @@ class AlertManager:
             await self._close(row, now, rule.spec)
 
     def _message(self, spec: AlertRule, reading: Reading) -> str:
+        if reading.message is not None:
+            return reading.message
         verb = "is below" if spec.kind == "score" else "exceeds"
         what = f"{spec.score_name} " if spec.kind == "score" else ""
         return (
@@ -441,7 +500,7 @@ class AlertManager:
         except IntegrityError:
             return  # another replica opened it first and notifies
         if state == "firing":
-            self._notify(self._payload(values, rule.spec))
+            self._notify(self._payload(values, rule.spec, reading))
 
     async def _transition(
         self,
@@ -466,14 +525,21 @@ class AlertManager:
                 .values(**changes)
             )
         if result.rowcount == 1:  # the replica that made the change notifies
-            self._notify(self._payload({**row, **changes}, spec))
+            self._notify(self._payload({**row, **changes}, spec, reading))
 
     async def _touch(self, alert_id: str, reading: Reading, now: float) -> None:
+        changes: dict[str, Any] = {
+            "value": reading.value,
+            "threshold": reading.bound,
+            "updated_at": now,
+        }
+        if reading.message is not None:  # a later regressed run: its own description
+            changes["message"] = reading.message
         async with self.db.write() as conn:
             await conn.execute(
                 update(alerts)
                 .where(alerts.c.id == alert_id, alerts.c.open_key.is_not(None))
-                .values(value=reading.value, threshold=reading.bound, updated_at=now)
+                .values(**changes)
             )
 
     async def _close(self, row: dict[str, Any], now: float, spec: AlertRule | None = None) -> None:
@@ -497,10 +563,14 @@ class AlertManager:
         for row in orphans:
             await self._close(row, now)
 
-    def _payload(self, row: Mapping[str, Any], spec: AlertRule | None) -> dict[str, Any]:
+    def _payload(
+        self, row: Mapping[str, Any], spec: AlertRule | None, reading: Reading | None = None
+    ) -> dict[str, Any]:
         payload = _alert_dict(row)
-        if spec is not None:
+        if spec is not None and spec.kind != "eval_regression":
             payload["window"] = spec.window
+        if reading is not None and reading.details is not None:
+            payload["eval"] = dict(reading.details)
         return payload
 
     # --- notification delivery ------------------------------------------------------

@@ -157,6 +157,10 @@ def create_app(
                 # One process owns a SQLite database: eval runs it left unfinished go on.
                 # (With Postgres and several replicas: POST /v1/evals/runs/{id}/resume.)
                 await evals.service_of(app, runtime).resume_unfinished()
+        if runtime.settings.evals.schedules and runtime.settings.evals.scheduler:
+            # Scheduled eval runs (evals.schedules): after the resume above, so a scheduled
+            # run the previous life left is judged when its eval run ends.
+            await evals.scheduler_of(app, runtime).start()
         if runtime.new_admin_key:
             announce_admin_key(runtime.new_admin_key)
         if freeze_gc:

@@ -49,6 +49,7 @@ __all__ = [
     "eval_datasets",
     "eval_runs",
     "eval_results",
+    "eval_schedule_runs",
     "JSONType",
     "limits",
     "VERSION_TABLE",
@@ -478,6 +479,9 @@ eval_runs = Table(
     Column("key_id", String(64), nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # The schedule (evals.schedules) that ran it; None for runs started by hand
+    # (revision 0013_eval_schedules).
+    Column("schedule", String(100), nullable=True),
 )
 
 eval_results = Table(
@@ -490,6 +494,34 @@ eval_results = Table(
     # output, metrics, latency_ms, tokens, cost, trace_id, error
     Column("result", JSONType, nullable=False),
     Column("created_at", Float, nullable=False),
+)
+
+# --- scheduled eval runs (revision 0013_eval_schedules) ----------------------------
+
+#: One row per (schedule, due time): the unique pair is the claim, so of several replicas
+#: only the one whose insert wins runs it. Then the outcome of the run against its baseline.
+eval_schedule_runs = Table(
+    "eval_schedule_runs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("schedule", String(100), nullable=False),
+    # The cron time this run is for (POSIX seconds); the claim time for a run by hand.
+    Column("due_at", Float, nullable=False),
+    # cron | missed (the due time passed while no server ran) | manual
+    Column("trigger", String(16), nullable=False),
+    # running | passed | regressed | failed
+    Column("status", String(16), nullable=False),
+    Column("run_id", String(32), nullable=True),
+    Column("baseline_run_id", String(32), nullable=True),
+    Column("reason", Text, nullable=True),
+    # {candidate: Comparison.to_dict()} against the baseline run
+    Column("comparison", JSONType, nullable=True),
+    # The quantities past a fail_on threshold: [{candidate, name, baseline, ...}]
+    Column("regressions", JSONType, nullable=True),
+    Column("claimed_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    UniqueConstraint("schedule", "due_at"),
+    Index("ix_eval_schedule_runs_schedule_finished_at", "schedule", "finished_at"),
 )
 
 #: The Postgres keyword index over chunks.fts_vector (GIN, revision 0006; SQLite's FTS5

@@ -20,6 +20,7 @@ from trellis.errors import PermissionDeniedError
 from trellis.evals.compare import compare_reports, parse_threshold
 from trellis.evals.datasets import NAME_PATTERN, parse_dataset
 from trellis.evals.html import render_run
+from trellis.evals.scheduler import EvalScheduler
 from trellis.evals.service import EvalService
 from trellis.evals.store import RunRecord
 from trellis.inference.call import Caller
@@ -27,6 +28,7 @@ from trellis.runtime import Trellis
 from trellis.server.edge import authenticate, parse_body, read_json, runtime
 from trellis.server.openapi import operation
 from trellis.server.responses import JSONBytes
+from trellis.settings import SCHEDULE_NAME_PATTERN
 
 router = APIRouter(prefix="/v1/evals", tags=["evals"])
 
@@ -75,6 +77,7 @@ class EvalRunReply(BaseModel):
     key_id: str | None = None
     created_at: float
     updated_at: float
+    schedule: str | None = Field(default=None, description="The schedule that ran it")
     report: dict[str, Any] | None = Field(
         default=None, description="The JSON report (on `GET /v1/evals/runs/{id}`)"
     )
@@ -110,6 +113,53 @@ class ComparisonReply(BaseModel):
     markdown: str
 
 
+class ScheduleRunReply(BaseModel):
+    object: Literal["eval.schedule_run"] = "eval.schedule_run"
+    id: str
+    schedule: str
+    due_at: float = Field(description="The cron time it ran for (the start, run by hand)")
+    trigger: Literal["cron", "missed", "manual"]
+    status: Literal["running", "passed", "regressed", "failed"]
+    run_id: str | None = Field(description="The eval run (GET /v1/evals/runs/{id})")
+    baseline_run_id: str | None = Field(description="The last passing run it was compared with")
+    reason: str | None
+    regressions: list[dict[str, Any]] = Field(
+        description="Quantities past a fail_on threshold: candidate, name, baseline, value, "
+        "delta, ci95, fail_on"
+    )
+    comparison: dict[str, Any] | None = Field(
+        description="Per candidate, the comparison with the baseline (as POST /v1/evals/compare)"
+    )
+    claimed_at: float
+    finished_at: float | None
+
+
+class ScheduleRunList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ScheduleRunReply]
+
+
+class ScheduleReply(BaseModel):
+    object: Literal["eval.schedule"] = "eval.schedule"
+    name: str
+    suite: str
+    cron: str
+    timezone: str
+    fail_on: list[str]
+    enabled: bool
+    next_due_at: float | None = Field(description="POSIX seconds; null when disabled")
+    last: ScheduleRunReply | None = Field(description="The latest finished run")
+    baseline_run_id: str | None
+
+
+class ScheduleList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ScheduleReply]
+
+
+ScheduleName = Path(pattern=SCHEDULE_NAME_PATTERN)
+
+
 # --- access ------------------------------------------------------------------------
 
 
@@ -124,6 +174,21 @@ def service_of(app: Any, trellis: Trellis) -> EvalService:
         )
         app.state.evals = service
     return service  # type: ignore[no-any-return]
+
+
+def scheduler_of(app: Any, trellis: Trellis) -> EvalScheduler:
+    """The eval service's scheduler of ``evals.schedules`` (the lifespan starts it when
+    ``evals.scheduler`` is on; runs by hand work either way)."""
+    service = service_of(app, trellis)
+    if service.scheduler is None:
+        settings = trellis.settings
+        service.scheduler = EvalScheduler(
+            service,
+            settings.evals.schedules,
+            alerts=trellis.alerts if settings.alerts.enabled else None,
+            poll_seconds=settings.evals.poll_seconds,
+        )
+    return service.scheduler
 
 
 def _service(request: Request) -> EvalService:
@@ -304,3 +369,43 @@ async def compare_eval_runs(request: Request) -> JSONBytes:
     return JSONBytes(
         {"object": "eval.comparison", **comparison.to_dict(), "markdown": comparison.markdown()}
     )
+
+
+# --- schedules ---------------------------------------------------------------------------
+
+
+@router.get("/schedules", **operation(scope=OBSERVER, reply=ScheduleList))
+async def list_schedules(request: Request) -> JSONBytes:
+    """The schedules of ``evals.schedules``: next due time, last outcome, baseline run."""
+    await authenticate(request, OBSERVER)
+    scheduler = scheduler_of(request.app, runtime(request))
+    return JSONBytes({"object": "list", "data": await scheduler.describe()})
+
+
+@router.post(
+    "/schedules/{name}/run",
+    **operation(scope=ADMIN, reply=ScheduleRunReply, errors=[400, 404, 409]),
+)
+async def run_schedule(request: Request, name: str = ScheduleName) -> JSONBytes:
+    """Run a schedule now, in the background (as at a due time: compared with its baseline,
+    alerting on a regression); poll ``GET /v1/evals/schedules/{name}/runs``."""
+    await authenticate(request, ADMIN)
+    scheduler = scheduler_of(request.app, runtime(request))
+    claim = await scheduler.run_now(name)
+    return JSONBytes(claim.to_dict())
+
+
+@router.get(
+    "/schedules/{name}/runs",
+    **operation(scope=OBSERVER, reply=ScheduleRunList, errors=[400, 404]),
+)
+async def list_schedule_runs(
+    request: Request,
+    name: str = ScheduleName,
+    limit: int = Query(default=50, ge=1, le=1000),
+) -> JSONBytes:
+    """The schedule's runs, latest due time first, with their outcomes."""
+    await authenticate(request, OBSERVER)
+    scheduler = scheduler_of(request.app, runtime(request))
+    runs = await scheduler.history(name, limit=limit)
+    return JSONBytes({"object": "list", "data": [run.to_dict() for run in runs]})
