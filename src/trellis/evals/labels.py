@@ -1,0 +1,694 @@
+"""Human evaluation: queues of cases that people label, one item at a time.
+
+A queue is made from an eval run (each scored output of a candidate: the case, the output,
+the run's rubric-judge verdicts) or from stored chat traces (the prompt and the answer,
+picked with the trace filters ``dataset from-traces`` uses). A label is a score on the
+queue's scale (a number in ``[min, max]``, passing at ``pass``; or pass/fail), optionally
+a corrected answer and a comment, and who gave it.
+
+Several people work one queue without colliding: ``next_item`` claims the first item that
+nobody labelled and nobody claimed in the last ``claim_seconds`` (a labeller gets back the
+item it already holds), with a conditional update so two claims of one item cannot both
+win. Labels become a dataset version (``export``: the corrected answer, or the output
+judged good, as ``expected``) and judge-calibration data (``agreement``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trellis.errors import InvalidRequestError, NotFoundError
+from trellis.evals.agreement import Agreement, judge_agreement
+from trellis.evals.datasets import NAME_PATTERN, Case, Dataset, content_hash
+from trellis.evals.from_traces import TraceSelection, dataset_from_traces
+from trellis.evals.judge import RubricJudge
+from trellis.evals.metrics import build_metrics
+from trellis.evals.store import EvalStore
+from trellis.evals.suite import PAIRWISE_PREFIX, parse_suite
+from trellis.observe.store import TraceStore
+from trellis.store.db import Database
+from trellis.store.tables import eval_labels, eval_queue_items, eval_queues
+
+__all__ = ["LabelQueues", "Queue", "QueueItem", "Scale", "parse_scale"]
+
+#: A claim older than this (seconds) no longer keeps others off an item.
+DEFAULT_CLAIM_SECONDS = 600.0
+
+
+class Scale(BaseModel):
+    """``{"type": "range", "min": 1, "max": 5, "pass": 3}`` or ``{"type": "pass_fail"}``.
+    ``pass`` defaults to the middle of the range; a pass/fail label is stored as 1 or 0."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    type: Literal["range", "pass_fail"] = "range"
+    min: float = 1
+    max: float = 5
+    pass_: float | None = Field(default=None, alias="pass")
+
+    @model_validator(mode="after")
+    def _check(self) -> Scale:
+        if self.type == "pass_fail":
+            self.min, self.max, self.pass_ = 0, 1, 0.5
+            return self
+        if not (math.isfinite(self.min) and math.isfinite(self.max) and self.min < self.max):
+            raise ValueError("a range scale needs finite min < max")
+        if self.pass_ is None:
+            self.pass_ = self.min + (self.max - self.min) / 2
+        if not self.min <= self.pass_ <= self.max:
+            raise ValueError("the scale's pass must lie within [min, max]")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "min": self.min, "max": self.max, "pass": self.pass_}
+
+
+def parse_scale(value: Any) -> Scale:
+    """A scale from JSON or the CLI's ``1-5``, ``1-5:4`` (passing at 4) or ``pass_fail``."""
+    if isinstance(value, str):
+        match = re.fullmatch(
+            r"\s*(-?\d+(?:\.\d+)?)\s*-\s*(-?\d+(?:\.\d+)?)(?::(-?\d+(?:\.\d+)?))?\s*", value
+        )
+        if value.strip() in ("pass_fail", "pass/fail"):
+            value = {"type": "pass_fail"}
+        elif match:
+            value = {"min": float(match[1]), "max": float(match[2])}
+            if match[3] is not None:
+                value["pass"] = float(match[3])
+        else:
+            raise InvalidRequestError(
+                f"bad scale {value!r}: write MIN-MAX, MIN-MAX:PASS or pass_fail", param="scale"
+            )
+    try:
+        return Scale.model_validate(value)
+    except ValidationError as exc:
+        message = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise InvalidRequestError(f"bad scale: {message}", param="scale") from None
+
+
+@dataclass(slots=True)
+class Queue:
+    id: str
+    name: str
+    source: dict[str, Any]
+    scale: Scale
+    instructions: str | None
+    items: int
+    key_id: str | None
+    created_at: float
+    labelled: int = 0
+    #: Unlabelled items someone claimed within the claim window.
+    claimed: int = 0
+    passed: int = 0
+    mean_score: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "object": "eval.queue",
+            "id": self.id,
+            "name": self.name,
+            "source": self.source,
+            "scale": self.scale.to_dict(),
+            "instructions": self.instructions,
+            "key_id": self.key_id,
+            "created_at": self.created_at,
+            "progress": {
+                "items": self.items,
+                "labelled": self.labelled,
+                "claimed": self.claimed,
+                "remaining": self.items - self.labelled,
+                "passed": self.passed,
+                "mean_score": self.mean_score,
+            },
+        }
+
+
+@dataclass(slots=True)
+class QueueItem:
+    queue_id: str
+    id: int
+    case: Case
+    output: str
+    candidate: str | None = None
+    repeat: int | None = None
+    trace_id: str | None = None
+    judge: dict[str, Any] | None = None
+    claimed_by: str | None = None
+    claimed_at: float | None = None
+    label: dict[str, Any] | None = field(default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "object": "eval.queue_item",
+            "queue_id": self.queue_id,
+            "id": self.id,
+            "case_id": self.case.id,
+            "input": self.case.input,
+            "expected": self.case.expected,
+            "context": self.case.context,
+            "output": self.output,
+            "candidate": self.candidate,
+            "repeat": self.repeat,
+            "trace_id": self.trace_id,
+            "judge": self.judge,
+            "claimed_by": self.claimed_by,
+            "claimed_at": self.claimed_at,
+            "label": self.label,
+        }
+
+
+def _label_dict(row: Any) -> dict[str, Any]:
+    return {
+        "score": row["score"],
+        "passed": row["passed"],
+        "reference": row["reference"],
+        "comment": row["comment"],
+        "labeller": row["labeller"],
+        "labeller_name": row["labeller_name"],
+        "created_at": row["created_at"],
+    }
+
+
+def _item(row: Any, label: dict[str, Any] | None = None) -> QueueItem:
+    return QueueItem(
+        queue_id=row["queue_id"],
+        id=row["item_id"],
+        case=Case.model_validate(row["case"]),
+        output=row["output"],
+        candidate=row["candidate"],
+        repeat=row["repeat"],
+        trace_id=row["trace_id"],
+        judge=row["judge"],
+        claimed_by=row["claimed_by"],
+        claimed_at=row["claimed_at"],
+        label=label,
+    )
+
+
+def _judges(suite_data: dict[str, Any]) -> dict[str, RubricJudge]:
+    """The run's rubric judges by metric name (their scales map scores back)."""
+    suite = parse_suite(suite_data, "the run's suite")
+    try:
+        metrics = build_metrics(suite.metrics)
+    except (ValueError, TypeError):
+        return {}
+    return {m.name: m for m in metrics if isinstance(m, RubricJudge)}
+
+
+class LabelQueues:
+    """Queues, their items and labels in Trellis' database (tables ``eval_queue*``,
+    ``eval_labels``)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.evals = EvalStore(db)
+
+    # --- creating ------------------------------------------------------------------
+
+    async def from_run(
+        self,
+        run_id: str,
+        *,
+        name: str | None = None,
+        candidate: str | None = None,
+        scale: Scale | None = None,
+        limit: int | None = None,
+        instructions: str | None = None,
+        key_id: str | None = None,
+    ) -> Queue:
+        """A queue of a run's scored outputs (dataset order, then candidates, repeats);
+        ``candidate`` keeps one candidate's. Without ``scale``: the run's rubric judge's
+        scale (so scores compare one to one), else 1-5."""
+        record = await self.evals.run(run_id)
+        dataset = await self.evals.dataset(record.dataset)
+        results = await self.evals.results(run_id)
+        judges = _judges(record.suite)
+        names = [c["name"] for c in record.suite.get("candidates", [])]
+        if candidate is not None and candidate not in names:
+            raise InvalidRequestError(
+                f"run {run_id} has no candidate {candidate!r} (it has {', '.join(names)})",
+                param="candidate",
+            )
+        if scale is None:
+            judge = next(iter(judges.values()), None)
+            scale = Scale(min=judge.low, max=judge.high) if judge else Scale()
+        repeats = int(record.suite.get("repeats", 1))
+        rows: list[dict[str, Any]] = []
+        for case in dataset.cases:
+            for name_ in names:
+                if name_.startswith(PAIRWISE_PREFIX) or candidate not in (None, name_):
+                    continue
+                for repeat in range(repeats):
+                    result = results.get((case.id, name_, repeat))
+                    if not result or result.get("error") is not None:
+                        continue
+                    verdicts = {}
+                    for metric, judge in judges.items():
+                        value = (result.get("metrics") or {}).get(metric)
+                        if value is None:
+                            continue
+                        verdict = (result.get("judgements") or {}).get(metric) or {}
+                        verdicts[metric] = {
+                            "score": value,
+                            "raw": verdict.get("score"),
+                            "low": judge.low,
+                            "high": judge.high,
+                            "reason": verdict.get("reason"),
+                        }
+                    rows.append(
+                        {
+                            "case_id": case.id,
+                            "candidate": name_,
+                            "repeat": repeat,
+                            "trace_id": result.get("trace_id"),
+                            "case": case.model_dump(exclude_defaults=True),
+                            "output": str(result.get("output") or ""),
+                            "judge": verdicts or None,
+                        }
+                    )
+        if limit is not None:
+            rows = rows[:limit]
+        source = {"run_id": run_id, "dataset": record.dataset, "candidate": candidate}
+        return await self._create(
+            name or f"run {run_id}", source, scale, instructions, rows, key_id
+        )
+
+    async def from_traces(
+        self,
+        selection: TraceSelection,
+        *,
+        name: str | None = None,
+        scale: Scale | None = None,
+        instructions: str | None = None,
+        key_id: str | None = None,
+        filters: dict[str, Any] | None = None,
+    ) -> Queue:
+        """A queue of stored chat traces' prompts and answers (newest first); traces with
+        no stored prompt or no answer are left out. ``filters`` is kept as the source."""
+        picked = TraceSelection(
+            query=selection.query,
+            limit=selection.limit,
+            score=selection.score,
+            below=selection.below,
+            expected="output",
+        )
+        built = await dataset_from_traces(TraceStore(self.db), "queue", picked)
+        rows = []
+        for case in built.dataset.cases:
+            if case.expected is None:
+                continue  # a failed call: no answer to label
+            output = case.expected
+            case = case.model_copy(update={"expected": None})
+            rows.append(
+                {
+                    "case_id": case.id,
+                    "candidate": None,
+                    "repeat": None,
+                    "trace_id": case.id,
+                    "case": case.model_dump(exclude_defaults=True),
+                    "output": output,
+                    "judge": None,
+                }
+            )
+        if not rows:
+            raise InvalidRequestError("no matching trace has an answer to label", param="traces")
+        source = {"traces": filters or {}}
+        return await self._create(
+            name or "traces", source, scale or Scale(), instructions, rows, key_id
+        )
+
+    async def _create(
+        self,
+        name: str,
+        source: dict[str, Any],
+        scale: Scale,
+        instructions: str | None,
+        rows: list[dict[str, Any]],
+        key_id: str | None,
+    ) -> Queue:
+        if not rows:
+            raise InvalidRequestError("nothing to label: the source has no scored output")
+        queue_id = uuid.uuid4().hex
+        now = time.time()
+        async with self.db.write() as conn:
+            await conn.execute(
+                sa.insert(eval_queues),
+                [
+                    {
+                        "id": queue_id,
+                        "name": name[:200],
+                        "source": source,
+                        "scale": scale.to_dict(),
+                        "instructions": instructions,
+                        "item_count": len(rows),
+                        "key_id": key_id,
+                        "created_at": now,
+                    }
+                ],
+            )
+            await conn.execute(
+                sa.insert(eval_queue_items),
+                [
+                    {
+                        **row,
+                        "queue_id": queue_id,
+                        "item_id": number,
+                        "claimed_by": None,
+                        "claimed_at": None,
+                        "labelled": False,
+                    }
+                    for number, row in enumerate(rows, 1)
+                ],
+            )
+        return await self.queue(queue_id)
+
+    # --- reading -------------------------------------------------------------------
+
+    async def queue(self, queue_id: str, claim_seconds: float = DEFAULT_CLAIM_SECONDS) -> Queue:
+        """The queue and its progress."""
+        items = eval_queue_items.c
+        fresh = time.time() - claim_seconds
+        async with self.db.engine.connect() as conn:
+            row = (
+                (await conn.execute(sa.select(eval_queues).where(eval_queues.c.id == queue_id)))
+                .mappings()
+                .first()
+            )
+            if row is None:
+                raise NotFoundError(f"no eval queue {queue_id!r}", param="queue_id")
+            claimed = (
+                await conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(eval_queue_items)
+                    .where(
+                        items.queue_id == queue_id,
+                        items.labelled.is_(False),
+                        items.claimed_at > fresh,
+                    )
+                )
+            ).scalar_one()
+            labels = (
+                await conn.execute(
+                    sa.select(
+                        sa.func.count(),
+                        sa.func.sum(sa.case((eval_labels.c.passed, 1), else_=0)),
+                        sa.func.avg(eval_labels.c.score),
+                    ).where(eval_labels.c.queue_id == queue_id)
+                )
+            ).one()
+        return Queue(
+            id=row["id"],
+            name=row["name"],
+            source=row["source"],
+            scale=Scale.model_validate(row["scale"]),
+            instructions=row["instructions"],
+            items=row["item_count"],
+            key_id=row["key_id"],
+            created_at=row["created_at"],
+            labelled=int(labels[0] or 0),
+            claimed=int(claimed or 0),
+            passed=int(labels[1] or 0),
+            mean_score=None if labels[2] is None else round(float(labels[2]), 6),
+        )
+
+    async def queues(self, key_id: str | None = None, limit: int = 100) -> list[Queue]:
+        """Queues, newest first (``key_id``: only those that key created)."""
+        query = sa.select(eval_queues.c.id).order_by(eval_queues.c.created_at.desc()).limit(limit)
+        if key_id is not None:
+            query = query.where(eval_queues.c.key_id == key_id)
+        async with self.db.engine.connect() as conn:
+            ids = [r.id for r in (await conn.execute(query)).all()]
+        return [await self.queue(queue_id) for queue_id in ids]
+
+    async def items(
+        self,
+        queue_id: str,
+        *,
+        labelled: bool | None = None,
+        after: int = 0,
+        limit: int = 100,
+    ) -> list[QueueItem]:
+        """Items in queue order after item ``after``, with their labels."""
+        await self.queue(queue_id)
+        query = (
+            sa.select(eval_queue_items, *_label_columns())
+            .select_from(eval_queue_items.outerjoin(eval_labels, _label_join()))
+            .where(eval_queue_items.c.queue_id == queue_id, eval_queue_items.c.item_id > after)
+            .order_by(eval_queue_items.c.item_id)
+            .limit(limit)
+        )
+        if labelled is not None:
+            query = query.where(eval_queue_items.c.labelled.is_(labelled))
+        async with self.db.engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [_with_label(row) for row in rows]
+
+    async def item(self, queue_id: str, item_id: int) -> QueueItem:
+        query = (
+            sa.select(eval_queue_items, *_label_columns())
+            .select_from(eval_queue_items.outerjoin(eval_labels, _label_join()))
+            .where(eval_queue_items.c.queue_id == queue_id, eval_queue_items.c.item_id == item_id)
+        )
+        async with self.db.engine.connect() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        if row is None:
+            await self.queue(queue_id)  # an unknown queue is named as such
+            raise NotFoundError(f"queue {queue_id} has no item {item_id}", param="item_id")
+        return _with_label(row)
+
+    # --- labelling -----------------------------------------------------------------
+
+    async def next_item(
+        self, queue_id: str, labeller: str, claim_seconds: float = DEFAULT_CLAIM_SECONDS
+    ) -> QueueItem | None:
+        """Claim the next item for ``labeller``: the one it already holds, else the first
+        unlabelled item nobody claimed within ``claim_seconds``. None: nothing left."""
+        await self.queue(queue_id)
+        items = eval_queue_items.c
+        for _ in range(20):  # another labeller won the item we picked: pick again
+            now = time.time()
+            free = sa.or_(
+                items.claimed_at.is_(None),
+                items.claimed_at <= now - claim_seconds,
+                items.claimed_by == labeller,
+            )
+            async with self.db.write() as conn:
+                picked = (
+                    await conn.execute(
+                        sa.select(items.item_id)
+                        .where(items.queue_id == queue_id, items.labelled.is_(False), free)
+                        .order_by(
+                            sa.case((items.claimed_by == labeller, 0), else_=1), items.item_id
+                        )
+                        .limit(1)
+                    )
+                ).scalar_one_or_none()
+                if picked is None:
+                    return None
+                claimed = await conn.execute(
+                    sa.update(eval_queue_items)
+                    .where(
+                        items.queue_id == queue_id,
+                        items.item_id == picked,
+                        items.labelled.is_(False),
+                        free,
+                    )
+                    .values(claimed_by=labeller, claimed_at=now)
+                )
+            if claimed.rowcount == 1:
+                return await self.item(queue_id, picked)
+        return None
+
+    async def label(
+        self,
+        queue_id: str,
+        item_id: int,
+        *,
+        score: float | None = None,
+        passed: bool | None = None,
+        reference: str | None = None,
+        comment: str | None = None,
+        labeller: str | None = None,
+        labeller_name: str | None = None,
+    ) -> QueueItem:
+        """Label an item (a second label replaces the first). On a range scale ``score``
+        is required and ``passed`` follows from it; on pass/fail ``passed`` (or a score
+        of 0 or 1) is."""
+        queue = await self.queue(queue_id)
+        scale = queue.scale
+        await self.item(queue_id, item_id)
+        score, passed = _check_label(scale, score, passed)
+        row = {
+            "queue_id": queue_id,
+            "item_id": item_id,
+            "score": score,
+            "passed": passed,
+            "reference": reference or None,
+            "comment": comment or None,
+            "labeller": labeller,
+            "labeller_name": labeller_name,
+            "created_at": time.time(),
+        }
+        async with self.db.write() as conn:
+            await conn.execute(
+                sa.delete(eval_labels).where(
+                    eval_labels.c.queue_id == queue_id, eval_labels.c.item_id == item_id
+                )
+            )
+            await conn.execute(sa.insert(eval_labels), [row])
+            await conn.execute(
+                sa.update(eval_queue_items)
+                .where(
+                    eval_queue_items.c.queue_id == queue_id,
+                    eval_queue_items.c.item_id == item_id,
+                )
+                .values(labelled=True)
+            )
+        return await self.item(queue_id, item_id)
+
+    # --- using the labels -------------------------------------------------------------
+
+    async def labelled_items(self, queue_id: str) -> list[QueueItem]:
+        """Every labelled item, in queue order."""
+        found: list[QueueItem] = []
+        after = 0
+        while True:
+            page = await self.items(queue_id, labelled=True, after=after, limit=1000)
+            found.extend(page)
+            if len(page) < 1000:
+                return found
+            after = page[-1].id
+
+    async def agreement(self, queue_id: str) -> list[Agreement]:
+        """Judge-human agreement per judge metric of the source run (none from traces)."""
+        queue = await self.queue(queue_id)
+        pairs = [
+            (metric, float(verdict["score"]), float(item.label["score"]))
+            for item in await self.labelled_items(queue_id)
+            if item.label is not None and item.label["score"] is not None
+            for metric, verdict in (item.judge or {}).items()
+            if verdict.get("score") is not None
+        ]
+        return judge_agreement(pairs, queue.scale.to_dict())
+
+    async def export(self, queue_id: str, name: str) -> tuple[Dataset, bool, int]:
+        """The labels as a new dataset version: a case per labelled item whose ``expected``
+        is the labeller's corrected answer, else the output when it passed; the human
+        label in ``metadata.human``. Returns the dataset, whether that version is new, and
+        how many labelled items gave no case (failed, with no corrected answer)."""
+        if not re.match(NAME_PATTERN, name):
+            raise InvalidRequestError(
+                f"dataset name {name!r} must be 1-100 letters, digits, '.', '_' or '-'",
+                param="dataset",
+            )
+        queue = await self.queue(queue_id)
+        items = await self.labelled_items(queue_id)
+        counts: dict[str, int] = {}
+        for item in items:
+            counts[item.case.id] = counts.get(item.case.id, 0) + 1
+        cases: list[Case] = []
+        skipped = 0
+        for item in items:
+            label = item.label or {}
+            expected = label.get("reference") or (item.output if label.get("passed") else None)
+            if expected is None:
+                skipped += 1
+                continue
+            # One case per item: a case labelled for several candidates gets its item number.
+            case_id = item.case.id if counts[item.case.id] == 1 else f"{item.case.id}#{item.id}"
+            human = {
+                "score": label.get("score"),
+                "passed": label.get("passed"),
+                "comment": label.get("comment"),
+                "labeller": label.get("labeller_name") or label.get("labeller"),
+                "queue": queue.id,
+                "item": item.id,
+                "corrected": bool(label.get("reference")),
+            }
+            if item.candidate is not None:
+                human["candidate"] = item.candidate
+            if item.trace_id is not None:
+                human["trace_id"] = item.trace_id
+            cases.append(
+                item.case.model_copy(
+                    update={
+                        "id": case_id[:200],
+                        "expected": expected,
+                        "metadata": {**item.case.metadata, "human": human},
+                    }
+                )
+            )
+        if not cases:
+            raise InvalidRequestError(
+                "no labelled item gives an expected answer yet (label some, pass them or "
+                "write a corrected answer)",
+                param="queue_id",
+            )
+        dataset = Dataset(name=name, cases=cases, version=content_hash(cases))
+        created = await self.evals.save_dataset(dataset)
+        return dataset, created, skipped
+
+
+def _check_label(scale: Scale, score: float | None, passed: bool | None) -> tuple[float, bool]:
+    threshold = scale.pass_ if scale.pass_ is not None else scale.min
+    if scale.type == "pass_fail":
+        if score is not None and score not in (0, 1):
+            raise InvalidRequestError(
+                "this queue labels pass/fail: give passed, or a score of 0 or 1", param="score"
+            )
+        if passed is None and score is None:
+            raise InvalidRequestError("this queue labels pass/fail: give passed", param="passed")
+        verdict = bool(score) if passed is None else passed
+        if score is not None and bool(score) != verdict:
+            raise InvalidRequestError("score and passed disagree", param="passed")
+        return (1.0 if verdict else 0.0), verdict
+    if score is None:
+        raise InvalidRequestError(
+            f"this queue labels a score from {scale.min:g} to {scale.max:g}", param="score"
+        )
+    if not (math.isfinite(score) and scale.min <= score <= scale.max):
+        raise InvalidRequestError(
+            f"score {score:g} is outside the queue's scale {scale.min:g}-{scale.max:g}",
+            param="score",
+        )
+    verdict = score >= threshold
+    if passed is not None and passed != verdict:
+        raise InvalidRequestError(
+            f"score {score:g} {'passes' if verdict else 'fails'} at {threshold:g}: "
+            "passed says otherwise",
+            param="passed",
+        )
+    return float(score), verdict
+
+
+def _label_columns() -> list[Any]:
+    c = eval_labels.c
+    return [
+        c.score,
+        c.passed,
+        c.reference,
+        c.comment,
+        c.labeller,
+        c.labeller_name,
+        c.created_at,
+    ]
+
+
+def _label_join() -> Any:
+    return sa.and_(
+        eval_labels.c.queue_id == eval_queue_items.c.queue_id,
+        eval_labels.c.item_id == eval_queue_items.c.item_id,
+    )
+
+
+def _with_label(row: Any) -> QueueItem:
+    label = _label_dict(row) if row["created_at"] is not None else None
+    return _item(row, label)
