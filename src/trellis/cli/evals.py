@@ -1,4 +1,5 @@
-"""``trellis eval run|compare`` and ``trellis eval dataset add|list``.
+"""``trellis eval run|compare``, ``trellis eval dataset add|list`` (``eval queue``: in
+``eval_queues.py``).
 
 ``run`` starts a Trellis runtime in process (its gateway answers, its database keeps the
 results) and shows a progress bar on stderr; ``--run-id`` of an interrupted run resumes it.
@@ -27,6 +28,7 @@ from trellis.cli._common import (
     run,
     with_db,
 )
+from trellis.cli.eval_queues import queue_app
 from trellis.errors import TrellisError
 
 eval_app = typer.Typer(
@@ -34,6 +36,7 @@ eval_app = typer.Typer(
 )
 dataset_app = typer.Typer(help="Store and list eval datasets.", no_args_is_help=True)
 eval_app.add_typer(dataset_app, name="dataset")
+eval_app.add_typer(queue_app, name="queue")
 
 
 def _write_json(data: Any, path: str | None) -> None:
