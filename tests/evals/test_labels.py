@@ -4,6 +4,7 @@ labels exported as a dataset version."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections.abc import Iterator
@@ -58,7 +59,8 @@ async def judged_run(upstream: FakeUpstream, db: Database) -> str:
     return str(report["run_id"])
 
 
-async def test_a_queue_from_a_judged_run(upstream: FakeUpstream, sqlite_db: Database) -> None:
+async def test_a_queue_from_a_judged_run(upstream: FakeUpstream, db: Database) -> None:
+    sqlite_db = db
     run_id = await judged_run(upstream, sqlite_db)
     queues = LabelQueues(sqlite_db)
     queue = await queues.from_run(run_id, name="sums review")
@@ -130,6 +132,19 @@ async def test_a_queue_from_a_judged_run(upstream: FakeUpstream, sqlite_db: Data
     assert [c.id for c in stored.cases] == [c.id for c in dataset.cases]
     again = await queues.export(queue.id, "sums-human")
     assert again[1] is False  # the same labels: the same version
+
+
+async def test_labellers_at_once_never_share_an_item(upstream: FakeUpstream, db: Database) -> None:
+    run_id = await judged_run(upstream, db)
+    queues = LabelQueues(db)
+    queue = await queues.from_run(run_id)
+    claimed = await asyncio.gather(
+        *(queues.next_item(queue.id, f"labeller-{n}") for n in range(10))
+    )
+    ids = [item.id for item in claimed if item is not None]
+    assert sorted(ids) == list(range(1, 9))  # eight items, eight labellers; two got none
+    assert claimed.count(None) == 2
+    assert (await queues.queue(queue.id)).claimed == 8
 
 
 async def test_labels_must_fit_the_scale(upstream: FakeUpstream, sqlite_db: Database) -> None:
