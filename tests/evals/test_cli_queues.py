@@ -96,3 +96,34 @@ def test_label_a_run_from_the_cli(config: Path, tmp_path: Path) -> None:  # noqa
     assert code == 2 and "bad scale" in output
     code, output = invoke(config, "eval", "queue", "show", "nope")
     assert code == 1 and "no eval queue" in output
+    code, output = invoke(config, "eval", "queue", "create", "--run", run_id, "--model", "good")
+    assert code == 2 and "not both" in output
+    # No chat trace matches: a clear error, no queue.
+    code, output = invoke(config, "eval", "queue", "create", "--model", "nothing", "--q", "x")
+    assert code == 1 and "no trace matched" in output
+    # The run's own chat traces (stored with their prompts) make a queue too.
+    code, output = invoke(
+        config,
+        "eval",
+        "queue",
+        "create",
+        "--model",
+        "good",
+        "--q",
+        "What is 2+1",
+        "--scale",
+        "pass_fail",
+        "--json",
+    )
+    assert code == 0, output
+    traced = json.loads(output)
+    assert traced["source"] == {"traces": {"model": "good", "q": "What is 2+1"}}
+    assert traced["scale"]["type"] == "pass_fail" and traced["progress"]["items"] >= 1
+    code, output = invoke(config, "eval", "queue", "next", traced["id"], "--json")
+    assert code == 0, output
+    item = json.loads(output)
+    assert item["trace_id"] and "2+1" in item["input"] and item["judge"] is None
+    code, output = invoke(config, "eval", "queue", "label", traced["id"], str(item["id"]), "--pass")
+    assert code == 0 and "(pass)" in output
+    code, output = invoke(config, "eval", "queue", "list", "--json")
+    assert [q["id"] for q in json.loads(output)] == [traced["id"], queue["id"]]

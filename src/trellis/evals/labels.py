@@ -196,8 +196,9 @@ def _item(row: Any, label: dict[str, Any] | None = None) -> QueueItem:
 def _judges(suite_data: dict[str, Any]) -> dict[str, RubricJudge]:
     """The run's rubric judges by metric name (their scales map scores back)."""
     suite = parse_suite(suite_data, "the run's suite")
+    specs = [spec for spec in suite.metrics if spec.name == RubricJudge.name]
     try:
-        metrics = build_metrics(suite.metrics)
+        metrics = build_metrics(specs)  # only the judges: no other metric is built
     except (ValueError, TypeError):
         return {}
     return {m.name: m for m in metrics if isinstance(m, RubricJudge)}
