@@ -15,6 +15,8 @@ import sacrebleu
 from trellis.errors import InvalidRequestError
 from trellis.evals import EvalRunner, EvalStore, compare_reports, parse_threshold, render_compare
 from trellis.evals.corpus import bootstrap_scores, corpus_scores, sentence_stats
+from trellis.evals.datasets import Case
+from trellis.evals.metrics import build_metric
 from trellis.evals.pairwise import pair_stats
 from trellis.store import Database
 from trellis.testing.fake_upstream import FakeUpstream
@@ -50,6 +52,19 @@ def test_corpus_scores_equal_sacrebleu() -> None:
     assert corpus_scores([]) is None
 
 
+def test_sentence_scores_from_statistics_equal_sacrebleus_sentence_scores() -> None:
+    bleu, chrf = build_metric("bleu", {}), build_metric("chrf", {})
+    for hyp, ref, stats in zip(
+        HYPOTHESES, REFERENCES, sentence_stats(HYPOTHESES, REFERENCES), strict=True
+    ):
+        case = Case(id="x", input="q", expected=ref)
+        assert bleu.from_stats(stats["bleu"]) == pytest.approx(bleu(hyp, case), abs=1e-12)  # type: ignore[attr-defined]
+        assert chrf.from_stats(stats["chrf"]) == pytest.approx(chrf(hyp, case), abs=1e-12)  # type: ignore[attr-defined]
+        assert bleu(hyp, case) == pytest.approx(
+            sacrebleu.sentence_bleu(hyp, [ref]).score / 100, abs=1e-12
+        )
+
+
 def test_a_resample_scores_as_sacrebleu_scores_the_drawn_cases() -> None:
     stats = sentence_stats(HYPOTHESES, REFERENCES)
     draws = np.array([[0, 0, 3, 4, 1], [2, 2, 2, 1, 0], [4, 3, 2, 1, 0]])
@@ -81,6 +96,9 @@ async def test_the_run_report_and_compare_carry_corpus_scores(sqlite_db: Databas
         # The corpus chrF is the chrf metric's aggregate (both sacrebleu corpus scores).
         assert corpus["chrf"] == pytest.approx(report["candidates"][name]["metrics"]["chrf"])
     assert all("corpus_stats" in row for row in report["cases"])
+    # The runner keeps each result's statistics: the report sums them, no re-tokenising.
+    stored = await EvalStore(sqlite_db).results(report["run_id"])
+    assert all(result["corpus_stats"]["bleu"] for result in stored.values())
 
     comparison = compare_reports(
         report,
@@ -102,6 +120,12 @@ async def test_the_run_report_and_compare_carry_corpus_scores(sqlite_db: Databas
     same = {d.name: d for d in compare_reports(report, report).deltas}["corpus_bleu"]
     assert (same.delta, same.low, same.high) == (0.0, 0.0, 0.0)
     assert "| corpus_bleu |" in comparison.markdown()
+    # A suite of cheap metrics pays for no statistics: no corpus scores.
+    with FakeUpstream(vendor="openai", reply=answer) as upstream:
+        runner = EvalRunner(make_gateway(upstream.base_url), EvalStore(sqlite_db))
+        plain = await runner.run(suite_of(metrics=["exact"]), dataset_of(3))
+    assert plain["candidates"]["good"]["corpus"] is None
+    assert not any("corpus_stats" in row for row in plain["cases"])
     # Reports without references (or from before corpus statistics) cannot be held to it.
     bare = {
         **report,

@@ -1,7 +1,8 @@
 """The JSON report of a run: per case and candidate the output, metric values, latency,
 tokens, cost and trace; per candidate the metric aggregates, latency percentiles, total
-tokens and cost, and corpus-level BLEU and chrF over the cases with a reference (each such
-row carries its sentence statistics, ``corpus_stats``, which ``compare`` resamples).
+tokens and cost, and (when the suite scores ``bleu`` or ``chrf``) corpus-level BLEU and
+chrF over the cases with a reference (each such row carries its sentence statistics,
+``corpus_stats``, which ``compare`` resamples).
 ``trellis eval compare`` reads two of these."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from trellis.evals.corpus import corpus_scores, sentence_stats
+from trellis.evals.corpus import CORPUS_METRICS, corpus_scores, sentence_stats
 from trellis.evals.datasets import Case, Dataset
 from trellis.evals.metrics import Metric
 from trellis.evals.pairwise import summarize
@@ -50,6 +51,9 @@ def build_report(
     """The report from stored results, in dataset order (cases, then repeats)."""
     rows: list[dict[str, Any]] = []
     candidates: dict[str, Any] = {}
+    # Corpus BLEU/chrF when the suite scores either (their statistics cost milliseconds
+    # per case, which a suite of cheap metrics does not pay).
+    corpus = any(metric.name in CORPUS_METRICS for metric in metrics)
     for candidate in suite.candidates:
         done: list[tuple[Case, dict[str, Any]]] = []
         referenced: list[tuple[dict[str, Any], str, str]] = []
@@ -62,11 +66,14 @@ def build_report(
                 rows.append(row)
                 if result.get("error") is None:
                     done.append((case, result))
-                    if case.expected is not None:
+                    if corpus and case.expected is not None:
                         referenced.append((row, str(result.get("output") or ""), case.expected))
-        stats = sentence_stats([r[1] for r in referenced], [r[2] for r in referenced])
-        for (row, _, _), row_stats in zip(referenced, stats, strict=True):
+        # Results scored since the runner kept statistics carry them; others get them now.
+        missing = [r for r in referenced if not isinstance(r[0].get("corpus_stats"), dict)]
+        computed = sentence_stats([r[1] for r in missing], [r[2] for r in missing])
+        for (row, _, _), row_stats in zip(missing, computed, strict=True):
             row["corpus_stats"] = row_stats
+        stats = [row["corpus_stats"] for row, _, _ in referenced]
         outputs = [r["output"] for _, r in done]
         cases = [c for c, _ in done]
         aggregates = {
@@ -104,7 +111,7 @@ def build_report(
             },
             "cost": round(sum(float(r.get("cost") or 0.0) for _, r in done), 10),
             # sacrebleu corpus BLEU and chrF (0-1) over the cases with a reference.
-            "corpus": corpus_scores(stats),
+            "corpus": corpus_scores(stats) if corpus else None,
         }
     report: dict[str, Any] = {
         "format": FORMAT,
