@@ -118,14 +118,23 @@ def _print_summary(report: dict[str, Any]) -> None:
     table.add_column("candidate")
     for name in report["metrics"]:
         table.add_column(name, justify="right")
+    corpus = any(s.get("corpus") for s in report["candidates"].values())
+    for name in ("corpus BLEU", "corpus chrF") if corpus else ():
+        table.add_column(name, justify="right")
     for column in ("p50 ms", "p95 ms", "tokens", "cost $", "errors"):
         table.add_column(column, justify="right")
     for name, summary in report["candidates"].items():
         values = [summary["metrics"].get(m) for m in report["metrics"]]
+        scores = summary.get("corpus") or {}
         latency = summary["latency_ms"]
         table.add_row(
             escape(name),
             *("-" if v is None else f"{v:.4f}" for v in values),
+            *(
+                ("-" if v is None else f"{v:.4f}" for v in (scores.get("bleu"), scores.get("chrf")))
+                if corpus
+                else ()
+            ),
             "-" if latency["p50"] is None else f"{latency['p50']:.0f}",
             "-" if latency["p95"] is None else f"{latency['p95']:.0f}",
             str(summary["tokens"]["total"]),
