@@ -148,6 +148,10 @@ def test_a_queue_from_traces(client: httpx.Client, server: ServerThread) -> None
     assert "0 or 1" in error(bad, 400)["message"]
     good = client.post(f"/v1/evals/queues/{queue.id}/items/1/label", json={"passed": True})
     assert good.status_code == 200, good.text
+    # The label is on the trace too: a `label` score whose comment is the right answer.
+    (label,) = client.get(f"/v1/traces/{trace_id}").json()["scores"]
+    assert (label["name"], label["value"], label["source"]) == ("label", 1.0, "eval")
+    assert label["comment"] == "Hello from the fake upstream"
     assert client.get(f"/v1/evals/queues/{queue.id}/agreement").json()["data"] == []
 
 

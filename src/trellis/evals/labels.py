@@ -10,7 +10,8 @@ Several people work one queue without colliding: ``next_item`` claims the first 
 nobody labelled and nobody claimed in the last ``claim_seconds`` (a labeller gets back the
 item it already holds), with a conditional update so two claims of one item cannot both
 win. Labels become a dataset version (``export``: the corrected answer, or the output
-judged good, as ``expected``) and judge-calibration data (``agreement``).
+judged good, as ``expected``) and judge-calibration data (``agreement``); a label of a
+production trace is also a ``label`` score on the trace.
 """
 
 from __future__ import annotations
@@ -525,7 +526,7 @@ class LabelQueues:
         of 0 or 1) is."""
         queue = await self.queue(queue_id)
         scale = queue.scale
-        await self.item(queue_id, item_id)
+        item = await self.item(queue_id, item_id)
         score, passed = _check_label(scale, score, passed)
         row = {
             "queue_id": queue_id,
@@ -553,7 +554,30 @@ class LabelQueues:
                 )
                 .values(labelled=True)
             )
+        if "traces" in queue.source and item.trace_id is not None:
+            await self._score_trace(item.trace_id, scale, score, passed, reference, item.output)
         return await self.item(queue_id, item_id)
+
+    async def _score_trace(
+        self,
+        trace_id: str,
+        scale: Scale,
+        score: float,
+        passed: bool,
+        reference: str | None,
+        output: str,
+    ) -> None:
+        """A label of a production trace is also a ``label`` score on it (0-1 on the
+        queue's scale), its comment the right answer: the corrected one, else the output
+        when it passed; so the trace view shows it and ``dataset from-traces`` (expected
+        ``label``) takes it. A trace removed since (retention) keeps only the queue's label."""
+        store = TraceStore(self.db)
+        exists, _ = await store.owner(trace_id)
+        if not exists:
+            return
+        value = (score - scale.min) / (scale.max - scale.min)
+        comment = reference or (output if passed else None)
+        await store.add_score(trace_id, "label", round(value, 6), comment, source="eval")
 
     # --- using the labels -------------------------------------------------------------
 
