@@ -13,7 +13,14 @@ import pytest
 import sacrebleu
 
 from trellis.errors import InvalidRequestError
-from trellis.evals import EvalRunner, EvalStore, compare_reports, parse_threshold, render_compare
+from trellis.evals import (
+    EvalRunner,
+    EvalStore,
+    compare_reports,
+    parse_threshold,
+    render_compare,
+    render_run,
+)
 from trellis.evals.corpus import bootstrap_scores, corpus_scores, sentence_stats
 from trellis.evals.datasets import Case
 from trellis.evals.metrics import build_metric
@@ -200,5 +207,7 @@ def test_compare_shows_both_reports_pairwise_verdicts() -> None:
     page = render_compare(base, cand, comparison)
     table = page.split('id="pairwise-table"')[1].split("</table>")[0]
     assert table.count("<tr>") == 3  # the head and one row per report's pair
+    run_page = render_run(cand)
+    assert run_page.count('id="pairwise-table"') == 1 and ">7<" in run_page
     # The same run on both sides: its pairs once.
     assert len(compare_reports(cand, cand).pairwise) == 1
