@@ -16,24 +16,21 @@ production trace is also a ``label`` score on the trace.
 
 from __future__ import annotations
 
-import math
 import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from trellis.errors import InvalidRequestError, NotFoundError
 from trellis.evals.agreement import Agreement, judge_agreement
 from trellis.evals.datasets import NAME_PATTERN, Case, Dataset, content_hash
-from trellis.evals.from_traces import TraceSelection, dataset_from_traces
-from trellis.evals.judge import RubricJudge
-from trellis.evals.metrics import build_metrics
+from trellis.evals.from_traces import TraceSelection
+from trellis.evals.label_scale import Scale, check_label, parse_scale
+from trellis.evals.label_sources import run_items, trace_items
 from trellis.evals.store import EvalStore
-from trellis.evals.suite import PAIRWISE_PREFIX, parse_suite
 from trellis.observe.store import TraceStore
 from trellis.store.db import Database
 from trellis.store.tables import eval_labels, eval_queue_items, eval_queues
@@ -42,57 +39,6 @@ __all__ = ["LabelQueues", "Queue", "QueueItem", "Scale", "parse_scale"]
 
 #: A claim older than this (seconds) no longer keeps others off an item.
 DEFAULT_CLAIM_SECONDS = 600.0
-
-
-class Scale(BaseModel):
-    """``{"type": "range", "min": 1, "max": 5, "pass": 3}`` or ``{"type": "pass_fail"}``.
-    ``pass`` defaults to the middle of the range; a pass/fail label is stored as 1 or 0."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    type: Literal["range", "pass_fail"] = "range"
-    min: float = 1
-    max: float = 5
-    pass_: float | None = Field(default=None, alias="pass")
-
-    @model_validator(mode="after")
-    def _check(self) -> Scale:
-        if self.type == "pass_fail":
-            self.min, self.max, self.pass_ = 0, 1, 0.5
-            return self
-        if not (math.isfinite(self.min) and math.isfinite(self.max) and self.min < self.max):
-            raise ValueError("a range scale needs finite min < max")
-        if self.pass_ is None:
-            self.pass_ = self.min + (self.max - self.min) / 2
-        if not self.min <= self.pass_ <= self.max:
-            raise ValueError("the scale's pass must lie within [min, max]")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "min": self.min, "max": self.max, "pass": self.pass_}
-
-
-def parse_scale(value: Any) -> Scale:
-    """A scale from JSON or the CLI's ``1-5``, ``1-5:4`` (passing at 4) or ``pass_fail``."""
-    if isinstance(value, str):
-        match = re.fullmatch(
-            r"\s*(-?\d+(?:\.\d+)?)\s*-\s*(-?\d+(?:\.\d+)?)(?::(-?\d+(?:\.\d+)?))?\s*", value
-        )
-        if value.strip() in ("pass_fail", "pass/fail"):
-            value = {"type": "pass_fail"}
-        elif match:
-            value = {"min": float(match[1]), "max": float(match[2])}
-            if match[3] is not None:
-                value["pass"] = float(match[3])
-        else:
-            raise InvalidRequestError(
-                f"bad scale {value!r}: write MIN-MAX, MIN-MAX:PASS or pass_fail", param="scale"
-            )
-    try:
-        return Scale.model_validate(value)
-    except ValidationError as exc:
-        message = exc.errors()[0]["msg"].removeprefix("Value error, ")
-        raise InvalidRequestError(f"bad scale: {message}", param="scale") from None
 
 
 @dataclass(slots=True)
@@ -194,17 +140,6 @@ def _item(row: Any, label: dict[str, Any] | None = None) -> QueueItem:
     )
 
 
-def _judges(suite_data: dict[str, Any]) -> dict[str, RubricJudge]:
-    """The run's rubric judges by metric name (their scales map scores back)."""
-    suite = parse_suite(suite_data, "the run's suite")
-    specs = [spec for spec in suite.metrics if spec.name == RubricJudge.name]
-    try:
-        metrics = build_metrics(specs)  # only the judges: no other metric is built
-    except (ValueError, TypeError):
-        return {}
-    return {m.name: m for m in metrics if isinstance(m, RubricJudge)}
-
-
 class LabelQueues:
     """Queues, their items and labels in Trellis' database (tables ``eval_queue*``,
     ``eval_labels``)."""
@@ -226,61 +161,10 @@ class LabelQueues:
         instructions: str | None = None,
         key_id: str | None = None,
     ) -> Queue:
-        """A queue of a run's scored outputs (dataset order, then candidates, repeats);
-        ``candidate`` keeps one candidate's. Without ``scale``: the run's rubric judge's
-        scale (so scores compare one to one), else 1-5."""
-        record = await self.evals.run(run_id)
-        dataset = await self.evals.dataset(record.dataset)
-        results = await self.evals.results(run_id)
-        judges = _judges(record.suite)
-        names = [c["name"] for c in record.suite.get("candidates", [])]
-        if candidate is not None and candidate not in names:
-            raise InvalidRequestError(
-                f"run {run_id} has no candidate {candidate!r} (it has {', '.join(names)})",
-                param="candidate",
-            )
-        if scale is None:
-            judge = next(iter(judges.values()), None)
-            scale = Scale(min=judge.low, max=judge.high) if judge else Scale()
-        repeats = int(record.suite.get("repeats", 1))
-        rows: list[dict[str, Any]] = []
-        for case in dataset.cases:
-            for name_ in names:
-                if name_.startswith(PAIRWISE_PREFIX) or candidate not in (None, name_):
-                    continue
-                for repeat in range(repeats):
-                    result = results.get((case.id, name_, repeat))
-                    if not result or result.get("error") is not None:
-                        continue
-                    verdicts = {}
-                    for metric, judge in judges.items():
-                        value = (result.get("metrics") or {}).get(metric)
-                        if value is None:
-                            continue
-                        verdict = (result.get("judgements") or {}).get(metric) or {}
-                        verdicts[metric] = {
-                            "score": value,
-                            "raw": verdict.get("score"),
-                            "low": judge.low,
-                            "high": judge.high,
-                            "reason": verdict.get("reason"),
-                        }
-                    rows.append(
-                        {
-                            "case_id": case.id,
-                            "candidate": name_,
-                            "repeat": repeat,
-                            "trace_id": result.get("trace_id"),
-                            "case": case.model_dump(exclude_defaults=True),
-                            "output": str(result.get("output") or ""),
-                            "judge": verdicts or None,
-                        }
-                    )
-        if limit is not None:
-            rows = rows[:limit]
-        source = {"run_id": run_id, "dataset": record.dataset, "candidate": candidate}
+        """A queue of a run's scored outputs (``label_sources.run_items``)."""
+        items = await run_items(self.evals, run_id, candidate=candidate, scale=scale, limit=limit)
         return await self._create(
-            name or f"run {run_id}", source, scale, instructions, rows, key_id
+            name or f"run {run_id}", items.source, items.scale, instructions, items.rows, key_id
         )
 
     async def from_traces(
@@ -293,35 +177,9 @@ class LabelQueues:
         key_id: str | None = None,
         filters: dict[str, Any] | None = None,
     ) -> Queue:
-        """A queue of stored chat traces' prompts and answers (newest first); traces with
-        no stored prompt or no answer are left out. ``filters`` is kept as the source."""
-        picked = TraceSelection(
-            query=selection.query,
-            limit=selection.limit,
-            score=selection.score,
-            below=selection.below,
-            expected="output",
-        )
-        built = await dataset_from_traces(TraceStore(self.db), "queue", picked)
-        rows = []
-        for case in built.dataset.cases:
-            if case.expected is None:
-                continue  # a failed call: no answer to label
-            output = case.expected
-            case = case.model_copy(update={"expected": None})
-            rows.append(
-                {
-                    "case_id": case.id,
-                    "candidate": None,
-                    "repeat": None,
-                    "trace_id": case.id,
-                    "case": case.model_dump(exclude_defaults=True),
-                    "output": output,
-                    "judge": None,
-                }
-            )
-        if not rows:
-            raise InvalidRequestError("no matching trace has an answer to label", param="traces")
+        """A queue of stored chat traces' prompts and answers (``label_sources.trace_items``);
+        ``filters`` is kept as the source."""
+        rows = await trace_items(TraceStore(self.db), selection)
         source = {"traces": filters or {}}
         return await self._create(
             name or "traces", source, scale or Scale(), instructions, rows, key_id
@@ -527,7 +385,7 @@ class LabelQueues:
         queue = await self.queue(queue_id)
         scale = queue.scale
         item = await self.item(queue_id, item_id)
-        score, passed = _check_label(scale, score, passed)
+        score, passed = check_label(scale, score, passed)
         row = {
             "queue_id": queue_id,
             "item_id": item_id,
@@ -660,38 +518,6 @@ class LabelQueues:
         dataset = Dataset(name=name, cases=cases, version=content_hash(cases))
         created = await self.evals.save_dataset(dataset)
         return dataset, created, skipped
-
-
-def _check_label(scale: Scale, score: float | None, passed: bool | None) -> tuple[float, bool]:
-    threshold = scale.pass_ if scale.pass_ is not None else scale.min
-    if scale.type == "pass_fail":
-        if score is not None and score not in (0, 1):
-            raise InvalidRequestError(
-                "this queue labels pass/fail: give passed, or a score of 0 or 1", param="score"
-            )
-        if passed is None and score is None:
-            raise InvalidRequestError("this queue labels pass/fail: give passed", param="passed")
-        verdict = bool(score) if passed is None else passed
-        if score is not None and bool(score) != verdict:
-            raise InvalidRequestError("score and passed disagree", param="passed")
-        return (1.0 if verdict else 0.0), verdict
-    if score is None:
-        raise InvalidRequestError(
-            f"this queue labels a score from {scale.min:g} to {scale.max:g}", param="score"
-        )
-    if not (math.isfinite(score) and scale.min <= score <= scale.max):
-        raise InvalidRequestError(
-            f"score {score:g} is outside the queue's scale {scale.min:g}-{scale.max:g}",
-            param="score",
-        )
-    verdict = score >= threshold
-    if passed is not None and passed != verdict:
-        raise InvalidRequestError(
-            f"score {score:g} {'passes' if verdict else 'fails'} at {threshold:g}: "
-            "passed says otherwise",
-            param="passed",
-        )
-    return float(score), verdict
 
 
 def _label_columns() -> list[Any]:
