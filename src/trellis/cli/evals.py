@@ -1,5 +1,5 @@
-"""``trellis eval run|compare``, ``trellis eval dataset add|list`` and
-``trellis eval schedules [run NAME]``.
+"""``trellis eval run|compare``, ``trellis eval dataset add|list``,
+``trellis eval schedules [run NAME]`` (``eval queue``: in ``eval_queues.py``).
 
 ``run`` starts a Trellis runtime in process (its gateway answers, its database keeps the
 results) and shows a progress bar on stderr; ``--run-id`` of an interrupted run resumes it.
@@ -28,6 +28,7 @@ from trellis.cli._common import (
     run,
     with_db,
 )
+from trellis.cli.eval_queues import queue_app
 from trellis.errors import TrellisError
 
 eval_app = typer.Typer(
@@ -40,6 +41,7 @@ schedules_app = typer.Typer(
     invoke_without_command=True,
 )
 eval_app.add_typer(schedules_app, name="schedules")
+eval_app.add_typer(queue_app, name="queue")
 
 
 def _write_json(data: Any, path: str | None) -> None:
@@ -121,14 +123,23 @@ def _print_summary(report: dict[str, Any]) -> None:
     table.add_column("candidate")
     for name in report["metrics"]:
         table.add_column(name, justify="right")
+    corpus = any(s.get("corpus") for s in report["candidates"].values())
+    for name in ("corpus BLEU", "corpus chrF") if corpus else ():
+        table.add_column(name, justify="right")
     for column in ("p50 ms", "p95 ms", "tokens", "cost $", "errors"):
         table.add_column(column, justify="right")
     for name, summary in report["candidates"].items():
         values = [summary["metrics"].get(m) for m in report["metrics"]]
+        scores = summary.get("corpus") or {}
         latency = summary["latency_ms"]
         table.add_row(
             escape(name),
             *("-" if v is None else f"{v:.4f}" for v in values),
+            *(
+                ("-" if v is None else f"{v:.4f}" for v in (scores.get("bleu"), scores.get("chrf")))
+                if corpus
+                else ()
+            ),
             "-" if latency["p50"] is None else f"{latency['p50']:.0f}",
             "-" if latency["p95"] is None else f"{latency['p95']:.0f}",
             str(summary["tokens"]["total"]),

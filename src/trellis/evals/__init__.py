@@ -3,7 +3,7 @@
 ::
 
     from trellis import Trellis
-    from trellis.evals import EvalRunner, EvalStore, load_suite, resolve_dataset
+    from trellis.evals import EvalRunner, EvalStore, LabelQueues, load_suite, resolve_dataset
 
     suite, base = load_suite("examples/evals/suite.yaml")
     async with Trellis() as trellis:
@@ -13,11 +13,14 @@
             trellis.gateway, store, embedder=trellis.minilm, workflows=trellis.workflows
         )
         report = await runner.run(suite, dataset)
+        # People label the outputs; the labels calibrate the judge and become a dataset.
+        queue = await LabelQueues(trellis.db).from_run(report["run_id"])
 """
 
 from trellis.evals.compare import Comparison, Threshold, compare_reports, parse_threshold
 from trellis.evals.datasets import Case, Dataset, DatasetError, load_dataset, parse_dataset
 from trellis.evals.html import render_compare, render_run
+from trellis.evals.labels import LabelQueues
 from trellis.evals.metrics import METRICS, Metric, build_metric
 from trellis.evals.runner import EvalRunner, build_request, resolve_dataset
 from trellis.evals.store import EvalStore
@@ -31,6 +34,7 @@ __all__ = [
     "DatasetError",
     "EvalRunner",
     "EvalStore",
+    "LabelQueues",
     "METRICS",
     "Metric",
     "Suite",

@@ -11,6 +11,14 @@ so the same two reports always give the same interval.
 A threshold ``NAME:+X`` or ``NAME:-X`` (``X`` absolute, or ``X%`` of the baseline's value)
 fails when the delta's point estimate goes past it in that direction: ``rougeL:-0.02``
 fails on a drop of more than 0.02, ``latency_p95:+20%`` on a rise of more than 20%.
+
+``corpus_bleu`` and ``corpus_chrf`` are sacrebleu's corpus scores (0-1) over the paired
+cases that have a reference; their interval resamples cases and recomputes the corpus
+score from the drawn cases' summed sentence statistics (a corpus score is not a mean).
+
+Pairwise verdicts (a suite's ``pairwise:``) in either report are summarised too: per pair
+the win/tie/loss counts and rates of ``a`` against ``b``, a bootstrap 95% interval of the
+win rate (cases resampled) and the position disagreement rate.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ import numpy as np
 
 from trellis.errors import InvalidRequestError
 from trellis.thresholds import Threshold, parse_threshold
+from trellis.evals.corpus import CORPUS_METRICS, bootstrap_scores, scores_from_stats
+from trellis.evals.pairwise import pair_stats
 
 __all__ = [
     "Comparison",
@@ -68,6 +78,8 @@ class Comparison:
     resamples: int
     seed: int
     deltas: list[Delta]
+    #: Per pair of either report: ``pairwise.pair_stats`` plus ``report`` and ``run_id``.
+    pairwise: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -93,6 +105,7 @@ class Comparison:
                 }
                 for d in self.deltas
             ],
+            "pairwise": self.pairwise,
         }
 
     def markdown(self) -> str:
@@ -112,6 +125,22 @@ class Comparison:
                 f"| {d.name} | {_fmt(d.baseline)} | {_fmt(d.candidate)} | {_fmt(d.delta, True)} "
                 f"| [{_fmt(d.low, True)}, {_fmt(d.high, True)}] | {check} |"
             )
+        if self.pairwise:
+            lines += [
+                "",
+                "Pairwise preference (both orders judged; win = a preferred over b):",
+                "",
+                "| report | a | b | judge | judged | win / tie / loss | win rate | 95% CI "
+                "| position disagreement |",
+                "| --- | --- | --- | --- | ---: | ---: | ---: | --- | ---: |",
+            ]
+            for p in self.pairwise:
+                low, high = p["win_ci95"]
+                lines.append(
+                    f"| {p['report']} | {p['a']} | {p['b']} | {p['judge']} | {p['judged']} "
+                    f"| {p['wins']} / {p['ties']} / {p['losses']} | {_maybe(p['win_rate'])} "
+                    f"| [{_maybe(low)}, {_maybe(high)}] | {_maybe(p['position_disagreement'])} |"
+                )
         if self.only_baseline or self.only_candidate:
             lines += [
                 "",
@@ -124,6 +153,10 @@ class Comparison:
 def _fmt(value: float, signed: bool = False) -> str:
     text = f"{value:+.4g}" if signed else f"{value:.4g}"
     return text
+
+
+def _maybe(value: float | None) -> str:
+    return "-" if value is None else _fmt(value)
 
 
 def _pick(report: dict[str, Any], name: str | None, which: str) -> str:
@@ -158,6 +191,49 @@ def _per_case(report: dict[str, Any], candidate: str) -> dict[str, dict[str, flo
             float((row.get("input_tokens") or 0) + (row.get("output_tokens") or 0))
         )
     return {cid: {k: sum(v) / len(v) for k, v in q.items()} for cid, q in sums.items()}
+
+
+def _case_stats(report: dict[str, Any], candidate: str) -> dict[str, dict[str, np.ndarray]]:
+    """case id -> corpus metric -> the sentence statistics of its scored repeats, summed."""
+    sums: dict[str, dict[str, np.ndarray]] = {}
+    for row in report["cases"]:
+        stats = row.get("corpus_stats")
+        if row.get("candidate") != candidate or row.get("error") or not isinstance(stats, dict):
+            continue
+        case = sums.setdefault(str(row["id"]), {})
+        for name in CORPUS_METRICS:
+            if name in stats:
+                values = np.asarray(stats[name], dtype=np.int64)
+                case[name] = case[name] + values if name in case else values
+    return sums
+
+
+def _corpus_deltas(
+    baseline: dict[str, Any],
+    candidate: dict[str, Any],
+    base_name: str,
+    cand_name: str,
+    ids: list[str],
+    rng: np.random.Generator,
+    resamples: int,
+) -> list[tuple[str, float, float, float, float]]:
+    """(name, baseline, candidate, low, high) of corpus BLEU and chrF over the paired cases
+    both sides have statistics for, the interval from one shared draw of those cases."""
+    base, cand = _case_stats(baseline, base_name), _case_stats(candidate, cand_name)
+    found = []
+    for name in CORPUS_METRICS:
+        paired = [cid for cid in ids if name in base.get(cid, {}) and name in cand.get(cid, {})]
+        if not paired:
+            continue
+        b_stats = np.stack([base[cid][name] for cid in paired])
+        c_stats = np.stack([cand[cid][name] for cid in paired])
+        b = scores_from_stats(name, b_stats.sum(axis=0))
+        c = scores_from_stats(name, c_stats.sum(axis=0))
+        draws = rng.integers(0, len(paired), size=(resamples, len(paired)))
+        boot = bootstrap_scores(name, c_stats, draws) - bootstrap_scores(name, b_stats, draws)
+        low, high = np.percentile(boot, [2.5, 97.5])
+        found.append((f"corpus_{name}", b, c, float(low), float(high)))
+    return found
 
 
 def _statistic(kind: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -195,7 +271,7 @@ def compare_reports(
     ]
     quantities: list[tuple[str, str, str]] = [(m, m, "mean") for m in metric_names]
     quantities += [(name, fld, stat) for name, (fld, stat) in _RUN_STATS.items()]
-    known = {q[0] for q in quantities}
+    known = {q[0] for q in quantities} | {f"corpus_{name}" for name in CORPUS_METRICS}
     unknown = [t.name for t in thresholds if t.name not in known]
     if unknown:
         raise InvalidRequestError(
@@ -235,6 +311,27 @@ def compare_reports(
         )
         delta.failed = [str(t) for t in thresholds if t.name == name and t.breached(b, c - b)]
         deltas.append(delta)
+    corpus = _corpus_deltas(baseline, candidate, base_name, cand_name, ids, rng, resamples)
+    for name, b, c, low, high in corpus:
+        delta = Delta(
+            name, round(b, 6), round(c, 6), round(c - b, 6), round(low, 6), round(high, 6)
+        )
+        delta.failed = [str(t) for t in thresholds if t.name == name and t.breached(b, c - b)]
+        deltas.append(delta)
+    missing = [t.name for t in thresholds if t.name not in {d.name for d in deltas}]
+    if missing and missing[0].startswith("corpus_"):
+        raise InvalidRequestError(
+            f"--fail-on names {missing[0]!r}, but the reports have no paired case with a "
+            "reference to score it on",
+            param="fail_on",
+        )
+    pairwise = []
+    for side, report in (("baseline", baseline), ("candidate", candidate)):
+        if side == "candidate" and report.get("run_id") == baseline.get("run_id"):
+            break  # the same run on both sides: its pairs once
+        for pair in report.get("pairwise") or []:
+            stats = pair_stats(pair, resamples=resamples, seed=seed)
+            pairwise.append({"report": side, "run_id": report.get("run_id"), **stats})
     return Comparison(
         baseline=f"{baseline.get('run_id', '?')}:{base_name}",
         candidate=f"{candidate.get('run_id', '?')}:{cand_name}",
@@ -244,4 +341,5 @@ def compare_reports(
         resamples=resamples,
         seed=seed,
         deltas=deltas,
+        pairwise=pairwise,
     )

@@ -22,6 +22,7 @@ from typing import Any
 from trellis.evals import svg
 from trellis.evals.compare import Comparison
 from trellis.evals.datasets import Case
+from trellis.evals.pairwise import pair_stats
 
 __all__ = ["render_compare", "render_run", "word_diff"]
 
@@ -173,6 +174,8 @@ def _summary(report: dict[str, Any], names: Sequence[tuple[str, str]]) -> str:
         "input tokens",
         "output tokens",
         "cost $",
+        "corpus BLEU",
+        "corpus chrF",
         "cases",
         "errors",
     ]
@@ -189,11 +192,67 @@ def _summary(report: dict[str, Any], names: Sequence[tuple[str, str]]) -> str:
                 _td(_num(tokens.get("input")), True),
                 _td(_num(tokens.get("output")), True),
                 _td(_num(summary.get("cost"), 6), True),
+                _td(_num((summary.get("corpus") or {}).get("bleu")), True),
+                _td(_num((summary.get("corpus") or {}).get("chrf")), True),
                 _td(_num(summary.get("cases")), True),
                 _td(_num(summary.get("errors")), True),
             ]
         )
-    return _table("Per-candidate summary (metric means; latency percentiles)", head, rows)
+    return _table(
+        "Per-candidate summary (metric means; latency percentiles; sacrebleu corpus scores)",
+        head,
+        rows,
+    )
+
+
+def _pairwise(pairs: Sequence[dict[str, Any]]) -> list[str]:
+    """The pairwise preference table: ``pairwise.pair_stats`` entries (with ``report``
+    when they come from a comparison)."""
+    if not pairs:
+        return []
+    with_report = any("report" in p for p in pairs)
+    head = [
+        *(["report"] if with_report else []),
+        "a",
+        "b",
+        "judge",
+        "judged",
+        "wins",
+        "ties",
+        "losses",
+        "win rate",
+        "95% CI",
+        "position disagreement",
+    ]
+    rows = []
+    for p in pairs:
+        low, high = p.get("win_ci95") or [None, None]
+        rows.append(
+            [
+                *([escape(str(p.get("report", "")))] if with_report else []),
+                escape(str(p.get("a"))),
+                escape(str(p.get("b"))),
+                escape(str(p.get("judge"))),
+                _td(_num(p.get("judged")), True),
+                _td(_num(p.get("wins")), True),
+                _td(_num(p.get("ties")), True),
+                _td(_num(p.get("losses")), True),
+                _td(_num(p.get("win_rate")), True),
+                _td(f"[{_num(low)}, {_num(high)}]", True),
+                _td(_num(p.get("position_disagreement")), True),
+            ]
+        )
+    return [
+        '<section id="pairwise"><h2>Pairwise preference</h2>',
+        _table(
+            "a against b, both orders judged (win: a preferred; a case whose orders disagree "
+            "counts as judged, not won); 95% CI of the win rate by case bootstrap",
+            head,
+            rows,
+            id="pairwise-table",
+        ),
+        "</section>",
+    ]
 
 
 def _cell(row: dict[str, Any] | None, metrics: Sequence[str], output: str | None = None) -> str:
@@ -236,6 +295,7 @@ def render_run(report: dict[str, Any], cases: Sequence[Case] | None = None) -> s
         _summary(report, [(n, n) for n in names]),
         "</section>",
         *_charts([(n, report, n) for n in names], metrics),
+        *_pairwise([pair_stats(p) for p in report.get("pairwise") or []]),
     ]
     grid: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
     for row in report.get("cases", []):
@@ -362,6 +422,7 @@ def render_compare(
         _summary(candidate, [(cand_label, cand_name)]),
         "</section>",
         *_charts([(base_label, baseline, base_name), (cand_label, candidate, cand_name)], metrics),
+        *_pairwise(comparison.pairwise),
     ]
     base_rows = _mean_by_case(baseline, base_name)
     cand_rows = _mean_by_case(candidate, cand_name)

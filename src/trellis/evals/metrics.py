@@ -97,6 +97,11 @@ class Bleu(Metric):
     def score(self, output: str, case: Case) -> float:
         return float(self._sentence.sentence_score(output, [_expected(case)]).score) / 100
 
+    def from_stats(self, stats: Sequence[int]) -> float:
+        """The sentence score from the sentence's statistics (``corpus.sentence_stats``):
+        what ``score`` gives, without tokenising again."""
+        return float(self._sentence._compute_score_from_stats(list(stats)).score) / 100
+
     def aggregate(
         self, outputs: Sequence[str], cases: Sequence[Case], scores: Sequence[float | None]
     ) -> float | None:
@@ -115,6 +120,10 @@ class Chrf(Metric):
 
     def score(self, output: str, case: Case) -> float:
         return float(self._chrf.sentence_score(output, [_expected(case)]).score) / 100
+
+    def from_stats(self, stats: Sequence[int]) -> float:
+        """The sentence score from the sentence's statistics (``corpus.sentence_stats``)."""
+        return float(self._chrf._compute_score_from_stats(list(stats)).score) / 100
 
     def aggregate(
         self, outputs: Sequence[str], cases: Sequence[Case], scores: Sequence[float | None]

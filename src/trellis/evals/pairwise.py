@@ -14,13 +14,22 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from trellis.errors import TrellisError
 from trellis.evals.datasets import Case
 from trellis.evals.suite import DEFAULT_PAIRWISE_PROMPT, PAIRWISE_PREFIX, PairwiseSpec, render
 from trellis.inference.gateway import Caller, Gateway
 from trellis.schema import ChatRequest
 
-__all__ = ["DEFAULT_PAIRWISE_PROMPT", "PairwiseSpec", "judge_pair", "pair_key", "summarize"]
+__all__ = [
+    "DEFAULT_PAIRWISE_PROMPT",
+    "PairwiseSpec",
+    "judge_pair",
+    "pair_key",
+    "pair_stats",
+    "summarize",
+]
 
 
 def pair_key(index: int) -> str:
@@ -128,6 +137,10 @@ def summarize(
                 "a": spec.a,
                 "b": spec.b,
                 "judged": n,
+                "wins": outcomes.count("a"),
+                "ties": outcomes.count("tie"),
+                "losses": outcomes.count("b"),
+                "inconsistent": outcomes.count("inconsistent"),
                 "win": rate("a"),
                 "tie": rate("tie"),
                 "loss": rate("b"),
@@ -136,3 +149,49 @@ def summarize(
             }
         )
     return summaries
+
+
+def pair_stats(pair: dict[str, Any], *, resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """One pair of a report (``summarize``'s entry): win/tie/loss counts and rates of ``a``
+    against ``b`` over the judged verdicts (inconsistent ones count as judged, as in the
+    report), the position disagreement rate, and a 95% bootstrap interval of the win rate
+    that resamples cases (a case's repeats stay together), from a seeded generator."""
+    wins: dict[str, int] = {}
+    judged: dict[str, int] = {}
+    outcomes: list[str] = []
+    for row in pair.get("cases") or []:
+        outcome = row.get("outcome")
+        if outcome is None:
+            continue
+        outcomes.append(outcome)
+        case = str(row.get("id"))
+        judged[case] = judged.get(case, 0) + 1
+        wins[case] = wins.get(case, 0) + (outcome == "a")
+    n = len(outcomes)
+
+    def rate(count: int) -> float | None:
+        return round(count / n, 6) if n else None
+
+    low = high = None
+    if n:
+        cases = list(judged)
+        w = np.array([wins[c] for c in cases], dtype=float)
+        j = np.array([judged[c] for c in cases], dtype=float)
+        draws = np.random.default_rng(seed).integers(0, len(cases), size=(resamples, len(cases)))
+        boot = w[draws].sum(axis=1) / j[draws].sum(axis=1)
+        low, high = (round(float(v), 6) for v in np.percentile(boot, [2.5, 97.5]))
+    return {
+        "judge": pair.get("judge"),
+        "a": pair.get("a"),
+        "b": pair.get("b"),
+        "judged": n,
+        "wins": outcomes.count("a"),
+        "ties": outcomes.count("tie"),
+        "losses": outcomes.count("b"),
+        "inconsistent": outcomes.count("inconsistent"),
+        "win_rate": rate(outcomes.count("a")),
+        "tie_rate": rate(outcomes.count("tie")),
+        "loss_rate": rate(outcomes.count("b")),
+        "position_disagreement": rate(outcomes.count("inconsistent")),
+        "win_ci95": [low, high],
+    }

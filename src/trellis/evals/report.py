@@ -1,6 +1,9 @@
 """The JSON report of a run: per case and candidate the output, metric values, latency,
 tokens, cost and trace; per candidate the metric aggregates, latency percentiles, total
-tokens and cost. ``trellis eval compare`` reads two of these."""
+tokens and cost, and (when the suite scores ``bleu`` or ``chrf``) corpus-level BLEU and
+chrF over the cases with a reference (each such row carries its sentence statistics,
+``corpus_stats``, which ``compare`` resamples).
+``trellis eval compare`` reads two of these."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from trellis.evals.corpus import CORPUS_METRICS, corpus_scores, sentence_stats
 from trellis.evals.datasets import Case, Dataset
 from trellis.evals.metrics import Metric
 from trellis.evals.pairwise import summarize
@@ -47,18 +51,29 @@ def build_report(
     """The report from stored results, in dataset order (cases, then repeats)."""
     rows: list[dict[str, Any]] = []
     candidates: dict[str, Any] = {}
+    # Corpus BLEU/chrF when the suite scores either (their statistics cost milliseconds
+    # per case, which a suite of cheap metrics does not pay).
+    corpus = any(metric.name in CORPUS_METRICS for metric in metrics)
     for candidate in suite.candidates:
         done: list[tuple[Case, dict[str, Any]]] = []
+        referenced: list[tuple[dict[str, Any], str, str]] = []
         for case in dataset.cases:
             for repeat in range(suite.repeats):
                 result = results.get((case.id, candidate.name, repeat))
                 if result is None:
                     continue
-                rows.append(
-                    {"id": case.id, "candidate": candidate.name, "repeat": repeat, **result}
-                )
+                row = {"id": case.id, "candidate": candidate.name, "repeat": repeat, **result}
+                rows.append(row)
                 if result.get("error") is None:
                     done.append((case, result))
+                    if corpus and case.expected is not None:
+                        referenced.append((row, str(result.get("output") or ""), case.expected))
+        # Results scored since the runner kept statistics carry them; others get them now.
+        missing = [r for r in referenced if not isinstance(r[0].get("corpus_stats"), dict)]
+        computed = sentence_stats([r[1] for r in missing], [r[2] for r in missing])
+        for (row, _, _), row_stats in zip(missing, computed, strict=True):
+            row["corpus_stats"] = row_stats
+        stats = [row["corpus_stats"] for row, _, _ in referenced]
         outputs = [r["output"] for _, r in done]
         cases = [c for c, _ in done]
         aggregates = {
@@ -95,6 +110,8 @@ def build_report(
                 "total": input_tokens + output_tokens,
             },
             "cost": round(sum(float(r.get("cost") or 0.0) for _, r in done), 10),
+            # sacrebleu corpus BLEU and chrF (0-1) over the cases with a reference.
+            "corpus": corpus_scores(stats) if corpus else None,
         }
     report: dict[str, Any] = {
         "format": FORMAT,

@@ -19,6 +19,7 @@ from trellis.server.openapi import publish
 from trellis.server.routes import (
     alerts,
     collections,
+    eval_queues,
     evals,
     health,
     inference,
@@ -204,6 +205,7 @@ def create_app(
         sessions,
         workflows,
         evals,
+        eval_queues,
     ):
         app.include_router(module.router)
     app.direct_routes.update(

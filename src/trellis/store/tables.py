@@ -16,6 +16,7 @@ from sqlalchemy import (
     Column,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -50,6 +51,9 @@ __all__ = [
     "eval_runs",
     "eval_results",
     "eval_schedule_runs",
+    "eval_queues",
+    "eval_queue_items",
+    "eval_labels",
     "JSONType",
     "limits",
     "VERSION_TABLE",
@@ -522,6 +526,72 @@ eval_schedule_runs = Table(
     Column("finished_at", Float, nullable=True),
     UniqueConstraint("schedule", "due_at"),
     Index("ix_eval_schedule_runs_schedule_finished_at", "schedule", "finished_at"),
+)
+
+# --- human evaluation (revision 0014_eval_labels) -------------------------------------
+
+eval_queues = Table(
+    "eval_queues",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False),
+    # Where the items came from: {"run_id": ...} or {"traces": {filters}}.
+    Column("source", JSONType, nullable=False),
+    # The label scale: {"type": "range", "min", "max", "pass"} or {"type": "pass_fail"}.
+    Column("scale", JSONType, nullable=False),
+    Column("instructions", Text, nullable=True),
+    Column("item_count", Integer, nullable=False),
+    # The API key that created the queue (None in process).
+    Column("key_id", String(64), nullable=True),
+    Column("created_at", Float, nullable=False),
+)
+
+eval_queue_items = Table(
+    "eval_queue_items",
+    metadata,
+    Column(
+        "queue_id", String(32), ForeignKey("eval_queues.id", ondelete="CASCADE"), primary_key=True
+    ),
+    # 1, 2, ... in the queue's order.
+    Column("item_id", Integer, primary_key=True),
+    Column("case_id", String(200), nullable=False),
+    # From a run: the candidate and repeat whose output is under review.
+    Column("candidate", String(100), nullable=True),
+    Column("repeat", Integer, nullable=True),
+    Column("trace_id", String(64), nullable=True),
+    # The case as a dataset case (input, expected, context, metadata).
+    Column("case", JSONType, nullable=False),
+    Column("output", Text, nullable=False),
+    # The run's rubric judges: {metric: {score (0-1), raw, low, high, reason}}.
+    Column("judge", JSONType, nullable=True),
+    # Who took the item last and when (the next item skips fresh claims).
+    Column("claimed_by", String(64), nullable=True),
+    Column("claimed_at", Float, nullable=True),
+    Column("labelled", Boolean, nullable=False),
+    Index("ix_eval_queue_items_queue_id_labelled", "queue_id", "labelled"),
+)
+
+eval_labels = Table(
+    "eval_labels",
+    metadata,
+    Column("queue_id", String(32), primary_key=True),
+    Column("item_id", Integer, primary_key=True),
+    # In the queue's range (None on a pass/fail queue).
+    Column("score", Float, nullable=True),
+    Column("passed", Boolean, nullable=False),
+    # The corrected or reference answer the labeller wrote.
+    Column("reference", Text, nullable=True),
+    Column("comment", Text, nullable=True),
+    # The labeller's API key id and name (or the name given in process).
+    Column("labeller", String(64), nullable=True),
+    Column("labeller_name", String(200), nullable=True),
+    Column("created_at", Float, nullable=False),
+    ForeignKeyConstraint(
+        ["queue_id", "item_id"],
+        ["eval_queue_items.queue_id", "eval_queue_items.item_id"],
+        name="fk_eval_labels_queue_id_eval_queue_items",
+        ondelete="CASCADE",
+    ),
 )
 
 #: The Postgres keyword index over chunks.fts_vector (GIN, revision 0006; SQLite's FTS5

@@ -110,6 +110,10 @@ class ComparisonReply(BaseModel):
     bootstrap: dict[str, Any]
     failed: bool
     deltas: list[dict[str, Any]]
+    pairwise: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Each report's pairwise verdicts: counts, rates, win-rate 95% CI",
+    )
     markdown: str
 
 

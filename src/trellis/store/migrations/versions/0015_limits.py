@@ -16,7 +16,7 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
 revision = "0015_limits"
-down_revision: str | None = "0013_eval_schedules"
+down_revision: str | None = "0014_eval_labels"
 branch_labels = None
 depends_on = None
 
