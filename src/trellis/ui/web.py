@@ -158,6 +158,7 @@ async def viewer(request: Request, area: str | None = None) -> Viewer:
         if not same_token(token, session.csrf):
             raise CsrfFailed()
     found = Viewer(session, key)
+    request.state.ui_viewer = found  # error pages keep the navigation
     if area is not None and not found.can(area):
         raise Forbidden(area)
     return found
@@ -183,11 +184,12 @@ def render(
 
 
 def _problem(request: Request, status: int, title: str, message: str) -> Response:
+    me = getattr(request.state, "ui_viewer", None)
     if is_htmx(request):
         # Fragments land in an alert region of the page; htmx swaps 4xx answers too
         # (ui.js allows it), so the user reads the reason where they acted.
         return render(request, "_error.html", {"title": title, "message": message}, status=status)
-    return render(request, "error.html", {"title": title, "message": message}, status=status)
+    return render(request, "error.html", {"title": title, "message": message}, me=me, status=status)
 
 
 def _sign_in(request: Request) -> Response:

@@ -24,12 +24,15 @@ def _secure(request: Request) -> bool:
     return request.url.scheme == "https"
 
 
-def _form(request: Request, error: str | None = None, status: int = 200) -> Response:
+def _form(
+    request: Request, error: str | None = None, status: int = 200, target: str | None = None
+) -> Response:
     token = secrets.token_urlsafe(32)
+    target = _safe_next(target or request.query_params.get("next"))
     response = render(
         request,
         "sign_in.html",
-        {"token": token, "next": _safe_next(request.query_params.get("next")), "error": error},
+        {"token": token, "next": target, "error": error},
         status=status,
     )
     response.set_cookie(
@@ -47,18 +50,17 @@ async def sign_in_page(request: Request) -> Response:
 async def sign_in(request: Request) -> Response:
     form = await request.form()
     token = str(form.get("csrf") or "")
+    target = str(form.get("next") or "")
     if not same_token(token, request.cookies.get(CSRF_COOKIE) or "\x00"):
-        return _form(request, "The sign-in form expired; please try again.", 403)
+        return _form(request, "The sign-in form expired; please try again.", 403, target)
     secret = str(form.get("api_key") or "").strip()
     keys = runtime(request).keys
     assert keys is not None
     record = await keys.verify(secret) if secret else None
     if record is None:
-        return _form(request, "That API key is not valid (or it was revoked).", 401)
+        return _form(request, "That API key is not valid (or it was revoked).", 401, target)
     session = sessions(request).create(record.id)
-    response = RedirectResponse(
-        _safe_next(str(form.get("next") or "")), status_code=303, headers=SECURITY_HEADERS
-    )
+    response = RedirectResponse(_safe_next(target), status_code=303, headers=SECURITY_HEADERS)
     response.set_cookie(
         COOKIE,
         session.id,

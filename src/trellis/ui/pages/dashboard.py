@@ -84,6 +84,10 @@ async def dashboard(request: Request) -> Response:
         "windows": list(WINDOWS),
         "groups_choice": GROUPS,
         "groups": groups,
-        "chart": chart_series(groups, bucket_ns),
+        "chart": {
+            **chart_series(groups, bucket_ns),
+            "since": query.since_ns / 1e9,
+            "until": query.until_ns / 1e9,
+        },
     }
     return render(request, "dashboard.html", context, me=me)

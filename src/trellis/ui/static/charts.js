@@ -20,8 +20,15 @@
       }
     });
     var width = Math.max(el.clientWidth - 16, 200);
-    var opts = { width: width, height: 200, series: series, scales: { x: { time: true } },
-                 axes: [{}, { size: 60 }], legend: { show: true } };
+    var yAxis = { size: 60 };
+    if (metric === "cost") {
+      yAxis.values = function (u, values) {
+        return values.map(function (v) { return v === 0 ? "0" : "$" + Number(v).toPrecision(2); });
+      };
+    }
+    var opts = { width: width, height: 200, series: series,
+                 scales: { x: { time: true, range: function () { return [data.since, data.until]; } } },
+                 axes: [{}, yAxis], legend: { show: true } };
     el.querySelectorAll(".uplot").forEach(function (old) { old.remove(); });
     var plot = new uPlot(opts, columns, el);
     el.setAttribute("data-drawn", "true");
@@ -45,6 +52,6 @@
     });
   }
   var timer = null;
-  window.addEventListener("resize", function () { clearTimeout(timer); timer = setTimeout(draw, 200); });
+  window.addEventListener("resize", function () { clearTimeout(timer); timer = setTimeout(draw, 100); });
   document.addEventListener("DOMContentLoaded", draw);
 })();

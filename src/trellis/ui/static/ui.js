@@ -27,6 +27,11 @@
       bar.textContent = bar.value + "%";
     }
   });
+  // Forms marked data-reset start empty again once their request succeeded.
+  document.addEventListener("htmx:afterRequest", function (event) {
+    var form = event.target;
+    if (form.hasAttribute && form.hasAttribute("data-reset") && event.detail.successful) { form.reset(); }
+  });
   document.addEventListener("htmx:afterRequest", function (event) {
     var form = event.target.closest ? event.target.closest("form[data-progress]") : null;
     if (form) {
