@@ -1,7 +1,8 @@
 """The web UI in a real browser: Debian's chromium driven by Playwright, against a real
 server (SQLite, the fake OpenAI upstream on loopback).
 
-One browser and one server serve the whole module of tests; each test opens its own
+One browser and one server serve the module of tests (closed after it, so the sync
+Playwright loop never outlives it into other tests); each test opens its own
 browser context (cookies) and signs in. Screenshots of every page, at a laptop and a
 phone width, go to ``tests-output/ui/``. Without chromium the tests skip and say how to
 install it, except under ``CI=true``, where they fail.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,7 @@ def _chromium() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     executable = _chromium()
     try:
@@ -66,16 +68,21 @@ def browser() -> Iterator[Any]:
         browser.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def upstream() -> Iterator[FakeUpstream]:
     with FakeUpstream(vendor="openai") as server:
         server.reply = "Sea otters crack shellfish with stones [1]. Kelp shelters them [2]."
         yield server
 
 
-@pytest.fixture(scope="session")
+#: The test workflows (``api_flows:review`` has a human step).
+FLOWS = Path(__file__).resolve().parent.parent / "flows"
+
+
+@pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream) -> Iterator[str]:
     data = tmp_path_factory.mktemp("ui-server")
+    sys.path.insert(0, str(FLOWS))
     settings = Settings(
         data_dir=data / "data",
         admin_key=ADMIN_KEY,
@@ -95,12 +102,16 @@ def server(tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream) -> 
             }
         ],
         tracing={"flush_interval": 0.05},
+        workflows=["api_flows:review"],
     )
-    with ServerThread(create_app(settings)) as running:
-        yield running.url
+    try:
+        with ServerThread(create_app(settings)) as running:
+            yield running.url
+    finally:
+        sys.path.remove(str(FLOWS))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def api(server: str) -> Iterator[httpx.Client]:
     """The HTTP API as the admin: to prepare data the way an application would."""
     with httpx.Client(
@@ -109,7 +120,7 @@ def api(server: str) -> Iterator[httpx.Client]:
         yield client
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def make_key(api: httpx.Client) -> Callable[..., str]:
     def make(name: str, *scopes: str) -> str:
         made = api.post("/v1/keys", json={"name": name, "scopes": list(scopes)})

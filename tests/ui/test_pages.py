@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -276,3 +277,95 @@ def test_a_key_without_the_scope_can_neither_open_a_page_nor_post_a_form(
     listed = httpx.get(f"{server}/v1/keys", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     names = {k["name"] for k in listed.json()["data"]}
     assert "sneaky" not in names and "forged" not in names
+
+
+def eval_run(api: httpx.Client, dataset: str, model_prompt: str) -> str:
+    started = api.post(
+        "/v1/evals/runs",
+        json={
+            "suite": {
+                "name": "ui",
+                "dataset": dataset,
+                "candidates": [{"name": "a", "model": "gpt-test", "prompt": model_prompt}],
+                "metrics": ["exact", "chrf"],
+            }
+        },
+    )
+    assert started.status_code == 200, started.text
+    run_id = str(started.json()["id"])
+    deadline = time.monotonic() + 30
+    while api.get(f"/v1/evals/runs/{run_id}").json()["status"] == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return run_id
+
+
+def test_eval_runs_report_and_comparison(ui: Open, api: httpx.Client) -> None:
+    content = "\n".join(
+        f'{{"id": "c{i}", "input": "case {i}", "expected": "Sea otters crack shellfish"}}'
+        for i in range(3)
+    )
+    uploaded = api.post("/v1/evals/datasets", json={"name": "ui-cases", "content": content})
+    assert uploaded.status_code == 200, uploaded.text
+    dataset = f"ui-cases@{uploaded.json()['version']}"
+    first = eval_run(api, dataset, "Say: {input}")
+    second = eval_run(api, dataset, "Answer: {input}")
+    tab = ui(ADMIN_KEY)
+    page = tab.page
+    tab.goto("/ui/evals")
+    expect(page.get_by_role("link", name=first)).to_be_visible()
+    tab.shoot("evals")
+    page.get_by_label(f"Baseline {first}").check()
+    page.get_by_label(f"Candidate {second}").check()
+    page.get_by_role("button", name="Compare").click()
+    expect(page).to_have_url(re.compile(r"/ui/evals/compare\?"))
+    assert f"baseline={first}" in page.url and f"candidate={second}" in page.url
+    report = page.frame_locator("iframe.report")
+    expect(report.locator("body")).to_contain_text("no regression")
+    expect(report.locator("svg").first).to_be_visible()
+    tab.shoot("evals-compare")
+    tab.goto(f"/ui/evals/runs/{second}")
+    expect(page.get_by_role("heading", level=1)).to_contain_text(second)
+    expect(page.frame_locator("iframe.report").locator("body")).to_contain_text("chrf")
+    tab.shoot("eval-run")
+    # One run alone cannot be compared: a 400 that says what to do.
+    assert tab.goto("/ui/evals/compare?baseline=" + first).status == 400
+    expect(page.get_by_role("alert")).to_contain_text("Pick a baseline run and a candidate")
+
+
+def test_workflow_graph_run_timeline_and_resume(
+    ui: Open, api: httpx.Client, make_key: Callable[..., str]
+) -> None:
+    started = api.post(
+        "/v1/workflows/review/runs", json={"input": {"text": "a text long enough to review"}}
+    )
+    assert started.status_code == 200, started.text
+    run = started.json()
+    assert run["status"] == "waiting"
+    tab = ui(ADMIN_KEY)
+    page = tab.page
+    tab.goto("/ui/workflows")
+    graph = page.get_by_role("img", name=re.compile("Steps of review"))
+    expect(graph).to_be_visible()
+    assert graph.locator("rect").count() == 5  # start, count, approve, finish, end
+    assert graph.locator("path.graph-edge").count() >= 4
+    expect(page.get_by_role("link", name=run["id"])).to_be_visible()
+    tab.shoot("workflows")
+    page.get_by_role("link", name=run["id"]).click()
+    expect(page.locator("#run-status")).to_have_text("waiting")
+    expect(page.locator(".waterfall .bar")).to_have_count(2)  # count, then the human step
+    tab.shoot("workflow-run")
+    # An observer reads the run but may not resume it.
+    observer = ui(make_key("run-reader", "observer"))
+    observer.goto(f"/ui/workflows/runs/{run['id']}")
+    expect(observer.page.locator("#run-status")).to_have_text("waiting")
+    expect(observer.page.get_by_role("button", name="Resume run")).to_have_count(0)
+    page.get_by_label("Input (JSON)").fill("not json")
+    page.get_by_role("button", name="Resume run").click()
+    expect(page.get_by_role("alert")).to_contain_text("must be JSON")
+    tab.goto(f"/ui/workflows/runs/{run['id']}")
+    page.get_by_label("Input (JSON)").fill("true")
+    page.get_by_role("button", name="Resume run").click()
+    expect(page.locator("#run-status")).to_have_text("succeeded")
+    expect(page.locator("#run-output")).to_contain_text("published")
+    assert api.get(f"/v1/runs/{run['id']}").json()["status"] == "succeeded"

@@ -201,7 +201,7 @@ def create_app(
         evals,
     ):
         app.include_router(module.router)
-    mount_ui(app)
+    mount_ui(app, lambda: evals.service_of(app, runtime))
     app.direct_routes.update(
         {
             "/v1/chat/completions": inference.chat_completions_direct,

@@ -34,6 +34,8 @@ NAV: tuple[tuple[str, str, str], ...] = (
     ("dashboard", "/ui/dashboard", "Dashboard"),
     ("collections", "/ui/collections", "Collections"),
     ("alerts", "/ui/alerts", "Alerts"),
+    ("evals", "/ui/evals", "Evals"),
+    ("workflows", "/ui/workflows", "Workflows"),
     ("keys", "/ui/keys", "Keys"),
 )
 
