@@ -109,13 +109,18 @@ def test_chat_streams_tokens_with_citations_and_figures(
     expect(figures).to_contain_text("Tokens")
     expect(figures).to_contain_text("Latency")
     session = page.get_by_label("Session").input_value()
+    link = str(figures.locator("a.trace-link").get_attribute("href"))
+    assert link.startswith("/ui/traces/")
+    link = tab.base + link
     tab.shoot("chat")
     # The session keeps the turn: reopening it shows the conversation from the server.
     tab.goto(f"/ui/chat?session={session}")
     expect(page.locator(".msg.user")).to_contain_text("How do otters open shellfish?")
     expect(page.get_by_role("navigation", name="Recent sessions")).to_contain_text(session)
-    # The answer's trace opens from its figures.
-    tab.goto(f"/ui/chat?session={session}")
+    # The answer's trace opens from its figures, with the passages retrieval found.
+    page.goto(link)
+    expect(page.locator("#retrieval")).to_contain_text("otters")
+    expect(page.locator("#retrieval")).to_contain_text("How do otters open shellfish?")
 
 
 def test_trace_page_shows_the_waterfall_and_takes_a_score(ui: Open, api: httpx.Client) -> None:

@@ -122,6 +122,34 @@ async def _trace_or_404(request: Request, trace_id: str) -> dict[str, Any]:
     return trace
 
 
+def retrievals(trace: dict[str, Any]) -> list[dict[str, Any]]:
+    """What each retrieval span found: its query and the passages used, with their scores."""
+    found = []
+    for span in trace["spans"]:
+        attributes = span.get("attributes") or {}
+        documents = attributes.get("trellis.retrieval.document_ids")
+        if documents is None:
+            continue
+        chunks = attributes.get("trellis.retrieval.chunk_ids") or []
+        scores = attributes.get("trellis.retrieval.scores") or []
+        found.append(
+            {
+                "span": span["name"],
+                "query": attributes.get("trellis.retrieval.query"),
+                "hits": attributes.get("trellis.retrieval.hits"),
+                "passages": [
+                    {
+                        "document_id": document,
+                        "chunk_id": chunks[n] if n < len(chunks) else None,
+                        "score": scores[n] if n < len(scores) else None,
+                    }
+                    for n, document in enumerate(documents)
+                ],
+            }
+        )
+    return found
+
+
 def _detail(request: Request, me: Viewer, trace: dict[str, Any], **extra: Any) -> Response:
     events = [
         {"span": span["name"], **event}
@@ -133,6 +161,7 @@ def _detail(request: Request, me: Viewer, trace: dict[str, Any], **extra: Any) -
         "trace": trace,
         "spans": waterfall(trace),
         "events": events,
+        "retrievals": retrievals(trace),
         **extra,
     }
     return render(request, "traces/detail.html", context, me=me, status=extra.get("status", 200))
