@@ -65,6 +65,13 @@ def test_sign_in_rejects_a_wrong_key_and_sign_out_ends_the_session(ui: Open) -> 
     for label in ("Chat", "Traces", "Dashboard", "Collections", "Alerts", "Keys"):
         expect(nav.get_by_role("link", name=label)).to_be_visible()
     tab.shoot("home")
+    # Keyboard: the first Tab reaches "Skip to content", which moves focus to the page.
+    tab.page.keyboard.press("Tab")
+    expect(tab.page.get_by_role("link", name="Skip to content")).to_be_focused()
+    tab.page.keyboard.press("Enter")
+    expect(tab.page.locator("main")).to_be_focused()
+    tab.page.keyboard.press("Tab")
+    expect(tab.page.get_by_role("link", name="Chat").last).to_be_focused()
     tab.page.get_by_role("button", name="Sign out").click()
     expect(tab.page).to_have_url(re.compile(r"/ui/sign-in$"))
     tab.goto("/ui/traces")

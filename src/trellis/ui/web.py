@@ -149,6 +149,10 @@ async def viewer(request: Request, area: str | None = None) -> Viewer:
     if key is None or key.revoked:
         sessions(request).end(session.id)
         raise SignInNeeded()
+    found = Viewer(session, key)
+    request.state.ui_viewer = found  # error pages keep the navigation
+    if area is not None and not found.can(area):  # before reading any form body
+        raise Forbidden(area)
     if request.method != "GET" or is_htmx(request):
         token = request.headers.get("x-csrf-token")
         if token is None and request.method != "GET":
@@ -157,10 +161,6 @@ async def viewer(request: Request, area: str | None = None) -> Viewer:
                 token = str((await request.form()).get("csrf") or "")
         if not same_token(token, session.csrf):
             raise CsrfFailed()
-    found = Viewer(session, key)
-    request.state.ui_viewer = found  # error pages keep the navigation
-    if area is not None and not found.can(area):
-        raise Forbidden(area)
     return found
 
 

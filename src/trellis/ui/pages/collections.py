@@ -123,11 +123,18 @@ async def upload(name: str, request: Request) -> Response:
         raise InvalidRequestError("Choose at least one file to upload.", param="files")
     report = IngestReport()
     docs: list[Document] = []
+    total = 0
     with tempfile.TemporaryDirectory(prefix="trellis-upload-") as folder:
         for upload_file in files:
             filename = _upload_name(upload_file)
             path = Path(folder) / filename
-            path.write_bytes(await upload_file.read())
+            content = await upload_file.read()
+            total += len(content)
+            if total > UPLOAD_LIMIT:  # a body sent without a Content-Length
+                raise PayloadTooLargeError(
+                    f"The upload is larger than the {UPLOAD_LIMIT} byte limit."
+                )
+            path.write_bytes(content)
             try:
                 docs.extend(await asyncio.to_thread(_loaded, path, filename))
             except LoaderError as exc:
