@@ -171,6 +171,8 @@ def test_dashboard_draws_charts_from_the_stats(ui: Open, api: httpx.Client) -> N
     stats = api.get("/v1/stats", params={"window": "1h", "group_by": "model"}).json()
     total = next(g for g in stats["data"] if g["group"] == "gpt-test")["totals"]["count"]
     expect(page.locator("#totals tbody tr").first).to_contain_text(str(total))
+    tab.goto("/ui/dashboard?window=1h&group_by=key")
+    expect(page.locator("#totals")).to_contain_text("admin (configured) (key_")
     page.get_by_label("Window").select_option("24h")
     page.get_by_role("button", name="Show").click()
     expect(page).to_have_url(re.compile(r"window=24h"))

@@ -76,6 +76,12 @@ async def dashboard(request: Request) -> Response:
         group_by=group_by,
     )
     groups = await TraceStats(rt.db).compute(query)
+    if group_by == "key" and me.can("keys") and rt.keys is not None:
+        # Admins see key names next to their ids (the names are admin-only, as over /v1/keys).
+        names = {key.id: key.name for key in await rt.keys.list()}
+        for group in groups:
+            if group["group"] in names:
+                group["group"] = f"{names[group['group']]} ({group['group']})"
     context = {
         "title": "Dashboard",
         "window": window,
