@@ -12,7 +12,8 @@
       if (metric === "latency") {
         [["p50", []], ["p95", [6, 3]], ["p99", [2, 2]]].forEach(function (p) {
           columns.push(group[p[0]]);
-          series.push({ label: group.label + " " + p[0].toUpperCase(), stroke: color, dash: p[1], width: 2 });
+          series.push({ label: group.label + " " + p[0].toUpperCase(), stroke: color, dash: p[1], width: 2,
+                        points: { show: true, size: 4 } });
         });
       } else {
         columns.push(group[metric]);
@@ -23,7 +24,10 @@
     var yAxis = { size: 60 };
     if (metric === "cost") {
       yAxis.values = function (u, values) {
-        return values.map(function (v) { return v === 0 ? "0" : "$" + Number(v).toPrecision(2); });
+        return values.map(function (v) {
+          if (v === 0) { return "0"; }
+          return "$" + (Math.abs(v) < 0.01 ? Number(v).toExponential(1) : Number(v).toPrecision(2));
+        });
       };
     }
     var opts = { width: width, height: 200, series: series,
