@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: run test bench lint install install-dev pgvector wordnet clean
+.PHONY: run test bench lint install install-dev pgvector wordnet chromium clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -53,7 +53,18 @@ wordnet:
 		echo "make: WordNet not installed (apt-get install wordnet-base, as root); the METEOR tests will skip"; \
 	fi
 
-test: install-dev pgvector wordnet
+# The web UI's browser tests (tests/ui) drive Debian's chromium through Playwright: as root
+# on Debian this installs it (scripts/install-chromium.sh); elsewhere those tests skip and
+# say why, except under CI=true, where they fail.
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		bash scripts/install-chromium.sh || echo "make: chromium could not be installed; the browser tests will skip"; \
+	else \
+		echo "make: chromium not installed (apt-get install chromium, as root); the browser tests will skip"; \
+	fi
+
+test: install-dev pgvector wordnet chromium
 	$(PY) -m pytest
 
 # Benchmarks (results in benchmarks/results/): gateway overhead (LiteLLM row after

@@ -227,13 +227,16 @@ def test_serve_prints_the_admin_key_once_and_serves(config: Path, tmp_path: Path
                 time.sleep(0.2)
         else:
             pytest.fail("server did not start")
+        sign_in = httpx.get(f"http://127.0.0.1:{port}/ui/sign-in")  # the web UI is served
+        assert sign_in.status_code == 200 and "API key" in sign_in.text
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=30)
+        stdout, stderr = process.communicate(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
     keys = re.findall(r"tr-[A-Za-z0-9_-]{20,}", stderr)
     assert len(keys) == 1, stderr
+    assert f"http://127.0.0.1:{port}/ui/" in " ".join(stdout.split()), stdout
     # The printed key works, and a second start does not print another.
     code, out = invoke("keys", "list", "-c", str(config), "--json")
     assert [k["name"] for k in json.loads(out)] == ["admin"]

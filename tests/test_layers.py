@@ -1,6 +1,6 @@
 """Dependencies point downward: a layer never imports a layer above it.
 
-The layers (docs/architecture.md): server → (runtime, evals) → (orchestration, retrieval,
+The layers (docs/architecture.md): server → ui → (runtime, evals) → (orchestration, retrieval,
 memory) → inference → observe/access → store/guard → schema/settings → shared rules
 (http_headers, http_proxies, durations, nesting, cron, thresholds) → errors.
 Units of one layer do not import each other either. Every import
@@ -40,11 +40,13 @@ LAYERS: dict[str, int] = {
     "memory": 6,
     "evals": 7,
     "runtime": 7,
-    "server": 8,
+    # The web UI's pages: above the runtime, below the server that mounts them.
+    "ui": 8,
     "web": 8,
-    "testing": 9,
-    "cli": 9,
-    "__init__": 10,  # the package's public surface re-exports from every layer
+    "server": 9,
+    "testing": 10,
+    "cli": 10,
+    "__init__": 11,  # the package's public surface re-exports from every layer
 }
 
 

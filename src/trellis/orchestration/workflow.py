@@ -13,7 +13,10 @@ from trellis.errors import ConfigurationError
 from trellis.orchestration.policy import Policy
 from trellis.orchestration.steps import END, FunctionStep, Next, Outcome, Step
 
-__all__ = ["Workflow"]
+#: Where a run enters the step graph: the source of the first edge of ``Workflow.edges``.
+START = "__start__"
+
+__all__ = ["Workflow", "START"]
 
 S = TypeVar("S", bound=BaseModel)
 
@@ -152,6 +155,34 @@ class Workflow(Generic[S]):
             return returned.model_json_schema()
         return None
 
+    def edges(self) -> list[tuple[str, str, str]]:
+        """The step graph as ``(from, to, kind)``, from ``START`` to ``END``.
+
+        ``kind`` is ``next`` (a fixed route), ``route`` (a routing function's ``Literal``
+        target), ``code`` (routed in code: ``to`` is ``""``), ``fallback`` or ``goto``
+        (error routes). The Mermaid chart and the web UI's graph both draw these.
+        """
+        found: list[tuple[str, str, str]] = []
+        if self._order:
+            found.append((START, self.first, "next"))
+        for index, name in enumerate(self._order):
+            step = self.steps[name]
+            if step.next is None:
+                after = self._order[index + 1] if index + 1 < len(self._order) else END
+                found.append((name, after, "next"))
+            elif isinstance(step.next, str):
+                found.append((name, step.next if step.next in self.steps else END, "next"))
+            else:
+                targets = [t for t in _literal_targets(step.next) if t in self.steps or t == END]
+                found.extend((name, t, "route") for t in targets)
+                if not _literal_targets(step.next):
+                    found.append((name, "", "code"))
+            for kind in ("fallback", "goto"):
+                target = getattr(step.policy, kind)
+                if target in self.steps or (target == END and target is not None):
+                    found.append((name, target, kind))
+        return found
+
     def mermaid(self) -> str:
         """The step graph as a Mermaid flowchart (``flowchart TD``).
 
@@ -161,29 +192,20 @@ class Workflow(Generic[S]):
         """
         ids = {name: f"s{i}" for i, name in enumerate(self._order)}
         ids[END] = "end_"
+        ids[START] = "start_"
         lines = ["flowchart TD", '    start_(["start"])', '    end_(["end"])']
         for name in self._order:
             label = f"{name}<br/><i>{self.steps[name].kind}</i>".replace('"', "#quot;")
             lines.append(f'    {ids[name]}["{label}"]')
-        if self._order:
-            lines.append(f"    start_ --> {ids[self.first]}")
-        for index, name in enumerate(self._order):
-            step, here = self.steps[name], ids[name]
-            if step.next is None:
-                after = self._order[index + 1] if index + 1 < len(self._order) else END
-                lines.append(f"    {here} --> {ids[after]}")
-            elif isinstance(step.next, str):
-                lines.append(f"    {here} --> {ids.get(step.next, 'end_')}")
+        labels = {"fallback": "fallback", "goto": "on error"}
+        for source, target, kind in self.edges():
+            here = ids[source]
+            if kind == "code":
+                lines.append(f'    {here} -.-> {here}_routes{{{{"routed in code"}}}}')
+            elif kind in labels:
+                lines.append(f"    {here} -. {labels[kind]} .-> {ids[target]}")
             else:
-                targets = _literal_targets(step.next)
-                if targets:
-                    lines.extend(f"    {here} --> {ids[t]}" for t in targets if t in ids)
-                else:
-                    lines.append(f'    {here} -.-> {here}_routes{{{{"routed in code"}}}}')
-            if step.policy.fallback in ids:
-                lines.append(f"    {here} -. fallback .-> {ids[step.policy.fallback]}")
-            if step.policy.goto in ids:
-                lines.append(f"    {here} -. on error .-> {ids[step.policy.goto]}")
+                lines.append(f"    {here} --> {ids[target]}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:

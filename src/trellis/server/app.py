@@ -33,6 +33,7 @@ from trellis.server.routes import (
     workflows,
 )
 from trellis.settings import Settings
+from trellis.ui import mount as mount_ui
 
 __all__ = ["create_app", "create_server_app", "announce_admin_key", "TrellisApp"]
 
@@ -208,6 +209,7 @@ def create_app(
         eval_queues,
     ):
         app.include_router(module.router)
+    mount_ui(app, lambda: evals.service_of(app, runtime))
     app.direct_routes.update(
         {
             "/v1/chat/completions": inference.chat_completions_direct,

@@ -1,0 +1,385 @@
+"""Each page of the web UI in chromium, against a real server with real data."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from trellis.testing.fake_upstream import FakeUpstream
+
+if os.environ.get("CI", "").strip().lower() in ("true", "1"):
+    from playwright.sync_api import expect  # CI: a missing package is a failure
+else:
+    expect = pytest.importorskip("playwright.sync_api").expect
+
+ADMIN_KEY = "tr-ui-test-admin-key-0123456789"  # the server's (conftest.py)
+
+#: Opens a browser context signed in with a key (None: signed out); returns its tab.
+Open = Callable[[str | None], Any]
+
+DOCS = [
+    {"id": "otters", "text": "Sea otters use stones as tools to crack open shellfish."},
+    {"id": "kelp", "text": "Kelp forests grow quickly in cold, nutrient-rich coastal water."},
+]
+
+
+def fill(api: httpx.Client, name: str) -> None:
+    if api.get(f"/v1/collections/{name}").status_code == 404:
+        assert api.post("/v1/collections", json={"name": name}).status_code == 201
+        added = api.post(f"/v1/collections/{name}/documents", json={"documents": DOCS})
+        assert added.status_code == 200, added.text
+
+
+def chat_once(api: httpx.Client) -> str:
+    answer = api.post(
+        "/v1/chat/completions",
+        json={"model": "gpt-test", "messages": [{"role": "user", "content": "Hello there"}]},
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.headers["x-trellis-trace-id"]
+
+
+def test_sign_in_rejects_a_wrong_key_and_sign_out_ends_the_session(ui: Open) -> None:
+    tab = ui(None)
+    context = tab.page.context
+    tab.goto("/ui/keys")  # not signed in: to the sign-in page, and back after it
+    expect(tab.page).to_have_url(re.compile(r"/ui/sign-in\?next=/ui/keys$"))
+    tab.page.get_by_label("API key").fill("tr-not-a-real-key-000000000")
+    tab.page.get_by_role("button", name="Sign in").click()
+    expect(tab.page.get_by_role("alert")).to_contain_text("not valid")
+    tab.shoot("sign-in")
+    tab.page.get_by_label("API key").fill(ADMIN_KEY)
+    tab.page.get_by_role("button", name="Sign in").click()
+    expect(tab.page).to_have_url(re.compile(r"/ui/keys$"))
+    cookie = next(c for c in context.cookies() if c["name"] == "trellis_ui")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert ADMIN_KEY not in cookie["value"]
+    tab.goto("/ui/")
+    nav = tab.page.get_by_role("navigation", name="Main")
+    for label in ("Chat", "Traces", "Dashboard", "Collections", "Alerts", "Keys"):
+        expect(nav.get_by_role("link", name=label)).to_be_visible()
+    tab.shoot("home")
+    # Keyboard: the first Tab reaches "Skip to content", which moves focus to the page.
+    tab.page.keyboard.press("Tab")
+    expect(tab.page.get_by_role("link", name="Skip to content")).to_be_focused()
+    tab.page.keyboard.press("Enter")
+    expect(tab.page.locator("main")).to_be_focused()
+    tab.page.keyboard.press("Tab")
+    expect(tab.page.get_by_role("link", name="Chat").last).to_be_focused()
+    tab.page.get_by_role("button", name="Sign out").click()
+    expect(tab.page).to_have_url(re.compile(r"/ui/sign-in$"))
+    tab.goto("/ui/traces")
+    expect(tab.page).to_have_url(re.compile(r"/ui/sign-in\?next=/ui/traces$"))
+
+
+def test_chat_streams_tokens_with_citations_and_figures(
+    ui: Open, api: httpx.Client, upstream: FakeUpstream
+) -> None:
+    fill(api, "sea")
+    tab = ui(ADMIN_KEY)
+    tab.goto("/ui/chat")
+    page = tab.page
+    page.get_by_label("Model").select_option("gpt-test")
+    page.get_by_label("sea").check()
+    # Record every text the answer shows while it streams: more than one before the end.
+    page.evaluate(
+        """() => { window.seen = [];
+        new MutationObserver(() => { const a = document.querySelector('.answer-text');
+          if (a) window.seen.push(a.textContent); })
+        .observe(document.getElementById('chat-log'),
+                 {childList: true, subtree: true, characterData: true}); }"""
+    )
+    upstream.chunk_delay = 0.1
+    try:
+        page.get_by_label("Message").fill("How do otters open shellfish?")
+        page.get_by_role("button", name="Send").click()
+        expect(page.locator(".answer-summary .cost")).to_be_visible(timeout=15_000)
+    finally:
+        upstream.chunk_delay = 0.0
+    seen = page.evaluate("window.seen")
+    partial = [text for text in seen if text and not text.endswith("[2].")]
+    assert len(set(partial)) >= 2, seen  # tokens arrived one after another
+    answer = page.locator(".msg.assistant").last
+    expect(answer.locator(".answer-text")).to_contain_text("crack shellfish with stones")
+    citation = answer.locator("a.cite").first
+    expect(citation).to_have_text("[1]")
+    target = citation.get_attribute("href")
+    assert target and target.startswith("#cite-")
+    expect(page.locator(target)).to_contain_text("sea / ")
+    figures = answer.locator(".answer-figures")
+    expect(figures).to_contain_text("Tokens")
+    expect(figures).to_contain_text("Latency")
+    session = page.get_by_label("Session").input_value()
+    link = str(figures.locator("a.trace-link").get_attribute("href"))
+    assert link.startswith("/ui/traces/")
+    link = tab.base + link
+    tab.shoot("chat")
+    # The session keeps the turn: reopening it shows the conversation from the server.
+    tab.goto(f"/ui/chat?session={session}")
+    expect(page.locator(".msg.user")).to_contain_text("How do otters open shellfish?")
+    expect(page.get_by_role("navigation", name="Recent sessions")).to_contain_text(session)
+    # The answer's trace opens from its figures, with the passages retrieval found.
+    page.goto(link)
+    expect(page.locator("#retrieval")).to_contain_text("otters")
+    expect(page.locator("#retrieval")).to_contain_text("How do otters open shellfish?")
+
+
+def test_trace_page_shows_the_waterfall_and_takes_a_score(ui: Open, api: httpx.Client) -> None:
+    trace_id = chat_once(api)
+    tab = ui(ADMIN_KEY)
+    page = tab.page
+    tab.goto("/ui/traces?kind=chat")
+    link = page.get_by_role("link", name=trace_id[:12])
+    expect(link).to_be_visible(timeout=10_000)
+    tab.shoot("traces")
+    link.click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text(trace_id)
+    bars = page.locator(".waterfall .bar")
+    assert bars.count() >= 2
+    assert bars.first.evaluate("b => parseFloat(getComputedStyle(b).width)") > 0
+    page.get_by_label("Score name").fill("helpfulness")
+    page.get_by_label("Value").fill("0.75")
+    page.get_by_label("Comment").fill("clear answer")
+    page.get_by_role("button", name="Add score").click()
+    expect(page.locator("#scores")).to_contain_text("helpfulness = 0.75")
+    stored = api.get(f"/v1/traces/{trace_id}").json()["scores"]
+    assert [(s["name"], s["value"], s["comment"]) for s in stored] == [
+        ("helpfulness", 0.75, "clear answer")
+    ]
+    tab.shoot("trace")
+    # The filters are the API's: an unknown time is the same 400 with its reason.
+    response = tab.goto("/ui/traces?since=yesterday-ish")
+    assert response.status == 400
+    expect(page.get_by_role("alert")).to_contain_text("since")
+
+
+def test_dashboard_draws_charts_from_the_stats(ui: Open, api: httpx.Client) -> None:
+    chat_once(api)
+    tab = ui(ADMIN_KEY)
+    tab.goto("/ui/dashboard?window=1h&group_by=model")
+    page = tab.page
+    expect(page.locator("#totals")).to_contain_text("gpt-test")
+    for metric in ("requests", "latency", "tokens", "cost", "cache_hit_rate", "error_rate"):
+        chart = page.locator(f'figure[data-metric="{metric}"]')
+        expect(chart.locator("canvas")).to_have_count(1)
+    stats = api.get("/v1/stats", params={"window": "1h", "group_by": "model"}).json()
+    total = next(g for g in stats["data"] if g["group"] == "gpt-test")["totals"]["count"]
+    expect(page.locator("#totals tbody tr").first).to_contain_text(str(total))
+    tab.goto("/ui/dashboard?window=1h&group_by=key")
+    expect(page.locator("#totals")).to_contain_text("admin (configured) (key_")
+    page.get_by_label("Window").select_option("24h")
+    page.get_by_role("button", name="Show").click()
+    expect(page).to_have_url(re.compile(r"window=24h"))
+    tab.shoot("dashboard")
+
+
+def test_collection_create_upload_with_progress_and_search(ui: Open, tmp_path: Any) -> None:
+    tab = ui(ADMIN_KEY)
+    page = tab.page
+    tab.goto("/ui/collections")
+    page.get_by_label("New collection").fill("handbook")
+    page.get_by_role("button", name="Create").click()
+    expect(page).to_have_url(re.compile(r"/ui/collections/handbook$"))
+    notes = tmp_path / "holidays.md"
+    notes.write_text("# Holidays\n\nStaff get twenty-five days of paid leave a year.\n")
+    bad = tmp_path / "image.bin"
+    bad.write_bytes(b"\x00\x01")
+    page.get_by_label("Files", exact=True).set_input_files([str(notes), str(bad)])
+    page.get_by_role("button", name="Upload").click()
+    result = page.locator("#upload-result")
+    expect(result).to_contain_text("Added 1")
+    expect(result).to_contain_text("image.bin: unsupported file type")
+    expect(page.locator("#upload-progress")).to_have_js_property("value", 100)
+    expect(page.locator("#documents")).to_contain_text("holidays.md")
+    page.get_by_label("Query").fill("paid leave days")
+    page.get_by_label("Mode").select_option("keyword")
+    page.get_by_role("button", name="Search").click()
+    hits = page.locator("#hits")
+    expect(hits).to_contain_text("holidays.md")
+    expect(hits).to_contain_text("keyword")
+    expect(hits).to_contain_text("twenty-five days")
+    tab.shoot("collection")
+    tab.goto("/ui/collections")
+    expect(page.get_by_role("link", name="handbook")).to_be_visible()
+    tab.shoot("collections")
+
+
+def test_keys_create_shows_the_secret_once_and_revoke(ui: Open, server: str) -> None:
+    tab = ui(ADMIN_KEY)
+    page = tab.page
+    tab.goto("/ui/keys")
+    page.get_by_label("Name").fill("reporting")
+    page.get_by_label("observer").check()
+    page.get_by_label("inference").uncheck()
+    page.get_by_role("button", name="Create key").click()
+    secret = page.locator("#new-secret").inner_text()
+    assert secret.startswith("tr-")
+    listed = httpx.get(f"{server}/v1/traces", headers={"Authorization": f"Bearer {secret}"})
+    assert listed.status_code == 200  # the new key works, with its scope
+    tab.shoot("keys")
+    tab.goto("/ui/keys")
+    expect(page.locator("#new-secret")).to_have_count(0)  # shown once
+    row = page.locator("tr", has_text="reporting")
+    row.get_by_role("button", name="Revoke key reporting").click()
+    expect(page.locator("tr", has_text="reporting")).to_contain_text("revoked")
+    refused = httpx.get(f"{server}/v1/traces", headers={"Authorization": f"Bearer {secret}"})
+    assert refused.status_code == 401
+
+
+def test_alerts_rule_create_and_delete(ui: Open, api: httpx.Client) -> None:
+    tab = ui(ADMIN_KEY)
+    page = tab.page
+    tab.goto("/ui/alerts")
+    page.get_by_label("Name", exact=True).fill("slow answers")
+    page.get_by_label("Kind", exact=True).select_option("latency")
+    page.get_by_label("Threshold", exact=True).fill("2500")
+    page.get_by_role("button", name="Create rule").click()
+    expect(page.locator("#rules")).to_contain_text("slow answers")
+    rules = api.get("/v1/alerts/rules").json()["data"]
+    assert [r["threshold"] for r in rules if r["name"] == "slow answers"] == [2500]
+    tab.shoot("alerts")
+    page.get_by_role("button", name="Delete rule slow answers").click()
+    expect(page.locator("#rules")).to_contain_text("deleted")
+    expect(page.locator("#rules")).not_to_contain_text("slow answers")
+    expect(page.get_by_label("Threshold", exact=True)).to_have_value("")  # the form was reset
+    # A rule the API refuses is refused here too, with its reason next to the form.
+    page.get_by_label("Name", exact=True).fill("no bound")
+    page.get_by_label("Kind", exact=True).select_option("cost")
+    page.get_by_role("button", name="Create rule").click()
+    expect(page.locator("#rules").get_by_role("alert")).to_contain_text("threshold")
+
+
+def test_a_key_without_the_scope_can_neither_open_a_page_nor_post_a_form(
+    ui: Open, make_key: Callable[..., str], server: str
+) -> None:
+    observer = ui(make_key("watcher", "observer"))
+    page = observer.page
+    nav = page.get_by_role("navigation", name="Main")
+    expect(nav.get_by_role("link", name="Traces")).to_be_visible()
+    expect(nav.get_by_role("link", name="Keys")).to_have_count(0)
+    expect(nav.get_by_role("link", name="Chat")).to_have_count(0)
+    response = observer.goto("/ui/keys")
+    assert response.status == 403
+    expect(page.get_by_role("alert")).to_contain_text("admin")
+    observer.shoot("forbidden")
+    csrf = page.locator('meta[name="csrf-token"]').get_attribute("content")
+    # The form post itself, with the session's own valid token: refused, nothing created.
+    posted = page.request.post(
+        f"{server}/ui/keys", form={"csrf": csrf, "name": "sneaky", "scopes": "admin"}
+    )
+    assert posted.status == 403
+    observer.goto("/ui/alerts")
+    expect(page.get_by_role("button", name="Create rule")).to_have_count(0)
+    rule = page.request.post(
+        f"{server}/ui/alerts/rules", form={"csrf": csrf, "name": "x", "kind": "cost"}
+    )
+    assert rule.status == 403
+    # An inference key chats but reads no traces.
+    app = ui(make_key("app", "inference"))
+    assert app.goto("/ui/traces").status == 403
+    assert app.goto("/ui/chat").status == 200
+    # Without the CSRF token a post is refused even for the admin.
+    admin = ui(ADMIN_KEY)
+    forged = admin.page.request.post(f"{server}/ui/keys", form={"name": "forged"})
+    assert forged.status == 403
+    listed = httpx.get(f"{server}/v1/keys", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    names = {k["name"] for k in listed.json()["data"]}
+    assert "sneaky" not in names and "forged" not in names
+
+
+def eval_run(api: httpx.Client, dataset: str, model_prompt: str) -> str:
+    started = api.post(
+        "/v1/evals/runs",
+        json={
+            "suite": {
+                "name": "ui",
+                "dataset": dataset,
+                "candidates": [{"name": "a", "model": "gpt-test", "prompt": model_prompt}],
+                "metrics": ["exact", "chrf"],
+            }
+        },
+    )
+    assert started.status_code == 200, started.text
+    run_id = str(started.json()["id"])
+    deadline = time.monotonic() + 30
+    while api.get(f"/v1/evals/runs/{run_id}").json()["status"] == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return run_id
+
+
+def test_eval_runs_report_and_comparison(ui: Open, api: httpx.Client) -> None:
+    content = "\n".join(
+        f'{{"id": "c{i}", "input": "case {i}", "expected": "Sea otters crack shellfish"}}'
+        for i in range(3)
+    )
+    uploaded = api.post("/v1/evals/datasets", json={"name": "ui-cases", "content": content})
+    assert uploaded.status_code == 200, uploaded.text
+    dataset = f"ui-cases@{uploaded.json()['version']}"
+    first = eval_run(api, dataset, "Say: {input}")
+    second = eval_run(api, dataset, "Answer: {input}")
+    tab = ui(ADMIN_KEY)
+    page = tab.page
+    tab.goto("/ui/evals")
+    expect(page.get_by_role("link", name=first)).to_be_visible()
+    tab.shoot("evals")
+    page.get_by_label(f"Baseline {first}").check()
+    page.get_by_label(f"Candidate {second}").check()
+    page.get_by_role("button", name="Compare").click()
+    expect(page).to_have_url(re.compile(r"/ui/evals/compare\?"))
+    assert f"baseline={first}" in page.url and f"candidate={second}" in page.url
+    report = page.frame_locator("iframe.report")
+    expect(report.locator("body")).to_contain_text("no regression")
+    expect(report.locator("svg").first).to_be_visible()
+    tab.shoot("evals-compare")
+    tab.goto(f"/ui/evals/runs/{second}")
+    expect(page.get_by_role("heading", level=1)).to_contain_text(second)
+    expect(page.frame_locator("iframe.report").locator("body")).to_contain_text("chrf")
+    tab.shoot("eval-run")
+    # One run alone cannot be compared: a 400 that says what to do.
+    assert tab.goto("/ui/evals/compare?baseline=" + first).status == 400
+    expect(page.get_by_role("alert")).to_contain_text("Pick a baseline run and a candidate")
+
+
+def test_workflow_graph_run_timeline_and_resume(
+    ui: Open, api: httpx.Client, make_key: Callable[..., str]
+) -> None:
+    started = api.post(
+        "/v1/workflows/review/runs", json={"input": {"text": "a text long enough to review"}}
+    )
+    assert started.status_code == 200, started.text
+    run = started.json()
+    assert run["status"] == "waiting"
+    tab = ui(ADMIN_KEY)
+    page = tab.page
+    tab.goto("/ui/workflows")
+    graph = page.get_by_role("img", name=re.compile("Steps of review"))
+    expect(graph).to_be_visible()
+    assert graph.locator("rect").count() == 5  # start, count, approve, finish, end
+    assert graph.locator("path.graph-edge").count() >= 4
+    expect(page.get_by_role("link", name=run["id"])).to_be_visible()
+    tab.shoot("workflows")
+    page.get_by_role("link", name=run["id"]).click()
+    expect(page.locator("#run-status")).to_have_text("waiting")
+    expect(page.locator(".waterfall .bar")).to_have_count(2)  # count, then the human step
+    tab.shoot("workflow-run")
+    # An observer reads the run but may not resume it.
+    observer = ui(make_key("run-reader", "observer"))
+    observer.goto(f"/ui/workflows/runs/{run['id']}")
+    expect(observer.page.locator("#run-status")).to_have_text("waiting")
+    expect(observer.page.get_by_role("button", name="Resume run")).to_have_count(0)
+    page.get_by_label("Input (JSON)").fill("not json")
+    page.get_by_role("button", name="Resume run").click()
+    expect(page.get_by_role("alert")).to_contain_text("must be JSON")
+    tab.goto(f"/ui/workflows/runs/{run['id']}")
+    page.get_by_label("Input (JSON)").fill("true")
+    page.get_by_role("button", name="Resume run").click()
+    expect(page.locator("#run-status")).to_have_text("succeeded")
+    expect(page.locator("#run-output")).to_contain_text("published")
+    assert api.get(f"/v1/runs/{run['id']}").json()["status"] == "succeeded"
