@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import secrets
@@ -360,7 +361,7 @@ class KeyStore:
             await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(values))
             await bump_access_version(conn)
             if audit is not None:
-                await record(conn, audit.with_target(key_id))
+                await record(conn, _about(audit, row))
         self._forget(key_id)
         return ApiKeyRecord.from_row({**row, **values})
 
@@ -392,7 +393,7 @@ class KeyStore:
             await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(values))
             await bump_access_version(conn)
             if audit is not None:
-                await record(conn, audit.with_target(key_id))
+                await record(conn, _about(audit, row))
         self._forget(key_id)
         return ApiKeyRecord.from_row({**row, **values}), secret
 
@@ -450,7 +451,7 @@ class KeyStore:
             if found:
                 await bump_access_version(conn)
                 if audit is not None:
-                    await record(conn, audit.with_target(key_id))
+                    await record(conn, _about(audit, row))
         # Again after the commit: a lookup that read the row before it must not cache it.
         self._generation += 1
         self._valid.discard_where(key_id)
@@ -724,6 +725,11 @@ def _usable_admin(row: Mapping[Any, Any]) -> bool:
         and row.get("project_id") == ALL_PROJECTS
         and row.get("expires_at") is None
     )
+
+
+def _about(audit: AuditEntry, row: Mapping[Any, Any]) -> AuditEntry:
+    """``audit`` about the key of ``row``: its id is the target, its project the project."""
+    return dataclasses.replace(audit, target=row["id"], project_id=row["project_id"])
 
 
 def _check_expiry(expires_at: float | None) -> None:

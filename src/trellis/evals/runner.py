@@ -175,6 +175,7 @@ class EvalRunner:
         run_id: str | None = None,
         *,
         key_id: str | None = None,
+        project_id: str = "default",
     ) -> str:
         """Register a run (or find the existing ``run_id``) and return its id."""
         for candidate in suite.candidates:
@@ -207,9 +208,14 @@ class EvalRunner:
                     )
                 return run_id
         run_id = run_id or uuid.uuid4().hex
-        await self.store.save_dataset(dataset)
+        await self.store.save_dataset(dataset, project_id)
         await self.store.create_run(
-            run_id, suite.model_dump(mode="json"), dataset.ref, total, key_id=key_id
+            run_id,
+            suite.model_dump(mode="json"),
+            dataset.ref,
+            total,
+            key_id=key_id,
+            project_id=project_id,
         )
         return run_id
 

@@ -34,6 +34,10 @@ class Caller:
     #: Append the exchange to its ``trellis.session_id`` session. Workflow runs turn it
     #: off: their steps read the session, and the run records one turn when it finishes.
     session_record: bool = True
+    #: The project the call acts in: the key's own, or the one the built-in admin chose.
+    project_id: str = "default"
+    #: The built-in admin without a chosen project: reads span every project.
+    all_projects: bool = False
 
     @property
     def key_id(self) -> str | None:

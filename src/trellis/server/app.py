@@ -18,6 +18,7 @@ from trellis.server.errors import install_error_handlers
 from trellis.server.openapi import publish
 from trellis.server.routes import (
     alerts,
+    audit,
     collections,
     evals,
     health,
@@ -25,6 +26,7 @@ from trellis.server.routes import (
     keys,
     memories,
     metrics,
+    projects,
     sessions,
     stats,
     traces,
@@ -198,6 +200,8 @@ def create_app(
         sessions,
         workflows,
         evals,
+        projects,
+        audit,
     ):
         app.include_router(module.router)
     app.direct_routes.update(

@@ -86,7 +86,7 @@ api_keys = Table(
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float, nullable=True),
     Column("last_used_at", Float, nullable=True),
-    Column("project_id", String(64), nullable=False, server_default="default"),
+    Column("project_id", String(64), nullable=False, default="default", server_default="default"),
     # Past it the key answers 401 key_expired (revision 0012_projects).
     Column("expires_at", Float, nullable=True),
     # The secret a rotation replaced, still valid until previous_expires_at (the grace).
@@ -121,7 +121,7 @@ traces = Table(
     Column("cache_hit", Boolean, nullable=False, default=False),
     Column("ttft_ms", Float, nullable=True),
     Column("attributes", JSONType, nullable=True),
-    Column("project_id", String(64), nullable=False, server_default="default"),
+    Column("project_id", String(64), nullable=False, default="default", server_default="default"),
     Index("ix_traces_start_ns", "start_ns"),
     Index("ix_traces_model_start_ns", "model", "start_ns"),
     Index("ix_traces_key_id_start_ns", "key_id", "start_ns"),
@@ -170,7 +170,7 @@ scores = Table(
     # api (trellis.observe.api.score), user (POST /v1/traces/{id}/scores) or eval.
     Column("source", String(16), nullable=False),
     Column("created_at", Float, nullable=False),
-    Column("project_id", String(64), nullable=False, server_default="default"),
+    Column("project_id", String(64), nullable=False, default="default", server_default="default"),
     Index("ix_scores_trace_id", "trace_id"),
     Index("ix_scores_name_created_at", "name", "created_at"),
 )
@@ -189,7 +189,7 @@ collections = Table(
     Column("created_at", Float, nullable=False),
     # Bumped by every write to the collection, so in-process vector caches know when to reload.
     Column("version", BigInteger, nullable=False, server_default="0"),
-    Column("project_id", String(64), nullable=False, server_default="default"),
+    Column("project_id", String(64), nullable=False, default="default", server_default="default"),
 )
 
 documents = Table(
@@ -254,7 +254,7 @@ alert_rules = Table(
     # The validated rule (settings.AlertRule) as JSON: new rule fields need no migration.
     Column("spec", JSONType, nullable=False),
     Column("created_at", Float, nullable=False),
-    Column("project_id", String(64), nullable=False, server_default="default"),
+    Column("project_id", String(64), nullable=False, default="default", server_default="default"),
 )
 
 alerts = Table(
@@ -277,7 +277,7 @@ alerts = Table(
     # rule id + group while the alert is pending or firing, NULL once resolved: the unique
     # constraint keeps one open alert per rule and group even across replicas.
     Column("open_key", String(), nullable=True, unique=True),
-    Column("project_id", String(64), nullable=False, server_default="default"),
+    Column("project_id", String(64), nullable=False, default="default", server_default="default"),
     Index("ix_alerts_started_at", "started_at"),
 )
 
@@ -329,7 +329,7 @@ workflow_runs = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("finished_at", Float, nullable=True),
-    Column("project_id", String(64), nullable=False, server_default="default"),
+    Column("project_id", String(64), nullable=False, default="default", server_default="default"),
     Index("ix_workflow_runs_project_id_created_at", "project_id", "created_at"),
     Index("ix_workflow_runs_status_lease_until", "status", "lease_until"),
     Index("ix_workflow_runs_workflow_created_at", "workflow", "created_at"),
@@ -481,7 +481,7 @@ eval_runs = Table(
     Column("key_id", String(64), nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
-    Column("project_id", String(64), nullable=False, server_default="default"),
+    Column("project_id", String(64), nullable=False, default="default", server_default="default"),
     Index("ix_eval_runs_project_id_created_at", "project_id", "created_at"),
 )
 
