@@ -433,3 +433,73 @@ def test_a_project_with_resources_is_not_deleted(world: World) -> None:
     assert world.root.delete("/v1/projects/default").status_code == 409
     names = [p["id"] for p in ok(world.root.get("/v1/projects"))["data"]]
     assert names == ["alpha", "beta", "default"]
+
+
+def test_administrative_actions_are_audited_per_project(world: World) -> None:
+    alpha = world.projects["alpha"]
+    admin = alpha.clients[A]
+    made = ok(admin.post("/v1/keys", json={"name": "audited"}, headers={"User-Agent": "ua/1"}), 201)
+    ok(admin.patch(f"/v1/keys/{made['id']}", json={"scopes": ["observer"]}))
+    ok(admin.post(f"/v1/keys/{made['id']}/rotate", json={"grace": "1h"}))
+    ok(admin.delete(f"/v1/keys/{made['id']}"))
+    rule_id = rule(world, alpha, None)
+    ok(admin.delete(f"/v1/alerts/rules/{rule_id}"))
+    name = collection(world, alpha, None)
+    ok(admin.delete(f"/v1/collections/{name}"))
+    entries = ok(admin.get("/v1/audit?limit=1000"))["data"]
+    assert {e["project_id"] for e in entries} == {"alpha"}
+    mine = [e for e in entries if e["target"] in (made["id"], rule_id, name)]
+    assert [e["action"] for e in reversed(mine)] == [
+        "key.create",
+        "key.update",
+        "key.rotate",
+        "key.revoke",
+        "alert_rule.create",
+        "alert_rule.delete",
+        "collection.create",
+        "collection.delete",
+    ]
+    created = mine[-1]
+    assert created["client_ip"] == "127.0.0.1" and created["user_agent"] == "ua/1"
+    assert created["actor_name"] == "admin" and created["actor_id"]
+    assert made["key"] not in str(entries), "a secret never reaches the audit log"
+    # Filters and cursor paging; the built-in admin sees every project's entries.
+    keys_only = ok(admin.get("/v1/audit?action=key."))["data"]
+    assert keys_only and all(e["action"].startswith("key.") for e in keys_only)
+    first = ok(admin.get("/v1/audit?limit=2"))
+    second = ok(admin.get(f"/v1/audit?limit=2&cursor={first['next_cursor']}"))
+    assert first["has_more"] and {e["id"] for e in first["data"]}.isdisjoint(
+        e["id"] for e in second["data"]
+    )
+    assert ok(admin.get("/v1/audit?since=1h&actor=nobody"))["data"] == []
+    everywhere = {e["project_id"] for e in ok(world.root.get("/v1/audit?limit=1000"))["data"]}
+    assert {"alpha", "beta"} <= everywhere
+    assert admin.get("/v1/audit?since=soon").status_code == 400
+
+
+def test_rotation_grace_and_expiry(world: World) -> None:
+    admin = world.projects["alpha"].clients[A]
+    made = ok(admin.post("/v1/keys", json={"name": "r", "scopes": ["observer"]}), 201)
+    old = world.client(made["key"])
+    assert old.get("/v1/traces").status_code == 200
+    rotated = ok(admin.post(f"/v1/keys/{made['id']}/rotate", json={"grace": "1h"}))
+    assert rotated["previous_expires_at"] is not None
+    new = world.client(rotated["key"])
+    assert old.get("/v1/traces").status_code == 200, "the old secret works for the grace"
+    assert new.get("/v1/traces").status_code == 200
+    ok(admin.post(f"/v1/keys/{made['id']}/rotate", json={}))  # a second rotation, no grace
+    time.sleep(0.6)  # one access-version poll
+    assert old.get("/v1/traces").status_code == 401
+    assert new.get("/v1/traces").status_code == 401
+    short = ok(admin.post("/v1/keys", json={"name": "s", "expires_in": "1s"}), 201)
+    assert short["expires_at"] is not None
+    brief = world.client(short["key"])
+    assert brief.get("/v1/models").status_code == 200
+    time.sleep(1.1)
+    expired = brief.get("/v1/models")
+    assert expired.status_code == 401 and expired.json()["error"]["code"] == "key_expired"
+    bad = admin.post("/v1/keys", json={"name": "b", "expires_in": "soon"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "expires_in"
+    assert admin.post("/v1/keys", json={"name": "b", "scopes": ["root"]}).status_code == 400
+    for http in (old, new, brief):
+        http.close()
