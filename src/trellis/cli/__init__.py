@@ -1,5 +1,5 @@
-"""The ``trellis`` command: serve, chat, models, keys, doctor, traces, stats, retrieval,
-workflows and runs, memories and sessions, and eval.
+"""The ``trellis`` command: serve, chat, models, keys, projects, audit, doctor, traces,
+stats, retrieval, workflows and runs, memories and sessions, and eval.
 
 One module per command group; this package only assembles them into ``app``, the
 console-script entry point (``trellis.cli:app``).
@@ -17,6 +17,7 @@ from trellis.cli import (
     memory,
     models,
     observe,
+    projects,
     retrieval,
     serve,
     workflows,
@@ -29,6 +30,8 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(keys.app, name="keys")
+app.add_typer(projects.projects_app, name="projects")
+app.command("audit")(projects.audit)
 app.command()(serve.serve)
 app.command()(chat.chat)
 app.command()(models.models)
