@@ -300,7 +300,10 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     monkeypatch.syspath_prepend(str(FLOWS))
     with FakeUpstream(vendor="openai") as upstream:
         upstream.reply = "Hello from the fake upstream"
-        settings = gateway_settings(tmp_path, upstream, workflows=["api_flows:review"])
+        # Cached answers shared by a project's keys (not per key): still never across projects.
+        settings = gateway_settings(
+            tmp_path, upstream, workflows=["api_flows:review"], cache={"per_key": False}
+        )
         server = ServerThread(create_app(settings)).start()
         world = World(server)
         try:
@@ -503,3 +506,21 @@ def test_rotation_grace_and_expiry(world: World) -> None:
     assert admin.post("/v1/keys", json={"name": "b", "scopes": ["root"]}).status_code == 400
     for http in (old, new, brief):
         http.close()
+
+
+def test_cached_answers_are_not_shared_across_projects(world: World) -> None:
+    alpha, beta = world.projects["alpha"], world.projects["beta"]
+    prompt = {"temperature": 0, "messages": [{"role": "user", "content": unique("cache me")}]}
+    first = chat(alpha.clients[I], **prompt)
+    assert first.headers["x-trellis-cache"] == "miss"
+    assert chat(alpha.clients[A], **prompt).headers["x-trellis-cache"] == "hit"
+    assert chat(beta.clients[I], **prompt).headers["x-trellis-cache"] == "miss"
+
+
+def test_grounded_chat_uses_only_the_projects_collections(world: World) -> None:
+    alpha, beta = world.projects["alpha"], world.projects["beta"]
+    own = chat(alpha.clients[I], trellis={"collections": [alpha.ids["collection"]]})
+    assert own.status_code == 200, own.text
+    other = chat(alpha.clients[I], trellis={"collections": [beta.ids["collection"]]})
+    assert other.status_code == 404, other.text
+    assert other.json()["error"]["param"] == "trellis.collections"

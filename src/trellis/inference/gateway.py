@@ -338,7 +338,9 @@ class Gateway:
         opted_in = bool(call.route.alias.cache) or bool(getattr(call.caller.key, "cache", False))
         if not ResponseCache.cacheable(call.request, opted_in=opted_in):
             return None
-        call.cache_key = self.cache.key(call.route.alias.name, call.request, call.caller.key_id)
+        call.cache_key = self.cache.key(
+            call.route.alias.name, call.request, call.caller.key_id, call.caller.project_id
+        )
         if call.caller.no_cache:
             return None
         with call.trace.span("cache_lookup") as span:
@@ -378,7 +380,13 @@ class Gateway:
         if prompt is None:
             return None
         text, system = prompt
-        scope = semantic.scope(call.route.alias.name, call.request, call.caller.key_id, system)
+        scope = semantic.scope(
+            call.route.alias.name,
+            call.request,
+            call.caller.key_id,
+            system,
+            call.caller.project_id,
+        )
         with call.trace.span(
             "semantic_cache_lookup",
             attributes={"trellis.semantic_cache.threshold": semantic.threshold},
