@@ -524,3 +524,12 @@ def test_grounded_chat_uses_only_the_projects_collections(world: World) -> None:
     other = chat(alpha.clients[I], trellis={"collections": [beta.ids["collection"]]})
     assert other.status_code == 404, other.text
     assert other.json()["error"]["param"] == "trellis.collections"
+
+
+def test_an_eval_runs_model_calls_are_traced_in_its_project(world: World) -> None:
+    alpha = world.projects["alpha"]
+    query = "/v1/traces?q=Say: hi&limit=500"
+    assert ok(alpha.clients[O].get(query))["data"], "the eval's chat calls are alpha's traces"
+    in_default = world.client(ADMIN_KEY, "default")
+    assert ok(in_default.get(query))["data"] == []
+    in_default.close()

@@ -11,6 +11,8 @@ computed for that trace (its price table).
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import dataclasses
 import json
 import time
 import uuid
@@ -139,6 +141,12 @@ class _Costs:
             self.waiters.pop(trace_id, None)
 
 
+#: The caller of the run this task belongs to (set by :meth:`EvalRunner.run`).
+_RUN_CALLER: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
+    "trellis_eval_run_caller", default=None
+)
+
+
 class EvalRunner:
     """Runs suites through one gateway, storing results in an :class:`EvalStore`."""
 
@@ -158,6 +166,11 @@ class EvalRunner:
         #: For the cosine metric (the bundled MiniLM); loaded only if a suite asks for it.
         self.embedder = embedder
         self.caller = caller
+
+    def _caller(self) -> Caller:
+        """The caller of the run in progress: ``caller`` in the run's project, so its
+        traces (and workflow runs) belong where the run does."""
+        return _RUN_CALLER.get() or self.caller or Caller()
 
     def metrics(self, suite: Suite) -> list[Metric]:
         metrics = build_metrics(suite.metrics)
@@ -230,6 +243,22 @@ class EvalRunner:
         """Run (or resume) ``suite`` over ``dataset``; the JSON report when all is done."""
         metrics = self.metrics(suite)
         run_id = await self.start(suite, dataset, run_id)
+        project_id = (await self.store.run(run_id)).project_id
+        base = self.caller or Caller()
+        token = _RUN_CALLER.set(dataclasses.replace(base, project_id=project_id))
+        try:
+            return await self._run(suite, dataset, run_id, metrics, progress)
+        finally:
+            _RUN_CALLER.reset(token)
+
+    async def _run(
+        self,
+        suite: Suite,
+        dataset: Dataset,
+        run_id: str,
+        metrics: list[Metric],
+        progress: Progress | None,
+    ) -> dict[str, Any]:
         results = await self.store.results(run_id)
         todo = [
             (case, candidate, repeat)
@@ -277,7 +306,7 @@ class EvalRunner:
             else:
                 async with limit:
                     verdict = await judge_pair(
-                        self.gateway, spec, case, a["output"], b["output"], self.caller
+                        self.gateway, spec, case, a["output"], b["output"], self._caller()
                     )
             key: ResultKey = (case.id, pair_key(index), repeat)
             writer.add(key, verdict)
@@ -324,7 +353,7 @@ class EvalRunner:
             return result
         started = time.perf_counter()
         try:
-            answer = await self.gateway.chat(request, self.caller)
+            answer = await self.gateway.chat(request, self._caller())
         except TrellisError as exc:
             result["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
             result["error"] = f"{type(exc).__name__}: {exc.message}"
@@ -385,12 +414,12 @@ class EvalRunner:
                         self.gateway,
                         output,
                         case,
-                        self.caller,
+                        self._caller(),
                         retrieved=retrieved,
                         passages=passages,
                     )
                 else:
-                    value, verdict = await judge(self.gateway, output, case, self.caller)
+                    value, verdict = await judge(self.gateway, output, case, self._caller())
                 result["metrics"][metric.name] = None if value is None else round(value, 6)
                 result.setdefault("judgements", {})[metric.name] = verdict
 
@@ -411,8 +440,9 @@ class EvalRunner:
             return result
         started = time.perf_counter()
         try:
+            caller = self._caller()
             run = await self.workflows.run(
-                candidate.workflow, run_input, key_id=self.caller.key_id if self.caller else None
+                candidate.workflow, run_input, key_id=caller.key_id, project_id=caller.project_id
             )
         except TrellisError as exc:
             result["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)

@@ -515,9 +515,14 @@ class Workflows:
         *,
         key_id: str | None = None,
         session_id: str | None = None,
+        project_id: str = "default",
     ) -> RunRecord:
         """Start a run and wait until it finishes or waits for input."""
-        return await self.wait(await self.start(flow, input, key_id=key_id, session_id=session_id))
+        return await self.wait(
+            await self.start(
+                flow, input, key_id=key_id, session_id=session_id, project_id=project_id
+            )
+        )
 
     async def resume(self, run_id: str, input: Any) -> RunRecord:
         """Give a waiting run its input and continue it (waits as :meth:`run` does)."""
