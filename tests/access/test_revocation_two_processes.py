@@ -1,7 +1,8 @@
 """Key changes made through one server reach another server process within a second.
 
-Two real ``trellis serve`` processes share one SQLite file; the verification cache lives
-10 s (``key_cache_seconds``), so only the access-version poll can make these pass.
+Two real ``trellis serve`` processes share one database (a SQLite file, or Postgres); the
+verification cache lives 10 s (``key_cache_seconds``), so only the access-version poll can
+make these pass.
 """
 
 from __future__ import annotations
@@ -69,14 +70,17 @@ class Server:
                 self.process.kill()
 
 
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[tuple[Server, Server]]:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def servers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Server, Server]]:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    if request.param == "postgres":
+        url = request.getfixturevalue("new_postgres_database")()
     config = tmp_path / "trellis.yaml"
     config.write_text(
         yaml.safe_dump(
             {
                 "data_dir": str(tmp_path / "data"),
-                "database_url": f"sqlite:///{tmp_path / 'shared.db'}",
+                "database_url": url,
                 "admin_key": ADMIN_KEY,
                 "include_local_models": False,
                 "key_cache_seconds": 10,
