@@ -75,9 +75,17 @@ async def _check_upgrade(url: str) -> None:
                 ),
                 {"now": time.time()},
             )
+            await conn.execute(
+                text(
+                    "INSERT INTO alert_rules (id, name, spec, created_at, project_id) "
+                    "VALUES ('r2', 'slow', '{}', 1.0, 'other')"
+                )
+            )
         async with db.engine.connect() as conn:
             count = (await conn.execute(text("SELECT count(*) FROM eval_datasets"))).scalar()
+            rules = (await conn.execute(text("SELECT count(*) FROM alert_rules"))).scalar()
         assert count == 2, "one dataset name@version per project"
+        assert rules == 2, "one rule name per project"
         keys_store = KeyStore(db)
         record = await keys_store.get("key_app")
         assert record is not None and record.project_id == "default" and not record.expired()

@@ -533,3 +533,15 @@ def test_an_eval_runs_model_calls_are_traced_in_its_project(world: World) -> Non
     in_default = world.client(ADMIN_KEY, "default")
     assert ok(in_default.get(query))["data"] == []
     in_default.close()
+
+
+def test_rule_and_dataset_names_are_per_project(world: World) -> None:
+    alpha, beta = world.projects["alpha"], world.projects["beta"]
+    body = {"name": "same-name", "kind": "error_rate", "threshold": 0.5}
+    ok(alpha.clients[A].post("/v1/alerts/rules", json=body), 201)
+    ok(beta.clients[A].post("/v1/alerts/rules", json=body), 201)
+    again = alpha.clients[A].post("/v1/alerts/rules", json=body)
+    assert again.status_code == 400 and again.json()["error"]["code"] == "duplicate_name"
+    upload = {"name": "shared-name", "content": CONTENT}
+    assert ok(alpha.clients[E].post("/v1/evals/datasets", json=upload))["created"] is True
+    assert ok(beta.clients[E].post("/v1/evals/datasets", json=upload))["created"] is True

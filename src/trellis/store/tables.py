@@ -250,11 +250,13 @@ alert_rules = Table(
     "alert_rules",
     metadata,
     Column("id", String(32), primary_key=True),
-    Column("name", String(), nullable=False, unique=True),
+    Column("name", String(), nullable=False),
     # The validated rule (settings.AlertRule) as JSON: new rule fields need no migration.
     Column("spec", JSONType, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("project_id", String(64), nullable=False, default="default", server_default="default"),
+    # Names are a project's own (revision 0012_projects).
+    UniqueConstraint("project_id", "name"),
 )
 
 alerts = Table(

@@ -9,8 +9,9 @@ Admin keys made before projects keep spanning every project (project ``*``).
 ``api_keys`` gains ``expires_at`` and the rotated-out secret (``previous_hash``, valid until
 ``previous_expires_at``). ``access_state`` is one row whose ``version`` every key change
 bumps in its own transaction: each process polls it to drop its verification cache.
-``audit_log`` records administrative actions. Eval datasets are named per project, so
-their primary key gains ``project_id`` (a batch-mode table rebuild on SQLite).
+``audit_log`` records administrative actions. Eval datasets and alert rules are named per
+project, so their primary key and unique name gain ``project_id`` (batch-mode table
+rebuilds on SQLite).
 """
 
 from __future__ import annotations
@@ -94,6 +95,10 @@ def upgrade() -> None:
         "ix_workflow_runs_project_id_created_at", "workflow_runs", ["project_id", "created_at"]
     )
     op.create_index("ix_eval_runs_project_id_created_at", "eval_runs", ["project_id", "created_at"])
+    # Alert rule names are unique per project, not across projects.
+    with op.batch_alter_table("alert_rules", recreate="always") as batch:
+        batch.drop_constraint("uq_alert_rules_name", type_="unique")
+        batch.create_unique_constraint("uq_alert_rules_project_id_name", ["project_id", "name"])
     with op.batch_alter_table("eval_datasets", recreate="always") as batch:
         batch.add_column(_project_column())
         batch.drop_constraint("pk_eval_datasets", type_="primary")
