@@ -83,12 +83,7 @@ PROJECT_HEADER = b"x-trellis-project"
 async def authenticate(request: Request, scope: Roles) -> Caller:
     """The verified caller, or 401 (no/unknown/expired key) / 403 (key lacks every role in
     ``scope``) / 404 (a project the key cannot act in)."""
-    caller = await authenticate_scope(runtime(request), request.scope, scope)
-    if caller.key is not None and caller.key.spans_projects and _chosen_project(request.scope):
-        projects = runtime(request).projects
-        assert projects is not None
-        await projects.require(caller.project_id)
-    return caller
+    return await authenticate_scope(runtime(request), request.scope, scope)
 
 
 def _chosen_project(asgi_scope: Scope) -> str | None:
@@ -124,6 +119,9 @@ async def authenticate_scope(trellis: Trellis, asgi_scope: Scope, scope: Roles) 
     if record.spans_projects:
         chosen = _chosen_project(asgi_scope)
         project_id, all_projects = (chosen, False) if chosen else ("default", True)
+        if chosen:
+            assert trellis.projects is not None
+            await trellis.projects.require(chosen)
     elif header(asgi_scope, PROJECT_HEADER) not in (None, project_id):
         # Naming another project is answered as if it did not exist.
         raise NotFoundError("No such project for this API key.", code="project_not_found")
