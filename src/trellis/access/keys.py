@@ -543,9 +543,10 @@ class KeyStore:
             try:
                 await self.poll_version()
             except Exception:  # a lost database: keep polling, it may come back
+                # Cached keys keep working for at most ``cache_seconds`` meanwhile (the
+                # bound before this poll existed): dropping them would turn a database
+                # outage into refused requests, since a lookup needs the database.
                 logger.warning("could not read the access version", exc_info=True)
-                # Trust nothing cached while changes cannot be seen.
-                self.invalidate_cache()
 
     async def aclose(self) -> None:
         if self._watcher is not None:
