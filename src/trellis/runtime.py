@@ -11,8 +11,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from sqlalchemy import select
+
+from trellis.access.audit import AuditLog
 from trellis.access.keys import KeyStore
 from trellis.access.limits import Limiter, build_limiter
+from trellis.access.projects import ProjectStore
 from trellis.inference.cache import build_cache
 from trellis.inference.gateway import Gateway
 from trellis.inference.grounding import CollectionRetriever
@@ -37,6 +41,7 @@ from trellis.retrieval import Retrieval, index_for
 from trellis.settings import Deployment, Settings
 from trellis.store.db import Database
 from trellis.store.retention import DataRetentionJob
+from trellis.store.tables import collections
 
 if TYPE_CHECKING:
     from trellis.inference.local.embedder import MiniLMEmbedder
@@ -53,6 +58,8 @@ class Trellis:
         self.keys: KeyStore | None = None
         #: Rate limits and budgets per key and project (``limits``), shared with the gateway.
         self.limiter: Limiter | None = None
+        self.projects: ProjectStore | None = None
+        self.audit: AuditLog | None = None
         self.writer: TraceWriter | None = None
         self.retention: RetentionJob | None = None
         #: Retention of finished runs, idle sessions and old memories (by their settings).
@@ -134,8 +141,16 @@ class Trellis:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(settings.resolved_database_url)
         await self.db.connect()
-        self.keys = KeyStore(self.db, cache_seconds=settings.key_cache_seconds)
+        self.keys = KeyStore(
+            self.db,
+            cache_seconds=settings.key_cache_seconds,
+            poll_seconds=settings.key_poll_seconds,
+        )
         self.new_admin_key = await self.keys.ensure_admin(settings.admin_key)
+        # Revocations, expiry and role changes made by any process reach this one in a poll.
+        await self.keys.start_watch()
+        self.projects = ProjectStore(self.db)
+        self.audit = AuditLog(self.db)
         self.traces = TraceStore(self.db)
         sink: TraceSink = NullSink()
         if settings.tracing.enabled:
@@ -194,6 +209,7 @@ class Trellis:
         self.gateway.on_trace.append(self.metrics.observe)
         # Grounded chat (``trellis.collections``) searches lazily: no model load at start-up.
         self.gateway.retriever = CollectionRetriever(lambda: self.retrieval)
+        self.gateway.collection_project = self._collection_project
         # Sessions compress old turns with a summary written by the session's own model.
         self.sessions = SessionMemory(self.db, GatewaySummarizer(lambda: self._gateway()))
         self.gateway.sessions = self.sessions
@@ -247,6 +263,16 @@ class Trellis:
             self.alerts.start()
         return self
 
+    async def _collection_project(self, name: str) -> str | None:
+        """The project that owns collection ``name`` (None: there is none)."""
+        assert self.db is not None
+        async with self.db.engine.connect() as conn:
+            return (
+                await conn.execute(
+                    select(collections.c.project_id).where(collections.c.name == name)
+                )
+            ).scalar()
+
     async def aclose(self) -> None:
         """Flush traces, then close providers and the database (in reverse build order)."""
         if self.alerts is not None:
@@ -272,6 +298,8 @@ class Trellis:
             await self.exporter.close()
         if self.writer is not None:
             await self.writer.close()
+        if self.keys is not None:
+            await self.keys.aclose()
         if self.db is not None:
             await self.db.close()
 

@@ -833,6 +833,13 @@ class Settings(BaseSettings):
     key_cache_seconds: float = Field(
         default=10.0, ge=0, description="How long a verified API key is trusted without a DB read"
     )
+    key_poll_seconds: float = Field(
+        default=0.25,
+        gt=0,
+        le=5,
+        description="How often each process reads the access version (one row) to learn of "
+        "revoked, expired, rotated or changed keys made by other processes",
+    )
     metrics_require_key: bool = Field(
         default=False, description="Require an observer or admin key to scrape /metrics"
     )

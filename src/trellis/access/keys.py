@@ -1,10 +1,12 @@
 """API keys: created once, stored only as a SHA-256 hash, verified from a short-lived cache.
 
 Verification sits on every request, so a result (valid or not) is trusted for
-``cache_seconds`` before the database is asked again. Revoking through the same
-:class:`KeyStore` takes effect at once; other replicas notice within
-``cache_seconds`` (``Settings.key_cache_seconds``). ``last_used_at`` is never
-written on the request path: uses are remembered in memory and written by
+``cache_seconds`` before the database is asked again. Every change to a key (create,
+revoke, rotate, new roles or expiry) bumps ``access_state.version`` in its own
+transaction; :meth:`KeyStore.start_watch` polls that one row every ``poll_seconds`` and
+drops the cache when it moves, so other replicas and workers follow within a poll (0.25 s
+by default), not ``cache_seconds``. Expiry needs no query: the cached record carries it.
+``last_used_at`` is never written on the request path: uses are remembered in memory and written by
 :meth:`KeyStore.flush_last_used`, which the server calls periodically and at shutdown.
 """
 
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
+import dataclasses
 import hashlib
 import logging
 import secrets
@@ -23,34 +27,46 @@ from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from trellis.access.audit import AuditEntry, record
+from trellis.access.projects import ALL_PROJECTS, DEFAULT_PROJECT, validate_project_id
 from trellis.errors import ConfigurationError, ConflictError, InvalidRequestError
 from trellis.settings import ADMIN_KEY_MAX_LENGTH, ADMIN_KEY_MIN_LENGTH
 from trellis.store.db import Database
-from trellis.store.tables import api_keys
+from trellis.store.tables import access_state, api_keys
 
 __all__ = [
     "ADMIN",
+    "EVAL",
     "INFERENCE",
+    "INGEST",
     "OBSERVER",
     "SCOPES",
     "SECRET_PREFIX",
     "ApiKeyRecord",
     "KeyStore",
     "display_prefix",
+    "bump_access_version",
     "hash_secret",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Everything, including managing keys. Implies every other scope.
+#: Everything in the key's project, including its keys, rules and collections. Implies
+#: every other role. An admin key of project ``*`` (the built-in one) spans projects.
 ADMIN = "admin"
 #: Chat, completions and embeddings through the OpenAI-compatible API.
 INFERENCE = "inference"
 #: Read traces, statistics and metrics; nothing else (for dashboards and on-call people).
 OBSERVER = "observer"
-SCOPES: frozenset[str] = frozenset({ADMIN, INFERENCE, OBSERVER})
+#: Documents in the project's collections: read, add, delete (not collections themselves).
+INGEST = "ingest"
+#: Eval datasets and runs: upload, start, resume, read, compare.
+EVAL = "eval"
+#: The roles a key may hold (stored in ``api_keys.scopes``; a key may hold several).
+SCOPES: frozenset[str] = frozenset({ADMIN, INFERENCE, OBSERVER, INGEST, EVAL})
 
 SECRET_PREFIX = "tr-"
 #: Characters of the secret kept in clear, so people can tell their keys apart: the
@@ -60,6 +76,17 @@ DISPLAY_PREFIX_LEN = 10
 MAX_SECRET_LEN = ADMIN_KEY_MAX_LENGTH
 
 _DEFAULT_CACHE_ENTRIES = 10_000
+#: How often each process reads ``access_state.version`` (one row, by primary key).
+DEFAULT_POLL_SECONDS = 0.25
+
+
+async def bump_access_version(conn: AsyncConnection) -> None:
+    """Tell every process that keys changed: call inside the change's transaction."""
+    await conn.execute(
+        update(access_state)
+        .where(access_state.c.id == 1)
+        .values(version=access_state.c.version + 1)
+    )
 
 
 def hash_secret(secret: str) -> str:
@@ -91,10 +118,25 @@ class ApiKeyRecord:
     cache: bool = False  # cache this key's answers even when not deterministic
     revoked_at: datetime | None = None
     last_used_at: datetime | None = None
+    project_id: str = DEFAULT_PROJECT
+    expires_at: datetime | None = None
+    #: Until when the rotated-out secret still works (None: no rotation pending).
+    previous_expires_at: datetime | None = None
+    #: Epoch seconds past which the secret this record was verified with stops working:
+    #: the key's expiry, or the end of a rotation's grace for the old secret.
+    valid_until: float | None = None
 
     @property
     def revoked(self) -> bool:
         return self.revoked_at is not None
+
+    @property
+    def spans_projects(self) -> bool:
+        """The built-in admin: acts in every project."""
+        return self.project_id == ALL_PROJECTS
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.valid_until is not None and (now or time.time()) >= self.valid_until
 
     def has_scope(self, scope: str) -> bool:
         """Whether the key may do what ``scope`` covers; admin covers everything."""
@@ -117,16 +159,25 @@ class ApiKeyRecord:
             "scopes": list(self.scopes),
             "allowed_models": None if self.allowed_models is None else list(self.allowed_models),
             "cache": self.cache,
+            "project": self.project_id,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "previous_expires_at": (
+                self.previous_expires_at.isoformat() if self.previous_expires_at else None
+            ),
             "created_at": self.created_at.isoformat(),
             "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
             "last_used_at": self.last_used_at.isoformat() if self.last_used_at else None,
         }
 
     @classmethod
-    def from_row(cls, row: Mapping[Any, Any]) -> ApiKeyRecord:
+    def from_row(cls, row: Mapping[Any, Any], *, previous: bool = False) -> ApiKeyRecord:
+        """The record of a row; ``previous``: verified with the rotated-out secret."""
         allowed = row["allowed_models"]
         created = _as_datetime(row["created_at"])
         assert created is not None
+        expires = row.get("expires_at")
+        previous_expires = row.get("previous_expires_at")
+        limits = [t for t in (expires, previous_expires if previous else None) if t is not None]
         return cls(
             id=row["id"],
             name=row["name"],
@@ -137,6 +188,10 @@ class ApiKeyRecord:
             created_at=created,
             revoked_at=_as_datetime(row["revoked_at"]),
             last_used_at=_as_datetime(row["last_used_at"]),
+            project_id=row.get("project_id") or DEFAULT_PROJECT,
+            expires_at=_as_datetime(expires),
+            previous_expires_at=_as_datetime(previous_expires),
+            valid_until=min(limits) if limits else None,
         )
 
 
@@ -219,8 +274,12 @@ class KeyStore:
         admin_key: str | None = None,
         cache_entries: int = _DEFAULT_CACHE_ENTRIES,
         clock: Callable[[], float] = time.monotonic,
+        poll_seconds: float = DEFAULT_POLL_SECONDS,
     ) -> None:
         self.db = db
+        self.poll_seconds = poll_seconds
+        self._seen_version: int | None = None
+        self._watcher: asyncio.Task[None] | None = None
         # The configured admin key (``Settings.admin_key``) cannot be revoked: with it gone
         # nobody could manage keys until a restart re-enabled it. Kept as its hash only.
         self._configured_hash = hash_secret(admin_key) if admin_key else None
@@ -243,13 +302,123 @@ class KeyStore:
         scopes: Iterable[str] = (INFERENCE,),
         allowed_models: Iterable[str] | None = None,
         cache: bool = False,
+        *,
+        project_id: str = DEFAULT_PROJECT,
+        expires_at: float | None = None,
+        audit: AuditEntry | None = None,
     ) -> tuple[ApiKeyRecord, str]:
-        """A new key and its secret. The secret is shown to the caller once and never stored."""
+        """A new key of ``project_id`` and its secret. The secret is shown to the caller
+        once and never stored. ``expires_at``: epoch seconds, in the future."""
+        if project_id != ALL_PROJECTS:
+            validate_project_id(project_id)
+        _check_expiry(expires_at)
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
-        record = await self._insert(
-            name, validate_scopes(scopes), allowed_models, secret, cache=cache
-        )
-        return record, secret
+        row = self._row(name, validate_scopes(scopes), allowed_models, secret, cache)
+        row.update(project_id=project_id, expires_at=expires_at)
+        async with self.db.write() as conn:
+            await conn.execute(api_keys.insert().values(row))
+            await bump_access_version(conn)
+            if audit is not None:
+                await record(
+                    conn,
+                    AuditEntry(
+                        audit.actor,
+                        audit.action,
+                        audit.project_id,
+                        row["id"],
+                        {**audit.detail, "name": row["name"], "scopes": row["scopes"]},
+                    ),
+                )
+        return ApiKeyRecord.from_row(row), secret
+
+    async def update(
+        self,
+        key_id: str,
+        *,
+        scopes: Iterable[str] | None = None,
+        expires_at: float | None = None,
+        clear_expiry: bool = False,
+        project_id: str | None = None,
+        audit: AuditEntry | None = None,
+    ) -> ApiKeyRecord | None:
+        """Change a live key's roles or expiry (``project_id``: only a key of that project);
+        None when there is no such key. Every process follows within a poll."""
+        values: dict[str, Any] = {}
+        if scopes is not None:
+            values["scopes"] = list(validate_scopes(scopes))
+        if clear_expiry:
+            values["expires_at"] = None
+        elif expires_at is not None:
+            _check_expiry(expires_at)
+            values["expires_at"] = expires_at
+        if not values:
+            raise InvalidRequestError("nothing to change: give scopes or expires_at")
+        async with self.db.write() as conn:
+            row = await self._live_row(conn, key_id, project_id)
+            if row is None:
+                return None
+            self._refuse_configured(row, "changing")
+            await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(values))
+            await bump_access_version(conn)
+            if audit is not None:
+                await record(conn, _about(audit, row))
+        self._forget(key_id)
+        return ApiKeyRecord.from_row({**row, **values})
+
+    async def rotate(
+        self,
+        key_id: str,
+        grace_seconds: float,
+        *,
+        project_id: str | None = None,
+        audit: AuditEntry | None = None,
+    ) -> tuple[ApiKeyRecord, str] | None:
+        """A new secret for a live key; the old one keeps working for ``grace_seconds``
+        (0: stops at once). None when there is no such key (``project_id`` as in update)."""
+        if grace_seconds < 0:
+            raise InvalidRequestError("grace must not be negative", param="grace")
+        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+        now = time.time()
+        async with self.db.write() as conn:
+            row = await self._live_row(conn, key_id, project_id)
+            if row is None:
+                return None
+            self._refuse_configured(row, "rotating")
+            values = {
+                "key_hash": hash_secret(secret),
+                "prefix": display_prefix(secret),
+                "previous_hash": row["key_hash"] if grace_seconds > 0 else None,
+                "previous_expires_at": now + grace_seconds if grace_seconds > 0 else None,
+            }
+            await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(values))
+            await bump_access_version(conn)
+            if audit is not None:
+                await record(conn, _about(audit, row))
+        self._forget(key_id)
+        return ApiKeyRecord.from_row({**row, **values}), secret
+
+    async def _live_row(
+        self, conn: AsyncConnection, key_id: str, project_id: str | None
+    ) -> dict[Any, Any] | None:
+        query = select(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+        if project_id is not None:
+            query = query.where(api_keys.c.project_id == project_id)
+        row = (await conn.execute(query)).mappings().first()
+        return None if row is None else dict(row)
+
+    def _refuse_configured(self, row: Mapping[Any, Any], doing: str) -> None:
+        if self._configured_hash is not None and row["key_hash"] == self._configured_hash:
+            raise ConflictError(
+                f"Key `{row['id']}` is the admin key set in the configuration "
+                f"(TRELLIS_ADMIN_KEY / admin_key); {doing} it would lock every admin "
+                "out until a restart. Change or remove it in the settings instead.",
+                code="configured_admin_key",
+            )
+
+    def _forget(self, key_id: str) -> None:
+        # Bumped after the commit too: a lookup that read the row before must not cache it.
+        self._generation += 1
+        self._valid.discard_where(key_id)
 
     async def get(self, key_id: str) -> ApiKeyRecord | None:
         async with self.db.engine.connect() as conn:
@@ -260,29 +429,29 @@ class KeyStore:
             )
         return ApiKeyRecord.from_row(row) if row else None
 
-    async def revoke(self, key_id: str) -> bool:
-        """Revoke ``key_id``; False if there is no such active key (unknown, or already
-        revoked: the first revocation time is kept). The configured admin key is refused
-        with a 409 ``configured_admin_key``: remove it from the settings instead."""
+    async def revoke(
+        self, key_id: str, *, project_id: str | None = None, audit: AuditEntry | None = None
+    ) -> bool:
+        """Revoke ``key_id``; False if there is no such active key (unknown, already
+        revoked: the first revocation time is kept, or not of ``project_id`` when given).
+        The configured admin key is refused with a 409 ``configured_admin_key``: remove it
+        from the settings instead. Every process follows within a poll."""
         self._generation += 1
         async with self.db.write() as conn:
-            if self._configured_hash is not None:
-                digest = (
-                    await conn.execute(select(api_keys.c.key_hash).where(api_keys.c.id == key_id))
-                ).scalar()
-                if digest == self._configured_hash:
-                    raise ConflictError(
-                        f"Key `{key_id}` is the admin key set in the configuration "
-                        "(TRELLIS_ADMIN_KEY / admin_key); revoking it would lock every admin "
-                        "out until a restart. Change or remove it in the settings instead.",
-                        code="configured_admin_key",
-                    )
+            row = await self._live_row(conn, key_id, project_id)
+            if row is None:
+                return False
+            self._refuse_configured(row, "revoking")
             result = await conn.execute(
                 update(api_keys)
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=time.time())
             )
             found = result.rowcount > 0
+            if found:
+                await bump_access_version(conn)
+                if audit is not None:
+                    await record(conn, _about(audit, row))
         # Again after the commit: a lookup that read the row before it must not cache it.
         self._generation += 1
         self._valid.discard_where(key_id)
@@ -303,20 +472,31 @@ class KeyStore:
             return None
         async with self.db.exclusive("trellis.ensure_admin") as conn:
             rows = (
-                await conn.execute(select(api_keys.c.scopes).where(api_keys.c.revoked_at.is_(None)))
+                await conn.execute(
+                    select(api_keys.c.scopes).where(
+                        api_keys.c.revoked_at.is_(None), api_keys.c.project_id == ALL_PROJECTS
+                    )
+                )
             ).all()
             if any(ADMIN in (scopes or ()) for (scopes,) in rows):
                 return None
             secret = SECRET_PREFIX + secrets.token_urlsafe(32)
-            await conn.execute(api_keys.insert().values(self._row("admin", (ADMIN,), None, secret)))
+            row = self._row("admin", (ADMIN,), None, secret)
+            row["project_id"] = ALL_PROJECTS
+            await conn.execute(api_keys.insert().values(row))
+            await bump_access_version(conn)
         logger.info("created the first admin API key")
         return secret
 
-    async def list(self, *, include_revoked: bool = True) -> builtins.list[ApiKeyRecord]:
-        """Every key, oldest first."""
+    async def list(
+        self, *, include_revoked: bool = True, project_id: str | None = None
+    ) -> builtins.list[ApiKeyRecord]:
+        """Every key (of ``project_id`` when given), oldest first."""
         query = select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
         if not include_revoked:
             query = query.where(api_keys.c.revoked_at.is_(None))
+        if project_id is not None:
+            query = query.where(api_keys.c.project_id == project_id)
         async with self.db.engine.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [ApiKeyRecord.from_row(row) for row in rows]
@@ -338,6 +518,42 @@ class KeyStore:
         if record is not None:
             self._last_used[record.id] = time.time()
         return record
+
+    async def poll_version(self) -> bool:
+        """Read ``access_state.version``; drop the cache when it moved (True)."""
+        async with self.db.engine.connect() as conn:
+            version = (
+                await conn.execute(select(access_state.c.version).where(access_state.c.id == 1))
+            ).scalar()
+        changed = version != self._seen_version
+        self._seen_version = version
+        if changed:
+            self.invalidate_cache()
+        return changed
+
+    async def start_watch(self) -> None:
+        """Poll the access version every ``poll_seconds`` until :meth:`aclose`."""
+        if self._watcher is None:
+            await self.poll_version()
+            self._watcher = asyncio.create_task(self._watch(), name="trellis-key-watch")
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_seconds)
+            try:
+                await self.poll_version()
+            except Exception:  # a lost database: keep polling, it may come back
+                # Cached keys keep working for at most ``cache_seconds`` meanwhile (the
+                # bound before this poll existed): dropping them would turn a database
+                # outage into refused requests, since a lookup needs the database.
+                logger.warning("could not read the access version", exc_info=True)
+
+    async def aclose(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
 
     def invalidate_cache(self) -> None:
         """Forget every cached verification (used after changes made outside this store)."""
@@ -390,24 +606,21 @@ class KeyStore:
 
     async def _fetch(self, digest: str) -> ApiKeyRecord | None:
         self.db_lookups += 1
+        # The current secret, or a rotated-out one still in its grace period.
+        matches = or_(
+            api_keys.c.key_hash == digest,
+            and_(api_keys.c.previous_hash == digest, api_keys.c.previous_expires_at > time.time()),
+        )
         async with self.db.engine.connect() as conn:
-            row = (
-                (await conn.execute(select(api_keys).where(api_keys.c.key_hash == digest)))
-                .mappings()
-                .first()
-            )
-        if (
-            row is not None
-            and digest == self._configured_hash
-            and (row["revoked_at"] is not None or ADMIN not in (row["scopes"] or ()))
-        ):
+            row = (await conn.execute(select(api_keys).where(matches))).mappings().first()
+        if row is not None and digest == self._configured_hash and not _usable_admin(row):
             # Revoked by a process that did not know it is this server's configured key
             # (a CLI run without TRELLIS_ADMIN_KEY): the server keeps its admins in.
             async with self.db.write() as conn:
                 return ApiKeyRecord.from_row(await self._reenable_configured(conn, row))
         if row is None or row["revoked_at"] is not None:
             return None
-        return ApiKeyRecord.from_row(row)
+        return ApiKeyRecord.from_row(row, previous=row["key_hash"] != digest)
 
     @staticmethod
     def _row(
@@ -432,20 +645,11 @@ class KeyStore:
             "created_at": time.time(),
             "revoked_at": None,
             "last_used_at": None,
+            "project_id": DEFAULT_PROJECT,
+            "expires_at": None,
+            "previous_hash": None,
+            "previous_expires_at": None,
         }
-
-    async def _insert(
-        self,
-        name: str,
-        scopes: tuple[str, ...],
-        allowed_models: Iterable[str] | None,
-        secret: str,
-        cache: bool = False,
-    ) -> ApiKeyRecord:
-        row = self._row(name, scopes, allowed_models, secret, cache)
-        async with self.db.write() as conn:
-            await conn.execute(api_keys.insert().values(row))
-        return ApiKeyRecord.from_row(row)
 
     async def _install_admin_key(self, secret: str) -> None:
         if len(secret) < ADMIN_KEY_MIN_LENGTH or len(secret) > MAX_SECRET_LEN:
@@ -463,11 +667,10 @@ class KeyStore:
                 .first()
             )
             if row is None:
-                await conn.execute(
-                    api_keys.insert().values(
-                        self._row("admin (configured)", (ADMIN,), None, secret)
-                    )
-                )
+                new = self._row("admin (configured)", (ADMIN,), None, secret)
+                new["project_id"] = ALL_PROJECTS
+                await conn.execute(api_keys.insert().values(new))
+                await bump_access_version(conn)
                 logger.info("installed the configured admin API key")
             elif not _usable_admin(row):
                 await self._reenable_configured(conn, row)
@@ -479,12 +682,19 @@ class KeyStore:
         await conn.execute(
             update(api_keys)
             .where(api_keys.c.id == row["id"])
-            .values(revoked_at=None, scopes=scopes)
+            .values(revoked_at=None, scopes=scopes, project_id=ALL_PROJECTS, expires_at=None)
         )
+        await bump_access_version(conn)
         logger.warning(
             "re-enabled the configured admin API key %s (it was revoked or not admin)", row["id"]
         )
-        return {**row, "revoked_at": None, "scopes": scopes}
+        return {
+            **row,
+            "revoked_at": None,
+            "scopes": scopes,
+            "project_id": ALL_PROJECTS,
+            "expires_at": None,
+        }
 
     async def _hide_whole_secrets(self) -> None:
         """Shorten stored prefixes that give a whole secret away.
@@ -508,5 +718,21 @@ class KeyStore:
 
 
 def _usable_admin(row: Mapping[Any, Any]) -> bool:
-    """Whether a key row lets its holder in as an admin (not revoked, admin scope)."""
-    return row["revoked_at"] is None and ADMIN in (row["scopes"] or ())
+    """Whether a key row lets its holder in as the built-in admin (not revoked, not
+    expired, admin scope, every project)."""
+    return (
+        row["revoked_at"] is None
+        and ADMIN in (row["scopes"] or ())
+        and row.get("project_id") == ALL_PROJECTS
+        and row.get("expires_at") is None
+    )
+
+
+def _about(audit: AuditEntry, row: Mapping[Any, Any]) -> AuditEntry:
+    """``audit`` about the key of ``row``: its id is the target, its project the project."""
+    return dataclasses.replace(audit, target=row["id"], project_id=row["project_id"])
+
+
+def _check_expiry(expires_at: float | None) -> None:
+    if expires_at is not None and not (time.time() < expires_at < 2**62):
+        raise InvalidRequestError("expires_at must be in the future", param="expires_at")

@@ -1,5 +1,5 @@
-"""The ``trellis`` command: serve, chat, models, keys, doctor, traces, stats, retrieval,
-workflows and runs, memories and sessions, and eval.
+"""The ``trellis`` command: serve, chat, models, keys, projects, audit, doctor, traces,
+stats, retrieval, workflows and runs, memories and sessions, and eval.
 
 One module per command group; this package only assembles them into ``app``, the
 console-script entry point (``trellis.cli:app``).
@@ -18,6 +18,7 @@ from trellis.cli import (
     memory,
     models,
     observe,
+    projects,
     retrieval,
     serve,
     workflows,
@@ -31,6 +32,8 @@ app = typer.Typer(
 )
 app.add_typer(keys.app, name="keys")
 app.add_typer(limits.app, name="limits")
+app.add_typer(projects.projects_app, name="projects")
+app.command("audit")(projects.audit)
 app.command()(serve.serve)
 app.command()(chat.chat)
 app.command()(models.models)

@@ -11,6 +11,8 @@ computed for that trace (its price table).
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import dataclasses
 import json
 import time
 import uuid
@@ -140,6 +142,12 @@ class _Costs:
             self.waiters.pop(trace_id, None)
 
 
+#: The caller of the run this task belongs to (set by :meth:`EvalRunner.run`).
+_RUN_CALLER: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
+    "trellis_eval_run_caller", default=None
+)
+
+
 class EvalRunner:
     """Runs suites through one gateway, storing results in an :class:`EvalStore`."""
 
@@ -160,6 +168,11 @@ class EvalRunner:
         self.embedder = embedder
         self.caller = caller
 
+    def _caller(self) -> Caller:
+        """The caller of the run in progress: ``caller`` in the run's project, so its
+        traces (and workflow runs) belong where the run does."""
+        return _RUN_CALLER.get() or self.caller or Caller()
+
     def metrics(self, suite: Suite) -> list[Metric]:
         metrics = build_metrics(suite.metrics)
         for metric in metrics:
@@ -177,6 +190,7 @@ class EvalRunner:
         *,
         key_id: str | None = None,
         schedule: str | None = None,
+        project_id: str = "default",
     ) -> str:
         """Register a run (or find the existing ``run_id``) and return its id; ``schedule``
         tags a run a schedule made."""
@@ -210,7 +224,7 @@ class EvalRunner:
                     )
                 return run_id
         run_id = run_id or uuid.uuid4().hex
-        await self.store.save_dataset(dataset)
+        await self.store.save_dataset(dataset, project_id)
         await self.store.create_run(
             run_id,
             suite.model_dump(mode="json"),
@@ -218,6 +232,7 @@ class EvalRunner:
             total,
             key_id=key_id,
             schedule=schedule,
+            project_id=project_id,
         )
         return run_id
 
@@ -232,6 +247,22 @@ class EvalRunner:
         """Run (or resume) ``suite`` over ``dataset``; the JSON report when all is done."""
         metrics = self.metrics(suite)
         run_id = await self.start(suite, dataset, run_id)
+        project_id = (await self.store.run(run_id)).project_id
+        base = self.caller or Caller()
+        token = _RUN_CALLER.set(dataclasses.replace(base, project_id=project_id))
+        try:
+            return await self._run(suite, dataset, run_id, metrics, progress)
+        finally:
+            _RUN_CALLER.reset(token)
+
+    async def _run(
+        self,
+        suite: Suite,
+        dataset: Dataset,
+        run_id: str,
+        metrics: list[Metric],
+        progress: Progress | None,
+    ) -> dict[str, Any]:
         results = await self.store.results(run_id)
         todo = [
             (case, candidate, repeat)
@@ -279,7 +310,7 @@ class EvalRunner:
             else:
                 async with limit:
                     verdict = await judge_pair(
-                        self.gateway, spec, case, a["output"], b["output"], self.caller
+                        self.gateway, spec, case, a["output"], b["output"], self._caller()
                     )
             key: ResultKey = (case.id, pair_key(index), repeat)
             writer.add(key, verdict)
@@ -326,7 +357,7 @@ class EvalRunner:
             return result
         started = time.perf_counter()
         try:
-            answer = await self.gateway.chat(request, self.caller)
+            answer = await self.gateway.chat(request, self._caller())
         except TrellisError as exc:
             result["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
             result["error"] = f"{type(exc).__name__}: {exc.message}"
@@ -389,12 +420,12 @@ class EvalRunner:
                         self.gateway,
                         output,
                         case,
-                        self.caller,
+                        self._caller(),
                         retrieved=retrieved,
                         passages=passages,
                     )
                 else:
-                    value, verdict = await judge(self.gateway, output, case, self.caller)
+                    value, verdict = await judge(self.gateway, output, case, self._caller())
                 result["metrics"][metric.name] = None if value is None else round(value, 6)
                 result.setdefault("judgements", {})[metric.name] = verdict
 
@@ -415,8 +446,9 @@ class EvalRunner:
             return result
         started = time.perf_counter()
         try:
+            caller = self._caller()
             run = await self.workflows.run(
-                candidate.workflow, run_input, key_id=self.caller.key_id if self.caller else None
+                candidate.workflow, run_input, key_id=caller.key_id, project_id=caller.project_id
             )
         except TrellisError as exc:
             result["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)

@@ -37,7 +37,7 @@ class EvalService:
         #: Scheduled runs (``evals.schedules``), when the server attached a scheduler.
         self.scheduler: EvalScheduler | None = None
 
-    async def _dataset(self, suite: Suite) -> Dataset:
+    async def _dataset(self, suite: Suite, project_id: str) -> Dataset:
         ref = suite.dataset
         if "/" in ref or ref.lower().endswith((".jsonl", ".csv", ".json")):
             raise InvalidRequestError(
@@ -45,14 +45,17 @@ class EvalService:
                 "upload it with POST /v1/evals/datasets first",
                 param="suite.dataset",
             )
-        return await self.store.dataset(ref)
+        return await self.store.dataset(ref, project_id)
 
-    async def start(self, suite_data: dict[str, Any], *, key_id: str | None = None) -> RunRecord:
-        """Validate a suite, register its run and run it in the background."""
+    async def start(
+        self, suite_data: dict[str, Any], *, key_id: str | None = None, project_id: str = "default"
+    ) -> RunRecord:
+        """Validate a suite, register its run in ``project_id`` (whose stored dataset it
+        evaluates) and run it in the background."""
         suite = parse_suite(suite_data, "suite")
-        dataset = await self._dataset(suite)
+        dataset = await self._dataset(suite, project_id)
         self.runner.metrics(suite)  # metric options and the embedder, checked before starting
-        run_id = await self.runner.start(suite, dataset, key_id=key_id)
+        run_id = await self.runner.start(suite, dataset, key_id=key_id, project_id=project_id)
         self._spawn(run_id, suite, dataset)
         return await self.store.run(run_id)
 
@@ -74,7 +77,7 @@ class EvalService:
         if record.status == "succeeded":
             return record
         suite = parse_suite(record.suite, f"run {run_id}")
-        dataset = await self.store.dataset(record.dataset)
+        dataset = await self.store.dataset(record.dataset, record.project_id)
         await self.store.set_status(run_id, "running")
         self._spawn(run_id, suite, dataset)
         return await self.store.run(run_id)
@@ -95,7 +98,7 @@ class EvalService:
         """The run's report, finished or not (what is stored so far)."""
         record = await self.store.run(run_id)
         suite = parse_suite(record.suite, f"run {run_id}")
-        dataset = await self.store.dataset(record.dataset)
+        dataset = await self.store.dataset(record.dataset, record.project_id)
         return await self.runner.report(run_id, suite, dataset)
 
     def running(self, run_id: str) -> bool:

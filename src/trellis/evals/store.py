@@ -42,6 +42,7 @@ class RunRecord:
     updated_at: float
     #: The schedule (``evals.schedules``) that ran it; None for runs started by hand.
     schedule: str | None = None
+    project_id: str = "default"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +55,7 @@ class RunRecord:
             "done": self.done,
             "error": self.error,
             "key_id": self.key_id,
+            "project": self.project_id,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "schedule": self.schedule,
@@ -66,9 +68,11 @@ class EvalStore:
 
     # --- datasets ---------------------------------------------------------------
 
-    async def save_dataset(self, dataset: Dataset) -> bool:
-        """Store a dataset version; False when that exact version was already stored."""
+    async def save_dataset(self, dataset: Dataset, project_id: str = "default") -> bool:
+        """Store a dataset version in a project; False when that exact version was already
+        stored there."""
         row = {
+            "project_id": project_id,
             "name": dataset.name,
             "version": dataset.version,
             "cases": [case.model_dump(exclude_defaults=True) for case in dataset.cases],
@@ -82,10 +86,12 @@ class EvalStore:
             return False
         return True
 
-    async def dataset(self, ref: str) -> Dataset:
-        """The stored dataset ``name@version`` (or the newest version of ``name``)."""
+    async def dataset(self, ref: str, project_id: str = "default") -> Dataset:
+        """The project's stored dataset ``name@version`` (or the newest version of ``name``)."""
         name, _, version = ref.partition("@")
-        query = sa.select(eval_datasets).where(eval_datasets.c.name == name)
+        query = sa.select(eval_datasets).where(
+            eval_datasets.c.name == name, eval_datasets.c.project_id == project_id
+        )
         if version:
             query = query.where(eval_datasets.c.version == version)
         query = query.order_by(eval_datasets.c.created_at.desc()).limit(1)
@@ -96,13 +102,16 @@ class EvalStore:
         cases = [Case.model_validate(case) for case in row["cases"]]
         return Dataset(name=row["name"], cases=cases, version=row["version"])
 
-    async def datasets(self) -> list[DatasetInfo]:
+    async def datasets(self, project_id: str | None = None) -> list[DatasetInfo]:
+        """Stored datasets (of ``project_id`` when given), every version."""
         query = sa.select(
             eval_datasets.c.name,
             eval_datasets.c.version,
             eval_datasets.c.case_count,
             eval_datasets.c.created_at,
         ).order_by(eval_datasets.c.name, eval_datasets.c.created_at)
+        if project_id is not None:
+            query = query.where(eval_datasets.c.project_id == project_id)
         async with self.db.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [DatasetInfo(r.name, r.version, r.case_count, r.created_at) for r in rows]
@@ -117,6 +126,7 @@ class EvalStore:
         total: int,
         key_id: str | None = None,
         schedule: str | None = None,
+        project_id: str = "default",
     ) -> None:
         now = time.time()
         async with self.db.write() as conn:
@@ -131,6 +141,7 @@ class EvalStore:
                         "total": total,
                         "key_id": key_id,
                         "schedule": schedule,
+                        "project_id": project_id,
                         "created_at": now,
                         "updated_at": now,
                     }
@@ -165,9 +176,10 @@ class EvalStore:
         key_id: str | None = None,
         limit: int = 100,
         schedule: str | None = None,
+        project_id: str | None = None,
     ) -> list[RunRecord]:
         """Runs, newest first (``key_id``: only those that key started; ``schedule``: only
-        those that schedule ran)."""
+        those that schedule ran; ``project_id``: only that project's)."""
         query = sa.select(eval_runs.c.id).order_by(eval_runs.c.created_at.desc()).limit(limit)
         if status is not None:
             query = query.where(eval_runs.c.status == status)
@@ -175,6 +187,8 @@ class EvalStore:
             query = query.where(eval_runs.c.key_id == key_id)
         if schedule is not None:
             query = query.where(eval_runs.c.schedule == schedule)
+        if project_id is not None:
+            query = query.where(eval_runs.c.project_id == project_id)
         async with self.db.engine.connect() as conn:
             ids = [r.id for r in (await conn.execute(query)).all()]
         return [await self.run(run_id) for run_id in ids]

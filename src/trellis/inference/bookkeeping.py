@@ -83,7 +83,9 @@ class Bookkeeper:
                 "trellis.stream": request.stream,
             }
         )
-        trace.summary.update(model=request.model, key_id=caller.key_id)
+        trace.summary.update(
+            model=request.model, key_id=caller.key_id, project_id=caller.project_id
+        )
         if self.store_bodies:
             # Kept as models; the trace writer dumps them to JSON, off the request path.
             messages = list(request.messages)

@@ -111,9 +111,13 @@ class ResponseCache:
             return False
         return opted_in or request.temperature == 0
 
-    def key(self, alias: str, request: ChatRequest, key_id: str | None) -> str:
+    def key(
+        self, alias: str, request: ChatRequest, key_id: str | None, project: str = "default"
+    ) -> str:
+        """The entry's key: shared by a project's keys (the default project's as before
+        projects), or per key with ``per_key``; never across projects."""
         payload = request.model_dump(exclude_none=True, exclude=_KEY_EXCLUDE)
-        scope = key_id if self.per_key else None
+        scope = key_id if self.per_key else (None if project == "default" else "p:" + project)
         try:
             raw = orjson.dumps([alias, scope, payload], option=orjson.OPT_SORT_KEYS)
         except orjson.JSONEncodeError as exc:

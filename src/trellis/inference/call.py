@@ -37,8 +37,11 @@ class Caller:
     #: Append the exchange to its ``trellis.session_id`` session. Workflow runs turn it
     #: off: their steps read the session, and the run records one turn when it finishes.
     session_record: bool = True
-    #: The project the key belongs to: its limits and budgets apply with the key's.
+    #: The project the call acts in: the key's own, or the one the built-in admin chose;
+    #: its limits and budgets apply with the key's.
     project_id: str = "default"
+    #: The built-in admin without a chosen project: reads span every project.
+    all_projects: bool = False
     #: OpenAI's ``x-ratelimit-*`` headers of the last call admitted under a limit (the
     #: HTTP edge adds them to the answer); empty when no limit applies.
     rate_limit_headers: list[tuple[str, str]] = field(default_factory=list)

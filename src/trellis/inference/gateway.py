@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ import numpy as np
 from trellis.access.limits import Limiter
 from trellis.errors import (
     InvalidRequestError,
+    NotFoundError,
     PermissionDeniedError,
     RequestError,
     TrellisError,
@@ -148,6 +149,9 @@ class Gateway:
         self.semantic_cache = semantic_cache
         #: Searches collections for grounded requests; None means retrieval is unavailable.
         self.retriever = retriever
+        #: The project owning a collection (None: no such collection), so a key grounds
+        #: only on its project's collections; None here: projects are not checked.
+        self.collection_project: Callable[[str], Awaitable[str | None]] | None = None
         #: Stores conversations for ``trellis.session_id``; None means sessions are unavailable.
         self.sessions = sessions
         #: Recalls long-term memories for ``trellis.user_id``/``user``; None: no recall.
@@ -535,7 +539,9 @@ class Gateway:
         opted_in = bool(call.route.alias.cache) or bool(getattr(call.caller.key, "cache", False))
         if not ResponseCache.cacheable(call.request, opted_in=opted_in):
             return None
-        call.cache_key = self.cache.key(call.route.alias.name, call.request, call.caller.key_id)
+        call.cache_key = self.cache.key(
+            call.route.alias.name, call.request, call.caller.key_id, call.caller.project_id
+        )
         if call.caller.no_cache:
             return None
         with call.trace.span("cache_lookup") as span:
@@ -580,7 +586,13 @@ class Gateway:
         if prompt is None:
             return None
         text, system = prompt
-        scope = semantic.scope(call.route.alias.name, call.request, call.caller.key_id, system)
+        scope = semantic.scope(
+            call.route.alias.name,
+            call.request,
+            call.caller.key_id,
+            system,
+            call.caller.project_id,
+        )
         with call.trace.span(
             "semantic_cache_lookup",
             attributes={"trellis.semantic_cache.threshold": semantic.threshold},
@@ -620,6 +632,13 @@ class Gateway:
             raise UnsupportedFeatureError(
                 "retrieval is not available in this gateway", param="trellis.collections"
             )
+        if self.collection_project is not None and not call.caller.all_projects:
+            for name in plan.collections:
+                if await self.collection_project(name) != call.caller.project_id:
+                    # Another project's collection is as unknown as a missing one.
+                    raise NotFoundError(
+                        f"no collection named {name!r}", param="trellis.collections"
+                    )
         trace = call.trace
         root = trace.root
         assert root is not None
@@ -861,7 +880,9 @@ class Gateway:
         assert root is not None
         root.set(GenAI.OPERATION, "embeddings")
         root.set(GenAI.REQUEST_MODEL, request.model)
-        trace.summary.update(model=request.model, key_id=caller.key_id)
+        trace.summary.update(
+            model=request.model, key_id=caller.key_id, project_id=caller.project_id
+        )
         outcome = Outcome()
         admission = None
         try:

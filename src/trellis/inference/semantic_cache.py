@@ -159,11 +159,17 @@ class SemanticCache:
         self.embed_calls = 0
 
     def scope(
-        self, alias: str, request: ChatRequest, key_id: str | None, system: str | None
+        self,
+        alias: str,
+        request: ChatRequest,
+        key_id: str | None,
+        system: str | None,
+        project: str = "default",
     ) -> str:
-        """The exact part of the match: alias, parameters, system prompt and (by default) key."""
+        """The exact part of the match: alias, parameters, system prompt and (by default) key;
+        never shared across projects."""
         params = request.model_dump(exclude_none=True, exclude=_SCOPE_EXCLUDE)
-        owner = key_id if self.per_key else None
+        owner = key_id if self.per_key else (None if project == "default" else "p:" + project)
         raw = orjson.dumps([alias, owner, system, params], option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(raw).hexdigest()
 

@@ -19,13 +19,14 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from trellis.errors import InvalidRequestError, NotFoundError
 from trellis.observe.notify import Notifier
@@ -34,6 +35,10 @@ from trellis.observe.stats import GROUP_COLUMNS, StatsQuery, TraceStats
 from trellis.settings import AlertRule, AlertSettings
 from trellis.store.db import Database
 from trellis.store.tables import alert_rules, alerts, eval_schedule_runs
+
+#: Writes the audit entry of a rule change on the change's connection (its transaction),
+#: given the rule id: ``trellis.access.audit.record`` bound to an entry, passed by the API.
+AuditHook = Callable[[AsyncConnection, str], Awaitable[None]]
 
 __all__ = [
     "AlertManager",
@@ -70,12 +75,15 @@ class Rule:
     #: Why a stored rule is not evaluated: it was accepted before a check that now
     #: refuses it (a ``0s`` window, say). Listed so an admin can see and delete it.
     problem: str | None = None
+    #: The project whose traces the rule watches; None (settings rules): every project's.
+    project_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         body = {
             "object": "alert_rule",
             "id": self.id,
             "source": self.source,
+            "project": self.project_id,
             "created_at": self.created_at,
             **self.spec.model_dump(mode="json", warnings=False),
         }
@@ -105,13 +113,14 @@ def _window_ns(value: str, param: str) -> int:
     return int(parse_duration(value, param) * 1e9)
 
 
-def _filters(spec: AlertRule) -> tuple[list[str], dict[str, Any]]:
+def _filters(spec: AlertRule, project_id: str | None) -> tuple[list[str], dict[str, Any]]:
     clauses: list[str] = []
     params: dict[str, Any] = {}
     for column, value in (
         ("model", spec.model),
         ("key_id", spec.key_id),
         ("kind", spec.trace_kind),
+        ("project_id", project_id),
     ):
         if value is not None:
             clauses.append(f"t.{column} = :{column}")
@@ -119,7 +128,9 @@ def _filters(spec: AlertRule) -> tuple[list[str], dict[str, Any]]:
     return clauses, params
 
 
-async def _stats(db: Database, spec: AlertRule, since_ns: int, until_ns: int) -> dict[Any, Any]:
+async def _stats(
+    db: Database, spec: AlertRule, since_ns: int, until_ns: int, project_id: str | None
+) -> dict[Any, Any]:
     query = StatsQuery(
         since_ns=since_ns,
         until_ns=until_ns,
@@ -128,6 +139,7 @@ async def _stats(db: Database, spec: AlertRule, since_ns: int, until_ns: int) ->
         model=spec.model,
         key_id=spec.key_id,
         kind=spec.trace_kind,
+        project_id=project_id,
     )
     return {entry["group"]: entry["totals"] for entry in await TraceStats(db).compute(query)}
 
@@ -151,11 +163,11 @@ def _flag_condition(db: Database, kind: str) -> str:
 
 
 async def _count_flagged(
-    db: Database, spec: AlertRule, since_ns: int, until_ns: int
+    db: Database, spec: AlertRule, since_ns: int, until_ns: int, project_id: str | None
 ) -> dict[Any, float]:
     group = GROUP_COLUMNS[spec.group_by]
     group = "CAST(NULL AS TEXT)" if group == "NULL" else f"t.{group}"
-    clauses, params = _filters(spec)
+    clauses, params = _filters(spec, project_id)
     clauses += ["t.start_ns >= :since", "t.start_ns < :until", _flag_condition(db, spec.kind)]
     params.update(since=since_ns, until=until_ns)
     sql = f"SELECT {group} AS g, count(*) FROM traces t WHERE {' AND '.join(clauses)} GROUP BY g"
@@ -165,13 +177,13 @@ async def _count_flagged(
 
 
 async def average_scores(
-    db: Database, spec: AlertRule, since_ns: int, until_ns: int
+    db: Database, spec: AlertRule, since_ns: int, until_ns: int, project_id: str | None = None
 ) -> dict[Any, tuple[float, int]]:
     """(average, count) of the scores named ``spec.score_name`` given within the window, per
     group of the scored traces; the window is on the score's time, when the judgement came."""
     group = GROUP_COLUMNS[spec.group_by]
     group = "CAST(NULL AS TEXT)" if group == "NULL" else f"t.{group}"
-    clauses, params = _filters(spec)
+    clauses, params = _filters(spec, project_id)
     clauses += ["sc.name = :score_name", "sc.created_at >= :since", "sc.created_at < :until"]
     params.update(score_name=spec.score_name, since=since_ns / 1e9, until=until_ns / 1e9)
     sql = (
@@ -233,30 +245,38 @@ async def eval_regressions(db: Database, spec: AlertRule) -> dict[Any, Reading]:
     return breaching
 
 
-async def evaluate_rule(db: Database, spec: AlertRule, now_ns: int) -> dict[Any, Reading]:
-    """The groups (None when ungrouped) that breach ``spec`` over the window ending at now."""
+async def evaluate_rule(
+    db: Database, spec: AlertRule, now_ns: int, project_id: str | None = None
+) -> dict[Any, Reading]:
+    """The groups (None when ungrouped) that breach ``spec`` over the window ending at now,
+    over ``project_id``'s traces (None: every project's)."""
     if spec.kind == "eval_regression":
+        # Scheduled runs are the operator's (settings), kept in the default project.
+        if project_id not in (None, "default"):
+            return {}
         return await eval_regressions(db, spec)
     window = _window_ns(spec.window, "window")
     since = now_ns - window
     breaching: dict[Any, Reading] = {}
     if spec.kind in ("model_mismatch", "retrieval_failures"):
         bound = spec.threshold or 0.0
-        for group, count in (await _count_flagged(db, spec, since, now_ns)).items():
+        for group, count in (await _count_flagged(db, spec, since, now_ns, project_id)).items():
             if count > bound:
                 breaching[group] = Reading(count, bound)
         return breaching
     if spec.kind == "score":
         bound = spec.threshold or 0.0
-        for group, (average, count) in (await average_scores(db, spec, since, now_ns)).items():
+        for group, (average, count) in (
+            await average_scores(db, spec, since, now_ns, project_id)
+        ).items():
             if count >= spec.min_requests and average < bound:
                 breaching[group] = Reading(average, bound)
         return breaching
-    current = await _stats(db, spec, since, now_ns)
+    current = await _stats(db, spec, since, now_ns, project_id)
     baseline: dict[Any, Any] = {}
     if spec.kind == "latency" and spec.baseline_window is not None:
         base_since = since - _window_ns(spec.baseline_window, "baseline_window")
-        baseline = await _stats(db, spec, base_since, since)
+        baseline = await _stats(db, spec, base_since, since, project_id)
     for group, totals in current.items():
         if totals["count"] < spec.min_requests:
             continue
@@ -299,8 +319,8 @@ def _stored_rule(row: Mapping[Any, Any]) -> Rule:
             for error in exc.errors(include_input=False)
         )
         spec = AlertRule.model_construct(**row["spec"])
-        return Rule(row["id"], "api", spec, row["created_at"], problem)
-    return Rule(row["id"], "api", spec, row["created_at"])
+        return Rule(row["id"], "api", spec, row["created_at"], problem, row["project_id"])
+    return Rule(row["id"], "api", spec, row["created_at"], project_id=row["project_id"])
 
 
 def _open_key(rule_id: str, group: Any) -> str:
@@ -353,47 +373,64 @@ class AlertManager:
 
     # --- rules ------------------------------------------------------------------
 
-    async def rules(self) -> list[Rule]:
-        """Settings rules first, then API rules oldest first."""
+    async def rules(self, project_id: str | None = None) -> list[Rule]:
+        """Settings rules first, then API rules oldest first; with ``project_id``, only
+        that project's API rules. Settings rules watch every project's traces (they are
+        the deployment's) and are listed, with their alerts, in the default project."""
+        query = select(alert_rules).order_by(alert_rules.c.created_at)
+        if project_id is not None:
+            query = query.where(alert_rules.c.project_id == project_id)
         async with self.db.engine.connect() as conn:
-            rows = (
-                await conn.execute(select(alert_rules).order_by(alert_rules.c.created_at))
-            ).mappings()
-            stored = [_stored_rule(row) for row in rows]
+            stored = [_stored_rule(row) for row in (await conn.execute(query)).mappings()]
+        if project_id not in (None, "default"):
+            return stored
         return [*self._settings_rules.values(), *stored]
 
-    async def create_rule(self, spec: AlertRule) -> Rule:
+    async def create_rule(
+        self, spec: AlertRule, project_id: str = "default", audit: AuditHook | None = None
+    ) -> Rule:
         if any(rule.spec.name == spec.name for rule in self._settings_rules.values()):
             raise InvalidRequestError(
                 f"A rule named {spec.name!r} is defined in settings.",
                 param="name",
                 code="duplicate_name",
             )
-        rule = Rule("rule_" + os.urandom(12).hex(), "api", spec, time.time())
+        rule = Rule("rule_" + os.urandom(12).hex(), "api", spec, time.time(), project_id=project_id)
         values = {
             "id": rule.id,
             "name": spec.name,
             "spec": spec.model_dump(mode="json"),
             "created_at": rule.created_at,
+            "project_id": project_id,
         }
         try:
             async with self.db.write() as conn:
                 await conn.execute(alert_rules.insert().values(**values))
+                if audit is not None:
+                    await audit(conn, rule.id)
         except IntegrityError:
             raise InvalidRequestError(
                 f"A rule named {spec.name!r} already exists.", param="name", code="duplicate_name"
             ) from None
         return rule
 
-    async def delete_rule(self, rule_id: str) -> None:
-        """Delete an API rule; its open alerts are resolved (and notified) at once."""
-        if rule_id in self._settings_rules:
+    async def delete_rule(
+        self, rule_id: str, project_id: str | None = None, audit: AuditHook | None = None
+    ) -> None:
+        """Delete an API rule (of ``project_id`` when given, else 404); its open alerts are
+        resolved (and notified) at once."""
+        if rule_id in self._settings_rules and project_id in (None, "default"):
             raise InvalidRequestError(
                 "This rule is defined in settings; remove it from the configuration instead.",
                 code="read_only_rule",
             )
+        condition = alert_rules.c.id == rule_id
+        if project_id is not None:
+            condition = condition & (alert_rules.c.project_id == project_id)
         async with self.db.write() as conn:
-            deleted = await conn.execute(delete(alert_rules).where(alert_rules.c.id == rule_id))
+            deleted = await conn.execute(delete(alert_rules).where(condition))
+            if deleted.rowcount and audit is not None:
+                await audit(conn, rule_id)
         if deleted.rowcount == 0:
             raise NotFoundError(f"No alert rule with id `{rule_id}`.")
         async with self._lock:
@@ -401,8 +438,10 @@ class AlertManager:
 
     # --- alerts -----------------------------------------------------------------
 
-    async def list_alerts(self, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Newest first."""
+    async def list_alerts(
+        self, state: str | None = None, limit: int = 100, project_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first (``project_id``: only the alerts of that project's rules)."""
         if state is not None and state not in ALERT_STATES:
             raise InvalidRequestError(
                 f"state must be one of {', '.join(ALERT_STATES)}, not {state!r}",
@@ -412,6 +451,8 @@ class AlertManager:
         query = select(alerts).order_by(alerts.c.started_at.desc(), alerts.c.id.desc())
         if state is not None:
             query = query.where(alerts.c.state == state)
+        if project_id is not None:
+            query = query.where(alerts.c.project_id == project_id)
         async with self.db.engine.connect() as conn:
             rows = (await conn.execute(query.limit(limit))).mappings().all()
         return [_alert_dict(dict(row)) for row in rows]
@@ -437,7 +478,9 @@ class AlertManager:
                     continue
                 try:
                     breaching = (
-                        await evaluate_rule(self.db, rule.spec, now_ns) if rule.spec.enabled else {}
+                        await evaluate_rule(self.db, rule.spec, now_ns, rule.project_id)
+                        if rule.spec.enabled
+                        else {}
                     )
                     await self._apply(rule, breaching, now_ns / 1e9)
                 except Exception:  # logged: one bad rule must not silence the others
@@ -493,6 +536,8 @@ class AlertManager:
             "resolved_at": None,
             "updated_at": now,
             "open_key": _open_key(rule.id, group),
+            # Settings rules (every project's traces) keep their alerts in the default one.
+            "project_id": rule.project_id or "default",
         }
         try:
             async with self.db.write() as conn:

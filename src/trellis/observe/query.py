@@ -53,6 +53,8 @@ class TraceQuery:
     has_error: bool | None = None
     #: Case-insensitive text searched in the root span's attributes (prompt, response, error).
     text: str | None = None
+    #: Only this project's traces (None: every project's).
+    project_id: str | None = None
 
     def __post_init__(self) -> None:
         check_time_ns(self.since_ns, "since")

@@ -36,7 +36,7 @@ PERCENTILES = (0.5, 0.95, 0.99)
 #: Buckets per window: beyond this, a chart has more points than pixels.
 MAX_BUCKETS = 2000
 
-_FILTERS = ("model", "key_id", "kind")
+_FILTERS = ("model", "key_id", "kind", "project_id")
 _MAX_SPAN_NS = int(MAX_DURATION_SECONDS * 1e9)
 
 
@@ -49,6 +49,8 @@ class StatsQuery:
     model: str | None = None
     key_id: str | None = None
     kind: str | None = None
+    #: Only this project's traces (None: every project's).
+    project_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.group_by not in GROUP_COLUMNS:

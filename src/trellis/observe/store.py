@@ -73,13 +73,16 @@ class TraceStore:
         result["scores"] = [dict(score) for score in score_rows]
         return result
 
-    async def owner(self, trace_id: str) -> tuple[bool, str | None]:
-        """Whether the trace exists, and the API key id that made it (None: no key)."""
+    async def owner(self, trace_id: str) -> tuple[bool, str | None, str | None]:
+        """Whether the trace exists, the API key id that made it (None: no key) and its
+        project."""
         async with self.db.engine.connect() as conn:
             row = (
-                await conn.execute(select(traces.c.key_id).where(traces.c.id == trace_id))
+                await conn.execute(
+                    select(traces.c.key_id, traces.c.project_id).where(traces.c.id == trace_id)
+                )
             ).first()
-        return (False, None) if row is None else (True, row[0])
+        return (False, None, None) if row is None else (True, row[0], row[1])
 
     async def add_score(
         self,
@@ -88,6 +91,7 @@ class TraceStore:
         value: float,
         comment: str | None = None,
         source: str = "user",
+        project_id: str = "default",
     ) -> dict[str, Any]:
         """Store one score for an existing trace (the caller checks it exists); the new row."""
         row = {
@@ -98,6 +102,7 @@ class TraceStore:
             "comment": comment,
             "source": source,
             "created_at": time.time(),
+            "project_id": project_id,
         }
         async with self.db.write() as conn:
             await conn.execute(scores.insert(), [row])
@@ -160,6 +165,7 @@ class TraceStore:
             (t.key_id, query.key_id),
             (t.status, query.status),
             (t.kind, query.kind),
+            (t.project_id, query.project_id),
         ):
             if value is not None:
                 conditions.append(column == value)

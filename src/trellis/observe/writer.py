@@ -39,6 +39,7 @@ SUMMARY_COLUMNS = (
     "response_model",
     "provider",
     "key_id",
+    "project_id",
     "input_tokens",
     "output_tokens",
     "cost",
@@ -183,6 +184,7 @@ def trace_rows(
         "response_model": summary.get("response_model"),
         "provider": summary.get("provider"),
         "key_id": summary.get("key_id"),
+        "project_id": summary.get("project_id") or "default",
         "input_tokens": summary.get("input_tokens"),
         "output_tokens": summary.get("output_tokens"),
         "cost": summary.get("cost"),
@@ -211,6 +213,7 @@ def score_rows(trace: Trace, *, bodies: BodiesMode = "full") -> list[dict[str, A
                 "comment": comment,
                 "source": score.get("source", "api"),
                 "created_at": score.get("created_at") or time.time(),
+                "project_id": trace.summary.get("project_id") or "default",
             }
         )
     return rows

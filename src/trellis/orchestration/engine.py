@@ -152,7 +152,7 @@ class Engine:
         (the key that started it, looked up again now: it may have been revoked)."""
         if "caller" in self.services:  # a library user wired one caller for every run
             return self.services
-        caller = await run_caller(record.key_id, self.services.get("keys"))
+        caller = await run_caller(record.key_id, self.services.get("keys"), record.project_id)
         return {**self.services, "caller": caller}
 
     async def _finish(self, lease: Lease, status: RunStatus, error: dict[str, Any] | None) -> None:
@@ -381,6 +381,7 @@ def run_trace(run: RunRecord, steps: list[StepRecord]) -> Trace:
         trace.spans.append(span)
     trace.summary = {
         "key_id": run.key_id,
+        "project_id": run.project_id,
         "input_tokens": run.input_tokens,
         "output_tokens": run.output_tokens,
         "cost": run.cost,

@@ -41,15 +41,18 @@ class KeyRef:
         return True
 
 
-async def run_caller(key_id: str | None, keys: KeyLookup | None) -> Caller:
+async def run_caller(
+    key_id: str | None, keys: KeyLookup | None, project_id: str = "default"
+) -> Caller:
     """The gateway caller for a run started by ``key_id``. Workflow runs never append
     their model calls to a session (``session_record``): a run records one turn, its
     question and answer, when it finishes."""
     if key_id is None:
-        return Caller(session_record=False)
+        return Caller(session_record=False, project_id=project_id)
     if keys is None:
-        return Caller(key=KeyRef(key_id), session_record=False)
+        return Caller(key=KeyRef(key_id), session_record=False, project_id=project_id)
     key = await keys.get(key_id)
-    if key is None or getattr(key, "revoked", False):
+    expired = getattr(key, "expired", None)
+    if key is None or getattr(key, "revoked", False) or (callable(expired) and expired()):
         raise RunKeyRevoked(f"the API key {key_id} that started this run was revoked")
-    return Caller(key=key, session_record=False)
+    return Caller(key=key, session_record=False, project_id=project_id)

@@ -58,6 +58,8 @@ class RunRecord:
     output_tokens: int = 0
     cost: float = 0.0
     finished_at: float | None = None
+    #: The project the run belongs to (the starting key's, or the admin's chosen one).
+    project_id: str = "default"
 
 
 @dataclass(slots=True)

@@ -260,6 +260,7 @@ class Workflows:
         *,
         key_id: str | None = None,
         session_id: str | None = None,
+        project_id: str = "default",
     ) -> str:
         """Create a run leased to this process and start it, or, at ``max_concurrent_runs``,
         store it ``queued`` (refused with :class:`OverloadedError` when ``max_queued_runs``
@@ -301,6 +302,7 @@ class Workflows:
             next_step=flow.first,
             key_id=key_id,
             session_id=session_id,
+            project_id=project_id,
         )
         if direct:
             record.lease_owner, record.lease_epoch = self.worker_id, 1
@@ -513,9 +515,14 @@ class Workflows:
         *,
         key_id: str | None = None,
         session_id: str | None = None,
+        project_id: str = "default",
     ) -> RunRecord:
         """Start a run and wait until it finishes or waits for input."""
-        return await self.wait(await self.start(flow, input, key_id=key_id, session_id=session_id))
+        return await self.wait(
+            await self.start(
+                flow, input, key_id=key_id, session_id=session_id, project_id=project_id
+            )
+        )
 
     async def resume(self, run_id: str, input: Any) -> RunRecord:
         """Give a waiting run its input and continue it (waits as :meth:`run` does)."""
@@ -658,10 +665,12 @@ class Workflows:
         status: str | None = None,
         key_id: str | None = None,
         limit: int = 100,
+        project_id: str | None = None,
     ) -> list[RunRecord]:
-        """Runs, newest first; ``key_id`` keeps those one API key started."""
+        """Runs, newest first; ``key_id`` keeps those one API key started, ``project_id``
+        those of one project."""
         return await self.store.list_runs(
-            workflow=workflow, status=status, key_id=key_id, limit=limit
+            workflow=workflow, status=status, key_id=key_id, limit=limit, project_id=project_id
         )
 
     @property

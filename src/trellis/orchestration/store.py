@@ -134,6 +134,7 @@ class RunStore(Protocol):
         status: str | None = None,
         key_id: str | None = None,
         limit: int = 100,
+        project_id: str | None = None,
     ) -> list[RunRecord]: ...
 
     async def steps(self, run_id: str) -> list[StepRecord]: ...
@@ -358,6 +359,7 @@ class MemoryRunStore:
         status: str | None = None,
         key_id: str | None = None,
         limit: int = 100,
+        project_id: str | None = None,
     ) -> list[RunRecord]:
         runs = [
             r
@@ -365,6 +367,7 @@ class MemoryRunStore:
             if (workflow is None or r.workflow == workflow)
             and (status is None or r.status == status)
             and (key_id is None or r.key_id == key_id)
+            and (project_id is None or r.project_id == project_id)
         ]
         runs.sort(key=lambda r: r.created_at, reverse=True)
         return copy.deepcopy(runs[:limit])
@@ -709,6 +712,7 @@ class SqlRunStore:
         status: str | None = None,
         key_id: str | None = None,
         limit: int = 100,
+        project_id: str | None = None,
     ) -> list[RunRecord]:
         query = select(workflow_runs).order_by(workflow_runs.c.created_at.desc()).limit(limit)
         if workflow is not None:
@@ -717,6 +721,8 @@ class SqlRunStore:
             query = query.where(workflow_runs.c.status == status)
         if key_id is not None:
             query = query.where(workflow_runs.c.key_id == key_id)
+        if project_id is not None:
+            query = query.where(workflow_runs.c.project_id == project_id)
         async with self.db.engine.connect() as conn:
             return [_run(row) for row in (await conn.execute(query)).mappings()]
 

@@ -83,6 +83,7 @@ def collection_info(row: Any, document_count: int, chunk_count: int) -> Collecti
         documents=document_count,
         chunks=chunk_count,
         version=int(row.version or 0),
+        project_id=getattr(row, "project_id", None) or "default",
     )
 
 
@@ -106,7 +107,12 @@ class Index(Protocol):
     """Storage and search for collections of chunks; every backend passes the same tests."""
 
     async def create_collection(
-        self, name: str, embedder: str, dimension: int, metadata: Mapping[str, Any] | None = None
+        self,
+        name: str,
+        embedder: str,
+        dimension: int,
+        metadata: Mapping[str, Any] | None = None,
+        project_id: str = "default",
     ) -> CollectionInfo: ...
 
     async def get_collection(self, name: str, *, counts: bool = True) -> CollectionInfo:

@@ -82,11 +82,14 @@ class CollectionInfo:
     chunks: int = 0
     #: Bumped by every write to the collection (compare-and-swap for re-indexing).
     version: int = 0
+    #: The project that owns the collection (``trellis.access.projects``).
+    project_id: str = "default"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "name": self.name,
+            "project": self.project_id,
             "embedder": {"name": self.embedder, "dimension": self.dimension},
             "created_at": self.created_at,
             "metadata": self.metadata,

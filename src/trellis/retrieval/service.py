@@ -94,11 +94,11 @@ class Retrieval:
     # --- collections -----------------------------------------------------------
 
     async def create_collection(
-        self, name: str, metadata: Mapping[str, Any] | None = None
+        self, name: str, metadata: Mapping[str, Any] | None = None, project_id: str = "default"
     ) -> CollectionInfo:
         check_depth(metadata, self.max_json_depth, what="Collection metadata", param="metadata")
         return await self.index.create_collection(
-            name, self.embedder.name, self.embedder.dimension, metadata
+            name, self.embedder.name, self.embedder.dimension, metadata, project_id
         )
 
     async def get_collection(self, name: str) -> CollectionInfo:
@@ -342,7 +342,11 @@ class Retrieval:
         with contextlib.suppress(NotFoundError):  # a crashed re-index's leftovers
             await self.index.delete_collection(staging_name)
         staging = await self.index.create_collection(
-            staging_name, self.embedder.name, self.embedder.dimension, target.metadata
+            staging_name,
+            self.embedder.name,
+            self.embedder.dimension,
+            target.metadata,
+            target.project_id,
         )
         report = IngestReport()
         after: str | None = None

@@ -146,7 +146,12 @@ class TableIndex:
         return snapshot.keyword_search(query, limit, allowed)
 
     async def create_collection(
-        self, name: str, embedder: str, dimension: int, metadata: Mapping[str, Any] | None = None
+        self,
+        name: str,
+        embedder: str,
+        dimension: int,
+        metadata: Mapping[str, Any] | None = None,
+        project_id: str = "default",
     ) -> CollectionInfo:
         validate_collection_name(name)
         if dimension < 1:
@@ -160,6 +165,7 @@ class TableIndex:
             dimension=dimension,
             created_at=time.time(),
             metadata=dict(metadata or {}),
+            project_id=project_id,
         )
         try:
             async with self.db.write() as conn:
@@ -172,6 +178,7 @@ class TableIndex:
                         metadata=info.metadata,
                         created_at=info.created_at,
                         version=0,
+                        project_id=project_id,
                     )
                 )
                 await self._create_collection_objects(conn, info)
@@ -406,6 +413,7 @@ class TableIndex:
                 .where(collections.c.id == staging.id)
                 .values(
                     name=target.name,
+                    project_id=target.project_id,
                     created_at=target.created_at,
                     version=collections.c.version + 1,
                 )

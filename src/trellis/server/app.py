@@ -18,6 +18,7 @@ from trellis.server.errors import install_error_handlers
 from trellis.server.openapi import publish
 from trellis.server.routes import (
     alerts,
+    audit,
     collections,
     eval_queues,
     evals,
@@ -27,6 +28,7 @@ from trellis.server.routes import (
     limits,
     memories,
     metrics,
+    projects,
     sessions,
     stats,
     traces,
@@ -207,6 +209,8 @@ def create_app(
         workflows,
         evals,
         eval_queues,
+        projects,
+        audit,
     ):
         app.include_router(module.router)
     mount_ui(app, lambda: evals.service_of(app, runtime))

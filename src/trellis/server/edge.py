@@ -1,10 +1,13 @@
-"""What every route does at the edge: authenticate, read a bounded JSON body, validate."""
+"""What every route does at the edge: authenticate (key, role, project), read a bounded
+JSON body, validate."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import Any, TypeVar
+from urllib.parse import parse_qs
 
 import orjson
 from fastapi import Request
@@ -12,9 +15,12 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope
 
+from trellis.access.audit import Actor, AuditEntry
+from trellis.access.projects import validate_project_id
 from trellis.errors import (
     AuthenticationError,
     InvalidRequestError,
+    NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
     RequestTimeoutError,
@@ -30,6 +36,9 @@ __all__ = [
     "header",
     "authenticate",
     "authenticate_scope",
+    "audit_entry",
+    "project_filter",
+    "not_found_outside",
     "read_json",
     "read_json_body",
     "parse_body",
@@ -65,12 +74,27 @@ def _bearer(scope: Scope) -> str:
     )
 
 
-async def authenticate(request: Request, scope: str) -> Caller:
-    """The verified caller, or 401 (no/unknown key) / 403 (key lacks the scope)."""
+Roles = str | tuple[str, ...]
+
+#: Where the built-in admin names the project it acts in (else it spans every project).
+PROJECT_HEADER = b"x-trellis-project"
+
+
+async def authenticate(request: Request, scope: Roles) -> Caller:
+    """The verified caller, or 401 (no/unknown/expired key) / 403 (key lacks every role in
+    ``scope``) / 404 (a project the key cannot act in)."""
     return await authenticate_scope(runtime(request), request.scope, scope)
 
 
-async def authenticate_scope(trellis: Trellis, asgi_scope: Scope, scope: str) -> Caller:
+def _chosen_project(asgi_scope: Scope) -> str | None:
+    chosen = header(asgi_scope, PROJECT_HEADER)
+    if chosen is None and asgi_scope.get("query_string"):
+        values = parse_qs(asgi_scope["query_string"].decode("latin-1")).get("project")
+        chosen = values[-1] if values else None
+    return None if chosen is None else validate_project_id(chosen.strip())
+
+
+async def authenticate_scope(trellis: Trellis, asgi_scope: Scope, scope: Roles) -> Caller:
     """``authenticate`` for a raw ASGI request (the hot endpoints have no ``Request``)."""
     started = time.time_ns()
     secret = _bearer(asgi_scope)
@@ -80,10 +104,27 @@ async def authenticate_scope(trellis: Trellis, asgi_scope: Scope, scope: str) ->
     if record is None:
         shown = secret[:6] + "..." + secret[-4:] if len(secret) > 12 else "***"
         raise AuthenticationError(f"Incorrect API key provided: {shown}.")
-    if not record.has_scope(scope):
-        raise PermissionDeniedError(
-            f"This API key lacks the '{scope}' scope needed here.", code="insufficient_scope"
+    if record.expired():
+        raise AuthenticationError(
+            f"The API key {record.id} has expired: ask an admin for a new one.",
+            code="key_expired",
         )
+    roles = (scope,) if isinstance(scope, str) else scope
+    if not any(record.has_scope(role) for role in roles):
+        needed = " or ".join(f"'{role}'" for role in roles)
+        raise PermissionDeniedError(
+            f"This API key lacks the {needed} role needed here.", code="insufficient_scope"
+        )
+    project_id, all_projects = record.project_id, False
+    if record.spans_projects:
+        chosen = _chosen_project(asgi_scope)
+        project_id, all_projects = (chosen, False) if chosen else ("default", True)
+        if chosen:
+            assert trellis.projects is not None
+            await trellis.projects.require(chosen)
+    elif header(asgi_scope, PROJECT_HEADER) not in (None, project_id):
+        # Naming another project is answered as if it did not exist.
+        raise NotFoundError("No such project for this API key.", code="project_not_found")
     cache_control = (header(asgi_scope, b"cache-control") or "").lower()
     return Caller(
         key=record,
@@ -91,7 +132,44 @@ async def authenticate_scope(trellis: Trellis, asgi_scope: Scope, scope: str) ->
         auth_end_ns=time.time_ns(),
         no_cache="no-cache" in cache_control,
         no_store="no-store" in cache_control,
-        project_id=getattr(record, "project_id", "default"),
+        project_id=project_id,
+        all_projects=all_projects,
+    )
+
+
+def project_filter(caller: Caller) -> str | None:
+    """The project a read is limited to: None for the built-in admin with no project named."""
+    return None if caller.all_projects else caller.project_id
+
+
+def not_found_outside(caller: Caller, project_id: str | None, what: str) -> None:
+    """404 (never 403) when a resource of ``project_id`` lies outside the caller's reach:
+    another project's resources answer as if they did not exist."""
+    if not caller.all_projects and project_id != caller.project_id:
+        raise NotFoundError(f"No {what}.")
+
+
+def audit_entry(
+    request: Request,
+    caller: Caller,
+    action: str,
+    detail: Mapping[str, Any] | None = None,
+    *,
+    project_id: str | None = None,
+) -> AuditEntry:
+    """The audit entry of an action the caller takes through ``request``."""
+    key = caller.key
+    client = request.client
+    return AuditEntry(
+        actor=Actor(
+            key_id=getattr(key, "id", None),
+            key_name=getattr(key, "name", None),
+            client_ip=client.host if client is not None else None,
+            user_agent=request.headers.get("user-agent"),
+        ),
+        action=action,
+        project_id=project_id or caller.project_id,
+        detail=dict(detail or {}),
     )
 
 

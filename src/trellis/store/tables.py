@@ -54,6 +54,9 @@ __all__ = [
     "eval_queues",
     "eval_queue_items",
     "eval_labels",
+    "projects",
+    "access_state",
+    "audit_log",
     "JSONType",
     "limits",
     "VERSION_TABLE",
@@ -89,6 +92,13 @@ api_keys = Table(
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float, nullable=True),
     Column("last_used_at", Float, nullable=True),
+    Column("project_id", String(64), nullable=False, default="default", server_default="default"),
+    # Past it the key answers 401 key_expired (revision 0012_projects).
+    Column("expires_at", Float, nullable=True),
+    # The secret a rotation replaced, still valid until previous_expires_at (the grace).
+    Column("previous_hash", String(64), nullable=True),
+    Column("previous_expires_at", Float, nullable=True),
+    Index("ix_api_keys_previous_hash", "previous_hash"),
 )
 
 #: Rate limits and budgets of one subject: ``key:<key id>`` or ``project:<project id>``
@@ -133,10 +143,12 @@ traces = Table(
     Column("cache_hit", Boolean, nullable=False, default=False),
     Column("ttft_ms", Float, nullable=True),
     Column("attributes", JSONType, nullable=True),
+    Column("project_id", String(64), nullable=False, default="default", server_default="default"),
     Index("ix_traces_start_ns", "start_ns"),
     Index("ix_traces_model_start_ns", "model", "start_ns"),
     Index("ix_traces_key_id_start_ns", "key_id", "start_ns"),
     Index("ix_traces_status", "status"),
+    Index("ix_traces_project_id_start_ns", "project_id", "start_ns"),
     # Covers GET /v1/stats: the window's rows are read from this index alone (0003).
     Index("ix_traces_stats", *STATS_INDEX_COLUMNS),
 )
@@ -180,6 +192,7 @@ scores = Table(
     # api (trellis.observe.api.score), user (POST /v1/traces/{id}/scores) or eval.
     Column("source", String(16), nullable=False),
     Column("created_at", Float, nullable=False),
+    Column("project_id", String(64), nullable=False, default="default", server_default="default"),
     Index("ix_scores_trace_id", "trace_id"),
     Index("ix_scores_name_created_at", "name", "created_at"),
 )
@@ -198,6 +211,7 @@ collections = Table(
     Column("created_at", Float, nullable=False),
     # Bumped by every write to the collection, so in-process vector caches know when to reload.
     Column("version", BigInteger, nullable=False, server_default="0"),
+    Column("project_id", String(64), nullable=False, default="default", server_default="default"),
 )
 
 documents = Table(
@@ -258,10 +272,13 @@ alert_rules = Table(
     "alert_rules",
     metadata,
     Column("id", String(32), primary_key=True),
-    Column("name", String(), nullable=False, unique=True),
+    Column("name", String(), nullable=False),
     # The validated rule (settings.AlertRule) as JSON: new rule fields need no migration.
     Column("spec", JSONType, nullable=False),
     Column("created_at", Float, nullable=False),
+    Column("project_id", String(64), nullable=False, default="default", server_default="default"),
+    # Names are a project's own (revision 0012_projects).
+    UniqueConstraint("project_id", "name"),
 )
 
 alerts = Table(
@@ -284,6 +301,7 @@ alerts = Table(
     # rule id + group while the alert is pending or firing, NULL once resolved: the unique
     # constraint keeps one open alert per rule and group even across replicas.
     Column("open_key", String(), nullable=True, unique=True),
+    Column("project_id", String(64), nullable=False, default="default", server_default="default"),
     Index("ix_alerts_started_at", "started_at"),
 )
 
@@ -335,6 +353,8 @@ workflow_runs = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("finished_at", Float, nullable=True),
+    Column("project_id", String(64), nullable=False, default="default", server_default="default"),
+    Index("ix_workflow_runs_project_id_created_at", "project_id", "created_at"),
     Index("ix_workflow_runs_status_lease_until", "status", "lease_until"),
     Index("ix_workflow_runs_workflow_created_at", "workflow", "created_at"),
     Index("ix_workflow_runs_lease_owner", "lease_owner"),
@@ -458,6 +478,8 @@ memories = Table(
 eval_datasets = Table(
     "eval_datasets",
     metadata,
+    # Datasets are named per project (revision 0012_projects).
+    Column("project_id", String(64), primary_key=True, server_default="default"),
     Column("name", String(100), primary_key=True),
     # Content hash of the cases (trellis.evals.datasets.content_hash).
     Column("version", String(12), primary_key=True),
@@ -486,6 +508,8 @@ eval_runs = Table(
     # The schedule (evals.schedules) that ran it; None for runs started by hand
     # (revision 0013_eval_schedules).
     Column("schedule", String(100), nullable=True),
+    Column("project_id", String(64), nullable=False, default="default", server_default="default"),
+    Index("ix_eval_runs_project_id_created_at", "project_id", "created_at"),
 )
 
 eval_results = Table(
@@ -592,6 +616,45 @@ eval_labels = Table(
         name="fk_eval_labels_queue_id_eval_queue_items",
         ondelete="CASCADE",
     ),
+)
+
+# --- projects and access (revision 0012_projects) --------------------------------
+
+#: The tenants: every key, collection, trace, rule, run... belongs to one.
+projects = Table(
+    "projects",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+#: One row (id 1) whose version every key change bumps in its transaction; each process
+#: polls it to drop its cached key verifications (revocation reaches every replica).
+access_state = Table(
+    "access_state",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("version", BigInteger, nullable=False),
+)
+
+#: Administrative actions: who (key), what (action, target, redacted detail), when, from where.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("at", Float, nullable=False),
+    Column("actor_id", String(32), nullable=True),
+    Column("actor_name", String(), nullable=True),
+    Column("project_id", String(64), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(), nullable=True),
+    Column("detail", JSONType, nullable=True),
+    Column("client_ip", String(64), nullable=True),
+    Column("user_agent", String(), nullable=True),
+    Index("ix_audit_log_at", "at"),
+    Index("ix_audit_log_actor_id_at", "actor_id", "at"),
+    Index("ix_audit_log_project_id_at", "project_id", "at"),
 )
 
 #: The Postgres keyword index over chunks.fts_vector (GIN, revision 0006; SQLite's FTS5

@@ -1,8 +1,9 @@
 """Retrieval collections over HTTP: manage collections and documents, and search them.
 
-Reading and searching need the ``inference`` scope (a chat request with retrieval
-reads the same data); creating, ingesting and deleting need ``admin``, because
-they change what every caller's answers are grounded on.
+Collections belong to a project: another project's collection answers 404. Reading and
+searching need ``inference`` or ``ingest`` (a chat request with retrieval reads the same
+data); adding and deleting documents need ``ingest``; creating, re-indexing and deleting
+collections need ``admin`` (of the project), and are written to the audit log.
 """
 
 from __future__ import annotations
@@ -13,15 +14,28 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from trellis.access.keys import ADMIN, INFERENCE
+from trellis.access.audit import record
+from trellis.access.keys import ADMIN, INFERENCE, INGEST
+from trellis.inference.call import Caller
 from trellis.retrieval import FusionConfig
 from trellis.retrieval.loaders import record_to_document
+from trellis.retrieval.models import CollectionInfo
 from trellis.retrieval.service import DEFAULT_FUSION, MAX_TOP_K
-from trellis.server.edge import authenticate, parse_body, read_json, runtime
+from trellis.server.edge import (
+    audit_entry,
+    authenticate,
+    not_found_outside,
+    parse_body,
+    project_filter,
+    read_json,
+    runtime,
+)
 from trellis.server.openapi import operation
 from trellis.server.responses import JSONBytes
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
+
+READ = (INFERENCE, INGEST)
 
 FilterValue = str | int | float | bool
 
@@ -80,45 +94,70 @@ def default_document_id(doc: DocumentIn) -> str:
     return f"doc-{digest[:16]}"
 
 
-@router.get("", **operation(scope=INFERENCE))
+async def _collection(request: Request, name: str, caller: Caller) -> CollectionInfo:
+    """The named collection, if the caller's project owns it (else 404, as if unknown)."""
+    info = await runtime(request).retrieval.get_collection(name)
+    not_found_outside(caller, info.project_id, f"collection named {name!r}")
+    return info
+
+
+async def _audit(request: Request, caller: Caller, action: str, info: CollectionInfo) -> None:
+    """The audit entry of a collection change (its own transaction, after the change: the
+    index backends own the change's)."""
+    db = runtime(request).db
+    assert db is not None
+    entry = audit_entry(request, caller, action, project_id=info.project_id)
+    async with db.write() as conn:
+        await record(conn, entry.with_target(info.name))
+
+
+@router.get("", **operation(scope=READ))
 async def list_collections(request: Request) -> JSONBytes:
-    await authenticate(request, INFERENCE)
+    caller = await authenticate(request, READ)
     found = await runtime(request).retrieval.list_collections()
+    project = project_filter(caller)
+    found = [c for c in found if project is None or c.project_id == project]
     return JSONBytes({"object": "list", "data": [collection_json(c) for c in found]})
 
 
-@router.post("", status_code=201, **operation(scope=ADMIN, body=CreateCollection))
+@router.post("", status_code=201, **operation(scope=ADMIN, body=CreateCollection, errors=[400]))
 async def create_collection(request: Request) -> JSONBytes:
-    await authenticate(request, ADMIN)
+    caller = await authenticate(request, ADMIN)
     body = parse_body(CreateCollection, await read_json(request))
-    info = await runtime(request).retrieval.create_collection(body.name, body.metadata)
+    info = await runtime(request).retrieval.create_collection(
+        body.name, body.metadata, project_id=caller.project_id
+    )
+    await _audit(request, caller, "collection.create", info)
     return JSONBytes(collection_json(info), status_code=201)
 
 
-@router.get("/{name}", **operation(scope=INFERENCE, errors=[404]))
+@router.get("/{name}", **operation(scope=READ, errors=[404]))
 async def get_collection(name: str, request: Request) -> JSONBytes:
-    await authenticate(request, INFERENCE)
-    return JSONBytes(collection_json(await runtime(request).retrieval.get_collection(name)))
+    caller = await authenticate(request, READ)
+    return JSONBytes(collection_json(await _collection(request, name, caller)))
 
 
 @router.delete("/{name}", **operation(scope=ADMIN, errors=[404]))
 async def delete_collection(name: str, request: Request) -> JSONBytes:
-    await authenticate(request, ADMIN)
+    caller = await authenticate(request, ADMIN)
+    info = await _collection(request, name, caller)
     await runtime(request).retrieval.delete_collection(name)
+    await _audit(request, caller, "collection.delete", info)
     return JSONBytes({"object": "collection", "name": name, "deleted": True})
 
 
 @router.post("/{name}/reindex", **operation(scope=ADMIN, errors=[400, 404, 409]))
 async def reindex_collection(name: str, request: Request) -> JSONBytes:
     """Re-chunk and re-embed with the server's embedder; answers when the swap is done."""
-    await authenticate(request, ADMIN)
+    caller = await authenticate(request, ADMIN)
+    await _collection(request, name, caller)
     retrieval = runtime(request).retrieval
     report = await retrieval.reindex(name)
     info = await retrieval.get_collection(name)
     return JSONBytes({**collection_json(info), "reindexed": report.to_dict()})
 
 
-@router.get("/{name}/documents", **operation(scope=INFERENCE, errors=[404]))
+@router.get("/{name}/documents", **operation(scope=READ, errors=[404]))
 async def list_documents(
     name: str,
     request: Request,
@@ -126,7 +165,8 @@ async def list_documents(
     # The databases' OFFSET is a signed 64-bit integer: past it is a 400, not a 500.
     offset: int = Query(default=0, ge=0, le=2**63 - 1),
 ) -> JSONBytes:
-    await authenticate(request, INFERENCE)
+    caller = await authenticate(request, READ)
+    await _collection(request, name, caller)
     # One extra row tells whether another page exists without a count query.
     rows = await runtime(request).retrieval.list_documents(name, limit=limit + 1, offset=offset)
     has_more = len(rows) > limit
@@ -140,9 +180,10 @@ async def list_documents(
     )
 
 
-@router.post("/{name}/documents", **operation(scope=ADMIN, body=AddDocuments, errors=[404]))
+@router.post("/{name}/documents", **operation(scope=INGEST, body=AddDocuments, errors=[404]))
 async def add_documents(name: str, request: Request) -> JSONBytes:
-    await authenticate(request, ADMIN)
+    caller = await authenticate(request, INGEST)
+    await _collection(request, name, caller)
     body = parse_body(AddDocuments, await read_json(request))
     docs = [
         record_to_document(
@@ -161,16 +202,18 @@ async def add_documents(name: str, request: Request) -> JSONBytes:
     return JSONBytes({"object": "ingest_report", "collection": name, **report.to_dict()})
 
 
-@router.delete("/{name}/documents/{doc_id:path}", **operation(scope=ADMIN, errors=[404]))
+@router.delete("/{name}/documents/{doc_id:path}", **operation(scope=INGEST, errors=[404]))
 async def delete_document(name: str, doc_id: str, request: Request) -> JSONBytes:
-    await authenticate(request, ADMIN)
+    caller = await authenticate(request, INGEST)
+    await _collection(request, name, caller)
     await runtime(request).retrieval.delete_document(name, doc_id)
     return JSONBytes({"object": "document", "id": doc_id, "deleted": True})
 
 
-@router.post("/{name}/search", **operation(scope=INFERENCE, body=SearchBody, errors=[404]))
+@router.post("/{name}/search", **operation(scope=READ, body=SearchBody, errors=[404]))
 async def search(name: str, request: Request) -> JSONBytes:
-    await authenticate(request, INFERENCE)
+    caller = await authenticate(request, READ)
+    await _collection(request, name, caller)
     body = parse_body(SearchBody, await read_json(request))
     fusion = (
         FusionConfig(method=body.fusion.method, k=body.fusion.k, weights=body.fusion.weights)

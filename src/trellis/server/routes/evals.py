@@ -1,10 +1,11 @@
 """Evals over HTTP: upload datasets, start runs in the background, read their status and
 reports, resume them, and compare two runs.
 
-Scopes follow the workflow routes: uploading a dataset and starting, resuming or comparing
-runs needs ``inference`` (a run calls models on the caller's behalf); a key reads the runs
-it started, and reading every key's runs and datasets needs ``observer`` (``admin`` may do
-anything). The service behind these routes is ``trellis.evals.service.EvalService``.
+Datasets and runs belong to a project (another project's answer 404). Uploading a dataset
+and starting or resuming runs needs ``eval`` or ``inference`` (a run calls models on the
+caller's behalf); an ``inference`` key reads the runs it started, while ``eval`` and
+``observer`` read every run of the project (``admin`` may do anything there). The service
+behind these routes is ``trellis.evals.service.EvalService``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from trellis.access.keys import ADMIN, INFERENCE, OBSERVER
+from trellis.access.keys import ADMIN, EVAL, INFERENCE, OBSERVER
 from trellis.errors import PermissionDeniedError
 from trellis.evals.compare import compare_reports, parse_threshold
 from trellis.evals.datasets import NAME_PATTERN, parse_dataset
@@ -25,12 +26,24 @@ from trellis.evals.service import EvalService
 from trellis.evals.store import RunRecord
 from trellis.inference.call import Caller
 from trellis.runtime import Trellis
-from trellis.server.edge import authenticate, parse_body, read_json, runtime
+from trellis.server.edge import (
+    authenticate,
+    not_found_outside,
+    parse_body,
+    project_filter,
+    read_json,
+    runtime,
+)
 from trellis.server.openapi import operation
 from trellis.server.responses import JSONBytes
 from trellis.settings import SCHEDULE_NAME_PATTERN
 
 router = APIRouter(prefix="/v1/evals", tags=["evals"])
+
+#: Start, upload, resume: the roles that run evals.
+RUN = (EVAL, INFERENCE)
+#: Read: also observers (who read every run of the project, as eval keys do).
+READ = (EVAL, INFERENCE, OBSERVER)
 
 RunId = Path(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")
 
@@ -200,14 +213,14 @@ def _service(request: Request) -> EvalService:
 
 
 async def _reader(request: Request) -> tuple[Caller, bool]:
-    """The caller, and whether it reads every key's runs (``observer`` or ``admin``)."""
-    try:
-        return await authenticate(request, OBSERVER), True
-    except PermissionDeniedError:
-        return await authenticate(request, INFERENCE), False
+    """The caller, and whether it reads every key's runs of its project (``observer``,
+    ``eval`` or ``admin``)."""
+    caller = await authenticate(request, READ)
+    return caller, caller.key.has_scope(OBSERVER) or caller.key.has_scope(EVAL)
 
 
 def _check_owner(run: RunRecord, caller: Caller, allowed: bool, doing: str) -> None:
+    not_found_outside(caller, run.project_id, f"eval run {run.id!r}")
     if not allowed and run.key_id != caller.key_id:
         raise PermissionDeniedError(
             f"Eval run {run.id} was started by another API key; {doing} it needs the "
@@ -220,15 +233,15 @@ def _check_owner(run: RunRecord, caller: Caller, allowed: bool, doing: str) -> N
 
 
 @router.post(
-    "/datasets", **operation(scope=INFERENCE, body=UploadDataset, reply=DatasetReply, errors=[400])
+    "/datasets", **operation(scope=RUN, body=UploadDataset, reply=DatasetReply, errors=[400])
 )
 async def upload_dataset(request: Request) -> JSONBytes:
     """Validate and store a dataset version (its content hash); storing the same content
     again answers ``created: false``. A bad line is a 400 naming it."""
-    await authenticate(request, INFERENCE)
+    caller = await authenticate(request, RUN)
     body = parse_body(UploadDataset, await read_json(request))
     dataset = parse_dataset(body.content, fmt=body.format, name=body.name, source=body.name)
-    created = await _service(request).store.save_dataset(dataset)
+    created = await _service(request).store.save_dataset(dataset, caller.project_id)
     return JSONBytes(
         {
             "object": "eval.dataset",
@@ -240,11 +253,11 @@ async def upload_dataset(request: Request) -> JSONBytes:
     )
 
 
-@router.get("/datasets", **operation(scope=(INFERENCE, OBSERVER), reply=DatasetList))
+@router.get("/datasets", **operation(scope=READ, reply=DatasetList))
 async def list_datasets(request: Request) -> JSONBytes:
-    """Stored datasets, every version."""
-    await _reader(request)
-    infos = await _service(request).store.datasets()
+    """The project's stored datasets, every version."""
+    caller, _ = await _reader(request)
+    infos = await _service(request).store.datasets(project_filter(caller))
     return JSONBytes(
         {
             "object": "list",
@@ -267,18 +280,20 @@ async def list_datasets(request: Request) -> JSONBytes:
 
 @router.post(
     "/runs",
-    **operation(scope=INFERENCE, body=StartEvalRun, reply=EvalRunReply, errors=[400, 404]),
+    **operation(scope=RUN, body=StartEvalRun, reply=EvalRunReply, errors=[400, 404]),
 )
 async def start_eval_run(request: Request) -> JSONBytes:
     """Start a run in the background; poll ``GET /v1/evals/runs/{id}`` for its progress
     and report. A suite that does not validate is a 400; an unknown dataset a 404."""
-    caller = await authenticate(request, INFERENCE)
+    caller = await authenticate(request, RUN)
     body = parse_body(StartEvalRun, await read_json(request))
-    record = await _service(request).start(body.suite, key_id=caller.key_id)
+    record = await _service(request).start(
+        body.suite, key_id=caller.key_id, project_id=caller.project_id
+    )
     return JSONBytes(record.to_dict())
 
 
-@router.get("/runs", **operation(scope=(INFERENCE, OBSERVER), reply=EvalRunList))
+@router.get("/runs", **operation(scope=READ, reply=EvalRunList))
 async def list_eval_runs(
     request: Request,
     status: Literal["running", "succeeded", "failed"] | None = None,
@@ -287,14 +302,17 @@ async def list_eval_runs(
     """Runs, newest first: the caller's own, or every key's with ``observer``."""
     caller, everyone = await _reader(request)
     runs = await _service(request).store.runs(
-        status=status, key_id=None if everyone else (caller.key_id or ""), limit=limit
+        status=status,
+        key_id=None if everyone else (caller.key_id or ""),
+        limit=limit,
+        project_id=project_filter(caller),
     )
     return JSONBytes({"object": "list", "data": [r.to_dict() for r in runs]})
 
 
 @router.get(
     "/runs/{run_id}",
-    **operation(scope=(INFERENCE, OBSERVER), reply=EvalRunReply, errors=[400, 404]),
+    **operation(scope=READ, reply=EvalRunReply, errors=[400, 404]),
 )
 async def get_eval_run(request: Request, run_id: str = RunId) -> JSONBytes:
     """The run's status and progress, and its report so far (``report``)."""
@@ -312,7 +330,7 @@ _REPORT_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; 
 @router.get(
     "/runs/{run_id}/report.html",
     response_class=HTMLResponse,
-    **operation(scope=(INFERENCE, OBSERVER), errors=[400, 404]),
+    **operation(scope=READ, errors=[400, 404]),
 )
 async def get_eval_run_html(request: Request, run_id: str = RunId) -> HTMLResponse:
     """The run's self-contained HTML report (as ``trellis eval run --html``): charts,
@@ -322,7 +340,7 @@ async def get_eval_run_html(request: Request, run_id: str = RunId) -> HTMLRespon
     record = await service.store.run(run_id)
     _check_owner(record, caller, everyone, "reading")
     report = await service.report(run_id)
-    dataset = await service.store.dataset(record.dataset)
+    dataset = await service.store.dataset(record.dataset, record.project_id)
     return HTMLResponse(
         render_run(report, dataset.cases),
         headers={"Content-Security-Policy": _REPORT_POLICY, "X-Content-Type-Options": "nosniff"},
@@ -331,24 +349,21 @@ async def get_eval_run_html(request: Request, run_id: str = RunId) -> HTMLRespon
 
 @router.post(
     "/runs/{run_id}/resume",
-    **operation(scope=INFERENCE, reply=EvalRunReply, errors=[400, 404, 409]),
+    **operation(scope=RUN, reply=EvalRunReply, errors=[400, 404, 409]),
 )
 async def resume_eval_run(request: Request, run_id: str = RunId) -> JSONBytes:
     """Continue a run that stopped (a server restart, a failure): finished cases are kept.
     409 while this server is running it."""
-    caller = await authenticate(request, INFERENCE)
+    caller = await authenticate(request, RUN)
     service = _service(request)
     record = await service.store.run(run_id)
-    admin = caller.key is not None and caller.key.has_scope(ADMIN)
-    _check_owner(record, caller, admin, "resuming")
+    _check_owner(record, caller, caller.key.has_scope(ADMIN), "resuming")
     return JSONBytes((await service.resume(run_id)).to_dict())
 
 
 @router.post(
     "/compare",
-    **operation(
-        scope=(INFERENCE, OBSERVER), body=CompareRuns, reply=ComparisonReply, errors=[400, 404]
-    ),
+    **operation(scope=READ, body=CompareRuns, reply=ComparisonReply, errors=[400, 404]),
 )
 async def compare_eval_runs(request: Request) -> JSONBytes:
     """Baseline vs candidate run: paired deltas with bootstrap CIs, ``failed`` when a

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from trellis.access.keys import OBSERVER
 from trellis.observe.query import parse_duration, parse_time
 from trellis.observe.stats import StatsQuery, TraceStats
-from trellis.server.edge import authenticate, runtime
+from trellis.server.edge import authenticate, project_filter, runtime
 from trellis.server.openapi import operation
 from trellis.server.responses import JSONBytes
 
@@ -54,7 +54,7 @@ async def get_stats(
     key_id: str | None = None,
     kind: str | None = None,
 ) -> JSONBytes:
-    await authenticate(request, OBSERVER)
+    caller = await authenticate(request, OBSERVER)
     rt = runtime(request)
     assert rt.db is not None
     until_ns = time.time_ns() if until is None else parse_time(until, "until")
@@ -66,6 +66,7 @@ async def get_stats(
         model=model,
         key_id=key_id,
         kind=kind,
+        project_id=project_filter(caller),
     )
     groups = await TraceStats(rt.db).compute(query)
     return JSONBytes(stats_body(query, groups, window, bucket))

@@ -16,7 +16,14 @@ from trellis.access.keys import INFERENCE, OBSERVER
 from trellis.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from trellis.guard.redact import redact
 from trellis.observe.query import TraceQuery, parse_time
-from trellis.server.edge import authenticate, parse_body, read_json, runtime
+from trellis.server.edge import (
+    authenticate,
+    not_found_outside,
+    parse_body,
+    project_filter,
+    read_json,
+    runtime,
+)
 from trellis.server.openapi import operation
 from trellis.server.responses import JSONBytes
 
@@ -38,10 +45,11 @@ async def list_traces(
     has_error: bool | None = Query(default=None, description="the trace or any span failed"),
     q: str | None = Query(default=None, description="text in the prompt, response or error"),
 ) -> JSONBytes:
-    await authenticate(request, OBSERVER)
+    caller = await authenticate(request, OBSERVER)
     store = runtime(request).traces
     assert store is not None
     query = TraceQuery(
+        project_id=project_filter(caller),
         since_ns=None if since is None else parse_time(since, "since"),
         until_ns=None if until is None else parse_time(until, "until"),
         model=model,
@@ -65,12 +73,13 @@ async def list_traces(
 
 @router.get("/{trace_id}", **operation(scope=OBSERVER, errors=[404]))
 async def get_trace(trace_id: str, request: Request) -> JSONBytes:
-    await authenticate(request, OBSERVER)
+    caller = await authenticate(request, OBSERVER)
     store = runtime(request).traces
     assert store is not None
     trace = await store.get(trace_id)
     if trace is None:
         raise NotFoundError(f"No trace with id `{trace_id}`.")
+    not_found_outside(caller, trace.get("project_id"), f"trace with id `{trace_id}`")
     return JSONBytes(trace)
 
 
@@ -105,14 +114,17 @@ async def add_score(trace_id: str, request: Request) -> JSONBytes:
     name, comment = score.name.strip(), score.comment
     if not name:
         raise InvalidRequestError("a score needs a name of 1 to 200 characters", param="name")
-    exists, key_id = await store.owner(trace_id)
+    exists, key_id, project_id = await store.owner(trace_id)
     if not exists or (own_traces_only and key_id != caller.key_id):
         # Someone else's trace answers like a missing one: an app key learns nothing.
         raise NotFoundError(f"No trace with id `{trace_id}`.")
+    not_found_outside(caller, project_id, f"trace with id `{trace_id}`")
     bodies = rt.settings.tracing.bodies
     if bodies == "none":
         comment = None
     elif comment is not None and bodies == "redacted":
         comment = redact(comment)
-    row = await store.add_score(trace_id, name, score.value, comment, score.source)
+    row = await store.add_score(
+        trace_id, name, score.value, comment, score.source, project_id=project_id or "default"
+    )
     return JSONBytes({"object": "trace.score", **row}, status_code=201)

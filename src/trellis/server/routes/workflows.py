@@ -3,7 +3,8 @@ and inspect, resume and cancel runs.
 
 Running needs the ``inference`` scope and records the starting key on the run. A key reads,
 resumes and cancels the runs it started; reading other keys' runs needs ``observer`` (an
-``admin`` key may do anything). The service behind these routes is ``trellis.workflows``.
+``admin`` key may do anything in its project). Runs belong to the starting key's project:
+another project's run answers 404. The service behind these routes is ``trellis.workflows``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from trellis.inference.call import Caller
 from trellis.orchestration.records import RunRecord, RunStatus
 from trellis.orchestration.service import Workflows
 from trellis.orchestration.views import run_dict, step_dict, workflow_dict
-from trellis.server.edge import authenticate, parse_body, read_json, runtime
+from trellis.server.edge import (
+    authenticate,
+    not_found_outside,
+    parse_body,
+    project_filter,
+    read_json,
+    runtime,
+)
 from trellis.server.openapi import operation
 from trellis.server.responses import JSONBytes
 
@@ -159,6 +167,7 @@ async def _reader(request: Request) -> tuple[Caller, bool]:
 
 
 def _check_owner(run: RunRecord, caller: Caller, allowed: bool, doing: str) -> None:
+    not_found_outside(caller, run.project_id, f"run with id `{run.id}`")
     if not allowed and run.key_id != caller.key_id:
         raise PermissionDeniedError(
             f"Run {run.id} was started by another API key; {doing} it needs the "
@@ -201,7 +210,11 @@ async def start_run(request: Request, name: str = WorkflowName) -> Any:
     body = parse_body(StartRun, await read_json(request))
     workflows = _workflows(request)
     run_id = await workflows.start(
-        name, body.input, key_id=caller.key_id, session_id=body.session_id
+        name,
+        body.input,
+        key_id=caller.key_id,
+        session_id=body.session_id,
+        project_id=caller.project_id,
     )
     if body.stream:
         return StreamingResponse(
@@ -262,6 +275,7 @@ async def list_runs(
         status=status.value if status is not None else None,
         key_id=None if everyone else (caller.key_id or ""),
         limit=limit,
+        project_id=project_filter(caller),
     )
     return JSONBytes({"object": "list", "data": [run_dict(r) for r in runs]})
 

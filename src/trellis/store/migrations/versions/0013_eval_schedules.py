@@ -15,7 +15,7 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
 revision = "0013_eval_schedules"
-down_revision = "0011_evals"
+down_revision = "0012_projects"
 branch_labels = None
 depends_on = None
 

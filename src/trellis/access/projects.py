@@ -1,0 +1,160 @@
+"""Projects: the tenants that own keys, collections, traces, rules, evals and runs.
+
+A key belongs to one project and sees only that project's resources; another project's
+resource answers as if it did not exist (404). Keys of the special project ``*``
+(:data:`ALL_PROJECTS`: the configured admin key and the first admin key) span projects.
+Every row that existed before projects belongs to :data:`DEFAULT_PROJECT`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+
+from trellis.access.audit import AuditEntry, record
+from trellis.errors import ConflictError, InvalidRequestError, NotFoundError
+from trellis.store.db import Database
+from trellis.store.tables import (
+    alert_rules,
+    api_keys,
+    collections,
+    eval_datasets,
+    eval_runs,
+    projects,
+    traces,
+    workflow_runs,
+)
+
+__all__ = [
+    "ALL_PROJECTS",
+    "DEFAULT_PROJECT",
+    "PROJECT_PATTERN",
+    "Project",
+    "ProjectStore",
+    "validate_project_id",
+]
+
+DEFAULT_PROJECT = "default"
+#: The project of keys that span every project (never a row of ``projects``).
+ALL_PROJECTS = "*"
+PROJECT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+_PROJECT = re.compile(PROJECT_PATTERN)
+
+#: Tables whose rows keep a project from being deleted (a key revoked still counts:
+#: its traces and audit entries name it).
+_OWNED = (api_keys, collections, traces, alert_rules, eval_datasets, eval_runs, workflow_runs)
+
+
+def validate_project_id(project_id: str, param: str = "project") -> str:
+    """A project id as stored: lower-case letters, digits, ``-`` and ``_``, 1 to 64."""
+    if not isinstance(project_id, str) or not _PROJECT.match(project_id):
+        raise InvalidRequestError(
+            "a project id is 1 to 64 lower-case letters, digits, '-' or '_', starting with "
+            f"a letter or digit, not {project_id!r}",
+            param=param,
+        )
+    return project_id
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    id: str
+    name: str
+    created_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "object": "project",
+            "id": self.id,
+            "name": self.name,
+            "created_at": self.created_at,
+        }
+
+
+class ProjectStore:
+    """Creates, lists and deletes projects (global admins only, checked by the routes)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create(
+        self, project_id: str, name: str | None = None, *, audit: AuditEntry | None = None
+    ) -> Project:
+        validate_project_id(project_id, "id")
+        name = (name or project_id).strip()
+        if not name or len(name) > 200:
+            raise InvalidRequestError("a project name is 1 to 200 characters", param="name")
+        project = Project(project_id, name, time.time())
+        try:
+            async with self.db.write() as conn:
+                await conn.execute(
+                    projects.insert().values(
+                        id=project.id, name=name, created_at=project.created_at
+                    )
+                )
+                if audit is not None:
+                    await record(conn, audit.with_target(project_id))
+        except IntegrityError:
+            raise ConflictError(
+                f"project `{project_id}` already exists", code="project_exists"
+            ) from None
+        return project
+
+    async def get(self, project_id: str) -> Project | None:
+        async with self.db.engine.connect() as conn:
+            row = (
+                (await conn.execute(select(projects).where(projects.c.id == project_id)))
+                .mappings()
+                .first()
+            )
+        return None if row is None else Project(row["id"], row["name"], row["created_at"])
+
+    async def require(self, project_id: str) -> Project:
+        """The project, or 404 ``project_not_found``."""
+        found = await self.get(project_id)
+        if found is None:
+            raise NotFoundError(
+                f"No project `{project_id}`.", code="project_not_found", param="project"
+            )
+        return found
+
+    async def list(self) -> list[Project]:
+        async with self.db.engine.connect() as conn:
+            rows = (await conn.execute(select(projects).order_by(projects.c.id))).mappings().all()
+        return [Project(r["id"], r["name"], r["created_at"]) for r in rows]
+
+    async def delete(self, project_id: str, *, audit: AuditEntry | None = None) -> None:
+        """Delete an empty project: 404 when unknown, 409 ``project_not_empty`` while it
+        owns anything (keys, collections, traces...), and the default project never."""
+        if project_id == DEFAULT_PROJECT:
+            raise ConflictError("the default project cannot be deleted", code="default_project")
+        async with self.db.write() as conn:
+            if (
+                await conn.execute(select(projects.c.id).where(projects.c.id == project_id))
+            ).first() is None:
+                raise NotFoundError(f"No project `{project_id}`.", code="project_not_found")
+            owned = {}
+            for table in _OWNED:
+                count = (
+                    await conn.execute(
+                        select(func.count())
+                        .select_from(table)
+                        .where(table.c.project_id == project_id)
+                    )
+                ).scalar_one()
+                if count:
+                    owned[table.name] = int(count)
+            if owned:
+                listed = ", ".join(f"{n} {t}" for t, n in owned.items())
+                raise ConflictError(
+                    f"project `{project_id}` still owns {listed}; delete them first",
+                    code="project_not_empty",
+                )
+            await conn.execute(delete(projects).where(projects.c.id == project_id))
+            if audit is not None:
+                await record(conn, audit.with_target(project_id))
