@@ -177,6 +177,7 @@ class Trellis:
                 if settings.cache.semantic.enabled
                 else None
             ),
+            guard=settings.guard,
         )
         self.alerts = AlertManager(self.db, settings.alerts)
         jobs = [job for job in (self.retention, self.exporter) if job is not None]

@@ -165,6 +165,43 @@ class AliasRetrieval(_Strict):
     top_k: int = Field(default=5, ge=1, le=50, description="Passages added to the prompt")
 
 
+class GuardStage(_Strict):
+    """One place the prompt-injection guard screens: ``off``; ``flag`` (the trace says so
+    and a ``guard_flags`` alert can count it); ``block`` (user input: refused with 400
+    ``prompt_injection_detected``; untrusted content: withheld from the prompt)."""
+
+    mode: Literal["off", "flag", "block"] = "off"
+    threshold: float = Field(
+        default=0.5, gt=0, lt=1, description="Score at which text is flagged (0.5: CV point)"
+    )
+
+
+class UntrustedGuard(_Strict):
+    """Content that enters a prompt without the user writing it."""
+
+    retrieved: GuardStage = Field(default_factory=GuardStage, description="Retrieved passages")
+    tool_outputs: GuardStage = Field(
+        default_factory=GuardStage, description="Tool results (request messages, agent steps)"
+    )
+    spotlight: Literal["off", "fence", "datamark"] = Field(
+        default="datamark",
+        description="Fence untrusted text with a random boundary (and mark each line as data)",
+    )
+
+
+class GuardSettings(_Strict):
+    input: GuardStage = Field(default_factory=GuardStage, description="The request's user messages")
+    untrusted: UntrustedGuard = Field(default_factory=UntrustedGuard)
+
+
+class AliasGuard(_Strict):
+    """Per-alias override of ``guard``: what is set here replaces the server-wide stage."""
+
+    input: GuardStage | None = None
+    retrieved: GuardStage | None = None
+    tool_outputs: GuardStage | None = None
+
+
 class ModelAlias(_Strict):
     """A name clients use, mapped to an ordered list of deployments."""
 
@@ -177,6 +214,7 @@ class ModelAlias(_Strict):
     routing: Literal["ordered", "weighted", "latency"] = "weighted"
     cache: bool | None = Field(default=None, description="Cache even non-deterministic requests")
     retrieval: AliasRetrieval | None = Field(default=None, description="Ground answers in these")
+    guard: AliasGuard | None = Field(default=None, description="Override `guard` for this alias")
 
 
 class RetrySettings(_Strict):
@@ -292,7 +330,15 @@ class AlertRule(_Strict):
     """
 
     name: str = Field(min_length=1, max_length=200)
-    kind: Literal["latency", "cost", "error_rate", "retrieval_failures", "model_mismatch", "score"]
+    kind: Literal[
+        "latency",
+        "cost",
+        "error_rate",
+        "retrieval_failures",
+        "model_mismatch",
+        "guard_flags",
+        "score",
+    ]
     window: str = Field(default="5m", pattern=_DURATION_PATTERN)
     threshold: float | None = Field(default=None, ge=0)
     baseline_window: str | None = Field(default=None, pattern=_DURATION_PATTERN)
@@ -321,7 +367,7 @@ class AlertRule(_Strict):
 
     @model_validator(mode="after")
     def _bound_given(self) -> AlertRule:
-        if self.kind in ("retrieval_failures", "model_mismatch"):
+        if self.kind in ("retrieval_failures", "model_mismatch", "guard_flags"):
             if self.threshold is None:
                 self.threshold = 0.0  # any occurrence
             return self
@@ -545,6 +591,7 @@ class Settings(BaseSettings):
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     local: LocalModelSettings = Field(default_factory=LocalModelSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    guard: GuardSettings = Field(default_factory=GuardSettings)
     orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     workflows: list[str] = Field(
