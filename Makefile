@@ -79,6 +79,7 @@ bench: install-dev
 	$(PY) benchmarks/eval_runner.py --metrics --json benchmarks/results/eval_runner.json
 	$(PY) benchmarks/workflow_concurrency.py --postgres
 	$(PY) benchmarks/local_engine.py --json benchmarks/results/local_engine.json
+	$(PY) benchmarks/guard.py --json benchmarks/results/guard.json
 
 lint: install-dev
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -1,5 +1,5 @@
 """The ``trellis`` command: serve, chat, models, keys, doctor, traces, stats, retrieval,
-workflows and runs, memories and sessions, and eval.
+workflows and runs, memories and sessions, eval, and guard.
 
 One module per command group; this package only assembles them into ``app``, the
 console-script entry point (``trellis.cli:app``).
@@ -13,6 +13,7 @@ from trellis.cli import (
     chat,
     doctor,
     evals,
+    guard,
     keys,
     memory,
     models,
@@ -44,3 +45,4 @@ app.add_typer(workflows.runs_app, name="runs")
 app.add_typer(evals.eval_app, name="eval")
 app.add_typer(memory.memories_app, name="memories")
 app.add_typer(memory.sessions_app, name="sessions")
+app.add_typer(guard.guard_app, name="guard")

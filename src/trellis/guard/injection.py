@@ -86,14 +86,15 @@ class InjectionDetector:
             for position, (category, _, _) in enumerate(HEURISTICS):
                 if features.heuristics[position] > 0 and self.heuristic_weights[position] > 0:
                     categories.append(category)
-        score = 0.0 if best == -math.inf else _sigmoid(best)
+        # Rounded before the comparison, so the score a caller sees decides the verdict.
+        score = 0.0 if best == -math.inf else round(_sigmoid(best), 4)
         flagged = score >= limit
         if not flagged:
-            return Verdict(False, round(score, 4), [])
+            return Verdict(False, score, [])
         if normalized.tricks & {"tags", "invisible", "confusables"}:
             categories.append(OBFUSCATION)
         found = sorted(set(categories)) or [JAILBREAK]
-        return Verdict(True, round(score, 4), found)
+        return Verdict(True, score, found)
 
 
 def _sigmoid(x: float) -> float:

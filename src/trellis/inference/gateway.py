@@ -424,7 +424,8 @@ class Gateway:
         stage: GuardStage = getattr(self.guard.untrusted, where)
         return stage
 
-    def _detector(self) -> InjectionDetector:
+    def injection_detector(self) -> InjectionDetector:
+        """The prompt-injection classifier (the shipped weights unless one was given)."""
         if self.detector is None:
             self.detector = default_detector()
         return self.detector
@@ -441,7 +442,7 @@ class Gateway:
         }
         if all(stage.mode == "off" for stage in stages.values()):
             return
-        detector = self._detector()
+        detector = self.injection_detector()
         worst: tuple[Verdict, GuardStage, str, int] | None = None
         with call.trace.span("guard") as span:
             for index, message in enumerate(call.received.messages):
@@ -501,7 +502,7 @@ class Gateway:
         stage = self.guard_stage(call.route.alias, "retrieved")
         if stage.mode == "off" or not passages:
             return passages
-        detector = self._detector()
+        detector = self.injection_detector()
         kept: list[grounding.Passage] = []
         flagged: list[int] = []
         best = 0.0

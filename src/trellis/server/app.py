@@ -20,6 +20,7 @@ from trellis.server.routes import (
     alerts,
     collections,
     evals,
+    guard,
     health,
     inference,
     keys,
@@ -198,6 +199,7 @@ def create_app(
         sessions,
         workflows,
         evals,
+        guard,
     ):
         app.include_router(module.router)
     app.direct_routes.update(
