@@ -53,6 +53,7 @@ async def check(request: Request) -> JSONBytes:
     await authenticate(request, INFERENCE)
     body = parse_body(GuardCheck, await read_json(request))
     gateway = runtime(request).gateway
+    assert gateway is not None, "the runtime is started before requests are served"
     threshold = body.threshold if body.threshold is not None else gateway.guard.input.threshold
     detector = gateway.injection_detector()
     # CPU work (about a millisecond per 1,000 characters): off the event loop when long.
