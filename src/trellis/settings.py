@@ -185,7 +185,11 @@ class UntrustedGuard(_Strict):
     )
     spotlight: Literal["off", "fence", "datamark"] = Field(
         default="datamark",
-        description="Fence untrusted text with a random boundary (and mark each line as data)",
+        description="Fence retrieved passages with a random boundary (and mark lines as data)",
+    )
+    spotlight_tool_outputs: Literal["off", "fence", "datamark"] = Field(
+        default="off",
+        description="The same for workflow agents' tool results (often small JSON: off)",
     )
 
 
