@@ -55,13 +55,17 @@ HEURISTICS: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
             + _ANY
             + r"(?:previous|prior|above|earlier|preceding|original|initial|all|any|your|"
             r"the)\b(?:\W+\w+){0,3}?\W+(?:instructions?|rules|directives?|guidelines|prompts?|"
-            r"programming|constraints|restrictions|polic(?:y|ies)|training|filters?)\b",
+            r"programming|constraints|restrictions|polic(?:y|ies)|training|filters?|"
+            r"directions|commands|orders|context)\b|"
+            r"\b(?:ignore|disregard|forget)\s+(?:all\s+|everything\s+|anything\s+)?(?:the\s+)?"
+            r"(?:above|before|previous|prior|preceding|earlier)\b",
         ),
         (
             "instruction_override",
             "new_instructions",
-            r"\b(?:new|updated|real|actual|true)\s+(?:instructions?|rules|directives?|task)\s*:"
-            r"|\bfrom now on\b|\bfor the rest of (?:this|our) conversation\b",
+            r"\b(?:new|updated|real|actual|true)\s+(?:instructions?|rules|directives?|task)\b"
+            r"|\bfrom now on\b|\bfor the rest of (?:this|our) conversation\b|"
+            r"\b(?:system|admin(?:istrator)?|developer|security)\s+(?:override|mode)\b",
         ),
         (
             "role_play",

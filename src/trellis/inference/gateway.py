@@ -1,6 +1,7 @@
 """The request path: one explicit chain of stages for every chat and embeddings call.
 
-authorize → memory (stored conversation, recalled facts; on request) → cache lookup
+authorize → guard (prompt injection; when on) → memory (stored conversation, recalled
+facts; on request) → cache lookup
 (exact, then semantic when enabled) → retrieve (grounded requests only) → context
 fitting → route (attempts, retries, fallbacks) → session store → cache store → record.
 Each stage is a span on the request's trace; the finished trace goes to a non-blocking
