@@ -103,3 +103,10 @@ def test_the_shipped_weights_reproduce_from_the_training_script() -> None:
         assert trained["bias"] == pytest.approx(float(shipped["bias"]), abs=1e-4)
     report = trained["report"]
     assert report["cv"]["recall"] >= 0.90 and report["cv"]["fpr"] <= 0.05
+
+
+def test_a_long_text_is_read_head_and_tail_in_bounded_time(detector: InjectionDetector) -> None:
+    filler = "Some ordinary notes about gardening, soil and watering schedules. " * 20_000
+    assert not detector.check(filler).flagged
+    assert detector.check(filler + "\n" + ATTACKS[0]).flagged  # the end is read
+    assert detector.check(ATTACKS[0] + "\n" + filler).flagged  # and the start

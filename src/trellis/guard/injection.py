@@ -27,6 +27,11 @@ __all__ = ["Verdict", "InjectionDetector", "WEIGHTS_PATH", "default_detector"]
 
 WEIGHTS_PATH = Path(__file__).with_name("injection_weights.npz")
 
+#: Texts longer than this are read as their first and last parts (normalisation and the
+#: payload search cost time in proportion to length; the features read less still).
+MAX_CHARS = 64_000
+_HEAD = 48_000
+
 #: Categories a verdict can name.
 OBFUSCATION = "obfuscation"
 JAILBREAK = "jailbreak"
@@ -71,6 +76,8 @@ class InjectionDetector:
         """Score ``text``; flagged when the score reaches ``threshold`` (default: the
         detector's)."""
         limit = self.threshold if threshold is None else threshold
+        if len(text) > MAX_CHARS:
+            text = text[:_HEAD] + "\n" + text[-(MAX_CHARS - _HEAD) :]
         normalized = normalize(text)
         best = -math.inf
         categories: list[str] = []
