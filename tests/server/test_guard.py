@@ -210,3 +210,20 @@ def test_check_endpoint_needs_a_key_and_json(start: Callable[..., httpx.Client])
     assert bad_json.status_code == 400
     anonymous = httpx.post(str(client.base_url) + "/v1/guard/check", json={"text": "hi"})
     assert anonymous.status_code == 401
+
+
+def test_a_long_message_is_screened_too(
+    start: Callable[..., httpx.Client],
+    upstream: FakeUpstream,
+    make_settings: Callable[..., Settings],
+) -> None:
+    models = [m.model_dump() for m in make_settings().models]
+    models[0]["context_window"] = 100_000
+    client = start(guard={"input": {"mode": "block"}}, models=models)
+    notes = "Meeting notes: the budget review moved to Thursday, bring the figures. " * 400
+    assert len(notes) > 20_000  # scored in a worker thread
+    response = client.post("/v1/chat/completions", json=chat(notes + "\n" + ATTACK))
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "prompt_injection_detected"
+    assert client.post("/v1/chat/completions", json=chat(notes)).status_code == 200
+    assert len(upstream.requests) == 1

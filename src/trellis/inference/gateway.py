@@ -14,6 +14,7 @@ done by ``bookkeeping``; the state a call carries between them is ``call.Call``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -67,6 +68,9 @@ from trellis.settings import GuardSettings, GuardStage
 __all__ = ["Gateway", "Caller", "ChatResult", "StreamResult", "TokenCounter"]
 
 log = logging.getLogger(__name__)
+
+#: Longer messages are scored in a worker thread, so the event loop is not held up.
+_GUARD_INLINE_CHARS = 20_000
 
 
 class TokenCounter:
@@ -213,7 +217,7 @@ class Gateway:
         book = self.book
         call = self._begin(request, caller or Caller(), "chat")
         try:
-            self._guard_input(call)
+            await self._guard_input(call)
             await self._memory(call)
             cached = await self._cache_lookup(call)
             if cached is not None:
@@ -247,7 +251,7 @@ class Gateway:
         book = self.book
         call = self._begin(request, caller or Caller(), "chat")
         try:
-            self._guard_input(call)
+            await self._guard_input(call)
             await self._memory(call)
             cached = await self._cache_lookup(call)
             if cached is not None:
@@ -431,7 +435,7 @@ class Gateway:
             self.detector = default_detector()
         return self.detector
 
-    def _guard_input(self, call: Call) -> None:
+    async def _guard_input(self, call: Call) -> None:
         """Screen what the caller sent: user messages (``guard.input``) and tool results
         (``guard.untrusted.tool_outputs``). Flagged: recorded on the trace (alertable as
         ``guard_flags``); blocked: 400 ``prompt_injection_detected`` before any model,
@@ -453,7 +457,10 @@ class Gateway:
                 text = message_text(message)
                 if not text.strip():
                     continue
-                verdict = detector.check(text, stage.threshold)
+                if len(text) > _GUARD_INLINE_CHARS:  # ~1 ms per 1,000 characters
+                    verdict = await asyncio.to_thread(detector.check, text, stage.threshold)
+                else:
+                    verdict = detector.check(text, stage.threshold)
                 if worst is None or verdict.score > worst[0].score:
                     worst = (verdict, stage, message.role, index)
             if worst is None:
