@@ -93,6 +93,7 @@ bench: install-dev
 	$(PY) benchmarks/local_engine.py --json benchmarks/results/local_engine.json
 	$(PY) benchmarks/pii_detectors.py --json benchmarks/results/pii_detectors.json
 	$(PY) benchmarks/limits_overhead.py --json benchmarks/results/limits_overhead.json
+	$(PY) benchmarks/guard.py --json benchmarks/results/guard.json
 
 lint: install-dev
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -195,6 +195,7 @@ class Trellis:
                 if settings.cache.semantic.enabled
                 else None
             ),
+            guard=settings.guard,
         )
         self.alerts = AlertManager(self.db, settings.alerts)
         # Budget thresholds alert through the alert manager's webhook path.

@@ -161,16 +161,6 @@ class OutputGuard(_Strict):
     )
 
 
-class AliasGuard(_Strict):
-    """Guards of one alias: the canary token and the output checks."""
-
-    canary: bool = Field(
-        default=False,
-        description="Put a random canary token in the system prompt of every request",
-    )
-    output: OutputGuard | None = None
-
-
 class Deployment(_Strict):
     """One concrete place a model alias can be served from."""
 
@@ -274,6 +264,53 @@ class AliasRetrieval(_Strict):
     top_k: int = Field(default=5, ge=1, le=50, description="Passages added to the prompt")
 
 
+class GuardStage(_Strict):
+    """One place the prompt-injection guard screens: ``off``; ``flag`` (the trace says so
+    and a ``guard_flags`` alert can count it); ``block`` (user input: refused with 400
+    ``prompt_injection_detected``; untrusted content: withheld from the prompt)."""
+
+    mode: Literal["off", "flag", "block"] = "off"
+    threshold: float = Field(
+        default=0.5, gt=0, lt=1, description="Score at which text is flagged (0.5: CV point)"
+    )
+
+
+class UntrustedGuard(_Strict):
+    """Content that enters a prompt without the user writing it."""
+
+    retrieved: GuardStage = Field(default_factory=GuardStage, description="Retrieved passages")
+    tool_outputs: GuardStage = Field(
+        default_factory=GuardStage, description="Tool results (request messages, agent steps)"
+    )
+    spotlight: Literal["off", "fence", "datamark"] = Field(
+        default="datamark",
+        description="Fence retrieved passages with a random boundary (and mark lines as data)",
+    )
+    spotlight_tool_outputs: Literal["off", "fence", "datamark"] = Field(
+        default="off",
+        description="The same for workflow agents' tool results (often small JSON: off)",
+    )
+
+
+class GuardSettings(_Strict):
+    input: GuardStage = Field(default_factory=GuardStage, description="The request's user messages")
+    untrusted: UntrustedGuard = Field(default_factory=UntrustedGuard)
+
+
+class AliasGuard(_Strict):
+    """Guards of one alias: overrides of the server-wide prompt-injection stages (what is
+    set here replaces ``guard``'s), the canary token and the output checks."""
+
+    input: GuardStage | None = None
+    retrieved: GuardStage | None = None
+    tool_outputs: GuardStage | None = None
+    canary: bool = Field(
+        default=False,
+        description="Put a random canary token in the system prompt of every request",
+    )
+    output: OutputGuard | None = None
+
+
 class ModelAlias(_Strict):
     """A name clients use, mapped to an ordered list of deployments."""
 
@@ -289,7 +326,9 @@ class ModelAlias(_Strict):
     privacy: PrivacyPolicy | None = Field(
         default=None, description="PII in requests to its hosted deployments"
     )
-    guard: AliasGuard | None = Field(default=None, description="Canary token, output checks")
+    guard: AliasGuard | None = Field(
+        default=None, description="Injection-guard overrides, canary token, output checks"
+    )
 
 
 class RetrySettings(_Strict):
@@ -414,6 +453,7 @@ class AlertRule(_Strict):
         "error_rate",
         "retrieval_failures",
         "model_mismatch",
+        "guard_flags",
         "score",
         "eval_regression",
     ]
@@ -458,7 +498,7 @@ class AlertRule(_Strict):
                     "schedule's fail_on decides what a regression is"
                 )
             return self
-        if self.kind in ("retrieval_failures", "model_mismatch"):
+        if self.kind in ("retrieval_failures", "model_mismatch", "guard_flags"):
             if self.threshold is None:
                 self.threshold = 0.0  # any occurrence
             return self
@@ -556,6 +596,7 @@ class LimitSettings(_Strict):
         ge=0,
         description="Completion tokens assumed at admission when a request sets no max_tokens",
     )
+
 
 #: A schedule's name: it appears in URLs (``/v1/evals/schedules/{name}``) and alert groups.
 SCHEDULE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
@@ -822,6 +863,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     local: LocalModelSettings = Field(default_factory=LocalModelSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    guard: GuardSettings = Field(default_factory=GuardSettings)
     orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     evals: EvalSettings = Field(default_factory=EvalSettings)

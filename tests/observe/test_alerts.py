@@ -342,3 +342,18 @@ async def test_a_slow_webhook_does_not_hold_up_evaluation(
     assert len(await alerts.list_alerts(state="firing")) == 3
     await alerts.aclose()  # delivers what is queued before it stops
     assert sorted(p["rule"]["name"] for p in hook.payloads) == ["m0", "m1", "m2"]
+
+
+async def test_guard_flags_count_traces_the_guard_flagged(db: Database) -> None:
+    now = time.time_ns()
+    flagged = make_trace(now - SECOND, model="a", guard_flagged=True, guard_score=0.97)
+    blocked = make_trace(now - SECOND, model="b", status="error", guard_flagged=True)
+    clean = make_trace(now - SECOND, model="a")
+    old = make_trace(now - 3600 * SECOND, model="a", guard_flagged=True)
+    await record(db, flagged, blocked, clean, old)
+    rule = AlertRule(name="g", kind="guard_flags", window="5m")
+    assert rule.threshold == 0.0  # any flag
+    assert (await evaluate_rule(db, rule, now))[None].value == 2
+    per_model = await evaluate_rule(db, rule.model_copy(update={"group_by": "model"}), now)
+    assert {group: r.value for group, r in per_model.items()} == {"a": 1, "b": 1}
+    assert await evaluate_rule(db, rule.model_copy(update={"threshold": 2}), now) == {}

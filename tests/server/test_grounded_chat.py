@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -80,7 +81,12 @@ def test_grounded_answer_carries_citations_and_trace(
     assert "untrusted" in context.lower() and "[n]" in context
     assert context.count(BEGIN_MARKER) == 1 and context.count(END_MARKER) == 1
     fenced = context.split(BEGIN_MARKER, 1)[1].split(END_MARKER, 1)[0]
-    assert "[1] (source: otters.md)\nSea otters use stones" in fenced
+    # Spotlighting (guard.untrusted.spotlight: datamark): each passage between lines that
+    # carry one random boundary, every line of it marked as data.
+    boundary = re.search(r"<<DATA ([0-9a-f]{12})>>", fenced)
+    assert boundary is not None and f"<<DATA {boundary[1]}>>" in context.split(BEGIN_MARKER)[0]
+    assert f"[1] (source: otters.md)\n<<DATA {boundary[1]}>>\n^ Sea otters use stones" in fenced
+    assert fenced.count(f"<</DATA {boundary[1]}>>") == 2
     assert "[2]" in fenced and "[3]" not in fenced
     assert "marker removed" in fenced  # a document cannot close the fence early
 

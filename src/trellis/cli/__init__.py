@@ -1,5 +1,5 @@
 """The ``trellis`` command: serve, chat, models, keys, projects, audit, doctor, traces,
-stats, retrieval, workflows and runs, memories and sessions, and eval.
+stats, retrieval, workflows and runs, memories and sessions, eval, and guard.
 
 One module per command group; this package only assembles them into ``app``, the
 console-script entry point (``trellis.cli:app``).
@@ -13,6 +13,7 @@ from trellis.cli import (
     chat,
     doctor,
     evals,
+    guard,
     keys,
     limits,
     memory,
@@ -49,3 +50,4 @@ app.add_typer(workflows.runs_app, name="runs")
 app.add_typer(evals.eval_app, name="eval")
 app.add_typer(memory.memories_app, name="memories")
 app.add_typer(memory.sessions_app, name="sessions")
+app.add_typer(guard.guard_app, name="guard")

@@ -1,11 +1,12 @@
 """The request path: one explicit chain of stages for every chat and embeddings call.
 
-authorize → admit (the key's and its project's rate limits and budgets) → memory (stored
-conversation, recalled facts; on request) → privacy (PII: placeholders, in-house routing or
-refusal) → cache lookup (exact, then semantic when enabled) → retrieve (grounded requests
-only; privacy runs after it for them) → guard setup (canary token, output checks) → context
-fitting → route (attempts, retries, fallbacks) → output checks and placeholder restoring →
-session store → cache store → record.
+authorize → admit (the key's and its project's rate limits and budgets) → guard (prompt
+injection; when on) → memory (stored conversation, recalled facts; on request) → privacy
+(PII: placeholders, in-house routing or refusal) → cache lookup (exact, then semantic when
+enabled) → retrieve (grounded requests only; passages screened and spotlighted; privacy
+runs after it for them) → guard setup (canary token, output checks) → context fitting →
+route (attempts, retries, fallbacks) → output checks and placeholder restoring → session
+store → cache store → record.
 Each stage is a span on the request's trace; the finished trace goes to a non-blocking
 sink (the background writer), so nothing on this path waits for the database.
 
@@ -16,6 +17,7 @@ done by ``bookkeeping``; the state a call carries between them is ``call.Call``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -35,6 +37,7 @@ from trellis.errors import (
 )
 from trellis.guard import privacy
 from trellis.guard.canary import new_canary, with_canary
+from trellis.guard.injection import InjectionDetector, Verdict, default_detector
 from trellis.guard.output import OutputCheck, wants_json
 from trellis.guard.placeholders import Placeholders
 from trellis.guard.privacy import PiiDetectedError
@@ -68,12 +71,16 @@ from trellis.schema import (
     ModelCard,
     ModelList,
     Usage,
+    message_text,
 )
-from trellis.settings import OutputGuard
+from trellis.settings import GuardSettings, GuardStage, OutputGuard
 
 __all__ = ["Gateway", "Caller", "ChatResult", "StreamResult", "TokenCounter"]
 
 log = logging.getLogger(__name__)
+
+#: Longer messages are scored in a worker thread, so the event loop is not held up.
+_GUARD_INLINE_CHARS = 20_000
 
 
 class TokenCounter:
@@ -130,10 +137,16 @@ class Gateway:
         extractor: MemoryExtractor | None = None,
         extract: str = "request",
         limiter: Limiter | None = None,
+        guard: GuardSettings | None = None,
+        detector: InjectionDetector | None = None,
     ) -> None:
         self.router = router
         #: Rate limits and budgets per key and project; None: nothing is limited.
         self.limiter = limiter
+        #: Prompt-injection screening (``guard``): user input, retrieved passages, tool output.
+        self.guard = guard or GuardSettings()
+        #: The classifier; None loads the shipped weights the first time a stage is on.
+        self.detector = detector
         #: Describes and records the traces. With ``defer_bookkeeping`` (the server sets
         #: it) that happens on later turns of the event loop instead of inline: describing
         #: a request while its upstream call is in flight, and recording it after its
@@ -221,6 +234,7 @@ class Gateway:
         call = self._begin(request, caller or Caller(), "chat")
         try:
             await self._admit(call)
+            await self._guard_input(call)
             await self._memory(call)
             if call.retrieval is None:
                 self._privacy(call)
@@ -270,6 +284,7 @@ class Gateway:
         call = self._begin(request, caller or Caller(), "chat")
         try:
             await self._admit(call)
+            await self._guard_input(call)
             await self._memory(call)
             if call.retrieval is None:
                 self._privacy(call)
@@ -469,6 +484,7 @@ class Gateway:
             for tool_call in message.tool_calls or ():
                 tool_call.function.arguments = placeholders.restore(tool_call.function.arguments)
         return copy
+
     async def _admit(self, call: Call) -> None:
         """Admit the call under its key's and project's limits, or refuse it (429) before
         anything is spent. Tokens are estimated only when a tokens-per-minute limit applies."""
@@ -618,6 +634,120 @@ class Gateway:
                 span.set("trellis.semantic_cache.matched_trace_id", match.trace_id)
         return match
 
+    # --- prompt-injection guard ---------------------------------------------------
+
+    def guard_stage(self, alias: Any, where: str) -> GuardStage:
+        """The guard stage for ``where`` (input, retrieved, tool_outputs): the alias's
+        override when it sets one, else the server's."""
+        override = getattr(getattr(alias, "guard", None), where, None)
+        if override is not None:
+            return override
+        if where == "input":
+            return self.guard.input
+        stage: GuardStage = getattr(self.guard.untrusted, where)
+        return stage
+
+    def injection_detector(self) -> InjectionDetector:
+        """The prompt-injection classifier (the shipped weights unless one was given)."""
+        if self.detector is None:
+            self.detector = default_detector()
+        return self.detector
+
+    async def _guard_input(self, call: Call) -> None:
+        """Screen what the caller sent: user messages (``guard.input``) and tool results
+        (``guard.untrusted.tool_outputs``). Flagged: recorded on the trace (alertable as
+        ``guard_flags``); blocked: 400 ``prompt_injection_detected`` before any model,
+        cache or memory sees the text."""
+        alias = call.route.alias
+        stages = {
+            "user": self.guard_stage(alias, "input"),
+            "tool": self.guard_stage(alias, "tool_outputs"),
+        }
+        if all(stage.mode == "off" for stage in stages.values()):
+            return
+        detector = self.injection_detector()
+        worst: tuple[Verdict, GuardStage, str, int] | None = None
+        with call.trace.span("guard") as span:
+            for index, message in enumerate(call.received.messages):
+                stage = stages.get(message.role)
+                if stage is None or stage.mode == "off":
+                    continue
+                text = message_text(message)
+                if not text.strip():
+                    continue
+                if len(text) > _GUARD_INLINE_CHARS:  # ~1 ms per 1,000 characters
+                    verdict = await asyncio.to_thread(detector.check, text, stage.threshold)
+                else:
+                    verdict = detector.check(text, stage.threshold)
+                if worst is None or verdict.score > worst[0].score:
+                    worst = (verdict, stage, message.role, index)
+            if worst is None:
+                return
+            verdict, stage, role, index = worst
+            span.set("trellis.guard.score", verdict.score)
+            span.set("trellis.guard.flagged", verdict.flagged)
+            span.set("trellis.guard.mode", stage.mode)
+            span.set("trellis.guard.threshold", stage.threshold)
+            if not verdict.flagged:
+                return
+            span.set("trellis.guard.categories", verdict.categories)
+            span.set("trellis.guard.message_index", index)
+            source = "input" if role == "user" else "tool_outputs"
+            self._record_flag(call, verdict, stage, source)
+            if stage.mode == "block":
+                raise InvalidRequestError(
+                    f"The request was refused: message {index} ({role}) looks like a prompt "
+                    f"injection or jailbreak (score {verdict.score:.2f}, categories: "
+                    f"{', '.join(verdict.categories)}).",
+                    param=f"messages[{index}]",
+                    code="prompt_injection_detected",
+                )
+
+    @staticmethod
+    def _record_flag(call: Call, verdict: Verdict, stage: GuardStage, source: str) -> None:
+        """Put a flag on the trace: the summary attribute alerts count, and an event."""
+        summary = call.trace.summary
+        summary["guard_flagged"] = True
+        summary["guard_score"] = max(float(summary.get("guard_score", 0.0)), verdict.score)
+        root = call.trace.root
+        assert root is not None
+        root.add_event(
+            "guard_flagged",
+            source=source,
+            action=stage.mode,
+            score=verdict.score,
+            categories=verdict.categories,
+        )
+
+    def _screen_passages(
+        self, call: Call, passages: list[grounding.Passage], span: Any
+    ) -> list[grounding.Passage]:
+        """Screen retrieved passages (``guard.untrusted.retrieved``): a flagged passage is
+        recorded, and withheld from the prompt in ``block`` mode (the caller did nothing
+        wrong, so the request goes on with the rest)."""
+        stage = self.guard_stage(call.route.alias, "retrieved")
+        if stage.mode == "off" or not passages:
+            return passages
+        detector = self.injection_detector()
+        kept: list[grounding.Passage] = []
+        flagged: list[int] = []
+        best = 0.0
+        for passage in passages:
+            verdict = detector.check(passage.text, stage.threshold)
+            best = max(best, verdict.score)
+            if verdict.flagged:
+                flagged.append(passage.chunk_id)
+                self._record_flag(call, verdict, stage, "retrieved")
+                if stage.mode == "block":
+                    continue
+            kept.append(passage)
+        span.set("trellis.guard.score", best)
+        if flagged:
+            span.set("trellis.guard.flagged_chunk_ids", flagged)
+            if stage.mode == "block":
+                span.set("trellis.guard.withheld", len(flagged))
+        return kept
+
     async def _retrieve(self, call: Call) -> None:
         """Ground the request: search its collections and add the passages as context.
 
@@ -667,13 +797,19 @@ class Gateway:
                     failure["error.message"] = str(exc)[:500]
             if failure is None and not passages:
                 failure = {"reason": "no_hits"}
+            hits = len(passages)
+            passages = self._screen_passages(call, passages, span)
+            if failure is None and not passages:
+                failure = {"reason": "guard_withheld"}
             budget = max(1, call.route.alias.context_window // 2)
             message, used = grounding.context_message(
-                passages, lambda text: self.counter.text(text) <= budget
+                passages,
+                lambda text: self.counter.text(text) <= budget,
+                spotlight=self.guard.untrusted.spotlight,
             )
             if failure is None and not used:
                 failure = {"reason": "context_too_small"}
-            span.set("trellis.retrieval.hits", len(passages))
+            span.set("trellis.retrieval.hits", hits)
             span.set("trellis.retrieval.chunk_ids", [p.chunk_id for p in used])
             span.set("trellis.retrieval.document_ids", [p.document_id for p in used])
             span.set("trellis.retrieval.scores", [p.score for p in used])

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from trellis.guard.spotlight import Spotlight, explain, fence, new_boundary
 from trellis.schema import ChatMessage, ChatRequest, message_text
 
 __all__ = [
@@ -151,21 +152,32 @@ def _fenced(text: str) -> str:
 
 
 def context_message(
-    passages: Sequence[Passage], fits: Callable[[str], bool]
+    passages: Sequence[Passage],
+    fits: Callable[[str], bool],
+    *,
+    spotlight: Spotlight = "off",
+    boundary: str | None = None,
 ) -> tuple[ChatMessage | None, list[Passage]]:
     """The system message with as many passages (best first) as ``fits`` allows.
+
+    With ``spotlight`` (``guard.untrusted.spotlight``) each passage is also fenced by a
+    boundary drawn at random for this message and, in ``datamark`` mode, each of its
+    lines marked as data (``trellis.guard.spotlight``).
 
     Returns the message (None when no passage fits) and the passages it numbers.
     """
     used: list[Passage] = []
     blocks: list[str] = []
     content = ""
+    boundary = boundary or new_boundary()
+    instructions = " ".join(part for part in (INSTRUCTIONS, explain(boundary, spotlight)) if part)
     for passage in passages:
         label = f"[{len(used) + 1}]"
         if passage.source:
             label += f" (source: {_fenced(passage.source)})"
-        candidate_blocks = [*blocks, f"{label}\n{_fenced(passage.text)}"]
-        candidate = "\n\n".join([INSTRUCTIONS, BEGIN_MARKER, *candidate_blocks, END_MARKER])
+        body = fence(_fenced(passage.text), boundary, spotlight)
+        candidate_blocks = [*blocks, f"{label}\n{body}"]
+        candidate = "\n\n".join([instructions, BEGIN_MARKER, *candidate_blocks, END_MARKER])
         if not fits(candidate):
             break
         blocks, content = candidate_blocks, candidate

@@ -59,6 +59,7 @@ _UNITS = {
     "error_rate": "error rate",
     "retrieval_failures": "traces with retrieval failures",
     "model_mismatch": "traces with a model mismatch",
+    "guard_flags": "traces flagged by the prompt-injection guard",
     "score": "average score",
     "eval_regression": "regressed quantities",
 }
@@ -150,6 +151,10 @@ def _flag_condition(db: Database, kind: str) -> str:
         if db.is_sqlite:
             return "json_extract(t.attributes, '$.model_mismatch') = 1"
         return "(t.attributes ->> 'model_mismatch') = 'true'"
+    if kind == "guard_flags":
+        if db.is_sqlite:
+            return "json_extract(t.attributes, '$.guard_flagged') = 1"
+        return "(t.attributes ->> 'guard_flagged') = 'true'"
     # Retrieval failures: a span event named retrieval_failure, or a retrieval with no hits.
     if db.is_sqlite:
         hits = "json_extract(t.attributes, '$.retrieval_hits') = 0"
@@ -258,7 +263,7 @@ async def evaluate_rule(
     window = _window_ns(spec.window, "window")
     since = now_ns - window
     breaching: dict[Any, Reading] = {}
-    if spec.kind in ("model_mismatch", "retrieval_failures"):
+    if spec.kind in ("model_mismatch", "retrieval_failures", "guard_flags"):
         bound = spec.threshold or 0.0
         for group, count in (await _count_flagged(db, spec, since, now_ns, project_id)).items():
             if count > bound:

@@ -22,6 +22,7 @@ from trellis.server.routes import (
     collections,
     eval_queues,
     evals,
+    guard,
     health,
     inference,
     keys,
@@ -211,6 +212,7 @@ def create_app(
         eval_queues,
         projects,
         audit,
+        guard,
     ):
         app.include_router(module.router)
     mount_ui(app, lambda: evals.service_of(app, runtime))

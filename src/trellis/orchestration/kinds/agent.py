@@ -251,6 +251,7 @@ class AgentStep(Step):
             caller=ctx.services.get("caller"),
             into=self.into,
             tool_calling="native" if native else "json",
+            model=model,
         )
         if ctx.span is not None:
             ctx.span.update(
@@ -334,7 +335,7 @@ class AgentStep(Step):
             messages.append(
                 ChatMessage(
                     role="user",
-                    content=f"Result of {item.name}: {result}\n"
+                    content=f"Result of {item.name}: {run.for_model(item.name, result)}\n"
                     'Call another tool, or reply {"final": <your answer>} if you have it.',
                 )
             )
@@ -452,7 +453,13 @@ class AgentStep(Step):
                 content, ok = tasks[index].result()
                 entry.update(arguments=found[1], result=content, ok=ok)
             run.transcript.append(entry)
-            replies.append(ChatMessage(role="tool", tool_call_id=call.id, content=content))
+            replies.append(
+                ChatMessage(
+                    role="tool",
+                    tool_call_id=call.id,
+                    content=run.for_model(call.function.name, content),
+                )
+            )
         return replies
 
 
