@@ -430,7 +430,7 @@ class LabelQueues:
         when it passed; so the trace view shows it and ``dataset from-traces`` (expected
         ``label``) takes it. A trace removed since (retention) keeps only the queue's label."""
         store = TraceStore(self.db)
-        exists, _ = await store.owner(trace_id)
+        exists, _, _ = await store.owner(trace_id)
         if not exists:
             return
         value = (score - scale.min) / (scale.max - scale.min)

@@ -183,7 +183,7 @@ async def answer_summary(trace_id: str, request: Request) -> Response:
     assert store is not None
     deadline = time.monotonic() + TRACE_WAIT_SECONDS
     while True:
-        exists, owner = await store.owner(trace_id)
+        exists, owner, _ = await store.owner(trace_id)
         if exists:
             break
         if time.monotonic() > deadline:
