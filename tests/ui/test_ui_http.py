@@ -8,11 +8,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from trellis.server.app import create_app
 from trellis.settings import Settings
 from trellis.testing.fake_upstream import FakeUpstream
 from trellis.testing.server import ServerThread
+from trellis.store import Database
+from trellis.store.tables import ui_sessions
 from trellis.ui.sessions import UiSessions
 
 ADMIN = "tr-ui-http-admin-key-0123456789"
@@ -151,15 +154,55 @@ def test_model_output_is_escaped(base: str) -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in hits.text and hostile not in hits.text
 
 
-def test_sessions_expire_after_being_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_sessions_expire_after_being_idle(tmp_path: Path) -> None:
     now = [1000.0]
-    monkeypatch.setattr("trellis.ui.sessions.time.monotonic", lambda: now[0])
-    sessions = UiSessions(idle_seconds=60)
-    session = sessions.create("key_1")
-    now[0] += 59
-    assert sessions.get(session.id) is session
-    now[0] += 61
-    assert sessions.get(session.id) is None
+    async with Database(f"sqlite+aiosqlite:///{tmp_path / 'ui.db'}") as db:
+        sessions = UiSessions(db, idle_seconds=600, clock=lambda: now[0])
+        session = await sessions.create("key_1")
+        now[0] += 599
+        found = await sessions.get(session.id)
+        assert found is not None and (found.key_id, found.csrf) == ("key_1", session.csrf)
+        now[0] += 599  # seen 599 s ago: the last request restarted the idle time
+        assert await sessions.get(session.id) is not None
+        now[0] += 601
+        assert await sessions.get(session.id) is None
+        assert await sessions.get("not-a-session") is None
+        # The table knows only the id's hash: a copy of it signs nobody in.
+        async with db.engine.connect() as conn:
+            stored = (await conn.execute(sa.select(ui_sessions.c.id_hash))).scalars().all()
+        assert session.id not in stored and len(stored) == 1
+        await sessions.create("key_2")  # a sign-in clears the expired rows
+        async with db.engine.connect() as conn:
+            keys = (await conn.execute(sa.select(ui_sessions.c.key_id))).scalars().all()
+        assert keys == ["key_2"]
+
+
+async def test_sessions_are_shared_by_processes_and_outlive_them(tmp_path: Path) -> None:
+    """Two servers on one database (workers, replicas, or a restart) see the same
+    sessions; ending one, or every one of a key, ends it for both."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ui.db'}"
+    async with Database(url) as first_db, Database(url) as second_db:
+        first, second = UiSessions(first_db), UiSessions(second_db)
+        kept = await first.create("key_a")
+        other = await first.create("key_a")
+        found = await second.get(kept.id)
+        assert found is not None and found.csrf == kept.csrf
+        await second.end(kept.id)
+        assert await first.get(kept.id) is None
+        assert await second.end_for_key("key_a") == 1
+        assert await first.get(other.id) is None
+
+
+def test_a_session_survives_a_server_restart(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path / "data", admin_key=ADMIN, include_local_models=False, models=[]
+    )
+    with ServerThread(create_app(settings)) as server:
+        client, csrf = signed_in(server.url)
+    with ServerThread(create_app(settings)) as server:
+        client.base_url = httpx.URL(server.url)
+        page = client.get("/ui/")
+        assert page.status_code == 200 and f'content="{csrf}"' in page.text
 
 
 def test_static_files_ship_with_their_licences() -> None:

@@ -25,7 +25,6 @@ from trellis.ui.pages import (
     traces,
     workflows,
 )
-from trellis.ui.sessions import UiSessions
 
 __all__ = ["mount"]
 
@@ -35,7 +34,7 @@ STATIC = Path(__file__).parent / "static"
 def mount(app: FastAPI, evals_service: Callable[[], EvalService]) -> None:
     """Add the UI's pages and static files to ``app``. ``evals_service`` gives the app's
     eval service (the server builds it once, on first use, for its routes and these pages)."""
-    app.state.ui_sessions = UiSessions()
+    app.state.ui_sessions = None  # made on first use, once the database is open
     app.state.ui_evals = evals_service
     for module in (auth, chat, traces, dashboard, collections, alerts, keys, evals, workflows):
         app.include_router(module.router, include_in_schema=False)
