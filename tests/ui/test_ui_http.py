@@ -12,10 +12,10 @@ import sqlalchemy as sa
 
 from trellis.server.app import create_app
 from trellis.settings import Settings
-from trellis.testing.fake_upstream import FakeUpstream
-from trellis.testing.server import ServerThread
 from trellis.store import Database
 from trellis.store.tables import ui_sessions
+from trellis.testing.fake_upstream import FakeUpstream
+from trellis.testing.server import ServerThread
 from trellis.ui.sessions import UiSessions
 
 ADMIN = "tr-ui-http-admin-key-0123456789"
