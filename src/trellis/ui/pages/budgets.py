@@ -110,21 +110,25 @@ async def _subjects(request: Request, me: Viewer) -> list[tuple[str, str]]:
 
 async def _page(request: Request, me: Viewer, status: int = 200, **extra: Any) -> Response:
     limiter = _limiter(request)
-    subjects = []
+    subjects: list[dict[str, Any]] = []
+    unlimited: list[dict[str, Any]] = []
     for subject, label in await _subjects(request, me):
         usage = await limiter.usage(subject)
-        subjects.append(
-            {
-                "subject": subject,
-                "label": label,
-                "source": usage["source"],
-                "limits": usage["limits"],
-                "rows": _rows(usage),
-            }
-        )
+        found = {
+            "subject": subject,
+            "label": label,
+            "source": usage["source"],
+            "rows": _rows(usage),
+            "daily": usage["daily"]["spent_usd"],
+            "monthly": usage["monthly"]["spent_usd"],
+        }
+        # A subject without any limit is one line of spend, not a panel of empty bars.
+        limited = any(row["bar"] for row in found["rows"]) or found["source"] == "stored"
+        (subjects if limited or subject == f"key:{me.key.id}" else unlimited).append(found)
     context = {
         "title": "Budgets",
         "subjects": subjects,
+        "unlimited": unlimited,
         "backend": limiter.settings.backend,
         "fields": NUMBERS,
         **extra,
