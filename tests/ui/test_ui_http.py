@@ -190,27 +190,27 @@ def test_model_output_is_escaped(base: str) -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in hits.text and hostile not in hits.text
 
 
-async def test_sessions_expire_after_being_idle(tmp_path: Path) -> None:
+async def test_sessions_expire_after_being_idle(db: Database) -> None:
+    """On SQLite and Postgres."""
     now = [1000.0]
-    async with Database(f"sqlite+aiosqlite:///{tmp_path / 'ui.db'}") as db:
-        sessions = UiSessions(db, idle_seconds=600, clock=lambda: now[0])
-        session = await sessions.create("key_1")
-        now[0] += 599
-        found = await sessions.get(session.id)
-        assert found is not None and (found.key_id, found.csrf) == ("key_1", session.csrf)
-        now[0] += 599  # seen 599 s ago: the last request restarted the idle time
-        assert await sessions.get(session.id) is not None
-        now[0] += 601
-        assert await sessions.get(session.id) is None
-        assert await sessions.get("not-a-session") is None
-        # The table knows only the id's hash: a copy of it signs nobody in.
-        async with db.engine.connect() as conn:
-            stored = (await conn.execute(sa.select(ui_sessions.c.id_hash))).scalars().all()
-        assert session.id not in stored and len(stored) == 1
-        await sessions.create("key_2")  # a sign-in clears the expired rows
-        async with db.engine.connect() as conn:
-            keys = (await conn.execute(sa.select(ui_sessions.c.key_id))).scalars().all()
-        assert keys == ["key_2"]
+    sessions = UiSessions(db, idle_seconds=600, clock=lambda: now[0])
+    session = await sessions.create("key_1")
+    now[0] += 599
+    found = await sessions.get(session.id)
+    assert found is not None and (found.key_id, found.csrf) == ("key_1", session.csrf)
+    now[0] += 599  # seen 599 s ago: the last request restarted the idle time
+    assert await sessions.get(session.id) is not None
+    now[0] += 601
+    assert await sessions.get(session.id) is None
+    assert await sessions.get("not-a-session") is None
+    # The table knows only the id's hash: a copy of it signs nobody in.
+    async with db.engine.connect() as conn:
+        stored = (await conn.execute(sa.select(ui_sessions.c.id_hash))).scalars().all()
+    assert session.id not in stored and len(stored) == 1
+    await sessions.create("key_2")  # a sign-in clears the expired rows
+    async with db.engine.connect() as conn:
+        keys = (await conn.execute(sa.select(ui_sessions.c.key_id))).scalars().all()
+    assert keys == ["key_2"]
 
 
 async def test_sessions_are_shared_by_processes_and_outlive_them(tmp_path: Path) -> None:
