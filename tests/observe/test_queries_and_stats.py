@@ -236,3 +236,54 @@ async def test_stats_match_numpy_on_both_backends(db: Database) -> None:
     assert len(overall) == 1 and overall[0]["totals"]["count"] == 300
     empty = await stats.compute(StatsQuery(T0 - 600 * SECOND, T0, 60 * SECOND))
     assert empty == []
+
+
+async def test_the_guard_filter_finds_what_each_guard_acted_on(db: Database) -> None:
+    """``TraceQuery.guard`` (``GET /v1/traces?guard=``, the UI's Guard page) keys on the
+    summary attributes the guards write; ``guard_counts`` counts them per kind."""
+    plain, pii, output, injected, both = (
+        make(i, start_ns=T0 + i * SECOND, duration_ms=10) for i in range(5)
+    )
+    pii.summary["pii_kinds"] = ["email", "phone"]
+    privacy = pii.start_span("privacy")
+    privacy.set("trellis.privacy.action", "redact")
+    privacy.end()
+    output.summary["guard_output"] = {"redact": 2}
+    assert output.root is not None
+    output.root.set("trellis.guard.output.hits", ["pii:email"])
+    injected.summary.update(guard_flagged=True, guard_score=0.93)
+    guard = injected.start_span("guard")
+    guard.set("trellis.guard.flagged", True)
+    guard.set("trellis.guard.categories", ["override"])
+    guard.end()
+    both.summary.update(pii_kinds=["email"], guard_output={"flag": 1})
+    await store(db, [plain, pii, output, injected, both])
+    traces = TraceStore(db)
+
+    async def ids(kind: str) -> set[str]:
+        return {r["id"] for r in await traces.list(limit=100, guard=kind)}
+
+    assert await ids("pii") == {pii.trace_id, both.trace_id}
+    assert await ids("output") == {output.trace_id, both.trace_id}
+    assert await ids("input") == {injected.trace_id}
+    assert await ids("any") == {pii.trace_id, output.trace_id, injected.trace_id, both.trace_id}
+    window = TraceQuery(since_ns=T0 + 2 * SECOND, guard="any")
+    assert {r["id"] for r in (await traces.page(window)).rows} == {
+        output.trace_id,
+        injected.trace_id,
+        both.trace_id,
+    }
+    counts = await traces.guard_counts(TraceQuery(guard="any"))
+    assert counts.traces == 4 and not counts.truncated
+    assert counts.pii == {"email": 2, "phone": 1}
+    assert counts.output == {"redact": 2, "flag": 1}
+    assert counts.input_flagged == 1
+    found = await traces.guard_spans([pii.trace_id, injected.trace_id])
+    assert {s["name"] for s in found[pii.trace_id]} == {"chat gpt-a", "privacy"}
+    assert [
+        s["attributes"]["trellis.guard.categories"]
+        for s in found[injected.trace_id]
+        if s["name"] == "guard"
+    ] == [["override"]]
+    with pytest.raises(InvalidRequestError, match="guard must be one of"):
+        TraceQuery(guard="everything")

@@ -10,6 +10,7 @@ install it, except under ``CI=true``, where they fail.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -68,11 +69,40 @@ def browser() -> Iterator[Any]:
         browser.close()
 
 
+ANSWER = "Sea otters crack shellfish with stones [1]. Kelp shelters them [2]."
+
+
+def reply(body: dict[str, Any]) -> str:
+    """The fake model: a rubric judge's verdict, an answer with an e-mail address when
+    asked to share one (for the output guard), else the otters answer."""
+    prompt = json.dumps(body)
+    if "Rubric:" in prompt:
+        return json.dumps({"score": 4, "reason": "mostly right"})
+    if "share an address" in prompt:
+        return "Write to bob@example.com for details."
+    return ANSWER
+
+
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream(vendor="openai") as server:
-        server.reply = "Sea otters crack shellfish with stones [1]. Kelp shelters them [2]."
+    with FakeUpstream(vendor="openai", reply=reply) as server:
         yield server
+
+
+def suite_file(folder: Path) -> Path:
+    """A scheduled suite (its dataset beside it) for the Evals page's schedules."""
+    (folder / "nightly.jsonl").write_text(
+        "\n".join(f'{{"id": "n{i}", "input": "case {i}", "expected": "x"}}' for i in range(2))
+    )
+    path = folder / "nightly.yaml"
+    suite = {
+        "name": "nightly",
+        "dataset": "nightly.jsonl",
+        "candidates": [{"name": "a", "model": "gpt-test", "prompt": "Say: {input}"}],
+        "metrics": ["exact"],
+    }
+    path.write_text(json.dumps(suite))  # JSON is YAML
+    return path
 
 
 #: The test workflows (``api_flows:review`` has a human step).
@@ -99,10 +129,28 @@ def server(tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream) -> 
                         "timeout": 5,
                     }
                 ],
-            }
+            },
+            {
+                # A hosted deployment (privacy policies apply) with the output PII check.
+                "name": "gpt-private",
+                "deployments": [
+                    {
+                        "provider": "openai-compatible",
+                        "model": "gpt-4o-mini",
+                        "base_url": upstream.base_url,
+                        "in_house": False,
+                    }
+                ],
+                "privacy": {"pii": "redact"},
+                "guard": {"output": {"pii": "redact"}},
+            },
         ],
         tracing={"flush_interval": 0.05},
         workflows=["api_flows:review"],
+        evals={
+            "scheduler": False,
+            "schedules": [{"name": "nightly", "suite": str(suite_file(data)), "cron": "0 2 * * *"}],
+        },
     )
     try:
         with ServerThread(create_app(settings)) as running:

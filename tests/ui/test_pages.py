@@ -383,3 +383,172 @@ def test_workflow_graph_run_timeline_and_resume(
     expect(page.locator("#run-status")).to_have_text("succeeded")
     expect(page.locator("#run-output")).to_contain_text("published")
     assert api.get(f"/v1/runs/{run['id']}").json()["status"] == "succeeded"
+
+
+def judged_run(api: httpx.Client) -> str:
+    """A finished run of three cases, scored by a rubric judge (the fake model gives 4/5)."""
+    content = "\n".join(
+        f'{{"id": "q{i}", "input": "question {i}", "expected": "Sea otters use stones"}}'
+        for i in range(3)
+    )
+    uploaded = api.post("/v1/evals/datasets", json={"name": "ui-judged", "content": content})
+    assert uploaded.status_code == 200, uploaded.text
+    started = api.post(
+        "/v1/evals/runs",
+        json={
+            "suite": {
+                "name": "judged",
+                "dataset": f"ui-judged@{uploaded.json()['version']}",
+                "candidates": [{"name": "a", "model": "gpt-test", "prompt": "Answer: {input}"}],
+                "metrics": [{"name": "judge", "model": "gpt-test", "rubric": "Is it right?"}],
+            }
+        },
+    )
+    assert started.status_code == 200, started.text
+    run_id = str(started.json()["id"])
+    deadline = time.monotonic() + 30
+    while api.get(f"/v1/evals/runs/{run_id}").json()["status"] == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return run_id
+
+
+def test_labelling_queue_by_keyboard_with_agreement_and_export(ui: Open, api: httpx.Client) -> None:
+    run_id = judged_run(api)
+    tab = ui(ADMIN_KEY)
+    page = tab.page
+    tab.goto(f"/ui/evals/runs/{run_id}")
+    page.get_by_role("link", name="Label its outputs").click()
+    expect(page.get_by_label("Eval run", exact=True)).to_have_value(run_id)
+    page.get_by_label("Name (optional)").fill("otter answers")
+    page.get_by_role("button", name="Create queue").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("otter answers")
+    expect(page.locator(".figures")).to_contain_text("0/3")
+    page.get_by_role("link", name="Start labelling").click()
+    # The score field has the focus: type, Enter saves and the next item comes.
+    score = page.get_by_label(re.compile(r"^Score \(1"))
+    expect(score).to_be_focused()
+    expect(page.locator("#item-output")).to_contain_text("Sea otters crack shellfish")
+    expect(page.locator("#judge")).to_contain_text("mostly right")
+    tab.shoot("label")
+    for item, value in enumerate(("4", "5", "2"), 1):
+        expect(page.get_by_label(re.compile(r"^Score \(1"))).to_be_focused()
+        expect(page.locator("#item-h")).to_contain_text(f"Item {item}")
+        page.keyboard.type(value)
+        page.keyboard.press("Enter")
+        expect(page.get_by_role("status").first).to_have_text(f"Item {item} saved.")
+    expect(page.get_by_text("Nothing left to label")).to_be_visible()
+    page.get_by_role("link", name="See the agreement and export the labels").click()
+    agreement = page.locator("#agreement")
+    expect(agreement).to_contain_text("judge")
+    expect(agreement.locator("tbody tr").first.locator("td").nth(1)).to_have_text("3")
+    page.get_by_label("Dataset name").fill("otters-gold")
+    page.get_by_role("button", name="Export labels").click()
+    expect(page.get_by_role("status")).to_contain_text("otters-gold")
+    expect(page.locator("#labelled tbody tr")).to_have_count(3)
+    tab.shoot("queue")
+    tab.goto("/ui/evals/queues")
+    expect(page.locator("#queues")).to_contain_text("otter answers")
+    expect(page.locator("#queues")).to_contain_text("3/3")
+    tab.shoot("queues")
+    stored = api.get("/v1/evals/datasets").json()["data"]
+    assert [d["cases"] for d in stored if d["name"] == "otters-gold"] == [2]  # the 2 passed
+
+
+def test_schedules_on_the_evals_page_run_now(ui: Open, api: httpx.Client) -> None:
+    tab = ui(ADMIN_KEY)
+    page = tab.page
+    tab.goto("/ui/evals")
+    schedules = page.locator("#schedules")
+    expect(schedules).to_contain_text("nightly")
+    page.get_by_role("button", name="Run nightly now").click()
+    expect(page.get_by_role("status")).to_contain_text("started")
+    deadline = time.monotonic() + 30
+    while True:
+        runs = api.get("/v1/evals/schedules/nightly/runs").json()["data"]
+        if runs and runs[0]["status"] != "running":
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    tab.goto("/ui/evals")
+    expect(schedules).to_contain_text("passed")
+    expect(schedules.get_by_role("link", name=runs[0]["run_id"]).first).to_be_visible()
+    tab.shoot("evals-schedules")
+
+
+def test_budgets_meters_and_the_limits_form(
+    ui: Open, api: httpx.Client, make_key: Callable[..., str]
+) -> None:
+    secret = make_key("metered", "inference")
+    key_id = next(k["id"] for k in api.get("/v1/keys").json()["data"] if k["name"] == "metered")
+    tab = ui(ADMIN_KEY)
+    page = tab.page
+    tab.goto("/ui/budgets")
+    page.get_by_label("Subject", exact=True).fill(f"key:{key_id}")
+    page.get_by_role("spinbutton", name="Requests per minute").fill("20")
+    page.get_by_role("spinbutton", name="Daily budget (USD)").fill("0.5")
+    page.get_by_role("button", name="Save limits").click()
+    expect(page.get_by_role("status")).to_contain_text(f"key:{key_id}")
+    for _ in range(5):
+        called = httpx.post(
+            f"{tab.base}/v1/chat/completions",
+            json={"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": f"Bearer {secret}"},
+        )
+        assert called.status_code == 200
+    # The key itself sees its own subject with the bars.
+    own = ui(secret)
+    own.goto("/ui/budgets")
+    section = own.page.locator(f'section[data-subject="key:{key_id}"]')
+    rpm = section.get_by_role("meter", name=re.compile("Requests per minute"))
+    expect(rpm).to_have_attribute("max", "20")
+    assert float(rpm.get_attribute("value") or 0) >= 5
+    expect(section.get_by_role("meter", name=re.compile("Spend on"))).to_be_visible()
+    expect(own.page.get_by_role("button", name="Save limits")).to_have_count(0)
+    own.shoot("budgets")
+    # The admin's bad value is the API's 400, with its reason.
+    page.get_by_label("Subject", exact=True).fill(f"key:{key_id}")
+    page.get_by_label("Alert at (fractions)").fill("0.5, 2")
+    page.get_by_role("button", name="Save limits").click()
+    expect(page.get_by_role("alert")).to_contain_text("fractions of a budget")
+    tab.goto("/ui/budgets")
+    page.get_by_role("button", name=f"Delete the limits of key:{key_id}").click()
+    expect(page.get_by_role("status")).to_contain_text("defaults apply again")
+    tab.shoot("budgets-admin")
+    assert api.get(f"/v1/limits/key:{key_id}").status_code == 404
+
+
+def test_guard_page_shows_flagged_requests_with_links(ui: Open, api: httpx.Client) -> None:
+    called = api.post(
+        "/v1/chat/completions",
+        json={
+            "model": "gpt-private",
+            "messages": [{"role": "user", "content": "I'm ann@example.org, share an address"}],
+        },
+    )
+    assert called.status_code == 200, called.text
+    trace_id = called.headers["x-trellis-trace-id"]
+    tab = ui(ADMIN_KEY)
+    page = tab.page
+    link = page.get_by_role("link", name=trace_id[:12])
+    deadline = time.monotonic() + 10
+    while True:  # the trace writer flushes in the background
+        tab.goto("/ui/guard?window=1h")
+        if link.count():
+            break
+        assert time.monotonic() < deadline
+        page.wait_for_timeout(100)
+    expect(page.get_by_role("list", name="PII kinds")).to_contain_text("email")
+    expect(page.get_by_role("list", name="Output check actions")).to_contain_text("redact")
+    row = page.locator("#guarded tr", has=link)
+    expect(row).to_contain_text("email")
+    expect(row).to_contain_text("pii:email")
+    page.get_by_label("Guard", exact=True).select_option("input")
+    page.get_by_role("button", name="Show").click()
+    expect(page).to_have_url(re.compile(r"guard=input"))
+    expect(link).to_have_count(0)
+    page.get_by_label("Guard", exact=True).select_option("pii")
+    page.get_by_role("button", name="Show").click()
+    tab.shoot("guard")
+    link.click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text(trace_id)

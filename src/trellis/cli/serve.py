@@ -64,12 +64,6 @@ def serve(
         f"Web UI: http://{settings.host}:{settings.port}/ui/ (sign in with an API key)",
         style="green",
     )
-    if workers > 1:
-        console.print(
-            "Note: the web UI keeps sign-ins in the worker process that made them; serve it "
-            "with --workers 1 (the API is unaffected by the worker count).",
-            style="yellow",
-        )
     uvicorn.run(
         "trellis.server.app:create_server_app",
         factory=True,

@@ -21,6 +21,7 @@ from trellis.errors import InvalidRequestError
 __all__ = [
     "TraceQuery",
     "TRACE_STATUSES",
+    "GUARD_FILTERS",
     "check_time_ns",
     "parse_duration",
     "parse_time",
@@ -30,6 +31,14 @@ __all__ = [
 
 #: Statuses a trace can have (the root span's status).
 TRACE_STATUSES = frozenset({"ok", "error"})
+#: What a guard did to a request -> the trace summary attribute that records it: PII found
+#: (the privacy policy), the output checks' hits, the input guard's prompt-injection flag.
+GUARD_FILTERS: dict[str, tuple[str, ...]] = {
+    "pii": ("pii_kinds",),
+    "output": ("guard_output",),
+    "input": ("guard_flagged",),
+    "any": ("pii_kinds", "guard_output", "guard_flagged"),
+}
 
 _NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
 _ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
@@ -55,8 +64,17 @@ class TraceQuery:
     text: str | None = None
     #: Only this project's traces (None: every project's).
     project_id: str | None = None
+    #: Only traces a guard acted on (see ``GUARD_FILTERS``): ``pii``, ``output``, ``input``
+    #: or ``any``.
+    guard: str | None = None
 
     def __post_init__(self) -> None:
+        if self.guard is not None and self.guard not in GUARD_FILTERS:
+            raise InvalidRequestError(
+                f"guard must be one of {', '.join(GUARD_FILTERS)}, not {self.guard!r}",
+                param="guard",
+                code="invalid_value",
+            )
         check_time_ns(self.since_ns, "since")
         check_time_ns(self.until_ns, "until")
         if self.status is not None and self.status not in TRACE_STATUSES:

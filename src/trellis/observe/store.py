@@ -9,18 +9,35 @@ from __future__ import annotations
 import builtins
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import ColumnElement, Text, and_, cast, exists, or_, select
 
-from trellis.observe.query import TraceQuery, decode_cursor, encode_cursor
+from trellis.observe.query import GUARD_FILTERS, TraceQuery, decode_cursor, encode_cursor
 from trellis.store.db import Database
 from trellis.store.tables import scores, spans, traces
 
-__all__ = ["TraceStore", "TracePage", "TraceQuery", "MAX_LIST_LIMIT"]
+__all__ = ["TraceStore", "TracePage", "TraceQuery", "GuardCounts", "MAX_LIST_LIMIT"]
 
 MAX_LIST_LIMIT = 1000
+#: ``guard_counts`` reads at most this many traces (newest first) of its window.
+MAX_GUARD_COUNT = 20_000
+
+
+@dataclass(slots=True)
+class GuardCounts:
+    """How often the guards acted in a window: traces, and counts per kind of action."""
+
+    traces: int = 0
+    #: PII kind -> traces that carried it.
+    pii: dict[str, int] = field(default_factory=dict)
+    #: Output-check action (redact, block, flag, ...) -> how many times it was taken.
+    output: dict[str, int] = field(default_factory=dict)
+    #: Traces the input guard flagged as prompt injection.
+    input_flagged: int = 0
+    #: More than ``MAX_GUARD_COUNT`` traces matched: the counts are of the newest ones.
+    truncated: bool = False
 
 
 @dataclass(slots=True)
@@ -152,6 +169,52 @@ class TraceStore:
             next_cursor = encode_cursor(rows[-1]["start_ns"], rows[-1]["id"])
         return TracePage(rows, next_cursor)
 
+    async def guard_counts(self, query: TraceQuery) -> GuardCounts:
+        """Counts per kind of what the guards did to the traces ``query`` matches (give it
+        a ``guard`` filter and a window): read from the trace rows' summary attributes."""
+        statement = (
+            select(traces.c.attributes)
+            .where(*self._conditions(query))
+            .order_by(traces.c.start_ns.desc())
+            .limit(MAX_GUARD_COUNT + 1)
+        )
+        async with self.db.engine.connect() as conn:
+            rows = (await conn.execute(statement)).scalars().all()
+        counts = GuardCounts(truncated=len(rows) > MAX_GUARD_COUNT)
+        for attributes in rows[:MAX_GUARD_COUNT]:
+            counts.traces += 1
+            attributes = attributes or {}
+            for kind in attributes.get("pii_kinds") or ():
+                counts.pii[str(kind)] = counts.pii.get(str(kind), 0) + 1
+            for action, number in (attributes.get("guard_output") or {}).items():
+                if isinstance(number, int | float):
+                    counts.output[str(action)] = counts.output.get(str(action), 0) + int(number)
+            if attributes.get("guard_flagged"):
+                counts.input_flagged += 1
+        return counts
+
+    async def guard_spans(
+        self, trace_ids: builtins.list[str]
+    ) -> dict[str, builtins.list[dict[str, Any]]]:
+        """The spans that say what a guard did, by trace: root spans (output-check hits,
+        guard events), ``privacy`` and ``guard`` spans; for a page of guarded traces."""
+        if not trace_ids:
+            return {}
+        statement = (
+            select(spans.c.trace_id, spans.c.name, spans.c.parent_id, spans.c.attributes)
+            .add_columns(spans.c.events)
+            .where(
+                spans.c.trace_id.in_(trace_ids),
+                or_(spans.c.parent_id.is_(None), spans.c.name.in_(("privacy", "guard"))),
+            )
+            .order_by(spans.c.trace_id, spans.c.start_ns)
+        )
+        found: dict[str, builtins.list[dict[str, Any]]] = {}
+        async with self.db.engine.connect() as conn:
+            for row in (await conn.execute(statement)).mappings():
+                found.setdefault(row["trace_id"], []).append(dict(row))
+        return found
+
     @staticmethod
     def _conditions(query: TraceQuery) -> builtins.list[ColumnElement[bool]]:
         t = traces.c
@@ -171,6 +234,17 @@ class TraceStore:
                 conditions.append(column == value)
         if query.min_latency_ms is not None:
             conditions.append(t.duration_ms >= query.min_latency_ms)
+        if query.guard is not None:
+            # A key in the summary attributes (JSON): ->> on Postgres, json_extract on
+            # SQLite; the start_ns index bounds the rows a window reads.
+            conditions.append(
+                or_(
+                    *(
+                        t.attributes[name].as_string().is_not(None)
+                        for name in GUARD_FILTERS[query.guard]
+                    )
+                )
+            )
         if query.has_error is not None:
             failed = exists().where(spans.c.trace_id == t.id, spans.c.status == "error")
             conditions.append(failed if query.has_error else ~failed)

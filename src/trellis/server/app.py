@@ -215,7 +215,11 @@ def create_app(
         guard,
     ):
         app.include_router(module.router)
-    mount_ui(app, lambda: evals.service_of(app, runtime))
+    mount_ui(
+        app,
+        lambda: evals.service_of(app, runtime),
+        lambda: evals.scheduler_of(app, runtime),
+    )
     app.direct_routes.update(
         {
             "/v1/chat/completions": inference.chat_completions_direct,

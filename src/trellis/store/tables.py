@@ -59,6 +59,7 @@ __all__ = [
     "audit_log",
     "JSONType",
     "limits",
+    "ui_sessions",
     "VERSION_TABLE",
     "include_name",
 ]
@@ -655,6 +656,22 @@ audit_log = Table(
     Index("ix_audit_log_at", "at"),
     Index("ix_audit_log_actor_id_at", "actor_id", "at"),
     Index("ix_audit_log_project_id_at", "project_id", "at"),
+)
+
+# --- web UI (revision 0018_ui_sessions) ---------------------------------------
+
+ui_sessions = Table(
+    "ui_sessions",
+    metadata,
+    # SHA-256 (hex) of the session id in the browser's cookie: the id itself is not stored.
+    Column("id_hash", String(64), primary_key=True),
+    Column("key_id", String(64), nullable=False),
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Index("ix_ui_sessions_key_id", "key_id"),
+    Index("ix_ui_sessions_expires_at", "expires_at"),
 )
 
 #: The Postgres keyword index over chunks.fts_vector (GIN, revision 0006; SQLite's FTS5

@@ -13,30 +13,40 @@ from pathlib import Path
 from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
+from trellis.evals.scheduler import EvalScheduler
 from trellis.evals.service import EvalService
 from trellis.ui.pages import (
     alerts,
     auth,
+    budgets,
     chat,
     collections,
     dashboard,
     evals,
+    guard,
     keys,
+    queues,
     traces,
     workflows,
 )
-from trellis.ui.sessions import UiSessions
 
 __all__ = ["mount"]
 
 STATIC = Path(__file__).parent / "static"
 
 
-def mount(app: FastAPI, evals_service: Callable[[], EvalService]) -> None:
-    """Add the UI's pages and static files to ``app``. ``evals_service`` gives the app's
-    eval service (the server builds it once, on first use, for its routes and these pages)."""
-    app.state.ui_sessions = UiSessions()
+def mount(
+    app: FastAPI,
+    evals_service: Callable[[], EvalService],
+    eval_scheduler: Callable[[], EvalScheduler],
+) -> None:
+    """Add the UI's pages and static files to ``app``. ``evals_service`` and
+    ``eval_scheduler`` give the app's eval service and its scheduler (the server builds
+    them once, on first use, for its routes and these pages)."""
+    app.state.ui_sessions = None  # made on first use, once the database is open
     app.state.ui_evals = evals_service
-    for module in (auth, chat, traces, dashboard, collections, alerts, keys, evals, workflows):
+    app.state.ui_eval_scheduler = eval_scheduler
+    pages = (auth, chat, traces, dashboard, collections, alerts, keys, queues, evals, workflows)
+    for module in (*pages, budgets, guard):
         app.include_router(module.router, include_in_schema=False)
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static")

@@ -22,7 +22,13 @@ AREAS: dict[str, tuple[str, ...]] = {
     "alerts": (OBSERVER,),
     "alerts.write": (ADMIN,),
     "keys": (ADMIN,),
+    "budgets": (INFERENCE,),
+    "budgets.write": (ADMIN,),
+    "guard": (OBSERVER,),
     "evals": (INFERENCE, OBSERVER),
+    "evals.queues": (INFERENCE, OBSERVER),
+    "evals.schedules": (OBSERVER,),
+    "evals.schedules.run": (ADMIN,),
     "workflows": (INFERENCE, OBSERVER),
     "workflows.resume": (INFERENCE,),
 }
@@ -36,6 +42,8 @@ NAV: tuple[tuple[str, str, str], ...] = (
     ("alerts", "/ui/alerts", "Alerts"),
     ("evals", "/ui/evals", "Evals"),
     ("workflows", "/ui/workflows", "Workflows"),
+    ("budgets", "/ui/budgets", "Budgets"),
+    ("guard", "/ui/guard", "Guard"),
     ("keys", "/ui/keys", "Keys"),
 )
 

@@ -1,17 +1,26 @@
-"""Signed-in browser sessions: a random id in an HttpOnly cookie, mapped here to a key id.
+"""Signed-in browser sessions: a random id in an HttpOnly cookie, mapped to a key id.
 
-The cookie carries no secret of the key: only an opaque session id that this process
-maps to the key's id and a CSRF token. Sessions live in memory (one ``trellis serve``
-worker: signing in again after a restart is the cost), expire after ``IDLE_SECONDS``
-without a request, and end at sign-out or when their key is revoked.
+The cookie carries no secret of the key: only an opaque session id, which the database
+(table ``ui_sessions``) knows by its SHA-256 alone, with the key's id and a CSRF token.
+Every worker and replica reads the same rows, so the UI works behind several of them and
+sessions outlive a restart. A session expires ``IDLE_SECONDS`` after its last request
+(the last-seen time is written at most once a minute, not on every page) and ends at
+sign-out or when its key is revoked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from trellis.store.db import Database
+from trellis.store.tables import ui_sessions
 
 __all__ = ["UiSession", "UiSessions", "COOKIE", "CSRF_COOKIE", "IDLE_SECONDS"]
 
@@ -20,7 +29,8 @@ COOKIE = "trellis_ui"
 #: The sign-in form's double-submit token, before any session exists.
 CSRF_COOKIE = "trellis_ui_csrf"
 IDLE_SECONDS = 8 * 3600
-MAX_SESSIONS = 10_000
+#: A session's last-seen time is written when it is older than this (seconds).
+TOUCH_SECONDS = 60.0
 
 
 @dataclass(slots=True)
@@ -28,7 +38,7 @@ class UiSession:
     id: str
     key_id: str
     csrf: str
-    seen: float = field(default_factory=time.monotonic)
+    seen: float
 
 
 def same_token(given: str | None, expected: str) -> bool:
@@ -36,45 +46,85 @@ def same_token(given: str | None, expected: str) -> bool:
     return bool(given) and hmac.compare_digest(given.encode(), expected.encode())  # type: ignore[union-attr]
 
 
+def _digest(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
 class UiSessions:
-    """The sessions of one server process."""
+    """The sessions of every server process, in Trellis' database."""
 
-    def __init__(self, idle_seconds: float = IDLE_SECONDS) -> None:
+    def __init__(
+        self,
+        db: Database,
+        idle_seconds: float = IDLE_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = db
         self.idle_seconds = idle_seconds
-        self._by_id: dict[str, UiSession] = {}
+        self._clock = clock
 
-    def create(self, key_id: str) -> UiSession:
-        self._expire()
-        if len(self._by_id) >= MAX_SESSIONS:  # the oldest make room: memory stays bounded
-            for old in sorted(self._by_id.values(), key=lambda s: s.seen)[: MAX_SESSIONS // 10]:
-                del self._by_id[old.id]
-        session = UiSession(secrets.token_urlsafe(32), key_id, secrets.token_urlsafe(32))
-        self._by_id[session.id] = session
+    async def create(self, key_id: str) -> UiSession:
+        now = self._clock()
+        session = UiSession(secrets.token_urlsafe(32), key_id, secrets.token_urlsafe(32), now)
+        async with self.db.write() as conn:
+            # Expired rows go when someone signs in (indexed on expires_at): no sweeper task.
+            await conn.execute(sa.delete(ui_sessions).where(ui_sessions.c.expires_at <= now))
+            await conn.execute(
+                sa.insert(ui_sessions),
+                [
+                    {
+                        "id_hash": _digest(session.id),
+                        "key_id": key_id,
+                        "csrf": session.csrf,
+                        "created_at": now,
+                        "last_seen": now,
+                        "expires_at": now + self.idle_seconds,
+                    }
+                ],
+            )
         return session
 
-    def get(self, session_id: str | None) -> UiSession | None:
-        if not session_id:
+    async def get(self, session_id: str | None) -> UiSession | None:
+        """The live session of a cookie's id (its idle time restarts), else None."""
+        if not session_id or len(session_id) > 200:
             return None
-        session = self._by_id.get(session_id)
-        if session is None:
+        digest = _digest(session_id)
+        now = self._clock()
+        c = ui_sessions.c
+        async with self.db.engine.connect() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        sa.select(c.key_id, c.csrf, c.last_seen).where(
+                            c.id_hash == digest, c.expires_at > now
+                        )
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        if row is None:
             return None
-        now = time.monotonic()
-        if now - session.seen > self.idle_seconds:
-            del self._by_id[session_id]
-            return None
-        session.seen = now
-        return session
+        if now - row["last_seen"] >= TOUCH_SECONDS:
+            async with self.db.write() as conn:
+                await conn.execute(
+                    sa.update(ui_sessions)
+                    .where(c.id_hash == digest)
+                    .values(last_seen=now, expires_at=now + self.idle_seconds)
+                )
+        return UiSession(session_id, row["key_id"], row["csrf"], now)
 
-    def end(self, session_id: str | None) -> None:
+    async def end(self, session_id: str | None) -> None:
         if session_id:
-            self._by_id.pop(session_id, None)
+            async with self.db.write() as conn:
+                await conn.execute(
+                    sa.delete(ui_sessions).where(ui_sessions.c.id_hash == _digest(session_id))
+                )
 
-    def end_for_key(self, key_id: str) -> None:
-        """A revoked key's sessions end with it."""
-        for session in [s for s in self._by_id.values() if s.key_id == key_id]:
-            del self._by_id[session.id]
-
-    def _expire(self) -> None:
-        cutoff = time.monotonic() - self.idle_seconds
-        for session in [s for s in self._by_id.values() if s.seen < cutoff]:
-            del self._by_id[session.id]
+    async def end_for_key(self, key_id: str) -> int:
+        """A revoked key's sessions end with it; how many there were."""
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                sa.delete(ui_sessions).where(ui_sessions.c.key_id == key_id)
+            )
+        return int(result.rowcount or 0)

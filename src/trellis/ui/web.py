@@ -130,7 +130,13 @@ def runtime(request: Request) -> Trellis:
 
 
 def sessions(request: Request) -> UiSessions:
-    return request.app.state.ui_sessions  # type: ignore[no-any-return]
+    """The sessions table's accessor, made once the runtime's database is open."""
+    found: UiSessions | None = getattr(request.app.state, "ui_sessions", None)
+    if found is None:
+        db = runtime(request).db
+        assert db is not None
+        found = request.app.state.ui_sessions = UiSessions(db)
+    return found
 
 
 def is_htmx(request: Request) -> bool:
@@ -140,14 +146,14 @@ def is_htmx(request: Request) -> bool:
 async def viewer(request: Request, area: str | None = None) -> Viewer:
     """The signed-in viewer, after the CSRF check (every POST and every htmx request) and
     the access check of ``area``; else the exception the route class turns into a page."""
-    session = sessions(request).get(request.cookies.get(COOKIE))
+    session = await sessions(request).get(request.cookies.get(COOKIE))
     if session is None:
         raise SignInNeeded()
     keys = runtime(request).keys
     assert keys is not None
     key = await keys.get(session.key_id)
     if key is None or key.revoked:
-        sessions(request).end(session.id)
+        await sessions(request).end(session.id)
         raise SignInNeeded()
     found = Viewer(session, key)
     request.state.ui_viewer = found  # error pages keep the navigation

@@ -44,6 +44,10 @@ async def list_traces(
     min_latency_ms: float | None = Query(default=None, ge=0),
     has_error: bool | None = Query(default=None, description="the trace or any span failed"),
     q: str | None = Query(default=None, description="text in the prompt, response or error"),
+    guard: str | None = Query(
+        default=None,
+        description="only traces a guard acted on: pii, output, input (prompt injection) or any",
+    ),
 ) -> JSONBytes:
     caller = await authenticate(request, OBSERVER)
     store = runtime(request).traces
@@ -59,6 +63,7 @@ async def list_traces(
         min_latency_ms=min_latency_ms,
         has_error=has_error,
         text=q,
+        guard=guard,
     )
     page = await store.page(query, limit=limit, cursor=cursor)
     return JSONBytes(

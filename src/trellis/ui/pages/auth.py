@@ -59,7 +59,7 @@ async def sign_in(request: Request) -> Response:
     record = await keys.verify(secret) if secret else None
     if record is None:
         return _form(request, "That API key is not valid (or it was revoked).", 401, target)
-    session = sessions(request).create(record.id)
+    session = await sessions(request).create(record.id)
     response = RedirectResponse(_safe_next(target), status_code=303, headers=SECURITY_HEADERS)
     response.set_cookie(
         COOKIE,
@@ -77,7 +77,7 @@ async def sign_in(request: Request) -> Response:
 @router.post("/ui/sign-out")
 async def sign_out(request: Request) -> Response:
     me = await viewer(request)
-    sessions(request).end(me.session.id)
+    await sessions(request).end(me.session.id)
     response = RedirectResponse("/ui/sign-in", status_code=303, headers=SECURITY_HEADERS)
     response.delete_cookie(COOKIE, path="/ui")
     return response

@@ -1,4 +1,5 @@
-"""Evals: runs with their progress, a run's report, and two runs compared.
+"""Evals: runs with their progress, a run's report, two runs compared, and the scheduled
+suites (``evals.schedules``: next due, last outcome, baseline; admins run one now).
 
 The reports are the ones ``trellis eval run --html`` and ``trellis eval compare --html``
 write (``trellis.evals.html``: charts, summary, per-case word diffs), served as their own
@@ -17,6 +18,7 @@ from trellis.access.keys import OBSERVER
 from trellis.errors import InvalidRequestError, PermissionDeniedError
 from trellis.evals.compare import compare_reports
 from trellis.evals.html import render_compare, render_run
+from trellis.evals.scheduler import EvalScheduler
 from trellis.evals.service import EvalService
 from trellis.evals.store import RunRecord
 from trellis.ui.web import UiRoute, Viewer, render, viewer
@@ -36,6 +38,11 @@ def service(request: Request) -> EvalService:
     return provider()
 
 
+def scheduler(request: Request) -> EvalScheduler:
+    provider: Callable[[], EvalScheduler] = request.app.state.ui_eval_scheduler
+    return provider()
+
+
 def _reads_all(me: Viewer) -> bool:
     return me.key.has_scope(OBSERVER)
 
@@ -48,17 +55,38 @@ def _check_reader(me: Viewer, run: RunRecord) -> None:
         )
 
 
-@router.get("/ui/evals")
-async def runs_page(request: Request) -> Response:
-    me = await viewer(request, "evals")
+async def _runs_page(request: Request, me: Viewer, **extra: object) -> Response:
     status = request.query_params.get("status") or None
     if status is not None and status not in STATUSES:
         raise InvalidRequestError(f"status must be one of {', '.join(STATUSES)}", param="status")
     runs = await service(request).store.runs(
         status=status, key_id=None if _reads_all(me) else me.key.id, limit=200
     )
-    context = {"title": "Evals", "runs": runs, "status": status, "statuses": STATUSES}
-    return render(request, "evals/index.html", context, me=me)
+    schedules = await scheduler(request).describe() if me.can("evals.schedules") else []
+    context = {
+        "title": "Evals",
+        "runs": runs,
+        "status": status,
+        "statuses": STATUSES,
+        "schedules": schedules,
+        **extra,
+    }
+    return render(request, "evals/index.html", context, me=me, status=202 if extra else 200)
+
+
+@router.get("/ui/evals")
+async def runs_page(request: Request) -> Response:
+    me = await viewer(request, "evals")
+    return await _runs_page(request, me)
+
+
+@router.post("/ui/evals/schedules/{name}/run")
+async def run_schedule(name: str, request: Request) -> Response:
+    """Run a schedule now, as at a due time (compared with its baseline, alerting on a
+    regression); the page shows it running."""
+    me = await viewer(request, "evals.schedules.run")
+    started = await scheduler(request).run_now(name)
+    return await _runs_page(request, me, started=started)
 
 
 @router.get("/ui/evals/runs/{run_id}")

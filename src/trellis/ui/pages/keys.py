@@ -52,5 +52,5 @@ async def revoke_key(key_id: str, request: Request) -> Response:
     assert keys is not None
     if not await keys.revoke(key_id):
         raise NotFoundError(f"No active API key with id `{key_id}`.")
-    sessions(request).end_for_key(key_id)
+    await sessions(request).end_for_key(key_id)
     return await _page(request, me, revoked=key_id)
