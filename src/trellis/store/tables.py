@@ -658,7 +658,7 @@ audit_log = Table(
     Index("ix_audit_log_project_id_at", "project_id", "at"),
 )
 
-# --- web UI (revision 0018_ui_sessions) ---------------------------------------
+# --- web UI (revision 0016_ui_sessions) ---------------------------------------
 
 ui_sessions = Table(
     "ui_sessions",

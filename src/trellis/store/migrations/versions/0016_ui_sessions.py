@@ -1,6 +1,6 @@
 """Web UI sign-in sessions in the database.
 
-Revision ID: 0018_ui_sessions
+Revision ID: 0016_ui_sessions
 Revises: 0015_limits
 
 One row per signed-in browser: the SHA-256 of the session id the cookie carries (a copy
@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0018_ui_sessions"
+revision = "0016_ui_sessions"
 down_revision: str | None = "0015_limits"
 branch_labels = None
 depends_on = None
