@@ -407,7 +407,9 @@ async def test_a_recovered_parallel_step_reruns_only_unfinished_branches(db: Dat
         run = await second.wait(run_id)
         (record,) = await second.steps(run_id)
     assert run.status == RunStatus.SUCCEEDED, run.error
-    assert ran == ["quick", "slow", "slow"]
+    # Both branches start together on the first owner, so which one records its start first
+    # is up to the scheduler; what matters is that the finished branch never ran again.
+    assert sorted(ran) == ["quick", "slow", "slow"]
     assert run.state == {"part": {"name": "bolt", "qty": 3}, "total": 30, "note": "checked"}
     assert run.recoveries == 1
     # The restored branch's usage, output and events round-tripped into the step.
