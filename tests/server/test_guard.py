@@ -3,6 +3,7 @@ per-alias override, tool results, retrieved passages) and ``POST /v1/guard/check
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from trellis.inference.gateway import BLOCKED_MESSAGE
 from trellis.settings import Settings
 from trellis.testing.fake_upstream import FakeUpstream
 from trellis.testing.server import ServerThread, wait_for_trace
@@ -88,9 +90,13 @@ def test_block_refuses_with_a_clear_code_and_nothing_reaches_the_upstream(
         rows = client.get("/v1/traces", params={"status": "error"}).json()["data"]
         time.sleep(0.05)
     assert len(rows) == 2
-    trace = wait_for_trace(client, rows[0]["id"])
-    assert trace["attributes"]["guard_flagged"] is True
-    assert span(trace, "guard")["attributes"]["trellis.guard.mode"] == "block"
+    for row in rows:  # the blocked text never reaches the trace (its bodies are kept here)
+        trace = wait_for_trace(client, row["id"])
+        assert trace["attributes"]["guard_flagged"] is True
+        assert span(trace, "guard")["attributes"]["trellis.guard.mode"] == "block"
+        stored = json.dumps(trace)
+        assert "Ignore all previous" not in stored
+        assert BLOCKED_MESSAGE in stored
 
     ok = client.post("/v1/chat/completions", json=chat(BENIGN))
     assert ok.status_code == 200, ok.text

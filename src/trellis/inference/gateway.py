@@ -79,6 +79,8 @@ __all__ = ["Gateway", "Caller", "ChatResult", "StreamResult", "TokenCounter"]
 
 log = logging.getLogger(__name__)
 
+#: What a trace holds in place of a message the injection guard blocked.
+BLOCKED_MESSAGE = "[withheld: blocked by the prompt-injection guard]"
 #: Longer messages are scored in a worker thread, so the event loop is not held up.
 _GUARD_INLINE_CHARS = 20_000
 
@@ -695,6 +697,7 @@ class Gateway:
             source = "input" if role == "user" else "tool_outputs"
             self._record_flag(call, verdict, stage, source)
             if stage.mode == "block":
+                self._withhold_from_trace(call, index)
                 raise InvalidRequestError(
                     f"The request was refused: message {index} ({role}) looks like a prompt "
                     f"injection or jailbreak (score {verdict.score:.2f}, categories: "
@@ -702,6 +705,24 @@ class Gateway:
                     param=f"messages[{index}]",
                     code="prompt_injection_detected",
                 )
+
+    @staticmethod
+    def _withhold_from_trace(call: Call, index: int) -> None:
+        """A blocked message never reaches the trace: its copy there says it was withheld
+        (the score, categories and message index stay on the ``guard`` span)."""
+
+        def without_blocked(messages: list[Any]) -> list[Any]:
+            return [
+                m.model_copy(update={"content": BLOCKED_MESSAGE, "tool_calls": None})
+                if i == index and isinstance(m, ChatMessage)
+                else m
+                for i, m in enumerate(messages)
+            ]
+
+        call.trace_view = without_blocked
+        root = call.trace.root
+        if call.described and root is not None and GenAI.INPUT_MESSAGES in root.attributes:
+            root.attributes[GenAI.INPUT_MESSAGES] = without_blocked(list(call.received.messages))
 
     @staticmethod
     def _record_flag(call: Call, verdict: Verdict, stage: GuardStage, source: str) -> None:
