@@ -1,4 +1,5 @@
-"""Alerts: rules and firing/resolved alerts; admins create and delete rules."""
+"""Alerts: rules and firing/resolved alerts of the viewer's project; its admins create and
+delete rules (audited, as over ``/v1/alerts/rules``)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.responses import Response
 
+from trellis.access.audit import AuditEntry, record
 from trellis.errors import InvalidRequestError
-from trellis.observe.alerts import ALERT_STATES, AlertManager
+from trellis.observe.alerts import ALERT_STATES, AlertManager, AuditHook
 from trellis.settings import AlertRule
 from trellis.ui.web import UiRoute, Viewer, is_htmx, render, runtime, viewer
 
@@ -35,13 +38,22 @@ def invalid(exc: ValidationError) -> InvalidRequestError:
     )
 
 
+def _hook(entry: AuditEntry) -> AuditHook:
+    """Write ``entry`` (with the rule's id) in the rule change's own transaction."""
+
+    async def write(conn: AsyncConnection, rule_id: str) -> None:
+        await record(conn, entry.with_target(rule_id))
+
+    return write
+
+
 async def _page(request: Request, me: Viewer, **extra: Any) -> Response:
     manager = _manager(request)
     state = request.query_params.get("state") or None
     context = {
         "title": "Alerts",
-        "rules": [rule.to_dict() for rule in await manager.rules()],
-        "alerts": await manager.list_alerts(state=state, limit=200),
+        "rules": [rule.to_dict() for rule in await manager.rules(me.project)],
+        "alerts": await manager.list_alerts(state=state, limit=200, project_id=me.project),
         "state": state,
         "states": ALERT_STATES,
         "kinds": KINDS,
@@ -78,12 +90,14 @@ async def create_rule(request: Request) -> Response:
         rule = AlertRule.model_validate(spec)
     except ValidationError as exc:
         raise invalid(exc) from None
-    created = await _manager(request).create_rule(rule)
+    entry = me.audit(request, "alert_rule.create", {"name": rule.name})
+    created = await _manager(request).create_rule(rule, me.caller.project_id, _hook(entry))
     return await _page(request, me, created=created.to_dict(), status=201)
 
 
 @router.post("/ui/alerts/rules/{rule_id}/delete")
 async def delete_rule(rule_id: str, request: Request) -> Response:
     me = await viewer(request, "alerts.write")
-    await _manager(request).delete_rule(rule_id)
+    entry = me.audit(request, "alert_rule.delete")
+    await _manager(request).delete_rule(rule_id, me.project, _hook(entry))
     return await _page(request, me, deleted=rule_id)
