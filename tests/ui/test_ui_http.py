@@ -948,3 +948,21 @@ def test_a_project_admin_manages_its_own_keys_and_every_change_is_audited(world:
         assert entry["actor_name"] == "a-admin", action
     assert actions["key.revoke"]["target"] == key["id"]
     assert actions["limits.set"]["target"] == subject
+
+
+def test_an_expired_key_cannot_sign_in_and_its_session_ends(base: str) -> None:
+    made = api(base).post(
+        "/v1/keys", json={"name": "short-lived", "scopes": ["observer"], "expires_in": "2s"}
+    )
+    assert made.status_code == 201, made.text
+    secret = made.json()["key"]
+    client, _ = signed_in(base, secret)
+    assert client.get("/ui/traces").status_code == 200
+    time.sleep(2.2)
+    gone = client.get("/ui/traces")
+    assert gone.status_code == 303 and gone.headers["location"].startswith("/ui/sign-in")
+    fresh = httpx.Client(base_url=base, timeout=30)
+    token = re.search(r'name="csrf" value="([^"]+)"', fresh.get("/ui/sign-in").text)
+    assert token
+    refused = fresh.post("/ui/sign-in", data={"csrf": token.group(1), "api_key": secret})
+    assert refused.status_code == 401 and "expired" in refused.text

@@ -193,7 +193,7 @@ async def viewer(request: Request, area: str | None = None) -> Viewer:
     keys = runtime(request).keys
     assert keys is not None
     key = await keys.get(session.key_id)
-    if key is None or key.revoked:
+    if key is None or key.revoked or key.expired():  # as the API refuses such a key
         await sessions(request).end(session.id)
         raise SignInNeeded()
     try:

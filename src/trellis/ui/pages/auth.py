@@ -61,6 +61,8 @@ async def sign_in(request: Request) -> Response:
     record = await keys.verify(secret) if secret else None
     if record is None:
         return _form(request, "That API key is not valid (or it was revoked).", 401, target)
+    if record.expired():  # as the API answers it: 401 key_expired
+        return _form(request, "That API key has expired: ask an admin for a new one.", 401, target)
     session = await sessions(request).create(record.id)
     response = RedirectResponse(_safe_next(target), status_code=303, headers=SECURITY_HEADERS)
     response.set_cookie(
