@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 import re
 import sys
 import time
@@ -16,6 +18,8 @@ import pytest
 import sqlalchemy as sa
 from fastapi.routing import APIRoute
 
+import trellis.server.routes as api_routes
+from trellis.server import openapi
 from trellis.server.app import create_app
 from trellis.settings import Settings
 from trellis.store import Database
@@ -23,6 +27,7 @@ from trellis.store.tables import ui_sessions
 from trellis.testing.fake_upstream import FakeUpstream
 from trellis.testing.server import ServerThread
 from trellis.ui import PAGES
+from trellis.ui.access import AREAS
 from trellis.ui.sessions import UiSessions
 
 ADMIN = "tr-ui-http-admin-key-0123456789"
@@ -966,3 +971,36 @@ def test_an_expired_key_cannot_sign_in_and_its_session_ends(base: str) -> None:
     assert token
     refused = fresh.post("/ui/sign-in", data={"csrf": token.group(1), "api_key": secret})
     assert refused.status_code == 401 and "expired" in refused.text
+
+
+#: Each UI area and the /v1 endpoint doing the same: their roles must agree.
+SAME_AS_API: dict[str, tuple[str, str]] = {
+    "chat": ("POST", "/v1/chat/completions"),
+    "traces": ("GET", "/v1/traces"),
+    "dashboard": ("GET", "/v1/stats"),
+    "guard": ("GET", "/v1/traces"),
+    "collections": ("GET", "/v1/collections"),
+    "collections.documents": ("POST", "/v1/collections/{name}/documents"),
+    "collections.write": ("DELETE", "/v1/collections/{name}"),
+    "alerts": ("GET", "/v1/alerts"),
+    "alerts.write": ("POST", "/v1/alerts/rules"),
+    "keys": ("POST", "/v1/keys"),
+    "evals": ("GET", "/v1/evals/runs"),
+    "workflows": ("GET", "/v1/runs"),
+    "workflows.resume": ("POST", "/v1/runs/{run_id}/resume"),
+    "budgets.write": ("PUT", "/v1/limits/{subject}"),
+}
+
+
+def test_ui_areas_need_the_roles_of_their_api_endpoints() -> None:
+    declared: dict[tuple[str, str], set[str]] = {}
+    for found in pkgutil.iter_modules(api_routes.__path__):
+        module = importlib.import_module(f"trellis.server.routes.{found.name}")
+        for route in module.router.routes:
+            if isinstance(route, APIRoute) and route.openapi_extra:
+                scope = openapi._DECLARED[route.openapi_extra[openapi._MARK]].scope
+                roles = {scope} if isinstance(scope, str) else set(scope or ())
+                for method in route.methods:
+                    declared[(method, route.path)] = roles
+    for area, endpoint in SAME_AS_API.items():
+        assert set(AREAS[area]) == declared[endpoint], (area, endpoint)
