@@ -7,12 +7,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.responses import Response
 
-from trellis.access.audit import AuditEntry, record
+from trellis.access.audit import recorder
 from trellis.errors import InvalidRequestError
-from trellis.observe.alerts import ALERT_STATES, AlertManager, AuditHook
+from trellis.observe.alerts import ALERT_STATES, AlertManager
 from trellis.settings import AlertRule
 from trellis.ui.web import UiRoute, Viewer, is_htmx, render, runtime, viewer
 
@@ -36,15 +35,6 @@ def invalid(exc: ValidationError) -> InvalidRequestError:
     return InvalidRequestError(
         f"Invalid value for '{param}': {message}" if param else message, param=param
     )
-
-
-def _hook(entry: AuditEntry) -> AuditHook:
-    """Write ``entry`` (with the rule's id) in the rule change's own transaction."""
-
-    async def write(conn: AsyncConnection, rule_id: str) -> None:
-        await record(conn, entry.with_target(rule_id))
-
-    return write
 
 
 async def _page(request: Request, me: Viewer, **extra: Any) -> Response:
@@ -91,7 +81,7 @@ async def create_rule(request: Request) -> Response:
     except ValidationError as exc:
         raise invalid(exc) from None
     entry = me.audit(request, "alert_rule.create", {"name": rule.name})
-    created = await _manager(request).create_rule(rule, me.caller.project_id, _hook(entry))
+    created = await _manager(request).create_rule(rule, me.caller.project_id, recorder(entry))
     return await _page(request, me, created=created.to_dict(), status=201)
 
 
@@ -99,5 +89,5 @@ async def create_rule(request: Request) -> Response:
 async def delete_rule(rule_id: str, request: Request) -> Response:
     me = await viewer(request, "alerts.write")
     entry = me.audit(request, "alert_rule.delete")
-    await _manager(request).delete_rule(rule_id, me.project, _hook(entry))
+    await _manager(request).delete_rule(rule_id, me.project, recorder(entry))
     return await _page(request, me, deleted=rule_id)
