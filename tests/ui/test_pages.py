@@ -552,3 +552,77 @@ def test_guard_page_shows_flagged_requests_with_links(ui: Open, api: httpx.Clien
     tab.shoot("guard")
     link.click()
     expect(page.get_by_role("heading", level=1)).to_contain_text(trace_id)
+
+
+def trace_link(trace_id: str) -> str:
+    return f'main a[href="/ui/traces/{trace_id}"]'
+
+
+def test_a_project_b_viewer_sees_only_project_b_and_the_admin_switches_project(
+    ui: Open, api: httpx.Client
+) -> None:
+    for project in ("browser-a", "browser-b"):
+        if api.get("/v1/projects").text.find(f'"{project}"') < 0:
+            assert api.post("/v1/projects", json={"id": project}).status_code == 201
+    keys: dict[str, str] = {}
+    traces: dict[str, str] = {}
+    for project in ("browser-a", "browser-b"):
+        made = api.post(
+            "/v1/keys",
+            json={
+                "name": f"{project}-key",
+                "scopes": ["inference", "observer"],
+                "project": project,
+            },
+        )
+        assert made.status_code == 201, made.text
+        keys[project] = made.json()["key"]
+        own = httpx.Client(
+            base_url=str(api.base_url),
+            headers={"Authorization": f"Bearer {keys[project]}"},
+            timeout=30,
+        )
+        traces[project] = chat_once(own)
+        made_collection = api.post(
+            "/v1/collections",
+            json={"name": f"{project}-docs"},
+            headers={"x-trellis-project": project},
+        )
+        assert made_collection.status_code == 201, made_collection.text
+    deadline = time.monotonic() + 10
+    while any(api.get(f"/v1/traces/{t}").status_code != 200 for t in traces.values()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    viewer = ui(keys["browser-b"])
+    page = viewer.page
+    expect(page.locator("header .project")).to_contain_text("browser-b")
+    viewer.goto("/ui/traces")
+    expect(page.locator(trace_link(traces["browser-b"]))).to_be_visible()
+    expect(page.locator(trace_link(traces["browser-a"]))).to_have_count(0)
+    viewer.shoot("project-traces")
+    viewer.goto("/ui/collections")
+    expect(page.get_by_role("link", name="browser-b-docs")).to_be_visible()
+    expect(page.get_by_role("link", name="browser-a-docs")).to_have_count(0)
+    assert viewer.goto(f"/ui/traces/{traces['browser-a']}").status == 404
+    assert viewer.goto("/ui/collections/browser-a-docs").status == 404
+
+    admin = ui(ADMIN_KEY)
+    tab = admin.page
+    admin.goto("/ui/collections")
+    expect(tab.get_by_role("link", name="browser-a-docs")).to_be_visible()
+    expect(tab.get_by_role("link", name="browser-b-docs")).to_be_visible()
+    tab.get_by_label("Project").select_option("browser-a")
+    tab.get_by_role("button", name="Switch").click()
+    tab.wait_for_url(re.compile(r".*/ui/collections$"))
+    expect(tab.get_by_label("Project")).to_have_value("browser-a")
+    expect(tab.get_by_role("link", name="browser-a-docs")).to_be_visible()
+    expect(tab.get_by_role("link", name="browser-b-docs")).to_have_count(0)
+    admin.goto("/ui/traces")  # the choice stays with the session
+    expect(tab.locator(trace_link(traces["browser-a"]))).to_be_visible()
+    expect(tab.locator(trace_link(traces["browser-b"]))).to_have_count(0)
+    admin.shoot("project-switch")
+    tab.get_by_label("Project").select_option("")
+    tab.get_by_role("button", name="Switch").click()
+    tab.wait_for_url(re.compile(r".*/ui/traces$"))
+    expect(tab.locator(trace_link(traces["browser-b"]))).to_be_visible()

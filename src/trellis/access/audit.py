@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,7 +22,15 @@ from trellis.errors import InvalidRequestError
 from trellis.store.db import Database
 from trellis.store.tables import audit_log
 
-__all__ = ["Actor", "AuditEntry", "AuditLog", "AuditPage", "record", "redact_detail"]
+__all__ = [
+    "Actor",
+    "AuditEntry",
+    "AuditLog",
+    "AuditPage",
+    "record",
+    "recorder",
+    "redact_detail",
+]
 
 #: Detail keys whose values are never stored (a new secret, a hash).
 _SECRET_KEYS = frozenset({"key", "secret", "key_hash", "previous_hash", "password", "token"})
@@ -90,6 +98,16 @@ async def record(conn: AsyncConnection, entry: AuditEntry) -> None:
 class AuditPage:
     rows: list[dict[str, Any]]
     next_cursor: str | None
+
+
+def recorder(entry: AuditEntry) -> Callable[[AsyncConnection, str], Awaitable[None]]:
+    """A hook that writes ``entry`` with the target it is given, in the caller's
+    transaction (for stores that know the target's id only inside it: alert rules)."""
+
+    async def write(conn: AsyncConnection, target: str) -> None:
+        await record(conn, entry.with_target(target))
+
+    return write
 
 
 def _encode_cursor(at: float, entry_id: str) -> str:

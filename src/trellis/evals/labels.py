@@ -462,11 +462,14 @@ class LabelQueues:
         ]
         return judge_agreement(pairs, queue.scale.to_dict())
 
-    async def export(self, queue_id: str, name: str) -> tuple[Dataset, bool, int]:
+    async def export(
+        self, queue_id: str, name: str, project_id: str = "default"
+    ) -> tuple[Dataset, bool, int]:
         """The labels as a new dataset version: a case per labelled item whose ``expected``
         is the labeller's corrected answer, else the output when it passed; the human
         label in ``metadata.human``. Returns the dataset, whether that version is new, and
-        how many labelled items gave no case (failed, with no corrected answer)."""
+        how many labelled items gave no case (failed, with no corrected answer). The
+        dataset is stored in ``project_id`` (the queue's)."""
         if not re.match(NAME_PATTERN, name):
             raise InvalidRequestError(
                 f"dataset name {name!r} must be 1-100 letters, digits, '.', '_' or '-'",
@@ -516,7 +519,7 @@ class LabelQueues:
                 param="queue_id",
             )
         dataset = Dataset(name=name, cases=cases, version=content_hash(cases))
-        created = await self.evals.save_dataset(dataset)
+        created = await self.evals.save_dataset(dataset, project_id)
         return dataset, created, skipped
 
 

@@ -15,15 +15,20 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope
 
-from trellis.access.audit import Actor, AuditEntry
+from trellis.access.audit import AuditEntry
 from trellis.access.projects import validate_project_id
 from trellis.errors import (
     AuthenticationError,
     InvalidRequestError,
-    NotFoundError,
     PayloadTooLargeError,
-    PermissionDeniedError,
     RequestTimeoutError,
+)
+from trellis.inference.callers import (
+    audit_entry_of,
+    caller_for,
+    not_found_outside,
+    project_filter,
+    require_role,
 )
 from trellis.inference.gateway import Caller
 from trellis.nesting import check_body, shallow_by_count
@@ -109,44 +114,17 @@ async def authenticate_scope(trellis: Trellis, asgi_scope: Scope, scope: Roles) 
             f"The API key {record.id} has expired: ask an admin for a new one.",
             code="key_expired",
         )
-    roles = (scope,) if isinstance(scope, str) else scope
-    if not any(record.has_scope(role) for role in roles):
-        needed = " or ".join(f"'{role}'" for role in roles)
-        raise PermissionDeniedError(
-            f"This API key lacks the {needed} role needed here.", code="insufficient_scope"
-        )
-    project_id, all_projects = record.project_id, False
-    if record.spans_projects:
-        chosen = _chosen_project(asgi_scope)
-        project_id, all_projects = (chosen, False) if chosen else ("default", True)
-        if chosen:
-            assert trellis.projects is not None
-            await trellis.projects.require(chosen)
-    elif header(asgi_scope, PROJECT_HEADER) not in (None, project_id):
-        # Naming another project is answered as if it did not exist.
-        raise NotFoundError("No such project for this API key.", code="project_not_found")
+    require_role(record, scope)
     cache_control = (header(asgi_scope, b"cache-control") or "").lower()
-    return Caller(
-        key=record,
-        auth_start_ns=started,
-        auth_end_ns=time.time_ns(),
+    return await caller_for(
+        record,
+        trellis.projects,
+        chosen=_chosen_project(asgi_scope) if record.spans_projects else None,
+        named=header(asgi_scope, PROJECT_HEADER),
+        started_ns=started,
         no_cache="no-cache" in cache_control,
         no_store="no-store" in cache_control,
-        project_id=project_id,
-        all_projects=all_projects,
     )
-
-
-def project_filter(caller: Caller) -> str | None:
-    """The project a read is limited to: None for the built-in admin with no project named."""
-    return None if caller.all_projects else caller.project_id
-
-
-def not_found_outside(caller: Caller, project_id: str | None, what: str) -> None:
-    """404 (never 403) when a resource of ``project_id`` lies outside the caller's reach:
-    another project's resources answer as if they did not exist."""
-    if not caller.all_projects and project_id != caller.project_id:
-        raise NotFoundError(f"No {what}.")
 
 
 def audit_entry(
@@ -158,18 +136,14 @@ def audit_entry(
     project_id: str | None = None,
 ) -> AuditEntry:
     """The audit entry of an action the caller takes through ``request``."""
-    key = caller.key
     client = request.client
-    return AuditEntry(
-        actor=Actor(
-            key_id=getattr(key, "id", None),
-            key_name=getattr(key, "name", None),
-            client_ip=client.host if client is not None else None,
-            user_agent=request.headers.get("user-agent"),
-        ),
-        action=action,
-        project_id=project_id or caller.project_id,
-        detail=dict(detail or {}),
+    return audit_entry_of(
+        caller,
+        action,
+        detail,
+        client_ip=client.host if client is not None else None,
+        user_agent=request.headers.get("user-agent"),
+        project_id=project_id,
     )
 
 

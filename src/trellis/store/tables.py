@@ -670,6 +670,8 @@ ui_sessions = Table(
     Column("created_at", Float, nullable=False),
     Column("last_seen", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
+    # The project the built-in admin chose in the navigation (None: every project).
+    Column("project_id", String(64), nullable=True),
     Index("ix_ui_sessions_key_id", "key_id"),
     Index("ix_ui_sessions_expires_at", "expires_at"),
 )

@@ -30,9 +30,25 @@ from trellis.ui.pages import (
     workflows,
 )
 
-__all__ = ["mount"]
+__all__ = ["PAGES", "mount"]
 
 STATIC = Path(__file__).parent / "static"
+
+#: Every page module: each has a ``router`` of ``UiRoute`` routes (tests walk them all).
+PAGES = (
+    auth,
+    chat,
+    traces,
+    dashboard,
+    collections,
+    alerts,
+    keys,
+    queues,
+    evals,
+    workflows,
+    budgets,
+    guard,
+)
 
 
 def mount(
@@ -46,7 +62,6 @@ def mount(
     app.state.ui_sessions = None  # made on first use, once the database is open
     app.state.ui_evals = evals_service
     app.state.ui_eval_scheduler = eval_scheduler
-    pages = (auth, chat, traces, dashboard, collections, alerts, keys, queues, evals, workflows)
-    for module in (*pages, budgets, guard):
+    for module in PAGES:
         app.include_router(module.router, include_in_schema=False)
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static")

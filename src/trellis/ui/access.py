@@ -1,36 +1,41 @@
 """What a signed-in key may see: every page and form asks ``allowed`` and nothing else.
 
-Pages map to the scope their ``/v1`` routes need, so the UI shows exactly what the key
-could read or change over HTTP. When keys get roles, this table is the one place that
-maps them.
+Each area of the UI takes its roles from ``trellis.access.policy``, the table the
+matching ``/v1`` routes authenticate with, so the UI shows exactly what the key could
+read or change over HTTP. Which project's resources it sees is the viewer's caller's
+(``Viewer.caller``), as for the API.
 """
 
 from __future__ import annotations
 
-from trellis.access.keys import ADMIN, INFERENCE, OBSERVER, ApiKeyRecord
+from trellis.access import policy
+from trellis.access.keys import OBSERVER, ApiKeyRecord
+from trellis.inference.callers import has_role
 
 __all__ = ["AREAS", "NAV", "allowed", "needed_scope"]
 
-#: Area of the UI -> the scopes (any of them) that open it; admin opens everything.
+#: Area of the UI -> the roles (any of them) that open it; admin opens everything.
 AREAS: dict[str, tuple[str, ...]] = {
-    "chat": (INFERENCE,),
-    "traces": (OBSERVER,),
-    "traces.score": (OBSERVER,),
-    "dashboard": (OBSERVER,),
-    "collections": (INFERENCE,),
-    "collections.write": (ADMIN,),
-    "alerts": (OBSERVER,),
-    "alerts.write": (ADMIN,),
-    "keys": (ADMIN,),
-    "budgets": (INFERENCE,),
-    "budgets.write": (ADMIN,),
-    "guard": (OBSERVER,),
-    "evals": (INFERENCE, OBSERVER),
-    "evals.queues": (INFERENCE, OBSERVER),
+    "chat": policy.CHAT,
+    "traces": policy.TRACES_READ,
+    "traces.score": policy.TRACES_READ,  # the traces page's form: what it shows needs observer
+    "dashboard": policy.TRACES_READ,
+    "collections": policy.COLLECTIONS_READ,
+    "collections.documents": policy.DOCUMENTS_WRITE,
+    "collections.write": policy.COLLECTIONS_WRITE,
+    "alerts": policy.ALERTS_READ,
+    "alerts.write": policy.ALERTS_WRITE,
+    "keys": policy.KEYS,
+    "budgets": policy.USAGE_READ,
+    "budgets.write": policy.LIMITS_WRITE,
+    "guard": policy.TRACES_READ,
+    "evals": policy.EVALS_READ,
+    "evals.queues": policy.EVALS_READ,
+    # Schedules are the deployment's (settings); the page lists them to the project's readers.
     "evals.schedules": (OBSERVER,),
-    "evals.schedules.run": (ADMIN,),
-    "workflows": (INFERENCE, OBSERVER),
-    "workflows.resume": (INFERENCE,),
+    "evals.schedules.run": policy.SCHEDULES_RUN,
+    "workflows": policy.RUNS_READ,
+    "workflows.resume": policy.RUNS_START,
 }
 
 #: The navigation, in order: (area, path, label).
@@ -50,7 +55,7 @@ NAV: tuple[tuple[str, str, str], ...] = (
 
 def allowed(key: ApiKeyRecord, area: str) -> bool:
     """Whether ``key`` may open (or post to) ``area``."""
-    return any(key.has_scope(scope) for scope in AREAS[area])
+    return has_role(key, AREAS[area])
 
 
 def needed_scope(area: str) -> str:

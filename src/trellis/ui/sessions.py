@@ -5,7 +5,7 @@ The cookie carries no secret of the key: only an opaque session id, which the da
 Every worker and replica reads the same rows, so the UI works behind several of them and
 sessions outlive a restart. A session expires ``IDLE_SECONDS`` after its last request
 (the last-seen time is written at most once a minute, not on every page) and ends at
-sign-out or when its key is revoked.
+sign-out or when its key is revoked. The built-in admin's chosen project is kept with it.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ class UiSession:
     key_id: str
     csrf: str
     seen: float
+    #: The project the built-in admin acts in (None: every project); other keys' own.
+    project_id: str | None = None
 
 
 def same_token(given: str | None, expected: str) -> bool:
@@ -95,7 +97,7 @@ class UiSessions:
             row = (
                 (
                     await conn.execute(
-                        sa.select(c.key_id, c.csrf, c.last_seen).where(
+                        sa.select(c.key_id, c.csrf, c.last_seen, c.project_id).where(
                             c.id_hash == digest, c.expires_at > now
                         )
                     )
@@ -112,7 +114,16 @@ class UiSessions:
                     .where(c.id_hash == digest)
                     .values(last_seen=now, expires_at=now + self.idle_seconds)
                 )
-        return UiSession(session_id, row["key_id"], row["csrf"], now)
+        return UiSession(session_id, row["key_id"], row["csrf"], now, row["project_id"])
+
+    async def choose_project(self, session_id: str, project_id: str | None) -> None:
+        """Keep the project the built-in admin chose (None: every project) in the session."""
+        async with self.db.write() as conn:
+            await conn.execute(
+                sa.update(ui_sessions)
+                .where(ui_sessions.c.id_hash == _digest(session_id))
+                .values(project_id=project_id)
+            )
 
     async def end(self, session_id: str | None) -> None:
         if session_id:

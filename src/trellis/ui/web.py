@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,17 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from trellis.access.audit import AuditEntry
 from trellis.access.keys import ApiKeyRecord
-from trellis.errors import TrellisError
+from trellis.access.projects import Project
+from trellis.errors import NotFoundError, TrellisError
+from trellis.inference.call import Caller
+from trellis.inference.callers import (
+    audit_entry_of,
+    caller_for,
+    not_found_outside,
+    project_filter,
+)
 from trellis.runtime import Trellis
 from trellis.ui.access import NAV, allowed, needed_scope
 from trellis.ui.sessions import COOKIE, UiSession, UiSessions, same_token
@@ -112,13 +121,45 @@ class CsrfFailed(Exception):
 
 @dataclass(slots=True)
 class Viewer:
-    """The signed-in key and its session, as pages and templates see them."""
+    """The signed-in key and its session, as pages and templates see them, with the
+    caller the ``/v1`` edge would make of the key (same roles, same project)."""
 
     session: UiSession
     key: ApiKeyRecord
+    caller: Caller
+    #: The projects the built-in admin may choose from in the navigation (else empty).
+    projects: list[Project] = field(default_factory=list)
 
     def can(self, area: str) -> bool:
         return allowed(self.key, area)
+
+    @property
+    def project(self) -> str | None:
+        """The project pages read (None: every project, for the built-in admin)."""
+        return project_filter(self.caller)
+
+    def outside(self, project_id: str | None, what: str) -> None:
+        """404, as the API answers, for a resource of another project."""
+        not_found_outside(self.caller, project_id, what)
+
+    def audit(
+        self,
+        request: Request,
+        action: str,
+        detail: dict[str, Any] | None = None,
+        *,
+        project_id: str | None = None,
+    ) -> AuditEntry:
+        """The audit entry of an action taken on a page, as the API writes it."""
+        client = request.client
+        return audit_entry_of(
+            self.caller,
+            action,
+            detail,
+            client_ip=client.host if client is not None else None,
+            user_agent=request.headers.get("user-agent"),
+            project_id=project_id,
+        )
 
     @property
     def nav(self) -> list[tuple[str, str]]:
@@ -152,10 +193,18 @@ async def viewer(request: Request, area: str | None = None) -> Viewer:
     keys = runtime(request).keys
     assert keys is not None
     key = await keys.get(session.key_id)
-    if key is None or key.revoked:
+    if key is None or key.revoked or key.expired():  # as the API refuses such a key
         await sessions(request).end(session.id)
         raise SignInNeeded()
-    found = Viewer(session, key)
+    try:
+        caller = await caller_for(key, runtime(request).projects, chosen=session.project_id)
+    except NotFoundError:  # the chosen project was deleted since: back to every project
+        await sessions(request).choose_project(session.id, None)
+        session.project_id = None
+        caller = await caller_for(key, runtime(request).projects)
+    found = Viewer(session, key, caller)
+    if key.spans_projects and runtime(request).projects is not None:
+        found.projects = await runtime(request).projects.list()  # type: ignore[union-attr]
     request.state.ui_viewer = found  # error pages keep the navigation
     if area is not None and not found.can(area):  # before reading any form body
         raise Forbidden(area)
@@ -229,7 +278,7 @@ class UiRoute(APIRoute):
                     request,
                     403,
                     "Not allowed",
-                    f"Your API key lacks the {needed_scope(exc.area)} scope this page needs.",
+                    f"Your API key lacks the {needed_scope(exc.area)} role this page needs.",
                 )
             except TrellisError as exc:
                 if exc.status_code >= 500:

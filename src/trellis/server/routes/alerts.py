@@ -8,11 +8,10 @@ listed to the built-in admin only (with no project named). Rule changes are audi
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from trellis.access.audit import AuditEntry, record
+from trellis.access.audit import recorder
 from trellis.access.keys import ADMIN, OBSERVER
-from trellis.observe.alerts import AlertManager, AuditHook
+from trellis.observe.alerts import AlertManager
 from trellis.server.edge import (
     audit_entry,
     authenticate,
@@ -32,13 +31,6 @@ def _manager(request: Request) -> AlertManager:
     manager = runtime(request).alerts
     assert manager is not None
     return manager
-
-
-def _hook(entry: AuditEntry) -> AuditHook:
-    async def write(conn: AsyncConnection, rule_id: str) -> None:
-        await record(conn, entry.with_target(rule_id))
-
-    return write
 
 
 @router.get("", **operation(scope=OBSERVER))
@@ -66,7 +58,7 @@ async def create_rule(request: Request) -> JSONBytes:
     caller = await authenticate(request, ADMIN)
     spec = parse_body(AlertRule, await read_json(request))
     entry = audit_entry(request, caller, "alert_rule.create", {"name": spec.name})
-    rule = await _manager(request).create_rule(spec, caller.project_id, _hook(entry))
+    rule = await _manager(request).create_rule(spec, caller.project_id, recorder(entry))
     return JSONBytes(rule.to_dict(), status_code=201)
 
 
@@ -74,5 +66,5 @@ async def create_rule(request: Request) -> JSONBytes:
 async def delete_rule(rule_id: str, request: Request) -> JSONBytes:
     caller = await authenticate(request, ADMIN)
     entry = audit_entry(request, caller, "alert_rule.delete")
-    await _manager(request).delete_rule(rule_id, project_filter(caller), _hook(entry))
+    await _manager(request).delete_rule(rule_id, project_filter(caller), recorder(entry))
     return JSONBytes({"id": rule_id, "object": "alert_rule", "deleted": True})

@@ -15,7 +15,8 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from trellis.access.audit import record
-from trellis.access.keys import ADMIN, INFERENCE, INGEST
+from trellis.access.keys import ADMIN, INGEST
+from trellis.access.policy import COLLECTIONS_READ
 from trellis.inference.call import Caller
 from trellis.retrieval import FusionConfig
 from trellis.retrieval.loaders import record_to_document
@@ -35,7 +36,8 @@ from trellis.server.responses import JSONBytes
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
 
-READ = (INFERENCE, INGEST)
+#: Read and search: the policy the web UI shares.
+READ = COLLECTIONS_READ
 
 FilterValue = str | int | float | bool
 

@@ -16,7 +16,8 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from trellis.access.keys import ADMIN, EVAL, INFERENCE, OBSERVER
+from trellis.access.keys import ADMIN, EVAL, OBSERVER
+from trellis.access.policy import EVALS_READ, EVALS_RUN
 from trellis.errors import PermissionDeniedError
 from trellis.evals.compare import compare_reports, parse_threshold
 from trellis.evals.datasets import NAME_PATTERN, parse_dataset
@@ -41,9 +42,9 @@ from trellis.settings import SCHEDULE_NAME_PATTERN
 router = APIRouter(prefix="/v1/evals", tags=["evals"])
 
 #: Start, upload, resume: the roles that run evals.
-RUN = (EVAL, INFERENCE)
+RUN = EVALS_RUN
 #: Read: also observers (who read every run of the project, as eval keys do).
-READ = (EVAL, INFERENCE, OBSERVER)
+READ = EVALS_READ
 
 RunId = Path(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")
 

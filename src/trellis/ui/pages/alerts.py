@@ -1,4 +1,5 @@
-"""Alerts: rules and firing/resolved alerts; admins create and delete rules."""
+"""Alerts: rules and firing/resolved alerts of the viewer's project; its admins create and
+delete rules (audited, as over ``/v1/alerts/rules``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from trellis.access.audit import recorder
 from trellis.errors import InvalidRequestError
 from trellis.observe.alerts import ALERT_STATES, AlertManager
 from trellis.settings import AlertRule
@@ -40,8 +42,8 @@ async def _page(request: Request, me: Viewer, **extra: Any) -> Response:
     state = request.query_params.get("state") or None
     context = {
         "title": "Alerts",
-        "rules": [rule.to_dict() for rule in await manager.rules()],
-        "alerts": await manager.list_alerts(state=state, limit=200),
+        "rules": [rule.to_dict() for rule in await manager.rules(me.project)],
+        "alerts": await manager.list_alerts(state=state, limit=200, project_id=me.project),
         "state": state,
         "states": ALERT_STATES,
         "kinds": KINDS,
@@ -78,12 +80,14 @@ async def create_rule(request: Request) -> Response:
         rule = AlertRule.model_validate(spec)
     except ValidationError as exc:
         raise invalid(exc) from None
-    created = await _manager(request).create_rule(rule)
+    entry = me.audit(request, "alert_rule.create", {"name": rule.name})
+    created = await _manager(request).create_rule(rule, me.caller.project_id, recorder(entry))
     return await _page(request, me, created=created.to_dict(), status=201)
 
 
 @router.post("/ui/alerts/rules/{rule_id}/delete")
 async def delete_rule(rule_id: str, request: Request) -> Response:
     me = await viewer(request, "alerts.write")
-    await _manager(request).delete_rule(rule_id)
+    entry = me.audit(request, "alert_rule.delete")
+    await _manager(request).delete_rule(rule_id, me.project, recorder(entry))
     return await _page(request, me, deleted=rule_id)

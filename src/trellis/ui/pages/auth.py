@@ -7,6 +7,8 @@ import secrets
 from fastapi import APIRouter, Request
 from starlette.responses import RedirectResponse, Response
 
+from trellis.access.projects import validate_project_id
+from trellis.errors import NotFoundError
 from trellis.ui.sessions import COOKIE, CSRF_COOKIE, IDLE_SECONDS, same_token
 from trellis.ui.web import SECURITY_HEADERS, UiRoute, render, runtime, sessions, viewer
 
@@ -59,6 +61,8 @@ async def sign_in(request: Request) -> Response:
     record = await keys.verify(secret) if secret else None
     if record is None:
         return _form(request, "That API key is not valid (or it was revoked).", 401, target)
+    if record.expired():  # as the API answers it: 401 key_expired
+        return _form(request, "That API key has expired: ask an admin for a new one.", 401, target)
     session = await sessions(request).create(record.id)
     response = RedirectResponse(_safe_next(target), status_code=303, headers=SECURITY_HEADERS)
     response.set_cookie(
@@ -92,3 +96,21 @@ async def home(request: Request) -> Response:
 @router.get("/ui")
 async def home_redirect() -> Response:
     return RedirectResponse("/ui/", status_code=308)
+
+
+@router.post("/ui/project")
+async def choose_project(request: Request) -> Response:
+    """The built-in admin picks the project pages act in (empty: every project), kept in
+    its session; as ``X-Trellis-Project`` does for the API. Other keys have their own."""
+    me = await viewer(request)
+    if not me.key.spans_projects:
+        raise NotFoundError("Only the built-in admin chooses a project.", code="project_not_found")
+    form = await request.form()
+    chosen = str(form.get("project") or "").strip() or None
+    if chosen is not None:
+        projects = runtime(request).projects
+        assert projects is not None
+        await projects.require(validate_project_id(chosen))
+    await sessions(request).choose_project(me.session.id, chosen)
+    target = _safe_next(str(form.get("next") or ""))
+    return RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)

@@ -1,8 +1,10 @@
 """Budgets: rate limits and spend against them, as ``GET /v1/usage/{subject}`` shows them.
 
-A key sees its own subject (``key:<id>``) and its project's; an admin sees every subject
-with stored limits and every active key (the settings' defaults apply to those without),
-and sets or deletes a subject's limits with the validation of ``PUT /v1/limits``.
+A key sees its own subject (``key:<id>``) and its project's; an admin sees its project's
+active keys and the project (the built-in admin: every subject with stored limits and
+every active key of the chosen project, or of all), and sets or deletes the limits of its
+project's keys with the validation of ``PUT /v1/limits``; a project's own limits are set
+by the built-in admin. Another project's subject answers 404. Changes are audited.
 Each limit is a ``<meter>``: requests and tokens used of the per-minute bucket,
 requests in flight, spend of the day's and the month's budget.
 """
@@ -15,6 +17,7 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from trellis.access.audit import record
 from trellis.access.keys import ADMIN
 from trellis.access.limits import Limiter, parse_subject
 from trellis.errors import InvalidRequestError, NotFoundError
@@ -91,7 +94,7 @@ def _rows(usage: dict[str, Any]) -> list[dict[str, Any]]:
 
 async def _subjects(request: Request, me: Viewer) -> list[tuple[str, str]]:
     """(subject, label) pairs this viewer may read."""
-    project = getattr(me.key, "project_id", None)
+    project = me.project
     own = [(f"key:{me.key.id}", f"this key ({me.key.name})")]
     if project:
         own.append((f"project:{project}", f"project {project}"))
@@ -99,10 +102,12 @@ async def _subjects(request: Request, me: Viewer) -> list[tuple[str, str]]:
         return own
     keys = runtime(request).keys
     assert keys is not None
-    names = {f"key:{k.id}": f"key {k.name}" for k in await keys.list() if not k.revoked}
+    members = [k for k in await keys.list(project_id=project) if not k.revoked]
+    names = {f"key:{k.id}": f"key {k.name}" for k in members}
     found = dict(own)
     for subject, _ in await _limiter(request).store.list():
-        found.setdefault(subject, names.get(subject, subject.replace(":", " ", 1)))
+        if project is None or subject in names or subject == f"project:{project}":
+            found.setdefault(subject, names.get(subject, subject.replace(":", " ", 1)))
     for subject, label in names.items():
         found.setdefault(subject, label)
     return list(found.items())[:MAX_SUBJECTS]
@@ -168,6 +173,33 @@ def _values(form: Any) -> LimitValues:
         raise invalid(exc) from None
 
 
+async def _check_subject(request: Request, me: Viewer, kind: str, ident: str) -> None:
+    """404 for a subject outside the viewer's reach: a key of another project (or none),
+    and any project for all but the built-in admin."""
+    if kind == "key":
+        keys = runtime(request).keys
+        assert keys is not None
+        key = await keys.get(ident)
+        if key is None:
+            raise NotFoundError(f"No API key with id `{ident}`.", param="subject")
+        if not me.key.spans_projects:
+            me.outside(key.project_id, f"API key with id `{ident}`")
+    elif not me.key.spans_projects:
+        raise NotFoundError(
+            f"Only the built-in admin sets the limits of project `{ident}`.", param="subject"
+        )
+
+
+async def _audit(
+    request: Request, me: Viewer, action: str, subject: str, detail: dict[str, Any] | None = None
+) -> None:
+    """The audit entry of a limits change (its own transaction, right after it)."""
+    db = runtime(request).db
+    assert db is not None
+    async with db.write() as conn:
+        await record(conn, me.audit(request, action, detail).with_target(subject))
+
+
 @router.post("/ui/budgets/limits")
 async def set_limits(request: Request) -> Response:
     me = await viewer(request, "budgets.write")
@@ -175,18 +207,18 @@ async def set_limits(request: Request) -> Response:
     subject = str(form.get("subject") or "").strip()
     kind, ident = parse_subject(subject)
     values = _values(form)
-    keys = runtime(request).keys
-    assert keys is not None
-    if kind == "key" and await keys.get(ident) is None:
-        raise NotFoundError(f"No API key with id `{ident}`.", param="subject")
+    await _check_subject(request, me, kind, ident)
     await _limiter(request).store.put(subject, values)
+    await _audit(request, me, "limits.set", subject, values.model_dump(exclude_none=True))
     return await _page(request, me, status=201, saved=subject)
 
 
 @router.post("/ui/budgets/limits/{subject}/delete")
 async def delete_limits(subject: str, request: Request) -> Response:
     me = await viewer(request, "budgets.write")
-    parse_subject(subject)
+    kind, ident = parse_subject(subject)
+    await _check_subject(request, me, kind, ident)
     if not await _limiter(request).store.delete(subject):
         raise NotFoundError(f"No stored limits for `{subject}`.", param="subject")
+    await _audit(request, me, "limits.delete", subject)
     return await _page(request, me, deleted=subject)

@@ -9,6 +9,7 @@ carry (``token``, ``citations``, ``done``, ``error``). Conversations are Trellis
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import secrets
 import time
@@ -23,7 +24,6 @@ from starlette.responses import Response, StreamingResponse
 
 from trellis.errors import InvalidRequestError, NotFoundError, TrellisError
 from trellis.inference.conversation import SessionKey
-from trellis.inference.gateway import Caller
 from trellis.schema import ChatRequest
 from trellis.store.tables import memory_sessions
 from trellis.ui.pages.alerts import invalid
@@ -66,9 +66,15 @@ async def chat_page(request: Request) -> Response:
     gateway = rt.gateway
     assert gateway is not None
     session_id = _session_id(request.query_params.get("session"))
-    models = [c.id for c in gateway.models(Caller(key=me.key)).data if c.kind == "chat"]
+    models = [c.id for c in gateway.models(me.caller).data if c.kind == "chat"]
     collections = (
-        [c.name for c in await rt.retrieval.list_collections()] if me.can("collections") else []
+        [
+            c.name
+            for c in await rt.retrieval.list_collections()
+            if me.project is None or c.project_id == me.project
+        ]
+        if me.can("collections")
+        else []
     )
     history: list[dict[str, Any]] = []
     summary = None
@@ -133,7 +139,10 @@ async def chat_stream(request: Request) -> Response:
     assert gateway is not None
     started = time.perf_counter()
     now = time.time_ns()
-    result = await gateway.chat_stream(chat, Caller(key=me.key, auth_start_ns=now, auth_end_ns=now))
+    # The API's caller of this key (its project: limits, traces, grounding), as if just
+    # authenticated: the session was checked a moment ago.
+    caller = dataclasses.replace(me.caller, auth_start_ns=now, auth_end_ns=now)
+    result = await gateway.chat_stream(chat, caller)
     return StreamingResponse(
         _relay(result.chunks, result.trace_id, result.cache_hit, started),
         media_type="text/event-stream",
@@ -183,7 +192,7 @@ async def answer_summary(trace_id: str, request: Request) -> Response:
     assert store is not None
     deadline = time.monotonic() + TRACE_WAIT_SECONDS
     while True:
-        exists, owner, _ = await store.owner(trace_id)
+        exists, owner, project_id = await store.owner(trace_id)
         if exists:
             break
         if time.monotonic() > deadline:
@@ -191,5 +200,6 @@ async def answer_summary(trace_id: str, request: Request) -> Response:
         await asyncio.sleep(0.1)
     if owner != me.key.id and not me.can("traces"):
         raise NotFoundError(f"No trace with id `{trace_id}`.")
+    me.outside(project_id, f"trace with id `{trace_id}`")
     trace = await store.get(trace_id)
     return render(request, "_answer_summary.html", {"trace": trace}, me=me)

@@ -1,7 +1,8 @@
 """Collections: list and create, upload files (with a progress bar), documents, search.
 
-Reading and searching need what ``/v1/collections`` needs (inference); creating and
-uploading need admin, as there, because they change what answers are grounded on.
+Roles and projects as over ``/v1/collections``: reading and searching need inference or
+ingest, uploading documents ingest, creating and deleting a collection admin (audited).
+A viewer sees its project's collections; another project's answers 404.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from pathlib import Path, PurePath
 
 from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 
+from trellis.access.audit import record
 from trellis.errors import InvalidRequestError, PayloadTooLargeError
 from trellis.retrieval.loaders import LoaderError, load_path
-from trellis.retrieval.models import Document, IngestReport
+from trellis.retrieval.models import CollectionInfo, Document, IngestReport
 from trellis.retrieval.service import MAX_TOP_K
-from trellis.ui.web import UiRoute, is_htmx, render, runtime, viewer
+from trellis.ui.web import SECURITY_HEADERS, UiRoute, Viewer, is_htmx, render, runtime, viewer
 
 router = APIRouter(route_class=UiRoute)
 
@@ -33,7 +35,11 @@ UPLOAD_LIMIT = 64 * 1024 * 1024
 @router.get("/ui/collections")
 async def list_collections(request: Request) -> Response:
     me = await viewer(request, "collections")
-    found = await runtime(request).retrieval.list_collections()
+    found = [
+        c
+        for c in await runtime(request).retrieval.list_collections()
+        if me.project is None or c.project_id == me.project
+    ]
     return render(
         request, "collections/index.html", {"title": "Collections", "collections": found}, me=me
     )
@@ -46,21 +52,43 @@ async def create_collection(request: Request) -> Response:
     name = str(form.get("name") or "").strip()
     if not 1 <= len(name) <= 64:
         raise InvalidRequestError("A collection needs a name of 1 to 64 characters.", param="name")
-    info = await runtime(request).retrieval.create_collection(name, {})
+    info = await runtime(request).retrieval.create_collection(
+        name, {}, project_id=me.caller.project_id
+    )
+    await _audit(request, me, "collection.create", info)
     headers = {"hx-redirect": f"/ui/collections/{info.name}"} if is_htmx(request) else None
     return render(
         request,
         "collections/detail.html",
-        await _detail_context(request, info.name, 0),
+        await _detail_context(request, me, info.name, 0),
         me=me,
         status=201,
         headers=headers,
     )
 
 
-async def _detail_context(request: Request, name: str, offset: int) -> dict[str, object]:
+async def _audit(request: Request, me: Viewer, action: str, info: CollectionInfo) -> None:
+    """The audit entry of a collection change (its own transaction, after the change, as
+    the API writes it)."""
+    db = runtime(request).db
+    assert db is not None
+    entry = me.audit(request, action, project_id=info.project_id)
+    async with db.write() as conn:
+        await record(conn, entry.with_target(info.name))
+
+
+async def _collection(request: Request, me: Viewer, name: str) -> CollectionInfo:
+    """The named collection, if the viewer's project owns it (else 404, as if unknown)."""
+    info = await runtime(request).retrieval.get_collection(name)
+    me.outside(info.project_id, f"collection named {name!r}")
+    return info
+
+
+async def _detail_context(
+    request: Request, me: Viewer, name: str, offset: int
+) -> dict[str, object]:
     retrieval = runtime(request).retrieval
-    info = await retrieval.get_collection(name)
+    info = await _collection(request, me, name)
     rows = await retrieval.list_documents(name, limit=PAGE + 1, offset=offset)
     return {
         "title": f"Collection {name}",
@@ -83,7 +111,7 @@ def _offset(request: Request) -> int:
 @router.get("/ui/collections/{name}")
 async def collection(name: str, request: Request) -> Response:
     me = await viewer(request, "collections")
-    context = await _detail_context(request, name, _offset(request))
+    context = await _detail_context(request, me, name, _offset(request))
     if is_htmx(request):
         return render(request, "collections/_documents.html", context, me=me)
     return render(request, "collections/detail.html", context, me=me)
@@ -112,8 +140,9 @@ def _loaded(path: Path, name: str) -> list[Document]:
 @router.post("/ui/collections/{name}/upload")
 async def upload(name: str, request: Request) -> Response:
     """Files from a multipart form, loaded as ``trellis ingest`` loads them, added in one go."""
-    me = await viewer(request, "collections.write")
+    me = await viewer(request, "collections.documents")
     rt = runtime(request)
+    await _collection(request, me, name)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > UPLOAD_LIMIT:
         raise PayloadTooLargeError(f"The upload is larger than the {UPLOAD_LIMIT} byte limit.")
@@ -143,7 +172,7 @@ async def upload(name: str, request: Request) -> Response:
         added = await rt.retrieval.add_documents(name, docs)
         added.failed.update(report.failed)
         report = added
-    context = {**await _detail_context(request, name, 0), "report": report}
+    context = {**await _detail_context(request, me, name, 0), "report": report}
     template = "collections/_upload_result.html" if is_htmx(request) else "collections/detail.html"
     return render(request, template, context, me=me)
 
@@ -162,6 +191,7 @@ async def search(name: str, request: Request) -> Response:
     raw_k = str(form.get("top_k") or "10")
     if not raw_k.isdigit() or not 1 <= int(raw_k) <= MAX_TOP_K:
         raise InvalidRequestError(f"top_k must be 1 to {MAX_TOP_K}", param="top_k")
+    await _collection(request, me, name)
     hits = await runtime(request).retrieval.search(name, query, mode=mode, top_k=int(raw_k))  # type: ignore[arg-type]
     context = {"hits": hits, "mode": mode, "query": query, "collection_name": name}
     if is_htmx(request):
@@ -169,6 +199,16 @@ async def search(name: str, request: Request) -> Response:
     return render(
         request,
         "collections/detail.html",
-        {**await _detail_context(request, name, 0), **context},
+        {**await _detail_context(request, me, name, 0), **context},
         me=me,
     )
+
+
+@router.post("/ui/collections/{name}/delete")
+async def delete_collection(name: str, request: Request) -> Response:
+    """Delete a collection of the viewer's project (admin), as ``DELETE /v1/collections``."""
+    me = await viewer(request, "collections.write")
+    info = await _collection(request, me, name)
+    await runtime(request).retrieval.delete_collection(name)
+    await _audit(request, me, "collection.delete", info)
+    return RedirectResponse("/ui/collections", status_code=303, headers=SECURITY_HEADERS)

@@ -74,11 +74,12 @@ async def dashboard(request: Request) -> Response:
         until_ns=until_ns,
         bucket_ns=bucket_ns,
         group_by=group_by,
+        project_id=me.project,
     )
     groups = await TraceStats(rt.db).compute(query)
     if group_by == "key" and me.can("keys") and rt.keys is not None:
         # Admins see key names next to their ids (the names are admin-only, as over /v1/keys).
-        names = {key.id: key.name for key in await rt.keys.list()}
+        names = {key.id: key.name for key in await rt.keys.list(project_id=me.project)}
         for group in groups:
             if group["group"] in names:
                 group["group"] = f"{names[group['group']]} ({group['group']})"

@@ -3,8 +3,10 @@ suites (``evals.schedules``: next due, last outcome, baseline; admins run one no
 
 The reports are the ones ``trellis eval run --html`` and ``trellis eval compare --html``
 write (``trellis.evals.html``: charts, summary, per-case word diffs), served as their own
-documents under a policy that allows no script, and framed by the run's page. A key reads
-the runs it started; ``observer`` reads every key's, as over ``/v1/evals``.
+documents under a policy that allows no script, and framed by the run's page. As over
+``/v1/evals``, a key reads its project's runs that it started; ``observer`` and ``eval``
+read every key's; another project's run answers 404. Scheduled suites are the
+deployment's and run in the ``default`` project: they show where that project is read.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from collections.abc import Callable
 from fastapi import APIRouter, Request
 from starlette.responses import HTMLResponse, Response
 
-from trellis.access.keys import OBSERVER
-from trellis.errors import InvalidRequestError, PermissionDeniedError
+from trellis.access.keys import EVAL, OBSERVER
+from trellis.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from trellis.evals.compare import compare_reports
 from trellis.evals.html import render_compare, render_run
 from trellis.evals.scheduler import EvalScheduler
@@ -31,6 +33,8 @@ REPORT_POLICY = (
     "frame-ancestors 'self'"
 )
 STATUSES = ("running", "succeeded", "failed")
+#: The project scheduled runs are stored in (the scheduler starts them without a key).
+SCHEDULE_PROJECT = "default"
 
 
 def service(request: Request) -> EvalService:
@@ -44,10 +48,11 @@ def scheduler(request: Request) -> EvalScheduler:
 
 
 def _reads_all(me: Viewer) -> bool:
-    return me.key.has_scope(OBSERVER)
+    return me.key.has_scope(OBSERVER) or me.key.has_scope(EVAL)
 
 
 def _check_reader(me: Viewer, run: RunRecord) -> None:
+    me.outside(run.project_id, f"eval run {run.id!r}")
     if not _reads_all(me) and run.key_id != me.key.id:
         raise PermissionDeniedError(
             f"Eval run {run.id} was started by another API key; reading it needs the "
@@ -60,18 +65,27 @@ async def _runs_page(request: Request, me: Viewer, **extra: object) -> Response:
     if status is not None and status not in STATUSES:
         raise InvalidRequestError(f"status must be one of {', '.join(STATUSES)}", param="status")
     runs = await service(request).store.runs(
-        status=status, key_id=None if _reads_all(me) else me.key.id, limit=200
+        status=status,
+        key_id=None if _reads_all(me) else me.key.id,
+        limit=200,
+        project_id=me.project,
     )
-    schedules = await scheduler(request).describe() if me.can("evals.schedules") else []
+    schedules = await scheduler(request).describe() if shows_schedules(me) else []
     context = {
         "title": "Evals",
         "runs": runs,
         "status": status,
         "statuses": STATUSES,
         "schedules": schedules,
+        "schedules_shown": shows_schedules(me),
         **extra,
     }
     return render(request, "evals/index.html", context, me=me, status=202 if extra else 200)
+
+
+def shows_schedules(me: Viewer) -> bool:
+    """Whether the viewer reads the scheduled suites (their runs are ``default``'s)."""
+    return me.can("evals.schedules") and me.project in (None, SCHEDULE_PROJECT)
 
 
 @router.get("/ui/evals")
@@ -85,6 +99,8 @@ async def run_schedule(name: str, request: Request) -> Response:
     """Run a schedule now, as at a due time (compared with its baseline, alerting on a
     regression); the page shows it running."""
     me = await viewer(request, "evals.schedules.run")
+    if not shows_schedules(me):
+        raise NotFoundError(f"No schedule named {name!r}.")
     started = await scheduler(request).run_now(name)
     return await _runs_page(request, me, started=started)
 
@@ -114,7 +130,7 @@ async def run_report(run_id: str, request: Request) -> Response:
     evals = service(request)
     run = await evals.store.run(run_id)
     _check_reader(me, run)
-    dataset = await evals.store.dataset(run.dataset)
+    dataset = await evals.store.dataset(run.dataset, run.project_id)
     return _report(render_run(await evals.report(run_id), dataset.cases))
 
 
@@ -152,5 +168,6 @@ async def compare_report(request: Request) -> Response:
         _check_reader(me, await evals.store.run(run_id))
         reports.append(await evals.report(run_id))
     comparison = compare_reports(reports[0], reports[1])
-    dataset = await evals.store.dataset((await evals.store.run(baseline)).dataset)
+    first = await evals.store.run(baseline)
+    dataset = await evals.store.dataset(first.dataset, first.project_id)
     return _report(render_compare(reports[0], reports[1], comparison, dataset.cases))

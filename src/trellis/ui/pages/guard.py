@@ -77,10 +77,12 @@ async def guard_page(request: Request) -> Response:
         raise InvalidRequestError(f"guard must be one of {', '.join(GUARD_FILTERS)}", param="guard")
     store = runtime(request).traces
     assert store is not None
-    query = TraceQuery(since_ns=parse_time(window, "window"), guard=kind)
+    query = TraceQuery(since_ns=parse_time(window, "window"), guard=kind, project_id=me.project)
     page = await store.page(query, limit=PAGE_SIZE, cursor=params.get("cursor") or None)
     # The counts cover every guard in the window, whichever the list shows.
-    counts = await store.guard_counts(TraceQuery(since_ns=query.since_ns, guard="any"))
+    counts = await store.guard_counts(
+        TraceQuery(since_ns=query.since_ns, guard="any", project_id=me.project)
+    )
     spans = await store.guard_spans([row["id"] for row in page.rows])
     rows = [{**row, "guard": details(row, spans.get(row["id"], []))} for row in page.rows]
     context = {

@@ -1,4 +1,9 @@
-"""API keys (admin): list, create (the secret shown once), revoke."""
+"""API keys (admin): list, create (the secret shown once), revoke.
+
+As over ``/v1/keys``: a project's admin sees, creates and revokes its project's keys (another
+project's key is a 404); the built-in admin those of the project it chose, or every
+project's. A new key goes in the viewer's project. Creating and revoking are audited.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,12 @@ router = APIRouter(route_class=UiRoute)
 async def _page(request: Request, me: Viewer, **extra: object) -> Response:
     keys = runtime(request).keys
     assert keys is not None
-    context = {"title": "API keys", "keys": await keys.list(), "scopes": sorted(SCOPES), **extra}
+    context = {
+        "title": "API keys",
+        "keys": await keys.list(project_id=me.project),
+        "scopes": sorted(SCOPES),
+        **extra,
+    }
     template = "keys/_panel.html" if is_htmx(request) else "keys/index.html"
     status = 201 if extra.get("created") else 200
     return render(request, template, context, me=me, status=status)
@@ -39,8 +49,19 @@ async def create_key(request: Request) -> Response:
     models = [m.strip() for m in models_text.split(",") if m.strip()] or None
     keys = runtime(request).keys
     assert keys is not None
+    project = me.caller.project_id
     record, secret = await keys.create(
-        name, scopes=scopes, allowed_models=models, cache=form.get("cache") == "on"
+        name,
+        scopes=scopes,
+        allowed_models=models,
+        cache=form.get("cache") == "on",
+        project_id=project,
+        audit=me.audit(
+            request,
+            "key.create",
+            {"allowed_models": models},
+            project_id=project,
+        ),
     )
     return await _page(request, me, created=record, secret=secret)
 
@@ -50,7 +71,9 @@ async def revoke_key(key_id: str, request: Request) -> Response:
     me = await viewer(request, "keys")
     keys = runtime(request).keys
     assert keys is not None
-    if not await keys.revoke(key_id):
+    # A project's admin revokes only its project's keys (another's is a 404, as over /v1).
+    scope = None if me.key.spans_projects else me.caller.project_id
+    if not await keys.revoke(key_id, project_id=scope, audit=me.audit(request, "key.revoke")):
         raise NotFoundError(f"No active API key with id `{key_id}`.")
     await sessions(request).end_for_key(key_id)
     return await _page(request, me, revoked=key_id)

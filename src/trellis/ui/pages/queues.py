@@ -6,18 +6,22 @@ the one it holds, else the first nobody labelled or claimed lately), shows its i
 the output and the run's judge verdicts, and takes a score on the queue's scale (1 or 0
 on a pass/fail queue), a corrected answer and a comment; saving goes straight to the
 next item. The score field has the focus and Enter saves. As over ``/v1/evals/queues``,
-a key uses the queues it created; ``observer`` uses every key's.
+a key uses the queues it created; ``observer`` and ``eval`` use every key's, of the
+viewer's project only: a queue belongs to the project of the key that created it (queues
+made without a key: ``default``), and another project's queue answers 404.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import RedirectResponse, Response
 
-from trellis.access.keys import OBSERVER
-from trellis.errors import InvalidRequestError, PermissionDeniedError
+from trellis.access.keys import EVAL, OBSERVER
+from trellis.access.projects import DEFAULT_PROJECT
+from trellis.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from trellis.evals.labels import LabelQueues, Queue, parse_scale
 from trellis.ui.pages.evals import service
 from trellis.ui.web import SECURITY_HEADERS, UiRoute, Viewer, render, runtime, viewer
@@ -35,12 +39,34 @@ def _queues(request: Request) -> LabelQueues:
 
 
 def _everyone(me: Viewer) -> bool:
-    return me.key.has_scope(OBSERVER)
+    return me.key.has_scope(OBSERVER) or me.key.has_scope(EVAL)
+
+
+async def _project_of(request: Request, queue: Queue) -> str:
+    """The project a queue belongs to: its eval run's, else its creating key's (``default``
+    for a queue made without a key or by the built-in admin)."""
+    run_id = queue.source.get("run_id")
+    if isinstance(run_id, str):
+        with contextlib.suppress(NotFoundError):
+            return (await service(request).store.run(run_id)).project_id
+    keys = runtime(request).keys
+    found = None if queue.key_id is None or keys is None else await keys.get(queue.key_id)
+    if found is None or found.spans_projects:
+        return DEFAULT_PROJECT
+    return found.project_id
+
+
+async def _of_project(request: Request, me: Viewer, found: list[Queue]) -> list[Queue]:
+    """The queues of the viewer's project."""
+    if me.project is None:
+        return found
+    return [q for q in found if await _project_of(request, q) == me.project]
 
 
 async def _readable(request: Request, me: Viewer, queue_id: str) -> tuple[LabelQueues, Queue]:
     queues = _queues(request)
     queue = await queues.queue(queue_id)
+    me.outside(await _project_of(request, queue), f"eval queue {queue_id!r}")
     if not _everyone(me) and queue.key_id != me.key.id:
         raise PermissionDeniedError(
             f"Eval queue {queue_id} was created by another API key; using it needs the "
@@ -68,10 +94,13 @@ def _number(form: Any, field: str) -> float | None:
 
 async def _list_page(request: Request, me: Viewer, status: int = 200, **extra: Any) -> Response:
     key_id = None if _everyone(me) else me.key.id
-    runs = await service(request).store.runs(status="succeeded", key_id=key_id, limit=200)
+    runs = await service(request).store.runs(
+        status="succeeded", key_id=key_id, limit=200, project_id=me.project
+    )
+    found = await _queues(request).queues(key_id=key_id, limit=200)
     context = {
         "title": "Labelling queues",
-        "queues": await _queues(request).queues(key_id=key_id, limit=200),
+        "queues": await _of_project(request, me, found),
         "runs": runs,
         "chosen_run": request.query_params.get("run") or "",
         **extra,
@@ -94,6 +123,7 @@ async def create_queue(request: Request) -> Response:
     if run_id is None:
         raise InvalidRequestError("Pick the eval run whose outputs to label.", param="run_id")
     run = await service(request).store.run(run_id)
+    me.outside(run.project_id, f"eval run {run_id!r}")
     if not _everyone(me) and run.key_id != me.key.id:
         raise PermissionDeniedError(
             f"Eval run {run.id} was started by another API key; reading it needs the "
@@ -142,12 +172,14 @@ async def queue_page(queue_id: str, request: Request) -> Response:
 async def export_queue(queue_id: str, request: Request) -> Response:
     """The labels as a new version of the named dataset (as ``POST .../export``)."""
     me = await viewer(request, "evals.queues")
-    queues, _ = await _readable(request, me, queue_id)
+    queues, queue = await _readable(request, me, queue_id)
     form = await request.form()
     name = _text(form, "dataset", 100)
     if name is None:
         raise InvalidRequestError("Name the dataset to export to.", param="dataset")
-    dataset, created, skipped = await queues.export(queue_id, name)
+    dataset, created, skipped = await queues.export(
+        queue_id, name, await _project_of(request, queue)
+    )
     exported = {
         "name": dataset.name,
         "version": dataset.version,

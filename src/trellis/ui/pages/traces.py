@@ -39,13 +39,14 @@ def _number(value: str, name: str) -> float:
     return number
 
 
-def trace_query(params: dict[str, str]) -> TraceQuery:
+def trace_query(params: dict[str, str], project_id: str | None = None) -> TraceQuery:
     """The form's filters as the API's ``TraceQuery`` (same parsing, same errors)."""
     has_error = params.get("has_error")
     if has_error not in (None, "true", "false"):
         raise InvalidRequestError("has_error must be true or false", param="has_error")
     latency = params.get("min_latency_ms")
     return TraceQuery(
+        project_id=project_id,
         since_ns=parse_time(params["since"], "since") if params.get("since") else None,
         until_ns=parse_time(params["until"], "until") if params.get("until") else None,
         model=params.get("model"),
@@ -69,7 +70,9 @@ async def list_traces(request: Request) -> Response:
     store = runtime(request).traces
     assert store is not None
     page = await store.page(
-        trace_query(params), limit=limit, cursor=request.query_params.get("cursor") or None
+        trace_query(params, me.project),
+        limit=limit,
+        cursor=request.query_params.get("cursor") or None,
     )
     context = {
         "title": "Traces",
@@ -113,12 +116,14 @@ def waterfall(trace: dict[str, Any]) -> list[dict[str, Any]]:
     return ordered
 
 
-async def _trace_or_404(request: Request, trace_id: str) -> dict[str, Any]:
+async def _trace_or_404(request: Request, me: Viewer, trace_id: str) -> dict[str, Any]:
+    """The trace, if it is of the viewer's project (another project's answers 404)."""
     store = runtime(request).traces
     assert store is not None
     trace = await store.get(trace_id)
     if trace is None:
         raise NotFoundError(f"No trace with id `{trace_id}`.")
+    me.outside(trace.get("project_id"), f"trace with id `{trace_id}`")
     return trace
 
 
@@ -170,7 +175,7 @@ def _detail(request: Request, me: Viewer, trace: dict[str, Any], **extra: Any) -
 @router.get("/ui/traces/{trace_id}")
 async def get_trace(trace_id: str, request: Request) -> Response:
     me = await viewer(request, "traces")
-    return _detail(request, me, await _trace_or_404(request, trace_id))
+    return _detail(request, me, await _trace_or_404(request, me, trace_id))
 
 
 @router.post("/ui/traces/{trace_id}/scores")
@@ -194,14 +199,16 @@ async def add_score(trace_id: str, request: Request) -> Response:
     rt = runtime(request)
     store = rt.traces
     assert store is not None
-    await _trace_or_404(request, trace_id)
+    found = await _trace_or_404(request, me, trace_id)
     bodies = rt.settings.tracing.bodies
     if bodies == "none":
         comment = None
     elif comment is not None and bodies == "redacted":
         comment = redact(comment)
-    await store.add_score(trace_id, name, number, comment, "user")
-    trace = await _trace_or_404(request, trace_id)
+    await store.add_score(
+        trace_id, name, number, comment, "user", project_id=found.get("project_id") or "default"
+    )
+    trace = await _trace_or_404(request, me, trace_id)
     if is_htmx(request):
         return render(request, "traces/_scores.html", {"trace": trace}, me=me, status=201)
     return _detail(request, me, trace, status=201)

@@ -1,7 +1,8 @@
 """Workflows: the registered graphs, runs, a run's step timeline, resuming a waiting run.
 
-Reading follows ``/v1/runs``: a key reads its own runs, ``observer`` every key's; a run is
-resumed by the key that started it, or by an admin key.
+Reading follows ``/v1/runs``: a key reads its project's runs that it started, ``observer``
+every key's of the project; a run is resumed by the key that started it, or by an admin
+key of its project. Another project's run answers 404.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ router = APIRouter(route_class=UiRoute)
 
 
 def _check_reader(me: Viewer, run: RunRecord) -> None:
+    me.outside(run.project_id, f"run with id `{run.id}`")
     if not me.key.has_scope(OBSERVER) and run.key_id != me.key.id:
         raise PermissionDeniedError(
             f"Run {run.id} was started by another API key; reading it needs the 'observer' scope."
@@ -47,6 +49,7 @@ async def workflows_page(request: Request) -> Response:
         status=status,
         key_id=None if me.key.has_scope(OBSERVER) else me.key.id,
         limit=200,
+        project_id=me.project,
     )
     context = {
         "title": "Workflows",
@@ -102,6 +105,7 @@ async def resume(run_id: str, request: Request) -> Response:
     me = await viewer(request, "workflows.resume")
     workflows = runtime(request).workflows
     run = await workflows.get(run_id)
+    me.outside(run.project_id, f"run with id `{run.id}`")
     if not _may_resume(me, run):
         raise PermissionDeniedError(
             f"Run {run.id} was started by another API key; resuming it needs the 'admin' scope."

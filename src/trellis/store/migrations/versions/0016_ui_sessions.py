@@ -5,7 +5,8 @@ Revises: 0015_limits
 
 One row per signed-in browser: the SHA-256 of the session id the cookie carries (a copy
 of this table signs nobody in), the API key id, the CSRF token, when it started, when it
-was last used and when it expires. Several workers and replicas share the sessions, and
+was last used and when it expires, and the project the built-in admin chose (none:
+every project). Several workers and replicas share the sessions, and
 they survive a restart.
 """
 
@@ -29,6 +30,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.Column("last_seen", sa.Float(), nullable=False),
         sa.Column("expires_at", sa.Float(), nullable=False),
+        sa.Column("project_id", sa.String(64), nullable=True),
         sa.PrimaryKeyConstraint("id_hash", name="pk_ui_sessions"),
     )
     op.create_index("ix_ui_sessions_key_id", "ui_sessions", ["key_id"])
