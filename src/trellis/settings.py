@@ -557,6 +557,7 @@ class LimitSettings(_Strict):
         description="Completion tokens assumed at admission when a request sets no max_tokens",
     )
 
+
 #: A schedule's name: it appears in URLs (``/v1/evals/schedules/{name}``) and alert groups.
 SCHEDULE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 

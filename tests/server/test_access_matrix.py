@@ -11,6 +11,7 @@ to contain another project's ids.
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -84,6 +85,17 @@ class World:
         for project in self.projects.values():
             for http in project.clients.values():
                 http.close()
+
+
+def suite_file(tmp_path: Path) -> Path:
+    """The suite of the operator's schedule (a dataset file next to it)."""
+    (tmp_path / "nightly.jsonl").write_text(CONTENT)
+    path = tmp_path / "nightly.yaml"
+    path.write_text(
+        "name: nightly\ndataset: nightly.jsonl\nmetrics: [exact]\n"
+        "candidates: [{name: a, model: gpt-test, prompt: 'Say: {input}'}]\n"
+    )
+    return path
 
 
 # --- resources, made for the project (and the acting key where ownership is per key) -----
@@ -163,6 +175,27 @@ def finished_eval(http: httpx.Client, dataset: str) -> str:
     return run_id
 
 
+def queue(world: World, project: Project, actor: httpx.Client | None) -> str:
+    """The project's labelling queue (made by its inference key from its eval run)."""
+    return project.ids["queue"]
+
+
+def labelled_queue(world: World, project: Project, actor: httpx.Client | None) -> str:
+    queue_id = project.ids["queue"]
+    label = {"score": 5}
+    ok(project.clients[E].post(f"/v1/evals/queues/{queue_id}/items/1/label", json=label))
+    return queue_id
+
+
+def key_subject(world: World, project: Project, actor: httpx.Client | None) -> str:
+    return f"key:{key(world, project, actor)}"
+
+
+def limited_key(world: World, project: Project, actor: httpx.Client | None) -> str:
+    body = {"name": "limited", "project": project.id, "limits": {"rpm": 100000}}
+    return f"key:{ok(world.root.post('/v1/keys', json=body), 201)['id']}"
+
+
 Factory = Callable[[World, Project, "httpx.Client | None"], str]
 
 
@@ -181,6 +214,9 @@ class Policy:
     global_admin: bool = False
     #: Open: no key needed (health, metrics).
     open: bool = False
+    #: The operator's (scheduled evals, in the default project): keys of other projects
+    #: get an empty list or 404.
+    operator: bool = False
 
 
 def _suite_body(own: Project, target: Project, role: str) -> dict[str, Any]:
@@ -292,6 +328,36 @@ POLICY: dict[tuple[str, str], Policy] = {
         (A,), global_admin=True, resource=lambda w, p, a: p.id
     ),
     ("GET", "/v1/audit"): Policy((A,)),
+    ("GET", "/v1/limits"): Policy((A,)),
+    ("PUT", "/v1/limits/{subject}"): Policy(
+        (A,), resource=key_subject, body=lambda o, t, r: {"rpm": 100000}
+    ),
+    ("GET", "/v1/limits/{subject}"): Policy((A,), resource=limited_key),
+    ("DELETE", "/v1/limits/{subject}"): Policy((A,), resource=limited_key),
+    ("GET", "/v1/usage/{subject}"): Policy((I, O), resource=lambda w, p, a: f"project:{p.id}"),
+    ("GET", "/v1/evals/queues"): Policy((E, I, O)),
+    ("POST", "/v1/evals/queues"): Policy(
+        (E, I, O), body=lambda o, t, r: {"run_id": t.ids["eval_run"]}
+    ),
+    ("GET", "/v1/evals/queues/{queue_id}"): Policy((E, I, O), resource=queue),
+    ("GET", "/v1/evals/queues/{queue_id}/next"): Policy((E, I, O), resource=queue),
+    ("GET", "/v1/evals/queues/{queue_id}/items"): Policy((E, I, O), resource=queue),
+    ("GET", "/v1/evals/queues/{queue_id}/agreement"): Policy((E, I, O), resource=queue),
+    ("POST", "/v1/evals/queues/{queue_id}/items/{item_id}/label"): Policy(
+        (E, I, O),
+        resource=lambda w, p, a: queue(w, p, a) + "/items/1",
+        body=lambda o, t, r: {"score": 4},
+    ),
+    ("POST", "/v1/evals/queues/{queue_id}/export"): Policy(
+        (E, I), resource=labelled_queue, body=lambda o, t, r: {"dataset": unique("labelled")}
+    ),
+    ("GET", "/v1/evals/schedules"): Policy((E, O), operator=True),
+    ("POST", "/v1/evals/schedules/{name}/run"): Policy(
+        (A,), resource=lambda w, p, a: "nightly", operator=True
+    ),
+    ("GET", "/v1/evals/schedules/{name}/runs"): Policy(
+        (E, O), resource=lambda w, p, a: "nightly", operator=True
+    ),
 }
 
 
@@ -302,7 +368,15 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
         upstream.reply = "Hello from the fake upstream"
         # Cached answers shared by a project's keys (not per key): still never across projects.
         settings = gateway_settings(
-            tmp_path, upstream, workflows=["api_flows:review"], cache={"per_key": False}
+            tmp_path,
+            upstream,
+            workflows=["api_flows:review"],
+            cache={"per_key": False},
+            evals={
+                "schedules": [
+                    {"name": "nightly", "suite": str(suite_file(tmp_path)), "cron": "0 2 * * *"}
+                ]
+            },
         )
         server = ServerThread(create_app(settings)).start()
         world = World(server)
@@ -319,6 +393,12 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
                 project.ids["dataset"] = dataset
                 project.ids["eval_run"] = finished_eval(inference, dataset)
                 project.ids["collection"] = collection(world, project, None)
+                made = inference.post("/v1/evals/queues", json={"run_id": project.ids["eval_run"]})
+                project.ids["queue"] = ok(made)["id"]
+                project.ids["limited_key"] = limited_key(world, project, None)
+                limits = {"rpm": 100000}
+                ok(world.root.put(f"/v1/limits/project:{name}", json=limits))
+                project.ids["project_limit"] = f"project:{name}"
             deadline = time.monotonic() + 10
             for project in world.projects.values():  # the trace writer flushes every 50 ms
                 while world.root.get(f"/v1/traces/{project.ids['trace']}").status_code == 404:
@@ -337,6 +417,8 @@ def _expected(policy: Policy, role: str, own: bool) -> int:
         return 403
     if policy.global_admin:
         return 403  # a project's admin key does not manage projects
+    if policy.operator:
+        return 404 if policy.resource is not None else policy.status
     if policy.resource is None and policy.body is None:
         return policy.status
     return policy.status if own else 404
@@ -353,11 +435,15 @@ def test_every_endpoint_has_a_policy(world: World) -> None:
 
 def _target_is_shared(policy: Policy, method: str, path: str) -> bool:
     """Resources every project shares (models, registered workflows): no other project's."""
-    return path in ("/v1/models/{model_id}", "/v1/workflows/{name}/runs") or (
-        policy.resource is None
-        and policy.body is not None
-        and method == "POST"
-        and path not in ("/v1/keys", "/v1/evals/runs", "/v1/evals/compare")
+    return (
+        policy.operator
+        or path in ("/v1/models/{model_id}", "/v1/workflows/{name}/runs")
+        or (
+            policy.resource is None
+            and policy.body is not None
+            and method == "POST"
+            and path not in ("/v1/keys", "/v1/evals/runs", "/v1/evals/compare", "/v1/evals/queues")
+        )
     )
 
 
@@ -373,17 +459,16 @@ def test_access_matrix(world: World) -> None:
                 target = own if target_own else other
                 expected = _expected(policy, role, target_own)
                 url = path
-                if policy.resource is not None:
-                    if expected == 403:
-                        value = "x"  # the role check comes first: no resource needed
-                    else:
-                        value = policy.resource(
-                            world, target, actor if policy.per_key and target_own else None
-                        )
+                if policy.resource is not None and expected == 403:
+                    # The role check comes first: no resource needed (numbers where ids are).
+                    url = re.sub(r"\{(\w+)\}", lambda m: "1" if m[1] == "item_id" else "x", path)
+                elif policy.resource is not None:
+                    value = policy.resource(
+                        world, target, actor if policy.per_key and target_own else None
+                    )
+                    # The factory names every id up to the last one; the rest is the path's.
                     url = path.split("{")[0] + value
-                    if path.endswith("/documents/{doc_id}") and expected == 403:
-                        url = path.split("{")[0] + "x/documents/x"
-                    elif "}/" in path and not path.endswith("/documents/{doc_id}"):
+                    if "}/" in path and not path.endswith("/documents/{doc_id}"):
                         url += "/" + path.rsplit("}/", 1)[1]
                 url += policy.query
                 body = policy.body(own, target, role) if policy.body is not None else None

@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 
 from trellis.errors import InvalidRequestError
-from trellis.thresholds import Threshold, parse_threshold
 from trellis.evals.corpus import CORPUS_METRICS, bootstrap_scores, scores_from_stats
 from trellis.evals.pairwise import pair_stats
+from trellis.thresholds import Threshold, parse_threshold
 
 __all__ = [
     "Comparison",

@@ -469,6 +469,7 @@ class Gateway:
             for tool_call in message.tool_calls or ():
                 tool_call.function.arguments = placeholders.restore(tool_call.function.arguments)
         return copy
+
     async def _admit(self, call: Call) -> None:
         """Admit the call under its key's and project's limits, or refuse it (429) before
         anything is spent. Tokens are estimated only when a tokens-per-minute limit applies."""

@@ -183,13 +183,14 @@ async def answer_summary(trace_id: str, request: Request) -> Response:
     assert store is not None
     deadline = time.monotonic() + TRACE_WAIT_SECONDS
     while True:
-        exists, owner = await store.owner(trace_id)
+        exists, owner, project = await store.owner(trace_id)
         if exists:
             break
         if time.monotonic() > deadline:
             raise NotFoundError(f"The trace `{trace_id}` is not stored yet.")
         await asyncio.sleep(0.1)
-    if owner != me.key.id and not me.can("traces"):
+    outside = not me.key.spans_projects and project != me.key.project_id
+    if outside or (owner != me.key.id and not me.can("traces")):
         raise NotFoundError(f"No trace with id `{trace_id}`.")
     trace = await store.get(trace_id)
     return render(request, "_answer_summary.html", {"trace": trace}, me=me)
