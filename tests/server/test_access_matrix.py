@@ -630,3 +630,120 @@ def test_rule_and_dataset_names_are_per_project(world: World) -> None:
     upload = {"name": "shared-name", "content": CONTENT}
     assert ok(alpha.clients[E].post("/v1/evals/datasets", json=upload))["created"] is True
     assert ok(beta.clients[E].post("/v1/evals/datasets", json=upload))["created"] is True
+
+
+def test_a_queue_from_traces_is_its_projects(world: World) -> None:
+    alpha, beta = world.projects["alpha"], world.projects["beta"]
+    body = {"traces": {"q": "hi"}, "scale": {"type": "pass_fail"}, "limit": 1000}
+    made = ok(alpha.clients[E].post("/v1/evals/queues", json=body))
+    assert made["project"] == "alpha"
+    items = ok(alpha.clients[E].get(f"/v1/evals/queues/{made['id']}/items?limit=1000"))["data"]
+    traced = {item["trace_id"] for item in items}
+    assert alpha.ids["trace"] in traced and beta.ids["trace"] not in traced
+    # The built-in admin makes a queue in the project it acts in, of that project's traces.
+    in_beta = world.client(ADMIN_KEY, "beta")
+    made_in_beta = ok(in_beta.post("/v1/evals/queues", json=body))
+    assert made_in_beta["project"] == "beta"
+    beta_items = ok(in_beta.get(f"/v1/evals/queues/{made_in_beta['id']}/items"))["data"]
+    assert beta.ids["trace"] in {i["trace_id"] for i in beta_items}
+    assert alpha.ids["trace"] not in {i["trace_id"] for i in beta_items}
+    # A label of a trace item is a score in the trace's (the queue's) project.
+    item = next(i for i in items if i["trace_id"] == alpha.ids["trace"])
+    label = {"passed": True}
+    ok(alpha.clients[O].post(f"/v1/evals/queues/{made['id']}/items/{item['id']}/label", json=label))
+    scores = ok(alpha.clients[O].get(f"/v1/traces/{alpha.ids['trace']}"))["scores"]
+    assert [s["name"] for s in scores if s["source"] == "eval"] == ["label"]
+    # Its export is a dataset of the queue's project.
+    ok(alpha.clients[E].post(f"/v1/evals/queues/{made['id']}/export", json={"dataset": "human"}))
+    assert "human" in {d["name"] for d in ok(alpha.clients[E].get("/v1/evals/datasets"))["data"]}
+    assert "human" not in {d["name"] for d in ok(beta.clients[E].get("/v1/evals/datasets"))["data"]}
+    # Another project's queue does not exist for beta, nor for the admin acting in beta.
+    assert beta.clients[E].get(f"/v1/evals/queues/{made['id']}").status_code == 404
+    assert made["id"] not in str(ok(beta.clients[O].get("/v1/evals/queues")))
+    assert in_beta.get(f"/v1/evals/queues/{made['id']}/items").status_code == 404
+    in_beta.close()
+    all_queues = {q["id"] for q in ok(world.root.get("/v1/evals/queues"))["data"]}
+    assert {made["id"], alpha.ids["queue"], beta.ids["queue"]} <= all_queues
+    # An inference key reads only the queues it made: the project's eval key made this one.
+    denied = alpha.clients[I].get(f"/v1/evals/queues/{made['id']}")
+    assert denied.status_code == 403
+
+
+def test_limits_follow_projects_and_are_audited(world: World) -> None:
+    alpha, beta = world.projects["alpha"], world.projects["beta"]
+    admin = alpha.clients[A]
+    # Its own project's limits: read, never raised or removed by the project's admin.
+    assert ok(admin.get("/v1/limits/project:alpha"))["rpm"] == 100000
+    for method in ("PUT", "DELETE"):
+        body = {"rpm": 10**7} if method == "PUT" else None
+        refused = admin.request(method, "/v1/limits/project:alpha", json=body)
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"]["code"] == "insufficient_scope"
+    # Another project's subjects, and the built-in admin's key, do not exist for it.
+    root_id = next(k["id"] for k in ok(world.root.get("/v1/keys"))["data"] if k["project"] == "*")
+    for subject in ("project:beta", beta.ids["limited_key"], f"key:{root_id}", "key:key_nope"):
+        for method in ("GET", "PUT", "DELETE"):
+            body = {"rpm": 5} if method == "PUT" else None
+            answer = admin.request(method, f"/v1/limits/{subject}", json=body)
+            assert answer.status_code == 404, (method, subject, answer.text)
+    subjects = {row["subject"] for row in ok(admin.get("/v1/limits"))["data"]}
+    assert subjects >= {"project:alpha", alpha.ids["limited_key"]}
+    assert not subjects & {"project:beta", beta.ids["limited_key"]}
+    everything = {row["subject"] for row in ok(world.root.get("/v1/limits"))["data"]}
+    assert {"project:beta", beta.ids["limited_key"]} <= everything
+    # Its keys' limits are its admin's, and every change is audited in the key's project.
+    made = ok(admin.post("/v1/keys", json={"name": "capped", "limits": {"rpm": 50}}), 201)
+    subject = f"key:{made['id']}"
+    ok(admin.put(f"/v1/limits/{subject}", json={"rpm": 40, "daily_usd": 2}))
+    ok(admin.delete(f"/v1/limits/{subject}"))
+    ok(world.root.put("/v1/limits/project:alpha", json={"rpm": 200000}))
+    entries = ok(admin.get("/v1/audit?action=limit.&limit=100"))["data"]
+    mine = [(e["action"], e["detail"]) for e in reversed(entries) if e["target"] == subject]
+    assert [action for action, _ in mine] == ["limit.set", "limit.set", "limit.delete"]
+    assert mine[0][1]["rpm"] == 50 and (mine[1][1]["rpm"], mine[1][1]["daily_usd"]) == (40, 2)
+    assert any(e["target"] == "project:alpha" for e in entries), "the root's change is alpha's"
+    assert all(e["project_id"] == "alpha" for e in entries)
+    # Usage: a key its own and its project's; observers its project's keys; 404 outside.
+    inference, observer = alpha.clients[I], alpha.clients[O]
+    assert ok(inference.get("/v1/usage/project:alpha"))["subject"] == "project:alpha"
+    assert inference.get(f"/v1/usage/{alpha.ids['limited_key']}").status_code == 403
+    assert ok(observer.get(f"/v1/usage/{alpha.ids['limited_key']}"))["limits"]["rpm"] == 100000
+    assert observer.get(f"/v1/usage/{beta.ids['limited_key']}").status_code == 404
+    assert inference.get("/v1/usage/project:beta").status_code == 404
+
+
+def test_scheduled_evals_are_the_default_projects(world: World) -> None:
+    alpha = world.projects["alpha"]
+    default_admin = world.client(world.key("default", "admin"))
+    default_observer = world.client(world.key("default", "observer"))
+    (schedule,) = ok(default_observer.get("/v1/evals/schedules"))["data"]
+    assert schedule["name"] == "nightly"
+    assert ok(alpha.clients[O].get("/v1/evals/schedules"))["data"] == []
+    assert alpha.clients[A].post("/v1/evals/schedules/nightly/run").status_code == 404
+    in_alpha = world.client(ADMIN_KEY, "alpha")
+    assert in_alpha.get("/v1/evals/schedules/nightly/runs").status_code == 404
+    claim = ok(default_admin.post("/v1/evals/schedules/nightly/run"))
+    deadline = time.monotonic() + 30
+    while True:
+        runs = ok(default_observer.get("/v1/evals/schedules/nightly/runs"))["data"]
+        (run,) = [r for r in runs if r["id"] == claim["id"]]
+        if run["status"] != "running":
+            break
+        assert time.monotonic() < deadline, run
+        time.sleep(0.05)
+    assert run["status"] == "passed", run
+    assert ok(default_observer.get(f"/v1/evals/runs/{run['run_id']}"))["status"] == "succeeded"
+    assert alpha.clients[E].get(f"/v1/evals/runs/{run['run_id']}").status_code == 404
+    assert run["run_id"] not in str(ok(alpha.clients[O].get("/v1/evals/runs")))
+    for http in (default_admin, default_observer, in_alpha):
+        http.close()
+
+
+def test_a_deleted_project_takes_its_own_limits(world: World) -> None:
+    busy = world.root.delete("/v1/projects/alpha")
+    assert busy.status_code == 409 and "eval_queues" in busy.json()["error"]["message"]
+    ok(world.root.post("/v1/projects", json={"id": "gamma"}), 201)
+    ok(world.root.put("/v1/limits/project:gamma", json={"rpm": 10}))
+    ok(world.root.delete("/v1/projects/gamma"))
+    gone = world.root.get("/v1/limits/project:gamma")
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "limit_not_found"

@@ -96,8 +96,8 @@ async def put_limits(subject: str, request: Request) -> JSONBytes:
     """Set the subject's limits, replacing any before (a field left out: no such limit)."""
     caller = await authenticate(request, ADMIN)
     kind, project_id = await _subject_project(request, caller, subject)
-    values = parse_body(LimitValues, await read_json(request))
     _only_built_in_admin(caller, kind)
+    values = parse_body(LimitValues, await read_json(request))
     audit = audit_entry(
         request, caller, "limit.set", values.model_dump(exclude_none=True), project_id=project_id
     )
