@@ -747,3 +747,35 @@ def test_a_deleted_project_takes_its_own_limits(world: World) -> None:
     ok(world.root.delete("/v1/projects/gamma"))
     gone = world.root.get("/v1/limits/project:gamma")
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "limit_not_found"
+
+
+def test_collection_names_are_per_project(world: World) -> None:
+    alpha, beta = world.projects["alpha"], world.projects["beta"]
+    for project, text in ((alpha, "Alpha keeps otters."), (beta, "Beta keeps herons.")):
+        admin = project.clients[A]
+        made = ok(admin.post("/v1/collections", json={"name": "shared"}), 201)
+        assert made["project"] == project.id
+        documents = {"documents": [{"id": "d1", "text": text}]}
+        ok(project.clients[G].post("/v1/collections/shared/documents", json=documents))
+    again = alpha.clients[A].post("/v1/collections", json={"name": "shared"})
+    assert again.status_code == 400 and again.json()["error"]["code"] == "collection_exists"
+    # Each project reads, searches and grounds on its own "shared".
+    for project, word in ((alpha, "otters"), (beta, "herons")):
+        hits = ok(project.clients[I].post("/v1/collections/shared/search", json={"query": word}))
+        assert [h["text"] for h in hits["data"]] == [
+            "Alpha keeps otters." if project is alpha else "Beta keeps herons."
+        ]
+        assert ok(project.clients[I].get("/v1/collections/shared"))["documents"] == 1
+        grounded = chat(project.clients[I], trellis={"collections": ["shared"]})
+        assert grounded.status_code == 200, grounded.text
+        (citation,) = grounded.json()["citations"]
+        assert citation["collection"] == "shared" and word in citation["snippet"]
+    # The default project (the built-in admin without a project) has none of that name.
+    assert world.root.get("/v1/collections/shared").status_code == 404
+    listed = [c for c in ok(world.root.get("/v1/collections"))["data"] if c["name"] == "shared"]
+    assert sorted(c["project"] for c in listed) == ["alpha", "beta"]
+    # Deleting alpha's leaves beta's; a re-index keeps the collection in its project.
+    ok(beta.clients[A].post("/v1/collections/shared/reindex"))
+    ok(alpha.clients[A].delete("/v1/collections/shared"))
+    assert alpha.clients[I].get("/v1/collections/shared").status_code == 404
+    assert ok(beta.clients[I].get("/v1/collections/shared"))["project"] == "beta"

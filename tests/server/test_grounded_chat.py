@@ -171,7 +171,9 @@ def test_zero_hits_and_failures_proceed_without_context(
 
 
 class BrokenRetriever:
-    async def retrieve(self, collections: Sequence[str], query: str, top_k: int) -> list[Passage]:
+    async def retrieve(
+        self, collections: Sequence[str], query: str, top_k: int, project_id: str = "default"
+    ) -> list[Passage]:
         raise OSError("disk on fire")
 
 

@@ -67,14 +67,18 @@ class Passage:
 
 class Retriever(Protocol):
     async def retrieve(
-        self, collections: Sequence[str], query: str, top_k: int
-    ) -> list[Passage]: ...
+        self, collections: Sequence[str], query: str, top_k: int, project_id: str = "default"
+    ) -> list[Passage]:
+        """The best passages of ``project_id``'s ``collections`` (names are a project's own)."""
+        ...
 
 
 class Searcher(Protocol):
     """The part of ``trellis.retrieval.Retrieval`` the adapter uses."""
 
-    async def search(self, name: str, query: str, *, mode: Any, top_k: int) -> list[Any]: ...
+    async def search(
+        self, name: str, query: str, *, mode: Any, top_k: int, project_id: str
+    ) -> list[Any]: ...
 
 
 class CollectionRetriever:
@@ -89,13 +93,17 @@ class CollectionRetriever:
         self._searcher = searcher
         self.mode = mode
 
-    async def retrieve(self, collections: Sequence[str], query: str, top_k: int) -> list[Passage]:
+    async def retrieve(
+        self, collections: Sequence[str], query: str, top_k: int, project_id: str = "default"
+    ) -> list[Passage]:
         searcher = self._searcher()
 
         async def search(name: str) -> list[Any]:
             # A question longer than the embedder's window is searched whole: Retrieval
             # embeds it in windows (retrieval.query_vector) and keyword search reads it all.
-            return await searcher.search(name, query, mode=self.mode, top_k=top_k)
+            return await searcher.search(
+                name, query, mode=self.mode, top_k=top_k, project_id=project_id
+            )
 
         found = await asyncio.gather(*(search(name) for name in collections))
         passages = [

@@ -121,6 +121,11 @@ class Viewer:
         return allowed(self.key, area)
 
     @property
+    def project_id(self) -> str:
+        """The project the pages act in: the key's (the built-in admin: the default one)."""
+        return "default" if self.key.spans_projects else self.key.project_id  # type: ignore[no-any-return]
+
+    @property
     def nav(self) -> list[tuple[str, str]]:
         return [(path, label) for area, path, label in NAV if self.can(area)]
 

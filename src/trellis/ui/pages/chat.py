@@ -68,7 +68,9 @@ async def chat_page(request: Request) -> Response:
     session_id = _session_id(request.query_params.get("session"))
     models = [c.id for c in gateway.models(Caller(key=me.key)).data if c.kind == "chat"]
     collections = (
-        [c.name for c in await rt.retrieval.list_collections()] if me.can("collections") else []
+        [c.name for c in await rt.retrieval.list_collections(me.project_id)]
+        if me.can("collections")
+        else []
     )
     history: list[dict[str, Any]] = []
     summary = None
@@ -133,7 +135,8 @@ async def chat_stream(request: Request) -> Response:
     assert gateway is not None
     started = time.perf_counter()
     now = time.time_ns()
-    result = await gateway.chat_stream(chat, Caller(key=me.key, auth_start_ns=now, auth_end_ns=now))
+    caller = Caller(key=me.key, auth_start_ns=now, auth_end_ns=now, project_id=me.project_id)
+    result = await gateway.chat_stream(chat, caller)
     return StreamingResponse(
         _relay(result.chunks, result.trace_id, result.cache_hit, started),
         media_type="text/event-stream",

@@ -33,7 +33,7 @@ UPLOAD_LIMIT = 64 * 1024 * 1024
 @router.get("/ui/collections")
 async def list_collections(request: Request) -> Response:
     me = await viewer(request, "collections")
-    found = await runtime(request).retrieval.list_collections()
+    found = await runtime(request).retrieval.list_collections(me.project_id)
     return render(
         request, "collections/index.html", {"title": "Collections", "collections": found}, me=me
     )
@@ -46,22 +46,26 @@ async def create_collection(request: Request) -> Response:
     name = str(form.get("name") or "").strip()
     if not 1 <= len(name) <= 64:
         raise InvalidRequestError("A collection needs a name of 1 to 64 characters.", param="name")
-    info = await runtime(request).retrieval.create_collection(name, {})
+    info = await runtime(request).retrieval.create_collection(name, {}, me.project_id)
     headers = {"hx-redirect": f"/ui/collections/{info.name}"} if is_htmx(request) else None
     return render(
         request,
         "collections/detail.html",
-        await _detail_context(request, info.name, 0),
+        await _detail_context(request, info.name, 0, me.project_id),
         me=me,
         status=201,
         headers=headers,
     )
 
 
-async def _detail_context(request: Request, name: str, offset: int) -> dict[str, object]:
+async def _detail_context(
+    request: Request, name: str, offset: int, project_id: str
+) -> dict[str, object]:
     retrieval = runtime(request).retrieval
-    info = await retrieval.get_collection(name)
-    rows = await retrieval.list_documents(name, limit=PAGE + 1, offset=offset)
+    info = await retrieval.get_collection(name, project_id)
+    rows = await retrieval.list_documents(
+        name, limit=PAGE + 1, offset=offset, project_id=project_id
+    )
     return {
         "title": f"Collection {name}",
         "collection": info,
@@ -83,7 +87,7 @@ def _offset(request: Request) -> int:
 @router.get("/ui/collections/{name}")
 async def collection(name: str, request: Request) -> Response:
     me = await viewer(request, "collections")
-    context = await _detail_context(request, name, _offset(request))
+    context = await _detail_context(request, name, _offset(request), me.project_id)
     if is_htmx(request):
         return render(request, "collections/_documents.html", context, me=me)
     return render(request, "collections/detail.html", context, me=me)
@@ -140,10 +144,10 @@ async def upload(name: str, request: Request) -> Response:
             except LoaderError as exc:
                 report.failed[filename] = exc.reason
     if docs:
-        added = await rt.retrieval.add_documents(name, docs)
+        added = await rt.retrieval.add_documents(name, docs, project_id=me.project_id)
         added.failed.update(report.failed)
         report = added
-    context = {**await _detail_context(request, name, 0), "report": report}
+    context = {**await _detail_context(request, name, 0, me.project_id), "report": report}
     template = "collections/_upload_result.html" if is_htmx(request) else "collections/detail.html"
     return render(request, template, context, me=me)
 
@@ -162,13 +166,19 @@ async def search(name: str, request: Request) -> Response:
     raw_k = str(form.get("top_k") or "10")
     if not raw_k.isdigit() or not 1 <= int(raw_k) <= MAX_TOP_K:
         raise InvalidRequestError(f"top_k must be 1 to {MAX_TOP_K}", param="top_k")
-    hits = await runtime(request).retrieval.search(name, query, mode=mode, top_k=int(raw_k))  # type: ignore[arg-type]
+    hits = await runtime(request).retrieval.search(
+        name,
+        query,
+        mode=mode,  # type: ignore[arg-type]
+        top_k=int(raw_k),
+        project_id=me.project_id,
+    )
     context = {"hits": hits, "mode": mode, "query": query, "collection_name": name}
     if is_htmx(request):
         return render(request, "collections/_hits.html", context, me=me)
     return render(
         request,
         "collections/detail.html",
-        {**await _detail_context(request, name, 0), **context},
+        {**await _detail_context(request, name, 0, me.project_id), **context},
         me=me,
     )
