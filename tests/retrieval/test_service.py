@@ -337,10 +337,10 @@ async def test_a_query_longer_than_the_embedder_window_is_searched_whole(
 async def test_collection_names_are_a_projects_own(retrieval: Retrieval) -> None:
     """The same name in two projects: two collections, each found only in its project,
     re-indexed and deleted there (both backends)."""
-    for project, text in (("default", "Otters hold hands."), ("alpha", "Herons stand still.")):
+    for project, body in (("default", "Otters hold hands."), ("alpha", "Herons stand still.")):
         made = await retrieval.create_collection("zoo", project_id=project)
         assert (made.name, made.project_id) == ("zoo", project)
-        await retrieval.add_documents("zoo", [{"id": "a", "text": text}], project_id=project)
+        await retrieval.add_documents("zoo", [{"id": "a", "text": body}], project_id=project)
     with pytest.raises(InvalidRequestError, match="already exists"):
         await retrieval.create_collection("zoo", project_id="alpha")
     assert [h.text for h in await retrieval.search("zoo", "herons", project_id="alpha")] == [
