@@ -633,12 +633,12 @@ class Gateway:
             raise UnsupportedFeatureError(
                 "retrieval is not available in this gateway", param="trellis.collections"
             )
-        # Collection names are a project's own: the caller's project is searched (the
-        # built-in admin spanning projects: the default project's), and another project's
-        # collection of the same name is never reached.
-        # (The built-in admin spanning projects is not pre-checked: the search itself
-        # answers an unknown name.)
-        project_id = call.caller.project_id
+        # Collection names are a project's own: the request's are the caller's project's
+        # (the built-in admin spanning projects: the default project's), an alias's the
+        # default project's; another project's collection of the same name is never
+        # reached. (The built-in admin spanning projects is not pre-checked: the search
+        # itself answers an unknown name.)
+        project_id = plan.project_id or call.caller.project_id
         if self.has_collection is not None and not call.caller.all_projects:
             for name in plan.collections:
                 if not await self.has_collection(project_id, name):

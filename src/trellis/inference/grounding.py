@@ -127,23 +127,29 @@ class CollectionRetriever:
 class RetrievalPlan:
     collections: tuple[str, ...]
     top_k: int
+    #: Whose collections: None for the caller's project (the request named them); an
+    #: alias's ``retrieval`` is the operator's setting and names the default project's.
+    project_id: str | None = None
 
 
 def retrieval_plan(request: ChatRequest, alias_retrieval: Any) -> RetrievalPlan | None:
-    """What to retrieve: the request's ``trellis.collections`` win over the alias's.
+    """What to retrieve: the request's ``trellis.collections`` (the caller's project's) win
+    over the alias's (the default project's: settings are the operator's).
 
     An explicit empty list in the request turns an alias's retrieval off.
     """
     options = request.trellis
     names = options.collections if options is not None else None
     top_k = options.top_k if options is not None else None
+    project_id = None
     if names is None and alias_retrieval is not None:
         names = list(alias_retrieval.collections)
+        project_id = "default"
     if not names:
         return None
     if top_k is None:
         top_k = alias_retrieval.top_k if alias_retrieval is not None else DEFAULT_TOP_K
-    return RetrievalPlan(tuple(dict.fromkeys(names)), top_k)
+    return RetrievalPlan(tuple(dict.fromkeys(names)), top_k, project_id)
 
 
 def retrieval_query(messages: Sequence[ChatMessage]) -> str:
