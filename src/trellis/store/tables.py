@@ -204,6 +204,8 @@ collections = Table(
     "collections",
     metadata,
     Column("id", String(32), primary_key=True),
+    # The name in the default project, ``<project>/<name>`` in another (names are a
+    # project's own; trellis.retrieval.index.stored_name).
     Column("name", String(), nullable=False, unique=True),
     Column("embedder", String(), nullable=False),
     Column("dimension", Integer, nullable=False),
