@@ -94,6 +94,7 @@ class QueueReply(BaseModel):
     scale: dict[str, Any]
     instructions: str | None
     key_id: str | None
+    project: str = Field(description="The project: the run's, or the creator's for traces")
     created_at: float
     progress: QueueProgress
     agreement: list[dict[str, Any]] | None = Field(
