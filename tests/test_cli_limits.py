@@ -74,6 +74,14 @@ def test_limits_set_show_usage_delete(config: Path) -> None:
     assert invoke("limits", "delete", "project:team-a", "-c", c)[0] == 0
     code, out = invoke("limits", "delete", "project:team-a", "-c", c)
     assert code == 1 and "no stored limits" in out
+    # Both changes are in the audit log, in the subject's project (a failed delete is not).
+    code, out = invoke("audit", "--action", "limit.", "--json", "-c", c)
+    entries = json.loads(out)
+    assert [(e["action"], e["target"], e["project_id"]) for e in reversed(entries)] == [
+        ("limit.set", "project:team-a", "team-a"),
+        ("limit.delete", "project:team-a", "team-a"),
+    ]
+    assert entries[-1]["detail"]["rpm"] == 30 and entries[-1]["actor_name"] == "cli"
     code, out = invoke("limits", "set", "team-a", "--rpm", "1", "-c", c)
     assert code == 1 and "key:<key id> or project:<project id>" in out
     code, out = invoke("limits", "set", "project:x", "--alert-at", "2", "-c", c)

@@ -97,3 +97,28 @@ def test_ingest_search_and_collections(config: Path, corpus: Path) -> None:
 def test_ingest_of_only_unreadable_files_fails(config: Path, corpus: Path) -> None:
     out = invoke(config, "ingest", "notes", str(corpus / "broken.pdf"), "--create", code=1)
     assert "broken.pdf" in out
+
+
+def test_collections_of_a_project(config: Path, tmp_path: Path) -> None:
+    """--project: the same collection name in two projects, each ingested, searched,
+    shown and deleted on its own."""
+    c = str(config)
+    assert runner.invoke(app, ["projects", "create", "team", "-c", c]).exit_code == 0
+    for project, body in (("default", "Otters hold hands."), ("team", "Herons stand still.")):
+        doc = tmp_path / f"{project}.md"
+        doc.write_text(body)
+        args = ["ingest", "zoo", str(doc), "--create", "-p", project, "-c", c]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    found = runner.invoke(app, ["search", "zoo", "herons", "-p", "team", "--json", "-c", c])
+    assert [hit["text"] for hit in json.loads(found.output)] == ["Herons stand still."]
+    listed = runner.invoke(app, ["collections", "list", "--json", "-c", c])
+    assert sorted(i["project"] for i in json.loads(listed.output)) == ["default", "team"]
+    listed = runner.invoke(app, ["collections", "list", "-p", "team", "--json", "-c", c])
+    assert [i["project"] for i in json.loads(listed.output)] == ["team"]
+    deleted = runner.invoke(app, ["collections", "delete", "zoo", "-y", "-p", "team", "-c", c])
+    assert deleted.exit_code == 0, deleted.output
+    shown = runner.invoke(app, ["collections", "show", "zoo", "--json", "-c", c])
+    assert json.loads(shown.output)["project"] == "default"
+    gone = runner.invoke(app, ["collections", "show", "zoo", "-p", "team", "-c", c])
+    assert gone.exit_code != 0

@@ -38,6 +38,7 @@ from trellis.observe.writer import TraceWriter
 from trellis.orchestration.registry import load_workflows
 from trellis.orchestration.service import Workflows
 from trellis.retrieval import Retrieval, index_for
+from trellis.retrieval.index import stored_name
 from trellis.settings import Deployment, Settings
 from trellis.store.db import Database
 from trellis.store.retention import DataRetentionJob
@@ -210,7 +211,7 @@ class Trellis:
         self.gateway.on_trace.append(self.metrics.observe)
         # Grounded chat (``trellis.collections``) searches lazily: no model load at start-up.
         self.gateway.retriever = CollectionRetriever(lambda: self.retrieval)
-        self.gateway.collection_project = self._collection_project
+        self.gateway.has_collection = self._has_collection
         # Sessions compress old turns with a summary written by the session's own model.
         self.sessions = SessionMemory(self.db, GatewaySummarizer(lambda: self._gateway()))
         self.gateway.sessions = self.sessions
@@ -264,15 +265,13 @@ class Trellis:
             self.alerts.start()
         return self
 
-    async def _collection_project(self, name: str) -> str | None:
-        """The project that owns collection ``name`` (None: there is none)."""
+    async def _has_collection(self, project_id: str, name: str) -> bool:
+        """Whether ``project_id`` has a collection ``name``."""
         assert self.db is not None
+        stored = stored_name(project_id, name)
         async with self.db.engine.connect() as conn:
-            return (
-                await conn.execute(
-                    select(collections.c.project_id).where(collections.c.name == name)
-                )
-            ).scalar()
+            found = await conn.execute(select(collections.c.id).where(collections.c.name == stored))
+            return found.first() is not None
 
     async def aclose(self) -> None:
         """Flush traces, then close providers and the database (in reverse build order)."""

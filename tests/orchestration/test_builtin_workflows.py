@@ -37,7 +37,9 @@ class Knowledge:
     def __init__(self) -> None:
         self.calls: list[tuple[list[str], int]] = []
 
-    async def retrieve(self, collections: Sequence[str], query: str, top_k: int) -> list[Passage]:
+    async def retrieve(
+        self, collections: Sequence[str], query: str, top_k: int, project_id: str = "default"
+    ) -> list[Passage]:
         self.calls.append((list(collections), top_k))
         return [
             Passage(collection="kb", chunk_id=i, document_id=f"d{i}", text=text, score=1 / (i + 1))

@@ -142,7 +142,9 @@ async def test_an_unknown_collection_fails_the_step(retriever: CollectionRetriev
 
 async def test_configuration_errors() -> None:
     class Static:
-        async def retrieve(self, collections: Sequence[str], query: str, top_k: int) -> list[Any]:
+        async def retrieve(
+            self, collections: Sequence[str], query: str, top_k: int, project_id: str = "default"
+        ) -> list[Any]:
             return []
 
     step = retrieve("search", collections=["c"], query=lambda s: "x", into="p")

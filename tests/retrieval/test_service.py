@@ -332,3 +332,31 @@ async def test_a_query_longer_than_the_embedder_window_is_searched_whole(
         assert hits[0].document_id == "cake", mode
     hybrid = await retrieval.search("docs", query, top_k=1)
     assert {"keyword", "vector"} <= set(hybrid[0].scores)
+
+
+async def test_collection_names_are_a_projects_own(retrieval: Retrieval) -> None:
+    """The same name in two projects: two collections, each found only in its project,
+    re-indexed and deleted there (both backends)."""
+    for project, body in (("default", "Otters hold hands."), ("alpha", "Herons stand still.")):
+        made = await retrieval.create_collection("zoo", project_id=project)
+        assert (made.name, made.project_id) == ("zoo", project)
+        await retrieval.add_documents("zoo", [{"id": "a", "text": body}], project_id=project)
+    with pytest.raises(InvalidRequestError, match="already exists"):
+        await retrieval.create_collection("zoo", project_id="alpha")
+    assert [h.text for h in await retrieval.search("zoo", "herons", project_id="alpha")] == [
+        "Herons stand still."
+    ]
+    assert [h.text for h in await retrieval.search("zoo", "otters", mode="keyword")] == [
+        "Otters hold hands."
+    ]
+    with pytest.raises(NotFoundError):
+        await retrieval.get_collection("zoo", "beta")
+    listed = await retrieval.list_collections()
+    assert sorted((c.project_id, c.name) for c in listed) == [("alpha", "zoo"), ("default", "zoo")]
+    assert [c.project_id for c in await retrieval.list_collections("alpha")] == ["alpha"]
+    await retrieval.reindex("zoo", project_id="alpha")
+    reindexed = await retrieval.get_collection("zoo", "alpha")
+    assert (reindexed.name, reindexed.project_id, reindexed.documents) == ("zoo", "alpha", 1)
+    await retrieval.delete_collection("zoo", "alpha")
+    assert (await retrieval.get_collection("zoo")).project_id == "default"
+    assert [c.project_id for c in await retrieval.list_collections()] == ["default"]

@@ -11,6 +11,7 @@ to contain another project's ids.
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -84,6 +85,17 @@ class World:
         for project in self.projects.values():
             for http in project.clients.values():
                 http.close()
+
+
+def suite_file(tmp_path: Path) -> Path:
+    """The suite of the operator's schedule (a dataset file next to it)."""
+    (tmp_path / "nightly.jsonl").write_text(CONTENT)
+    path = tmp_path / "nightly.yaml"
+    path.write_text(
+        "name: nightly\ndataset: nightly.jsonl\nmetrics: [exact]\n"
+        "candidates: [{name: a, model: gpt-test, prompt: 'Say: {input}'}]\n"
+    )
+    return path
 
 
 # --- resources, made for the project (and the acting key where ownership is per key) -----
@@ -163,6 +175,27 @@ def finished_eval(http: httpx.Client, dataset: str) -> str:
     return run_id
 
 
+def queue(world: World, project: Project, actor: httpx.Client | None) -> str:
+    """The project's labelling queue (made by its inference key from its eval run)."""
+    return project.ids["queue"]
+
+
+def labelled_queue(world: World, project: Project, actor: httpx.Client | None) -> str:
+    queue_id = project.ids["queue"]
+    label = {"score": 5}
+    ok(project.clients[E].post(f"/v1/evals/queues/{queue_id}/items/1/label", json=label))
+    return queue_id
+
+
+def key_subject(world: World, project: Project, actor: httpx.Client | None) -> str:
+    return f"key:{key(world, project, actor)}"
+
+
+def limited_key(world: World, project: Project, actor: httpx.Client | None) -> str:
+    body = {"name": "limited", "project": project.id, "limits": {"rpm": 100000}}
+    return f"key:{ok(world.root.post('/v1/keys', json=body), 201)['id']}"
+
+
 Factory = Callable[[World, Project, "httpx.Client | None"], str]
 
 
@@ -181,6 +214,9 @@ class Policy:
     global_admin: bool = False
     #: Open: no key needed (health, metrics).
     open: bool = False
+    #: The operator's (scheduled evals, in the default project): keys of other projects
+    #: get an empty list or 404.
+    operator: bool = False
 
 
 def _suite_body(own: Project, target: Project, role: str) -> dict[str, Any]:
@@ -292,6 +328,36 @@ POLICY: dict[tuple[str, str], Policy] = {
         (A,), global_admin=True, resource=lambda w, p, a: p.id
     ),
     ("GET", "/v1/audit"): Policy((A,)),
+    ("GET", "/v1/limits"): Policy((A,)),
+    ("PUT", "/v1/limits/{subject}"): Policy(
+        (A,), resource=key_subject, body=lambda o, t, r: {"rpm": 100000}
+    ),
+    ("GET", "/v1/limits/{subject}"): Policy((A,), resource=limited_key),
+    ("DELETE", "/v1/limits/{subject}"): Policy((A,), resource=limited_key),
+    ("GET", "/v1/usage/{subject}"): Policy((I, O), resource=lambda w, p, a: f"project:{p.id}"),
+    ("GET", "/v1/evals/queues"): Policy((E, I, O)),
+    ("POST", "/v1/evals/queues"): Policy(
+        (E, I, O), body=lambda o, t, r: {"run_id": t.ids["eval_run"]}
+    ),
+    ("GET", "/v1/evals/queues/{queue_id}"): Policy((E, I, O), resource=queue),
+    ("GET", "/v1/evals/queues/{queue_id}/next"): Policy((E, I, O), resource=queue),
+    ("GET", "/v1/evals/queues/{queue_id}/items"): Policy((E, I, O), resource=queue),
+    ("GET", "/v1/evals/queues/{queue_id}/agreement"): Policy((E, I, O), resource=queue),
+    ("POST", "/v1/evals/queues/{queue_id}/items/{item_id}/label"): Policy(
+        (E, I, O),
+        resource=lambda w, p, a: queue(w, p, a) + "/items/1",
+        body=lambda o, t, r: {"score": 4},
+    ),
+    ("POST", "/v1/evals/queues/{queue_id}/export"): Policy(
+        (E, I), resource=labelled_queue, body=lambda o, t, r: {"dataset": unique("labelled")}
+    ),
+    ("GET", "/v1/evals/schedules"): Policy((E, O), operator=True),
+    ("POST", "/v1/evals/schedules/{name}/run"): Policy(
+        (A,), resource=lambda w, p, a: "nightly", operator=True
+    ),
+    ("GET", "/v1/evals/schedules/{name}/runs"): Policy(
+        (E, O), resource=lambda w, p, a: "nightly", operator=True
+    ),
 }
 
 
@@ -302,7 +368,15 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
         upstream.reply = "Hello from the fake upstream"
         # Cached answers shared by a project's keys (not per key): still never across projects.
         settings = gateway_settings(
-            tmp_path, upstream, workflows=["api_flows:review"], cache={"per_key": False}
+            tmp_path,
+            upstream,
+            workflows=["api_flows:review"],
+            cache={"per_key": False},
+            evals={
+                "schedules": [
+                    {"name": "nightly", "suite": str(suite_file(tmp_path)), "cron": "0 2 * * *"}
+                ]
+            },
         )
         server = ServerThread(create_app(settings)).start()
         world = World(server)
@@ -319,6 +393,12 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
                 project.ids["dataset"] = dataset
                 project.ids["eval_run"] = finished_eval(inference, dataset)
                 project.ids["collection"] = collection(world, project, None)
+                made = inference.post("/v1/evals/queues", json={"run_id": project.ids["eval_run"]})
+                project.ids["queue"] = ok(made)["id"]
+                project.ids["limited_key"] = limited_key(world, project, None)
+                limits = {"rpm": 100000}
+                ok(world.root.put(f"/v1/limits/project:{name}", json=limits))
+                project.ids["project_limit"] = f"project:{name}"
             deadline = time.monotonic() + 10
             for project in world.projects.values():  # the trace writer flushes every 50 ms
                 while world.root.get(f"/v1/traces/{project.ids['trace']}").status_code == 404:
@@ -337,6 +417,8 @@ def _expected(policy: Policy, role: str, own: bool) -> int:
         return 403
     if policy.global_admin:
         return 403  # a project's admin key does not manage projects
+    if policy.operator:
+        return 404 if policy.resource is not None else policy.status
     if policy.resource is None and policy.body is None:
         return policy.status
     return policy.status if own else 404
@@ -353,11 +435,15 @@ def test_every_endpoint_has_a_policy(world: World) -> None:
 
 def _target_is_shared(policy: Policy, method: str, path: str) -> bool:
     """Resources every project shares (models, registered workflows): no other project's."""
-    return path in ("/v1/models/{model_id}", "/v1/workflows/{name}/runs") or (
-        policy.resource is None
-        and policy.body is not None
-        and method == "POST"
-        and path not in ("/v1/keys", "/v1/evals/runs", "/v1/evals/compare")
+    return (
+        policy.operator
+        or path in ("/v1/models/{model_id}", "/v1/workflows/{name}/runs")
+        or (
+            policy.resource is None
+            and policy.body is not None
+            and method == "POST"
+            and path not in ("/v1/keys", "/v1/evals/runs", "/v1/evals/compare", "/v1/evals/queues")
+        )
     )
 
 
@@ -373,17 +459,16 @@ def test_access_matrix(world: World) -> None:
                 target = own if target_own else other
                 expected = _expected(policy, role, target_own)
                 url = path
-                if policy.resource is not None:
-                    if expected == 403:
-                        value = "x"  # the role check comes first: no resource needed
-                    else:
-                        value = policy.resource(
-                            world, target, actor if policy.per_key and target_own else None
-                        )
+                if policy.resource is not None and expected == 403:
+                    # The role check comes first: no resource needed (numbers where ids are).
+                    url = re.sub(r"\{(\w+)\}", lambda m: "1" if m[1] == "item_id" else "x", path)
+                elif policy.resource is not None:
+                    value = policy.resource(
+                        world, target, actor if policy.per_key and target_own else None
+                    )
+                    # The factory names every id up to the last one; the rest is the path's.
                     url = path.split("{")[0] + value
-                    if path.endswith("/documents/{doc_id}") and expected == 403:
-                        url = path.split("{")[0] + "x/documents/x"
-                    elif "}/" in path and not path.endswith("/documents/{doc_id}"):
+                    if "}/" in path and not path.endswith("/documents/{doc_id}"):
                         url += "/" + path.rsplit("}/", 1)[1]
                 url += policy.query
                 body = policy.body(own, target, role) if policy.body is not None else None
@@ -545,3 +630,152 @@ def test_rule_and_dataset_names_are_per_project(world: World) -> None:
     upload = {"name": "shared-name", "content": CONTENT}
     assert ok(alpha.clients[E].post("/v1/evals/datasets", json=upload))["created"] is True
     assert ok(beta.clients[E].post("/v1/evals/datasets", json=upload))["created"] is True
+
+
+def test_a_queue_from_traces_is_its_projects(world: World) -> None:
+    alpha, beta = world.projects["alpha"], world.projects["beta"]
+    body = {"traces": {"q": "hi"}, "scale": {"type": "pass_fail"}, "limit": 1000}
+    made = ok(alpha.clients[E].post("/v1/evals/queues", json=body))
+    assert made["project"] == "alpha"
+    items = ok(alpha.clients[E].get(f"/v1/evals/queues/{made['id']}/items?limit=1000"))["data"]
+    traced = {item["trace_id"] for item in items}
+    assert alpha.ids["trace"] in traced and beta.ids["trace"] not in traced
+    # The built-in admin makes a queue in the project it acts in, of that project's traces.
+    in_beta = world.client(ADMIN_KEY, "beta")
+    made_in_beta = ok(in_beta.post("/v1/evals/queues", json=body))
+    assert made_in_beta["project"] == "beta"
+    beta_items = ok(in_beta.get(f"/v1/evals/queues/{made_in_beta['id']}/items"))["data"]
+    assert beta.ids["trace"] in {i["trace_id"] for i in beta_items}
+    assert alpha.ids["trace"] not in {i["trace_id"] for i in beta_items}
+    # A label of a trace item is a score in the trace's (the queue's) project.
+    item = next(i for i in items if i["trace_id"] == alpha.ids["trace"])
+    label = {"passed": True}
+    ok(alpha.clients[O].post(f"/v1/evals/queues/{made['id']}/items/{item['id']}/label", json=label))
+    scores = ok(alpha.clients[O].get(f"/v1/traces/{alpha.ids['trace']}"))["scores"]
+    assert [s["name"] for s in scores if s["source"] == "eval"] == ["label"]
+    # Its export is a dataset of the queue's project.
+    ok(alpha.clients[E].post(f"/v1/evals/queues/{made['id']}/export", json={"dataset": "human"}))
+    assert "human" in {d["name"] for d in ok(alpha.clients[E].get("/v1/evals/datasets"))["data"]}
+    assert "human" not in {d["name"] for d in ok(beta.clients[E].get("/v1/evals/datasets"))["data"]}
+    # Another project's queue does not exist for beta, nor for the admin acting in beta.
+    assert beta.clients[E].get(f"/v1/evals/queues/{made['id']}").status_code == 404
+    assert made["id"] not in str(ok(beta.clients[O].get("/v1/evals/queues")))
+    assert in_beta.get(f"/v1/evals/queues/{made['id']}/items").status_code == 404
+    in_beta.close()
+    all_queues = {q["id"] for q in ok(world.root.get("/v1/evals/queues"))["data"]}
+    assert {made["id"], alpha.ids["queue"], beta.ids["queue"]} <= all_queues
+    # An inference key reads only the queues it made: the project's eval key made this one.
+    denied = alpha.clients[I].get(f"/v1/evals/queues/{made['id']}")
+    assert denied.status_code == 403
+
+
+def test_limits_follow_projects_and_are_audited(world: World) -> None:
+    alpha, beta = world.projects["alpha"], world.projects["beta"]
+    admin = alpha.clients[A]
+    # Its own project's limits: read, never raised or removed by the project's admin.
+    assert ok(admin.get("/v1/limits/project:alpha"))["rpm"] == 100000
+    for method in ("PUT", "DELETE"):
+        body = {"rpm": 10**7} if method == "PUT" else None
+        refused = admin.request(method, "/v1/limits/project:alpha", json=body)
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"]["code"] == "insufficient_scope"
+    # Another project's subjects, and the built-in admin's key, do not exist for it.
+    root_id = next(k["id"] for k in ok(world.root.get("/v1/keys"))["data"] if k["project"] == "*")
+    for subject in ("project:beta", beta.ids["limited_key"], f"key:{root_id}", "key:key_nope"):
+        for method in ("GET", "PUT", "DELETE"):
+            body = {"rpm": 5} if method == "PUT" else None
+            answer = admin.request(method, f"/v1/limits/{subject}", json=body)
+            assert answer.status_code == 404, (method, subject, answer.text)
+    subjects = {row["subject"] for row in ok(admin.get("/v1/limits"))["data"]}
+    assert subjects >= {"project:alpha", alpha.ids["limited_key"]}
+    assert not subjects & {"project:beta", beta.ids["limited_key"]}
+    everything = {row["subject"] for row in ok(world.root.get("/v1/limits"))["data"]}
+    assert {"project:beta", beta.ids["limited_key"]} <= everything
+    # Its keys' limits are its admin's, and every change is audited in the key's project.
+    made = ok(admin.post("/v1/keys", json={"name": "capped", "limits": {"rpm": 50}}), 201)
+    subject = f"key:{made['id']}"
+    ok(admin.put(f"/v1/limits/{subject}", json={"rpm": 40, "daily_usd": 2}))
+    ok(admin.delete(f"/v1/limits/{subject}"))
+    ok(world.root.put("/v1/limits/project:alpha", json={"rpm": 200000}))
+    entries = ok(admin.get("/v1/audit?action=limit.&limit=100"))["data"]
+    mine = [(e["action"], e["detail"]) for e in reversed(entries) if e["target"] == subject]
+    assert [action for action, _ in mine] == ["limit.set", "limit.set", "limit.delete"]
+    assert mine[0][1]["rpm"] == 50 and (mine[1][1]["rpm"], mine[1][1]["daily_usd"]) == (40, 2)
+    assert any(e["target"] == "project:alpha" for e in entries), "the root's change is alpha's"
+    assert all(e["project_id"] == "alpha" for e in entries)
+    # Usage: a key its own and its project's; observers its project's keys; 404 outside.
+    inference, observer = alpha.clients[I], alpha.clients[O]
+    assert ok(inference.get("/v1/usage/project:alpha"))["subject"] == "project:alpha"
+    assert inference.get(f"/v1/usage/{alpha.ids['limited_key']}").status_code == 403
+    assert ok(observer.get(f"/v1/usage/{alpha.ids['limited_key']}"))["limits"]["rpm"] == 100000
+    assert observer.get(f"/v1/usage/{beta.ids['limited_key']}").status_code == 404
+    assert inference.get("/v1/usage/project:beta").status_code == 404
+
+
+def test_scheduled_evals_are_the_default_projects(world: World) -> None:
+    alpha = world.projects["alpha"]
+    default_admin = world.client(world.key("default", "admin"))
+    default_observer = world.client(world.key("default", "observer"))
+    (schedule,) = ok(default_observer.get("/v1/evals/schedules"))["data"]
+    assert schedule["name"] == "nightly"
+    assert ok(alpha.clients[O].get("/v1/evals/schedules"))["data"] == []
+    assert alpha.clients[A].post("/v1/evals/schedules/nightly/run").status_code == 404
+    in_alpha = world.client(ADMIN_KEY, "alpha")
+    assert in_alpha.get("/v1/evals/schedules/nightly/runs").status_code == 404
+    claim = ok(default_admin.post("/v1/evals/schedules/nightly/run"))
+    deadline = time.monotonic() + 30
+    while True:
+        runs = ok(default_observer.get("/v1/evals/schedules/nightly/runs"))["data"]
+        (run,) = [r for r in runs if r["id"] == claim["id"]]
+        if run["status"] != "running":
+            break
+        assert time.monotonic() < deadline, run
+        time.sleep(0.05)
+    assert run["status"] == "passed", run
+    assert ok(default_observer.get(f"/v1/evals/runs/{run['run_id']}"))["status"] == "succeeded"
+    assert alpha.clients[E].get(f"/v1/evals/runs/{run['run_id']}").status_code == 404
+    assert run["run_id"] not in str(ok(alpha.clients[O].get("/v1/evals/runs")))
+    for http in (default_admin, default_observer, in_alpha):
+        http.close()
+
+
+def test_a_deleted_project_takes_its_own_limits(world: World) -> None:
+    busy = world.root.delete("/v1/projects/alpha")
+    assert busy.status_code == 409 and "eval_queues" in busy.json()["error"]["message"]
+    ok(world.root.post("/v1/projects", json={"id": "gamma"}), 201)
+    ok(world.root.put("/v1/limits/project:gamma", json={"rpm": 10}))
+    ok(world.root.delete("/v1/projects/gamma"))
+    gone = world.root.get("/v1/limits/project:gamma")
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "limit_not_found"
+
+
+def test_collection_names_are_per_project(world: World) -> None:
+    alpha, beta = world.projects["alpha"], world.projects["beta"]
+    for project, text in ((alpha, "Alpha keeps otters."), (beta, "Beta keeps herons.")):
+        admin = project.clients[A]
+        made = ok(admin.post("/v1/collections", json={"name": "shared"}), 201)
+        assert made["project"] == project.id
+        documents = {"documents": [{"id": "d1", "text": text}]}
+        ok(project.clients[G].post("/v1/collections/shared/documents", json=documents))
+    again = alpha.clients[A].post("/v1/collections", json={"name": "shared"})
+    assert again.status_code == 400 and again.json()["error"]["code"] == "collection_exists"
+    # Each project reads, searches and grounds on its own "shared".
+    for project, word in ((alpha, "otters"), (beta, "herons")):
+        hits = ok(project.clients[I].post("/v1/collections/shared/search", json={"query": word}))
+        assert [h["text"] for h in hits["data"]] == [
+            "Alpha keeps otters." if project is alpha else "Beta keeps herons."
+        ]
+        assert ok(project.clients[I].get("/v1/collections/shared"))["documents"] == 1
+        grounded = chat(project.clients[I], trellis={"collections": ["shared"]})
+        assert grounded.status_code == 200, grounded.text
+        (citation,) = grounded.json()["citations"]
+        assert citation["collection"] == "shared" and word in citation["snippet"]
+    # The default project (the built-in admin without a project) has none of that name.
+    assert world.root.get("/v1/collections/shared").status_code == 404
+    listed = [c for c in ok(world.root.get("/v1/collections"))["data"] if c["name"] == "shared"]
+    assert sorted(c["project"] for c in listed) == ["alpha", "beta"]
+    # Deleting alpha's leaves beta's; a re-index keeps the collection in its project.
+    ok(beta.clients[A].post("/v1/collections/shared/reindex"))
+    ok(alpha.clients[A].delete("/v1/collections/shared"))
+    assert alpha.clients[I].get("/v1/collections/shared").status_code == 404
+    assert ok(beta.clients[I].get("/v1/collections/shared"))["project"] == "beta"

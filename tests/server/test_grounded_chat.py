@@ -177,7 +177,9 @@ def test_zero_hits_and_failures_proceed_without_context(
 
 
 class BrokenRetriever:
-    async def retrieve(self, collections: Sequence[str], query: str, top_k: int) -> list[Passage]:
+    async def retrieve(
+        self, collections: Sequence[str], query: str, top_k: int, project_id: str = "default"
+    ) -> list[Passage]:
         raise OSError("disk on fire")
 
 
@@ -227,3 +229,15 @@ def test_alias_retrieval_and_request_override(
         off = http.post("/v1/chat/completions", json={**ask(collections=[]), "model": "grounded"})
         assert "citations" not in off.json()
         assert len(upstream.requests[-1].json["messages"]) == 2
+        # The alias's collections are the default project's, for every project's keys; a
+        # request's are the caller's project's (this project has no `docs`).
+        assert http.post("/v1/projects", json={"id": "team"}).status_code == 201
+        made = http.post("/v1/keys", json={"name": "t", "scopes": ["inference"], "project": "team"})
+        team = {"Authorization": f"Bearer {made.json()['key']}"}
+        aliased = http.post(
+            "/v1/chat/completions", json={**ask(), "model": "grounded"}, headers=team
+        )
+        assert aliased.status_code == 200, aliased.text
+        assert [c["document_id"] for c in aliased.json()["citations"]] == ["otters"]
+        named = http.post("/v1/chat/completions", json=ask(collections=["docs"]), headers=team)
+        assert named.status_code == 404 and named.json()["error"]["param"] == "trellis.collections"

@@ -943,8 +943,8 @@ def test_a_project_admin_manages_its_own_keys_and_every_change_is_audited(world:
         "alert_rule.delete",
         "collection.create",
         "collection.delete",
-        "limits.set",
-        "limits.delete",
+        "limit.set",
+        "limit.delete",
     ):
         entry = actions[action]
         assert entry["project_id"] == "proj-a", action
@@ -952,7 +952,7 @@ def test_a_project_admin_manages_its_own_keys_and_every_change_is_audited(world:
         assert entry["client_ip"] == "127.0.0.1", action
         assert entry["actor_name"] == "a-admin", action
     assert actions["key.revoke"]["target"] == key["id"]
-    assert actions["limits.set"]["target"] == subject
+    assert actions["limit.set"]["target"] == subject
 
 
 def test_an_expired_key_cannot_sign_in_and_its_session_ends(base: str) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import delete, select, update
 
+from trellis.access.audit import AuditEntry, record
 from trellis.access.limit_backend import parse_subject
 from trellis.settings import LimitValues
 from trellis.store.db import Database
@@ -73,8 +74,11 @@ class LimitStore:
             )
         return [(row["subject"], _values(row)) for row in rows]
 
-    async def put(self, subject: str, values: LimitValues) -> LimitValues:
-        """Set ``subject``'s limits (replacing any before)."""
+    async def put(
+        self, subject: str, values: LimitValues, *, audit: AuditEntry | None = None
+    ) -> LimitValues:
+        """Set ``subject``'s limits (replacing any before); ``audit`` is recorded in the same
+        transaction."""
         parse_subject(subject)
         now = time.time()
         data = {
@@ -94,14 +98,20 @@ class LimitStore:
                 await conn.execute(
                     limits_table.insert().values(subject=subject, created_at=now, **data)
                 )
+            if audit is not None:
+                await record(conn, audit.with_target(subject))
         self._cache.pop(subject, None)
         return values
 
-    async def delete(self, subject: str) -> bool:
+    async def delete(self, subject: str, *, audit: AuditEntry | None = None) -> bool:
+        """Delete ``subject``'s stored limits (the defaults apply again); False when it had
+        none. ``audit`` is recorded in the same transaction, when there was a row."""
         parse_subject(subject)
         async with self.db.write() as conn:
             result = await conn.execute(
                 delete(limits_table).where(limits_table.c.subject == subject)
             )
+            if audit is not None and result.rowcount > 0:
+                await record(conn, audit.with_target(subject))
         self._cache.pop(subject, None)
         return result.rowcount > 0

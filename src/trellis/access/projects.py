@@ -24,7 +24,9 @@ from trellis.store.tables import (
     api_keys,
     collections,
     eval_datasets,
+    eval_queues,
     eval_runs,
+    limits,
     projects,
     traces,
     workflow_runs,
@@ -46,8 +48,18 @@ PROJECT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 _PROJECT = re.compile(PROJECT_PATTERN)
 
 #: Tables whose rows keep a project from being deleted (a key revoked still counts:
-#: its traces and audit entries name it).
-_OWNED = (api_keys, collections, traces, alert_rules, eval_datasets, eval_runs, workflow_runs)
+#: its traces and audit entries name it; a key's limits go with the key). The project's
+#: own limits (``project:<id>``) are its settings, not its content: they go with it.
+_OWNED = (
+    api_keys,
+    collections,
+    traces,
+    alert_rules,
+    eval_datasets,
+    eval_runs,
+    eval_queues,
+    workflow_runs,
+)
 
 
 def validate_project_id(project_id: str, param: str = "project") -> str:
@@ -129,8 +141,9 @@ class ProjectStore:
         return [Project(r["id"], r["name"], r["created_at"]) for r in rows]
 
     async def delete(self, project_id: str, *, audit: AuditEntry | None = None) -> None:
-        """Delete an empty project: 404 when unknown, 409 ``project_not_empty`` while it
-        owns anything (keys, collections, traces...), and the default project never."""
+        """Delete an empty project, with its own limits (``project:<id>``): 404 when
+        unknown, 409 ``project_not_empty`` while it owns anything (keys, collections,
+        traces, eval queues...), and the default project never."""
         if project_id == DEFAULT_PROJECT:
             raise ConflictError("the default project cannot be deleted", code="default_project")
         async with self.db.write() as conn:
@@ -155,6 +168,7 @@ class ProjectStore:
                     f"project `{project_id}` still owns {listed}; delete them first",
                     code="project_not_empty",
                 )
+            await conn.execute(delete(limits).where(limits.c.subject == f"project:{project_id}"))
             await conn.execute(delete(projects).where(projects.c.id == project_id))
             if audit is not None:
                 await record(conn, audit.with_target(project_id))

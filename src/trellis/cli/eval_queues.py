@@ -78,6 +78,9 @@ def queue_create(
     text: Annotated[str | None, typer.Option("--q", help="Traces: text in prompt/answer")] = None,
     score: Annotated[str | None, typer.Option(help="Traces scored NAME below --below")] = None,
     below: Annotated[float | None, typer.Option(help="The score threshold")] = None,
+    project: Annotated[
+        str, typer.Option("--project", "-p", help="Traces: this project's (and the queue's)")
+    ] = "default",
     scale: Annotated[
         str | None,
         typer.Option(help="MIN-MAX, MIN-MAX:PASS or pass_fail (default: the judge's, or 1-5)"),
@@ -137,7 +140,12 @@ def queue_create(
                 instructions=instructions,
             )
         return await queues.from_traces(
-            selection, name=name, scale=chosen, instructions=instructions, filters=filters
+            selection,
+            name=name,
+            scale=chosen,
+            instructions=instructions,
+            filters=filters,
+            project_id=project,
         )
 
     queue = _on_queues(settings, create)
@@ -148,12 +156,18 @@ def queue_create(
 
 
 @queue_app.command("list")
-def queue_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+def queue_list(
+    project: Annotated[
+        str | None, typer.Option("--project", "-p", help="Only this project's queues")
+    ] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
     """Queues and their progress, newest first."""
     settings = load_settings(config)
 
     async def read(queues: Any) -> Any:
-        return await queues.queues()
+        return await queues.queues(project_id=project)
 
     found = _on_queues(settings, read)
     if as_json:

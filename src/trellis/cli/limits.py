@@ -83,6 +83,29 @@ def limit_values(
         raise typer.Exit(1) from None
 
 
+async def _cli_audit(
+    limiter: Any, action: str, subject: str, values: LimitValues | None = None
+) -> Any:
+    """The audit entry of a limit change from the command line, in the subject's project
+    (a key's, or the one named)."""
+    from sqlalchemy import select
+
+    from trellis.access.audit import Actor, AuditEntry
+    from trellis.access.limits import parse_subject
+    from trellis.store.tables import api_keys
+
+    kind, ident = parse_subject(subject)
+    project = ident
+    if kind == "key":
+        async with limiter.store.db.engine.connect() as conn:
+            found = (
+                await conn.execute(select(api_keys.c.project_id).where(api_keys.c.id == ident))
+            ).scalar_one_or_none()
+        project = found or "default"
+    detail = {} if values is None else values.model_dump(exclude_none=True)
+    return AuditEntry(Actor(key_name="cli"), action, project, detail=detail)
+
+
 @app.command("set")
 def limits_set(
     subject: SubjectArg,
@@ -103,7 +126,8 @@ def limits_set(
         from trellis.access.limits import parse_subject
 
         parse_subject(subject)
-        await limiter.store.put(subject, values)
+        audit = await _cli_audit(limiter, "limit.set", subject, values)
+        await limiter.store.put(subject, values, audit=audit)
 
     run(lambda: with_limiter(settings, put))
     if as_json:
@@ -157,7 +181,12 @@ def limits_show(
 def limits_delete(subject: SubjectArg, config: ConfigOption = None) -> None:
     """Delete a subject's stored limits (the settings' defaults apply again)."""
     settings = load_settings(config)
-    if not run(lambda: with_limiter(settings, lambda limiter: limiter.store.delete(subject))):
+
+    async def delete(limiter: Any) -> bool:
+        audit = await _cli_audit(limiter, "limit.delete", subject)
+        return await limiter.store.delete(subject, audit=audit)  # type: ignore[no-any-return]
+
+    if not run(lambda: with_limiter(settings, delete)):
         err_console.print(f"[red]no stored limits for {subject}[/red]")
         raise typer.Exit(1)
     console.print(f"Deleted the limits of {subject}.")

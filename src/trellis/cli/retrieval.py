@@ -56,11 +56,16 @@ def _quiet_loggers(*names: str) -> Iterator[None]:
             logger.setLevel(level)
 
 
+#: Collection names are a project's own: every command names the project (default: default).
+ProjectOption = Annotated[str, typer.Option("--project", "-p", help="The collection's project")]
+
+
 def _collection_row(info: Any) -> list[str]:
     from datetime import datetime
 
     return [
         info.name,
+        info.project_id,
         f"{info.documents:,}",
         f"{info.chunks:,}",
         f"{info.embedder} ({info.dimension})",
@@ -74,6 +79,7 @@ def ingest(
     create: Annotated[
         bool, typer.Option("--create", help="Create the collection if it does not exist")
     ] = False,
+    project: ProjectOption = "default",
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -111,13 +117,13 @@ def ingest(
 
     async def ingest_files(retrieval: Any) -> Any:
         try:
-            await retrieval.get_collection(collection)
+            await retrieval.get_collection(collection, project)
         except NotFoundError:
             if not create:
                 raise NotFoundError(
                     f"no collection named {collection!r}; pass --create to make it"
                 ) from None
-            await retrieval.create_collection(collection)
+            await retrieval.create_collection(collection, project_id=project)
         with progress:
             task = progress.add_task(
                 f"ingesting into {collection}", total=None if many else len(files), chunks=0
@@ -128,7 +134,9 @@ def ingest(
                 progress.update(task, advance=docs, chunks=done)
 
             with _quiet_loggers("pypdf", "trellis.retrieval"):
-                report = await retrieval.ingest(collection, files, progress=advance)
+                report = await retrieval.ingest(
+                    collection, files, progress=advance, project_id=project
+                )
             finished = progress.tasks[0].completed + len(report.failed)
             progress.update(task, total=finished, completed=finished)
             return report
@@ -160,6 +168,7 @@ def search(
         str, typer.Option("--mode", help="keyword (BM25), vector (cosine) or hybrid (fused)")
     ] = "hybrid",
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, max=1000)] = 10,
+    project: ProjectOption = "default",
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -167,7 +176,8 @@ def search(
     settings = load_settings(config)
     hits = run(
         lambda: _with_retrieval(
-            settings, lambda r: r.search(collection, query, mode=mode, top_k=top_k)
+            settings,
+            lambda r: r.search(collection, query, mode=mode, top_k=top_k, project_id=project),
         )
     )
     if as_json:
@@ -190,14 +200,20 @@ def search(
 
 
 @collections_app.command("list")
-def collections_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """Every collection with its size and embedder."""
+def collections_list(
+    project: Annotated[
+        str | None, typer.Option("--project", "-p", help="Only this project's")
+    ] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Every collection (of every project, unless --project) with its size and embedder."""
     settings = load_settings(config)
-    found = run(lambda: _with_retrieval(settings, lambda r: r.list_collections()))
+    found = run(lambda: _with_retrieval(settings, lambda r: r.list_collections(project)))
     if as_json:
         console.print_json(json.dumps([info.to_dict() for info in found]))
         return
-    table = Table("name", "documents", "chunks", "embedder", "created")
+    table = Table("name", "project", "documents", "chunks", "embedder", "created")
     for info in found:
         table.add_row(*_collection_row(info))
     console.print(table)
@@ -207,6 +223,7 @@ def collections_list(config: ConfigOption = None, as_json: JsonOption = False) -
 def collections_show(
     name: Annotated[str, typer.Argument(help="Collection name")],
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000)] = 20,
+    project: ProjectOption = "default",
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -214,15 +231,15 @@ def collections_show(
     settings = load_settings(config)
 
     async def fetch(retrieval: Any) -> tuple[Any, Any]:
-        info = await retrieval.get_collection(name)
-        return info, await retrieval.list_documents(name, limit=limit)
+        info = await retrieval.get_collection(name, project)
+        return info, await retrieval.list_documents(name, limit=limit, project_id=project)
 
     info, docs = run(lambda: _with_retrieval(settings, fetch))
     if as_json:
         body = {**info.to_dict(), "documents_page": [doc.to_dict() for doc in docs]}
         console.print_json(json.dumps(body))
         return
-    summary = Table("name", "documents", "chunks", "embedder", "created")
+    summary = Table("name", "project", "documents", "chunks", "embedder", "created")
     summary.add_row(*_collection_row(info))
     console.print(summary)
     table = Table("document", "source", "chunks", title=f"first {len(docs)} documents")
@@ -237,6 +254,7 @@ def collections_show(
 @collections_app.command("reindex")
 def collections_reindex(
     name: Annotated[str, typer.Argument(help="Collection name")],
+    project: ProjectOption = "default",
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -258,7 +276,7 @@ def collections_reindex(
     )
 
     async def reindex_all(retrieval: Any) -> Any:
-        info = await retrieval.get_collection(name)
+        info = await retrieval.get_collection(name, project)
         with progress:
             task = progress.add_task(f"re-indexing {name}", total=info.documents, chunks=0)
 
@@ -267,8 +285,8 @@ def collections_reindex(
                 progress.update(task, advance=docs, chunks=done)
 
             with _quiet_loggers("trellis.retrieval"):
-                report = await retrieval.reindex(name, progress=advance)
-            return report, await retrieval.get_collection(name)
+                report = await retrieval.reindex(name, progress=advance, project_id=project)
+            return report, await retrieval.get_collection(name, project)
 
     report, info = run(lambda: _with_retrieval(settings, reindex_all))
     if as_json:
@@ -284,11 +302,12 @@ def collections_reindex(
 def collections_delete(
     name: Annotated[str, typer.Argument(help="Collection name")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
+    project: ProjectOption = "default",
     config: ConfigOption = None,
 ) -> None:
     """Delete a collection with all its documents and chunks."""
     settings = load_settings(config)
     if not yes:
         typer.confirm(f"Delete collection {name!r} and everything in it?", abort=True)
-    run(lambda: _with_retrieval(settings, lambda r: r.delete_collection(name)))
+    run(lambda: _with_retrieval(settings, lambda r: r.delete_collection(name, project)))
     console.print(f"Deleted collection {name}.")

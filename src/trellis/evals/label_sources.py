@@ -40,6 +40,8 @@ class RunItems:
     rows: list[Row]
     source: dict[str, Any]
     scale: Scale
+    #: The run's project (its queue's).
+    project_id: str = "default"
 
 
 async def run_items(
@@ -54,7 +56,7 @@ async def run_items(
     keeps one candidate's. Without ``scale``: the run's rubric judge's scale (so scores
     compare one to one), else 1-5."""
     record = await evals.run(run_id)
-    dataset = await evals.dataset(record.dataset)
+    dataset = await evals.dataset(record.dataset, record.project_id)
     results = await evals.results(run_id)
     judges = _judges(record.suite)
     names = [c["name"] for c in record.suite.get("candidates", [])]
@@ -90,7 +92,7 @@ async def run_items(
     if limit is not None:
         rows = rows[:limit]
     source = {"run_id": run_id, "dataset": record.dataset, "candidate": candidate}
-    return RunItems(rows, source, scale)
+    return RunItems(rows, source, scale, record.project_id)
 
 
 def _verdicts(result: dict[str, Any], judges: dict[str, RubricJudge]) -> dict[str, Any]:
@@ -112,8 +114,8 @@ def _verdicts(result: dict[str, Any], judges: dict[str, RubricJudge]) -> dict[st
 
 
 async def trace_items(traces: TraceStore, selection: TraceSelection) -> list[Row]:
-    """Stored chat traces' prompts and answers (newest first); traces with no stored
-    prompt or no answer are left out."""
+    """Stored chat traces' prompts and answers (newest first; of ``selection.query``'s
+    project when it names one); traces with no stored prompt or no answer are left out."""
     picked = TraceSelection(
         query=selection.query,
         limit=selection.limit,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -51,6 +51,8 @@ class Queue:
     items: int
     key_id: str | None
     created_at: float
+    #: The project the queue belongs to (a run's queue: the run's).
+    project_id: str = "default"
     labelled: int = 0
     #: Unlabelled items someone claimed within the claim window.
     claimed: int = 0
@@ -66,6 +68,7 @@ class Queue:
             "scale": self.scale.to_dict(),
             "instructions": self.instructions,
             "key_id": self.key_id,
+            "project": self.project_id,
             "created_at": self.created_at,
             "progress": {
                 "items": self.items,
@@ -161,10 +164,17 @@ class LabelQueues:
         instructions: str | None = None,
         key_id: str | None = None,
     ) -> Queue:
-        """A queue of a run's scored outputs (``label_sources.run_items``)."""
+        """A queue of a run's scored outputs (``label_sources.run_items``), in the run's
+        project."""
         items = await run_items(self.evals, run_id, candidate=candidate, scale=scale, limit=limit)
         return await self._create(
-            name or f"run {run_id}", items.source, items.scale, instructions, items.rows, key_id
+            name or f"run {run_id}",
+            items.source,
+            items.scale,
+            instructions,
+            items.rows,
+            key_id,
+            items.project_id,
         )
 
     async def from_traces(
@@ -176,13 +186,16 @@ class LabelQueues:
         instructions: str | None = None,
         key_id: str | None = None,
         filters: dict[str, Any] | None = None,
+        project_id: str = "default",
     ) -> Queue:
-        """A queue of stored chat traces' prompts and answers (``label_sources.trace_items``);
-        ``filters`` is kept as the source."""
+        """A queue of ``project_id``'s stored chat traces' prompts and answers
+        (``label_sources.trace_items``: only that project's traces are picked); ``filters``
+        is kept as the source."""
+        selection = replace(selection, query=replace(selection.query, project_id=project_id))
         rows = await trace_items(TraceStore(self.db), selection)
         source = {"traces": filters or {}}
         return await self._create(
-            name or "traces", source, scale or Scale(), instructions, rows, key_id
+            name or "traces", source, scale or Scale(), instructions, rows, key_id, project_id
         )
 
     async def _create(
@@ -193,6 +206,7 @@ class LabelQueues:
         instructions: str | None,
         rows: list[dict[str, Any]],
         key_id: str | None,
+        project_id: str,
     ) -> Queue:
         if not rows:
             raise InvalidRequestError("nothing to label: the source has no scored output")
@@ -211,6 +225,7 @@ class LabelQueues:
                         "item_count": len(rows),
                         "key_id": key_id,
                         "created_at": now,
+                        "project_id": project_id,
                     }
                 ],
             )
@@ -273,17 +288,23 @@ class LabelQueues:
             items=row["item_count"],
             key_id=row["key_id"],
             created_at=row["created_at"],
+            project_id=row["project_id"],
             labelled=int(labels[0] or 0),
             claimed=int(claimed or 0),
             passed=int(labels[1] or 0),
             mean_score=None if labels[2] is None else round(float(labels[2]), 6),
         )
 
-    async def queues(self, key_id: str | None = None, limit: int = 100) -> list[Queue]:
-        """Queues, newest first (``key_id``: only those that key created)."""
+    async def queues(
+        self, key_id: str | None = None, limit: int = 100, project_id: str | None = None
+    ) -> list[Queue]:
+        """Queues, newest first (``key_id``: only those that key created; ``project_id``:
+        only that project's)."""
         query = sa.select(eval_queues.c.id).order_by(eval_queues.c.created_at.desc()).limit(limit)
         if key_id is not None:
             query = query.where(eval_queues.c.key_id == key_id)
+        if project_id is not None:
+            query = query.where(eval_queues.c.project_id == project_id)
         async with self.db.engine.connect() as conn:
             ids = [r.id for r in (await conn.execute(query)).all()]
         return [await self.queue(queue_id) for queue_id in ids]
@@ -413,7 +434,9 @@ class LabelQueues:
                 .values(labelled=True)
             )
         if "traces" in queue.source and item.trace_id is not None:
-            await self._score_trace(item.trace_id, scale, score, passed, reference, item.output)
+            await self._score_trace(
+                item.trace_id, scale, score, passed, reference, item.output, queue.project_id
+            )
         return await self.item(queue_id, item_id)
 
     async def _score_trace(
@@ -424,18 +447,22 @@ class LabelQueues:
         passed: bool,
         reference: str | None,
         output: str,
+        project_id: str,
     ) -> None:
         """A label of a production trace is also a ``label`` score on it (0-1 on the
         queue's scale), its comment the right answer: the corrected one, else the output
         when it passed; so the trace view shows it and ``dataset from-traces`` (expected
-        ``label``) takes it. A trace removed since (retention) keeps only the queue's label."""
+        ``label``) takes it. A trace removed since (retention) keeps only the queue's label;
+        a trace outside the queue's project is never scored."""
         store = TraceStore(self.db)
-        exists, _, _ = await store.owner(trace_id)
-        if not exists:
+        exists, _, trace_project = await store.owner(trace_id)
+        if not exists or trace_project != project_id:
             return
         value = (score - scale.min) / (scale.max - scale.min)
         comment = reference or (output if passed else None)
-        await store.add_score(trace_id, "label", round(value, 6), comment, source="eval")
+        await store.add_score(
+            trace_id, "label", round(value, 6), comment, source="eval", project_id=project_id
+        )
 
     # --- using the labels -------------------------------------------------------------
 
@@ -519,7 +546,7 @@ class LabelQueues:
                 param="queue_id",
             )
         dataset = Dataset(name=name, cases=cases, version=content_hash(cases))
-        created = await self.evals.save_dataset(dataset, project_id)
+        created = await self.evals.save_dataset(dataset, queue.project_id)
         return dataset, created, skipped
 
 

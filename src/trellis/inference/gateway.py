@@ -164,9 +164,9 @@ class Gateway:
         self.semantic_cache = semantic_cache
         #: Searches collections for grounded requests; None means retrieval is unavailable.
         self.retriever = retriever
-        #: The project owning a collection (None: no such collection), so a key grounds
-        #: only on its project's collections; None here: projects are not checked.
-        self.collection_project: Callable[[str], Awaitable[str | None]] | None = None
+        #: Whether project P has collection N (``has_collection(P, N)``), so an unknown
+        #: collection is the caller's 404 before retrieval; None here: not checked.
+        self.has_collection: Callable[[str, str], Awaitable[bool]] | None = None
         #: Stores conversations for ``trellis.session_id``; None means sessions are unavailable.
         self.sessions = sessions
         #: Recalls long-term memories for ``trellis.user_id``/``user``; None: no recall.
@@ -783,10 +783,15 @@ class Gateway:
             raise UnsupportedFeatureError(
                 "retrieval is not available in this gateway", param="trellis.collections"
             )
-        if self.collection_project is not None and not call.caller.all_projects:
+        # Collection names are a project's own: the request's are the caller's project's
+        # (the built-in admin spanning projects: the default project's), an alias's the
+        # default project's; another project's collection of the same name is never
+        # reached. (The built-in admin spanning projects is not pre-checked: the search
+        # itself answers an unknown name.)
+        project_id = plan.project_id or call.caller.project_id
+        if self.has_collection is not None and not call.caller.all_projects:
             for name in plan.collections:
-                if await self.collection_project(name) != call.caller.project_id:
-                    # Another project's collection is as unknown as a missing one.
+                if not await self.has_collection(project_id, name):
                     raise NotFoundError(
                         f"no collection named {name!r}", param="trellis.collections"
                     )
@@ -809,7 +814,9 @@ class Gateway:
                 failure = {"reason": "no_query"}
             else:
                 try:
-                    passages = await self.retriever.retrieve(plan.collections, query, plan.top_k)
+                    passages = await self.retriever.retrieve(
+                        plan.collections, query, plan.top_k, project_id
+                    )
                 except RequestError:
                     raise
                 except Exception as exc:  # any backend fault: record it, answer ungrounded

@@ -68,14 +68,18 @@ class Passage:
 
 class Retriever(Protocol):
     async def retrieve(
-        self, collections: Sequence[str], query: str, top_k: int
-    ) -> list[Passage]: ...
+        self, collections: Sequence[str], query: str, top_k: int, project_id: str = "default"
+    ) -> list[Passage]:
+        """The best passages of ``project_id``'s ``collections`` (names are a project's own)."""
+        ...
 
 
 class Searcher(Protocol):
     """The part of ``trellis.retrieval.Retrieval`` the adapter uses."""
 
-    async def search(self, name: str, query: str, *, mode: Any, top_k: int) -> list[Any]: ...
+    async def search(
+        self, name: str, query: str, *, mode: Any, top_k: int, project_id: str
+    ) -> list[Any]: ...
 
 
 class CollectionRetriever:
@@ -90,13 +94,17 @@ class CollectionRetriever:
         self._searcher = searcher
         self.mode = mode
 
-    async def retrieve(self, collections: Sequence[str], query: str, top_k: int) -> list[Passage]:
+    async def retrieve(
+        self, collections: Sequence[str], query: str, top_k: int, project_id: str = "default"
+    ) -> list[Passage]:
         searcher = self._searcher()
 
         async def search(name: str) -> list[Any]:
             # A question longer than the embedder's window is searched whole: Retrieval
             # embeds it in windows (retrieval.query_vector) and keyword search reads it all.
-            return await searcher.search(name, query, mode=self.mode, top_k=top_k)
+            return await searcher.search(
+                name, query, mode=self.mode, top_k=top_k, project_id=project_id
+            )
 
         found = await asyncio.gather(*(search(name) for name in collections))
         passages = [
@@ -120,23 +128,29 @@ class CollectionRetriever:
 class RetrievalPlan:
     collections: tuple[str, ...]
     top_k: int
+    #: Whose collections: None for the caller's project (the request named them); an
+    #: alias's ``retrieval`` is the operator's setting and names the default project's.
+    project_id: str | None = None
 
 
 def retrieval_plan(request: ChatRequest, alias_retrieval: Any) -> RetrievalPlan | None:
-    """What to retrieve: the request's ``trellis.collections`` win over the alias's.
+    """What to retrieve: the request's ``trellis.collections`` (the caller's project's) win
+    over the alias's (the default project's: settings are the operator's).
 
     An explicit empty list in the request turns an alias's retrieval off.
     """
     options = request.trellis
     names = options.collections if options is not None else None
     top_k = options.top_k if options is not None else None
+    project_id = None
     if names is None and alias_retrieval is not None:
         names = list(alias_retrieval.collections)
+        project_id = "default"
     if not names:
         return None
     if top_k is None:
         top_k = alias_retrieval.top_k if alias_retrieval is not None else DEFAULT_TOP_K
-    return RetrievalPlan(tuple(dict.fromkeys(names)), top_k)
+    return RetrievalPlan(tuple(dict.fromkeys(names)), top_k, project_id)
 
 
 def retrieval_query(messages: Sequence[ChatMessage]) -> str:

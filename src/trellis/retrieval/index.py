@@ -54,6 +54,20 @@ def validate_collection_name(name: str) -> str:
     return name
 
 
+def stored_name(project_id: str, name: str) -> str:
+    """``collections.name`` for collection ``name`` of ``project_id``: the name itself in
+    the default project (as before projects), ``<project>/<name>`` elsewhere ('/' is in
+    neither alphabet). Names are a project's own this way while the column keeps its unique
+    constraint: dropping it means rebuilding the table on SQLite, and dropping
+    ``collections`` there cascades to every document."""
+    return name if project_id == "default" else f"{project_id}/{name}"
+
+
+def shown_name(stored: str) -> str:
+    """The collection's own name from its ``collections.name``."""
+    return stored.rpartition("/")[2]
+
+
 #: Values bound in one ``IN (...)`` list: well inside SQLite's and Postgres' parameter limits.
 IN_LIST_SIZE = 500
 
@@ -75,7 +89,7 @@ def collection_info(row: Any, document_count: int, chunk_count: int) -> Collecti
     """A :class:`CollectionInfo` from a ``collections`` row and its counts."""
     return CollectionInfo(
         id=row.id,
-        name=row.name,
+        name=shown_name(row.name),
         embedder=row.embedder,
         dimension=row.dimension,
         created_at=row.created_at,
@@ -115,13 +129,18 @@ class Index(Protocol):
         project_id: str = "default",
     ) -> CollectionInfo: ...
 
-    async def get_collection(self, name: str, *, counts: bool = True) -> CollectionInfo:
-        """The collection; ``counts=False`` skips the document/chunk counts (left at 0)."""
+    async def get_collection(
+        self, name: str, *, counts: bool = True, project_id: str = "default"
+    ) -> CollectionInfo:
+        """``project_id``'s collection; ``counts=False`` skips the document/chunk counts
+        (left at 0)."""
         ...
 
-    async def list_collections(self) -> list[CollectionInfo]: ...
+    async def list_collections(self, project_id: str | None = None) -> list[CollectionInfo]:
+        """Every collection (of ``project_id`` when given), by name."""
+        ...
 
-    async def delete_collection(self, name: str) -> None: ...
+    async def delete_collection(self, name: str, project_id: str = "default") -> None: ...
 
     async def document_hashes(
         self, collection: CollectionInfo, document_ids: Sequence[str]

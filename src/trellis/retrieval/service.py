@@ -101,28 +101,35 @@ class Retrieval:
             name, self.embedder.name, self.embedder.dimension, metadata, project_id
         )
 
-    async def get_collection(self, name: str) -> CollectionInfo:
-        return await self.index.get_collection(name)
+    # Collection names are a project's own: every method names the collection by project
+    # and name (the default project unless told).
 
-    async def list_collections(self) -> list[CollectionInfo]:
-        return await self.index.list_collections()
+    async def get_collection(self, name: str, project_id: str = "default") -> CollectionInfo:
+        return await self.index.get_collection(name, project_id=project_id)
 
-    async def delete_collection(self, name: str) -> None:
-        await self.index.delete_collection(name)
+    async def list_collections(self, project_id: str | None = None) -> list[CollectionInfo]:
+        """Every collection (of ``project_id`` when given)."""
+        return await self.index.list_collections(project_id)
+
+    async def delete_collection(self, name: str, project_id: str = "default") -> None:
+        await self.index.delete_collection(name, project_id)
 
     async def list_documents(
-        self, name: str, *, limit: int = 100, offset: int = 0
+        self, name: str, *, limit: int = 100, offset: int = 0, project_id: str = "default"
     ) -> list[DocumentInfo]:
         return await self.index.list_documents(
-            await self.get_collection(name), limit=limit, offset=offset
+            await self.get_collection(name, project_id), limit=limit, offset=offset
         )
 
-    async def delete_document(self, name: str, document_id: str) -> None:
-        if not await self.index.delete_document(await self.get_collection(name), document_id):
+    async def delete_document(
+        self, name: str, document_id: str, project_id: str = "default"
+    ) -> None:
+        collection = await self.get_collection(name, project_id)
+        if not await self.index.delete_document(collection, document_id):
             raise NotFoundError(f"no document {document_id!r} in collection {name!r}")
 
-    async def _usable(self, name: str) -> CollectionInfo:
-        collection = await self.index.get_collection(name, counts=False)
+    async def _usable(self, name: str, project_id: str = "default") -> CollectionInfo:
+        collection = await self.index.get_collection(name, counts=False, project_id=project_id)
         if (collection.embedder, collection.dimension) != (
             self.embedder.name,
             self.embedder.dimension,
@@ -144,10 +151,11 @@ class Retrieval:
         *,
         metadata: Mapping[str, Any] | None = None,
         progress: Progress | None = None,
+        project_id: str = "default",
     ) -> IngestReport:
         """Files and folders; an unreadable file lands in ``report.failed``, the rest go on."""
         check_depth(metadata, self.max_json_depth, what="The metadata", param="metadata")
-        collection = await self._usable(name)
+        collection = await self._usable(name, project_id)
         report = IngestReport()
         pending: list[Document] = []
         for path in iter_files(paths):
@@ -173,9 +181,10 @@ class Retrieval:
         docs: Iterable[Document | Mapping[str, Any]],
         *,
         progress: Progress | None = None,
+        project_id: str = "default",
     ) -> IngestReport:
         """Documents given as objects or JSON-like dicts (``id``, ``text``, ``metadata``...)."""
-        collection = await self._usable(name)
+        collection = await self._usable(name, project_id)
         parsed = [
             doc if isinstance(doc, Document) else record_to_document(doc, f"documents[{n}]")
             for n, doc in enumerate(docs)
@@ -328,7 +337,9 @@ class Retrieval:
         if progress:
             progress(len(batch), chunk_count)
 
-    async def reindex(self, name: str, *, progress: Progress | None = None) -> IngestReport:
+    async def reindex(
+        self, name: str, *, progress: Progress | None = None, project_id: str = "default"
+    ) -> IngestReport:
         """Re-chunk and re-embed every document with this service's embedder and chunking.
 
         The way to switch a collection's embedder. Documents go into a staging collection
@@ -337,10 +348,10 @@ class Retrieval:
         the collection as it was (the next re-index starts the staging copy over). A write
         to the collection during the re-index makes the swap fail with a 409, not vanish.
         """
-        target = await self.index.get_collection(name)
+        target = await self.index.get_collection(name, project_id=project_id)
         staging_name = f"reindex.{target.id}"
         with contextlib.suppress(NotFoundError):  # a crashed re-index's leftovers
-            await self.index.delete_collection(staging_name)
+            await self.index.delete_collection(staging_name, target.project_id)
         staging = await self.index.create_collection(
             staging_name,
             self.embedder.name,
@@ -356,15 +367,15 @@ class Retrieval:
                 after = docs[-1].id
             await self.index.replace_collection(target, staging)
         except BaseException:
-            await asyncio.shield(self._drop_quietly(staging_name))
+            await asyncio.shield(self._drop_quietly(staging_name, target.project_id))
             raise
         # Every document was written anew; "added" is how ingestion counts that.
         report.replaced, report.added = report.added + report.replaced, []
         return report
 
-    async def _drop_quietly(self, name: str) -> None:
+    async def _drop_quietly(self, name: str, project_id: str) -> None:
         try:
-            await self.index.delete_collection(name)
+            await self.index.delete_collection(name, project_id)
         except Exception:  # the original failure is the one worth reporting
             logger.warning("could not remove the staging collection %s", name, exc_info=True)
 
@@ -380,8 +391,10 @@ class Retrieval:
         filters: Filters | None = None,
         min_score: float | None = None,
         fusion: FusionConfig | None = None,
+        project_id: str = "default",
     ) -> list[Hit]:
-        """Best-first hits. ``min_score`` applies to the score the mode ranks by.
+        """Best-first hits in ``project_id``'s collection ``name``. ``min_score`` applies to
+        the score the mode ranks by.
 
         Queries of any length up to :data:`~trellis.retrieval.query_vector.MAX_QUERY_TOKENS`
         word pieces are searched: keyword search reads all of it, and one longer than the
@@ -398,7 +411,7 @@ class Retrieval:
             raise InvalidRequestError(f"top_k must be between 1 and {MAX_TOP_K}", param="top_k")
         if not isinstance(query, str) or not query.strip():
             raise InvalidRequestError("query must be a non-empty string", param="query")
-        collection = await self._usable(name)
+        collection = await self._usable(name, project_id)
         depth = top_k if mode != "hybrid" else max(top_k, self.hybrid_depth)
 
         keyword: list[tuple[int, float]] = []

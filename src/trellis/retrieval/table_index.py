@@ -27,6 +27,7 @@ from trellis.retrieval.index import (
     check_filters,
     collection_info,
     in_batches,
+    stored_name,
     validate_collection_name,
 )
 from trellis.retrieval.models import (
@@ -172,7 +173,7 @@ class TableIndex:
                 await conn.execute(
                     insert(collections).values(
                         id=info.id,
-                        name=name,
+                        name=stored_name(project_id, name),
                         embedder=embedder,
                         dimension=dimension,
                         metadata=info.metadata,
@@ -188,23 +189,30 @@ class TableIndex:
             ) from exc
         return info
 
-    async def get_collection(self, name: str, *, counts: bool = True) -> CollectionInfo:
+    async def get_collection(
+        self, name: str, *, counts: bool = True, project_id: str = "default"
+    ) -> CollectionInfo:
         # Counting sums over every document row of the collection (tens of ms at 100,000
         # chunks); search and ingestion only need identity and embedder, so they skip it.
-        found = await self._collections(name, counts=counts)
+        found = await self._collections(name, counts=counts, project_id=project_id)
         if not found:
             raise NotFoundError(f"no collection named {name!r}")
         return found[0]
 
-    async def list_collections(self) -> list[CollectionInfo]:
-        return await self._collections(None)
+    async def list_collections(self, project_id: str | None = None) -> list[CollectionInfo]:
+        return await self._collections(None, project_id=project_id)
 
-    async def _collections(self, name: str | None, *, counts: bool = True) -> list[CollectionInfo]:
+    async def _collections(
+        self, name: str | None, *, counts: bool = True, project_id: str | None = None
+    ) -> list[CollectionInfo]:
+        """By name (of ``project_id``, the default project when None), or every collection
+        (of ``project_id`` when given)."""
         await self._ready()
-        if not counts and name is not None:
+        stored = None if name is None else stored_name(project_id or "default", name)
+        if not counts and stored is not None:
             async with self.db.engine.connect() as conn:
                 row = (
-                    await conn.execute(select(collections).where(collections.c.name == name))
+                    await conn.execute(select(collections).where(collections.c.name == stored))
                 ).first()
             return [] if row is None else [collection_info(row, 0, 0)]
         doc_counts = (
@@ -225,14 +233,16 @@ class TableIndex:
             .outerjoin(doc_counts, doc_counts.c.collection_id == collections.c.id)
             .order_by(collections.c.name)
         )
-        if name is not None:
-            query = query.where(collections.c.name == name)
+        if stored is not None:
+            query = query.where(collections.c.name == stored)
+        elif project_id is not None:
+            query = query.where(collections.c.project_id == project_id)
         async with self.db.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [collection_info(row, int(row[-2]), int(row[-1])) for row in rows]
 
-    async def delete_collection(self, name: str) -> None:
-        info = await self.get_collection(name, counts=False)
+    async def delete_collection(self, name: str, project_id: str = "default") -> None:
+        info = await self.get_collection(name, counts=False, project_id=project_id)
         async with self.db.exclusive(f"trellis.collection.{info.id}") as conn:
             await conn.execute(delete(chunks_table).where(chunks_table.c.collection_id == info.id))
             await conn.execute(delete(collections).where(collections.c.id == info.id))
@@ -412,14 +422,14 @@ class TableIndex:
                 update(collections)
                 .where(collections.c.id == staging.id)
                 .values(
-                    name=target.name,
+                    name=stored_name(target.project_id, target.name),
                     project_id=target.project_id,
                     created_at=target.created_at,
                     version=collections.c.version + 1,
                 )
             )
         self._snapshots.forget(target.id)
-        return await self.get_collection(target.name)
+        return await self.get_collection(target.name, project_id=target.project_id)
 
     async def list_documents(
         self, collection: CollectionInfo, *, limit: int = 100, offset: int = 0

@@ -205,6 +205,8 @@ collections = Table(
     "collections",
     metadata,
     Column("id", String(32), primary_key=True),
+    # The name in the default project, ``<project>/<name>`` in another (names are a
+    # project's own; trellis.retrieval.index.stored_name).
     Column("name", String(), nullable=False, unique=True),
     Column("embedder", String(), nullable=False),
     Column("dimension", Integer, nullable=False),
@@ -569,6 +571,9 @@ eval_queues = Table(
     # The API key that created the queue (None in process).
     Column("key_id", String(64), nullable=True),
     Column("created_at", Float, nullable=False),
+    # The project: a run's queue takes the run's, a traces queue its creator's.
+    Column("project_id", String(64), nullable=False, default="default", server_default="default"),
+    Index("ix_eval_queues_project_id_created_at", "project_id", "created_at"),
 )
 
 eval_queue_items = Table(

@@ -162,6 +162,12 @@ class Viewer:
         )
 
     @property
+    def project_id(self) -> str:
+        """The project the pages act in by name (collections): the caller's; the built-in
+        admin over every project acts in the default one, as over the API."""
+        return self.caller.project_id
+
+    @property
     def nav(self) -> list[tuple[str, str]]:
         return [(path, label) for area, path, label in NAV if self.can(area)]
 

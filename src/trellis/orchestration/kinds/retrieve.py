@@ -68,7 +68,12 @@ class RetrieveStep(Step):
         span = ctx.span
         if span is not None:
             span.update({"trellis.retrieval.collections": names, "trellis.retrieval.top_k": top_k})
-        passages = await retriever.retrieve(names, query, top_k) if query and names else []
+        # The run's project's collections (its key's project; in process: the default one).
+        caller = ctx.services.get("caller")
+        project_id = getattr(caller, "project_id", None) or "default"
+        passages = (
+            await retriever.retrieve(names, query, top_k, project_id) if query and names else []
+        )
         found = len(passages)
         if self.min_score is not None:
             passages = [p for p in passages if p.score >= self.min_score]

@@ -97,8 +97,9 @@ def default_document_id(doc: DocumentIn) -> str:
 
 
 async def _collection(request: Request, name: str, caller: Caller) -> CollectionInfo:
-    """The named collection, if the caller's project owns it (else 404, as if unknown)."""
-    info = await runtime(request).retrieval.get_collection(name)
+    """The caller's project's collection ``name`` (names are a project's own; the built-in
+    admin spanning projects names the default project's)."""
+    info = await runtime(request).retrieval.get_collection(name, caller.project_id)
     not_found_outside(caller, info.project_id, f"collection named {name!r}")
     return info
 
@@ -116,9 +117,7 @@ async def _audit(request: Request, caller: Caller, action: str, info: Collection
 @router.get("", **operation(scope=READ))
 async def list_collections(request: Request) -> JSONBytes:
     caller = await authenticate(request, READ)
-    found = await runtime(request).retrieval.list_collections()
-    project = project_filter(caller)
-    found = [c for c in found if project is None or c.project_id == project]
+    found = await runtime(request).retrieval.list_collections(project_filter(caller))
     return JSONBytes({"object": "list", "data": [collection_json(c) for c in found]})
 
 
@@ -143,7 +142,7 @@ async def get_collection(name: str, request: Request) -> JSONBytes:
 async def delete_collection(name: str, request: Request) -> JSONBytes:
     caller = await authenticate(request, ADMIN)
     info = await _collection(request, name, caller)
-    await runtime(request).retrieval.delete_collection(name)
+    await runtime(request).retrieval.delete_collection(name, info.project_id)
     await _audit(request, caller, "collection.delete", info)
     return JSONBytes({"object": "collection", "name": name, "deleted": True})
 
@@ -152,10 +151,10 @@ async def delete_collection(name: str, request: Request) -> JSONBytes:
 async def reindex_collection(name: str, request: Request) -> JSONBytes:
     """Re-chunk and re-embed with the server's embedder; answers when the swap is done."""
     caller = await authenticate(request, ADMIN)
-    await _collection(request, name, caller)
+    info = await _collection(request, name, caller)
     retrieval = runtime(request).retrieval
-    report = await retrieval.reindex(name)
-    info = await retrieval.get_collection(name)
+    report = await retrieval.reindex(name, project_id=info.project_id)
+    info = await retrieval.get_collection(name, info.project_id)
     return JSONBytes({**collection_json(info), "reindexed": report.to_dict()})
 
 
@@ -168,9 +167,11 @@ async def list_documents(
     offset: int = Query(default=0, ge=0, le=2**63 - 1),
 ) -> JSONBytes:
     caller = await authenticate(request, READ)
-    await _collection(request, name, caller)
+    info = await _collection(request, name, caller)
     # One extra row tells whether another page exists without a count query.
-    rows = await runtime(request).retrieval.list_documents(name, limit=limit + 1, offset=offset)
+    rows = await runtime(request).retrieval.list_documents(
+        name, limit=limit + 1, offset=offset, project_id=info.project_id
+    )
     has_more = len(rows) > limit
     return JSONBytes(
         {
@@ -185,7 +186,7 @@ async def list_documents(
 @router.post("/{name}/documents", **operation(scope=INGEST, body=AddDocuments, errors=[404]))
 async def add_documents(name: str, request: Request) -> JSONBytes:
     caller = await authenticate(request, INGEST)
-    await _collection(request, name, caller)
+    info = await _collection(request, name, caller)
     body = parse_body(AddDocuments, await read_json(request))
     docs = [
         record_to_document(
@@ -200,22 +201,22 @@ async def add_documents(name: str, request: Request) -> JSONBytes:
         )
         for n, doc in enumerate(body.documents)
     ]
-    report = await runtime(request).retrieval.add_documents(name, docs)
+    report = await runtime(request).retrieval.add_documents(name, docs, project_id=info.project_id)
     return JSONBytes({"object": "ingest_report", "collection": name, **report.to_dict()})
 
 
 @router.delete("/{name}/documents/{doc_id:path}", **operation(scope=INGEST, errors=[404]))
 async def delete_document(name: str, doc_id: str, request: Request) -> JSONBytes:
     caller = await authenticate(request, INGEST)
-    await _collection(request, name, caller)
-    await runtime(request).retrieval.delete_document(name, doc_id)
+    info = await _collection(request, name, caller)
+    await runtime(request).retrieval.delete_document(name, doc_id, info.project_id)
     return JSONBytes({"object": "document", "id": doc_id, "deleted": True})
 
 
 @router.post("/{name}/search", **operation(scope=READ, body=SearchBody, errors=[404]))
 async def search(name: str, request: Request) -> JSONBytes:
     caller = await authenticate(request, READ)
-    await _collection(request, name, caller)
+    info = await _collection(request, name, caller)
     body = parse_body(SearchBody, await read_json(request))
     fusion = (
         FusionConfig(method=body.fusion.method, k=body.fusion.k, weights=body.fusion.weights)
@@ -230,6 +231,7 @@ async def search(name: str, request: Request) -> JSONBytes:
         filters=body.filters,
         min_score=body.min_score,
         fusion=fusion,
+        project_id=info.project_id,
     )
     return JSONBytes(
         {

@@ -1,11 +1,14 @@
 """Human evaluation over HTTP: labelling queues made from an eval run or from traces, the
 next item to label, labels, judge-human agreement and the export of labels as a dataset.
 
-Scopes follow the eval runs: a queue from a run needs whoever may read the run; a queue
-from traces needs ``observer`` (traces are observer data). A key reads and labels the
-queues it created; ``observer`` (or ``admin``) reads and labels every queue. The labeller
-recorded on a label is the calling key (its id and name). The work is
-``trellis.evals.labels.LabelQueues``'s.
+A queue belongs to a project: a queue from a run to the run's, a queue from traces to the
+caller's (only its project's traces are picked). Another project's queue answers 404, as a
+missing one does, and lists leave it out. Roles follow the eval runs: a queue from a run
+needs whoever may read the run (``eval``, ``observer``, ``inference`` for its own runs); a
+queue from traces needs ``observer`` or ``eval`` (traces of the project). A key reads and
+labels the queues it created; ``eval`` and ``observer`` (or ``admin``) read and label every
+queue of the project. The labeller recorded on a label is the calling key (its id and
+name). The work is ``trellis.evals.labels.LabelQueues``'s.
 """
 
 from __future__ import annotations
@@ -15,16 +18,23 @@ from typing import Any, Literal
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from trellis.access.keys import INFERENCE, OBSERVER
+from trellis.access.keys import EVAL, OBSERVER
 from trellis.errors import InvalidRequestError, PermissionDeniedError
 from trellis.evals.from_traces import TraceSelection
 from trellis.evals.labels import LabelQueues, Queue, parse_scale
 from trellis.inference.call import Caller
 from trellis.observe.query import TraceQuery, parse_time
-from trellis.server.edge import authenticate, parse_body, read_json, runtime
+from trellis.server.edge import (
+    authenticate,
+    not_found_outside,
+    parse_body,
+    project_filter,
+    read_json,
+    runtime,
+)
 from trellis.server.openapi import operation
 from trellis.server.responses import JSONBytes
-from trellis.server.routes.evals import _check_owner, _reader
+from trellis.server.routes.evals import READ, RUN, _check_owner, _reader
 
 router = APIRouter(prefix="/v1/evals/queues", tags=["evals"])
 
@@ -84,6 +94,7 @@ class QueueReply(BaseModel):
     scale: dict[str, Any]
     instructions: str | None
     key_id: str | None
+    project: str = Field(description="The project: the run's, or the creator's for traces")
     created_at: float
     progress: QueueProgress
     agreement: list[dict[str, Any]] | None = Field(
@@ -165,15 +176,20 @@ def _queues(request: Request) -> LabelQueues:
     return LabelQueues(db)
 
 
-async def _readable(request: Request, queue_id: str) -> tuple[LabelQueues, Queue, Caller]:
-    """The queue, if the caller may read and label it (its creator, or observer)."""
-    caller, everyone = await _reader(request)
+async def _readable(
+    request: Request, queue_id: str, roles: tuple[str, ...] = READ
+) -> tuple[LabelQueues, Queue, Caller]:
+    """The queue, if the caller (with one of ``roles``) may read and label it (its creator,
+    or ``eval`` / ``observer`` in its project); another project's queue is a 404."""
+    caller = await authenticate(request, roles)
+    everyone = caller.key.has_scope(OBSERVER) or caller.key.has_scope(EVAL)
     queues = _queues(request)
     queue = await queues.queue(queue_id)
+    not_found_outside(caller, queue.project_id, f"eval queue {queue_id!r}")
     if not everyone and queue.key_id != caller.key_id:
         raise PermissionDeniedError(
             f"Eval queue {queue_id} was created by another API key; using it needs the "
-            f"'{OBSERVER}' scope.",
+            f"'{EVAL}' or '{OBSERVER}' role.",
             code="insufficient_scope",
         )
     return queues, queue, caller
@@ -185,11 +201,12 @@ def _labeller(caller: Caller) -> tuple[str, str | None]:
 
 @router.post(
     "",
-    **operation(scope=(INFERENCE, OBSERVER), body=CreateQueue, reply=QueueReply, errors=[400, 404]),
+    **operation(scope=READ, body=CreateQueue, reply=QueueReply, errors=[400, 404]),
 )
 async def create_queue(request: Request) -> JSONBytes:
-    """A queue of an eval run's outputs (``run_id``) or of stored chat traces
-    (``traces``: the ``GET /v1/traces`` filters; needs ``observer``)."""
+    """A queue of an eval run's outputs (``run_id``; the run's project) or of the
+    project's stored chat traces (``traces``: the ``GET /v1/traces`` filters; needs
+    ``observer`` or ``eval``)."""
     caller, everyone = await _reader(request)
     body = parse_body(CreateQueue, await read_json(request))
     if (body.run_id is None) == (body.traces is None):
@@ -209,7 +226,7 @@ async def create_queue(request: Request) -> JSONBytes:
         )
         return JSONBytes(queue.to_dict())
     if not everyone:
-        caller = await authenticate(request, OBSERVER)  # the 403 that names the scope
+        caller = await authenticate(request, (EVAL, OBSERVER))  # the 403 naming the roles
     assert body.traces is not None
     filters = body.traces
     if filters.score is not None and len(filters.score) > 100:
@@ -235,26 +252,29 @@ async def create_queue(request: Request) -> JSONBytes:
         instructions=body.instructions,
         key_id=caller.key_id,
         filters=filters.model_dump(exclude_none=True),
+        project_id=caller.project_id,
     )
     return JSONBytes(queue.to_dict())
 
 
-@router.get("", **operation(scope=(INFERENCE, OBSERVER), reply=QueueList))
+@router.get("", **operation(scope=READ, reply=QueueList))
 async def list_queues(
     request: Request, limit: int = Query(default=100, ge=1, le=1000)
 ) -> JSONBytes:
-    """Queues with their progress, newest first: the caller's own, or every key's with
-    ``observer``."""
+    """The project's queues with their progress, newest first: the caller's own, or every
+    key's with ``eval`` or ``observer``."""
     caller, everyone = await _reader(request)
     found = await _queues(request).queues(
-        key_id=None if everyone else (caller.key_id or ""), limit=limit
+        key_id=None if everyone else (caller.key_id or ""),
+        limit=limit,
+        project_id=project_filter(caller),
     )
     return JSONBytes({"object": "list", "data": [q.to_dict() for q in found]})
 
 
 @router.get(
     "/{queue_id}",
-    **operation(scope=(INFERENCE, OBSERVER), reply=QueueReply, errors=[400, 404]),
+    **operation(scope=READ, reply=QueueReply, errors=[400, 404]),
 )
 async def get_queue(request: Request, queue_id: str = QueueId) -> JSONBytes:
     """The queue's progress and, for a queue made from a run with a rubric judge, the
@@ -266,7 +286,7 @@ async def get_queue(request: Request, queue_id: str = QueueId) -> JSONBytes:
 
 @router.get(
     "/{queue_id}/next",
-    **operation(scope=(INFERENCE, OBSERVER), reply=NextReply, errors=[400, 404]),
+    **operation(scope=READ, reply=NextReply, errors=[400, 404]),
 )
 async def next_item(
     request: Request,
@@ -293,7 +313,7 @@ async def next_item(
 
 @router.get(
     "/{queue_id}/items",
-    **operation(scope=(INFERENCE, OBSERVER), reply=ItemList, errors=[400, 404]),
+    **operation(scope=READ, reply=ItemList, errors=[400, 404]),
 )
 async def list_items(
     request: Request,
@@ -316,7 +336,7 @@ async def list_items(
 
 @router.post(
     "/{queue_id}/items/{item_id}/label",
-    **operation(scope=(INFERENCE, OBSERVER), body=LabelItem, reply=ItemReply, errors=[400, 404]),
+    **operation(scope=READ, body=LabelItem, reply=ItemReply, errors=[400, 404]),
 )
 async def label_item(request: Request, queue_id: str = QueueId, item_id: int = ItemId) -> JSONBytes:
     """Label an item (labelling it again replaces the label): ``score`` on the queue's
@@ -340,7 +360,7 @@ async def label_item(request: Request, queue_id: str = QueueId, item_id: int = I
 
 @router.get(
     "/{queue_id}/agreement",
-    **operation(scope=(INFERENCE, OBSERVER), reply=AgreementReply, errors=[400, 404]),
+    **operation(scope=READ, reply=AgreementReply, errors=[400, 404]),
 )
 async def queue_agreement(request: Request, queue_id: str = QueueId) -> JSONBytes:
     """Per rubric-judge metric of the source run: n, exact agreement, pass agreement,
@@ -359,14 +379,13 @@ async def queue_agreement(request: Request, queue_id: str = QueueId) -> JSONByte
 
 @router.post(
     "/{queue_id}/export",
-    **operation(
-        scope=(INFERENCE, OBSERVER), body=ExportQueue, reply=ExportReply, errors=[400, 404]
-    ),
+    **operation(scope=RUN, body=ExportQueue, reply=ExportReply, errors=[400, 404]),
 )
 async def export_queue(request: Request, queue_id: str = QueueId) -> JSONBytes:
     """Store the labels as a new dataset version: ``expected`` is the corrected answer,
-    or the output when it passed; the human label is in each case's ``metadata.human``."""
-    queues, _, _ = await _readable(request, queue_id)
+    or the output when it passed; the human label is in each case's ``metadata.human``.
+    Storing a dataset needs ``eval`` or ``inference``, as uploading one does."""
+    queues, _, _ = await _readable(request, queue_id, RUN)
     body = parse_body(ExportQueue, await read_json(request))
     dataset, created, skipped = await queues.export(queue_id, body.dataset)
     return JSONBytes(

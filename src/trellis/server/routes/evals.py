@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from trellis.access.keys import ADMIN, EVAL, OBSERVER
 from trellis.access.policy import EVALS_READ, EVALS_RUN
-from trellis.errors import PermissionDeniedError
+from trellis.access.projects import DEFAULT_PROJECT
+from trellis.errors import NotFoundError, PermissionDeniedError
 from trellis.evals.compare import compare_reports, parse_threshold
 from trellis.evals.datasets import NAME_PATTERN, parse_dataset
 from trellis.evals.html import render_run
@@ -392,12 +393,31 @@ async def compare_eval_runs(request: Request) -> JSONBytes:
 
 
 # --- schedules ---------------------------------------------------------------------------
+#
+# Schedules are the operator's (``evals.schedules`` in the settings) and their eval runs
+# live in the default project: keys of the default project (and the built-in admin) see
+# them; another project's keys get an empty list and 404s, as for anything not theirs.
+
+#: Read the schedules and their runs.
+SCHEDULE_READ = (EVAL, OBSERVER)
 
 
-@router.get("/schedules", **operation(scope=OBSERVER, reply=ScheduleList))
+def _sees_schedules(caller: Caller) -> bool:
+    return caller.all_projects or caller.project_id == DEFAULT_PROJECT
+
+
+def _schedule_in_reach(caller: Caller, name: str) -> None:
+    if not _sees_schedules(caller):
+        raise NotFoundError(f"No eval schedule {name!r}.", param="name")
+
+
+@router.get("/schedules", **operation(scope=SCHEDULE_READ, reply=ScheduleList))
 async def list_schedules(request: Request) -> JSONBytes:
-    """The schedules of ``evals.schedules``: next due time, last outcome, baseline run."""
-    await authenticate(request, OBSERVER)
+    """The schedules of ``evals.schedules``: next due time, last outcome, baseline run
+    (empty for keys of projects other than ``default``)."""
+    caller = await authenticate(request, SCHEDULE_READ)
+    if not _sees_schedules(caller):
+        return JSONBytes({"object": "list", "data": []})
     scheduler = scheduler_of(request.app, runtime(request))
     return JSONBytes({"object": "list", "data": await scheduler.describe()})
 
@@ -408,8 +428,9 @@ async def list_schedules(request: Request) -> JSONBytes:
 )
 async def run_schedule(request: Request, name: str = ScheduleName) -> JSONBytes:
     """Run a schedule now, in the background (as at a due time: compared with its baseline,
-    alerting on a regression); poll ``GET /v1/evals/schedules/{name}/runs``."""
-    await authenticate(request, ADMIN)
+    alerting on a regression); poll ``GET /v1/evals/schedules/{name}/runs``. The built-in
+    admin or an admin of the default project."""
+    _schedule_in_reach(await authenticate(request, ADMIN), name)
     scheduler = scheduler_of(request.app, runtime(request))
     claim = await scheduler.run_now(name)
     return JSONBytes(claim.to_dict())
@@ -417,7 +438,7 @@ async def run_schedule(request: Request, name: str = ScheduleName) -> JSONBytes:
 
 @router.get(
     "/schedules/{name}/runs",
-    **operation(scope=OBSERVER, reply=ScheduleRunList, errors=[400, 404]),
+    **operation(scope=SCHEDULE_READ, reply=ScheduleRunList, errors=[400, 404]),
 )
 async def list_schedule_runs(
     request: Request,
@@ -425,7 +446,7 @@ async def list_schedule_runs(
     limit: int = Query(default=50, ge=1, le=1000),
 ) -> JSONBytes:
     """The schedule's runs, latest due time first, with their outcomes."""
-    await authenticate(request, OBSERVER)
+    _schedule_in_reach(await authenticate(request, SCHEDULE_READ), name)
     scheduler = scheduler_of(request.app, runtime(request))
     runs = await scheduler.history(name, limit=limit)
     return JSONBytes({"object": "list", "data": [run.to_dict() for run in runs]})

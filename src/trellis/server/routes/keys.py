@@ -137,7 +137,17 @@ async def create_key(request: Request) -> JSONBytes:
     if body.limits is not None:
         limiter = runtime(request).limiter
         assert limiter is not None
-        await limiter.store.put(f"key:{record.id}", body.limits)
+        await limiter.store.put(
+            f"key:{record.id}",
+            body.limits,
+            audit=audit_entry(
+                request,
+                caller,
+                "limit.set",
+                body.limits.model_dump(exclude_none=True),
+                project_id=project,
+            ),
+        )
         answer["limits"] = body.limits.model_dump()
     return JSONBytes(answer, status_code=201)
 

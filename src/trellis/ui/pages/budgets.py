@@ -209,7 +209,7 @@ async def set_limits(request: Request) -> Response:
     values = _values(form)
     await _check_subject(request, me, kind, ident)
     await _limiter(request).store.put(subject, values)
-    await _audit(request, me, "limits.set", subject, values.model_dump(exclude_none=True))
+    await _audit(request, me, "limit.set", subject, values.model_dump(exclude_none=True))
     return await _page(request, me, status=201, saved=subject)
 
 
@@ -220,5 +220,5 @@ async def delete_limits(subject: str, request: Request) -> Response:
     await _check_subject(request, me, kind, ident)
     if not await _limiter(request).store.delete(subject):
         raise NotFoundError(f"No stored limits for `{subject}`.", param="subject")
-    await _audit(request, me, "limits.delete", subject)
+    await _audit(request, me, "limit.delete", subject)
     return await _page(request, me, deleted=subject)

@@ -68,11 +68,7 @@ async def chat_page(request: Request) -> Response:
     session_id = _session_id(request.query_params.get("session"))
     models = [c.id for c in gateway.models(me.caller).data if c.kind == "chat"]
     collections = (
-        [
-            c.name
-            for c in await rt.retrieval.list_collections()
-            if me.project is None or c.project_id == me.project
-        ]
+        [c.name for c in await rt.retrieval.list_collections(me.project_id)]
         if me.can("collections")
         else []
     )
@@ -198,8 +194,8 @@ async def answer_summary(trace_id: str, request: Request) -> Response:
         if time.monotonic() > deadline:
             raise NotFoundError(f"The trace `{trace_id}` is not stored yet.")
         await asyncio.sleep(0.1)
+    me.outside(project_id, f"trace with id `{trace_id}`")
     if owner != me.key.id and not me.can("traces"):
         raise NotFoundError(f"No trace with id `{trace_id}`.")
-    me.outside(project_id, f"trace with id `{trace_id}`")
     trace = await store.get(trace_id)
     return render(request, "_answer_summary.html", {"trace": trace}, me=me)

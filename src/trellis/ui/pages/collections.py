@@ -35,11 +35,7 @@ UPLOAD_LIMIT = 64 * 1024 * 1024
 @router.get("/ui/collections")
 async def list_collections(request: Request) -> Response:
     me = await viewer(request, "collections")
-    found = [
-        c
-        for c in await runtime(request).retrieval.list_collections()
-        if me.project is None or c.project_id == me.project
-    ]
+    found = await runtime(request).retrieval.list_collections(me.project_id)
     return render(
         request, "collections/index.html", {"title": "Collections", "collections": found}, me=me
     )
@@ -52,15 +48,13 @@ async def create_collection(request: Request) -> Response:
     name = str(form.get("name") or "").strip()
     if not 1 <= len(name) <= 64:
         raise InvalidRequestError("A collection needs a name of 1 to 64 characters.", param="name")
-    info = await runtime(request).retrieval.create_collection(
-        name, {}, project_id=me.caller.project_id
-    )
+    info = await runtime(request).retrieval.create_collection(name, {}, me.project_id)
     await _audit(request, me, "collection.create", info)
     headers = {"hx-redirect": f"/ui/collections/{info.name}"} if is_htmx(request) else None
     return render(
         request,
         "collections/detail.html",
-        await _detail_context(request, me, info.name, 0),
+        await _detail_context(request, info.name, 0, me.project_id),
         me=me,
         status=201,
         headers=headers,
@@ -78,18 +72,18 @@ async def _audit(request: Request, me: Viewer, action: str, info: CollectionInfo
 
 
 async def _collection(request: Request, me: Viewer, name: str) -> CollectionInfo:
-    """The named collection, if the viewer's project owns it (else 404, as if unknown)."""
-    info = await runtime(request).retrieval.get_collection(name)
-    me.outside(info.project_id, f"collection named {name!r}")
-    return info
+    """The named collection of the viewer's project (else 404, as if unknown)."""
+    return await runtime(request).retrieval.get_collection(name, me.project_id)
 
 
 async def _detail_context(
-    request: Request, me: Viewer, name: str, offset: int
+    request: Request, name: str, offset: int, project_id: str
 ) -> dict[str, object]:
     retrieval = runtime(request).retrieval
-    info = await _collection(request, me, name)
-    rows = await retrieval.list_documents(name, limit=PAGE + 1, offset=offset)
+    info = await retrieval.get_collection(name, project_id)
+    rows = await retrieval.list_documents(
+        name, limit=PAGE + 1, offset=offset, project_id=project_id
+    )
     return {
         "title": f"Collection {name}",
         "collection": info,
@@ -111,7 +105,7 @@ def _offset(request: Request) -> int:
 @router.get("/ui/collections/{name}")
 async def collection(name: str, request: Request) -> Response:
     me = await viewer(request, "collections")
-    context = await _detail_context(request, me, name, _offset(request))
+    context = await _detail_context(request, name, _offset(request), me.project_id)
     if is_htmx(request):
         return render(request, "collections/_documents.html", context, me=me)
     return render(request, "collections/detail.html", context, me=me)
@@ -169,10 +163,10 @@ async def upload(name: str, request: Request) -> Response:
             except LoaderError as exc:
                 report.failed[filename] = exc.reason
     if docs:
-        added = await rt.retrieval.add_documents(name, docs)
+        added = await rt.retrieval.add_documents(name, docs, project_id=me.project_id)
         added.failed.update(report.failed)
         report = added
-    context = {**await _detail_context(request, me, name, 0), "report": report}
+    context = {**await _detail_context(request, name, 0, me.project_id), "report": report}
     template = "collections/_upload_result.html" if is_htmx(request) else "collections/detail.html"
     return render(request, template, context, me=me)
 
@@ -191,15 +185,20 @@ async def search(name: str, request: Request) -> Response:
     raw_k = str(form.get("top_k") or "10")
     if not raw_k.isdigit() or not 1 <= int(raw_k) <= MAX_TOP_K:
         raise InvalidRequestError(f"top_k must be 1 to {MAX_TOP_K}", param="top_k")
-    await _collection(request, me, name)
-    hits = await runtime(request).retrieval.search(name, query, mode=mode, top_k=int(raw_k))  # type: ignore[arg-type]
+    hits = await runtime(request).retrieval.search(
+        name,
+        query,
+        mode=mode,  # type: ignore[arg-type]
+        top_k=int(raw_k),
+        project_id=me.project_id,
+    )
     context = {"hits": hits, "mode": mode, "query": query, "collection_name": name}
     if is_htmx(request):
         return render(request, "collections/_hits.html", context, me=me)
     return render(
         request,
         "collections/detail.html",
-        {**await _detail_context(request, me, name, 0), **context},
+        {**await _detail_context(request, name, 0, me.project_id), **context},
         me=me,
     )
 
@@ -209,6 +208,6 @@ async def delete_collection(name: str, request: Request) -> Response:
     """Delete a collection of the viewer's project (admin), as ``DELETE /v1/collections``."""
     me = await viewer(request, "collections.write")
     info = await _collection(request, me, name)
-    await runtime(request).retrieval.delete_collection(name)
+    await runtime(request).retrieval.delete_collection(name, me.project_id)
     await _audit(request, me, "collection.delete", info)
     return RedirectResponse("/ui/collections", status_code=303, headers=SECURITY_HEADERS)

@@ -2,12 +2,13 @@
 items and the labels people give them.
 
 Revision ID: 0014_eval_labels
-Revises: 0011_evals
+Revises: 0013_eval_schedules
 
-``eval_queues`` is one queue (its source, its label scale); ``eval_queue_items`` one case
-to label (input, the output under review, the judge's verdicts when the source run had a
-judge) with the claim that keeps two labellers off the same item; ``eval_labels`` the label
-an item got (score, pass/fail, corrected answer, comment, who gave it).
+``eval_queues`` is one queue of a project (its source, its label scale);
+``eval_queue_items`` one case to label (input, the output under review, the judge's
+verdicts when the source run had a judge) with the claim that keeps two labellers off the
+same item; ``eval_labels`` the label an item got (score, pass/fail, corrected answer,
+comment, who gave it).
 """
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ def upgrade() -> None:
         sa.Column("item_count", sa.Integer, nullable=False),
         sa.Column("key_id", sa.String(64), nullable=True),
         sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("project_id", sa.String(64), nullable=False, server_default="default"),
         sa.PrimaryKeyConstraint("id", name="pk_eval_queues"),
+    )
+    op.create_index(
+        "ix_eval_queues_project_id_created_at", "eval_queues", ["project_id", "created_at"]
     )
     op.create_table(
         "eval_queue_items",
