@@ -241,6 +241,9 @@ POLICY: dict[tuple[str, str], Policy] = {
     ("POST", "/v1/embeddings"): Policy(
         (I,), body=lambda o, t, r: {"model": "embed-test", "input": "x"}
     ),
+    ("POST", "/v1/guard/check"): Policy(
+        (I,), body=lambda o, t, r: {"text": "What is the capital of France?"}
+    ),
     ("GET", "/v1/models"): Policy((I,)),
     ("GET", "/v1/models/{model_id}"): Policy((I,), resource=lambda w, p, a: "gpt-test"),
     ("GET", "/v1/keys"): Policy((A,)),

@@ -609,9 +609,9 @@ def test_a_project_b_viewer_sees_only_project_b_and_the_admin_switches_project(
 
     admin = ui(ADMIN_KEY)
     tab = admin.page
-    admin.goto("/ui/collections")
-    expect(tab.get_by_role("link", name="browser-a-docs")).to_be_visible()
-    expect(tab.get_by_role("link", name="browser-b-docs")).to_be_visible()
+    admin.goto("/ui/collections")  # every project's, as GET /v1/collections lists them
+    expect(tab.get_by_text("browser-a-docs")).to_be_visible()
+    expect(tab.get_by_text("browser-b-docs")).to_be_visible()
     tab.get_by_label("Project").select_option("browser-a")
     tab.get_by_role("button", name="Switch").click()
     tab.wait_for_url(re.compile(r".*/ui/collections$"))

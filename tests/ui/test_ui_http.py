@@ -797,7 +797,12 @@ def test_each_role_of_project_a_gets_403_or_404_for_project_b(world: World, role
     assert not wrong, "\n".join(wrong)
     # Nothing of B's changed: its collection, rule, key, limits and run are all still there.
     root = api(world.url)
-    assert root.get(f"/v1/collections/{world.b('collection')}").status_code == 200
+    assert (
+        root.get(
+            f"/v1/collections/{world.b('collection')}", params={"project": "proj-b"}
+        ).status_code
+        == 200
+    )
     assert world.b("rule_name") in root.get("/v1/alerts/rules").text
     keys = root.get("/v1/keys").json()["data"]
     assert next(k for k in keys if k["id"] == world.b("key"))["revoked_at"] is None

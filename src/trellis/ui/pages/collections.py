@@ -35,7 +35,9 @@ UPLOAD_LIMIT = 64 * 1024 * 1024
 @router.get("/ui/collections")
 async def list_collections(request: Request) -> Response:
     me = await viewer(request, "collections")
-    found = await runtime(request).retrieval.list_collections(me.project_id)
+    # As GET /v1/collections: the built-in admin over every project lists them all (only
+    # those of the project it acts in open by name; the others say which project to pick).
+    found = await runtime(request).retrieval.list_collections(me.project)
     return render(
         request, "collections/index.html", {"title": "Collections", "collections": found}, me=me
     )
