@@ -31,7 +31,7 @@ _PRIOR = (
     r"your|what you were|everything you were|whatever)"
 )
 _RULES = (
-    r"(?:instructions?|rules|directions|guidelines|orders|guidance|directives?|prompts?|"
+    r"(?:instructions?|rules?|directions|guidelines|orders|guidance|directives?|prompts?|"
     r"context|told|programming|training|text|settings)"
 )
 
@@ -44,6 +44,9 @@ _CUE_PATTERNS: tuple[tuple[str, str, str], ...] = (
         rf"\b{_RULES}\b(?:\W+\w+){{0,5}}?\W+(?:no longer appl(?:y|ies)|(?:are|is|were|was) "
         r"(?:now |hereby )?(?:void|cancell?ed|revoked|outdated|obsolete|suspended|expired|"
         r"invalid|null|lifted))\b|"
+        rf"\b{_OVERRIDE_VERB}\s+(?:all\s+|the\s+|your\s+|any\s+)*{_RULES}\s+(?:above|before|"
+        r"given|so far|you were given|you have)\b|"
+        r"\b(?:ignore|disregard)\s+(?:the\s+)?user'?s\s+(?:question|request|message|input)\b|"
         r"\b(?:ignore|disregard|forget)\s+(?:all\s+|everything\s+)?(?:the\s+|what\s+)?"
         r"(?:above|before|previous|prior|preceding)\s*(?=[.,;:!]|and\b|$)",
     ),
@@ -84,9 +87,11 @@ _CUE_PATTERNS: tuple[tuple[str, str, str], ...] = (
         r"that reads?)\s+(?:this|these)\b|"
         r"\bif you are an?\s+(?:ai|language model|llm|assistant|bot|chatbot)\b|"
         r"\bbegin ai (?:directive|instructions?)\b|"
-        r"^\W{0,3}(?:hey\s+|dear\s+)?(?:ai|assistant|chatgpt|ai agent|ai assistant|"
-        r"ai code reviewer)\s*[,:]\s*(?:ignore|disregard|do not|don't|when|after|approve|"
-        r"forward|delete|call|mark|send|include|rate|tell|say|disregard)\b",
+        r"(?:^|[.!?:(>\]]\s*)(?:hey\s+|dear\s+)?(?:ai|assistant|chatgpt|ai agent|"
+        r"ai assistant|ai code reviewer)\s*[,:]\s*(?:ignore|disregard|do not|don't|when|after|"
+        r"approve|forward|delete|call|mark|send|include|rate|tell|say)\b|"
+        r"\b(?:ai|assistants?|language models?|llms?|chatbots?|ai agents?)\s+(?:must|shall|"
+        r"are required to|are instructed to)\s+(?:\w+)",
     ),
     (
         "role_play",
@@ -99,7 +104,8 @@ _CUE_PATTERNS: tuple[tuple[str, str, str], ...] = (
         r"impossible|prohibited)\b|"
         r"\bwithout (?:any )?(?:refusals?|disclaimers?|caveats?)\b|"
         r"\bdeclining is (?:impossible|not an option)\b|"
-        r"\bmust never contain the words\b|\b(?:you )?(?:always|must) (?:comply|obey)\b",
+        r"\bmust never contain the words\b|\b(?:you )?(?:always|must) (?:comply|obey)\b|"
+        r"\bnot allowed to (?:say|refuse|decline|apologi[sz]e)\b",
     ),
     (
         "instruction_override",
@@ -122,8 +128,12 @@ _CUE_PATTERNS: tuple[tuple[str, str, str], ...] = (
         r"configuration|preamble|rules|directives)\b|"
         r"\b(?:what|which)\s+(?:\w+\s+)?(?:were|are|was|is|did)\s+you\s+(?:\w+\s+)?"
         r"(?:told|instructed|given|programmed|configured)\b|"
-        r"\b(?:instructions|directions|text|words|rules)\s+you\s+(?:were|have been|got)\s+"
-        r"(?:given|told)\b|\byou were told not to\b",
+        r"\b(?:instructions|directions|text|words|rules)\s+you\s+(?:were given|have been "
+        r"given|got|received|were told)\b|\byou were told not to\b|"
+        r"\byour\s+(?:setup|system|initial|hidden|secret|original|starting|operator'?s?)\s+"
+        r"(?:message|prompt|instructions|guidelines|rules|configuration)\b|"
+        r"\b(?:before|preceding)\s+(?:my first message|this conversation|our (?:chat|"
+        r"conversation))\b",
     ),
     (
         "instruction_override",
@@ -173,9 +183,22 @@ _QUOTED = re.compile(
 )
 
 
+#: A JSON member (``"key": "value"``): data a tool returned, not a quotation — kept.
+_JSON_MEMBER = re.compile(r"\"[\w-]{1,40}\"\s*:\s*\"(?:[^\"\\\n]|\\.){0,2000}\"")
+
+
 def strip_quoted(text: str) -> str:
-    """``text`` with quoted spans blanked out: what it says rather than what it quotes."""
-    return _QUOTED.sub(" ", text)
+    """``text`` with quoted spans blanked out: what it says rather than what it quotes.
+    JSON members stay (their quotes become spaces): a tool result is not a quotation."""
+    kept: list[str] = []
+
+    def keep(match: re.Match[str]) -> str:
+        kept.append(match.group().replace('"', " "))
+        return f"\x00{len(kept) - 1}\x00"
+
+    text = _JSON_MEMBER.sub(keep, text)
+    text = _QUOTED.sub(" ", text)
+    return re.sub("\x00(\\d+)\x00", lambda m: kept[int(m.group(1))], text)
 
 
 def cue_counts(text: str) -> list[int]:
