@@ -101,9 +101,10 @@ class InjectionDetector:
             for position, (category, _, _) in enumerate(HEURISTICS):
                 if features.heuristics[position] > 0 and self.heuristic_weights[position] > 0:
                     categories.append(category)
-            floored = floor_hits(part)
+            # The floor only raises a score to the operating point: skip it above that.
+            floored = floor_hits(part) if logit < _FLOOR_LOGIT else []
             if floored:
-                best = max(best, _logit(FLOOR_SCORE))
+                best = max(best, _FLOOR_LOGIT)
                 categories.extend(category for category, _ in floored)
                 if index:
                     categories.append(OBFUSCATION)
@@ -129,6 +130,8 @@ def _logit(p: float) -> float:
     p = min(max(p, 1e-9), 1 - 1e-9)
     return math.log(p / (1 - p))
 
+
+_FLOOR_LOGIT = _logit(FLOOR_SCORE)
 
 _default: InjectionDetector | None = None
 _lock = threading.Lock()

@@ -76,7 +76,9 @@ _COMMON_WORDS = (
 _COMMON = frozenset(_COMMON_WORDS.split())
 
 #: Leetspeak digits and symbols and the letters they stand for.
-_LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
+_LEET = str.maketrans(
+    {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"}
+)
 _LEET_WORD = re.compile(r"\b[a-z@$]*[013457@$][a-z013457@$]*\b", re.IGNORECASE)
 #: Letters spelled out one at a time: "i.g.n.o.r.e", "i-g-n-o-r-e" (five or more).
 _SPELLED = re.compile(r"(?<!\w)[A-Za-z]([.\-])[A-Za-z](?:\1[A-Za-z]){3,}\1?(?!\w)")
