@@ -10,6 +10,20 @@ encoded and multilingual attacks…) and does not flag benign text that shares t
 It is used only to measure: ``benchmarks/guard_train.py`` never reads it. Figures are at
 the detector's threshold (0.5 for the shipped weights): recall per attack family,
 false-positive rate per benign category.
+
+How it was used, for the record. The set was written first and the detector of the time
+measured on it (``guard_probe_before.json``). The structural cues
+(``trellis/guard/structure.py``) were then written from the families' definitions and
+checked against the dev set's benign prompts. After reading the probe's errors, these
+changes followed: an override of earlier instructions floors a score only with a demand
+on the model after it (probe corrections between people were being floored); JSON members
+are not treated as quotations (tool-result injections sit in JSON strings); the vocative
+"Assistant, …" may follow a sentence start as well as a line start; "rule" in the
+singular, "the rules above", "ignore the user's question", "instructions you received",
+"your setup message", "before this conversation", and leetspeak / letter-by-letter
+decoding. Each was checked to flag no benign dev prompt. The probe figures are therefore
+not a blind held-out measurement; the dev set's leave-one-category-out figures are the
+other check (system-prompt extraction 0.43 -> 0.61).
 """
 
 from __future__ import annotations
