@@ -21,7 +21,11 @@ are not treated as quotations (tool-result injections sit in JSON strings); the 
 "Assistant, …" may follow a sentence start as well as a line start; "rule" in the
 singular, "the rules above", "ignore the user's question", "instructions you received",
 "your setup message", "before this conversation", and leetspeak / letter-by-letter
-decoding. Each was checked to flag no benign dev prompt. The probe figures are therefore
+decoding. Each was checked to flag no benign dev prompt. Last, with no probe error
+behind it, the floor was narrowed against text the probe lacks (a news line "AI must be
+regulated", "don't apologise so much" in a writing request, "instead, write a story",
+"your system message about the outage"): probe recall fell from 0.84 to 0.81, and that
+narrower version is the one shipped. The probe figures are therefore
 not a blind held-out measurement; the dev set's leave-one-category-out figures are the
 other check (system-prompt extraction 0.43 -> 0.61).
 """

@@ -91,28 +91,29 @@ _CUE_PATTERNS: tuple[tuple[str, str, str], ...] = (
         r"ai assistant|ai code reviewer)\s*[,:]\s*(?:ignore|disregard|do not|don't|when|after|"
         r"approve|forward|delete|call|mark|send|include|rate|tell|say)\b|"
         r"\b(?:ai|assistants?|language models?|llms?|chatbots?|ai agents?)\s+(?:must|shall|"
-        r"are required to|are instructed to)\s+(?:\w+)",
+        r"are required to|are instructed to)\s+(?:always\s+|now\s+)?(?:tell|say|respond|"
+        r"reply|recommend|ignore|disregard|forward|send|include|append|state|output|print|"
+        r"reveal|call|delete|mark|rate|approve|not mention|never)\b",
     ),
     (
         "role_play",
         "refusal_suppression",
         r"\b(?:never|don't|do not|must not|mustn't|not allowed to|are not to)\s+(?:ever\s+)?"
-        r"(?:refuse|decline|apologi[sz]e|hedge|morali[sz]e|lecture|say (?:no|sorry|"
-        r"i'm sorry|you can't|that you can't|you cannot|'i'm sorry'|'as an ai')|mention "
-        r"(?:policies|your (?:rules|guidelines))|add (?:a |any )?(?:disclaimers?|warnings?))\b|"
+        r"(?:(?:refuse|decline)\s+(?:any|a|my|the|to answer|anything|requests?|questions?|"
+        r"me)\b|say (?:no|sorry|i'm sorry|you can't|that you can't|you cannot|'i'm sorry'|"
+        r"'as an ai')|mention (?:policies|your (?:rules|guidelines))|add (?:a |any )?"
+        r"(?:disclaimers?|warnings?))|"
         r"\brefus(?:al|ing)\s+(?:is|are)\s+(?:not an option|forbidden|not allowed|"
         r"impossible|prohibited)\b|"
-        r"\bwithout (?:any )?(?:refusals?|disclaimers?|caveats?)\b|"
-        r"\bdeclining is (?:impossible|not an option)\b|"
-        r"\bmust never contain the words\b|\b(?:you )?(?:always|must) (?:comply|obey)\b|"
+        r"\bwithout (?:any )?(?:refusals?|disclaimers?)\b|"
+        r"\bdeclining is (?:impossible|not an option)\b|\bmust never contain the words\b|"
         r"\bnot allowed to (?:say|refuse|decline|apologi[sz]e)\b",
     ),
     (
         "instruction_override",
         "goal_hijack",
         r"\binstead(?:\s+of\s+(?:what you were asked|translating|summari[sz]ing|answering|"
-        r"a summary|that))?\s*,?\s*(?:just\s+)?(?:say|print|output|respond|reply|repeat|"
-        r"type|write|tell)\b|"
+        r"a summary|that))?\s*,?\s*(?:just\s+)?(?:say|print|output|repeat|type)\b|"
         r"\b(?:your|the)\s+(?:new|real|true|actual|only)\s+(?:goal|objective|task|job|"
         r"mission|purpose)\s+(?:is|now)\b|"
         r"\b(?:do not|don't)\s+(?:perform|do|complete)\s+the\s+task\b|"
@@ -130,8 +131,8 @@ _CUE_PATTERNS: tuple[tuple[str, str, str], ...] = (
         r"(?:told|instructed|given|programmed|configured)\b|"
         r"\b(?:instructions|directions|text|words|rules)\s+you\s+(?:were given|have been "
         r"given|got|received|were told)\b|\byou were told not to\b|"
-        r"\byour\s+(?:setup|system|initial|hidden|secret|original|starting|operator'?s?)\s+"
-        r"(?:message|prompt|instructions|guidelines|rules|configuration)\b|"
+        r"\byour\s+(?:setup|system|hidden|secret)\s+(?:prompt|instructions|preamble|"
+        r"configuration)\b|"
         r"\b(?:before|preceding)\s+(?:my first message|this conversation|our (?:chat|"
         r"conversation))\b",
     ),
