@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from trellis.guard.features import HASH_BITS, HEURISTICS, NGRAMS, featurize  # noqa: E402
 from trellis.guard.injection import WEIGHTS_PATH  # noqa: E402
 from trellis.guard.normalize import normalize  # noqa: E402
+from trellis.guard.structure import floor_hits  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "guard" / "dev.jsonl"
 FOLDS = 5
@@ -73,6 +74,21 @@ def matrix(texts: list[str]) -> Any:
         shape=(len(texts), width),
         dtype=np.float64,
     )
+
+
+def floor_mask(texts: list[str]) -> np.ndarray:
+    """Which texts the detector's structural floor flags whatever the model says (a floor
+    cue outside quotes, in the text or in a payload decoded from it)."""
+    out = []
+    for text in texts:
+        normalized = normalize(text)
+        out.append(any(floor_hits(part) for part in [normalized.text, *normalized.payloads]))
+    return np.array(out, dtype=bool)
+
+
+def with_floor(scores: np.ndarray, floor: np.ndarray, threshold: float) -> np.ndarray:
+    """Scores as the shipped detector sees them: floored texts reach the threshold."""
+    return np.where(floor, np.maximum(scores, threshold), scores)
 
 
 def near_duplicate_groups(texts: list[str], threshold: float = 0.5) -> np.ndarray:
@@ -154,7 +170,12 @@ def per_category(
 
 
 def leave_one_category_out(
-    x: Any, y: np.ndarray, categories: list[str], test_folds: list[np.ndarray], threshold: float
+    x: Any,
+    y: np.ndarray,
+    categories: list[str],
+    test_folds: list[np.ndarray],
+    threshold: float,
+    floor: np.ndarray | None = None,
 ) -> dict[str, dict[str, float]]:
     """Per category: train without it (and without the benign test fold), measure on it.
 
@@ -173,6 +194,8 @@ def leave_one_category_out(
             if not len(probe):
                 continue
             scores = fit(x[train], y[train]).decision_function(x[probe])
+            if floor is not None:
+                scores = with_floor(scores, floor[probe], threshold)
             flagged_total += int((scores >= threshold).sum())
             n += len(probe)
         key = "recall" if y[held][0] == 1 else "fpr"
@@ -192,6 +215,8 @@ def train(data: Path, *, target_fpr: float = TARGET_FPR, loco: bool = True) -> d
     test_folds = folds(y, groups)
     oof = out_of_fold(x, y, test_folds)
     threshold = pick_threshold(oof, y, target_fpr)
+    floor = floor_mask(texts)
+    shipped = with_floor(oof, floor, threshold)
     report: dict[str, Any] = {
         "data": str(data.name),
         "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
@@ -200,15 +225,21 @@ def train(data: Path, *, target_fpr: float = TARGET_FPR, loco: bool = True) -> d
         "groups": int(len(set(groups.tolist()))),
         "C": C,
         "target_fpr": target_fpr,
-        "cv": rates(oof, y, threshold),
-        "cv_per_category": per_category(oof, y, categories, threshold),
+        # As shipped: the model's out-of-fold score, floored by the structural cues.
+        "cv": rates(shipped, y, threshold),
+        "cv_per_category": per_category(shipped, y, categories, threshold),
+        "cv_model_only": rates(oof, y, threshold),
+        "floor_on_dev": {
+            "attacks": int(floor[y == 1].sum()),
+            "benign": int(floor[y == 0].sum()),
+        },
     }
     # The figure at the 0.05 goal itself, for reference (the shipped point is stricter).
     at_goal = pick_threshold(oof, y, 0.05)
-    report["cv_at_fpr_0.05"] = rates(oof, y, at_goal)
+    report["cv_at_fpr_0.05"] = rates(with_floor(oof, floor, at_goal), y, at_goal)
     if loco:
         report["leave_one_category_out"] = leave_one_category_out(
-            x, y, categories, test_folds, threshold
+            x, y, categories, test_folds, threshold, floor
         )
     model = fit(x, y)
     coef = model.coef_[0].astype(np.float32)

@@ -103,6 +103,8 @@ def test_the_shipped_weights_reproduce_from_the_training_script() -> None:
         assert trained["bias"] == pytest.approx(float(shipped["bias"]), abs=1e-4)
     report = trained["report"]
     assert report["cv"]["recall"] >= 0.90 and report["cv"]["fpr"] <= 0.05
+    # The structural floor flags no benign dev prompt, so it cannot raise the dev FPR.
+    assert report["floor_on_dev"]["benign"] == 0
 
 
 def test_a_long_text_is_read_head_and_tail_in_bounded_time(detector: InjectionDetector) -> None:

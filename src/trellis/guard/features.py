@@ -1,6 +1,6 @@
 """What the injection classifier reads: hashed character n-grams and a few heuristics.
 
-Both the training script (``scripts/train_guard.py``) and the detector call
+Both the training script (``benchmarks/guard_train.py``) and the detector call
 :func:`featurize`, so the shipped weights and the features at run time cannot drift.
 Character n-grams are hashed with a fixed polynomial over the UTF-8 bytes in numpy
 (no Python loop per n-gram), so a 1,000-character prompt costs well under a
@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+
+from trellis.guard.structure import CUES
 
 __all__ = [
     "HASH_BITS",
@@ -45,7 +47,7 @@ _SPACES = re.compile(r"\s+")
 _ANY = r"(?:\W+\w+){0,4}?\W+"  # up to four words in between
 
 #: (category, name, pattern) — matched on lower-cased, folded text.
-HEURISTICS: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
+_PHRASING: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
     (category, name, re.compile(pattern, re.IGNORECASE))
     for category, name, pattern in (
         (
@@ -152,6 +154,11 @@ HEURISTICS: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
         ),
     )
 )
+
+
+#: The phrasing families above, then the structural cues of ``trellis.guard.structure``
+#: (forged system messages, orders to "AI assistants reading this", refusal suppression…).
+HEURISTICS: tuple[tuple[str, str, re.Pattern[str]], ...] = _PHRASING + CUES
 
 
 @dataclass(slots=True)

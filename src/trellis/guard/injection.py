@@ -7,7 +7,11 @@ moves the model's bias so that point is a score of 0.5 — the default threshold
 
 A text is scored as written (after folding look-alikes and invisible characters), and
 every payload hidden in it (base64, hex, rot13, tag characters) is scored on its own:
-the verdict is the highest of these, so wrapping an attack does not dilute it.
+the verdict is the highest of these, so wrapping an attack does not dilute it. A strong
+structural cue outside quotation marks (``trellis.guard.structure.floor_hits``: a forged
+system message, an order to the AI inside content, refusal suppression…) floors the
+score at :data:`FLOOR_SCORE`, the operating point: the dev set has too few such attacks
+for the model to learn their weight, and none of its benign prompts carries one.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import numpy as np
 
 from trellis.guard.features import HASH_BITS, HEURISTICS, NGRAMS, Features, featurize
 from trellis.guard.normalize import normalize
+from trellis.guard.structure import floor_hits
 
-__all__ = ["Verdict", "InjectionDetector", "WEIGHTS_PATH", "default_detector"]
+__all__ = ["Verdict", "InjectionDetector", "WEIGHTS_PATH", "FLOOR_SCORE", "default_detector"]
 
 WEIGHTS_PATH = Path(__file__).with_name("injection_weights.npz")
 
@@ -31,6 +36,9 @@ WEIGHTS_PATH = Path(__file__).with_name("injection_weights.npz")
 #: payload search cost time in proportion to length; the features read less still).
 MAX_CHARS = 64_000
 _HEAD = 48_000
+
+#: The least score a text with a structural floor cue gets (the CV operating point).
+FLOOR_SCORE = 0.5
 
 #: Categories a verdict can name.
 OBFUSCATION = "obfuscation"
@@ -93,6 +101,13 @@ class InjectionDetector:
             for position, (category, _, _) in enumerate(HEURISTICS):
                 if features.heuristics[position] > 0 and self.heuristic_weights[position] > 0:
                     categories.append(category)
+            # The floor only raises a score to the operating point: skip it above that.
+            floored = floor_hits(part) if logit < _FLOOR_LOGIT else []
+            if floored:
+                best = max(best, _FLOOR_LOGIT)
+                categories.extend(category for category, _ in floored)
+                if index:
+                    categories.append(OBFUSCATION)
         # Rounded before the comparison, so the score a caller sees decides the verdict.
         score = 0.0 if best == -math.inf else round(_sigmoid(best), 4)
         flagged = score >= limit
@@ -115,6 +130,8 @@ def _logit(p: float) -> float:
     p = min(max(p, 1e-9), 1 - 1e-9)
     return math.log(p / (1 - p))
 
+
+_FLOOR_LOGIT = _logit(FLOOR_SCORE)
 
 _default: InjectionDetector | None = None
 _lock = threading.Lock()

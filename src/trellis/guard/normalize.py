@@ -3,7 +3,8 @@
 An attack that a reader sees as "ignore previous instructions" can arrive as Cyrillic
 look-alikes, with zero-width characters between its letters, as invisible Unicode tag
 characters (U+E0020–U+E007E, which some models read as ASCII), or wrapped in base64,
-hex or rot13. :func:`normalize` returns the text a detector should read plus the
+hex or rot13, or spelled in leetspeak ("1gn0r3") or letter by letter ("i.g.n.o.r.e").
+:func:`normalize` returns the text a detector should read plus the
 decoded payloads it found, and names each trick it undid so the trick itself can count
 as evidence.
 """
@@ -74,6 +75,14 @@ _COMMON_WORDS = (
 )
 _COMMON = frozenset(_COMMON_WORDS.split())
 
+#: Leetspeak digits and symbols and the letters they stand for.
+_LEET = str.maketrans(
+    {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"}
+)
+_LEET_WORD = re.compile(r"\b[a-z@$]*[013457@$][a-z013457@$]*\b", re.IGNORECASE)
+#: Letters spelled out one at a time: "i.g.n.o.r.e", "i-g-n-o-r-e" (five or more).
+_SPELLED = re.compile(r"(?<!\w)[A-Za-z]([.\-])[A-Za-z](?:\1[A-Za-z]){3,}\1?(?!\w)")
+
 _MAX_PAYLOADS = 8
 _MAX_DECODED = 4000
 
@@ -140,6 +149,12 @@ def normalize(text: str) -> Normalized:
     rot = _rot13_payload(folded)
     if rot is not None:
         _add(result, rot, "rot13")
+    leet = _leet_payload(folded)
+    if leet is not None:
+        _add(result, leet, "leetspeak")
+    spelled = _spelled_payload(folded)
+    if spelled is not None:
+        _add(result, spelled, "spelled")
     return result
 
 
@@ -231,3 +246,23 @@ def _rot13_payload(text: str) -> str | None:
     if not decoded_lines:
         return None
     return "\n".join(decoded_lines)
+
+
+def _leet_payload(text: str) -> str | None:
+    """The leetspeak reading of the lines that read as English only once it is undone."""
+    decoded_lines = []
+    for line in text.splitlines():
+        if len(_LEET_WORD.findall(line)) < 3:
+            continue
+        plain = _english_share(line)
+        undone = line.translate(_LEET)
+        if _english_share(undone) >= max(0.3, plain + 0.2):
+            decoded_lines.append(undone)
+    return "\n".join(decoded_lines) if decoded_lines else None
+
+
+def _spelled_payload(text: str) -> str | None:
+    """``text`` with words spelled letter by letter joined up, when it has such words."""
+    if _SPELLED.search(text) is None:
+        return None
+    return _SPELLED.sub(lambda m: re.sub(r"[.\-]", "", m.group()), text)
