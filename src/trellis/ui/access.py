@@ -29,6 +29,7 @@ AREAS: dict[str, tuple[str, ...]] = {
     "budgets": policy.USAGE_READ,
     "budgets.write": policy.LIMITS_WRITE,
     "guard": policy.TRACES_READ,
+    "guard.check": policy.CHAT,  # as POST /v1/guard/check
     "evals": policy.EVALS_READ,
     "evals.queues": policy.EVALS_READ,
     # Schedules are the deployment's (settings); the page lists them to the project's readers.

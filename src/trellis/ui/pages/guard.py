@@ -5,11 +5,14 @@ policy found (``pii_kinds``; redacted, routed or blocked), hits of the output ch
 (``guard_output``), or the input guard's prompt-injection flag (``guard_flagged``, with
 score and categories on its ``guard`` span). The list is ``GET /v1/traces?guard=...``
 (``TraceQuery.guard``: the same filter), newest first and paged; each row links to its
-trace. Reading it needs ``observer``, as traces do.
+trace. Reading it needs ``observer``, as traces do. The page's form scores a text as
+``POST /v1/guard/check`` does (``inference``), so people can try the input guard on their own
+prompts.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -18,6 +21,9 @@ from starlette.responses import Response
 from trellis.errors import InvalidRequestError
 from trellis.observe.query import GUARD_FILTERS, TraceQuery, parse_time
 from trellis.ui.web import UiRoute, render, runtime, viewer
+
+#: The longest text the form scores (the API's limit).
+MAX_CHECK_CHARS = 200_000
 
 router = APIRouter(route_class=UiRoute)
 
@@ -96,3 +102,25 @@ async def guard_page(request: Request) -> Response:
         "next_cursor": page.next_cursor,
     }
     return render(request, "guard/index.html", context, me=me)
+
+
+@router.post("/ui/guard/check")
+async def check_text(request: Request) -> Response:
+    """The input guard's verdict on a text from the form, as ``POST /v1/guard/check``
+    gives it (the server's ``guard.input`` threshold)."""
+    me = await viewer(request, "guard.check")
+    form = await request.form()
+    text = str(form.get("text") or "")
+    if not text.strip():
+        raise InvalidRequestError("enter a text to check", param="text")
+    if len(text) > MAX_CHECK_CHARS:
+        raise InvalidRequestError(
+            f"a text to check has at most {MAX_CHECK_CHARS} characters", param="text"
+        )
+    gateway = runtime(request).gateway
+    assert gateway is not None, "the runtime is started before requests are served"
+    threshold = gateway.guard.input.threshold
+    # CPU work (about a millisecond per 1,000 characters): off the event loop.
+    verdict = await asyncio.to_thread(gateway.injection_detector().check, text, threshold)
+    context = {"verdict": verdict.as_dict(), "threshold": threshold}
+    return render(request, "guard/_verdict.html", context, me=me)
