@@ -92,9 +92,8 @@ def queue_create(
     as_json: JsonOption = False,
 ) -> None:
     """A queue from an eval run (--run) or from stored chat traces (the trace filters)."""
-    from trellis.evals.from_traces import TraceSelection
+    from trellis.evals.from_traces import TraceSelection, chat_traces
     from trellis.evals.labels import parse_scale
-    from trellis.observe.query import TraceQuery, parse_time
 
     settings = load_settings(config)
     try:
@@ -113,14 +112,8 @@ def queue_create(
         if run_id is not None and filters:
             raise InvalidRequestError("give --run or trace filters, not both")
         selection = TraceSelection(
-            query=TraceQuery(
-                since_ns=None if since is None else parse_time(since, "since"),
-                until_ns=None if until is None else parse_time(until, "until"),
-                model=model,
-                status=status,
-                key_id=key_id,
-                kind="chat",
-                text=text,
+            query=chat_traces(
+                since=since, until=until, model=model, status=status, key_id=key_id, text=text
             ),
             limit=limit,
             score=score,

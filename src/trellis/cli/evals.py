@@ -421,8 +421,7 @@ def dataset_from_traces_command(
 ) -> None:
     """Build a dataset from stored chat traces (newest first) and store it, versioned."""
     from trellis.evals import EvalStore
-    from trellis.evals.from_traces import TraceSelection, dataset_from_traces
-    from trellis.observe.query import TraceQuery, parse_time
+    from trellis.evals.from_traces import TraceSelection, chat_traces, dataset_from_traces
     from trellis.observe.store import TraceStore
 
     settings = load_settings(config)
@@ -431,14 +430,8 @@ def dataset_from_traces_command(
         raise typer.Exit(2)
     try:
         selection = TraceSelection(
-            query=TraceQuery(
-                since_ns=None if since is None else parse_time(since, "since"),
-                until_ns=None if until is None else parse_time(until, "until"),
-                model=model,
-                status=status,
-                key_id=key_id,
-                kind="chat",
-                text=text,
+            query=chat_traces(
+                since=since, until=until, model=model, status=status, key_id=key_id, text=text
             ),
             limit=limit,
             score=score,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from trellis.evals.datasets import NAME_PATTERN, Case, Dataset, DatasetError, content_hash
-from trellis.observe.query import TraceQuery
+from trellis.observe.query import TraceQuery, parse_time
 from trellis.observe.store import TraceStore
 from trellis.observe.tracing import GenAI
 
@@ -49,6 +49,28 @@ class TraceSelection:
     expected: ExpectedFrom = "label"
     #: The score name whose comment is the human label (``expected="label"``).
     label: str = "label"
+
+
+def chat_traces(
+    *,
+    since: str | None = None,
+    until: str | None = None,
+    model: str | None = None,
+    status: str | None = None,
+    key_id: str | None = None,
+    text: str | None = None,
+) -> TraceQuery:
+    """The chat traces the trace filters select (times as durations ago, Unix seconds or ISO
+    8601): one reading for ``dataset from-traces`` and labelling queues, CLI and HTTP alike."""
+    return TraceQuery(
+        since_ns=None if since is None else parse_time(since, "since"),
+        until_ns=None if until is None else parse_time(until, "until"),
+        model=model,
+        status=status,
+        key_id=key_id,
+        kind="chat",
+        text=text,
+    )
 
 
 @dataclass(slots=True)

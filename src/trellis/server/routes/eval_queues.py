@@ -20,10 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from trellis.access.keys import EVAL, OBSERVER
 from trellis.errors import InvalidRequestError, PermissionDeniedError
-from trellis.evals.from_traces import TraceSelection
+from trellis.evals.from_traces import TraceSelection, chat_traces
 from trellis.evals.labels import LabelQueues, Queue, parse_scale
 from trellis.inference.call import Caller
-from trellis.observe.query import TraceQuery, parse_time
 from trellis.server.edge import (
     authenticate,
     not_found_outside,
@@ -232,13 +231,12 @@ async def create_queue(request: Request) -> JSONBytes:
     if filters.score is not None and len(filters.score) > 100:
         raise InvalidRequestError("score names are at most 100 characters", param="score")
     selection = TraceSelection(
-        query=TraceQuery(
-            since_ns=None if filters.since is None else parse_time(filters.since, "since"),
-            until_ns=None if filters.until is None else parse_time(filters.until, "until"),
+        query=chat_traces(
+            since=filters.since,
+            until=filters.until,
             model=filters.model,
-            key_id=filters.key_id,
             status=filters.status,
-            kind="chat",
+            key_id=filters.key_id,
             text=filters.q,
         ),
         limit=body.limit,
