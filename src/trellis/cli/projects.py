@@ -96,6 +96,7 @@ def projects_guard(
     A model alias's own `guard` wins over these; what neither sets is the server's `guard`.
     """
     from trellis.access.projects import ProjectStore, parse_guard
+    from trellis.errors import InvalidRequestError
 
     given = {"input": input_mode, "retrieved": retrieved, "tool_outputs": tool_outputs}
     stages: dict[str, Any] = {}
@@ -104,7 +105,10 @@ def projects_guard(
             stages[where] = {"mode": mode} | ({} if threshold is None else {"threshold": threshold})
     if clear == bool(stages):
         raise typer.BadParameter("give --input, --retrieved or --tool-outputs, or --clear alone")
-    guard = None if clear else parse_guard(stages)
+    try:
+        guard = None if clear else parse_guard(stages)
+    except InvalidRequestError as exc:
+        raise typer.BadParameter(str(exc)) from None
     settings = load_settings(config)
     project = run(
         lambda: with_db(
