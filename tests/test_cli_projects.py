@@ -75,3 +75,26 @@ def test_projects_keys_and_audit_from_the_cli(config: Path) -> None:
     assert key["key"] not in out and rotated["key"] not in out
     code, out = invoke(config, "audit", "--action", "key.", "--since", "1h")
     assert code == 0 and "key.rotate" in out and "project.create" not in out
+
+
+def test_projects_guard_from_the_cli(config: Path) -> None:
+    assert invoke(config, "projects", "create", "team-a")[0] == 0
+    code, out = invoke(
+        config, "projects", "guard", "team-a", "--input", "block", "--tool-outputs", "flag",
+        "--threshold", "0.7", "--json",
+    )  # fmt: skip
+    assert code == 0, out
+    assert json.loads(out)["guard"] == {
+        "input": {"mode": "block", "threshold": 0.7},
+        "tool_outputs": {"mode": "flag", "threshold": 0.7},
+    }
+    code, out = invoke(config, "projects", "list")
+    assert code == 0 and "input=block@0.7 tool_outputs=flag@0.7" in out, out
+    code, out = invoke(config, "projects", "guard", "team-a", "--input", "loud")
+    assert code != 0 and "guard.input.mode" in out, out
+    assert invoke(config, "projects", "guard", "team-a")[0] != 0  # nothing given
+    assert invoke(config, "projects", "guard", "nope", "--clear")[0] != 0
+    code, out = invoke(config, "projects", "guard", "team-a", "--clear", "--json")
+    assert code == 0 and json.loads(out)["guard"] is None, out
+    code, out = invoke(config, "audit", "--project", "team-a", "--json")
+    assert [e["action"] for e in json.loads(out)].count("project.update") == 2, out

@@ -148,9 +148,11 @@ class Trellis:
             poll_seconds=settings.key_poll_seconds,
         )
         self.new_admin_key = await self.keys.ensure_admin(settings.admin_key)
-        # Revocations, expiry and role changes made by any process reach this one in a poll.
-        await self.keys.start_watch()
         self.projects = ProjectStore(self.db)
+        # Revocations, expiry and role changes made by any process reach this one in a
+        # poll; so do projects' guard overrides (loaded by the first poll).
+        self.keys.on_change.append(self.projects.load_guards)
+        await self.keys.start_watch()
         self.audit = AuditLog(self.db)
         self.traces = TraceStore(self.db)
         sink: TraceSink = NullSink()
@@ -198,6 +200,7 @@ class Trellis:
             ),
             guard=settings.guard,
         )
+        self.gateway.project_guard = self.projects.guard_of
         self.alerts = AlertManager(self.db, settings.alerts)
         # Budget thresholds alert through the alert manager's webhook path.
         self.limiter = build_limiter(

@@ -44,6 +44,7 @@ __all__ = [
     "AliasRetrieval",
     "PrivacyPolicy",
     "AliasGuard",
+    "ProjectGuard",
     "OutputGuard",
     "UrlGuard",
     "PII_KINDS",
@@ -295,6 +296,16 @@ class UntrustedGuard(_Strict):
 class GuardSettings(_Strict):
     input: GuardStage = Field(default_factory=GuardStage, description="The request's user messages")
     untrusted: UntrustedGuard = Field(default_factory=UntrustedGuard)
+
+
+class ProjectGuard(_Strict):
+    """One project's overrides of the server-wide prompt-injection stages (stored on the
+    project, set with ``PATCH /v1/projects/{id}``). What a model alias's ``guard`` sets
+    wins over these; what neither sets comes from ``guard``."""
+
+    input: GuardStage | None = None
+    retrieved: GuardStage | None = None
+    tool_outputs: GuardStage | None = None
 
 
 class AliasGuard(_Strict):

@@ -9,13 +9,21 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from trellis.inference.call import Caller
 from trellis.inference.gateway import Gateway
 from trellis.inference.router import Router
 from trellis.observe.tracing import Span
 from trellis.orchestration import tool
 from trellis.orchestration.context import Context
 from trellis.orchestration.kinds.agent import agent
-from trellis.settings import Deployment, GuardSettings, ModelAlias, RetrySettings
+from trellis.settings import (
+    Deployment,
+    GuardSettings,
+    GuardStage,
+    ModelAlias,
+    ProjectGuard,
+    RetrySettings,
+)
 from trellis.testing.fake_upstream import FakeUpstream, ToolCallReply
 
 PAGE = (
@@ -52,7 +60,9 @@ def upstream() -> Iterator[FakeUpstream]:
     server.stop()
 
 
-def run_context(upstream: FakeUpstream, guard: dict[str, Any], span: Span) -> Context:
+def run_context(
+    upstream: FakeUpstream, guard: dict[str, Any], span: Span, project: str | None = None
+) -> Context:
     alias = ModelAlias(
         name="m",
         deployments=[
@@ -62,17 +72,24 @@ def run_context(upstream: FakeUpstream, guard: dict[str, Any], span: Span) -> Co
     gateway = Gateway(
         Router([alias], retry=RetrySettings(attempts=1)), guard=GuardSettings(**guard)
     )
-    return Context(
-        run_id="r", workflow="w", step="ask", seq=1, span=span, services={"gateway": gateway}
-    )
+    # The "strict" project blocks tool results; the others follow the server.
+    strict = ProjectGuard(tool_outputs=GuardStage(mode="block"))
+    gateway.project_guard = {"strict": strict}.get
+    services: dict[str, Any] = {"gateway": gateway}
+    if project is not None:
+        services["caller"] = Caller(session_record=False, project_id=project)
+    return Context(run_id="r", workflow="w", step="ask", seq=1, span=span, services=services)
 
 
-async def ask(upstream: FakeUpstream, url: str, guard: dict[str, Any]) -> tuple[str, Span]:
+async def ask(
+    upstream: FakeUpstream, url: str, guard: dict[str, Any], project: str | None = None
+) -> tuple[str, Span]:
     script = Script([ToolCallReply("fetch", {"url": url})], "Done.")
     upstream.reply = script
     span = Span(name="ask", trace_id="t" * 32)
     step = agent("ask", task=lambda s: s.question, tools=[fetch], into="answer", model="m")
-    outcome = await step.execute(run_context(upstream, guard, span), Task(question="Weather?"))
+    context = run_context(upstream, guard, span, project)
+    outcome = await step.execute(context, Task(question="Weather?"))
     assert outcome.update == {"answer": "Done."}
     tool_message = script.bodies[1]["messages"][2]
     assert tool_message["role"] == "tool"
@@ -102,3 +119,10 @@ async def test_flag_keeps_the_result_fenced_and_data_marked(upstream: FakeUpstre
     assert f"<</DATA {boundary[1]}>>" in content and '^ "Welcome to the weather' in content
     assert content.startswith("Untrusted data is enclosed")
     assert len(guard_events(span)) == 1
+
+
+async def test_the_runs_project_override_applies(upstream: FakeUpstream) -> None:
+    content, span = await ask(upstream, "https://evil.example", {}, project="strict")
+    assert "withheld" in content and len(guard_events(span)) == 1
+    content, span = await ask(upstream, "https://evil.example", {}, project="default")
+    assert "ignore all previous" in content and guard_events(span) == []

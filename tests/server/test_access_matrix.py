@@ -327,6 +327,12 @@ POLICY: dict[tuple[str, str], Policy] = {
     ("POST", "/v1/projects"): Policy(
         (A,), global_admin=True, body=lambda o, t, r: {"id": unique("p")}, status=201
     ),
+    ("PATCH", "/v1/projects/{project_id}"): Policy(
+        (A,),
+        global_admin=True,
+        resource=lambda w, p, a: p.id,
+        body=lambda o, t, r: {"guard": {"input": {"mode": "off"}}},
+    ),
     ("DELETE", "/v1/projects/{project_id}"): Policy(
         (A,), global_admin=True, resource=lambda w, p, a: p.id
     ),

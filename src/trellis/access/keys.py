@@ -21,7 +21,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
@@ -279,6 +279,9 @@ class KeyStore:
         self.db = db
         self.poll_seconds = poll_seconds
         self._seen_version: int | None = None
+        #: Called after the access version moved (also on the first poll): other caches
+        #: that follow the same version (the projects' guard overrides) reload.
+        self.on_change: list[Callable[[], Awaitable[None]]] = []
         self._watcher: asyncio.Task[None] | None = None
         # The configured admin key (``Settings.admin_key``) cannot be revoked: with it gone
         # nobody could manage keys until a restart re-enabled it. Kept as its hash only.
@@ -529,6 +532,8 @@ class KeyStore:
         self._seen_version = version
         if changed:
             self.invalidate_cache()
+            for reload in self.on_change:
+                await reload()
         return changed
 
     async def start_watch(self) -> None:

@@ -13,13 +13,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from pydantic import ValidationError
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from trellis.access.audit import AuditEntry, record
 from trellis.errors import ConflictError, InvalidRequestError, NotFoundError
+from trellis.settings import ProjectGuard
 from trellis.store.db import Database
 from trellis.store.tables import (
+    access_state,
     alert_rules,
     api_keys,
     collections,
@@ -38,6 +41,7 @@ __all__ = [
     "PROJECT_PATTERN",
     "Project",
     "ProjectStore",
+    "parse_guard",
     "validate_project_id",
 ]
 
@@ -78,6 +82,8 @@ class Project:
     id: str
     name: str
     created_at: float
+    #: Prompt-injection guard overrides (``ProjectGuard`` as JSON); None: the server's.
+    guard: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,37 +91,115 @@ class Project:
             "id": self.id,
             "name": self.name,
             "created_at": self.created_at,
+            "guard": self.guard,
         }
 
 
+def parse_guard(value: Any, param: str = "guard") -> ProjectGuard | None:
+    """A project's guard overrides as given (None clears them), or 400 naming the field."""
+    if value is None or isinstance(value, ProjectGuard):
+        return value
+    try:
+        return ProjectGuard.model_validate(value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in (param, *first["loc"]))
+        raise InvalidRequestError(f"{where}: {first['msg']}", param=where) from None
+
+
+async def _bump_access_version(conn: Any) -> None:
+    """What ``keys.bump_access_version`` does (keys imports this module): every process's
+    key-store poll sees the change and reloads the guards (``Runtime`` wires it)."""
+    await conn.execute(
+        update(access_state)
+        .where(access_state.c.id == 1)
+        .values(version=access_state.c.version + 1)
+    )
+
+
+def _stored(guard: ProjectGuard | None) -> dict[str, Any] | None:
+    return None if guard is None else guard.model_dump(mode="json", exclude_none=True)
+
+
+def _project(row: Any) -> Project:
+    return Project(row["id"], row["name"], row["created_at"], row["guard"])
+
+
 class ProjectStore:
-    """Creates, lists and deletes projects (global admins only, checked by the routes)."""
+    """Creates, lists, updates and deletes projects (global admins only, checked by the
+    routes), and keeps every project's guard overrides in memory for the gateway: reloaded
+    after a change made here, and when the access version moves (a change made by
+    another process, seen within the key store's poll)."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._guards: dict[str, ProjectGuard] = {}
+
+    def guard_of(self, project_id: str) -> ProjectGuard | None:
+        """The project's guard overrides as last loaded (no database read)."""
+        return self._guards.get(project_id)
+
+    async def load_guards(self) -> None:
+        """Read every project's guard overrides (one small query)."""
+        async with self.db.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(projects.c.id, projects.c.guard).where(projects.c.guard.is_not(None))
+                )
+            ).all()
+        self._guards = {row.id: ProjectGuard.model_validate(row.guard) for row in rows if row.guard}
 
     async def create(
-        self, project_id: str, name: str | None = None, *, audit: AuditEntry | None = None
+        self,
+        project_id: str,
+        name: str | None = None,
+        *,
+        guard: ProjectGuard | None = None,
+        audit: AuditEntry | None = None,
     ) -> Project:
         validate_project_id(project_id, "id")
         name = (name or project_id).strip()
         if not name or len(name) > 200:
             raise InvalidRequestError("a project name is 1 to 200 characters", param="name")
-        project = Project(project_id, name, time.time())
+        project = Project(project_id, name, time.time(), _stored(guard))
         try:
             async with self.db.write() as conn:
                 await conn.execute(
                     projects.insert().values(
-                        id=project.id, name=name, created_at=project.created_at
+                        id=project.id,
+                        name=name,
+                        created_at=project.created_at,
+                        guard=project.guard,
                     )
                 )
+                if project.guard is not None:
+                    await _bump_access_version(conn)
                 if audit is not None:
                     await record(conn, audit.with_target(project_id))
         except IntegrityError:
             raise ConflictError(
                 f"project `{project_id}` already exists", code="project_exists"
             ) from None
+        if project.guard is not None:
+            await self.load_guards()
         return project
+
+    async def set_guard(
+        self, project_id: str, guard: ProjectGuard | None, *, audit: AuditEntry | None = None
+    ) -> Project:
+        """Replace the project's guard overrides (None clears them); 404 when unknown.
+        Other processes follow within the access-version poll."""
+        async with self.db.write() as conn:
+            done = await conn.execute(
+                update(projects).where(projects.c.id == project_id).values(guard=_stored(guard))
+            )
+            if not done.rowcount:
+                raise NotFoundError(f"No project `{project_id}`.", code="project_not_found")
+            await _bump_access_version(conn)
+            if audit is not None:
+                await record(conn, audit.with_target(project_id))
+        await self.load_guards()
+        return await self.require(project_id)
 
     async def get(self, project_id: str) -> Project | None:
         async with self.db.engine.connect() as conn:
@@ -124,7 +208,7 @@ class ProjectStore:
                 .mappings()
                 .first()
             )
-        return None if row is None else Project(row["id"], row["name"], row["created_at"])
+        return None if row is None else _project(row)
 
     async def require(self, project_id: str) -> Project:
         """The project, or 404 ``project_not_found``."""
@@ -138,7 +222,7 @@ class ProjectStore:
     async def list(self) -> list[Project]:
         async with self.db.engine.connect() as conn:
             rows = (await conn.execute(select(projects).order_by(projects.c.id))).mappings().all()
-        return [Project(r["id"], r["name"], r["created_at"]) for r in rows]
+        return [_project(r) for r in rows]
 
     async def delete(self, project_id: str, *, audit: AuditEntry | None = None) -> None:
         """Delete an empty project, with its own limits (``project:<id>``): 404 when

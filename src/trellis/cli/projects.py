@@ -1,4 +1,4 @@
-"""``trellis projects create|list|delete`` and ``trellis audit``: the tenants and the log of
+"""``trellis projects create|list|guard|delete`` and ``trellis audit``: the tenants and the log of
 administrative actions, in the configured database."""
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ from rich.table import Table
 
 from trellis.cli._common import ConfigOption, JsonOption, console, load_settings, run, with_db
 
-projects_app = typer.Typer(help="Create, list and delete projects.", no_args_is_help=True)
+projects_app = typer.Typer(
+    help="Create, list and delete projects; set their guard overrides.", no_args_is_help=True
+)
 
 
-def _operator(action: str, project: str) -> Any:
+def _operator(action: str, project: str, detail: dict[str, Any] | None = None) -> Any:
     from trellis.access.audit import Actor, AuditEntry
 
-    return AuditEntry(Actor(key_name="cli"), action, project)
+    return AuditEntry(Actor(key_name="cli"), action, project, detail=detail or {})
 
 
 @projects_app.command("create")
@@ -56,10 +58,76 @@ def projects_list(config: ConfigOption = None, as_json: JsonOption = False) -> N
     if as_json:
         console.print_json(json.dumps([p.to_dict() for p in found]))
         return
-    table = Table("id", "name", "created")
+    table = Table("id", "name", "created", "guard")
     for project in found:
-        table.add_row(project.id, project.name, _time(project.created_at))
+        table.add_row(project.id, project.name, _time(project.created_at), _guard(project.guard))
     console.print(table)
+
+
+def _guard(guard: dict[str, Any] | None) -> str:
+    """``input=block retrieved=flag@0.7``: the project's overrides, or ``-`` for none."""
+    if not guard:
+        return "-"
+    shown = []
+    for where, stage in guard.items():
+        threshold = stage.get("threshold", 0.5)
+        shown.append(f"{where}={stage['mode']}" + (f"@{threshold:g}" if threshold != 0.5 else ""))
+    return " ".join(shown)
+
+
+_MODE_HELP = "off, flag or block (not given: the server's guard setting)"
+
+
+@projects_app.command("guard")
+def projects_guard(
+    project_id: Annotated[str, typer.Argument(help="The project's id")],
+    input_mode: Annotated[str | None, typer.Option("--input", help=_MODE_HELP)] = None,
+    retrieved: Annotated[str | None, typer.Option("--retrieved", help=_MODE_HELP)] = None,
+    tool_outputs: Annotated[str | None, typer.Option("--tool-outputs", help=_MODE_HELP)] = None,
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", help="Score that flags, for the stages given")
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove every override")] = False,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Set the project's prompt-injection guard overrides (they replace the previous ones).
+
+    A model alias's own `guard` wins over these; what neither sets is the server's `guard`.
+    """
+    from trellis.access.projects import ProjectStore, parse_guard
+    from trellis.errors import InvalidRequestError
+
+    given = {"input": input_mode, "retrieved": retrieved, "tool_outputs": tool_outputs}
+    stages: dict[str, Any] = {}
+    for where, mode in given.items():
+        if mode is not None:
+            stages[where] = {"mode": mode} | ({} if threshold is None else {"threshold": threshold})
+    if clear == bool(stages):
+        raise typer.BadParameter("give --input, --retrieved or --tool-outputs, or --clear alone")
+    try:
+        guard = None if clear else parse_guard(stages)
+    except InvalidRequestError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    settings = load_settings(config)
+    project = run(
+        lambda: with_db(
+            settings,
+            lambda db: ProjectStore(db).set_guard(
+                project_id,
+                guard,
+                audit=_operator(
+                    "project.update",
+                    project_id,
+                    {"guard": guard.model_dump(mode="json", exclude_none=True) if guard else None},
+                ),
+            ),
+        )
+    )
+    if as_json:
+        console.print_json(json.dumps(project.to_dict()))
+        return
+    console.print(f"Project [bold]{project.id}[/bold] guard: {_guard(project.guard)}")
 
 
 @projects_app.command("delete")

@@ -167,6 +167,9 @@ class Gateway:
         #: Whether project P has collection N (``has_collection(P, N)``), so an unknown
         #: collection is the caller's 404 before retrieval; None here: not checked.
         self.has_collection: Callable[[str, str], Awaitable[bool]] | None = None
+        #: A project's guard overrides (``ProjectGuard`` or None), read from memory on
+        #: every call; None here: projects override nothing.
+        self.project_guard: Callable[[str], Any] | None = None
         #: Stores conversations for ``trellis.session_id``; None means sessions are unavailable.
         self.sessions = sessions
         #: Recalls long-term memories for ``trellis.user_id``/``user``; None: no recall.
@@ -638,12 +641,16 @@ class Gateway:
 
     # --- prompt-injection guard ---------------------------------------------------
 
-    def guard_stage(self, alias: Any, where: str) -> GuardStage:
+    def guard_stage(self, alias: Any, where: str, project_id: str | None = None) -> GuardStage:
         """The guard stage for ``where`` (input, retrieved, tool_outputs): the alias's
-        override when it sets one, else the server's."""
+        override when it sets one, else the project's, else the server's."""
         override = getattr(getattr(alias, "guard", None), where, None)
         if override is not None:
             return override
+        if project_id is not None and self.project_guard is not None:
+            override = getattr(self.project_guard(project_id), where, None)
+            if override is not None:
+                return override
         if where == "input":
             return self.guard.input
         stage: GuardStage = getattr(self.guard.untrusted, where)
@@ -662,8 +669,8 @@ class Gateway:
         cache or memory sees the text."""
         alias = call.route.alias
         stages = {
-            "user": self.guard_stage(alias, "input"),
-            "tool": self.guard_stage(alias, "tool_outputs"),
+            "user": self.guard_stage(alias, "input", call.caller.project_id),
+            "tool": self.guard_stage(alias, "tool_outputs", call.caller.project_id),
         }
         if all(stage.mode == "off" for stage in stages.values()):
             return
@@ -746,7 +753,7 @@ class Gateway:
         """Screen retrieved passages (``guard.untrusted.retrieved``): a flagged passage is
         recorded, and withheld from the prompt in ``block`` mode (the caller did nothing
         wrong, so the request goes on with the rest)."""
-        stage = self.guard_stage(call.route.alias, "retrieved")
+        stage = self.guard_stage(call.route.alias, "retrieved", call.caller.project_id)
         if stage.mode == "off" or not passages:
             return passages
         detector = self.injection_detector()

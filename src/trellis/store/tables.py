@@ -633,6 +633,8 @@ projects = Table(
     Column("id", String(64), primary_key=True),
     Column("name", String(), nullable=False),
     Column("created_at", Float, nullable=False),
+    # Prompt-injection guard overrides (settings.ProjectGuard); NULL: none (0017_project_guard).
+    Column("guard", JSONType, nullable=True),
 )
 
 #: One row (id 1) whose version every key change bumps in its transaction; each process

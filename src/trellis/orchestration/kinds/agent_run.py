@@ -176,7 +176,8 @@ class AgentRun:
         instead of the text. What a web page or an e-mail says is not the user's request."""
         gateway = self.gateway
         alias = gateway.router.aliases.get(self.model or "")
-        stage = gateway.guard_stage(alias, "tool_outputs")
+        project = self.caller.project_id if self.caller is not None else None
+        stage = gateway.guard_stage(alias, "tool_outputs", project)
         if stage.mode == "off" or not text.strip():
             return text
         verdict = gateway.injection_detector().check(text, stage.threshold)
