@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from trellis.access.audit import AuditEntry, record
 from trellis.access.projects import ALL_PROJECTS, DEFAULT_PROJECT, validate_project_id
+from trellis.access.version import bump_access_version
 from trellis.errors import ConfigurationError, ConflictError, InvalidRequestError
 from trellis.settings import ADMIN_KEY_MAX_LENGTH, ADMIN_KEY_MIN_LENGTH
 from trellis.store.db import Database
@@ -78,15 +79,6 @@ MAX_SECRET_LEN = ADMIN_KEY_MAX_LENGTH
 _DEFAULT_CACHE_ENTRIES = 10_000
 #: How often each process reads ``access_state.version`` (one row, by primary key).
 DEFAULT_POLL_SECONDS = 0.25
-
-
-async def bump_access_version(conn: AsyncConnection) -> None:
-    """Tell every process that keys changed: call inside the change's transaction."""
-    await conn.execute(
-        update(access_state)
-        .where(access_state.c.id == 1)
-        .values(version=access_state.c.version + 1)
-    )
 
 
 def hash_secret(secret: str) -> str:

@@ -18,11 +18,11 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from trellis.access.audit import AuditEntry, record
+from trellis.access.version import bump_access_version
 from trellis.errors import ConflictError, InvalidRequestError, NotFoundError
 from trellis.settings import ProjectGuard
 from trellis.store.db import Database
 from trellis.store.tables import (
-    access_state,
     alert_rules,
     api_keys,
     collections,
@@ -107,16 +107,6 @@ def parse_guard(value: Any, param: str = "guard") -> ProjectGuard | None:
         raise InvalidRequestError(f"{where}: {first['msg']}", param=where) from None
 
 
-async def _bump_access_version(conn: Any) -> None:
-    """What ``keys.bump_access_version`` does (keys imports this module): every process's
-    key-store poll sees the change and reloads the guards (``Runtime`` wires it)."""
-    await conn.execute(
-        update(access_state)
-        .where(access_state.c.id == 1)
-        .values(version=access_state.c.version + 1)
-    )
-
-
 def _stored(guard: ProjectGuard | None) -> dict[str, Any] | None:
     return None if guard is None else guard.model_dump(mode="json", exclude_none=True)
 
@@ -173,7 +163,7 @@ class ProjectStore:
                     )
                 )
                 if project.guard is not None:
-                    await _bump_access_version(conn)
+                    await bump_access_version(conn)
                 if audit is not None:
                     await record(conn, audit.with_target(project_id))
         except IntegrityError:
@@ -195,7 +185,7 @@ class ProjectStore:
             )
             if not done.rowcount:
                 raise NotFoundError(f"No project `{project_id}`.", code="project_not_found")
-            await _bump_access_version(conn)
+            await bump_access_version(conn)
             if audit is not None:
                 await record(conn, audit.with_target(project_id))
         await self.load_guards()
