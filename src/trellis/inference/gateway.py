@@ -119,6 +119,15 @@ class StreamResult:
     similarity: float | None = None
 
 
+def _set_trace_view(call: Call, view: Callable[[list[Any]], list[Any]]) -> None:
+    """From now on the trace records the call's messages through ``view`` (privacy
+    placeholders, a withheld message); the copy it may hold already is rewritten too."""
+    call.trace_view = view
+    root = call.trace.root
+    if call.described and root is not None and GenAI.INPUT_MESSAGES in root.attributes:
+        root.attributes[GenAI.INPUT_MESSAGES] = view(list(call.received.messages))
+
+
 class Gateway:
     """The chat and embeddings request path: built once from settings, shared by all calls."""
 
@@ -412,11 +421,7 @@ class Gateway:
     def _scrub_trace(self, call: Call, view: Placeholders) -> None:
         """From now on the trace records messages through ``view``; what it holds
         already (the request's messages, a retrieval query) is rewritten."""
-        call.trace_view = lambda messages: privacy.redact_messages(messages, view)
-        root = call.trace.root
-        assert root is not None
-        if call.described and GenAI.INPUT_MESSAGES in root.attributes:
-            root.attributes[GenAI.INPUT_MESSAGES] = call.trace_view(list(call.received.messages))
+        _set_trace_view(call, lambda messages: privacy.redact_messages(messages, view))
         for span in call.trace.spans:
             query = span.attributes.get("trellis.retrieval.query")
             if isinstance(query, str):
@@ -662,6 +667,15 @@ class Gateway:
             self.detector = default_detector()
         return self.detector
 
+    async def score_injection(self, text: str, threshold: float) -> Verdict:
+        """The injection classifier's verdict on ``text``: inline when short, in a worker
+        thread when long (about a millisecond per 1,000 characters), so the event loop is
+        not held up. The gateway's stage, ``POST /v1/guard/check`` and the UI all use it."""
+        detector = self.injection_detector()
+        if len(text) > _GUARD_INLINE_CHARS:
+            return await asyncio.to_thread(detector.check, text, threshold)
+        return detector.check(text, threshold)
+
     async def _guard_input(self, call: Call) -> None:
         """Screen what the caller sent: user messages (``guard.input``) and tool results
         (``guard.untrusted.tool_outputs``). Flagged: recorded on the trace (alertable as
@@ -674,7 +688,6 @@ class Gateway:
         }
         if all(stage.mode == "off" for stage in stages.values()):
             return
-        detector = self.injection_detector()
         worst: tuple[Verdict, GuardStage, str, int] | None = None
         with call.trace.span("guard") as span:
             for index, message in enumerate(call.received.messages):
@@ -684,10 +697,7 @@ class Gateway:
                 text = message_text(message)
                 if not text.strip():
                     continue
-                if len(text) > _GUARD_INLINE_CHARS:  # ~1 ms per 1,000 characters
-                    verdict = await asyncio.to_thread(detector.check, text, stage.threshold)
-                else:
-                    verdict = detector.check(text, stage.threshold)
+                verdict = await self.score_injection(text, stage.threshold)
                 if worst is None or verdict.score > worst[0].score:
                     worst = (verdict, stage, message.role, index)
             if worst is None:
@@ -726,10 +736,7 @@ class Gateway:
                 for i, m in enumerate(messages)
             ]
 
-        call.trace_view = without_blocked
-        root = call.trace.root
-        if call.described and root is not None and GenAI.INPUT_MESSAGES in root.attributes:
-            root.attributes[GenAI.INPUT_MESSAGES] = without_blocked(list(call.received.messages))
+        _set_trace_view(call, without_blocked)
 
     @staticmethod
     def _record_flag(call: Call, verdict: Verdict, stage: GuardStage, source: str) -> None:

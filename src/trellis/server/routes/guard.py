@@ -9,7 +9,6 @@ an agent step) is caught there too.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Literal
 
 from fastapi import APIRouter, Request
@@ -55,12 +54,7 @@ async def check(request: Request) -> JSONBytes:
     gateway = runtime(request).gateway
     assert gateway is not None, "the runtime is started before requests are served"
     threshold = body.threshold if body.threshold is not None else gateway.guard.input.threshold
-    detector = gateway.injection_detector()
-    # CPU work (about a millisecond per 1,000 characters): off the event loop when long.
-    if len(body.text) > 20_000:
-        verdict = await asyncio.to_thread(detector.check, body.text, threshold)
-    else:
-        verdict = detector.check(body.text, threshold)
+    verdict = await gateway.score_injection(body.text, threshold)
     return JSONBytes(
         {
             "object": "guard.check",
