@@ -19,7 +19,7 @@ from trellis.errors import NotFoundError, PermissionDeniedError
 from trellis.inference.call import Caller
 
 __all__ = [
-    "audit_entry_of",
+    "audit_entry",
     "caller_for",
     "has_role",
     "not_found_outside",
@@ -90,23 +90,24 @@ def not_found_outside(caller: Caller, project_id: str | None, what: str) -> None
         raise NotFoundError(f"No {what}.")
 
 
-def audit_entry_of(
+def audit_entry(
+    request: Any,
     caller: Caller,
     action: str,
     detail: Mapping[str, Any] | None = None,
     *,
-    client_ip: str | None,
-    user_agent: str | None,
     project_id: str | None = None,
 ) -> AuditEntry:
-    """The audit entry of an action the caller takes, from the client's address and agent."""
+    """The audit entry of an action the caller takes through ``request`` (a Starlette
+    request, API route or UI page alike): who, from which address and agent."""
     key = caller.key
+    client = request.client
     return AuditEntry(
         actor=Actor(
             key_id=getattr(key, "id", None),
             key_name=getattr(key, "name", None),
-            client_ip=client_ip,
-            user_agent=user_agent,
+            client_ip=client.host if client is not None else None,
+            user_agent=request.headers.get("user-agent"),
         ),
         action=action,
         project_id=project_id or caller.project_id,

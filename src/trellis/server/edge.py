@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
@@ -15,7 +14,6 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope
 
-from trellis.access.audit import AuditEntry
 from trellis.access.projects import validate_project_id
 from trellis.errors import (
     AuthenticationError,
@@ -24,7 +22,7 @@ from trellis.errors import (
     RequestTimeoutError,
 )
 from trellis.inference.callers import (
-    audit_entry_of,
+    audit_entry,
     caller_for,
     not_found_outside,
     project_filter,
@@ -124,26 +122,6 @@ async def authenticate_scope(trellis: Trellis, asgi_scope: Scope, scope: Roles) 
         started_ns=started,
         no_cache="no-cache" in cache_control,
         no_store="no-store" in cache_control,
-    )
-
-
-def audit_entry(
-    request: Request,
-    caller: Caller,
-    action: str,
-    detail: Mapping[str, Any] | None = None,
-    *,
-    project_id: str | None = None,
-) -> AuditEntry:
-    """The audit entry of an action the caller takes through ``request``."""
-    client = request.client
-    return audit_entry_of(
-        caller,
-        action,
-        detail,
-        client_ip=client.host if client is not None else None,
-        user_agent=request.headers.get("user-agent"),
-        project_id=project_id,
     )
 
 

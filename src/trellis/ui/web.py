@@ -28,7 +28,7 @@ from trellis.access.projects import Project
 from trellis.errors import NotFoundError, TrellisError
 from trellis.inference.call import Caller
 from trellis.inference.callers import (
-    audit_entry_of,
+    audit_entry,
     caller_for,
     not_found_outside,
     project_filter,
@@ -151,15 +151,7 @@ class Viewer:
         project_id: str | None = None,
     ) -> AuditEntry:
         """The audit entry of an action taken on a page, as the API writes it."""
-        client = request.client
-        return audit_entry_of(
-            self.caller,
-            action,
-            detail,
-            client_ip=client.host if client is not None else None,
-            user_agent=request.headers.get("user-agent"),
-            project_id=project_id,
-        )
+        return audit_entry(request, self.caller, action, detail, project_id=project_id)
 
     @property
     def project_id(self) -> str:
