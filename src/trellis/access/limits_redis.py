@@ -31,21 +31,16 @@ from trellis.access.limit_backend import (
 
 __all__ = ["RedisBackend"]
 
-#: KEYS: 5 per subject (rq, tk, cc, usd day, usd month).
-#: ARGV: n, tokens, lease, lease_ms, day_reset_ms, month_reset_ms, then 5 per subject:
-#: rpm, tpm, max_concurrent, daily micro-USD, monthly micro-USD (-1: no such limit).
-#: Returns {admitted, refused_index (0-based, -1), kind, retry_ms, then 4 per subject:
-#: requests left, ms to full, tokens left, ms to full (-1, 0: no such limit)}.
-_ADMIT = """
+#: Every script reads Redis' own clock (milliseconds), so replicas' clocks never matter.
+_CLOCK = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = tonumber(ARGV[1])
-local est = tonumber(ARGV[2])
-local lease = ARGV[3]
-local lease_ms = tonumber(ARGV[4])
-local day_ms = tonumber(ARGV[5])
-local month_ms = tonumber(ARGV[6])
+"""
+#: A token bucket's level now: full when new, refilled at ``cap`` per minute since its last
+#: write (-1: no such limit).
+_LEVEL = """
 local function level(key, cap)
+  if cap <= 0 then return -1 end
   local v = redis.call('HMGET', key, 'l', 't')
   local l = tonumber(v[1])
   if l == nil then return cap end
@@ -53,6 +48,23 @@ local function level(key, cap)
   if l > cap then l = cap end
   return l
 end
+"""
+
+#: KEYS: 5 per subject (rq, tk, cc, usd day, usd month).
+#: ARGV: n, tokens, lease, lease_ms, day_reset_ms, month_reset_ms, then 5 per subject:
+#: rpm, tpm, max_concurrent, daily micro-USD, monthly micro-USD (-1: no such limit).
+#: Returns {admitted, refused_index (0-based, -1), kind, retry_ms, then 4 per subject:
+#: requests left, ms to full, tokens left, ms to full (-1, 0: no such limit)}.
+_ADMIT = (
+    _CLOCK
+    + _LEVEL
+    + """
+local n = tonumber(ARGV[1])
+local est = tonumber(ARGV[2])
+local lease = ARGV[3]
+local lease_ms = tonumber(ARGV[4])
+local day_ms = tonumber(ARGV[5])
+local month_ms = tonumber(ARGV[6])
 local function reset(l, cap)
   local ms = math.ceil((cap - l) * 60000.0 / cap)
   if ms < 0 then ms = 0 end
@@ -142,13 +154,14 @@ for i = 0, n - 1 do
 end
 return {1, -1, '', 0, unpack(out)}
 """
+)
 
 #: KEYS: 4 per subject (tk, cc, usd day, usd month).
 #: ARGV: n, lease, token_delta, spend micro-USD, day_ttl_ms, month_ttl_ms, then tpm per
 #: subject (0: none). Returns the day and month spend of each subject after.
-_SETTLE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+_SETTLE = (
+    _CLOCK
+    + """
 local n = tonumber(ARGV[1])
 local lease = ARGV[2]
 local delta = tonumber(ARGV[3])
@@ -190,21 +203,14 @@ for i = 0, n - 1 do
 end
 return out
 """
+)
 
 #: KEYS: rq, tk, cc, usd day, usd month of one subject. ARGV: rpm, tpm (0: none).
 #: Returns requests level * 1000, tokens level * 1000, leases in flight, day and month spend.
-_USAGE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function level(key, cap)
-  if cap <= 0 then return -1 end
-  local v = redis.call('HMGET', key, 'l', 't')
-  local l = tonumber(v[1])
-  if l == nil then return cap end
-  l = l + (now - tonumber(v[2])) * cap / 60000.0
-  if l > cap then l = cap end
-  return l
-end
+_USAGE = (
+    _CLOCK
+    + _LEVEL
+    + """
 local rq = level(KEYS[1], tonumber(ARGV[1]))
 local tk = level(KEYS[2], tonumber(ARGV[2]))
 local cc = redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf')
@@ -212,6 +218,7 @@ local d = tonumber(redis.call('GET', KEYS[4]) or '0')
 local m = tonumber(redis.call('GET', KEYS[5]) or '0')
 return {math.floor(rq * 1000), math.floor(tk * 1000), cc, d, m}
 """
+)
 
 
 def _text(value: Any) -> str:
