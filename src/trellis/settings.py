@@ -542,19 +542,35 @@ class AlertSettings(_Strict):
         return rules
 
 
+#: The largest count a limit takes: exact in the Redis scripts' numbers (doubles) and in
+#: the database's 64-bit integers.
+MAX_LIMIT_COUNT = 2**53
+#: The largest budget (USD): spend is counted in micro-USD, which must stay exact as well.
+MAX_BUDGET_USD = 1e9
+
+
 class LimitValues(_Strict):
     """The limits of one subject (an API key or a project); a field left out (None) is
     no limit of that kind. The same shape in settings (defaults) and in
     ``PUT /v1/limits/{subject}``."""
 
-    rpm: int | None = Field(default=None, ge=1, description="Requests per minute")
-    tpm: int | None = Field(
-        default=None, ge=1, description="Tokens per minute (prompt + completion)"
+    rpm: int | None = Field(
+        default=None, ge=1, le=MAX_LIMIT_COUNT, description="Requests per minute"
     )
-    max_concurrent: int | None = Field(default=None, ge=1, description="Requests in flight")
-    daily_usd: float | None = Field(default=None, ge=0, description="Spend per UTC day (USD)")
+    tpm: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_LIMIT_COUNT,
+        description="Tokens per minute (prompt + completion)",
+    )
+    max_concurrent: int | None = Field(
+        default=None, ge=1, le=MAX_LIMIT_COUNT, description="Requests in flight"
+    )
+    daily_usd: float | None = Field(
+        default=None, ge=0, le=MAX_BUDGET_USD, description="Spend per UTC day (USD)"
+    )
     monthly_usd: float | None = Field(
-        default=None, ge=0, description="Spend per UTC calendar month (USD)"
+        default=None, ge=0, le=MAX_BUDGET_USD, description="Spend per UTC calendar month (USD)"
     )
     alert_thresholds: list[float] = Field(
         default_factory=lambda: [0.8, 1.0],

@@ -81,6 +81,11 @@ def test_limits_crud_and_validation(
         bad = client.put(f"/v1/limits/key:{key_id}", json={"rpm": 0})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "rpm"
         assert client.put(f"/v1/limits/key:{key_id}", json={"rps": 1}).status_code == 400
+        # Past what the counters hold exactly (64-bit rows, the Redis scripts' doubles): 400.
+        for field, value in (("rpm", 2**63), ("tpm", 2**53 + 1), ("daily_usd", 1e300)):
+            huge = client.put(f"/v1/limits/key:{key_id}", json={field: value})
+            assert huge.status_code == 400, huge.text
+            assert huge.json()["error"]["param"] == field
         bad_subject = client.put("/v1/limits/user:x", json={"rpm": 1})
         assert bad_subject.status_code == 400
         assert bad_subject.json()["error"]["code"] == "invalid_subject"
